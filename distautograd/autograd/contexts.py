@@ -1,0 +1,203 @@
+"""Distributed autograd contexts on one worker: send and recv points, accumulated gradients, the peers involved."""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import logging
+import threading
+from typing import TYPE_CHECKING, Dict, Iterator, List, NamedTuple, Optional, Set
+
+import torch
+from torch.autograd.graph import GradientEdge, get_gradient_edge
+
+from distautograd import errors
+from distautograd.ids import rank_of
+from distautograd.v1 import wire_pb2 as pb
+
+if TYPE_CHECKING:
+    from distautograd.runtime.agent import Agent
+
+log = logging.getLogger("distautograd")
+
+# Every recv point hangs off this one leaf, so its output is a non-leaf tensor users can modify in
+# place, like torch's. The anchor never receives a gradient: backward stops at recv points.
+_ANCHOR = torch.empty(0, requires_grad=True)
+_RELEASED_MEMORY = 100_000
+
+
+class RecvRpc(torch.autograd.Function):
+    """The recv point of a tensor that arrived inside a context; its node shows as RecvRpcBackward."""
+
+    @staticmethod
+    def forward(ctx, anchor, holder):
+        return holder[0]
+
+    @staticmethod
+    def backward(ctx, grad):
+        raise RuntimeError(
+            "this graph contains a tensor received inside a distributed autograd context; run its "
+            "backward with distautograd.autograd.backward(context_id, roots), not a local backward()"
+        )
+
+
+class SendPoint(NamedTuple):
+    edge: GradientEdge
+    dest: int
+
+
+class RecvPoint(NamedTuple):
+    node: object
+    src: int
+
+
+class Context:
+    """One distributed autograd context as this worker sees it."""
+
+    def __init__(self, context_id: int):
+        self.id = context_id
+        self.creator = rank_of(context_id)
+        self.lock = threading.Lock()
+        self.send_points: Dict[int, SendPoint] = {}
+        self.recv_points: Dict[int, RecvPoint] = {}
+        self.grads: Dict[torch.Tensor, torch.Tensor] = {}
+        self.peers: Set[int] = set()
+        self.mint = None  # set by the store
+
+    def add_send_point(self, tensor: torch.Tensor, dest: int) -> int:
+        message_id = self.mint()
+        edge = get_gradient_edge(tensor)
+        with self.lock:
+            self.send_points[message_id] = SendPoint(edge, dest)
+            self.peers.add(dest)
+        return message_id
+
+    def add_recv_point(self, tensor: torch.Tensor, message_id: int, src: int) -> torch.Tensor:
+        out = RecvRpc.apply(_ANCHOR, [tensor])
+        with self.lock:
+            self.recv_points[message_id] = RecvPoint(out.grad_fn, src)
+            self.peers.add(src)
+        return out
+
+    def accumulate(self, leaf_grads: Dict[torch.Tensor, torch.Tensor]) -> None:
+        with self.lock:
+            for leaf, grad in leaf_grads.items():
+                previous = self.grads.get(leaf)
+                self.grads[leaf] = grad if previous is None else previous + grad
+
+    def gradients(self) -> Dict[torch.Tensor, torch.Tensor]:
+        with self.lock:
+            return dict(self.grads)
+
+
+class ContextStore:
+    """The contexts this worker takes part in, and which one each thread is working in."""
+
+    def __init__(self, agent: "Agent"):
+        self.agent = agent
+        self._contexts: Dict[int, Context] = {}
+        self._released: "collections.OrderedDict[int, None]" = collections.OrderedDict()
+        self._lock = threading.Lock()
+        self._local = threading.local()
+
+    # ------------------------------------------------------------------ the thread's context
+
+    def current(self) -> Optional[Context]:
+        return getattr(self._local, "context", None)
+
+    @contextlib.contextmanager
+    def activate(self, ctx: Optional[Context]) -> Iterator[None]:
+        previous = self.current()
+        self._local.context = ctx
+        try:
+            yield
+        finally:
+            self._local.context = previous
+
+    def create(self) -> Context:
+        if self.current() is not None:
+            raise RuntimeError(
+                f"this thread already has distributed autograd context {self.current().id}; "
+                "contexts cannot nest in one thread"
+            )
+        ctx = self._new(self.agent.mint())
+        self._local.context = ctx
+        self.agent.coordinator_notify(pb.Request(context_event=pb.ContextEvent(context_id=ctx.id)))
+        return ctx
+
+    def exit(self, ctx: Context) -> None:
+        """Ends the thread's context and releases it on every worker that took part."""
+        self._local.context = None
+        self.agent.coordinator_notify(pb.Request(context_event=pb.ContextEvent(context_id=ctx.id, closed=True)))
+        self.release(ctx.id)
+
+    def _new(self, context_id: int) -> Context:
+        ctx = Context(context_id)
+        ctx.mint = self.agent.mint
+        with self._lock:
+            self._contexts[context_id] = ctx
+        return ctx
+
+    # ------------------------------------------------------------------ lookup
+
+    def get(self, context_id: int) -> Context:
+        with self._lock:
+            ctx = self._contexts.get(context_id)
+        if ctx is None:
+            raise RuntimeError(f"Could not find autograd context with id: {context_id} on {self.agent.name}")
+        return ctx
+
+    def for_incoming(self, context_id: int, peer: int) -> Context:
+        """The context a message from ``peer`` names, made on first use."""
+        with self._lock:
+            ctx = self._contexts.get(context_id)
+            if ctx is None:
+                if context_id in self._released:
+                    raise errors.FailedPrecondition(
+                        f"distributed autograd context {context_id} was already released on {self.agent.name}"
+                    )
+                ctx = Context(context_id)
+                ctx.mint = self.agent.mint
+                self._contexts[context_id] = ctx
+        with ctx.lock:
+            ctx.peers.add(peer)
+        return ctx
+
+    # ------------------------------------------------------------------ release
+
+    def release(self, context_id: int, sender: Optional[int] = None) -> bool:
+        """Drops the context here and tells every peer it talked to (except ``sender``) to do the same."""
+        with self._lock:
+            ctx = self._contexts.pop(context_id, None)
+            self._released[context_id] = None
+            while len(self._released) > _RELEASED_MEMORY:
+                self._released.popitem(last=False)
+        if ctx is None:
+            return False
+        self.agent.engine.drop_context(context_id)
+        for peer in ctx.peers - {self.agent.rank, sender}:
+            try:
+                self.agent.notify(peer, pb.Request(release_context=pb.ReleaseContext(context_id=context_id)))
+            except Exception as exc:  # a departed peer has nothing left to release
+                log.debug("could not release context %d on rank %d: %s", context_id, peer, exc)
+        return True
+
+    def handle_release(self, link, body: pb.ReleaseContext, attachments) -> None:
+        self.release(body.context_id, sender=link.peer_rank)
+
+    def on_departed(self, rank: int) -> None:
+        """Contexts created by a worker that is gone are released after the time-to-live."""
+        with self._lock:
+            orphans = [cid for cid in self._contexts if rank_of(cid) == rank]
+        if orphans:
+            ttl = self.agent.options.context_ttl
+            log.info("releasing %d context(s) of departed rank %d in %g s", len(orphans), rank, ttl)
+            self.agent.deadlines.schedule(ttl, lambda: [self.release(cid) for cid in orphans])
+
+    def count(self) -> int:
+        with self._lock:
+            return len(self._contexts)
+
+    def ids(self) -> List[int]:
+        with self._lock:
+            return list(self._contexts)

@@ -1,0 +1,233 @@
+"""The ``distautograd`` command: run a coordinator or a worker, ask for status or health, run the demo."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import threading
+from typing import List, Optional
+
+log = logging.getLogger("distautograd")
+
+
+def _env(name: str, default=None):
+    return os.environ.get(name, default)
+
+
+def _add_security(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("security (each also from its DISTAUTOGRAD_* variable)")
+    group.add_argument("--token", default=_env("DISTAUTOGRAD_TOKEN"), help="shared token (DISTAUTOGRAD_TOKEN)")
+    group.add_argument("--tls-cert", default=_env("DISTAUTOGRAD_TLS_CERT"), help="PEM certificate (DISTAUTOGRAD_TLS_CERT)")
+    group.add_argument("--tls-key", default=_env("DISTAUTOGRAD_TLS_KEY"), help="PEM private key (DISTAUTOGRAD_TLS_KEY)")
+    group.add_argument("--tls-ca", default=_env("DISTAUTOGRAD_TLS_CA"), help="PEM CA for peers (DISTAUTOGRAD_TLS_CA)")
+    group.add_argument(
+        "--tls-server-name", default=_env("DISTAUTOGRAD_TLS_SERVER_NAME"), help="name expected in server certificates"
+    )
+
+
+def _security(args):
+    from distautograd.transport.security import Security
+
+    return Security(args.token, args.tls_cert, args.tls_key, args.tls_ca, args.tls_server_name)
+
+
+def _wait_for_signal() -> None:
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    while not stop.wait(1.0):
+        pass
+
+
+def _options(args, **extra):
+    from distautograd.config import BackendOptions
+
+    return BackendOptions(
+        token=args.token,
+        tls_cert=args.tls_cert,
+        tls_key=args.tls_key,
+        tls_ca=args.tls_ca,
+        tls_server_name=args.tls_server_name,
+        **extra,
+    )
+
+
+def cmd_coordinator(args) -> int:
+    from distautograd.coordinator.service import Coordinator
+    from distautograd.transport.grpc_io import Server
+
+    options = _options(
+        args, heartbeat_interval=args.heartbeat_interval, heartbeat_timeout=args.heartbeat_timeout,
+        context_ttl=args.context_ttl, allowed_modules=args.allow_module,
+    )
+    server = Server(args.host, args.port, _security(args))
+    coordinator = Coordinator(server, options)
+    server.start()
+    print(f"coordinator ready at {args.host}:{server.port}", flush=True)
+    _wait_for_signal()
+    log.info("coordinator stopping")
+    coordinator.stop()
+    server.stop(grace=1.0)
+    return 0
+
+
+def cmd_worker(args) -> int:
+    from distautograd import rpc
+
+    options = _options(
+        args,
+        coordinator=args.coordinator,
+        host=args.host,
+        port=args.port,
+        advertise_host=args.advertise_host,
+        allowed_modules=args.allow_module,
+        num_worker_threads=args.threads,
+        rpc_timeout=args.rpc_timeout,
+        heartbeat_interval=args.heartbeat_interval,
+        context_ttl=args.context_ttl,
+        daemon=True,
+    )
+    rpc.init_rpc(args.name, rank=args.rank, rpc_backend_options=options)
+    info = rpc.get_worker_info()
+    from distautograd.runtime.agent import current_agent
+
+    print(f"worker {info.name} ready at {current_agent().address} (rank {info.id})", flush=True)
+    _wait_for_signal()
+    log.info("worker %s stopping", info.name)
+    rpc.shutdown(graceful=False)
+    return 0
+
+
+def cmd_status(args) -> int:
+    import grpc
+
+    from distautograd.transport.grpc_io import channel
+    from distautograd.v1 import wire_pb2 as pb
+
+    sec = _security(args)
+    with channel(args.coordinator, sec) as chan:
+        status = chan.unary_unary(
+            "/distautograd.v1.Coordinator/Status",
+            request_serializer=pb.StatusRequest.SerializeToString,
+            response_deserializer=pb.StatusReply.FromString,
+        )
+        try:
+            reply = status(pb.StatusRequest(), metadata=sec.metadata(), timeout=args.timeout)
+        except grpc.RpcError as exc:
+            print(f"error: {args.coordinator}: {exc.code().name}: {exc.details()}", file=sys.stderr)
+            return 1
+    print(f"{'NAME':<20} {'RANK':>4}  {'ADDRESS':<28} {'LAST HEARTBEAT':>14}  ROLE")
+    for w in reply.workers:
+        role = "daemon" if w.worker.daemon else "member"
+        print(f"{w.worker.name:<20} {w.worker.rank:>4}  {w.worker.address:<28} {w.seconds_since_heartbeat:>12.1f} s  {role}")
+    print(f"\nopen contexts: {len(reply.contexts)}")
+    for c in reply.contexts:
+        leaves = ", ".join(f"rank {r}: {n}" for r, n in sorted(c.leaves_with_gradients.items())) or "none"
+        print(
+            f"  {c.context_id:#x}: participants {list(c.participants)}, passes {c.passes} "
+            f"({c.passes_in_flight} in flight), leaves with gradients: {leaves}"
+        )
+    if reply.departed:
+        print("\ndeparted:")
+        for d in reply.departed[-10:]:
+            print(f"  {d.name} (rank {d.rank}) {'failed' if d.failed else 'left'}: {d.reason}")
+    return 0
+
+
+def cmd_health(args) -> int:
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    from distautograd.transport.grpc_io import channel
+
+    with channel(args.address, _security(args)) as chan:
+        try:
+            reply = health_pb2_grpc.HealthStub(chan).Check(
+                health_pb2.HealthCheckRequest(service=args.service), timeout=args.timeout
+            )
+        except grpc.RpcError as exc:
+            print(f"unhealthy: {args.address}: {exc.code().name}: {exc.details()}", file=sys.stderr)
+            return 1
+    status = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+    print(status)
+    return 0 if reply.status == health_pb2.HealthCheckResponse.SERVING else 1
+
+
+def cmd_demo(args) -> int:
+    from distautograd.demo import main as demo_main
+
+    return demo_main(steps=args.steps, check_every=args.check_every)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="distautograd", description=__doc__)
+    parser.add_argument("--log-level", default=_env("DISTAUTOGRAD_LOG_LEVEL", "INFO"))
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("coordinator", help="run a standalone coordinator until SIGTERM")
+    p.add_argument("--host", default=_env("DISTAUTOGRAD_HOST", "127.0.0.1"), help="listen address (DISTAUTOGRAD_HOST)")
+    p.add_argument("--port", type=int, default=int(_env("DISTAUTOGRAD_PORT", "29500")), help="listen port (DISTAUTOGRAD_PORT)")
+    p.add_argument("--heartbeat-interval", type=float, default=float(_env("DISTAUTOGRAD_HEARTBEAT_INTERVAL", "1")))
+    p.add_argument("--heartbeat-timeout", type=float, default=float(_env("DISTAUTOGRAD_HEARTBEAT_TIMEOUT", "10")))
+    p.add_argument("--context-ttl", type=float, default=float(_env("DISTAUTOGRAD_CONTEXT_TTL", "30")))
+    p.add_argument("--allow-module", action="append", default=[], help="module whose exception types may be rebuilt")
+    _add_security(p)
+    p.set_defaults(run=cmd_coordinator)
+
+    p = sub.add_parser("worker", help="run a worker that serves calls until SIGTERM")
+    p.add_argument("--name", default=_env("DISTAUTOGRAD_NAME"), required=_env("DISTAUTOGRAD_NAME") is None)
+    p.add_argument("--coordinator", default=_env("DISTAUTOGRAD_COORDINATOR"), required=_env("DISTAUTOGRAD_COORDINATOR") is None,
+                   help="HOST:PORT of the coordinator (DISTAUTOGRAD_COORDINATOR)")
+    p.add_argument("--rank", type=int, default=int(_env("RANK", "-1")), help="-1 lets the coordinator choose")
+    p.add_argument("--host", default=_env("DISTAUTOGRAD_HOST", "127.0.0.1"), help="listen address (DISTAUTOGRAD_HOST)")
+    p.add_argument("--port", type=int, default=int(_env("DISTAUTOGRAD_PORT", "0")), help="listen port, 0 = any free")
+    p.add_argument("--advertise-host", default=_env("DISTAUTOGRAD_ADVERTISE_HOST"),
+                   help="host others use to reach this worker (DISTAUTOGRAD_ADVERTISE_HOST)")
+    p.add_argument("--allow-module", action="append",
+                   default=[m for m in _env("DISTAUTOGRAD_ALLOW_MODULES", "").split(",") if m],
+                   help="module whose functions and classes callers may use (repeatable; DISTAUTOGRAD_ALLOW_MODULES)")
+    p.add_argument("--threads", type=int, default=int(_env("DISTAUTOGRAD_THREADS", "16")), help="worker threads")
+    p.add_argument("--rpc-timeout", type=float, default=float(_env("DISTAUTOGRAD_RPC_TIMEOUT", "60")))
+    p.add_argument("--heartbeat-interval", type=float, default=float(_env("DISTAUTOGRAD_HEARTBEAT_INTERVAL", "1")))
+    p.add_argument("--context-ttl", type=float, default=float(_env("DISTAUTOGRAD_CONTEXT_TTL", "30")))
+    _add_security(p)
+    p.set_defaults(run=cmd_worker)
+
+    p = sub.add_parser("status", help="print the workers and open contexts a coordinator knows")
+    p.add_argument("--coordinator", default=_env("DISTAUTOGRAD_COORDINATOR"), required=_env("DISTAUTOGRAD_COORDINATOR") is None)
+    p.add_argument("--timeout", type=float, default=5.0)
+    _add_security(p)
+    p.set_defaults(run=cmd_status)
+
+    p = sub.add_parser("health", help="standard gRPC health check; exit 0 when SERVING")
+    p.add_argument("address", help="HOST:PORT")
+    p.add_argument("--service", default="", help="service name; empty = the whole process")
+    p.add_argument("--timeout", type=float, default=3.0)
+    _add_security(p)
+    p.set_defaults(run=cmd_health)
+
+    p = sub.add_parser("demo", help="train a 3-stage MLP across local workers and check its gradients")
+    p.add_argument("--steps", type=int, default=300)
+    p.add_argument("--check-every", type=int, default=50)
+    p.set_defaults(run=cmd_demo)
+    return parser
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=getattr(logging, str(args.log_level).upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s",
+    )
+    try:
+        return args.run(args) or 0
+    except (ValueError, OSError, RuntimeError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,105 @@
+"""Backend options: every setting a process takes, from arguments first, then the environment, then defaults."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any, Dict, Optional, Sequence
+
+from distautograd.transport.security import Security
+from distautograd.wire.pickling import ALLOW_ENV
+
+DEFAULT_RPC_TIMEOUT = 60.0
+COORDINATOR_ENV = "DISTAUTOGRAD_COORDINATOR"
+
+
+@dataclass(kw_only=True)
+class BackendOptions:
+    """How this process joins and serves. Keyword-only, like torch's TensorPipeRpcBackendOptions.
+
+    Args:
+        num_worker_threads: threads that run incoming calls (torch's option of the same name).
+        rpc_timeout: default timeout in seconds of every call; 0 means no limit.
+        init_method: ``"tcp://host:port"`` of the coordinator, or ``"env://"`` for
+            MASTER_ADDR / MASTER_PORT. Rank 0 hosts the coordinator there unless ``coordinator`` is set.
+        coordinator: ``"host:port"`` of an external coordinator (env DISTAUTOGRAD_COORDINATOR);
+            then no rank hosts one.
+        host / port: where this worker listens (env DISTAUTOGRAD_HOST / DISTAUTOGRAD_PORT);
+            loopback and a free port by default.
+        advertise_host: the host others should use to reach this worker (env
+            DISTAUTOGRAD_ADVERTISE_HOST); by default the listening address, or the address that
+            routes to the coordinator when listening on all interfaces.
+        token, tls_cert, tls_key, tls_ca, tls_server_name: see ``Security``; each also read from
+            DISTAUTOGRAD_TOKEN, DISTAUTOGRAD_TLS_CERT, ...
+        allowed_modules: modules whose functions and classes peers may name, beyond torch, the
+            standard containers and ``__main__`` (env DISTAUTOGRAD_ALLOW_MODULES, comma-separated).
+        init_timeout: seconds init_rpc waits for the whole world; defaults to rpc_timeout.
+        heartbeat_interval / heartbeat_timeout: how often a worker reports to the coordinator and
+            how long the coordinator waits before declaring it dead.
+        context_ttl: seconds a distributed autograd context outlives a creator that died.
+        device_maps, devices: accepted for torch compatibility; only CPU is supported.
+    """
+
+    num_worker_threads: int = 16
+    rpc_timeout: float = DEFAULT_RPC_TIMEOUT
+    init_method: Optional[str] = None
+    coordinator: Optional[str] = None
+    host: Optional[str] = None
+    port: Optional[int] = None
+    advertise_host: Optional[str] = None
+    token: Optional[str] = None
+    tls_cert: Optional[str] = None
+    tls_key: Optional[str] = None
+    tls_ca: Optional[str] = None
+    tls_server_name: Optional[str] = None
+    allowed_modules: Sequence[str] = ()
+    init_timeout: Optional[float] = None
+    heartbeat_interval: float = 1.0
+    heartbeat_timeout: float = 10.0
+    context_ttl: float = 30.0
+    daemon: bool = False
+    device_maps: Optional[Dict[Any, Any]] = None
+    devices: Optional[Sequence[Any]] = None
+    _transports: Optional[Sequence[str]] = field(default=None, repr=False)
+    _channels: Optional[Sequence[str]] = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.num_worker_threads < 1:
+            raise ValueError(f"num_worker_threads must be at least 1, got {self.num_worker_threads}")
+        if self.rpc_timeout < 0:
+            raise ValueError(f"rpc_timeout must be >= 0 seconds (0 = no limit), got {self.rpc_timeout}")
+        if self.device_maps or any(str(d) != "cpu" for d in (self.devices or ())):
+            raise ValueError("device_maps and non-CPU devices are not supported: distautograd moves CPU tensors")
+
+    def security(self) -> Security:
+        return Security.from_env(
+            token=self.token,
+            tls_cert=self.tls_cert,
+            tls_key=self.tls_key,
+            tls_ca=self.tls_ca,
+            tls_server_name=self.tls_server_name,
+        )
+
+    def all_allowed_modules(self) -> list:
+        from_env = [m for m in os.environ.get(ALLOW_ENV, "").split(",") if m.strip()]
+        return [*self.allowed_modules, *from_env]
+
+    def listen_host(self, coordinator_host: str) -> str:
+        from distautograd.transport.security import is_loopback
+
+        host = self.host or os.environ.get("DISTAUTOGRAD_HOST")
+        if host:
+            return host
+        return "127.0.0.1" if is_loopback(coordinator_host) else "0.0.0.0"
+
+    def listen_port(self) -> int:
+        if self.port is not None:
+            return self.port
+        return int(os.environ.get("DISTAUTOGRAD_PORT", "0"))
+
+    def effective_init_timeout(self) -> float:
+        return self.init_timeout if self.init_timeout is not None else (self.rpc_timeout or DEFAULT_RPC_TIMEOUT)
+
+
+# torch.distributed.rpc names, so existing programs only change their imports.
+TensorPipeRpcBackendOptions = BackendOptions

@@ -1,0 +1,176 @@
+"""The members of the world: joining, heartbeats, leaving and dying, barriers, and the snapshot every worker gets."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from concurrent.futures import Future
+from typing import Callable, Dict, List, Optional, Set
+
+from distautograd import errors
+from distautograd.ids import MAX_RANK
+from distautograd.v1 import wire_pb2 as pb
+
+log = logging.getLogger("distautograd")
+_DEPARTED_MEMORY = 1000
+
+
+class Member:
+    def __init__(self, entry: pb.WorkerEntry, link, world_size: int):
+        self.entry = entry
+        self.link = link
+        self.world_size = world_size
+        self.last_seen = time.monotonic()
+
+    @property
+    def label(self) -> str:
+        return f"'{self.entry.name}' (rank {self.entry.rank})"
+
+
+class Membership:
+    def __init__(self, on_departed: Callable[[pb.Departure], None]):
+        self._on_departed = on_departed
+        self._lock = threading.Lock()
+        self._members: Dict[int, Member] = {}
+        self._departed: List[pb.Departure] = []
+        self._version = 0
+        self._barriers: Dict[str, Set[int]] = {}
+        self._barrier_waiters: Dict[str, List[Future]] = {}
+        self.changed = threading.Condition(self._lock)
+
+    # ------------------------------------------------------------------ queries
+
+    def member(self, rank: int) -> Optional[Member]:
+        with self._lock:
+            return self._members.get(rank)
+
+    def members(self) -> List[Member]:
+        with self._lock:
+            return sorted(self._members.values(), key=lambda m: m.entry.rank)
+
+    def departed(self) -> List[pb.Departure]:
+        with self._lock:
+            return list(self._departed)
+
+    def label(self, rank: int) -> str:
+        with self._lock:
+            member = self._members.get(rank)
+            if member is not None:
+                return member.label
+            gone = next((d for d in reversed(self._departed) if d.rank == rank), None)
+        return f"'{gone.name}' (rank {rank})" if gone else f"rank {rank}"
+
+    def _snapshot_locked(self) -> pb.WorldUpdate:
+        return pb.WorldUpdate(
+            version=self._version,
+            workers=[m.entry for m in sorted(self._members.values(), key=lambda m: m.entry.rank)],
+            departed=self._departed,
+        )
+
+    # ------------------------------------------------------------------ changes
+
+    def join(self, link, join: pb.Join) -> pb.WorldUpdate:
+        if not join.name:
+            raise errors.InvalidArgument("a worker must join with a name")
+        with self._lock:
+            holder = next((m for m in self._members.values() if m.entry.name == join.name), None)
+            if holder is not None:
+                e = holder.entry
+                raise errors.AlreadyExists(
+                    f"the name '{join.name}' is already taken by rank {e.rank} at {e.address} (pid {e.pid} on "
+                    f"{e.host}); give this worker another name, or stop that one first"
+                )
+            sizes = {m.world_size for m in self._members.values() if m.world_size}
+            if join.world_size and sizes and join.world_size not in sizes:
+                raise errors.InvalidArgument(
+                    f"world_size {join.world_size} disagrees with the {sizes.pop()} other workers joined with"
+                )
+            if join.rank >= 0:
+                rank = join.rank
+                taken = self._members.get(rank)
+                if taken is not None:
+                    raise errors.AlreadyExists(
+                        f"rank {rank} is already taken by '{taken.entry.name}' at {taken.entry.address}; "
+                        "give each process its own rank"
+                    )
+            else:
+                rank = next(r for r in range(MAX_RANK + 1) if r not in self._members)
+            if join.world_size and rank >= join.world_size:
+                raise errors.InvalidArgument(f"rank {rank} is out of range for world_size {join.world_size}")
+            entry = pb.WorkerEntry(
+                name=join.name, rank=rank, address=join.address, daemon=join.daemon, pid=join.pid, host=join.host
+            )
+            member = Member(entry, link, join.world_size)
+            self._members[rank] = member
+            link.peer_rank = rank
+            link.peer = f"worker '{join.name}' (rank {rank})"
+            self._version += 1
+            snapshot = self._snapshot_locked()
+            self.changed.notify_all()
+        log.info("worker %s joined as rank %d at %s (pid %d on %s)", join.name, rank, join.address, join.pid, join.host)
+        self._broadcast(snapshot)
+        return snapshot
+
+    def heartbeat(self, rank: int) -> None:
+        with self._lock:
+            member = self._members.get(rank)
+            if member is not None:
+                member.last_seen = time.monotonic()
+
+    def depart(self, rank: int, reason: str, failed: bool) -> None:
+        """Removes a member that left or died, tells everyone, and lets the rest of the coordinator react."""
+        with self._lock:
+            member = self._members.pop(rank, None)
+            if member is None:
+                return
+            departure = pb.Departure(name=member.entry.name, rank=rank, reason=reason, failed=failed)
+            self._departed.append(departure)
+            del self._departed[:-_DEPARTED_MEMORY]
+            self._version += 1
+            snapshot = self._snapshot_locked()
+            completed = self._check_barriers_locked()
+            self.changed.notify_all()
+        (log.warning if failed else log.info)(
+            "worker %s (rank %d) %s: %s", member.entry.name, rank, "failed" if failed else "left", reason
+        )
+        self._broadcast(snapshot)
+        self._release(completed)
+        self._on_departed(departure)
+
+    def stale(self, timeout: float) -> List[Member]:
+        now = time.monotonic()
+        with self._lock:
+            return [m for m in self._members.values() if now - m.last_seen > timeout]
+
+    def _broadcast(self, snapshot: pb.WorldUpdate) -> None:
+        for member in self.members():
+            member.link.notify(pb.Request(world_update=snapshot))
+
+    # ------------------------------------------------------------------ barriers
+
+    def barrier(self, rank: int, name: str) -> Future:
+        """Resolves once every live non-daemon member has entered barrier ``name``."""
+        waiter: Future = Future()
+        with self._lock:
+            self._barriers.setdefault(name, set()).add(rank)
+            self._barrier_waiters.setdefault(name, []).append(waiter)
+            completed = self._check_barriers_locked()
+        self._release(completed)
+        return waiter
+
+    def _check_barriers_locked(self) -> List[Future]:
+        needed = {r for r, m in self._members.items() if not m.entry.daemon}
+        done: List[Future] = []
+        for name in list(self._barriers):
+            arrived = self._barriers[name] & set(self._members)
+            if needed <= arrived:
+                del self._barriers[name]
+                done.extend(self._barrier_waiters.pop(name, []))
+        return done
+
+    @staticmethod
+    def _release(waiters: List[Future]) -> None:
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)

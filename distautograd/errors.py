@@ -1,0 +1,169 @@
+"""Exceptions for every failure the runtime reports, and their mapping to and from the wire."""
+
+from __future__ import annotations
+
+import builtins
+import traceback
+from typing import Optional
+
+import grpc
+
+from distautograd.v1 import wire_pb2 as pb
+
+
+class RpcError(RuntimeError):
+    """A call failed; ``code`` is the gRPC status it travels as.
+
+    A subclass of RuntimeError, as torch.distributed.rpc raises RuntimeError for failed calls.
+    """
+
+    code = grpc.StatusCode.UNKNOWN
+
+    def __init__(self, message: str, *, worker: Optional[str] = None, remote_traceback: str = ""):
+        super().__init__(message)
+        self.worker = worker
+        self.remote_traceback = remote_traceback
+
+
+class InvalidArgument(RpcError):
+    code = grpc.StatusCode.INVALID_ARGUMENT
+
+
+class PermissionDenied(RpcError):
+    code = grpc.StatusCode.PERMISSION_DENIED
+
+
+class Unauthenticated(RpcError):
+    code = grpc.StatusCode.UNAUTHENTICATED
+
+
+class ResourceExhausted(RpcError):
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+class NotFound(RpcError):
+    code = grpc.StatusCode.NOT_FOUND
+
+
+class AlreadyExists(RpcError):
+    code = grpc.StatusCode.ALREADY_EXISTS
+
+
+class FailedPrecondition(RpcError):
+    code = grpc.StatusCode.FAILED_PRECONDITION
+
+
+class Unavailable(RpcError):
+    """The peer is unreachable: it died, left, or its connection broke."""
+
+    code = grpc.StatusCode.UNAVAILABLE
+
+
+class Aborted(RpcError):
+    code = grpc.StatusCode.ABORTED
+
+
+class Internal(RpcError):
+    code = grpc.StatusCode.INTERNAL
+
+
+class DeadlineExceeded(RpcError, TimeoutError):
+    code = grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+class RemoteError(RpcError):
+    """An exception raised by user code on another worker whose type cannot be rebuilt here."""
+
+
+_BY_CODE = {cls.code: cls for cls in RpcError.__subclasses__() if cls is not RemoteError}
+_CODE_BY_VALUE = {code.value[0]: code for code in grpc.StatusCode}
+
+
+def status_code(value: int) -> grpc.StatusCode:
+    return _CODE_BY_VALUE.get(value, grpc.StatusCode.UNKNOWN)
+
+
+def for_status(code: grpc.StatusCode) -> type[RpcError]:
+    """The exception class that stands for a gRPC status code."""
+    return _BY_CODE.get(code, RpcError)
+
+
+def qualified_name(cls: type) -> str:
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def to_proto(exc: BaseException, worker: str) -> pb.Error:
+    """Describes an exception raised here so the caller can re-raise it."""
+    if isinstance(exc, RpcError):
+        # Already a description of a failure somewhere (maybe further down a chain of calls):
+        # keep where it happened first.
+        return pb.Error(
+            code=exc.code.value[0],
+            message=str(exc),
+            remote_type=qualified_name(type(exc)),
+            remote_traceback=exc.remote_traceback or _format(exc),
+            worker=exc.worker or worker,
+        )
+    return pb.Error(
+        code=grpc.StatusCode.UNKNOWN.value[0],
+        message=str(exc),
+        remote_type=qualified_name(type(exc)),
+        remote_traceback=_format(exc),
+        worker=worker,
+    )
+
+
+def from_proto(error: pb.Error, resolve_type=None) -> BaseException:
+    """Rebuilds the exception a peer described.
+
+    Errors raised by the runtime come back as the matching RpcError subclass. Exceptions raised by
+    user code come back with their own type when ``resolve_type`` (the allowlist) can load it and it
+    can be built from a message, and as RemoteError otherwise. The message names the worker and
+    carries the remote traceback.
+    """
+    code = status_code(error.code)
+    where = f"worker '{error.worker}'" if error.worker else "a remote worker"
+    text = error.message
+    if error.remote_traceback:
+        text = f"{text}\n\nRaised on {where}; remote traceback:\n{error.remote_traceback.rstrip()}"
+    else:
+        text = f"{text} (raised on {where})"
+    kind = _resolve(error.remote_type, resolve_type)
+    if code != grpc.StatusCode.UNKNOWN or kind is None or issubclass(kind, RpcError):
+        cls = kind if kind is not None and issubclass(kind, RpcError) else for_status(code)
+        if code == grpc.StatusCode.UNKNOWN and cls is RpcError:
+            cls = RemoteError
+        return cls(text, worker=error.worker or None, remote_traceback=error.remote_traceback)
+    try:
+        exc = kind(text)
+    except Exception:
+        return RemoteError(
+            f"{error.remote_type}: {text}", worker=error.worker or None, remote_traceback=error.remote_traceback
+        )
+    exc.worker = error.worker or None
+    exc.remote_traceback = error.remote_traceback
+    return exc
+
+
+def _resolve(name: str, resolve_type) -> Optional[type]:
+    module, _, qualname = name.rpartition(".")
+    if not module:
+        return None
+    if module == "builtins":
+        kind = getattr(builtins, qualname, None)
+    elif module.startswith("distautograd.") and qualname in globals():
+        kind = globals()[qualname]
+    elif resolve_type is not None:
+        try:
+            kind = resolve_type(module, qualname)
+        except Exception:
+            return None
+    else:
+        return None
+    if isinstance(kind, type) and issubclass(kind, BaseException):
+        return kind
+    return None
+
+
+def _format(exc: BaseException) -> str:
+    return "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))

@@ -1,0 +1,35 @@
+"""torch.distributed.rpc's public surface, served over gRPC: change the import, keep the program."""
+
+from distautograd.config import BackendOptions, TensorPipeRpcBackendOptions
+from distautograd.rpc import functions
+from distautograd.rpc.api import (
+    BackendType,
+    get_worker_info,
+    init_rpc,
+    is_available,
+    remote,
+    rpc_async,
+    rpc_sync,
+    shutdown,
+)
+from distautograd.runtime.rrefs import RRef
+from distautograd.runtime.world import WorkerInfo
+
+RpcBackendOptions = BackendOptions
+
+__all__ = [
+    "BackendOptions",
+    "BackendType",
+    "RRef",
+    "RpcBackendOptions",
+    "TensorPipeRpcBackendOptions",
+    "WorkerInfo",
+    "functions",
+    "get_worker_info",
+    "init_rpc",
+    "is_available",
+    "remote",
+    "rpc_async",
+    "rpc_sync",
+    "shutdown",
+]

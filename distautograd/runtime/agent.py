@@ -1,0 +1,475 @@
+"""This process's presence in the world: its server, its links to peers and the coordinator, dispatch, lifecycle."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any, Callable, Dict, Optional, Sequence, Set, Tuple
+
+import grpc
+
+from distautograd import __version__, errors
+from distautograd.autograd.contexts import ContextStore
+from distautograd.autograd.engine import BackwardEngine
+from distautograd.config import COORDINATOR_ENV, BackendOptions
+from distautograd.ids import MAX_RANK, IdMint
+from distautograd.runtime.calls import Calls
+from distautograd.runtime.codec import Codec
+from distautograd.runtime.rrefs import UNSET_TIMEOUT, RRefStore
+from distautograd.runtime.world import WorkerInfo, WorldView
+from distautograd.transport import grpc_io
+from distautograd.transport.deadlines import Deadlines
+from distautograd.transport.link import Link
+from distautograd.v1 import wire_pb2 as pb
+from distautograd.wire.pickling import Allowlist
+
+log = logging.getLogger("distautograd")
+
+WORKER_SERVICE = "distautograd.v1.Worker"
+COORDINATOR_SERVICE = "distautograd.v1.Coordinator"
+
+_agent: Optional["Agent"] = None
+_agent_lock = threading.Lock()
+
+
+def current_agent() -> "Agent":
+    agent = _agent
+    if agent is None:
+        raise RuntimeError("RPC has not been initialized. Call distautograd.rpc.init_rpc first.")
+    return agent
+
+
+def split_address(address: str) -> Tuple[str, int]:
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit():
+        raise ValueError(f"expected an address as HOST:PORT, got {address!r}")
+    return host.strip("[]"), int(port)
+
+
+def join_address(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def coordinator_address(options: BackendOptions, rank: int) -> Tuple[str, bool]:
+    """Where the coordinator is, and whether this process hosts it (rank 0, unless one is named)."""
+    external = options.coordinator or os.environ.get(COORDINATOR_ENV)
+    if external:
+        split_address(external)
+        return external, False
+    init = options.init_method or "env://"
+    if init.startswith("tcp://"):
+        address = init[len("tcp://") :]
+    elif init == "env://":
+        host, port = os.environ.get("MASTER_ADDR"), os.environ.get("MASTER_PORT")
+        if not host or not port:
+            raise ValueError(
+                "cannot find the coordinator: set MASTER_ADDR and MASTER_PORT (rank 0 hosts the coordinator "
+                f"there), pass init_method='tcp://HOST:PORT', or name an external one with {COORDINATOR_ENV}"
+            )
+        address = join_address(host, int(port))
+    else:
+        raise ValueError(f"unsupported init_method {init!r}: use 'env://' or 'tcp://HOST:PORT'")
+    split_address(address)
+    if rank < 0:
+        raise ValueError(
+            "rank is needed to know which process hosts the coordinator: pass rank=, set RANK, or name an "
+            f"external coordinator with {COORDINATOR_ENV}"
+        )
+    return address, rank == 0
+
+
+def _route_to(host: str) -> str:
+    """The local address the kernel would use to reach ``host``."""
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.connect((socket.gethostbyname(host), 9))
+            return s.getsockname()[0]
+    except OSError:
+        return socket.gethostbyname(socket.gethostname())
+
+
+class _OneShot:
+    """Stands in for a Link when a request came as a single unary call."""
+
+    def __init__(self, peer: str, rank: int):
+        self.peer = peer
+        self.peer_rank = rank
+        self.reply: Future = Future()
+
+    def respond(self, frame_id: int, response: pb.Response, attachments: Sequence[Any] = ()) -> None:
+        response.attachments.inline.extend(bytes(memoryview(a).cast("B")) for a in attachments)
+        self.reply.set_result(pb.Frame(id=frame_id, response=response))
+
+
+class Agent:
+    def __init__(self, name: str, options: BackendOptions):
+        self.name = name
+        self.options = options
+        self.security = options.security()
+        self.allowlist = Allowlist(options.all_allowed_modules())
+        self.rank = -1
+        self.mint = IdMint()
+        self.world = WorldView()
+        self.deadlines = Deadlines()
+        self._executor = ThreadPoolExecutor(options.num_worker_threads, thread_name_prefix="distautograd-call")
+        self._links: Dict[int, Link] = {}
+        self._incoming: Set[Any] = set()
+        self._channels: Dict[str, grpc.Channel] = {}
+        self._links_lock = threading.Lock()
+        self._stopping = threading.Event()
+        self.server: Optional[grpc_io.Server] = None
+        self.coordinator = None
+        self.coordinator_link: Optional[Link] = None
+        self.codec = Codec(self)
+        self.rrefs = RRefStore(self)
+        self.contexts = ContextStore(self)
+        self.engine = BackwardEngine(self)
+        self.calls = Calls(self)
+        self.address = ""
+        self._handlers: Dict[str, Tuple[Callable, bool]] = {
+            # inline: runs in the thread reading the stream, so in arrival order; the rest on worker threads
+            "call": (self.calls.handle_call, True),
+            "fetch_rref": (self.rrefs.handle_fetch, True),
+            "rref_forks": (self.rrefs.handle_forks, True),
+            "push_gradients": (self.engine.handle_push, True),
+            "release_context": (self.contexts.handle_release, True),
+            "world_update": (self._handle_world_update, True),
+            "abort_backward": (self.engine.handle_abort, True),
+            "prepare_backward": (self.engine.handle_prepare, False),
+            "run_backward": (self.engine.handle_run, False),
+        }
+
+    # ------------------------------------------------------------------ starting
+
+    def start(self, rank: int, world_size: Optional[int]) -> None:
+        """Listens, joins the coordinator (hosting it if this is rank 0) and waits for the world."""
+        options = self.options
+        deadline = time.monotonic() + options.effective_init_timeout()
+        coordinator, host_it = coordinator_address(options, rank)
+        coord_host, coord_port = split_address(coordinator)
+        if host_it:
+            listen_host, listen_port = coord_host, coord_port
+        else:
+            listen_host, listen_port = options.listen_host(coord_host), options.listen_port()
+        self.server = grpc_io.Server(listen_host, listen_port, self.security)
+        if host_it:
+            from distautograd.coordinator.service import Coordinator
+
+            self.coordinator = Coordinator(self.server, options)
+        self.server.add_service(
+            WORKER_SERVICE,
+            {
+                "Connect": grpc_io.raw_stream_handler(self._serve_connect),
+                "Call": grpc_io.raw_unary_handler(self._serve_call),
+            },
+        )
+        self.server.start()
+        if listen_host in ("0.0.0.0", "::", ""):
+            advertise = options.advertise_host or os.environ.get("DISTAUTOGRAD_ADVERTISE_HOST") or _route_to(coord_host)
+        else:
+            advertise = options.advertise_host or os.environ.get("DISTAUTOGRAD_ADVERTISE_HOST") or listen_host
+        self.address = join_address(advertise, self.server.port)
+        join = pb.Join(
+            name=self.name,
+            rank=rank,
+            address=self.address,
+            world_size=world_size or 0,
+            daemon=options.daemon,
+            pid=os.getpid(),
+            host=socket.gethostname(),
+            version=__version__,
+        )
+        reply = self._join(coordinator, join, deadline)
+        self.rank = reply.rank
+        self.mint.rank = reply.rank
+        self.world.update(reply.world)
+        log.info("%s joined as rank %d at %s (coordinator %s)", self.name, self.rank, self.address, coordinator)
+        self._heartbeat_interval = reply.heartbeat_interval or options.heartbeat_interval
+        threading.Thread(target=self._heartbeat, name="distautograd-heartbeat", daemon=True).start()
+        if world_size:
+            self._wait_for_world(world_size, deadline)
+
+    def _join(self, coordinator: str, join: pb.Join, deadline: float) -> pb.JoinReply:
+        chan = grpc_io.channel(coordinator, self.security)
+        last: Optional[BaseException] = None
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                chan.close()
+                raise RuntimeError(
+                    f"could not join the coordinator at {coordinator} within "
+                    f"{self.options.effective_init_timeout():g} s: {last}"
+                )
+            link = self._new_link(f"the coordinator at {coordinator}", -1)
+            grpc_io.open_stream(chan, f"/{COORDINATOR_SERVICE}/Connect", link, self._metadata(rank=join.rank))
+            try:
+                response, _ = link.request(pb.Request(join=join), timeout=min(remaining, 10.0)).result()
+            except (errors.Unavailable, errors.DeadlineExceeded) as exc:
+                last = exc
+                link.close(exc)
+                time.sleep(min(0.2, max(0.0, deadline - time.monotonic())))
+                continue
+            except BaseException:
+                link.close(errors.Unavailable("join refused"))
+                chan.close()
+                raise
+            self.coordinator_link = link
+            self._coordinator_channel = chan
+            link.on_close.append(self._coordinator_lost)
+            return response.join
+
+    def _wait_for_world(self, world_size: int, deadline: float) -> None:
+        complete = self.world.wait_for(lambda: len(self.world.members()) >= world_size, deadline - time.monotonic())
+        if not complete:
+            present = {w.rank for w in self.world.members()}
+            missing = [r for r in range(world_size) if r not in present]
+            self.stop(graceful=False)
+            raise RuntimeError(
+                f"init_rpc timed out after {self.options.effective_init_timeout():g} s waiting for "
+                f"{world_size} workers: rank(s) {', '.join(map(str, missing)) or '?'} never joined; "
+                f"present: {self.world.describe()}"
+            )
+
+    def _heartbeat(self) -> None:
+        while not self._stopping.wait(self._heartbeat_interval):
+            self.coordinator_notify(pb.Request(heartbeat=pb.Heartbeat()))
+
+    def _coordinator_lost(self, error: BaseException) -> None:
+        if not self._stopping.is_set():
+            log.error("%s lost its connection to the coordinator: %s", self.name, error)
+
+    # ------------------------------------------------------------------ links
+
+    def _metadata(self, rank: Optional[int] = None) -> tuple:
+        return self.security.metadata() + (
+            (grpc_io.PEER_NAME_KEY, self.name),
+            (grpc_io.PEER_RANK_KEY, str(self.rank if rank is None else rank)),
+        )
+
+    def _new_link(self, peer: str, rank: int) -> Link:
+        link = Link(peer, self._dispatch, self.deadlines, resolve_type=self.allowlist.resolve)
+        link.peer_rank = rank
+        return link
+
+    def _link(self, rank: int) -> Link:
+        with self._links_lock:
+            link = self._links.get(rank)
+            if link is not None and not link.closed:
+                return link
+            if self._stopping.is_set():
+                raise errors.Unavailable(f"{self.name} is shut down")
+            entry = self.world.entry(rank)
+            if entry is None:
+                gone = self.world.departure(rank)
+                if gone is not None:
+                    how = "died" if gone.failed else "left"
+                    raise errors.Unavailable(f"worker '{gone.name}' (rank {rank}) {how}: {gone.reason}")
+                raise ValueError(f"unknown worker rank {rank}; known workers: {self.world.describe()}")
+            chan = self._channels.get(entry.address)
+            if chan is None:
+                chan = self._channels[entry.address] = grpc_io.channel(entry.address, self.security)
+            link = self._new_link(f"worker '{entry.name}' (rank {rank})", rank)
+            grpc_io.open_stream(chan, f"/{WORKER_SERVICE}/Connect", link, self._metadata())
+            self._links[rank] = link
+            return link
+
+    def request(self, rank: int, request: pb.Request, attachments=(), timeout: Optional[float] = None) -> Future:
+        try:
+            return self._link(rank).request(request, attachments, timeout)
+        except BaseException as exc:
+            failed: Future = Future()
+            failed.set_exception(exc)
+            return failed
+
+    def notify(self, rank: int, request: pb.Request, attachments=()) -> None:
+        self._link(rank).notify(request, attachments)
+
+    def coordinator_request(self, request: pb.Request, timeout: Optional[float] = None) -> Future:
+        link = self.coordinator_link
+        if link is None:
+            raise RuntimeError("RPC has not been initialized. Call distautograd.rpc.init_rpc first.")
+        return link.request(request, (), timeout)
+
+    def coordinator_notify(self, request: pb.Request) -> None:
+        if self.coordinator_link is not None:
+            self.coordinator_link.notify(request)
+
+    def timeout(self, timeout: Optional[float]) -> Optional[float]:
+        """A call's timeout in seconds: unset means the default, 0 means none."""
+        if timeout is None or timeout == UNSET_TIMEOUT:
+            timeout = self.options.rpc_timeout
+        if timeout < 0:
+            raise ValueError(f"timeout must be >= 0 seconds (0 = no limit), got {timeout}")
+        return timeout or None
+
+    def default_timeout(self) -> Optional[float]:
+        return self.timeout(None)
+
+    def submit(self, fn: Callable, *args) -> Future:
+        return self._executor.submit(fn, *args)
+
+    # ------------------------------------------------------------------ serving
+
+    def _serve_connect(self, raw_frames, context):
+        name, rank = grpc_io.peer_identity(context)
+        link = self._new_link(f"worker '{name}' (rank {rank})", rank)
+        self._incoming.add(link)
+        yield from grpc_io.serve_stream(raw_frames, context, link, lambda: self._incoming.discard(link))
+
+    def _serve_call(self, raw: bytes, context) -> bytes:
+        frame = grpc_io.parse_frame(raw, context)
+        if frame.WhichOneof("kind") != "request" or frame.request.attachments.streamed_sizes:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "Worker.Call takes one request frame with inline attachments")
+        name, rank = grpc_io.peer_identity(context)
+        oneshot = _OneShot(f"worker '{name}' (rank {rank})", rank)
+        self._dispatch(oneshot, frame.id or 1, frame.request, list(frame.request.attachments.inline))
+        try:
+            return oneshot.reply.result(timeout=context.time_remaining()).SerializeToString()
+        except TimeoutError:
+            context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "the call did not finish within its deadline")
+
+    def _dispatch(self, link, frame_id: int, request: pb.Request, attachments) -> None:
+        kind = request.WhichOneof("body")
+        handler = self._handlers.get(kind)
+        if handler is None:
+            error = errors.InvalidArgument(f"{self.name} does not take {kind or 'empty'} requests")
+            link.respond(frame_id, pb.Response(error=errors.to_proto(error, self.name)))
+            return
+        fn, inline = handler
+        if inline:
+            self._handle(fn, link, frame_id, getattr(request, kind), attachments)
+            return
+        try:
+            self._executor.submit(self._handle, fn, link, frame_id, getattr(request, kind), attachments)
+        except RuntimeError:
+            error = errors.Unavailable(f"{self.name} is shutting down")
+            link.respond(frame_id, pb.Response(error=errors.to_proto(error, self.name)))
+
+    def _handle(self, fn, link, frame_id: int, body, attachments) -> None:
+        try:
+            result = fn(link, body, attachments)
+        except BaseException as exc:
+            self._reply(link, frame_id, exc)
+            return
+        if isinstance(result, Future):
+            result.add_done_callback(lambda f: self._reply(link, frame_id, f.exception() or f.result()))
+        else:
+            self._reply(link, frame_id, result)
+
+    def _reply(self, link, frame_id: int, result) -> None:
+        if not frame_id:
+            if isinstance(result, BaseException):
+                log.warning("notification from %s failed: %s", link.peer, result)
+            return
+        attachments: Sequence[Any] = ()
+        if isinstance(result, BaseException):
+            response = pb.Response(error=errors.to_proto(result, self.name))
+        elif result is None:
+            response = pb.Response(empty=pb.Empty())
+        elif isinstance(result, tuple):
+            response, attachments = result
+        else:
+            response = result
+        link.respond(frame_id, response, attachments)
+
+    def _handle_world_update(self, link, update: pb.WorldUpdate, attachments) -> None:
+        for gone in self.world.update(update):
+            how = "died" if gone.failed else "left"
+            (log.warning if gone.failed else log.info)("worker %s (rank %d) %s: %s", gone.name, gone.rank, how, gone.reason)
+            with self._links_lock:
+                link_to = self._links.pop(gone.rank, None)
+            if link_to is not None:
+                link_to.close(errors.Unavailable(f"worker '{gone.name}' (rank {gone.rank}) {how}: {gone.reason}"))
+            for incoming in list(self._incoming):
+                if incoming.peer_rank == gone.rank:
+                    incoming.close(errors.Unavailable(f"worker '{gone.name}' (rank {gone.rank}) {how}"))
+            self.rrefs.on_departed(gone.rank)
+            self.contexts.on_departed(gone.rank)
+
+    # ------------------------------------------------------------------ stopping
+
+    def pending_requests(self) -> int:
+        with self._links_lock:
+            return sum(link.pending_count() for link in self._links.values())
+
+    def stop(self, graceful: bool, timeout: Optional[float] = None) -> None:
+        """Leaves the world. Graceful: first wait until every non-daemon worker is here and all work is done."""
+        problems = []
+        if graceful and self.coordinator_link is not None and not self.coordinator_link.closed:
+            limit = timeout or self.options.rpc_timeout or 60.0
+            end = time.monotonic() + limit
+            try:
+                self._barrier("shutdown", end)
+                while self.pending_requests() and time.monotonic() < end:
+                    time.sleep(0.01)
+                self.calls.wait_idle(max(0.0, end - time.monotonic()))
+                self.rrefs.flush(max(0.1, min(5.0, end - time.monotonic())))
+                self._barrier("shutdown-drained", end)
+            except BaseException as exc:
+                problems.append(exc)
+        self._stopping.set()
+        if self.coordinator_link is not None:
+            self.coordinator_link.notify(pb.Request(leave=pb.Leave(graceful=graceful)))
+        if self.coordinator is not None:
+            self.coordinator.wait_until_alone(self.rank, 10.0 if graceful else 0.5)
+        self._close_everything()
+        if problems:
+            raise problems[0]
+
+    def _barrier(self, name: str, end: float) -> None:
+        remaining = max(0.01, end - time.monotonic())
+        try:
+            self.coordinator_request(pb.Request(barrier=pb.Barrier(name=name)), remaining).result()
+        except errors.DeadlineExceeded:
+            raise RuntimeError(
+                f"shutdown(graceful=True) timed out after {remaining:.3g} s at barrier '{name}': some workers "
+                "never called shutdown; see `distautograd status`"
+            ) from None
+
+    def _close_everything(self) -> None:
+        gone = errors.Unavailable(f"{self.name} is shut down")
+        with self._links_lock:
+            links, self._links = list(self._links.values()), {}
+        for link in links + list(self._incoming):
+            link.close(gone)
+        if self.coordinator_link is not None:
+            time.sleep(0.05)  # let the Leave reach the coordinator before the stream ends
+            self.coordinator_link.close(gone)
+        if self.coordinator is not None:
+            self.coordinator.stop()
+        if self.server is not None:
+            self.server.stop(grace=0.5)
+        for chan in self._channels.values():
+            chan.close()
+        if getattr(self, "_coordinator_channel", None) is not None:
+            self._coordinator_channel.close()
+        self._executor.shutdown(wait=False, cancel_futures=True)
+        self.rrefs.stop()
+        self.deadlines.stop()
+
+    def info(self) -> WorkerInfo:
+        return WorkerInfo(self.name, self.rank)
+
+
+def install(agent: Optional[Agent]) -> None:
+    global _agent
+    with _agent_lock:
+        _agent = agent
+
+
+def validate_name(name: str) -> None:
+    if not isinstance(name, str) or not name or len(name) > 128:
+        raise ValueError(f"worker name must be a non-empty string of at most 128 characters, got {name!r}")
+    if not all(c.isalnum() or c in "_-.:" for c in name):
+        raise ValueError(f"worker name {name!r} may only contain letters, digits and _ - . :")
+
+
+def validate_rank(rank: int, world_size: Optional[int]) -> None:
+    if rank > MAX_RANK:
+        raise ValueError(f"rank {rank} is too large: ranks go up to {MAX_RANK}")
+    if world_size is not None and rank >= world_size:
+        raise ValueError(f"rank {rank} is out of range for world_size {world_size}")

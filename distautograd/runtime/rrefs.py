@@ -1,0 +1,332 @@
+"""Remote references: the RRef class, the values this worker owns, and the fork counting that frees them.
+
+The owner keeps a set of live forks per value; every RRef object anywhere holds one fork. A fork
+is registered with the owner before (or, through tombstones, no matter in which order) its
+holder can drop it, so the owner frees a value exactly when the last holder lets go. Holders that
+die lose their forks when the coordinator announces the departure.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from concurrent.futures import Future
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Set
+
+from distautograd import errors
+from distautograd.ids import rank_of
+from distautograd.v1 import wire_pb2 as pb
+
+if TYPE_CHECKING:
+    from distautograd.runtime.agent import Agent
+
+log = logging.getLogger("distautograd")
+UNSET_TIMEOUT = -1.0
+
+
+class _Owned:
+    __slots__ = ("value", "forks", "tombstones")
+
+    def __init__(self) -> None:
+        self.value: Future = Future()
+        self.forks: Set[int] = set()
+        self.tombstones: Set[int] = set()
+
+
+class RRefStore:
+    """The values this worker owns and the forks that keep them alive."""
+
+    def __init__(self, agent: "Agent"):
+        self.agent = agent
+        self._owned: Dict[int, _Owned] = {}
+        self._lock = threading.Lock()
+        self._releases: "queue.SimpleQueue" = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._drain_releases, name="distautograd-rref-release", daemon=True)
+        self._thread.start()
+
+    # ------------------------------------------------------------------ owner side
+
+    def create_owned(self, rref_id: int, fork_id: int) -> _Owned:
+        with self._lock:
+            owned = self._owned.get(rref_id)
+            if owned is None:
+                owned = self._owned[rref_id] = _Owned()
+            self._add_fork_locked(rref_id, owned, fork_id)
+            return owned
+
+    def own(self, value: Any) -> tuple:
+        """Keeps ``value`` here under a new rref id; returns (rref id, the caller's fork id)."""
+        rref_id, fork_id = self.agent.mint(), self.agent.mint()
+        self.create_owned(rref_id, fork_id).value.set_result(value)
+        return rref_id, fork_id
+
+    def value(self, rref_id: int) -> Future:
+        with self._lock:
+            owned = self._owned.get(rref_id)
+        if owned is None:
+            raise errors.NotFound(f"RRef {rref_id} is not owned by {self.agent.name} (already deleted?)")
+        return owned.value
+
+    def _add_fork_locked(self, rref_id: int, owned: _Owned, fork_id: int) -> None:
+        if fork_id in owned.tombstones:
+            owned.tombstones.discard(fork_id)  # its holder let go before we heard it existed
+            self._collect_locked(rref_id, owned)
+        else:
+            owned.forks.add(fork_id)
+
+    def _remove_fork_locked(self, rref_id: int, fork_id: int) -> None:
+        owned = self._owned.get(rref_id)
+        if owned is None:
+            return
+        if fork_id in owned.forks:
+            owned.forks.discard(fork_id)
+            self._collect_locked(rref_id, owned)
+        else:
+            owned.tombstones.add(fork_id)
+
+    def _collect_locked(self, rref_id: int, owned: _Owned) -> None:
+        if not owned.forks and not owned.tombstones:
+            del self._owned[rref_id]
+
+    def add_fork(self, rref_id: int, fork_id: int) -> None:
+        with self._lock:
+            owned = self._owned.get(rref_id)
+            if owned is not None:
+                self._add_fork_locked(rref_id, owned, fork_id)
+
+    def on_departed(self, rank: int) -> None:
+        """Drops the forks a departed worker held."""
+        with self._lock:
+            for rref_id, owned in list(self._owned.items()):
+                owned.forks = {f for f in owned.forks if rank_of(f) != rank}
+                owned.tombstones = {f for f in owned.tombstones if rank_of(f) != rank}
+                self._collect_locked(rref_id, owned)
+
+    def owned_count(self) -> int:
+        with self._lock:
+            return len(self._owned)
+
+    # ------------------------------------------------------------------ crossing the wire
+
+    def handle_for(self, rref: "RRef", dest: int) -> pb.RRefHandle:
+        """What travels in place of ``rref`` to worker ``dest``, registering the fork it will hold."""
+        handle = pb.RRefHandle(rref_id=rref._id, owner=rref._owner)
+        if dest == rref._owner:
+            return handle  # the owner makes its own local fork on arrival
+        handle.fork_id = self.agent.mint()
+        if rref._owner == self.agent.rank:
+            self.add_fork(rref._id, handle.fork_id)
+        else:
+            change = pb.ForkChange(rref_id=rref._id, fork_id=handle.fork_id, add=True)
+            self.agent.notify(rref._owner, pb.Request(rref_forks=pb.RRefForks(changes=[change])))
+        return handle
+
+    def from_handle(self, handle: pb.RRefHandle) -> "RRef":
+        if handle.owner == self.agent.rank:
+            fork_id = self.agent.mint()
+            with self._lock:
+                owned = self._owned.get(handle.rref_id)
+                if owned is None:
+                    raise errors.NotFound(f"RRef {handle.rref_id} is not owned by {self.agent.name} (already deleted?)")
+                self._add_fork_locked(handle.rref_id, owned, fork_id)
+            return RRef._make(self, handle.rref_id, handle.owner, fork_id, None)
+        if not handle.fork_id:
+            raise errors.InvalidArgument("an RRef arrived without a fork id")
+        return RRef._make(self, handle.rref_id, handle.owner, handle.fork_id, None)
+
+    # ------------------------------------------------------------------ requests from peers
+
+    def handle_forks(self, link, body: pb.RRefForks, attachments) -> None:
+        with self._lock:
+            for change in body.changes:
+                if change.add:
+                    owned = self._owned.get(change.rref_id)
+                    if owned is not None:
+                        self._add_fork_locked(change.rref_id, owned, change.fork_id)
+                else:
+                    self._remove_fork_locked(change.rref_id, change.fork_id)
+
+    def handle_fetch(self, link, body: pb.FetchRRef, attachments) -> Future:
+        ctx = self.agent.contexts.for_incoming(body.context_id, link.peer_rank) if body.context_id else None
+        reply: Future = Future()
+
+        def send(done: Future) -> None:
+            try:
+                value, atts = self.agent.codec.encode(done.result(), link.peer_rank, ctx)
+                reply.set_result((pb.Response(value=value), atts))
+            except BaseException as exc:
+                reply.set_exception(exc)
+
+        self.value(body.rref_id).add_done_callback(send)
+        return reply
+
+    # ------------------------------------------------------------------ release
+
+    def release(self, rref_id: int, owner: int, fork_id: int) -> None:
+        """Called from RRef.__del__: any thread, maybe inside the garbage collector, so only enqueue."""
+        self._releases.put((rref_id, owner, fork_id))
+
+    def flush(self, timeout: float = 5.0) -> None:
+        done = threading.Event()
+        self._releases.put(done)
+        done.wait(timeout)
+
+    def stop(self) -> None:
+        self._releases.put(None)
+        self._thread.join(timeout=5)
+
+    def _drain_releases(self) -> None:
+        while True:
+            item = self._releases.get()
+            batch: List = [item]
+            while True:
+                try:
+                    batch.append(self._releases.get_nowait())
+                except queue.Empty:
+                    break
+            remote: Dict[int, List[pb.ForkChange]] = {}
+            stop = False
+            for entry in batch:
+                if entry is None:
+                    stop = True
+                elif isinstance(entry, threading.Event):
+                    entry.set()
+                else:
+                    rref_id, owner, fork_id = entry
+                    if owner == self.agent.rank:
+                        with self._lock:
+                            self._remove_fork_locked(rref_id, fork_id)
+                    else:
+                        remote.setdefault(owner, []).append(pb.ForkChange(rref_id=rref_id, fork_id=fork_id))
+            for owner, changes in remote.items():
+                try:
+                    self.agent.notify(owner, pb.Request(rref_forks=pb.RRefForks(changes=changes)))
+                except Exception as exc:  # the owner is gone, and with it the value
+                    log.debug("could not release RRefs on rank %d: %s", owner, exc)
+            if stop:
+                return
+
+
+class RRef:
+    """A reference to a value that lives on one worker, its owner; as torch.distributed.rpc.RRef.
+
+    ``RRef(value)`` makes this worker the owner of ``value``; ``rpc.remote`` makes one owned by
+    another worker. Pass RRefs freely as arguments and results of calls: the owner frees the value
+    once no RRef to it is left anywhere.
+    """
+
+    def __init__(self, value: Any, type_hint: Any = None):
+        from distautograd.runtime.agent import current_agent
+
+        store = current_agent().rrefs
+        rref_id, fork_id = store.own(value)
+        self._init(store, rref_id, store.agent.rank, fork_id, None)
+
+    @classmethod
+    def _make(cls, store: RRefStore, rref_id: int, owner: int, fork_id: int, created: Optional[Future]) -> "RRef":
+        self = cls.__new__(cls)
+        self._init(store, rref_id, owner, fork_id, created)
+        return self
+
+    def _init(self, store, rref_id, owner, fork_id, created) -> None:
+        self._store = store
+        self._id = rref_id
+        self._owner = owner
+        self._fork = fork_id
+        self._created = created
+        entry = store.agent.world.entry(owner)
+        self._owner_name = entry.name if entry is not None else f"rank {owner}"
+
+    def __class_getitem__(cls, item):
+        return cls
+
+    def __del__(self) -> None:
+        fork = getattr(self, "_fork", 0)
+        if fork:
+            try:
+                self._store.release(self._id, self._owner, fork)
+            except Exception:
+                pass
+
+    def __reduce__(self):
+        raise RuntimeError("an RRef can only travel as an argument or result of an rpc call")
+
+    def __repr__(self) -> str:
+        kind = "OwnerRRef" if self.is_owner() else "UserRRef"
+        return f"{kind}(owner={self._owner_name}, rref_id={self._id}, fork_id={self._fork})"
+
+    def is_owner(self) -> bool:
+        return self._owner == self._store.agent.rank
+
+    def owner(self):
+        from distautograd.runtime.world import WorkerInfo
+
+        return WorkerInfo(self._owner_name, self._owner)
+
+    def owner_name(self) -> str:
+        return self._owner_name
+
+    def confirmed_by_owner(self) -> bool:
+        """True once the owner knows this reference (at once for the owner and for forks)."""
+        created = self._created
+        return created is None or (created.done() and created.exception() is None)
+
+    def local_value(self) -> Any:
+        if not self.is_owner():
+            raise RuntimeError(
+                f"local_value() is only available on the owner ({self._owner_name}); call to_here() instead"
+            )
+        return self._store.value(self._id).result()
+
+    def to_here(self, timeout: float = UNSET_TIMEOUT) -> Any:
+        """The value, copied here from the owner (blocking)."""
+        if self.is_owner():
+            return self.local_value()
+        return self._store.agent.calls.fetch(self, timeout).result()
+
+    def _fetch_async(self, timeout: float = UNSET_TIMEOUT) -> Future:
+        return self._store.agent.calls.fetch(self, timeout)
+
+    def rpc_sync(self, timeout: float = UNSET_TIMEOUT) -> "_Proxy":
+        """``rref.rpc_sync().method(*args)`` runs ``method`` on the owner's value and returns its result."""
+        return _Proxy(self, "rpc_sync", timeout)
+
+    def rpc_async(self, timeout: float = UNSET_TIMEOUT) -> "_Proxy":
+        """``rref.rpc_async().method(*args)`` returns a torch Future of the result."""
+        return _Proxy(self, "rpc_async", timeout)
+
+    def remote(self, timeout: float = UNSET_TIMEOUT) -> "_Proxy":
+        """``rref.remote().method(*args)`` returns an RRef to the result, kept on the owner."""
+        return _Proxy(self, "remote", timeout)
+
+    def backward(self, dist_autograd_ctx_id: int = -1, retain_graph: bool = False) -> None:
+        """Runs backward from this RRef's value on its owner, as torch's RRef.backward.
+
+        With a context id it is a distributed backward in that context (read the results with
+        get_gradients); with -1 it is a local ``value.backward()`` on the owner.
+        """
+        from distautograd.rpc import api
+        from distautograd.rpc.proxies import rref_backward
+
+        api.rpc_sync(self.owner(), rref_backward, args=(self, dist_autograd_ctx_id, retain_graph))
+
+
+class _Proxy:
+    def __init__(self, rref: RRef, mode: str, timeout: float):
+        self._rref = rref
+        self._mode = mode
+        self._timeout = timeout
+
+    def __getattr__(self, name: str):
+        from distautograd.rpc import api
+        from distautograd.rpc.proxies import invoke_method
+
+        verb = getattr(api, self._mode)
+
+        def call(*args, **kwargs):
+            return verb(
+                self._rref.owner(), invoke_method, args=(self._rref, name, args, kwargs), timeout=self._timeout
+            )
+
+        return call

@@ -1,0 +1,434 @@
+from google.protobuf.internal import containers as _containers
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class Frame(_message.Message):
+    __slots__ = ("id", "request", "response", "chunk")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_FIELD_NUMBER: _ClassVar[int]
+    RESPONSE_FIELD_NUMBER: _ClassVar[int]
+    CHUNK_FIELD_NUMBER: _ClassVar[int]
+    id: int
+    request: Request
+    response: Response
+    chunk: Chunk
+    def __init__(self, id: _Optional[int] = ..., request: _Optional[_Union[Request, _Mapping]] = ..., response: _Optional[_Union[Response, _Mapping]] = ..., chunk: _Optional[_Union[Chunk, _Mapping]] = ...) -> None: ...
+
+class Chunk(_message.Message):
+    __slots__ = ("data",)
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    data: bytes
+    def __init__(self, data: _Optional[bytes] = ...) -> None: ...
+
+class Attachments(_message.Message):
+    __slots__ = ("inline", "streamed_sizes")
+    INLINE_FIELD_NUMBER: _ClassVar[int]
+    STREAMED_SIZES_FIELD_NUMBER: _ClassVar[int]
+    inline: _containers.RepeatedScalarFieldContainer[bytes]
+    streamed_sizes: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, inline: _Optional[_Iterable[bytes]] = ..., streamed_sizes: _Optional[_Iterable[int]] = ...) -> None: ...
+
+class Request(_message.Message):
+    __slots__ = ("timeout", "attachments", "join", "heartbeat", "leave", "barrier", "start_backward", "pass_finished", "context_event", "world_update", "prepare_backward", "run_backward", "abort_backward", "call", "fetch_rref", "rref_forks", "push_gradients", "release_context")
+    TIMEOUT_FIELD_NUMBER: _ClassVar[int]
+    ATTACHMENTS_FIELD_NUMBER: _ClassVar[int]
+    JOIN_FIELD_NUMBER: _ClassVar[int]
+    HEARTBEAT_FIELD_NUMBER: _ClassVar[int]
+    LEAVE_FIELD_NUMBER: _ClassVar[int]
+    BARRIER_FIELD_NUMBER: _ClassVar[int]
+    START_BACKWARD_FIELD_NUMBER: _ClassVar[int]
+    PASS_FINISHED_FIELD_NUMBER: _ClassVar[int]
+    CONTEXT_EVENT_FIELD_NUMBER: _ClassVar[int]
+    WORLD_UPDATE_FIELD_NUMBER: _ClassVar[int]
+    PREPARE_BACKWARD_FIELD_NUMBER: _ClassVar[int]
+    RUN_BACKWARD_FIELD_NUMBER: _ClassVar[int]
+    ABORT_BACKWARD_FIELD_NUMBER: _ClassVar[int]
+    CALL_FIELD_NUMBER: _ClassVar[int]
+    FETCH_RREF_FIELD_NUMBER: _ClassVar[int]
+    RREF_FORKS_FIELD_NUMBER: _ClassVar[int]
+    PUSH_GRADIENTS_FIELD_NUMBER: _ClassVar[int]
+    RELEASE_CONTEXT_FIELD_NUMBER: _ClassVar[int]
+    timeout: float
+    attachments: Attachments
+    join: Join
+    heartbeat: Heartbeat
+    leave: Leave
+    barrier: Barrier
+    start_backward: StartBackward
+    pass_finished: PassFinished
+    context_event: ContextEvent
+    world_update: WorldUpdate
+    prepare_backward: PrepareBackward
+    run_backward: RunBackward
+    abort_backward: AbortBackward
+    call: Call
+    fetch_rref: FetchRRef
+    rref_forks: RRefForks
+    push_gradients: PushGradients
+    release_context: ReleaseContext
+    def __init__(self, timeout: _Optional[float] = ..., attachments: _Optional[_Union[Attachments, _Mapping]] = ..., join: _Optional[_Union[Join, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., leave: _Optional[_Union[Leave, _Mapping]] = ..., barrier: _Optional[_Union[Barrier, _Mapping]] = ..., start_backward: _Optional[_Union[StartBackward, _Mapping]] = ..., pass_finished: _Optional[_Union[PassFinished, _Mapping]] = ..., context_event: _Optional[_Union[ContextEvent, _Mapping]] = ..., world_update: _Optional[_Union[WorldUpdate, _Mapping]] = ..., prepare_backward: _Optional[_Union[PrepareBackward, _Mapping]] = ..., run_backward: _Optional[_Union[RunBackward, _Mapping]] = ..., abort_backward: _Optional[_Union[AbortBackward, _Mapping]] = ..., call: _Optional[_Union[Call, _Mapping]] = ..., fetch_rref: _Optional[_Union[FetchRRef, _Mapping]] = ..., rref_forks: _Optional[_Union[RRefForks, _Mapping]] = ..., push_gradients: _Optional[_Union[PushGradients, _Mapping]] = ..., release_context: _Optional[_Union[ReleaseContext, _Mapping]] = ...) -> None: ...
+
+class Response(_message.Message):
+    __slots__ = ("error", "attachments", "empty", "join", "value", "graph_summary")
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    ATTACHMENTS_FIELD_NUMBER: _ClassVar[int]
+    EMPTY_FIELD_NUMBER: _ClassVar[int]
+    JOIN_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    GRAPH_SUMMARY_FIELD_NUMBER: _ClassVar[int]
+    error: Error
+    attachments: Attachments
+    empty: Empty
+    join: JoinReply
+    value: Value
+    graph_summary: GraphSummary
+    def __init__(self, error: _Optional[_Union[Error, _Mapping]] = ..., attachments: _Optional[_Union[Attachments, _Mapping]] = ..., empty: _Optional[_Union[Empty, _Mapping]] = ..., join: _Optional[_Union[JoinReply, _Mapping]] = ..., value: _Optional[_Union[Value, _Mapping]] = ..., graph_summary: _Optional[_Union[GraphSummary, _Mapping]] = ...) -> None: ...
+
+class Empty(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class Error(_message.Message):
+    __slots__ = ("code", "message", "remote_type", "remote_traceback", "worker")
+    CODE_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    REMOTE_TYPE_FIELD_NUMBER: _ClassVar[int]
+    REMOTE_TRACEBACK_FIELD_NUMBER: _ClassVar[int]
+    WORKER_FIELD_NUMBER: _ClassVar[int]
+    code: int
+    message: str
+    remote_type: str
+    remote_traceback: str
+    worker: str
+    def __init__(self, code: _Optional[int] = ..., message: _Optional[str] = ..., remote_type: _Optional[str] = ..., remote_traceback: _Optional[str] = ..., worker: _Optional[str] = ...) -> None: ...
+
+class Value(_message.Message):
+    __slots__ = ("pickle", "tensors", "rrefs")
+    PICKLE_FIELD_NUMBER: _ClassVar[int]
+    TENSORS_FIELD_NUMBER: _ClassVar[int]
+    RREFS_FIELD_NUMBER: _ClassVar[int]
+    pickle: bytes
+    tensors: _containers.RepeatedCompositeFieldContainer[TensorMeta]
+    rrefs: _containers.RepeatedCompositeFieldContainer[RRefHandle]
+    def __init__(self, pickle: _Optional[bytes] = ..., tensors: _Optional[_Iterable[_Union[TensorMeta, _Mapping]]] = ..., rrefs: _Optional[_Iterable[_Union[RRefHandle, _Mapping]]] = ...) -> None: ...
+
+class TensorMeta(_message.Message):
+    __slots__ = ("dtype", "shape", "attachment", "requires_grad", "parameter", "autograd_message_id", "quantization")
+    DTYPE_FIELD_NUMBER: _ClassVar[int]
+    SHAPE_FIELD_NUMBER: _ClassVar[int]
+    ATTACHMENT_FIELD_NUMBER: _ClassVar[int]
+    REQUIRES_GRAD_FIELD_NUMBER: _ClassVar[int]
+    PARAMETER_FIELD_NUMBER: _ClassVar[int]
+    AUTOGRAD_MESSAGE_ID_FIELD_NUMBER: _ClassVar[int]
+    QUANTIZATION_FIELD_NUMBER: _ClassVar[int]
+    dtype: str
+    shape: _containers.RepeatedScalarFieldContainer[int]
+    attachment: int
+    requires_grad: bool
+    parameter: bool
+    autograd_message_id: int
+    quantization: Quantization
+    def __init__(self, dtype: _Optional[str] = ..., shape: _Optional[_Iterable[int]] = ..., attachment: _Optional[int] = ..., requires_grad: _Optional[bool] = ..., parameter: _Optional[bool] = ..., autograd_message_id: _Optional[int] = ..., quantization: _Optional[_Union[Quantization, _Mapping]] = ...) -> None: ...
+
+class Quantization(_message.Message):
+    __slots__ = ("qscheme", "scale", "zero_point", "scales_attachment", "zero_points_attachment", "axis", "dtype")
+    QSCHEME_FIELD_NUMBER: _ClassVar[int]
+    SCALE_FIELD_NUMBER: _ClassVar[int]
+    ZERO_POINT_FIELD_NUMBER: _ClassVar[int]
+    SCALES_ATTACHMENT_FIELD_NUMBER: _ClassVar[int]
+    ZERO_POINTS_ATTACHMENT_FIELD_NUMBER: _ClassVar[int]
+    AXIS_FIELD_NUMBER: _ClassVar[int]
+    DTYPE_FIELD_NUMBER: _ClassVar[int]
+    qscheme: str
+    scale: float
+    zero_point: int
+    scales_attachment: int
+    zero_points_attachment: int
+    axis: int
+    dtype: str
+    def __init__(self, qscheme: _Optional[str] = ..., scale: _Optional[float] = ..., zero_point: _Optional[int] = ..., scales_attachment: _Optional[int] = ..., zero_points_attachment: _Optional[int] = ..., axis: _Optional[int] = ..., dtype: _Optional[str] = ...) -> None: ...
+
+class RRefHandle(_message.Message):
+    __slots__ = ("rref_id", "owner", "fork_id")
+    RREF_ID_FIELD_NUMBER: _ClassVar[int]
+    OWNER_FIELD_NUMBER: _ClassVar[int]
+    FORK_ID_FIELD_NUMBER: _ClassVar[int]
+    rref_id: int
+    owner: int
+    fork_id: int
+    def __init__(self, rref_id: _Optional[int] = ..., owner: _Optional[int] = ..., fork_id: _Optional[int] = ...) -> None: ...
+
+class WorkerEntry(_message.Message):
+    __slots__ = ("name", "rank", "address", "daemon", "pid", "host")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    RANK_FIELD_NUMBER: _ClassVar[int]
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    DAEMON_FIELD_NUMBER: _ClassVar[int]
+    PID_FIELD_NUMBER: _ClassVar[int]
+    HOST_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    rank: int
+    address: str
+    daemon: bool
+    pid: int
+    host: str
+    def __init__(self, name: _Optional[str] = ..., rank: _Optional[int] = ..., address: _Optional[str] = ..., daemon: _Optional[bool] = ..., pid: _Optional[int] = ..., host: _Optional[str] = ...) -> None: ...
+
+class Join(_message.Message):
+    __slots__ = ("name", "rank", "address", "world_size", "daemon", "pid", "host", "version")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    RANK_FIELD_NUMBER: _ClassVar[int]
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    WORLD_SIZE_FIELD_NUMBER: _ClassVar[int]
+    DAEMON_FIELD_NUMBER: _ClassVar[int]
+    PID_FIELD_NUMBER: _ClassVar[int]
+    HOST_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    rank: int
+    address: str
+    world_size: int
+    daemon: bool
+    pid: int
+    host: str
+    version: str
+    def __init__(self, name: _Optional[str] = ..., rank: _Optional[int] = ..., address: _Optional[str] = ..., world_size: _Optional[int] = ..., daemon: _Optional[bool] = ..., pid: _Optional[int] = ..., host: _Optional[str] = ..., version: _Optional[str] = ...) -> None: ...
+
+class JoinReply(_message.Message):
+    __slots__ = ("rank", "world", "heartbeat_interval")
+    RANK_FIELD_NUMBER: _ClassVar[int]
+    WORLD_FIELD_NUMBER: _ClassVar[int]
+    HEARTBEAT_INTERVAL_FIELD_NUMBER: _ClassVar[int]
+    rank: int
+    world: WorldUpdate
+    heartbeat_interval: float
+    def __init__(self, rank: _Optional[int] = ..., world: _Optional[_Union[WorldUpdate, _Mapping]] = ..., heartbeat_interval: _Optional[float] = ...) -> None: ...
+
+class Departure(_message.Message):
+    __slots__ = ("name", "rank", "reason", "failed")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    RANK_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    FAILED_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    rank: int
+    reason: str
+    failed: bool
+    def __init__(self, name: _Optional[str] = ..., rank: _Optional[int] = ..., reason: _Optional[str] = ..., failed: _Optional[bool] = ...) -> None: ...
+
+class WorldUpdate(_message.Message):
+    __slots__ = ("version", "workers", "departed")
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    WORKERS_FIELD_NUMBER: _ClassVar[int]
+    DEPARTED_FIELD_NUMBER: _ClassVar[int]
+    version: int
+    workers: _containers.RepeatedCompositeFieldContainer[WorkerEntry]
+    departed: _containers.RepeatedCompositeFieldContainer[Departure]
+    def __init__(self, version: _Optional[int] = ..., workers: _Optional[_Iterable[_Union[WorkerEntry, _Mapping]]] = ..., departed: _Optional[_Iterable[_Union[Departure, _Mapping]]] = ...) -> None: ...
+
+class Heartbeat(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class Leave(_message.Message):
+    __slots__ = ("graceful",)
+    GRACEFUL_FIELD_NUMBER: _ClassVar[int]
+    graceful: bool
+    def __init__(self, graceful: _Optional[bool] = ...) -> None: ...
+
+class Barrier(_message.Message):
+    __slots__ = ("name",)
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...
+
+class Call(_message.Message):
+    __slots__ = ("function", "context_id", "create_rref", "creator_fork")
+    FUNCTION_FIELD_NUMBER: _ClassVar[int]
+    CONTEXT_ID_FIELD_NUMBER: _ClassVar[int]
+    CREATE_RREF_FIELD_NUMBER: _ClassVar[int]
+    CREATOR_FORK_FIELD_NUMBER: _ClassVar[int]
+    function: Value
+    context_id: int
+    create_rref: int
+    creator_fork: int
+    def __init__(self, function: _Optional[_Union[Value, _Mapping]] = ..., context_id: _Optional[int] = ..., create_rref: _Optional[int] = ..., creator_fork: _Optional[int] = ...) -> None: ...
+
+class FetchRRef(_message.Message):
+    __slots__ = ("rref_id", "context_id")
+    RREF_ID_FIELD_NUMBER: _ClassVar[int]
+    CONTEXT_ID_FIELD_NUMBER: _ClassVar[int]
+    rref_id: int
+    context_id: int
+    def __init__(self, rref_id: _Optional[int] = ..., context_id: _Optional[int] = ...) -> None: ...
+
+class ForkChange(_message.Message):
+    __slots__ = ("rref_id", "fork_id", "add")
+    RREF_ID_FIELD_NUMBER: _ClassVar[int]
+    FORK_ID_FIELD_NUMBER: _ClassVar[int]
+    ADD_FIELD_NUMBER: _ClassVar[int]
+    rref_id: int
+    fork_id: int
+    add: bool
+    def __init__(self, rref_id: _Optional[int] = ..., fork_id: _Optional[int] = ..., add: _Optional[bool] = ...) -> None: ...
+
+class RRefForks(_message.Message):
+    __slots__ = ("changes",)
+    CHANGES_FIELD_NUMBER: _ClassVar[int]
+    changes: _containers.RepeatedCompositeFieldContainer[ForkChange]
+    def __init__(self, changes: _Optional[_Iterable[_Union[ForkChange, _Mapping]]] = ...) -> None: ...
+
+class SourceReach(_message.Message):
+    __slots__ = ("message_id", "reaches")
+    MESSAGE_ID_FIELD_NUMBER: _ClassVar[int]
+    REACHES_FIELD_NUMBER: _ClassVar[int]
+    message_id: int
+    reaches: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, message_id: _Optional[int] = ..., reaches: _Optional[_Iterable[int]] = ...) -> None: ...
+
+class GraphSummary(_message.Message):
+    __slots__ = ("sources", "peers")
+    SOURCES_FIELD_NUMBER: _ClassVar[int]
+    PEERS_FIELD_NUMBER: _ClassVar[int]
+    sources: _containers.RepeatedCompositeFieldContainer[SourceReach]
+    peers: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, sources: _Optional[_Iterable[_Union[SourceReach, _Mapping]]] = ..., peers: _Optional[_Iterable[int]] = ...) -> None: ...
+
+class StartBackward(_message.Message):
+    __slots__ = ("context_id", "pass_id", "retain_graph", "summary", "timeout")
+    CONTEXT_ID_FIELD_NUMBER: _ClassVar[int]
+    PASS_ID_FIELD_NUMBER: _ClassVar[int]
+    RETAIN_GRAPH_FIELD_NUMBER: _ClassVar[int]
+    SUMMARY_FIELD_NUMBER: _ClassVar[int]
+    TIMEOUT_FIELD_NUMBER: _ClassVar[int]
+    context_id: int
+    pass_id: int
+    retain_graph: bool
+    summary: GraphSummary
+    timeout: float
+    def __init__(self, context_id: _Optional[int] = ..., pass_id: _Optional[int] = ..., retain_graph: _Optional[bool] = ..., summary: _Optional[_Union[GraphSummary, _Mapping]] = ..., timeout: _Optional[float] = ...) -> None: ...
+
+class PrepareBackward(_message.Message):
+    __slots__ = ("context_id", "pass_id")
+    CONTEXT_ID_FIELD_NUMBER: _ClassVar[int]
+    PASS_ID_FIELD_NUMBER: _ClassVar[int]
+    context_id: int
+    pass_id: int
+    def __init__(self, context_id: _Optional[int] = ..., pass_id: _Optional[int] = ...) -> None: ...
+
+class RunBackward(_message.Message):
+    __slots__ = ("context_id", "pass_id", "active_sends", "run_roots", "retain_graph")
+    CONTEXT_ID_FIELD_NUMBER: _ClassVar[int]
+    PASS_ID_FIELD_NUMBER: _ClassVar[int]
+    ACTIVE_SENDS_FIELD_NUMBER: _ClassVar[int]
+    RUN_ROOTS_FIELD_NUMBER: _ClassVar[int]
+    RETAIN_GRAPH_FIELD_NUMBER: _ClassVar[int]
+    context_id: int
+    pass_id: int
+    active_sends: _containers.RepeatedScalarFieldContainer[int]
+    run_roots: bool
+    retain_graph: bool
+    def __init__(self, context_id: _Optional[int] = ..., pass_id: _Optional[int] = ..., active_sends: _Optional[_Iterable[int]] = ..., run_roots: _Optional[bool] = ..., retain_graph: _Optional[bool] = ...) -> None: ...
+
+class PassFinished(_message.Message):
+    __slots__ = ("context_id", "pass_id", "error", "leaves")
+    CONTEXT_ID_FIELD_NUMBER: _ClassVar[int]
+    PASS_ID_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    LEAVES_FIELD_NUMBER: _ClassVar[int]
+    context_id: int
+    pass_id: int
+    error: Error
+    leaves: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, context_id: _Optional[int] = ..., pass_id: _Optional[int] = ..., error: _Optional[_Union[Error, _Mapping]] = ..., leaves: _Optional[_Iterable[int]] = ...) -> None: ...
+
+class AbortBackward(_message.Message):
+    __slots__ = ("context_id", "pass_id", "reason")
+    CONTEXT_ID_FIELD_NUMBER: _ClassVar[int]
+    PASS_ID_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    context_id: int
+    pass_id: int
+    reason: str
+    def __init__(self, context_id: _Optional[int] = ..., pass_id: _Optional[int] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class Gradient(_message.Message):
+    __slots__ = ("message_id", "tensor", "none")
+    MESSAGE_ID_FIELD_NUMBER: _ClassVar[int]
+    TENSOR_FIELD_NUMBER: _ClassVar[int]
+    NONE_FIELD_NUMBER: _ClassVar[int]
+    message_id: int
+    tensor: TensorMeta
+    none: bool
+    def __init__(self, message_id: _Optional[int] = ..., tensor: _Optional[_Union[TensorMeta, _Mapping]] = ..., none: _Optional[bool] = ...) -> None: ...
+
+class PushGradients(_message.Message):
+    __slots__ = ("context_id", "pass_id", "gradients")
+    CONTEXT_ID_FIELD_NUMBER: _ClassVar[int]
+    PASS_ID_FIELD_NUMBER: _ClassVar[int]
+    GRADIENTS_FIELD_NUMBER: _ClassVar[int]
+    context_id: int
+    pass_id: int
+    gradients: _containers.RepeatedCompositeFieldContainer[Gradient]
+    def __init__(self, context_id: _Optional[int] = ..., pass_id: _Optional[int] = ..., gradients: _Optional[_Iterable[_Union[Gradient, _Mapping]]] = ...) -> None: ...
+
+class ContextEvent(_message.Message):
+    __slots__ = ("context_id", "closed")
+    CONTEXT_ID_FIELD_NUMBER: _ClassVar[int]
+    CLOSED_FIELD_NUMBER: _ClassVar[int]
+    context_id: int
+    closed: bool
+    def __init__(self, context_id: _Optional[int] = ..., closed: _Optional[bool] = ...) -> None: ...
+
+class ReleaseContext(_message.Message):
+    __slots__ = ("context_id",)
+    CONTEXT_ID_FIELD_NUMBER: _ClassVar[int]
+    context_id: int
+    def __init__(self, context_id: _Optional[int] = ...) -> None: ...
+
+class StatusRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class WorkerStatus(_message.Message):
+    __slots__ = ("worker", "seconds_since_heartbeat")
+    WORKER_FIELD_NUMBER: _ClassVar[int]
+    SECONDS_SINCE_HEARTBEAT_FIELD_NUMBER: _ClassVar[int]
+    worker: WorkerEntry
+    seconds_since_heartbeat: float
+    def __init__(self, worker: _Optional[_Union[WorkerEntry, _Mapping]] = ..., seconds_since_heartbeat: _Optional[float] = ...) -> None: ...
+
+class ContextStatus(_message.Message):
+    __slots__ = ("context_id", "participants", "passes", "passes_in_flight", "leaves_with_gradients")
+    class LeavesWithGradientsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: int
+        value: int
+        def __init__(self, key: _Optional[int] = ..., value: _Optional[int] = ...) -> None: ...
+    CONTEXT_ID_FIELD_NUMBER: _ClassVar[int]
+    PARTICIPANTS_FIELD_NUMBER: _ClassVar[int]
+    PASSES_FIELD_NUMBER: _ClassVar[int]
+    PASSES_IN_FLIGHT_FIELD_NUMBER: _ClassVar[int]
+    LEAVES_WITH_GRADIENTS_FIELD_NUMBER: _ClassVar[int]
+    context_id: int
+    participants: _containers.RepeatedScalarFieldContainer[int]
+    passes: int
+    passes_in_flight: int
+    leaves_with_gradients: _containers.ScalarMap[int, int]
+    def __init__(self, context_id: _Optional[int] = ..., participants: _Optional[_Iterable[int]] = ..., passes: _Optional[int] = ..., passes_in_flight: _Optional[int] = ..., leaves_with_gradients: _Optional[_Mapping[int, int]] = ...) -> None: ...
+
+class StatusReply(_message.Message):
+    __slots__ = ("workers", "contexts", "departed")
+    WORKERS_FIELD_NUMBER: _ClassVar[int]
+    CONTEXTS_FIELD_NUMBER: _ClassVar[int]
+    DEPARTED_FIELD_NUMBER: _ClassVar[int]
+    workers: _containers.RepeatedCompositeFieldContainer[WorkerStatus]
+    contexts: _containers.RepeatedCompositeFieldContainer[ContextStatus]
+    departed: _containers.RepeatedCompositeFieldContainer[Departure]
+    def __init__(self, workers: _Optional[_Iterable[_Union[WorkerStatus, _Mapping]]] = ..., contexts: _Optional[_Iterable[_Union[ContextStatus, _Mapping]]] = ..., departed: _Optional[_Iterable[_Union[Departure, _Mapping]]] = ...) -> None: ...

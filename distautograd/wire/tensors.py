@@ -1,0 +1,156 @@
+"""Tensors to and from raw bytes plus dtype and shape: every CPU dtype, bit-exact, never pickled."""
+
+from __future__ import annotations
+
+import math
+from typing import Any, List, MutableSequence, Sequence
+
+import torch
+
+from distautograd.errors import InvalidArgument
+from distautograd.v1 import wire_pb2 as pb
+
+DTYPES: dict[str, torch.dtype] = {
+    str(value).removeprefix("torch."): value for value in vars(torch).values() if isinstance(value, torch.dtype)
+}
+_QUANTIZED = {torch.qint8, torch.quint8, torch.qint32, torch.quint4x2, torch.quint2x4}
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def dtype_from_name(name: str) -> torch.dtype:
+    try:
+        return DTYPES[name]
+    except KeyError:
+        raise InvalidArgument(f"unknown tensor dtype {name!r}; expected one of {sorted(DTYPES)}") from None
+
+
+def raw_bytes(tensor: torch.Tensor) -> memoryview:
+    """The tensor's elements in C order as bytes (a copy only where the layout needs one)."""
+    t = tensor.detach()
+    if t.is_conj():
+        t = t.resolve_conj()
+    if t.is_neg():
+        t = t.resolve_neg()
+    if t.element_size() == 1:
+        # Sub-byte and bit dtypes have no copy kernel, but viewing them as bytes first always works.
+        flat = t.view(torch.uint8).contiguous().reshape(-1)
+    else:
+        flat = t.contiguous().reshape(-1).view(torch.uint8)
+    return memoryview(flat.numpy()).cast("B")
+
+
+def check_sendable(tensor: torch.Tensor) -> None:
+    if tensor.device.type != "cpu":
+        raise InvalidArgument(
+            f"cannot send a tensor on device {tensor.device}: only CPU tensors travel; call .cpu() first"
+        )
+    if tensor.layout != torch.strided:
+        raise InvalidArgument(
+            f"cannot send a {tensor.layout} tensor: only dense (strided) tensors travel; call .to_dense() first"
+        )
+
+
+def encode(tensor: torch.Tensor, attachments: MutableSequence[Any]) -> pb.TensorMeta:
+    """Describes ``tensor`` and appends its bytes to ``attachments``."""
+    check_sendable(tensor)
+    meta = pb.TensorMeta(
+        dtype=dtype_name(tensor.dtype),
+        shape=list(tensor.shape),
+        requires_grad=tensor.requires_grad,
+        parameter=isinstance(tensor, torch.nn.Parameter),
+    )
+    if tensor.is_quantized:
+        meta.quantization.CopyFrom(_encode_quantization(tensor, attachments))
+        tensor = tensor.int_repr()
+        meta.dtype = dtype_name(tensor.dtype)
+    meta.attachment = len(attachments)
+    attachments.append(raw_bytes(tensor))
+    return meta
+
+
+def decode(meta: pb.TensorMeta, attachments: Sequence[Any]) -> torch.Tensor:
+    """Rebuilds a tensor from its description and the received attachments (requires_grad is left off)."""
+    dtype = dtype_from_name(meta.dtype)
+    shape = list(meta.shape)
+    if any(size < 0 for size in shape):
+        raise InvalidArgument(f"tensor shape {shape} has a negative size")
+    data = _attachment(attachments, meta.attachment)
+    expected = math.prod(shape) * _element_size(dtype)
+    if len(data) != expected:
+        raise InvalidArgument(
+            f"tensor of dtype {meta.dtype} and shape {shape} needs {expected} bytes but {len(data)} arrived"
+        )
+    if expected == 0:
+        tensor = torch.empty(shape, dtype=dtype)
+    else:
+        tensor = _as_uint8(data).view(dtype).reshape(shape)
+    if meta.HasField("quantization"):
+        tensor = _decode_quantization(tensor, meta.quantization, attachments)
+    return tensor
+
+
+def _element_size(dtype: torch.dtype) -> int:
+    return torch.empty((), dtype=dtype).element_size()
+
+
+def _attachment(attachments: Sequence[Any], index: int) -> memoryview:
+    if index >= len(attachments):
+        raise InvalidArgument(f"tensor refers to attachment {index} but the message has {len(attachments)}")
+    return memoryview(attachments[index]).cast("B")
+
+
+def _as_uint8(data: memoryview) -> torch.Tensor:
+    if data.readonly:
+        # Received bytes are immutable; the tensor the user gets must be writable, as torch's are.
+        out = torch.empty(len(data), dtype=torch.uint8)
+        out.numpy()[:] = data
+        return out
+    return torch.frombuffer(data, dtype=torch.uint8)
+
+
+def _encode_quantization(tensor: torch.Tensor, attachments: MutableSequence[Any]) -> pb.Quantization:
+    scheme = tensor.qscheme()
+    q = pb.Quantization(dtype=dtype_name(tensor.dtype))
+    if scheme == torch.per_tensor_affine:
+        q.qscheme = "per_tensor_affine"
+        q.scale = tensor.q_scale()
+        q.zero_point = tensor.q_zero_point()
+    elif scheme in (torch.per_channel_affine, torch.per_channel_affine_float_qparams):
+        q.qscheme = str(scheme).removeprefix("torch.")
+        q.axis = tensor.q_per_channel_axis()
+        q.scales_attachment = len(attachments)
+        attachments.append(raw_bytes(tensor.q_per_channel_scales()))
+        q.zero_points_attachment = len(attachments)
+        attachments.append(raw_bytes(tensor.q_per_channel_zero_points()))
+    else:
+        raise InvalidArgument(f"cannot send a quantized tensor with qscheme {scheme}")
+    return q
+
+
+def _decode_quantization(int_repr: torch.Tensor, q: pb.Quantization, attachments: Sequence[Any]) -> torch.Tensor:
+    qdtype = dtype_from_name(q.dtype)
+    if qdtype not in _QUANTIZED:
+        raise InvalidArgument(f"{q.dtype} is not a quantized dtype")
+    if q.qscheme == "per_tensor_affine":
+        return torch._make_per_tensor_quantized_tensor(int_repr, q.scale, q.zero_point)
+    if q.qscheme in ("per_channel_affine", "per_channel_affine_float_qparams"):
+        channels = int_repr.shape[q.axis] if int_repr.dim() else 0
+        scales = _side_tensor(attachments, q.scales_attachment, torch.float64, channels)
+        if q.qscheme == "per_channel_affine_float_qparams":
+            scales = scales.float()
+        zero_points = _side_tensor(attachments, q.zero_points_attachment, torch.int64, channels)
+        return torch._make_per_channel_quantized_tensor(int_repr, scales, zero_points, q.axis)
+    raise InvalidArgument(f"unknown qscheme {q.qscheme!r}")
+
+
+def _side_tensor(attachments: Sequence[Any], index: int, dtype: torch.dtype, count: int) -> torch.Tensor:
+    meta = pb.TensorMeta(dtype=dtype_name(dtype), shape=[count], attachment=index)
+    return decode(meta, attachments)
+
+
+def all_dtypes() -> List[torch.dtype]:
+    """Every dtype torch defines, for tests and docs."""
+    return sorted(set(DTYPES.values()), key=str)
