@@ -34,10 +34,15 @@ def _security(args):
     return Security(args.token, args.tls_cert, args.tls_key, args.tls_ca, args.tls_server_name)
 
 
-def _wait_for_signal() -> None:
+def _stop_on_signals() -> threading.Event:
+    """Installed before anything starts, so a SIGTERM during start-up is a clean stop too."""
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
+    return stop
+
+
+def _wait(stop: threading.Event) -> None:
     while not stop.wait(1.0):
         pass
 
@@ -59,6 +64,7 @@ def cmd_coordinator(args) -> int:
     from distautograd.coordinator.service import Coordinator
     from distautograd.transport.grpc_io import Server
 
+    stop = _stop_on_signals()
     options = _options(
         args, heartbeat_interval=args.heartbeat_interval, heartbeat_timeout=args.heartbeat_timeout,
         context_ttl=args.context_ttl, allowed_modules=args.allow_module,
@@ -67,7 +73,7 @@ def cmd_coordinator(args) -> int:
     coordinator = Coordinator(server, options)
     server.start()
     print(f"coordinator ready at {args.host}:{server.port}", flush=True)
-    _wait_for_signal()
+    _wait(stop)
     log.info("coordinator stopping")
     coordinator.stop()
     server.stop(grace=1.0)
@@ -77,6 +83,7 @@ def cmd_coordinator(args) -> int:
 def cmd_worker(args) -> int:
     from distautograd import rpc
 
+    stop = _stop_on_signals()
     options = _options(
         args,
         coordinator=args.coordinator,
@@ -95,7 +102,7 @@ def cmd_worker(args) -> int:
     from distautograd.runtime.agent import current_agent
 
     print(f"worker {info.name} ready at {current_agent().address} (rank {info.id})", flush=True)
-    _wait_for_signal()
+    _wait(stop)
     log.info("worker %s stopping", info.name)
     rpc.shutdown(graceful=False)
     return 0

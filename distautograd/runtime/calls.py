@@ -159,7 +159,7 @@ class Calls:
             result = result.future
         elif not is_async(func):
             return False, result
-        if not isinstance(result, torch.futures.Future):
+        if not isinstance(result, torch._C.Future):  # .then() returns the C base class
             raise TypeError(
                 f"{getattr(func, '__qualname__', func)} is decorated with @async_execution but returned "
                 f"{type(result).__name__}, not a torch.futures.Future"

@@ -155,14 +155,26 @@ def _lookup(module: str, name: str) -> Any:
     return obj
 
 
+_op_names: Optional[dict] = None
+
+
 def op_name(obj: Any) -> Optional[tuple[str, str]]:
     """(namespace, name) when ``obj`` is a compiled torch operator, else None."""
+    global _op_names
     if not isinstance(obj, _OP_TYPES):
         return None
-    name = getattr(obj, "__name__", None)
-    for namespace, space in _OP_NAMESPACES.items():
-        if name and getattr(space, name, None) is obj:
-            return namespace, name
+    if _op_names is None:
+        # Built once: an op's __name__ is not always its public name (torch.linalg.norm is "linalg_norm").
+        names = {}
+        for namespace, space in reversed(list(_OP_NAMESPACES.items())):
+            for attr in dir(space):
+                value = getattr(space, attr, None)
+                if isinstance(value, _OP_TYPES):
+                    names[id(value)] = (namespace, attr)
+        _op_names = names
+    found = _op_names.get(id(obj))
+    if found is not None and getattr(_OP_NAMESPACES[found[0]], found[1], None) is obj:
+        return found
     return None
 
 

@@ -30,6 +30,8 @@ def dtype_from_name(name: str) -> torch.dtype:
 def raw_bytes(tensor: torch.Tensor) -> memoryview:
     """The tensor's elements in C order as bytes (a copy only where the layout needs one)."""
     t = tensor.detach()
+    if t.numel() == 0:
+        return memoryview(b"")
     if t.is_conj():
         t = t.resolve_conj()
     if t.is_neg():
@@ -38,7 +40,10 @@ def raw_bytes(tensor: torch.Tensor) -> memoryview:
         # Sub-byte and bit dtypes have no copy kernel, but viewing them as bytes first always works.
         flat = t.view(torch.uint8).contiguous().reshape(-1)
     else:
-        flat = t.contiguous().reshape(-1).view(torch.uint8)
+        flat = t.contiguous().reshape(-1)
+        if flat.stride(0) != 1:  # one element reached through a stride: contiguous, yet not viewable
+            flat = flat.as_strided((1,), (1,))
+        flat = flat.view(torch.uint8)
     return memoryview(flat.numpy()).cast("B")
 
 

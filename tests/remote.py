@@ -1,0 +1,135 @@
+"""Functions the tests run on other workers; workers load them because they allow the 'tests' module."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+
+import torch
+
+from distautograd import autograd as dist_autograd
+from distautograd import rpc
+
+
+def add(a, b):
+    return a + b
+
+
+def echo(x):
+    return x
+
+
+def raise_value_error(message):
+    raise ValueError(message)
+
+
+class NeedsTwoArgs(Exception):
+    def __init__(self, a, b):
+        super().__init__(a, b)
+
+
+def raise_custom():
+    raise NeedsTwoArgs("x", "y")
+
+
+def nested_add(to, x, y):
+    return rpc.rpc_sync(to, add, args=(x, y))
+
+
+def call_back(to, func, args):
+    return rpc.rpc_sync(to, func, args=args)
+
+
+def sleep(seconds):
+    time.sleep(seconds)
+    return seconds
+
+
+def touch(path):
+    with open(path, "w") as f:
+        f.write("ran")
+    return path
+
+
+def pid():
+    return os.getpid()
+
+
+def whoami():
+    return rpc.get_worker_info()
+
+
+def owned_rrefs():
+    from distautograd.runtime.agent import current_agent
+
+    return current_agent().rrefs.owned_count()
+
+
+def debug_info():
+    return dist_autograd._get_debug_info()
+
+
+def rref_value_plus(rref, x):
+    return rref.to_here() + x
+
+
+def rref_local_sum(rref):
+    return rref.local_value().sum()
+
+
+def make_rref(value):
+    return rpc.RRef(value)
+
+
+@rpc.functions.async_execution
+def async_add_chained(to, x, y, z):
+    return rpc.rpc_async(to, torch.add, args=(x, y)).then(lambda fut: fut.wait() + z)
+
+
+@rpc.functions.async_execution
+def async_not_a_future():
+    return 1
+
+
+class Counter:
+    def __init__(self, start=0):
+        self.value = start
+        self._lock = threading.Lock()
+
+    def increment(self, by=1):
+        with self._lock:
+            self.value += by
+            return self.value
+
+    def get(self):
+        return self.value
+
+    @rpc.functions.async_execution
+    def add_later(self, x):
+        fut = torch.futures.Future()
+        threading.Timer(0.05, lambda: fut.set_result(self.value + x)).start()
+        return fut
+
+
+class Unpicklable:
+    def __reduce__(self):
+        raise TypeError("Unpicklable refuses to be pickled")
+
+
+def return_unpicklable():
+    return Unpicklable()
+
+
+class RunsShellWhenLoaded:
+    """A value whose pickle reduces to os.system: whoever unpickles it runs the command."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.path}",))
+
+
+def return_shell_payload(path):
+    return RunsShellWhenLoaded(path)

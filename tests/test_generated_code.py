@@ -1,0 +1,18 @@
+"""The committed protobuf code is exactly what scripts/gen_protos.py makes from protos/."""
+
+import pathlib
+
+from scripts.gen_protos import ROOT, generate
+
+
+def test_regenerating_changes_nothing(tmp_path):
+    fresh = generate(tmp_path)
+    assert fresh, "protoc generated nothing"
+    for path in fresh:
+        committed = ROOT / path.relative_to(tmp_path)
+        assert committed.exists(), f"{committed} is generated but not committed"
+        assert committed.read_text() == path.read_text(), (
+            f"{committed} is stale: run `python scripts/gen_protos.py` and commit the result"
+        )
+    committed = {p.relative_to(ROOT) for p in (ROOT / "distautograd").rglob("*_pb2*.py*")}
+    assert committed == {p.relative_to(tmp_path) for p in fresh}

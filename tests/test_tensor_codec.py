@@ -1,0 +1,132 @@
+"""Tensors travel as raw bytes plus dtype and shape: every CPU dtype and layout comes back bit-exact."""
+
+import math
+
+import hypothesis.strategies as st
+import pytest
+import torch
+from hypothesis import given, settings
+
+from distautograd.errors import InvalidArgument
+from distautograd.v1 import wire_pb2 as pb
+from distautograd.wire import tensors
+
+QUANTIZED = {torch.qint8, torch.quint8, torch.qint32, torch.quint4x2, torch.quint2x4}
+PLAIN = [d for d in tensors.all_dtypes() if d not in QUANTIZED]
+
+
+def random_tensor(shape, dtype, seed=0):
+    """A tensor of ``dtype`` whose bytes are random: covers NaN payloads, subnormals, every bit pattern."""
+    t = torch.empty(shape, dtype=dtype)
+    raw = t.reshape(-1).view(torch.uint8)
+    g = torch.Generator().manual_seed(seed)
+    raw.copy_(torch.randint(0, 256, raw.shape, dtype=torch.uint8, generator=g))
+    if dtype == torch.bool:
+        raw.clamp_(0, 1)
+    return t
+
+
+def through_the_wire(t):
+    """Encode, serialize the metadata like the wire does, and decode from immutable bytes."""
+    attachments = []
+    meta = tensors.encode(t, attachments)
+    meta = pb.TensorMeta.FromString(meta.SerializeToString())
+    return tensors.decode(meta, [bytes(a) for a in attachments])
+
+
+def same_bits(a, b):
+    return (
+        a.dtype == b.dtype
+        and a.shape == b.shape
+        and tensors.raw_bytes(a).tobytes() == tensors.raw_bytes(b).tobytes()
+    )
+
+
+@pytest.mark.parametrize("dtype", PLAIN, ids=str)
+@pytest.mark.parametrize(
+    "view",
+    ["contiguous", "strided", "transposed", "row", "scalar", "zero_size", "empty_rows"],
+)
+def test_every_dtype_and_layout_round_trips_bit_exactly(dtype, view):
+    base = random_tensor((4, 6), dtype)
+    t = {
+        "contiguous": base,
+        "strided": base[:, ::2],
+        "transposed": base.t(),
+        "row": base[2],
+        "scalar": base[1, 3],
+        "zero_size": base[:0],
+        "empty_rows": torch.empty((0, 5), dtype=dtype),
+    }[view]
+    out = through_the_wire(t)
+    assert same_bits(out, t)
+    assert out.is_contiguous()
+
+
+def test_received_tensors_are_writable_and_independent():
+    t = torch.arange(6.0)
+    out = through_the_wire(t)
+    out.add_(1)
+    assert torch.equal(t, torch.arange(6.0))
+
+
+def test_conjugate_and_negative_views_resolve():
+    c = torch.randn(5, dtype=torch.complex64)
+    assert torch.equal(through_the_wire(c.conj()), c.conj())
+    assert torch.equal(through_the_wire(torch._neg_view(c)), -c)
+
+
+def test_quantized_per_tensor_and_per_channel():
+    q = torch.quantize_per_tensor(torch.randn(4, 3), 0.1, 3, torch.qint8)
+    out = through_the_wire(q)
+    assert out.dtype == torch.qint8 and torch.equal(out.int_repr(), q.int_repr())
+    assert (out.q_scale(), out.q_zero_point()) == (q.q_scale(), q.q_zero_point())
+    scales, zero_points = torch.tensor([0.1, 0.2, 0.3], dtype=torch.float64), torch.tensor([1, 2, 3])
+    qc = torch.quantize_per_channel(torch.randn(4, 3), scales, zero_points, 1, torch.quint8)
+    out = through_the_wire(qc)
+    assert torch.equal(out.int_repr(), qc.int_repr())
+    assert torch.equal(out.q_per_channel_scales(), qc.q_per_channel_scales())
+    assert out.q_per_channel_axis() == 1
+
+
+def test_flags_travel():
+    p = torch.nn.Parameter(torch.randn(2))
+    attachments = []
+    meta = tensors.encode(p, attachments)
+    assert meta.parameter and meta.requires_grad
+
+
+def test_sparse_and_wrong_sizes_are_refused():
+    with pytest.raises(InvalidArgument, match="to_dense"):
+        tensors.encode(torch.eye(3).to_sparse(), [])
+    meta = pb.TensorMeta(dtype="float32", shape=[4], attachment=0)
+    with pytest.raises(InvalidArgument, match="needs 16 bytes but 3 arrived"):
+        tensors.decode(meta, [b"abc"])
+    with pytest.raises(InvalidArgument, match="unknown tensor dtype"):
+        tensors.decode(pb.TensorMeta(dtype="os.system", shape=[1]), [b"x"])
+    with pytest.raises(InvalidArgument, match="attachment 3"):
+        tensors.decode(pb.TensorMeta(dtype="uint8", shape=[1], attachment=3), [b"x"])
+    with pytest.raises(InvalidArgument, match="negative"):
+        tensors.decode(pb.TensorMeta(dtype="uint8", shape=[-1, -1], attachment=0), [b"x"])
+
+
+shapes = st.lists(st.integers(min_value=0, max_value=5), min_size=0, max_size=4)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    dtype=st.sampled_from(PLAIN),
+    shape=shapes,
+    seed=st.integers(0, 2**31 - 1),
+    permute=st.booleans(),
+    step=st.integers(min_value=1, max_value=3),
+)
+def test_property_any_dtype_shape_and_view_round_trips(dtype, shape, seed, permute, step):
+    t = random_tensor(shape, dtype, seed)
+    if permute and t.dim() > 1:
+        t = t.permute(*reversed(range(t.dim())))
+    if t.dim() and step > 1:
+        t = t[::step]
+    out = through_the_wire(t)
+    assert same_bits(out, t)
+    assert math.prod(out.shape) == t.numel()
