@@ -11,8 +11,8 @@ from distautograd.testing import start_cluster
 
 @pytest.fixture(scope="session")
 def cluster():
-    """A coordinator and workers 'worker1', 'worker2' as real processes; they may run tests.* functions."""
-    c = start_cluster(2, allowed_modules=["tests"])
+    """A coordinator and workers worker1..worker3 as real processes; they may run tests.* functions."""
+    c = start_cluster(3, allowed_modules=["tests"])
     yield c
     c.stop()
 

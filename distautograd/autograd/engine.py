@@ -18,7 +18,7 @@ from torch.autograd.graph import GradientEdge
 
 from distautograd import errors
 from distautograd.autograd.contexts import Context
-from distautograd.autograd.graph import ROOTS, LocalGraph, Plan, Segment
+from distautograd.autograd.graph import ROOTS, LocalGraph, Plan, Segment, is_leaf_node
 from distautograd.v1 import wire_pb2 as pb
 from distautograd.wire import tensors
 
@@ -28,6 +28,18 @@ if TYPE_CHECKING:
 log = logging.getLogger("distautograd")
 Grads = Dict[int, Optional[torch.Tensor]]
 PUSH_RETRIES = 2
+# Where several gradients meet, they are summed in one fixed order, whatever order they arrive in,
+# so results are reproducible and match torch's: root gradients, then local producers latest-created
+# first, then gradients from other workers latest-sent first.
+_ROOT_ORDER = (2, 0)
+
+
+def _local_order(sequence_nr: int) -> tuple:
+    return (1, sequence_nr)
+
+
+def _remote_order(message_id: int) -> tuple:
+    return (0, message_id)
 
 
 class PassState:
@@ -42,7 +54,7 @@ class PassState:
         self.root_grads: List[Tuple[GradientEdge, torch.Tensor]] = []
         self.retain_graph = False
         self.waiting: Dict[object, int] = {}
-        self.buffers: Dict[object, Grads] = {}
+        self.buffers: Dict[object, Dict[int, list]] = {}  # boundary -> slot -> [(order, gradient)]
         self.early: Dict[int, Optional[torch.Tensor]] = {}  # pushes that came before the plan
         self.received: set = set()
         self.remaining = 0
@@ -168,7 +180,7 @@ class BackwardEngine:
                 for edge, grad in state.root_grads:
                     _add(by_node.setdefault(edge.node, {}), edge.output_nr, grad)
                 for node, grads in by_node.items():
-                    self._contribute_locked(state, node, grads, ready)
+                    self._contribute_locked(state, node, grads, _ROOT_ORDER, ready)
             early, state.early = state.early, {}
             for message_id, grad in early.items():
                 self._deliver_push_locked(state, message_id, grad, ready)
@@ -224,15 +236,16 @@ class BackwardEngine:
         point = state.ctx.send_points.get(message_id)
         if point is None:
             raise errors.InvalidArgument(f"no send point {message_id} in context {state.ctx.id}")
-        self._contribute_locked(state, point.edge.node, {point.edge.output_nr: grad}, ready)
+        self._contribute_locked(state, point.edge.node, {point.edge.output_nr: grad}, _remote_order(message_id), ready)
 
-    def _contribute_locked(self, state: PassState, node, grads: Grads, ready: List[Segment]) -> None:
+    def _contribute_locked(self, state: PassState, node, grads: Grads, order: tuple, ready: List[Segment]) -> None:
         segment = state.plan.segments.get(node)
         if segment is None:
             return  # not reachable in this pass
         buffer = state.buffers.setdefault(node, {})
         for slot, grad in grads.items():
-            _add(buffer, slot, grad)
+            if grad is not None:
+                buffer.setdefault(slot, []).append((order, grad))
         state.waiting[node] -= 1
         if state.waiting[node] == 0:
             ready.append(segment)
@@ -248,7 +261,7 @@ class BackwardEngine:
                 with state.lock:
                     if state.finished:
                         return
-                    grads = state.buffers.pop(segment.boundary, {})
+                    grads = {slot: _total(parts) for slot, parts in state.buffers.pop(segment.boundary, {}).items()}
                 if segment.kind == "leaf":
                     outputs = {}
                     grad = grads.get(0)
@@ -265,7 +278,8 @@ class BackwardEngine:
                     if state.finished:
                         return
                     for child in segment.frontier:
-                        self._contribute_locked(state, child, outputs.get(child, {}), ready)
+                        order = _local_order(segment.order[child])
+                        self._contribute_locked(state, child, outputs.get(child, {}), order, ready)
                     state.remaining -= 1
                     flush = bool(pushes) and not ready
                     if flush:
@@ -293,8 +307,8 @@ class BackwardEngine:
         return self._run_node_by_node(state, segment, present)
 
     def _run_node_by_node(self, state: PassState, segment: Segment, present: Grads) -> Dict[object, Grads]:
-        """Runs a segment one node at a time: its frontier has a node below another, so one engine
-        call would also run the lower one, which belongs to another segment."""
+        """Runs a segment one node at a time: its frontier has a node below another, and one engine
+        call capturing at both would also run the upper one, which belongs to another segment."""
         members = set(segment.nodes)
         inside: Dict[object, Grads] = {segment.boundary: present}
         out: Dict[object, Grads] = {}
@@ -302,16 +316,9 @@ class BackwardEngine:
             grads = inside.pop(node, None)
             if not grads:
                 continue
-            captured: list = []
-            handle = node.register_hook(lambda grad_inputs, grad_outputs: captured.append(grad_inputs))
-            try:
-                _engine(node, grads, state.graph.flat_inputs(node), state.retain_graph)
-            finally:
-                handle.remove()
-            for (child, slot), grad in zip(node.next_functions, captured[0]):
-                if child is None or grad is None:
-                    continue
-                _add((inside if child in members else out).setdefault(child, {}), slot, grad)
+            for (child, slot), grad in zip(node.next_functions, _run_one_node(node, grads, state.retain_graph)):
+                if child is not None and grad is not None:
+                    _add((inside if child in members else out).setdefault(child, {}), slot, grad)
         return out
 
     def _send_pushes(self, state: PassState, pushes: Dict[int, List[Tuple[int, Optional[torch.Tensor]]]]) -> None:
@@ -376,11 +383,50 @@ class BackwardEngine:
             state.report(error, [])
 
 
+def _total(parts: list) -> torch.Tensor:
+    """Sums (order, gradient) pairs in descending order, left to right, as torch's input buffers do."""
+    if len(parts) > 1:
+        parts.sort(key=lambda part: part[0], reverse=True)
+    total = parts[0][1]
+    for _, grad in parts[1:]:
+        total = total + grad
+    return total
+
+
 def _add(buffer: Grads, slot: int, grad: Optional[torch.Tensor]) -> None:
     if grad is None:
         return
     previous = buffer.get(slot)
     buffer[slot] = grad if previous is None else previous + grad
+
+
+class _Stop(Exception):
+    """Raised by a pre-hook to end an engine call before a node below the one being run."""
+
+
+def _stop(grad_outputs):
+    raise _Stop()
+
+
+def _run_one_node(node, grads: Grads, retain_graph: bool) -> tuple:
+    """Runs ``node`` alone through torch's engine (so dtype checks, hooks and freeing still apply);
+    returns the gradient for each of its next edges.
+
+    Every edge out of the node is made an input, so the engine computes them all; a post-hook
+    records them; a pre-hook on each child that could run next ends the call right there.
+    """
+    captured: list = []
+    edges = list(dict.fromkeys((c, s) for c, s in node.next_functions if c is not None))
+    handles = [node.register_hook(lambda grad_inputs, grad_outputs: captured.append(grad_inputs))]
+    handles += [c.register_prehook(_stop) for c in {c for c, _ in edges} if not is_leaf_node(c)]
+    try:
+        _engine(node, grads, edges, retain_graph)
+    except _Stop:
+        pass
+    finally:
+        for handle in handles:
+            handle.remove()
+    return captured[0]
 
 
 def _engine(node, grads: Grads, inputs, retain_graph: bool):

@@ -28,7 +28,7 @@ def is_leaf_node(node: Node) -> bool:
 class Segment:
     """A boundary and the nodes that run with it."""
 
-    __slots__ = ("boundary", "kind", "nodes", "frontier", "flat", "expected", "message_id")
+    __slots__ = ("boundary", "kind", "nodes", "frontier", "order", "flat", "expected", "message_id")
 
     def __init__(self, boundary: Node, kind: str):
         self.boundary = boundary
@@ -36,6 +36,9 @@ class Segment:
         self.nodes: List[Node] = [boundary]  # topological order, boundary first
         # child boundary -> the edges (child, slot) this segment's nodes send gradient along
         self.frontier: Dict[Node, Set[int]] = {}
+        # child boundary -> the latest sequence number among this segment's nodes that feed it:
+        # contributions are summed latest-first, the order torch's engine would produce them in
+        self.order: Dict[Node, int] = {}
         self.flat = True
         self.expected = 0  # contributions to wait for in this pass
         self.message_id = 0  # recv points: the autograd message id to answer
@@ -157,26 +160,10 @@ class LocalGraph:
                 for child, slot in self.children[node]:
                     if owner[child] is not segment:
                         segment.frontier.setdefault(child, set()).add(slot)
+                        segment.order[child] = max(segment.order.get(child, -1), node._sequence_nr())
             heads = list(segment.frontier)
             segment.flat = not any(
                 self.descends(a, b) for a in heads for b in heads if a is not b
             )
         return Plan(segments, starts)
 
-    def flat_inputs(self, node: Node) -> List[Edge]:
-        """The edges out of ``node`` whose targets no other target of ``node`` reaches.
-
-        Giving only these to the engine as inputs makes it run ``node`` and nothing below.
-        """
-        kids = {child for child, _ in self.children[node]}
-        return [
-            (child, slot)
-            for child, slot in dict.fromkeys(self.children[node])
-            if not any(other is not child and self.descends(other, child) for other in kids)
-        ]
-
-
-def summarize(graph: Optional[LocalGraph], keys: Iterable[int]) -> List[Tuple[int, List[int]]]:
-    if graph is None:
-        return []
-    return [(key, graph.reaches(key)) for key in keys]
