@@ -106,6 +106,101 @@ def tls_cluster(coordinator: str, cert: str, key: str, ca: str) -> str:
     return "calls over mutual TLS"
 
 
+@scenario
+def worker_killed_during_backward(coordinator: str, victim: str, victim_pid: str) -> str:
+    """worker2's backward function sleeps; it is killed meanwhile; backward must raise naming it,
+    and the survivors must free the context."""
+    import threading
+
+    from distautograd import autograd as dist_autograd
+
+    join(coordinator, rpc_timeout=20)
+    w = torch.randn(3, requires_grad=True)
+    with dist_autograd.context() as context_id:
+        y = rpc.rpc_sync(victim, remote.slow_in_backward, args=(w,))
+        z = rpc.rpc_sync("worker1", torch.exp, args=(y,))
+        threading.Timer(1.0, os.kill, args=(int(victim_pid), signal.SIGKILL)).start()
+        start = time.monotonic()
+        try:
+            dist_autograd.backward(context_id, [z.sum()])
+        except RuntimeError as exc:
+            elapsed = time.monotonic() - start
+            assert victim in str(exc) and ("died" in str(exc) or "lost" in str(exc)), exc
+            assert elapsed < 10, elapsed
+        else:
+            raise AssertionError("backward succeeded although a worker died")
+    deadline = time.monotonic() + 10
+    while context_id in rpc.rpc_sync("worker1", remote.context_ids) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert context_id not in rpc.rpc_sync("worker1", remote.context_ids), "worker1 kept the context"
+    info = rpc.rpc_sync("worker1", remote.debug_info)
+    assert info == {"num_autograd_contexts": 0, "num_current_backward_passes": 0}, info
+    rpc.shutdown(graceful=False)
+    return f"backward failed after {elapsed:.2f}s naming {victim}; worker1 cleaned up"
+
+
+@scenario
+def creator_dies_holding_a_context(coordinator: str) -> str:
+    from distautograd import autograd as dist_autograd
+
+    rpc.init_rpc("creator", rpc_backend_options=rpc.BackendOptions(coordinator=coordinator, allowed_modules=["tests"]))
+    ctx = dist_autograd.context()
+    context_id = ctx.__enter__()
+    rpc.rpc_sync("worker1", torch.exp, args=(torch.ones(2, requires_grad=True),))
+    print(f"OK context {context_id} open on worker1; dying", flush=True)
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+@scenario
+def orphaned_context_is_released(coordinator: str, ttl: str) -> str:
+    join(coordinator)
+    start = time.monotonic()
+    while rpc.rpc_sync("worker1", remote.debug_info)["num_autograd_contexts"] and time.monotonic() - start < 30:
+        time.sleep(0.1)
+    info = rpc.rpc_sync("worker1", remote.debug_info)
+    assert info["num_autograd_contexts"] == 0, info
+    rpc.shutdown(graceful=False)
+    return f"released after {time.monotonic() - start:.1f}s (ttl {ttl}s)"
+
+
+@scenario
+def concurrent_trainers(coordinator: str, name: str, threads: str, iterations: str) -> str:
+    """Many threads, each with its own contexts, against one parameter server: no gradient mixes."""
+    import threading
+
+    from distautograd import autograd as dist_autograd
+
+    rpc.init_rpc(name, rpc_backend_options=rpc.BackendOptions(
+        coordinator=coordinator, allowed_modules=["tests"], rpc_timeout=120, num_worker_threads=32))
+    weight = rpc.rpc_sync("ps", remote.ps_weight)
+    failures = []
+
+    def trainer(t: int) -> None:
+        try:
+            for i in range(int(iterations)):
+                scale = float(t + 1 + i)
+                x = torch.full((8,), scale, requires_grad=True)
+                with dist_autograd.context() as context_id:
+                    y = rpc.rpc_sync("ps", remote.ps_forward, args=(x,))
+                    dist_autograd.backward(context_id, [y * scale])
+                    assert torch.equal(dist_autograd.get_gradients(context_id)[x], weight * scale)
+                    ps_grad = rpc.rpc_sync("ps", remote.ps_weight_grad, args=(context_id,))
+                    assert torch.equal(ps_grad, x.detach() * scale), (t, i, ps_grad)
+        except BaseException as exc:
+            failures.append(f"thread {t}: {exc!r}")
+
+    start = time.monotonic()
+    pool = [threading.Thread(target=trainer, args=(t,)) for t in range(int(threads))]
+    for th in pool:
+        th.start()
+    for th in pool:
+        th.join(180)
+    assert not failures, failures[:3]
+    passes = int(threads) * int(iterations)
+    rpc.shutdown(graceful=False)
+    return f"{name}: {passes} passes in {time.monotonic() - start:.1f}s"
+
+
 def main() -> int:
     name, *args = sys.argv[1:]
     print("OK", SCENARIOS[name](*args), flush=True)

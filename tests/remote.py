@@ -60,10 +60,12 @@ def whoami():
     return rpc.get_worker_info()
 
 
-def owned_rrefs():
+def still_owned(rref_ids):
+    """Which of these rref ids this worker still holds a value for."""
     from distautograd.runtime.agent import current_agent
 
-    return current_agent().rrefs.owned_count()
+    store = current_agent().rrefs
+    return [store.owns(i) for i in rref_ids]
 
 
 def debug_info():
@@ -133,3 +135,79 @@ class RunsShellWhenLoaded:
 
 def return_shell_payload(path):
     return RunsShellWhenLoaded(path)
+
+
+# ---------------------------------------------------------------- autograd helpers
+
+class FailingBackward(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):
+        return x * 2
+
+    @staticmethod
+    def backward(ctx, grad):
+        raise ValueError("backward exploded on purpose")
+
+
+def fail_in_backward(x):
+    return FailingBackward.apply(x)
+
+
+class SlowBackward(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):
+        return x * 2
+
+    @staticmethod
+    def backward(ctx, grad):
+        time.sleep(5)
+        return grad * 2
+
+
+def slow_in_backward(x):
+    return SlowBackward.apply(x)
+
+
+_ps_weight = torch.arange(1.0, 9.0).requires_grad_()
+
+
+def ps_forward(x):
+    return (x * _ps_weight).sum()
+
+
+def ps_weight_grad(context_id):
+    return dist_autograd.get_gradients(context_id).get(_ps_weight)
+
+
+def ps_weight():
+    return _ps_weight.detach().clone()
+
+
+def context_ids():
+    from distautograd.runtime.agent import current_agent
+
+    return current_agent().contexts.ids()
+
+
+
+
+def take_ps_weight_dot_grad():
+    grad, _ps_weight.grad = _ps_weight.grad, None
+    return grad
+
+
+def make_linear(seed, fan_in=4, fan_out=4):
+    torch.manual_seed(seed)
+    return torch.nn.Linear(fan_in, fan_out)
+
+
+def forward_of(module_rref, x):
+    return module_rref.local_value()(x)
+
+
+def parameter_rrefs(module_rref):
+    return [rpc.RRef(p) for p in module_rref.local_value().parameters()]
+
+
+def parameters_of(module_rref):
+    return [p.detach().clone() for p in module_rref.local_value().parameters()]

@@ -157,16 +157,16 @@ class TestRRef:
             rref.to_here()
 
     def test_owner_drops_the_value_when_no_holder_is_left(self):
-        baseline = rpc.rpc_sync("worker1", remote.owned_rrefs)
         rrefs = [rpc.remote("worker1", torch.zeros, args=(1000,)) for _ in range(5)]
         for r in rrefs:
             r.to_here()
-        forwarded = rpc.rpc_sync("worker2", remote.rref_value_plus, args=(rrefs[0], 1))
+        forwarded = rpc.rpc_sync("worker2", remote.rref_value_plus, args=(rrefs[0], 1))  # a third-party fork
         assert forwarded.shape == (1000,)
-        assert rpc.rpc_sync("worker1", remote.owned_rrefs) == baseline + 5
+        ids = [r._id for r in rrefs]
+        assert rpc.rpc_sync("worker1", remote.still_owned, args=(ids,)) == [True] * 5
         del rrefs, r
         gc.collect()
-        assert poll_for(lambda: rpc.rpc_sync("worker1", remote.owned_rrefs) == baseline)
+        assert poll_for(lambda: rpc.rpc_sync("worker1", remote.still_owned, args=(ids,)) == [False] * 5)
 
 
 def test_status_command_lists_workers(cluster, capsys):

@@ -103,17 +103,19 @@ class RRefStore:
                 owned.tombstones = {f for f in owned.tombstones if rank_of(f) != rank}
                 self._collect_locked(rref_id, owned)
 
-    def owned_count(self) -> int:
+    def owns(self, rref_id: int) -> bool:
         with self._lock:
-            return len(self._owned)
+            return rref_id in self._owned
 
     # ------------------------------------------------------------------ crossing the wire
 
     def handle_for(self, rref: "RRef", dest: int) -> pb.RRefHandle:
         """What travels in place of ``rref`` to worker ``dest``, registering the fork it will hold."""
         handle = pb.RRefHandle(rref_id=rref._id, owner=rref._owner)
-        if dest == rref._owner:
-            return handle  # the owner makes its own local fork on arrival
+        if dest == rref._owner != self.agent.rank:
+            # To its owner from a user: our own fork keeps the value alive, and our release of it
+            # travels behind this message on the same stream, after the owner has decoded it.
+            return handle
         handle.fork_id = self.agent.mint()
         if rref._owner == self.agent.rank:
             self.add_fork(rref._id, handle.fork_id)
@@ -124,12 +126,14 @@ class RRefStore:
 
     def from_handle(self, handle: pb.RRefHandle) -> "RRef":
         if handle.owner == self.agent.rank:
-            fork_id = self.agent.mint()
             with self._lock:
                 owned = self._owned.get(handle.rref_id)
                 if owned is None:
                     raise errors.NotFound(f"RRef {handle.rref_id} is not owned by {self.agent.name} (already deleted?)")
-                self._add_fork_locked(handle.rref_id, owned, fork_id)
+                fork_id = handle.fork_id
+                if not fork_id:  # from a user: make the fork this new reference holds
+                    fork_id = self.agent.mint()
+                    self._add_fork_locked(handle.rref_id, owned, fork_id)
             return RRef._make(self, handle.rref_id, handle.owner, fork_id, None)
         if not handle.fork_id:
             raise errors.InvalidArgument("an RRef arrived without a fork id")
