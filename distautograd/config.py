@@ -12,6 +12,40 @@ from distautograd.wire.pickling import ALLOW_ENV
 DEFAULT_RPC_TIMEOUT = 60.0
 COORDINATOR_ENV = "DISTAUTOGRAD_COORDINATOR"
 
+# Every environment variable this package reads, and what it sets.
+ENVIRONMENT = {
+    "DISTAUTOGRAD_COORDINATOR": "HOST:PORT of an external coordinator; then no rank hosts one",
+    "DISTAUTOGRAD_NAME": "worker name (CLI worker; the launcher's role inside a cluster)",
+    "DISTAUTOGRAD_HOST": "address to listen on",
+    "DISTAUTOGRAD_PORT": "port to listen on (0 = any free port)",
+    "DISTAUTOGRAD_ADVERTISE_HOST": "host others use to reach this process",
+    "DISTAUTOGRAD_TOKEN": "shared token; required to listen beyond loopback",
+    "DISTAUTOGRAD_TLS_CERT": "PEM certificate of this process",
+    "DISTAUTOGRAD_TLS_KEY": "PEM private key of this process",
+    "DISTAUTOGRAD_TLS_CA": "PEM CA of peers; on a server it makes TLS mutual",
+    "DISTAUTOGRAD_TLS_SERVER_NAME": "name expected in server certificates",
+    "DISTAUTOGRAD_ALLOW_MODULES": "comma-separated modules callers may name",
+    "DISTAUTOGRAD_RPC_TIMEOUT": "default seconds per call (0 = none)",
+    "DISTAUTOGRAD_THREADS": "threads running incoming calls",
+    "DISTAUTOGRAD_HEARTBEAT_INTERVAL": "seconds between heartbeats",
+    "DISTAUTOGRAD_HEARTBEAT_TIMEOUT": "seconds of silence before the coordinator declares a worker dead",
+    "DISTAUTOGRAD_CONTEXT_TTL": "seconds a context outlives a creator that died",
+    "DISTAUTOGRAD_LOG_LEVEL": "logging level of the CLI",
+    "DISTAUTOGRAD_WORKERS": "comma-separated worker names for the examples (distautograd.launch.workers)",
+    "MASTER_ADDR": "host of the coordinator rank 0 hosts (as torch)",
+    "MASTER_PORT": "port of the coordinator rank 0 hosts (as torch)",
+    "RANK": "this process's rank (as torch)",
+    "WORLD_SIZE": "number of processes (as torch)",
+}
+
+
+def _env_float(name: str, default: float) -> float:
+    return float(os.environ.get(name, default))
+
+
+def _env_int(name: str, default: int) -> int:
+    return int(os.environ.get(name, default))
+
 
 @dataclass(kw_only=True)
 class BackendOptions:
@@ -40,8 +74,8 @@ class BackendOptions:
         device_maps, devices: accepted for torch compatibility; only CPU is supported.
     """
 
-    num_worker_threads: int = 16
-    rpc_timeout: float = DEFAULT_RPC_TIMEOUT
+    num_worker_threads: int = field(default_factory=lambda: _env_int("DISTAUTOGRAD_THREADS", 16))
+    rpc_timeout: float = field(default_factory=lambda: _env_float("DISTAUTOGRAD_RPC_TIMEOUT", DEFAULT_RPC_TIMEOUT))
     init_method: Optional[str] = None
     coordinator: Optional[str] = None
     host: Optional[str] = None
@@ -54,9 +88,9 @@ class BackendOptions:
     tls_server_name: Optional[str] = None
     allowed_modules: Sequence[str] = ()
     init_timeout: Optional[float] = None
-    heartbeat_interval: float = 1.0
-    heartbeat_timeout: float = 10.0
-    context_ttl: float = 30.0
+    heartbeat_interval: float = field(default_factory=lambda: _env_float("DISTAUTOGRAD_HEARTBEAT_INTERVAL", 1.0))
+    heartbeat_timeout: float = field(default_factory=lambda: _env_float("DISTAUTOGRAD_HEARTBEAT_TIMEOUT", 10.0))
+    context_ttl: float = field(default_factory=lambda: _env_float("DISTAUTOGRAD_CONTEXT_TTL", 30.0))
     daemon: bool = False
     device_maps: Optional[Dict[Any, Any]] = None
     devices: Optional[Sequence[Any]] = None

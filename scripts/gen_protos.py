@@ -24,7 +24,11 @@ def generate(out_dir: pathlib.Path) -> list[pathlib.Path]:
     ]
     if protoc.main(args) != 0:
         raise SystemExit("protoc failed")
-    return sorted(p for p in out_dir.rglob("*_pb2*.py*"))
+    return generated_files(out_dir)
+
+
+def generated_files(root: pathlib.Path) -> list[pathlib.Path]:
+    return sorted(p for p in root.rglob("*_pb2*") if p.suffix in (".py", ".pyi") and "__pycache__" not in p.parts)
 
 
 def main() -> None:

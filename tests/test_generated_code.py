@@ -2,7 +2,7 @@
 
 import pathlib
 
-from scripts.gen_protos import ROOT, generate
+from scripts.gen_protos import ROOT, generate, generated_files
 
 
 def test_regenerating_changes_nothing(tmp_path):
@@ -14,5 +14,5 @@ def test_regenerating_changes_nothing(tmp_path):
         assert committed.read_text() == path.read_text(), (
             f"{committed} is stale: run `python scripts/gen_protos.py` and commit the result"
         )
-    committed = {p.relative_to(ROOT) for p in (ROOT / "distautograd").rglob("*_pb2*.py*")}
+    committed = {p.relative_to(ROOT) for p in generated_files(ROOT / "distautograd")}
     assert committed == {p.relative_to(tmp_path) for p in fresh}

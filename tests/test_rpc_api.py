@@ -156,6 +156,15 @@ class TestRRef:
         with pytest.raises(ValueError, match="no value"):
             rref.to_here()
 
+    def test_a_remote_that_failed_to_start_fails_every_later_use(self):
+        import subprocess
+
+        rref = rpc.remote("worker1", subprocess.call, args=(["true"],))  # refused by the allowlist
+        with pytest.raises(PermissionDenied, match="subprocess.call"):
+            rpc.rpc_sync("worker1", remote.rref_local_sum, args=(rref,), timeout=10)
+        with pytest.raises(PermissionDenied, match="subprocess.call"):
+            rref.to_here(timeout=10)
+
     def test_owner_drops_the_value_when_no_holder_is_left(self):
         rrefs = [rpc.remote("worker1", torch.zeros, args=(1000,)) for _ in range(5)]
         for r in rrefs:

@@ -15,11 +15,12 @@ import grpc
 from distautograd import __version__, errors
 from distautograd.autograd.contexts import ContextStore
 from distautograd.autograd.engine import BackwardEngine
-from distautograd.config import COORDINATOR_ENV, BackendOptions
+from distautograd.config import BackendOptions
 from distautograd.ids import MAX_RANK, IdMint
 from distautograd.runtime.calls import Calls
 from distautograd.runtime.codec import Codec
 from distautograd.runtime.rrefs import UNSET_TIMEOUT, RRefStore
+from distautograd.runtime.rendezvous import Rendezvous, join_address
 from distautograd.runtime.world import WorkerInfo, WorldView
 from distautograd.transport import grpc_io
 from distautograd.transport.deadlines import Deadlines
@@ -41,45 +42,6 @@ def current_agent() -> "Agent":
     if agent is None:
         raise RuntimeError("RPC has not been initialized. Call distautograd.rpc.init_rpc first.")
     return agent
-
-
-def split_address(address: str) -> Tuple[str, int]:
-    host, sep, port = address.rpartition(":")
-    if not sep or not port.isdigit():
-        raise ValueError(f"expected an address as HOST:PORT, got {address!r}")
-    return host.strip("[]"), int(port)
-
-
-def join_address(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
-def coordinator_address(options: BackendOptions, rank: int) -> Tuple[str, bool]:
-    """Where the coordinator is, and whether this process hosts it (rank 0, unless one is named)."""
-    external = options.coordinator or os.environ.get(COORDINATOR_ENV)
-    if external:
-        split_address(external)
-        return external, False
-    init = options.init_method or "env://"
-    if init.startswith("tcp://"):
-        address = init[len("tcp://") :]
-    elif init == "env://":
-        host, port = os.environ.get("MASTER_ADDR"), os.environ.get("MASTER_PORT")
-        if not host or not port:
-            raise ValueError(
-                "cannot find the coordinator: set MASTER_ADDR and MASTER_PORT (rank 0 hosts the coordinator "
-                f"there), pass init_method='tcp://HOST:PORT', or name an external one with {COORDINATOR_ENV}"
-            )
-        address = join_address(host, int(port))
-    else:
-        raise ValueError(f"unsupported init_method {init!r}: use 'env://' or 'tcp://HOST:PORT'")
-    split_address(address)
-    if rank < 0:
-        raise ValueError(
-            "rank is needed to know which process hosts the coordinator: pass rank=, set RANK, or name an "
-            f"external coordinator with {COORDINATOR_ENV}"
-        )
-    return address, rank == 0
 
 
 def _route_to(host: str) -> str:
@@ -149,12 +111,12 @@ class Agent:
         """Listens, joins the coordinator (hosting it if this is rank 0) and waits for the world."""
         options = self.options
         deadline = time.monotonic() + options.effective_init_timeout()
-        coordinator, host_it = coordinator_address(options, rank)
-        coord_host, coord_port = split_address(coordinator)
+        rendezvous = Rendezvous(options, rank)
+        host_it = rendezvous.host_it
         if host_it:
-            listen_host, listen_port = coord_host, coord_port
+            listen_host, listen_port = rendezvous.listen()
         else:
-            listen_host, listen_port = options.listen_host(coord_host), options.listen_port()
+            listen_host, listen_port = options.listen_host(rendezvous.host), options.listen_port()
         self.server = grpc_io.Server(listen_host, listen_port, self.security)
         if host_it:
             from distautograd.coordinator.service import Coordinator
@@ -168,8 +130,12 @@ class Agent:
             },
         )
         self.server.start()
+        if host_it:
+            coordinator = rendezvous.publish(self.server.port)
+        else:
+            coordinator = rendezvous.address(max(1.0, deadline - time.monotonic()))
         if listen_host in ("0.0.0.0", "::", ""):
-            advertise = options.advertise_host or os.environ.get("DISTAUTOGRAD_ADVERTISE_HOST") or _route_to(coord_host)
+            advertise = options.advertise_host or os.environ.get("DISTAUTOGRAD_ADVERTISE_HOST") or _route_to(rendezvous.host)
         else:
             advertise = options.advertise_host or os.environ.get("DISTAUTOGRAD_ADVERTISE_HOST") or listen_host
         self.address = join_address(advertise, self.server.port)

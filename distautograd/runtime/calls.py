@@ -92,7 +92,22 @@ class Calls:
         """Decodes a call in stream order (so RRef forks it carries register before later releases),
         then runs it on the worker threads."""
         peer = link.peer_rank
-        ctx = self.agent.contexts.for_incoming(call.context_id, peer) if call.context_id else None
+        owned = self.agent.rrefs.create_owned(call.create_rref, call.creator_fork) if call.create_rref else None
+        try:
+            ctx = self.agent.contexts.for_incoming(call.context_id, peer) if call.context_id else None
+            func, args, kwargs = self._decode_call(call, attachments, peer, ctx)
+        except BaseException as exc:
+            if owned is not None and not owned.value.done():
+                owned.value.set_exception(exc)  # whoever waits for the value learns why it never came
+            raise
+        if owned is not None:
+            self._start(lambda: self._run(ctx, func, args, kwargs), owned.value, None)
+            return None  # the owner has the rref: that is all remote() waits for
+        reply: Future = Future()
+        self._start(lambda: self._run(ctx, func, args, kwargs), reply, (peer, ctx))
+        return reply
+
+    def _decode_call(self, call: pb.Call, attachments, peer: int, ctx) -> tuple:
         decoded = self.agent.codec.decode(call.function, attachments, peer, ctx)
         if not (isinstance(decoded, tuple) and len(decoded) == 3):
             raise errors.InvalidArgument("a call must carry (function, args, kwargs)")
@@ -102,13 +117,7 @@ class Calls:
                 f"a call must carry a callable, a tuple and a dict; got {type(func).__name__}, "
                 f"{type(args).__name__}, {type(kwargs).__name__}"
             )
-        if call.create_rref:
-            owned = self.agent.rrefs.create_owned(call.create_rref, call.creator_fork)
-            self._start(lambda: self._run(ctx, func, args, kwargs), owned.value, None)
-            return None  # the owner has the rref: that is all remote() waits for
-        reply: Future = Future()
-        self._start(lambda: self._run(ctx, func, args, kwargs), reply, (peer, ctx))
-        return reply
+        return func, args, kwargs
 
     def _start(self, run, target: Future, encode_for) -> None:
         with self._idle:

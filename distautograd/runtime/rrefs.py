@@ -4,10 +4,15 @@ The owner keeps a set of live forks per value; every RRef object anywhere holds 
 is registered with the owner before (or, through tombstones, no matter in which order) its
 holder can drop it, so the owner frees a value exactly when the last holder lets go. Holders that
 die lose their forks when the coordinator announces the departure.
+
+Messages about one RRef travel on different streams, so the owner may hear of it (a fetch, a
+fork) before the call that creates it: the first mention makes the entry, whose value the
+creating call fills in later. Ids of freed values are remembered, so a late mention fails cleanly.
 """
 
 from __future__ import annotations
 
+import collections
 import logging
 import queue
 import threading
@@ -23,6 +28,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("distautograd")
 UNSET_TIMEOUT = -1.0
+_FREED_MEMORY = 100_000
 
 
 class _Owned:
@@ -40,6 +46,7 @@ class RRefStore:
     def __init__(self, agent: "Agent"):
         self.agent = agent
         self._owned: Dict[int, _Owned] = {}
+        self._freed: "collections.OrderedDict[int, None]" = collections.OrderedDict()
         self._lock = threading.Lock()
         self._releases: "queue.SimpleQueue" = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._drain_releases, name="distautograd-rref-release", daemon=True)
@@ -49,11 +56,18 @@ class RRefStore:
 
     def create_owned(self, rref_id: int, fork_id: int) -> _Owned:
         with self._lock:
-            owned = self._owned.get(rref_id)
-            if owned is None:
-                owned = self._owned[rref_id] = _Owned()
+            owned = self._entry_locked(rref_id)
             self._add_fork_locked(rref_id, owned, fork_id)
             return owned
+
+    def _entry_locked(self, rref_id: int) -> _Owned:
+        """The entry for ``rref_id``, made on its first mention; NotFound once it has been freed."""
+        owned = self._owned.get(rref_id)
+        if owned is None:
+            if rref_id in self._freed:
+                raise errors.NotFound(f"RRef {rref_id} owned by {self.agent.name} was already deleted")
+            owned = self._owned[rref_id] = _Owned()
+        return owned
 
     def own(self, value: Any) -> tuple:
         """Keeps ``value`` here under a new rref id; returns (rref id, the caller's fork id)."""
@@ -63,10 +77,7 @@ class RRefStore:
 
     def value(self, rref_id: int) -> Future:
         with self._lock:
-            owned = self._owned.get(rref_id)
-        if owned is None:
-            raise errors.NotFound(f"RRef {rref_id} is not owned by {self.agent.name} (already deleted?)")
-        return owned.value
+            return self._entry_locked(rref_id).value
 
     def _add_fork_locked(self, rref_id: int, owned: _Owned, fork_id: int) -> None:
         if fork_id in owned.tombstones:
@@ -76,9 +87,9 @@ class RRefStore:
             owned.forks.add(fork_id)
 
     def _remove_fork_locked(self, rref_id: int, fork_id: int) -> None:
-        owned = self._owned.get(rref_id)
-        if owned is None:
+        if rref_id in self._freed:
             return
+        owned = self._entry_locked(rref_id)
         if fork_id in owned.forks:
             owned.forks.discard(fork_id)
             self._collect_locked(rref_id, owned)
@@ -88,12 +99,14 @@ class RRefStore:
     def _collect_locked(self, rref_id: int, owned: _Owned) -> None:
         if not owned.forks and not owned.tombstones:
             del self._owned[rref_id]
+            self._freed[rref_id] = None
+            while len(self._freed) > _FREED_MEMORY:
+                self._freed.popitem(last=False)
 
     def add_fork(self, rref_id: int, fork_id: int) -> None:
         with self._lock:
-            owned = self._owned.get(rref_id)
-            if owned is not None:
-                self._add_fork_locked(rref_id, owned, fork_id)
+            if rref_id not in self._freed:
+                self._add_fork_locked(rref_id, self._entry_locked(rref_id), fork_id)
 
     def on_departed(self, rank: int) -> None:
         """Drops the forks a departed worker held."""
@@ -127,9 +140,7 @@ class RRefStore:
     def from_handle(self, handle: pb.RRefHandle) -> "RRef":
         if handle.owner == self.agent.rank:
             with self._lock:
-                owned = self._owned.get(handle.rref_id)
-                if owned is None:
-                    raise errors.NotFound(f"RRef {handle.rref_id} is not owned by {self.agent.name} (already deleted?)")
+                owned = self._entry_locked(handle.rref_id)
                 fork_id = handle.fork_id
                 if not fork_id:  # from a user: make the fork this new reference holds
                     fork_id = self.agent.mint()
@@ -144,10 +155,10 @@ class RRefStore:
     def handle_forks(self, link, body: pb.RRefForks, attachments) -> None:
         with self._lock:
             for change in body.changes:
+                if change.rref_id in self._freed:
+                    continue
                 if change.add:
-                    owned = self._owned.get(change.rref_id)
-                    if owned is not None:
-                        self._add_fork_locked(change.rref_id, owned, change.fork_id)
+                    self._add_fork_locked(change.rref_id, self._entry_locked(change.rref_id), change.fork_id)
                 else:
                     self._remove_fork_locked(change.rref_id, change.fork_id)
 
