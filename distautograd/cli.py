@@ -48,16 +48,14 @@ def _wait(stop: threading.Event) -> None:
 
 
 def _options(args, **extra):
+    """BackendOptions from the flags given; unset ones fall back to the environment, then defaults."""
     from distautograd.config import BackendOptions
 
-    return BackendOptions(
-        token=args.token,
-        tls_cert=args.tls_cert,
-        tls_key=args.tls_key,
-        tls_ca=args.tls_ca,
-        tls_server_name=args.tls_server_name,
-        **extra,
+    values = dict(
+        token=args.token, tls_cert=args.tls_cert, tls_key=args.tls_key, tls_ca=args.tls_ca,
+        tls_server_name=args.tls_server_name, **extra,
     )
+    return BackendOptions(**{k: v for k, v in values.items() if v is not None})
 
 
 def cmd_coordinator(args) -> int:
@@ -177,9 +175,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("coordinator", help="run a standalone coordinator until SIGTERM")
     p.add_argument("--host", default=_env("DISTAUTOGRAD_HOST", "127.0.0.1"), help="listen address (DISTAUTOGRAD_HOST)")
     p.add_argument("--port", type=int, default=int(_env("DISTAUTOGRAD_PORT", "29500")), help="listen port (DISTAUTOGRAD_PORT)")
-    p.add_argument("--heartbeat-interval", type=float, default=float(_env("DISTAUTOGRAD_HEARTBEAT_INTERVAL", "1")))
-    p.add_argument("--heartbeat-timeout", type=float, default=float(_env("DISTAUTOGRAD_HEARTBEAT_TIMEOUT", "10")))
-    p.add_argument("--context-ttl", type=float, default=float(_env("DISTAUTOGRAD_CONTEXT_TTL", "30")))
+    p.add_argument("--heartbeat-interval", type=float, help="DISTAUTOGRAD_HEARTBEAT_INTERVAL; default 1 s")
+    p.add_argument("--heartbeat-timeout", type=float, help="DISTAUTOGRAD_HEARTBEAT_TIMEOUT; default 10 s")
+    p.add_argument("--context-ttl", type=float, help="DISTAUTOGRAD_CONTEXT_TTL; default 30 s")
     p.add_argument("--allow-module", action="append", default=[], help="module whose exception types may be rebuilt")
     _add_security(p)
     p.set_defaults(run=cmd_coordinator)
@@ -193,13 +191,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=int(_env("DISTAUTOGRAD_PORT", "0")), help="listen port, 0 = any free")
     p.add_argument("--advertise-host", default=_env("DISTAUTOGRAD_ADVERTISE_HOST"),
                    help="host others use to reach this worker (DISTAUTOGRAD_ADVERTISE_HOST)")
-    p.add_argument("--allow-module", action="append",
-                   default=[m for m in _env("DISTAUTOGRAD_ALLOW_MODULES", "").split(",") if m],
-                   help="module whose functions and classes callers may use (repeatable; DISTAUTOGRAD_ALLOW_MODULES)")
-    p.add_argument("--threads", type=int, default=int(_env("DISTAUTOGRAD_THREADS", "16")), help="worker threads")
-    p.add_argument("--rpc-timeout", type=float, default=float(_env("DISTAUTOGRAD_RPC_TIMEOUT", "60")))
-    p.add_argument("--heartbeat-interval", type=float, default=float(_env("DISTAUTOGRAD_HEARTBEAT_INTERVAL", "1")))
-    p.add_argument("--context-ttl", type=float, default=float(_env("DISTAUTOGRAD_CONTEXT_TTL", "30")))
+    p.add_argument("--allow-module", action="append", default=[],
+                   help="module whose functions and classes callers may use (repeatable; adds to DISTAUTOGRAD_ALLOW_MODULES)")
+    p.add_argument("--threads", type=int, help="threads running incoming calls (DISTAUTOGRAD_THREADS; default 16)")
+    p.add_argument("--rpc-timeout", type=float, help="DISTAUTOGRAD_RPC_TIMEOUT; default 60 s")
+    p.add_argument("--heartbeat-interval", type=float, help="DISTAUTOGRAD_HEARTBEAT_INTERVAL; default 1 s")
+    p.add_argument("--context-ttl", type=float, help="DISTAUTOGRAD_CONTEXT_TTL; default 30 s")
     _add_security(p)
     p.set_defaults(run=cmd_worker)
 

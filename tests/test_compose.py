@@ -8,6 +8,7 @@ every service name, in ``depends_on`` order, waiting for health where the file s
 import os
 import re
 import signal
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -69,18 +70,18 @@ def start_order(services: dict) -> list:
     return order
 
 
-def wait_healthy(network, name: str, service: dict, timeout: float = 90) -> None:
+def wait_healthy(network, name: str, service: dict, process: Process, env: dict, timeout: float = 90) -> None:
     test = service["healthcheck"]["test"]
     argv = test[1:] if test[0] == "CMD" else ["sh", "-c", test[1]]
     deadline = time.monotonic() + timeout
-    env = netns.environment(os.environ, {})
     while time.monotonic() < deadline:
-        import subprocess
-
-        if subprocess.run(network.command(name, argv), capture_output=True, env=env, timeout=30).returncode == 0:
+        check = subprocess.run(network.command(name, argv), capture_output=True, text=True, env=env, timeout=30)
+        if check.returncode == 0:
             return
+        if not process.alive():
+            break
         time.sleep(0.3)
-    raise TimeoutError(f"{name} never became healthy")
+    raise TimeoutError(f"{name} never became healthy ({check.stderr.strip()}):\n{process.tail()}")
 
 
 class ComposeRun:
@@ -96,7 +97,7 @@ class ComposeRun:
             env = netns.environment(base, service["environment"])
             self.processes[name] = Process(network.command(name, service["command"]), env, name)
             if name in healthy_needed:
-                wait_healthy(network, name, service)
+                wait_healthy(network, name, service, self.processes[name], env)
 
     def stop(self):
         for process in self.processes.values():

@@ -18,7 +18,9 @@ from torch.autograd.graph import GradientEdge
 
 from distautograd import errors
 from distautograd.autograd.contexts import Context
-from distautograd.autograd.graph import ROOTS, LocalGraph, Plan, Segment, is_leaf_node
+from distautograd.autograd import segments
+from distautograd.autograd.graph import ROOTS, LocalGraph, Plan, Segment
+from distautograd.autograd.segments import Grads, add, total
 from distautograd.v1 import wire_pb2 as pb
 from distautograd.wire import tensors
 
@@ -26,7 +28,6 @@ if TYPE_CHECKING:
     from distautograd.runtime.agent import Agent
 
 log = logging.getLogger("distautograd")
-Grads = Dict[int, Optional[torch.Tensor]]
 PUSH_RETRIES = 2
 # Where several gradients meet, they are summed in one fixed order, whatever order they arrive in,
 # so results are reproducible and match torch's: root gradients, then local producers latest-created
@@ -178,7 +179,7 @@ class BackwardEngine:
             if run_roots:
                 by_node: Dict[object, Grads] = {}
                 for edge, grad in state.root_grads:
-                    _add(by_node.setdefault(edge.node, {}), edge.output_nr, grad)
+                    add(by_node.setdefault(edge.node, {}), edge.output_nr, grad)
                 for node, grads in by_node.items():
                     self._contribute_locked(state, node, grads, _ROOT_ORDER, ready)
             early, state.early = state.early, {}
@@ -261,7 +262,7 @@ class BackwardEngine:
                 with state.lock:
                     if state.finished:
                         return
-                    grads = {slot: _total(parts) for slot, parts in state.buffers.pop(segment.boundary, {}).items()}
+                    grads = {slot: total(parts) for slot, parts in state.buffers.pop(segment.boundary, {}).items()}
                 if segment.kind == "leaf":
                     outputs = {}
                     grad = grads.get(0)
@@ -273,7 +274,7 @@ class BackwardEngine:
                     src = state.ctx.recv_points[segment.message_id].src
                     pushes.setdefault(src, []).append((segment.message_id, grads.get(0)))
                 else:
-                    outputs = self._run_segment(state, segment, grads)
+                    outputs = segments.run(segment, grads, state.retain_graph)
                 with state.lock:
                     if state.finished:
                         return
@@ -292,34 +293,6 @@ class BackwardEngine:
                     self._complete(state)
         except BaseException as exc:
             self._fail(state, exc)
-
-    def _run_segment(self, state: PassState, segment: Segment, grads: Grads) -> Dict[object, Grads]:
-        present = {slot: g for slot, g in grads.items() if g is not None}
-        if not present:
-            return {}
-        if segment.flat:
-            inputs = [(child, slot) for child, slots in segment.frontier.items() for slot in sorted(slots)]
-            results = _engine(segment.boundary, present, inputs, state.retain_graph)
-            out: Dict[object, Grads] = {}
-            for (child, slot), grad in zip(inputs, results):
-                out.setdefault(child, {})[slot] = grad
-            return out
-        return self._run_node_by_node(state, segment, present)
-
-    def _run_node_by_node(self, state: PassState, segment: Segment, present: Grads) -> Dict[object, Grads]:
-        """Runs a segment one node at a time: its frontier has a node below another, and one engine
-        call capturing at both would also run the upper one, which belongs to another segment."""
-        members = set(segment.nodes)
-        inside: Dict[object, Grads] = {segment.boundary: present}
-        out: Dict[object, Grads] = {}
-        for node in segment.nodes:
-            grads = inside.pop(node, None)
-            if not grads:
-                continue
-            for (child, slot), grad in zip(node.next_functions, _run_one_node(node, grads, state.retain_graph)):
-                if child is not None and grad is not None:
-                    _add((inside if child in members else out).setdefault(child, {}), slot, grad)
-        return out
 
     def _send_pushes(self, state: PassState, pushes: Dict[int, List[Tuple[int, Optional[torch.Tensor]]]]) -> None:
         for dest, grads in pushes.items():
@@ -381,63 +354,6 @@ class BackwardEngine:
         log.info("backward pass %d of context %d failed on %s: %s", state.pass_id, state.ctx.id, self.agent.name, error)
         if state.report is not None:
             state.report(error, [])
-
-
-def _total(parts: list) -> torch.Tensor:
-    """Sums (order, gradient) pairs in descending order, left to right, as torch's input buffers do."""
-    if len(parts) > 1:
-        parts.sort(key=lambda part: part[0], reverse=True)
-    total = parts[0][1]
-    for _, grad in parts[1:]:
-        total = total + grad
-    return total
-
-
-def _add(buffer: Grads, slot: int, grad: Optional[torch.Tensor]) -> None:
-    if grad is None:
-        return
-    previous = buffer.get(slot)
-    buffer[slot] = grad if previous is None else previous + grad
-
-
-class _Stop(Exception):
-    """Raised by a pre-hook to end an engine call before a node below the one being run."""
-
-
-def _stop(grad_outputs):
-    raise _Stop()
-
-
-def _run_one_node(node, grads: Grads, retain_graph: bool) -> tuple:
-    """Runs ``node`` alone through torch's engine (so dtype checks, hooks and freeing still apply);
-    returns the gradient for each of its next edges.
-
-    Every edge out of the node is made an input, so the engine computes them all; a post-hook
-    records them; a pre-hook on each child that could run next ends the call right there.
-    """
-    captured: list = []
-    edges = list(dict.fromkeys((c, s) for c, s in node.next_functions if c is not None))
-    handles = [node.register_hook(lambda grad_inputs, grad_outputs: captured.append(grad_inputs))]
-    handles += [c.register_prehook(_stop) for c in {c for c, _ in edges} if not is_leaf_node(c)]
-    try:
-        _engine(node, grads, edges, retain_graph)
-    except _Stop:
-        pass
-    finally:
-        for handle in handles:
-            handle.remove()
-    return captured[0]
-
-
-def _engine(node, grads: Grads, inputs, retain_graph: bool):
-    """One call into torch's engine: from ``node``'s slots, capturing at ``inputs``."""
-    return torch.autograd.grad(
-        [GradientEdge(node, slot) for slot in grads],
-        [GradientEdge(child, slot) for child, slot in inputs],
-        grad_outputs=list(grads.values()),
-        retain_graph=retain_graph,
-        allow_unused=True,
-    )
 
 
 def validate_roots(roots: Sequence[torch.Tensor]) -> List[torch.Tensor]:

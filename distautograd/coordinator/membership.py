@@ -37,7 +37,7 @@ class Membership:
         self._version = 0
         self._barriers: Dict[str, Set[int]] = {}
         self._barrier_waiters: Dict[str, List[Future]] = {}
-        self.changed = threading.Condition(self._lock)
+        self._changed = threading.Condition(self._lock)
 
     # ------------------------------------------------------------------ queries
 
@@ -52,6 +52,11 @@ class Membership:
     def departed(self) -> List[pb.Departure]:
         with self._lock:
             return list(self._departed)
+
+    def wait_until(self, predicate, timeout: float) -> bool:
+        """Waits (bounded) until ``predicate(set of member ranks)`` holds."""
+        with self._changed:
+            return self._changed.wait_for(lambda: predicate(set(self._members)), timeout)
 
     def label(self, rank: int) -> str:
         with self._lock:
@@ -107,7 +112,7 @@ class Membership:
             link.peer = f"worker '{join.name}' (rank {rank})"
             self._version += 1
             snapshot = self._snapshot_locked()
-            self.changed.notify_all()
+            self._changed.notify_all()
         log.info("worker %s joined as rank %d at %s (pid %d on %s)", join.name, rank, join.address, join.pid, join.host)
         self._broadcast(snapshot)
         return snapshot
@@ -130,7 +135,7 @@ class Membership:
             self._version += 1
             snapshot = self._snapshot_locked()
             completed = self._check_barriers_locked()
-            self.changed.notify_all()
+            self._changed.notify_all()
         (log.warning if failed else log.info)(
             "worker %s (rank %d) %s: %s", member.entry.name, rank, "failed" if failed else "left", reason
         )

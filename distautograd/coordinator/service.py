@@ -17,6 +17,7 @@ from distautograd.coordinator.driver import BackwardDriver
 from distautograd.coordinator.membership import Membership
 from distautograd.transport import grpc_io
 from distautograd.transport.deadlines import Deadlines
+from distautograd.transport.dispatch import Dispatcher
 from distautograd.transport.link import Link
 from distautograd.v1 import wire_pb2 as pb
 from distautograd.wire.pickling import Allowlist
@@ -35,15 +36,22 @@ class Coordinator:
         self.driver = BackwardDriver(self)
         self.membership = Membership(self._on_departed)
         self._stopped = threading.Event()
-        self._handlers = {
-            "join": self._join,
-            "heartbeat": self._heartbeat,
-            "leave": self._leave,
-            "barrier": self._barrier,
-            "start_backward": self._start_backward,
-            "pass_finished": self._pass_finished,
-            "context_event": self._context_event,
-        }
+        self._dispatch = Dispatcher(
+            "coordinator",
+            {
+                kind: (handler, True)
+                for kind, handler in {
+                    "join": self._join,
+                    "heartbeat": self._heartbeat,
+                    "leave": self._leave,
+                    "barrier": self._barrier,
+                    "start_backward": self._start_backward,
+                    "pass_finished": self._pass_finished,
+                    "context_event": self._context_event,
+                }.items()
+            },
+            check=self._joined_first,
+        )
         server.add_service(
             SERVICE,
             {
@@ -72,38 +80,14 @@ class Coordinator:
             if member is not None and member.link is link:
                 self.membership.depart(link.peer_rank, f"connection lost ({error})", failed=True)
 
-    def _dispatch(self, link: Link, frame_id: int, request: pb.Request, attachments) -> None:
-        kind = request.WhichOneof("body")
-        handler = self._handlers.get(kind)
-        try:
-            if handler is None:
-                raise errors.InvalidArgument(f"the coordinator does not take {kind or 'empty'} requests")
-            if kind != "join" and link.peer_rank < 0:
-                raise errors.FailedPrecondition("join first: the first request on a coordinator stream must be Join")
-            result = handler(link, getattr(request, kind))
-        except BaseException as exc:
-            result = exc
-        if isinstance(result, Future):
-            result.add_done_callback(lambda f: self._reply(link, frame_id, f.exception() or f.result()))
-        else:
-            self._reply(link, frame_id, result)
-
     @staticmethod
-    def _reply(link: Link, frame_id: int, result) -> None:
-        if not frame_id:
-            if isinstance(result, BaseException):
-                log.warning("notification from %s failed: %s", link.peer, result)
-            return
-        if isinstance(result, BaseException):
-            link.respond(frame_id, pb.Response(error=errors.to_proto(result, "coordinator")))
-        elif isinstance(result, pb.Response):
-            link.respond(frame_id, result)
-        else:
-            link.respond(frame_id, pb.Response(empty=pb.Empty()))
+    def _joined_first(link: Link, kind: str) -> None:
+        if kind != "join" and link.peer_rank < 0:
+            raise errors.FailedPrecondition("join first: the first request on a coordinator stream must be Join")
 
     # ------------------------------------------------------------------ requests
 
-    def _join(self, link: Link, join: pb.Join) -> pb.Response:
+    def _join(self, link: Link, join: pb.Join, attachments=()) -> pb.Response:
         if link.peer_rank >= 0:
             raise errors.FailedPrecondition("this stream has already joined")
         snapshot = self.membership.join(link, join)
@@ -111,23 +95,23 @@ class Coordinator:
             rank=link.peer_rank, world=snapshot, heartbeat_interval=self.options.heartbeat_interval
         ))
 
-    def _heartbeat(self, link: Link, body: pb.Heartbeat) -> None:
+    def _heartbeat(self, link: Link, body: pb.Heartbeat, attachments=()) -> None:
         self.membership.heartbeat(link.peer_rank)
 
-    def _leave(self, link: Link, body: pb.Leave) -> None:
+    def _leave(self, link: Link, body: pb.Leave, attachments=()) -> None:
         link.left = True
         self.membership.depart(link.peer_rank, "shut down" if body.graceful else "stopped", failed=False)
 
-    def _barrier(self, link: Link, body: pb.Barrier) -> Future:
+    def _barrier(self, link: Link, body: pb.Barrier, attachments=()) -> Future:
         return self.membership.barrier(link.peer_rank, body.name)
 
-    def _start_backward(self, link: Link, body: pb.StartBackward) -> Future:
+    def _start_backward(self, link: Link, body: pb.StartBackward, attachments=()) -> Future:
         return self.driver.start(link.peer_rank, body)
 
-    def _pass_finished(self, link: Link, body: pb.PassFinished) -> None:
+    def _pass_finished(self, link: Link, body: pb.PassFinished, attachments=()) -> None:
         self.driver.finished(link.peer_rank, body)
 
-    def _context_event(self, link: Link, body: pb.ContextEvent) -> None:
+    def _context_event(self, link: Link, body: pb.ContextEvent, attachments=()) -> None:
         if body.closed:
             self.contexts.closed(body.context_id)
         else:
@@ -164,11 +148,7 @@ class Coordinator:
 
     def wait_until_alone(self, rank: Optional[int], timeout: float) -> None:
         """Waits (bounded) until no member other than ``rank`` is left."""
-        end = time.monotonic() + timeout
-        with self.membership.changed:
-            self.membership.changed.wait_for(
-                lambda: all(r == rank for r in self.membership._members), max(0.0, end - time.monotonic())
-            )
+        self.membership.wait_until(lambda ranks: ranks <= {rank}, timeout)
 
     def stop(self) -> None:
         self._stopped.set()

@@ -24,6 +24,7 @@ from distautograd.runtime.rendezvous import Rendezvous, join_address
 from distautograd.runtime.world import WorkerInfo, WorldView
 from distautograd.transport import grpc_io
 from distautograd.transport.deadlines import Deadlines
+from distautograd.transport.dispatch import Dispatcher
 from distautograd.transport.link import Link
 from distautograd.v1 import wire_pb2 as pb
 from distautograd.wire.pickling import Allowlist
@@ -54,19 +55,6 @@ def _route_to(host: str) -> str:
         return socket.gethostbyname(socket.gethostname())
 
 
-class _OneShot:
-    """Stands in for a Link when a request came as a single unary call."""
-
-    def __init__(self, peer: str, rank: int):
-        self.peer = peer
-        self.peer_rank = rank
-        self.reply: Future = Future()
-
-    def respond(self, frame_id: int, response: pb.Response, attachments: Sequence[Any] = ()) -> None:
-        response.attachments.inline.extend(bytes(memoryview(a).cast("B")) for a in attachments)
-        self.reply.set_result(pb.Frame(id=frame_id, response=response))
-
-
 class Agent:
     def __init__(self, name: str, options: BackendOptions):
         self.name = name
@@ -92,7 +80,7 @@ class Agent:
         self.engine = BackwardEngine(self)
         self.calls = Calls(self)
         self.address = ""
-        self._handlers: Dict[str, Tuple[Callable, bool]] = {
+        self._dispatch = Dispatcher(name, {
             # inline: runs in the thread reading the stream, so in arrival order; the rest on worker threads
             "call": (self.calls.handle_call, True),
             "fetch_rref": (self.rrefs.handle_fetch, True),
@@ -103,7 +91,7 @@ class Agent:
             "abort_backward": (self.engine.handle_abort, True),
             "prepare_backward": (self.engine.handle_prepare, False),
             "run_backward": (self.engine.handle_run, False),
-        }
+        }, submit=self.submit)
 
     # ------------------------------------------------------------------ starting
 
@@ -126,7 +114,7 @@ class Agent:
             WORKER_SERVICE,
             {
                 "Connect": grpc_io.raw_stream_handler(self._serve_connect),
-                "Call": grpc_io.raw_unary_handler(self._serve_call),
+                "Call": grpc_io.raw_unary_handler(self._dispatch.serve_unary),
             },
         )
         self.server.start()
@@ -285,62 +273,6 @@ class Agent:
         link = self._new_link(f"worker '{name}' (rank {rank})", rank)
         self._incoming.add(link)
         yield from grpc_io.serve_stream(raw_frames, context, link, lambda: self._incoming.discard(link))
-
-    def _serve_call(self, raw: bytes, context) -> bytes:
-        frame = grpc_io.parse_frame(raw, context)
-        if frame.WhichOneof("kind") != "request" or frame.request.attachments.streamed_sizes:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "Worker.Call takes one request frame with inline attachments")
-        name, rank = grpc_io.peer_identity(context)
-        oneshot = _OneShot(f"worker '{name}' (rank {rank})", rank)
-        self._dispatch(oneshot, frame.id or 1, frame.request, list(frame.request.attachments.inline))
-        try:
-            return oneshot.reply.result(timeout=context.time_remaining()).SerializeToString()
-        except TimeoutError:
-            context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "the call did not finish within its deadline")
-
-    def _dispatch(self, link, frame_id: int, request: pb.Request, attachments) -> None:
-        kind = request.WhichOneof("body")
-        handler = self._handlers.get(kind)
-        if handler is None:
-            error = errors.InvalidArgument(f"{self.name} does not take {kind or 'empty'} requests")
-            link.respond(frame_id, pb.Response(error=errors.to_proto(error, self.name)))
-            return
-        fn, inline = handler
-        if inline:
-            self._handle(fn, link, frame_id, getattr(request, kind), attachments)
-            return
-        try:
-            self._executor.submit(self._handle, fn, link, frame_id, getattr(request, kind), attachments)
-        except RuntimeError:
-            error = errors.Unavailable(f"{self.name} is shutting down")
-            link.respond(frame_id, pb.Response(error=errors.to_proto(error, self.name)))
-
-    def _handle(self, fn, link, frame_id: int, body, attachments) -> None:
-        try:
-            result = fn(link, body, attachments)
-        except BaseException as exc:
-            self._reply(link, frame_id, exc)
-            return
-        if isinstance(result, Future):
-            result.add_done_callback(lambda f: self._reply(link, frame_id, f.exception() or f.result()))
-        else:
-            self._reply(link, frame_id, result)
-
-    def _reply(self, link, frame_id: int, result) -> None:
-        if not frame_id:
-            if isinstance(result, BaseException):
-                log.warning("notification from %s failed: %s", link.peer, result)
-            return
-        attachments: Sequence[Any] = ()
-        if isinstance(result, BaseException):
-            response = pb.Response(error=errors.to_proto(result, self.name))
-        elif result is None:
-            response = pb.Response(empty=pb.Empty())
-        elif isinstance(result, tuple):
-            response, attachments = result
-        else:
-            response = result
-        link.respond(frame_id, response, attachments)
 
     def _handle_world_update(self, link, update: pb.WorldUpdate, attachments) -> None:
         for gone in self.world.update(update):

@@ -1,0 +1,111 @@
+"""From request to handler and back: results and exceptions become responses in this one place.
+
+Handlers take ``(link, body, attachments)`` and return None (an empty response), a Response,
+``(Response, attachments)``, or a Future of one of those; whatever they raise travels back as
+an Error with its gRPC status. Inline handlers run in the thread reading the stream, so in
+arrival order; the rest go to worker threads.
+"""
+
+from __future__ import annotations
+
+import logging
+from concurrent.futures import Future
+from typing import Any, Callable, Dict, Optional, Sequence, Tuple
+
+import grpc
+
+from distautograd import errors
+from distautograd.transport import grpc_io
+from distautograd.v1 import wire_pb2 as pb
+
+log = logging.getLogger("distautograd")
+
+Handler = Callable[[Any, Any, list], Any]
+
+
+class Dispatcher:
+    def __init__(
+        self,
+        owner: str,
+        handlers: Dict[str, Tuple[Handler, bool]],
+        submit: Optional[Callable[..., Future]] = None,
+        check: Optional[Callable[[Any, str], None]] = None,
+    ):
+        self.owner = owner
+        self._handlers = handlers
+        self._submit = submit
+        self._check = check
+
+    def __call__(self, link, frame_id: int, request: pb.Request, attachments: list) -> None:
+        kind = request.WhichOneof("body")
+        handler = self._handlers.get(kind)
+        try:
+            if handler is None:
+                raise errors.InvalidArgument(f"{self.owner} does not take {kind or 'empty'} requests")
+            if self._check is not None:
+                self._check(link, kind)
+        except BaseException as exc:
+            self.reply(link, frame_id, exc)
+            return
+        fn, inline = handler
+        body = getattr(request, kind)
+        if inline or self._submit is None:
+            self._handle(fn, link, frame_id, body, attachments)
+            return
+        try:
+            self._submit(self._handle, fn, link, frame_id, body, attachments)
+        except RuntimeError:
+            self.reply(link, frame_id, errors.Unavailable(f"{self.owner} is shutting down"))
+
+    def _handle(self, fn: Handler, link, frame_id: int, body, attachments) -> None:
+        try:
+            result = fn(link, body, attachments)
+        except BaseException as exc:
+            self.reply(link, frame_id, exc)
+            return
+        if isinstance(result, Future):
+            result.add_done_callback(lambda f: self.reply(link, frame_id, f.exception() or f.result()))
+        else:
+            self.reply(link, frame_id, result)
+
+    def reply(self, link, frame_id: int, result) -> None:
+        if not frame_id:
+            if isinstance(result, BaseException):
+                log.warning("notification from %s failed: %s", link.peer, result)
+            return
+        attachments: Sequence[Any] = ()
+        if isinstance(result, BaseException):
+            response = pb.Response(error=errors.to_proto(result, self.owner))
+        elif result is None:
+            response = pb.Response(empty=pb.Empty())
+        elif isinstance(result, tuple):
+            response, attachments = result
+        else:
+            response = result
+        link.respond(frame_id, response, attachments)
+
+    def serve_unary(self, raw: bytes, context: grpc.ServicerContext) -> bytes:
+        """One request without a stream (Worker.Call): for tools and clients in other languages."""
+        frame = grpc_io.parse_frame(raw, context)
+        if frame.WhichOneof("kind") != "request" or frame.request.attachments.streamed_sizes:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "Worker.Call takes one request frame with inline attachments")
+        name, rank = grpc_io.peer_identity(context)
+        oneshot = _OneShot(f"worker '{name}' (rank {rank})", rank)
+        self(oneshot, frame.id or 1, frame.request, list(frame.request.attachments.inline))
+        try:
+            return oneshot.reply.result(timeout=context.time_remaining()).SerializeToString()
+        except TimeoutError:
+            context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "the call did not finish within its deadline")
+
+
+class _OneShot:
+    """Stands in for a Link when a request came as a single unary call."""
+
+    def __init__(self, peer: str, rank: int):
+        self.peer = peer
+        self.peer_rank = rank
+        self.reply: Future = Future()
+
+    def respond(self, frame_id: int, response: pb.Response, attachments: Sequence[Any] = ()) -> None:
+        response.attachments.inline.extend(bytes(memoryview(a).cast("B")) for a in attachments)
+        self.reply.set_result(pb.Frame(id=frame_id, response=response))
