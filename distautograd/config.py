@@ -31,6 +31,8 @@ ENVIRONMENT = {
     "DISTAUTOGRAD_HEARTBEAT_TIMEOUT": "seconds of silence before the coordinator declares a worker dead",
     "DISTAUTOGRAD_CONTEXT_TTL": "seconds a context outlives a creator that died",
     "DISTAUTOGRAD_LOG_LEVEL": "logging level of the CLI",
+    "DISTAUTOGRAD_TRANSPORT": "how workers reach each other: auto (Unix socket, TCP, gRPC), tcp, or grpc",
+    "DISTAUTOGRAD_SHARED_MEMORY": "0 to send big tensors through the socket instead of shared memory",
     "DISTAUTOGRAD_WORKERS": "comma-separated worker names for the examples (distautograd.launch.workers)",
     "MASTER_ADDR": "host of the coordinator rank 0 hosts (as torch)",
     "MASTER_PORT": "port of the coordinator rank 0 hosts (as torch)",
@@ -71,6 +73,11 @@ class BackendOptions:
         heartbeat_interval / heartbeat_timeout: how often a worker reports to the coordinator and
             how long the coordinator waits before declaring it dead.
         context_ttl: seconds a distributed autograd context outlives a creator that died.
+        transport: how workers reach each other (env DISTAUTOGRAD_TRANSPORT): "auto" tries a Unix
+            socket for peers on this host, then plain TCP, then the gRPC stream; "tcp" skips the
+            Unix socket; "grpc" uses only gRPC streams. With TLS on, peers elsewhere use gRPC.
+        shared_memory: on a Unix socket, send tensors of 1 MiB and more through shared memory (env
+            DISTAUTOGRAD_SHARED_MEMORY=0 turns it off).
         device_maps, devices: accepted for torch compatibility; only CPU is supported.
     """
 
@@ -91,6 +98,8 @@ class BackendOptions:
     heartbeat_interval: float = field(default_factory=lambda: _env_float("DISTAUTOGRAD_HEARTBEAT_INTERVAL", 1.0))
     heartbeat_timeout: float = field(default_factory=lambda: _env_float("DISTAUTOGRAD_HEARTBEAT_TIMEOUT", 10.0))
     context_ttl: float = field(default_factory=lambda: _env_float("DISTAUTOGRAD_CONTEXT_TTL", 30.0))
+    transport: str = field(default_factory=lambda: os.environ.get("DISTAUTOGRAD_TRANSPORT", "auto"))
+    shared_memory: bool = field(default_factory=lambda: os.environ.get("DISTAUTOGRAD_SHARED_MEMORY", "1") != "0")
     daemon: bool = False
     device_maps: Optional[Dict[Any, Any]] = None
     devices: Optional[Sequence[Any]] = None
@@ -102,6 +111,8 @@ class BackendOptions:
             raise ValueError(f"num_worker_threads must be at least 1, got {self.num_worker_threads}")
         if self.rpc_timeout < 0:
             raise ValueError(f"rpc_timeout must be >= 0 seconds (0 = no limit), got {self.rpc_timeout}")
+        if self.transport not in ("auto", "tcp", "grpc"):
+            raise ValueError(f"transport must be 'auto', 'tcp' or 'grpc', got {self.transport!r}")
         if self.device_maps or any(str(d) != "cpu" for d in (self.devices or ())):
             raise ValueError("device_maps and non-CPU devices are not supported: distautograd moves CPU tensors")
 

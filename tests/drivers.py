@@ -201,6 +201,45 @@ def concurrent_trainers(coordinator: str, name: str, threads: str, iterations: s
     return f"{name}: {passes} passes in {time.monotonic() - start:.1f}s"
 
 
+@scenario
+def every_path_works(coordinator: str, expected_wire: str, shared: str, expected_back: str = "") -> str:
+    """Calls, big tensors both ways, RRefs and a backward pass over whatever path this process uses."""
+    import gc
+
+    from distautograd import autograd as dist_autograd
+
+    join(coordinator)
+    assert remote.wire_to("worker1") == expected_wire, remote.wire_to("worker1")
+    back_wire = rpc.rpc_sync("worker1", remote.wire_to, args=("trainer",))
+    assert back_wire == (expected_back or expected_wire), back_wire
+    assert rpc.rpc_sync("worker1", remote.add, args=(1, 2)) == 3
+    big = torch.randn(16 << 20)  # 64 MiB
+    total, shape, dtype = rpc.rpc_sync("worker1", remote.checksum, args=(big,))
+    assert shape == big.shape and dtype == big.dtype and total == big.double().sum().item()
+    back = rpc.rpc_sync("worker1", remote.big_tensor, args=(64,))
+    assert torch.equal(back, torch.arange(64 << 18, dtype=torch.float32))
+    back.add_(1)  # received tensors are writable, shared memory or not
+    rref = rpc.remote("worker1", remote.big_tensor, args=(8,))
+    assert torch.equal(rpc.rpc_sync("worker2", remote.rref_value_plus, args=(rref, 0)), remote.big_tensor(8))
+    w = torch.randn(1 << 20, requires_grad=True)
+    with dist_autograd.context() as context_id:
+        loss = rpc.rpc_sync("worker1", torch.exp, args=(w,)).sum()
+        dist_autograd.backward(context_id, [loss])
+        assert torch.equal(dist_autograd.get_gradients(context_id)[w], w.detach().exp())
+    del back, rref, loss
+    gc.collect()
+    use = lambda: (remote.shared_memory_use(), rpc.rpc_sync("worker1", remote.shared_memory_use))
+    deadline = time.monotonic() + 10
+    while any(lent for _, lent in use()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not any(lent for _, lent in use()), f"shared segments still lent: {use()}"
+    made = [made for made, _ in use()]
+    if shared != "either":
+        assert all(made) if shared == "1" else not any(made), f"shared segments made: {made}"
+    rpc.shutdown()
+    return f"all calls over {expected_wire}"
+
+
 def main() -> int:
     name, *args = sys.argv[1:]
     print("OK", SCENARIOS[name](*args), flush=True)

@@ -211,3 +211,27 @@ def parameter_rrefs(module_rref):
 
 def parameters_of(module_rref):
     return [p.detach().clone() for p in module_rref.local_value().parameters()]
+
+
+def wire_to(name):
+    """How this worker reaches ``name``: "unix", "tcp" or "grpc"."""
+    from distautograd.runtime.agent import current_agent
+
+    agent = current_agent()
+    return agent._link(agent.world.resolve(name).id).wire.kind
+
+
+def shared_memory_use():
+    """(segments made, segments lent now) of this worker's shared memory pool."""
+    from distautograd.runtime.agent import current_agent
+
+    pool = current_agent()._pool
+    return (0, 0) if pool is None else (pool.made, pool.lent_count())
+
+
+def checksum(t):
+    return t.double().sum().item(), t.shape, t.dtype
+
+
+def big_tensor(megabytes):
+    return torch.arange(megabytes << 18, dtype=torch.float32)

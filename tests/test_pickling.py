@@ -21,10 +21,10 @@ def round_trip(obj, allowlist=ALLOW):
     def persistent(o):
         if isinstance(o, torch.Tensor):
             kept.append(o)
-            return ("t", len(kept) - 1)
+            return len(kept) - 1
         return None
 
-    return pickling.loads(pickling.dumps(obj, persistent), allowlist, lambda pid: kept[pid[1]])
+    return pickling.loads(pickling.dumps(obj, persistent), allowlist, lambda pid: kept[pid])
 
 
 @pytest.mark.parametrize(

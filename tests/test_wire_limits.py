@@ -60,7 +60,7 @@ def test_garbage_pickle_is_invalid_argument(address):
 def test_a_tensor_larger_than_its_bytes_is_invalid_argument(address):
     """A declared shape of 2**40 floats with 4 bytes behind it is refused, not allocated."""
     placeholder = object()
-    pickle = pickling.dumps((remote.echo, (placeholder,), {}), lambda o: ("t", 0) if o is placeholder else None)
+    pickle = pickling.dumps((remote.echo, (placeholder,), {}), lambda o: 0 if o is placeholder else None)
     value = pb.Value(pickle=pickle, tensors=[pb.TensorMeta(dtype="float32", shape=[1 << 40], attachment=0)])
     request = pb.Request(call=pb.Call(function=value), attachments=pb.Attachments(inline=[b"abcd"]))
     reply = pb.Frame.FromString(wire_client.unary(address, pb.Frame(id=1, request=request).SerializeToString())).response

@@ -104,7 +104,8 @@ class Membership:
             if join.world_size and rank >= join.world_size:
                 raise errors.InvalidArgument(f"rank {rank} is out of range for world_size {join.world_size}")
             entry = pb.WorkerEntry(
-                name=join.name, rank=rank, address=join.address, daemon=join.daemon, pid=join.pid, host=join.host
+                name=join.name, rank=rank, address=join.address, daemon=join.daemon, pid=join.pid, host=join.host,
+                socket_address=join.socket_address, unix_path=join.unix_path, host_id=join.host_id,
             )
             member = Member(entry, link, join.world_size)
             self._members[rank] = member

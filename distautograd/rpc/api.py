@@ -6,7 +6,6 @@ import enum
 import functools
 import os
 import threading
-from concurrent.futures import Future
 from typing import Any, Callable, Optional
 
 import torch
@@ -14,6 +13,7 @@ import torch
 from distautograd.config import BackendOptions
 from distautograd.runtime import agent as _agent_module
 from distautograd.runtime.agent import Agent, current_agent, install, validate_name, validate_rank
+from distautograd.runtime.calls import failure
 from distautograd.runtime.rrefs import UNSET_TIMEOUT, RRef
 from distautograd.runtime.world import Destination, WorkerInfo
 
@@ -121,20 +121,6 @@ def get_worker_info(worker_name: Optional[str] = None) -> WorkerInfo:
     return agent.info() if worker_name is None else agent.world.resolve(worker_name)
 
 
-def _to_torch_future(future: Future) -> torch.futures.Future:
-    out: torch.futures.Future = torch.futures.Future()
-
-    def done(f: Future) -> None:
-        error = f.exception()
-        if error is not None:
-            out.set_exception(error)
-        else:
-            out.set_result(f.result())
-
-    future.add_done_callback(done)
-    return out
-
-
 @_require_initialized
 def rpc_async(
     to: Destination, func: Callable, args: Optional[tuple] = None, kwargs: Optional[dict] = None, timeout: float = UNSET_TIMEOUT
@@ -153,8 +139,7 @@ def rpc_async(
             tensor([4., 4.])
     """
     agent = current_agent()
-    info = agent.world.resolve(to)
-    return _to_torch_future(agent.calls.invoke(info, func, args, kwargs, timeout))
+    return agent.calls.invoke(agent.world.resolve(to), func, args, kwargs, timeout)
 
 
 @_require_initialized
@@ -185,9 +170,12 @@ def remote(
     created = agent.calls.invoke(info, func, args, kwargs, timeout, create_rref=rref_id, creator_fork=fork_id)
     if owned is not None:
         # a call to ourselves that failed before running must still fail the value
-        created.add_done_callback(
-            lambda f: f.exception() is not None and not owned.value.done() and owned.value.set_exception(f.exception())
-        )
+        def fail_value(f: torch.futures.Future) -> None:
+            error = failure(f)
+            if error is not None and not owned.value.done():
+                owned.value.set_exception(error)
+
+        created.add_done_callback(fail_value)
         created = None
     return RRef._make(agent.rrefs, rref_id, info.id, fork_id, created)
 

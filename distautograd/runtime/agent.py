@@ -7,7 +7,7 @@ import os
 import socket
 import threading
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from typing import Any, Callable, Dict, Optional, Sequence, Set, Tuple
 
 import grpc
@@ -19,10 +19,11 @@ from distautograd.config import BackendOptions
 from distautograd.ids import MAX_RANK, IdMint
 from distautograd.runtime.calls import Calls
 from distautograd.runtime.codec import Codec
+from distautograd.runtime.pool import WorkerPool
 from distautograd.runtime.rrefs import UNSET_TIMEOUT, RRefStore
 from distautograd.runtime.rendezvous import Rendezvous, join_address
 from distautograd.runtime.world import WorkerInfo, WorldView
-from distautograd.transport import grpc_io
+from distautograd.transport import grpc_io, shm, sockets
 from distautograd.transport.deadlines import Deadlines
 from distautograd.transport.dispatch import Dispatcher
 from distautograd.transport.link import Link
@@ -65,13 +66,16 @@ class Agent:
         self.mint = IdMint()
         self.world = WorldView()
         self.deadlines = Deadlines()
-        self._executor = ThreadPoolExecutor(options.num_worker_threads, thread_name_prefix="distautograd-call")
+        self._pool_threads = WorkerPool(options.num_worker_threads)
         self._links: Dict[int, Link] = {}
         self._incoming: Set[Any] = set()
         self._channels: Dict[str, grpc.Channel] = {}
         self._links_lock = threading.Lock()
         self._stopping = threading.Event()
         self.server: Optional[grpc_io.Server] = None
+        self.listener: Optional[sockets.Listener] = None
+        self._host_id = sockets.host_id()
+        self._pool = shm.SegmentPool() if options.shared_memory and shm.available() is None else None
         self.coordinator = None
         self.coordinator_link: Optional[Link] = None
         self.codec = Codec(self)
@@ -118,6 +122,11 @@ class Agent:
             },
         )
         self.server.start()
+        if options.transport != "grpc":
+            tcp_host = None if self.security.tls else listen_host  # plain TCP would bypass TLS
+            self.listener = sockets.Listener(
+                self.name, self.security.token, self._accept_socket, tcp_host, unix=options.transport == "auto"
+            )
         if host_it:
             coordinator = rendezvous.publish(self.server.port)
         else:
@@ -131,6 +140,9 @@ class Agent:
             name=self.name,
             rank=rank,
             address=self.address,
+            socket_address=join_address(advertise, self.listener.tcp_port) if self.listener and self.listener.tcp_port else "",
+            unix_path=self.listener.unix_path if self.listener else "",
+            host_id=self._host_id,
             world_size=world_size or 0,
             daemon=options.daemon,
             pid=os.getpid(),
@@ -223,13 +235,40 @@ class Agent:
                     how = "died" if gone.failed else "left"
                     raise errors.Unavailable(f"worker '{gone.name}' (rank {rank}) {how}: {gone.reason}")
                 raise ValueError(f"unknown worker rank {rank}; known workers: {self.world.describe()}")
-            chan = self._channels.get(entry.address)
-            if chan is None:
-                chan = self._channels[entry.address] = grpc_io.channel(entry.address, self.security)
             link = self._new_link(f"worker '{entry.name}' (rank {rank})", rank)
-            grpc_io.open_stream(chan, f"/{WORKER_SERVICE}/Connect", link, self._metadata())
+            sock = self._connect_socket(entry)
+            if sock is not None:
+                sockets.SocketWire(link, sock, self._pool).start()
+            else:
+                chan = self._channels.get(entry.address)
+                if chan is None:
+                    chan = self._channels[entry.address] = grpc_io.channel(entry.address, self.security)
+                grpc_io.open_stream(chan, f"/{WORKER_SERVICE}/Connect", link, self._metadata())
             self._links[rank] = link
             return link
+
+    def _connect_socket(self, entry: pb.WorkerEntry):
+        """A socket to ``entry`` when a faster path than gRPC reaches it; None to use gRPC."""
+        transport = self.options.transport
+        hello = pb.Hello(name=self.name, rank=self.rank, token=self.security.token or "", target=entry.name)
+        paths = []
+        if transport == "auto" and entry.unix_path and entry.host_id == self._host_id:
+            paths.append((entry.unix_path, True))
+        if transport in ("auto", "tcp") and entry.socket_address and not self.security.tls:
+            paths.append((entry.socket_address, False))
+        for address, unix in paths:
+            try:
+                return sockets.connect(address, unix, hello)
+            except OSError as exc:  # not reachable this way (another host, a firewall): try the next
+                log.debug("no %s path to %s at %s: %s", "unix" if unix else "tcp", entry.name, address, exc)
+        return None
+
+    def _accept_socket(self, sock, hello: pb.Hello) -> None:
+        link = self._new_link(f"worker '{hello.name}' (rank {hello.rank})", hello.rank)
+        wire = sockets.SocketWire(link, sock, self._pool)
+        self._incoming.add(link)
+        link.on_close.append(lambda error: self._incoming.discard(link))
+        wire.start()
 
     def request(self, rank: int, request: pb.Request, attachments=(), timeout: Optional[float] = None) -> Future:
         try:
@@ -238,6 +277,15 @@ class Agent:
             failed: Future = Future()
             failed.set_exception(exc)
             return failed
+
+    def send_request(self, rank: int, request: pb.Request, attachments, timeout: Optional[float], complete) -> None:
+        """Like request(), completing through a callback: the fast path of every rpc."""
+        try:
+            link = self._link(rank)
+        except BaseException as exc:
+            complete(None, None, exc)
+            return
+        link.send_request(request, attachments, timeout, complete)
 
     def notify(self, rank: int, request: pb.Request, attachments=()) -> None:
         self._link(rank).notify(request, attachments)
@@ -263,8 +311,8 @@ class Agent:
     def default_timeout(self) -> Optional[float]:
         return self.timeout(None)
 
-    def submit(self, fn: Callable, *args) -> Future:
-        return self._executor.submit(fn, *args)
+    def submit(self, fn: Callable, *args) -> None:
+        self._pool_threads.submit(fn, *args)
 
     # ------------------------------------------------------------------ serving
 
@@ -339,13 +387,15 @@ class Agent:
             self.coordinator_link.close(gone)
         if self.coordinator is not None:
             self.coordinator.stop()
+        if self.listener is not None:
+            self.listener.close()
         if self.server is not None:
             self.server.stop(grace=0.5)
         for chan in self._channels.values():
             chan.close()
         if getattr(self, "_coordinator_channel", None) is not None:
             self._coordinator_channel.close()
-        self._executor.shutdown(wait=False, cancel_futures=True)
+        self._pool_threads.shutdown()
         self.rrefs.stop()
         self.deadlines.stop()
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
+import time
 from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any, Optional
 
@@ -12,6 +14,7 @@ import torch
 from distautograd import errors
 from distautograd.runtime.rrefs import UNSET_TIMEOUT, RRef
 from distautograd.runtime.world import WorkerInfo
+from distautograd.transport.dispatch import Deferred
 from distautograd.v1 import wire_pb2 as pb
 
 if TYPE_CHECKING:
@@ -29,6 +32,22 @@ class AsyncReturn:
         self.future = future
 
 
+def _settle(future: Future, outcome) -> None:
+    if isinstance(outcome, BaseException):
+        future.set_exception(outcome)
+    else:
+        future.set_result(outcome)
+
+
+def failure(future: torch.futures.Future) -> Optional[BaseException]:
+    """The exception a completed torch future holds, or None."""
+    try:
+        future.value()
+    except BaseException as exc:
+        return exc
+    return None
+
+
 def is_async(func: Any) -> bool:
     return bool(getattr(getattr(func, "__func__", func), ASYNC_ATTR, False))
 
@@ -37,7 +56,7 @@ class Calls:
     def __init__(self, agent: "Agent"):
         self.agent = agent
         self._running = 0
-        self._idle = threading.Condition()
+        self._lock = threading.Lock()
 
     # ------------------------------------------------------------------ outgoing
 
@@ -50,45 +69,52 @@ class Calls:
         timeout: float,
         create_rref: int = 0,
         creator_fork: int = 0,
-    ) -> Future:
+    ) -> torch.futures.Future:
         """Sends a call; the future holds the decoded result (or, for remote(), None once the owner has it)."""
         if not callable(func):
             raise TypeError(f"func must be callable, got {type(func).__name__}")
         ctx = self.agent.contexts.current()
         value, attachments = self.agent.codec.encode((func, tuple(args or ()), dict(kwargs or {})), to.id, ctx)
         call = pb.Call(function=value, context_id=ctx.id if ctx else 0, create_rref=create_rref, creator_fork=creator_fork)
-        sent = self.agent.request(to.id, pb.Request(call=call), attachments, self.agent.timeout(timeout))
-        return self._decoded(sent, to.id, ctx)
+        result = torch.futures.Future()
+        self.agent.send_request(
+            to.id, pb.Request(call=call), attachments, self.agent.timeout(timeout), self._completion(result, to.id, ctx)
+        )
+        return result
 
-    def fetch(self, rref: RRef, timeout: float = UNSET_TIMEOUT) -> Future:
+    def fetch(self, rref: RRef, timeout: float = UNSET_TIMEOUT) -> torch.futures.Future:
         """The value of ``rref``, copied from its owner."""
         ctx = self.agent.contexts.current()
         body = pb.FetchRRef(rref_id=rref._id, context_id=ctx.id if ctx else 0)
-        sent = self.agent.request(rref._owner, pb.Request(fetch_rref=body), (), self.agent.timeout(timeout))
-        return self._decoded(sent, rref._owner, ctx, rref._created)
+        result = torch.futures.Future()
+        complete = self._completion(result, rref._owner, ctx, rref._created)
+        self.agent.send_request(rref._owner, pb.Request(fetch_rref=body), (), self.agent.timeout(timeout), complete)
+        return result
 
-    def _decoded(self, sent: Future, src: int, ctx, creation: Optional[Future] = None) -> Future:
-        result: Future = Future()
+    def _completion(self, result: torch.futures.Future, src: int, ctx, creation: Optional[torch.futures.Future] = None):
+        """Decodes a response into ``result``, in the thread that reads it."""
 
-        def done(f: Future) -> None:
-            try:
-                if f.exception() is not None and creation is not None and creation.done():
+        def complete(response, attachments, error) -> None:
+            if error is not None:
+                if creation is not None and creation.done() and failure(creation) is not None:
                     # remote() failed on the owner: its error is the one to report, as torch's to_here does
-                    creation.result()
-                response, attachments = f.result()
+                    error = failure(creation)
+                result.set_exception(error)
+                return
+            try:
+                value = None
                 if response.WhichOneof("body") == "value":
-                    result.set_result(self.agent.codec.decode(response.value, attachments, src, ctx))
-                else:
-                    result.set_result(None)
+                    value = self.agent.codec.decode(response.value, attachments, src, ctx)
             except BaseException as exc:
                 result.set_exception(exc)
+                return
+            result.set_result(value)
 
-        sent.add_done_callback(done)
-        return result
+        return complete
 
     # ------------------------------------------------------------------ incoming
 
-    def handle_call(self, link, call: pb.Call, attachments) -> Optional[Future]:
+    def handle_call(self, link, call: pb.Call, attachments) -> Optional[Deferred]:
         """Decodes a call in stream order (so RRef forks it carries register before later releases),
         then runs it on the worker threads."""
         peer = link.peer_rank
@@ -101,10 +127,10 @@ class Calls:
                 owned.value.set_exception(exc)  # whoever waits for the value learns why it never came
             raise
         if owned is not None:
-            self._start(lambda: self._run(ctx, func, args, kwargs), owned.value, None)
+            self._start(ctx, func, args, kwargs, functools.partial(_settle, owned.value))
             return None  # the owner has the rref: that is all remote() waits for
-        reply: Future = Future()
-        self._start(lambda: self._run(ctx, func, args, kwargs), reply, (peer, ctx))
+        reply = Deferred()
+        self._start(ctx, func, args, kwargs, functools.partial(self._encode_reply, reply, peer, ctx))
         return reply
 
     def _decode_call(self, call: pb.Call, attachments, peer: int, ctx) -> tuple:
@@ -119,72 +145,54 @@ class Calls:
             )
         return func, args, kwargs
 
-    def _start(self, run, target: Future, encode_for) -> None:
-        with self._idle:
+    def _encode_reply(self, reply: Deferred, peer: int, ctx, outcome) -> None:
+        if not isinstance(outcome, BaseException):
+            try:
+                encoded, attachments = self.agent.codec.encode(outcome, peer, ctx)
+                outcome = (pb.Response(value=encoded), attachments)
+            except BaseException as exc:
+                outcome = exc
+        reply.resolve(outcome)
+
+    def _start(self, ctx, func, args, kwargs, deliver) -> None:
+        """Runs the call on a worker thread; ``deliver`` gets its result or exception, once."""
+        with self._lock:
             self._running += 1
 
-        def finish(outcome: Future) -> None:
+        def finish(outcome) -> None:
             try:
-                value = outcome.result()
-                if encode_for is not None:
-                    peer, ctx = encode_for
-                    encoded, atts = self.agent.codec.encode(value, peer, ctx)
-                    value = (pb.Response(value=encoded), atts)
-                target.set_result(value)
-            except BaseException as exc:
-                target.set_exception(exc)
+                deliver(outcome)
             finally:
-                with self._idle:
+                with self._lock:
                     self._running -= 1
-                    self._idle.notify_all()
 
         def task() -> None:
-            outcome: Future = Future()
             try:
-                pending, result = run()
+                with self.agent.contexts.activate(ctx):
+                    result = func(*args, **kwargs)
+                if isinstance(result, AsyncReturn):
+                    result = result.future
+                elif not is_async(func):
+                    finish(result)
+                    return
+                if not isinstance(result, torch._C.Future):  # .then() returns the C base class
+                    raise TypeError(
+                        f"{getattr(func, '__qualname__', func)} is decorated with @async_execution but returned "
+                        f"{type(result).__name__}, not a torch.futures.Future"
+                    )
             except BaseException as exc:
-                outcome.set_exception(exc)
-                finish(outcome)
+                finish(exc)
                 return
-            if pending:
-                result.add_done_callback(finish)
-            else:
-                outcome.set_result(result)
-                finish(outcome)
+            result.add_done_callback(lambda f: finish(failure(f) or f.value()))
 
         try:
             self.agent.submit(task)
         except RuntimeError:
-            with self._idle:
-                self._running -= 1
-            target.set_exception(errors.Unavailable(f"{self.agent.name} is shutting down"))
-
-    def _run(self, ctx, func, args, kwargs) -> tuple:
-        """Runs the function in the caller's context: (False, result), or (True, a future of it) for
-        an @async_execution function."""
-        with self.agent.contexts.activate(ctx):
-            result = func(*args, **kwargs)
-        if isinstance(result, AsyncReturn):
-            result = result.future
-        elif not is_async(func):
-            return False, result
-        if not isinstance(result, torch._C.Future):  # .then() returns the C base class
-            raise TypeError(
-                f"{getattr(func, '__qualname__', func)} is decorated with @async_execution but returned "
-                f"{type(result).__name__}, not a torch.futures.Future"
-            )
-        bridged: Future = Future()
-
-        def copy(f: torch.futures.Future) -> None:
-            try:
-                bridged.set_result(f.value())
-            except BaseException as exc:
-                bridged.set_exception(exc)
-
-        result.add_done_callback(copy)
-        return True, bridged
+            finish(errors.Unavailable(f"{self.agent.name} is shutting down"))
 
     def wait_idle(self, timeout: float) -> bool:
-        """Waits until no incoming call is running here."""
-        with self._idle:
-            return self._idle.wait_for(lambda: self._running == 0, timeout)
+        """Waits until no incoming call is running here (only shutdown asks, so it polls)."""
+        end = time.monotonic() + timeout
+        while self._running and time.monotonic() < end:
+            time.sleep(0.01)
+        return not self._running

@@ -22,9 +22,11 @@ class Codec:
 
     def encode(self, obj: Any, dest: int, ctx: Optional["Context"]) -> Tuple[pb.Value, List[Any]]:
         """The value for worker ``dest``; inside a context every tensor that requires grad gets a send point."""
-        value = pb.Value()
+        metas: List[pb.TensorMeta] = []
+        handles: List[pb.RRefHandle] = []
         attachments: List[Any] = []
         seen: dict = {}
+        kept: list = []  # keeps each tensor alive, so its id() stays its own until we are done
 
         def persistent(o: Any):
             if isinstance(o, torch.Tensor):
@@ -33,32 +35,29 @@ class Codec:
                     meta = tensors.encode(o, attachments)
                     if ctx is not None and o.requires_grad:
                         meta.autograd_message_id = ctx.add_send_point(o, dest)
-                    index = seen[id(o)] = len(value.tensors)
-                    value.tensors.append(meta)
-                    seen[("keep", index)] = o  # ids stay unique while the object lives
-                return ("t", index)
+                    index = seen[id(o)] = len(metas)
+                    metas.append(meta)
+                    kept.append(o)
+                return index  # tensors are ids 0, 1, ...
             if isinstance(o, RRef):
-                value.rrefs.append(self.agent.rrefs.handle_for(o, dest))
-                return ("r", len(value.rrefs) - 1)
+                handles.append(self.agent.rrefs.handle_for(o, dest))
+                return -len(handles)  # rrefs are ids -1, -2, ...
             return None
 
-        value.pickle = pickling.dumps(obj, persistent)
-        return value, attachments
+        pickle = pickling.dumps(obj, persistent)
+        return pb.Value(pickle=pickle, tensors=metas, rrefs=handles), attachments
 
     def decode(self, value: pb.Value, attachments: List[Any], src: int, ctx: Optional["Context"]) -> Any:
         """The value worker ``src`` sent; tensors with a message id become recv points of ``ctx``."""
         decoded: dict = {}
 
-        def persistent_load(pid: tuple) -> Any:
-            if len(pid) != 2 or not isinstance(pid[1], int):
-                raise InvalidArgument(f"malformed pickle: bad persistent id {pid!r}")
-            kind, index = pid
-            if kind == "t" and 0 <= index < len(value.tensors):
-                if index not in decoded:
-                    decoded[index] = self._tensor(value.tensors[index], attachments, src, ctx)
-                return decoded[index]
-            if kind == "r" and 0 <= index < len(value.rrefs):
-                return self.agent.rrefs.from_handle(value.rrefs[index])
+        def persistent_load(pid: int) -> Any:
+            if 0 <= pid < len(value.tensors):
+                if pid not in decoded:
+                    decoded[pid] = self._tensor(value.tensors[pid], attachments, src, ctx)
+                return decoded[pid]
+            if -len(value.rrefs) <= pid < 0:
+                return self.agent.rrefs.from_handle(value.rrefs[-pid - 1])
             raise InvalidArgument(f"malformed pickle: persistent id {pid!r} refers to nothing in the message")
 
         return pickling.loads(value.pickle, self.agent.allowlist, persistent_load)

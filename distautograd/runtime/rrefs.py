@@ -284,8 +284,10 @@ class RRef:
 
     def confirmed_by_owner(self) -> bool:
         """True once the owner knows this reference (at once for the owner and for forks)."""
+        from distautograd.runtime.calls import failure
+
         created = self._created
-        return created is None or (created.done() and created.exception() is None)
+        return created is None or (created.done() and failure(created) is None)
 
     def local_value(self) -> Any:
         if not self.is_owner():
@@ -298,10 +300,7 @@ class RRef:
         """The value, copied here from the owner (blocking)."""
         if self.is_owner():
             return self.local_value()
-        return self._store.agent.calls.fetch(self, timeout).result()
-
-    def _fetch_async(self, timeout: float = UNSET_TIMEOUT) -> Future:
-        return self._store.agent.calls.fetch(self, timeout)
+        return self._store.agent.calls.fetch(self, timeout).wait()
 
     def rpc_sync(self, timeout: float = UNSET_TIMEOUT) -> "_Proxy":
         """``rref.rpc_sync().method(*args)`` runs ``method`` on the owner's value and returns its result."""

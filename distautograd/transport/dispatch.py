@@ -9,6 +9,7 @@ arrival order; the rest go to worker threads.
 from __future__ import annotations
 
 import logging
+import threading
 from concurrent.futures import Future
 from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 
@@ -21,6 +22,34 @@ from distautograd.v1 import wire_pb2 as pb
 log = logging.getLogger("distautograd")
 
 Handler = Callable[[Any, Any, list], Any]
+_UNSET = object()
+
+
+class Deferred:
+    """A reply a handler gives later, without the cost of a Future: whoever produces it calls
+    ``resolve(result or exception)``; the dispatcher says with ``then`` where it goes."""
+
+    __slots__ = ("_callback", "_outcome", "_lock")
+
+    def __init__(self) -> None:
+        self._callback = None
+        self._outcome = _UNSET
+        self._lock = threading.Lock()
+
+    def resolve(self, outcome) -> None:
+        with self._lock:
+            callback = self._callback
+            if callback is None:
+                self._outcome = outcome
+                return
+        callback(outcome)
+
+    def then(self, callback) -> None:
+        with self._lock:
+            if self._outcome is _UNSET:
+                self._callback = callback
+                return
+        callback(self._outcome)
 
 
 class Dispatcher:
@@ -63,7 +92,9 @@ class Dispatcher:
         except BaseException as exc:
             self.reply(link, frame_id, exc)
             return
-        if isinstance(result, Future):
+        if isinstance(result, Deferred):
+            result.then(lambda outcome: self.reply(link, frame_id, outcome))
+        elif isinstance(result, Future):
             result.add_done_callback(lambda f: self.reply(link, frame_id, f.exception() or f.result()))
         else:
             self.reply(link, frame_id, result)

@@ -25,15 +25,36 @@ class Chunk(_message.Message):
     def __init__(self, data: _Optional[bytes] = ...) -> None: ...
 
 class Attachments(_message.Message):
-    __slots__ = ("inline", "streamed_sizes")
+    __slots__ = ("inline", "streamed_sizes", "shared")
+    class SharedEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: int
+        value: SharedBuffer
+        def __init__(self, key: _Optional[int] = ..., value: _Optional[_Union[SharedBuffer, _Mapping]] = ...) -> None: ...
     INLINE_FIELD_NUMBER: _ClassVar[int]
     STREAMED_SIZES_FIELD_NUMBER: _ClassVar[int]
+    SHARED_FIELD_NUMBER: _ClassVar[int]
     inline: _containers.RepeatedScalarFieldContainer[bytes]
     streamed_sizes: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, inline: _Optional[_Iterable[bytes]] = ..., streamed_sizes: _Optional[_Iterable[int]] = ...) -> None: ...
+    shared: _containers.MessageMap[int, SharedBuffer]
+    def __init__(self, inline: _Optional[_Iterable[bytes]] = ..., streamed_sizes: _Optional[_Iterable[int]] = ..., shared: _Optional[_Mapping[int, SharedBuffer]] = ...) -> None: ...
+
+class SharedBuffer(_message.Message):
+    __slots__ = ("segment", "segment_size", "descriptor_attached", "lease")
+    SEGMENT_FIELD_NUMBER: _ClassVar[int]
+    SEGMENT_SIZE_FIELD_NUMBER: _ClassVar[int]
+    DESCRIPTOR_ATTACHED_FIELD_NUMBER: _ClassVar[int]
+    LEASE_FIELD_NUMBER: _ClassVar[int]
+    segment: int
+    segment_size: int
+    descriptor_attached: bool
+    lease: int
+    def __init__(self, segment: _Optional[int] = ..., segment_size: _Optional[int] = ..., descriptor_attached: _Optional[bool] = ..., lease: _Optional[int] = ...) -> None: ...
 
 class Request(_message.Message):
-    __slots__ = ("timeout", "attachments", "join", "heartbeat", "leave", "barrier", "start_backward", "pass_finished", "context_event", "world_update", "prepare_backward", "run_backward", "abort_backward", "call", "fetch_rref", "rref_forks", "push_gradients", "release_context")
+    __slots__ = ("timeout", "attachments", "join", "heartbeat", "leave", "barrier", "start_backward", "pass_finished", "context_event", "world_update", "prepare_backward", "run_backward", "abort_backward", "call", "fetch_rref", "rref_forks", "push_gradients", "release_context", "release_shared")
     TIMEOUT_FIELD_NUMBER: _ClassVar[int]
     ATTACHMENTS_FIELD_NUMBER: _ClassVar[int]
     JOIN_FIELD_NUMBER: _ClassVar[int]
@@ -52,6 +73,7 @@ class Request(_message.Message):
     RREF_FORKS_FIELD_NUMBER: _ClassVar[int]
     PUSH_GRADIENTS_FIELD_NUMBER: _ClassVar[int]
     RELEASE_CONTEXT_FIELD_NUMBER: _ClassVar[int]
+    RELEASE_SHARED_FIELD_NUMBER: _ClassVar[int]
     timeout: float
     attachments: Attachments
     join: Join
@@ -70,7 +92,8 @@ class Request(_message.Message):
     rref_forks: RRefForks
     push_gradients: PushGradients
     release_context: ReleaseContext
-    def __init__(self, timeout: _Optional[float] = ..., attachments: _Optional[_Union[Attachments, _Mapping]] = ..., join: _Optional[_Union[Join, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., leave: _Optional[_Union[Leave, _Mapping]] = ..., barrier: _Optional[_Union[Barrier, _Mapping]] = ..., start_backward: _Optional[_Union[StartBackward, _Mapping]] = ..., pass_finished: _Optional[_Union[PassFinished, _Mapping]] = ..., context_event: _Optional[_Union[ContextEvent, _Mapping]] = ..., world_update: _Optional[_Union[WorldUpdate, _Mapping]] = ..., prepare_backward: _Optional[_Union[PrepareBackward, _Mapping]] = ..., run_backward: _Optional[_Union[RunBackward, _Mapping]] = ..., abort_backward: _Optional[_Union[AbortBackward, _Mapping]] = ..., call: _Optional[_Union[Call, _Mapping]] = ..., fetch_rref: _Optional[_Union[FetchRRef, _Mapping]] = ..., rref_forks: _Optional[_Union[RRefForks, _Mapping]] = ..., push_gradients: _Optional[_Union[PushGradients, _Mapping]] = ..., release_context: _Optional[_Union[ReleaseContext, _Mapping]] = ...) -> None: ...
+    release_shared: ReleaseShared
+    def __init__(self, timeout: _Optional[float] = ..., attachments: _Optional[_Union[Attachments, _Mapping]] = ..., join: _Optional[_Union[Join, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., leave: _Optional[_Union[Leave, _Mapping]] = ..., barrier: _Optional[_Union[Barrier, _Mapping]] = ..., start_backward: _Optional[_Union[StartBackward, _Mapping]] = ..., pass_finished: _Optional[_Union[PassFinished, _Mapping]] = ..., context_event: _Optional[_Union[ContextEvent, _Mapping]] = ..., world_update: _Optional[_Union[WorldUpdate, _Mapping]] = ..., prepare_backward: _Optional[_Union[PrepareBackward, _Mapping]] = ..., run_backward: _Optional[_Union[RunBackward, _Mapping]] = ..., abort_backward: _Optional[_Union[AbortBackward, _Mapping]] = ..., call: _Optional[_Union[Call, _Mapping]] = ..., fetch_rref: _Optional[_Union[FetchRRef, _Mapping]] = ..., rref_forks: _Optional[_Union[RRefForks, _Mapping]] = ..., push_gradients: _Optional[_Union[PushGradients, _Mapping]] = ..., release_context: _Optional[_Union[ReleaseContext, _Mapping]] = ..., release_shared: _Optional[_Union[ReleaseShared, _Mapping]] = ...) -> None: ...
 
 class Response(_message.Message):
     __slots__ = ("error", "attachments", "empty", "join", "value", "graph_summary")
@@ -163,23 +186,29 @@ class RRefHandle(_message.Message):
     def __init__(self, rref_id: _Optional[int] = ..., owner: _Optional[int] = ..., fork_id: _Optional[int] = ...) -> None: ...
 
 class WorkerEntry(_message.Message):
-    __slots__ = ("name", "rank", "address", "daemon", "pid", "host")
+    __slots__ = ("name", "rank", "address", "daemon", "pid", "host", "socket_address", "unix_path", "host_id")
     NAME_FIELD_NUMBER: _ClassVar[int]
     RANK_FIELD_NUMBER: _ClassVar[int]
     ADDRESS_FIELD_NUMBER: _ClassVar[int]
     DAEMON_FIELD_NUMBER: _ClassVar[int]
     PID_FIELD_NUMBER: _ClassVar[int]
     HOST_FIELD_NUMBER: _ClassVar[int]
+    SOCKET_ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    UNIX_PATH_FIELD_NUMBER: _ClassVar[int]
+    HOST_ID_FIELD_NUMBER: _ClassVar[int]
     name: str
     rank: int
     address: str
     daemon: bool
     pid: int
     host: str
-    def __init__(self, name: _Optional[str] = ..., rank: _Optional[int] = ..., address: _Optional[str] = ..., daemon: _Optional[bool] = ..., pid: _Optional[int] = ..., host: _Optional[str] = ...) -> None: ...
+    socket_address: str
+    unix_path: str
+    host_id: str
+    def __init__(self, name: _Optional[str] = ..., rank: _Optional[int] = ..., address: _Optional[str] = ..., daemon: _Optional[bool] = ..., pid: _Optional[int] = ..., host: _Optional[str] = ..., socket_address: _Optional[str] = ..., unix_path: _Optional[str] = ..., host_id: _Optional[str] = ...) -> None: ...
 
 class Join(_message.Message):
-    __slots__ = ("name", "rank", "address", "world_size", "daemon", "pid", "host", "version")
+    __slots__ = ("name", "rank", "address", "world_size", "daemon", "pid", "host", "version", "socket_address", "unix_path", "host_id")
     NAME_FIELD_NUMBER: _ClassVar[int]
     RANK_FIELD_NUMBER: _ClassVar[int]
     ADDRESS_FIELD_NUMBER: _ClassVar[int]
@@ -188,6 +217,9 @@ class Join(_message.Message):
     PID_FIELD_NUMBER: _ClassVar[int]
     HOST_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
+    SOCKET_ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    UNIX_PATH_FIELD_NUMBER: _ClassVar[int]
+    HOST_ID_FIELD_NUMBER: _ClassVar[int]
     name: str
     rank: int
     address: str
@@ -196,7 +228,10 @@ class Join(_message.Message):
     pid: int
     host: str
     version: str
-    def __init__(self, name: _Optional[str] = ..., rank: _Optional[int] = ..., address: _Optional[str] = ..., world_size: _Optional[int] = ..., daemon: _Optional[bool] = ..., pid: _Optional[int] = ..., host: _Optional[str] = ..., version: _Optional[str] = ...) -> None: ...
+    socket_address: str
+    unix_path: str
+    host_id: str
+    def __init__(self, name: _Optional[str] = ..., rank: _Optional[int] = ..., address: _Optional[str] = ..., world_size: _Optional[int] = ..., daemon: _Optional[bool] = ..., pid: _Optional[int] = ..., host: _Optional[str] = ..., version: _Optional[str] = ..., socket_address: _Optional[str] = ..., unix_path: _Optional[str] = ..., host_id: _Optional[str] = ...) -> None: ...
 
 class JoinReply(_message.Message):
     __slots__ = ("rank", "world", "heartbeat_interval")
@@ -245,6 +280,32 @@ class Barrier(_message.Message):
     NAME_FIELD_NUMBER: _ClassVar[int]
     name: str
     def __init__(self, name: _Optional[str] = ...) -> None: ...
+
+class Hello(_message.Message):
+    __slots__ = ("name", "rank", "token", "target")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    RANK_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_FIELD_NUMBER: _ClassVar[int]
+    TARGET_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    rank: int
+    token: str
+    target: str
+    def __init__(self, name: _Optional[str] = ..., rank: _Optional[int] = ..., token: _Optional[str] = ..., target: _Optional[str] = ...) -> None: ...
+
+class Welcome(_message.Message):
+    __slots__ = ("error", "code")
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    CODE_FIELD_NUMBER: _ClassVar[int]
+    error: str
+    code: int
+    def __init__(self, error: _Optional[str] = ..., code: _Optional[int] = ...) -> None: ...
+
+class ReleaseShared(_message.Message):
+    __slots__ = ("leases",)
+    LEASES_FIELD_NUMBER: _ClassVar[int]
+    leases: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, leases: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class Call(_message.Message):
     __slots__ = ("function", "context_id", "create_rref", "creator_fork")

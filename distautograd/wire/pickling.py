@@ -178,20 +178,31 @@ def op_name(obj: Any) -> Optional[tuple[str, str]]:
     return None
 
 
+# Persistent ids are themselves pickled, element by element through persistent_id again, so they are
+# kept to one atom: an int from the caller's hook (a tensor or rref index), or "namespace:name" of an op.
+
+
+_NEVER_PERSISTENT = frozenset({int, str, float, bool, bytes, tuple, list, dict, set, frozenset, complex})
+
+
 class _Pickler(pickle.Pickler):
-    def __init__(self, file, persistent: Callable[[Any], Optional[tuple]]):
+    def __init__(self, file, persistent: Callable[[Any], Optional[int]]):
         super().__init__(file, protocol=5)
         self._persistent = persistent
 
     def persistent_id(self, obj):
-        op = op_name(obj)
-        if op is not None:
-            return ("op", *op)
+        kind = type(obj)
+        if kind in _NEVER_PERSISTENT or obj is None:
+            return None
+        if kind in _OP_TYPES:
+            op = op_name(obj)
+            if op is not None:
+                return f"{op[0]}:{op[1]}"
         return self._persistent(obj)
 
 
 class _Unpickler(pickle.Unpickler):
-    def __init__(self, file, allowlist: Allowlist, persistent_load: Callable[[tuple], Any]):
+    def __init__(self, file, allowlist: Allowlist, persistent_load: Callable[[int], Any]):
         super().__init__(file)
         self._allowlist = allowlist
         self._persistent_load = persistent_load
@@ -200,15 +211,16 @@ class _Unpickler(pickle.Unpickler):
         return self._allowlist.resolve(module, name)
 
     def persistent_load(self, pid):
-        if not isinstance(pid, tuple) or not pid or not isinstance(pid[0], str):
-            raise InvalidArgument(f"malformed pickle: unknown persistent id {pid!r}")
-        if pid[0] == "op" and len(pid) == 3:
-            return self._allowlist.resolve_op(pid[1], pid[2])
-        return self._persistent_load(pid)
+        if type(pid) is int:
+            return self._persistent_load(pid)
+        if type(pid) is str and ":" in pid:
+            namespace, _, name = pid.partition(":")
+            return self._allowlist.resolve_op(namespace, name)
+        raise InvalidArgument(f"malformed pickle: unknown persistent id {pid!r}")
 
 
-def dumps(obj: Any, persistent: Callable[[Any], Optional[tuple]] = lambda obj: None) -> bytes:
-    """Pickles ``obj``; ``persistent`` may take objects out of the pickle (returning their id)."""
+def dumps(obj: Any, persistent: Callable[[Any], Optional[int]] = lambda obj: None) -> bytes:
+    """Pickles ``obj``; ``persistent`` may take objects out of the pickle (returning an int id)."""
     buffer = io.BytesIO()
     try:
         _Pickler(buffer, persistent).dump(obj)
@@ -217,7 +229,7 @@ def dumps(obj: Any, persistent: Callable[[Any], Optional[tuple]] = lambda obj: N
     return buffer.getvalue()
 
 
-def loads(data: bytes, allowlist: Allowlist, persistent_load: Callable[[tuple], Any] = None) -> Any:
+def loads(data: bytes, allowlist: Allowlist, persistent_load: Callable[[int], Any] = None) -> Any:
     """Unpickles ``data`` loading only what ``allowlist`` admits."""
 
     def refuse(pid):

@@ -13,11 +13,17 @@ from distautograd.v1 import wire_pb2 as pb
 DTYPES: dict[str, torch.dtype] = {
     str(value).removeprefix("torch."): value for value in vars(torch).values() if isinstance(value, torch.dtype)
 }
+_NAMES = {dtype: name for name, dtype in DTYPES.items()}
+_SIZES = {dtype: dtype.itemsize for dtype in _NAMES}
 _QUANTIZED = {torch.qint8, torch.quint8, torch.qint32, torch.quint4x2, torch.quint2x4}
+_NUMPY_DTYPES = {
+    torch.float64, torch.float32, torch.float16, torch.complex64, torch.complex128, torch.int64, torch.int32,
+    torch.int16, torch.int8, torch.uint8, torch.bool,
+}
 
 
 def dtype_name(dtype: torch.dtype) -> str:
-    return str(dtype).removeprefix("torch.")
+    return _NAMES[dtype]
 
 
 def dtype_from_name(name: str) -> torch.dtype:
@@ -32,6 +38,8 @@ def raw_bytes(tensor: torch.Tensor) -> memoryview:
     t = tensor.detach()
     if t.numel() == 0:
         return memoryview(b"")
+    if t.dtype in _NUMPY_DTYPES and t.dim() and t.is_contiguous() and not (t.is_conj() or t.is_neg()):
+        return memoryview(t.numpy()).cast("B")  # the common case, with no copy and few calls
     if t.is_conj():
         t = t.resolve_conj()
     if t.is_neg():
@@ -48,7 +56,7 @@ def raw_bytes(tensor: torch.Tensor) -> memoryview:
 
 
 def check_sendable(tensor: torch.Tensor) -> None:
-    if tensor.device.type != "cpu":
+    if not tensor.is_cpu:
         raise InvalidArgument(
             f"cannot send a tensor on device {tensor.device}: only CPU tensors travel; call .cpu() first"
         )
@@ -62,10 +70,10 @@ def encode(tensor: torch.Tensor, attachments: MutableSequence[Any]) -> pb.Tensor
     """Describes ``tensor`` and appends its bytes to ``attachments``."""
     check_sendable(tensor)
     meta = pb.TensorMeta(
-        dtype=dtype_name(tensor.dtype),
-        shape=list(tensor.shape),
+        dtype=_NAMES[tensor.dtype],
+        shape=tensor.shape,
         requires_grad=tensor.requires_grad,
-        parameter=isinstance(tensor, torch.nn.Parameter),
+        parameter=type(tensor) is not torch.Tensor and isinstance(tensor, torch.nn.Parameter),
     )
     if tensor.is_quantized:
         meta.quantization.CopyFrom(_encode_quantization(tensor, attachments))
@@ -98,7 +106,7 @@ def decode(meta: pb.TensorMeta, attachments: Sequence[Any]) -> torch.Tensor:
 
 
 def _element_size(dtype: torch.dtype) -> int:
-    return torch.empty((), dtype=dtype).element_size()
+    return _SIZES[dtype]
 
 
 def _attachment(attachments: Sequence[Any], index: int) -> memoryview:
@@ -110,9 +118,7 @@ def _attachment(attachments: Sequence[Any], index: int) -> memoryview:
 def _as_uint8(data: memoryview) -> torch.Tensor:
     if data.readonly:
         # Received bytes are immutable; the tensor the user gets must be writable, as torch's are.
-        out = torch.empty(len(data), dtype=torch.uint8)
-        out.numpy()[:] = data
-        return out
+        data = bytearray(data)
     return torch.frombuffer(data, dtype=torch.uint8)
 
 

@@ -1,0 +1,358 @@
+"""Links over plain sockets: a Unix socket to peers on this host, TCP to the others.
+
+The same protobuf Frames as on the gRPC stream, each preceded by its length, and followed by its
+attachments as raw bytes (sent straight from the tensors' memory, received straight into the
+buffer that becomes the tensor). On a Unix socket, big attachments travel in shared memory
+instead (see shm.py). A connection opens with Hello / Welcome: who is calling, and the token.
+Any thread sends (under a lock, without a hand-off); one thread per connection reads.
+"""
+
+from __future__ import annotations
+
+import array
+import hmac
+import logging
+import os
+import socket
+import struct
+import tempfile
+import threading
+from typing import Any, Callable, List, Optional, Sequence, Tuple
+
+from google.protobuf.message import DecodeError
+
+from distautograd import errors
+from distautograd.transport import shm
+from distautograd.transport.link import Link
+from distautograd.v1 import wire_pb2 as pb
+
+log = logging.getLogger("distautograd")
+
+_LENGTH = struct.Struct("<I")
+MAX_HEADER_BYTES = 16 << 20  # a frame's protobuf part; tensors travel beside it
+HANDSHAKE_SECONDS = 10.0
+_BUFFER_BYTES = 4 << 20
+_MAX_FDS = 64
+
+
+def host_id() -> str:
+    """Which machine this is: processes with the same id may share Unix sockets and memory."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as f:
+            return f.read().strip()
+    except OSError:
+        return socket.gethostname()
+
+
+def _tune(sock: socket.socket) -> None:
+    if sock.family in (socket.AF_INET, socket.AF_INET6):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    for option in (socket.SO_SNDBUF, socket.SO_RCVBUF):
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, option, _BUFFER_BYTES)
+        except OSError:
+            pass
+
+
+def _send_all(sock: socket.socket, buffers: List[Any], fds: Sequence[int] = ()) -> None:
+    ancillary = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))] if fds else []
+    while buffers:
+        sent = sock.sendmsg(buffers, ancillary)
+        ancillary = []
+        while buffers and sent >= len(buffers[0]):
+            sent -= len(buffers[0])
+            buffers.pop(0)
+        if buffers and sent:
+            buffers[0] = memoryview(buffers[0])[sent:]
+
+
+class _Reader:
+    """Exact reads from a socket, collecting descriptors passed along the way."""
+
+    def __init__(self, sock: socket.socket):
+        self.sock = sock
+        self.fds: List[int] = []
+        self._unix = sock.family == socket.AF_UNIX
+
+    def into(self, view: memoryview) -> None:
+        got, size = 0, len(view)
+        while got < size:
+            if self._unix:
+                n, ancillary, _, _ = self.sock.recvmsg_into([view[got:]], socket.CMSG_SPACE(_MAX_FDS * 4))
+                for level, kind, data in ancillary:
+                    if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                        fds = array.array("i")
+                        fds.frombytes(data[: len(data) - len(data) % fds.itemsize])
+                        self.fds.extend(fds)
+            else:
+                n = self.sock.recv_into(view[got:], size - got)
+            if not n:
+                raise EOFError("the peer closed the connection")
+            got += n
+
+    def exactly(self, size: int) -> bytearray:
+        buffer = bytearray(size)
+        if size:
+            self.into(memoryview(buffer))
+        return buffer
+
+    def skip(self, size: int) -> None:
+        scratch = memoryview(bytearray(min(size, 1 << 20)))
+        while size:
+            step = min(size, len(scratch))
+            self.into(scratch[:step])
+            size -= step
+
+    def message(self, cls):
+        (length,) = _LENGTH.unpack(self.exactly(_LENGTH.size))
+        if length > MAX_HEADER_BYTES:
+            raise errors.InvalidArgument(f"a frame header of {length} bytes is over the limit of {MAX_HEADER_BYTES}")
+        try:
+            return cls.FromString(bytes(self.exactly(length)))
+        except DecodeError as exc:
+            raise errors.InvalidArgument(f"undecodable {cls.__name__} ({exc})") from None
+
+
+def _write_message(sock: socket.socket, message) -> None:
+    data = message.SerializeToString()
+    _send_all(sock, [_LENGTH.pack(len(data)), data])
+
+
+class SocketWire:
+    """Frames over one connected socket."""
+
+    def __init__(self, link: Link, sock: socket.socket, pool: Optional[shm.SegmentPool]):
+        self.link = link
+        self.sock = sock
+        self.unix = sock.family == socket.AF_UNIX
+        self._pool = pool if self.unix else None
+        self._mappings = shm.Mappings(self._send_release) if self.unix else None
+        self._shared_with_peer: set = set()
+        self._send_lock = threading.Lock()
+        self._closed = False
+        link.wire = self
+
+    @property
+    def kind(self) -> str:
+        return "unix" if self.unix else "tcp"
+
+    # ------------------------------------------------------------------ sending
+
+    def send(self, frame_id: int, kind: str, message, attachments: Sequence[Any]) -> None:
+        views = [memoryview(a).cast("B") for a in attachments]
+        streamed: List[Any] = []
+        fds: List[int] = []
+        with self._send_lock:
+            if self._closed:
+                raise errors.Unavailable(f"the connection to {self.link.peer} is closed")
+            message.attachments.streamed_sizes.extend(len(v) for v in views)
+            for index, view in enumerate(views):
+                if self._pool is not None and len(view) >= shm.MIN_BYTES:
+                    segment = self._pool.lend(view, self)
+                    first = segment.id not in self._shared_with_peer
+                    if first:
+                        self._shared_with_peer.add(segment.id)
+                        fds.append(segment.fd)
+                    message.attachments.shared[index].CopyFrom(pb.SharedBuffer(
+                        segment=segment.id, segment_size=segment.size, descriptor_attached=first, lease=segment.lease
+                    ))
+                elif len(view):
+                    streamed.append(view)
+            header = pb.Frame(id=frame_id, **{kind: message}).SerializeToString()
+            try:
+                _send_all(self.sock, [_LENGTH.pack(len(header)), header, *streamed], fds)
+            except OSError as exc:
+                raise errors.Unavailable(f"connection to {self.link.peer} lost: {exc}") from None
+
+    def _send_release(self, leases: List[int]) -> None:
+        if not self._closed:
+            self.send(0, "request", pb.Request(release_shared=pb.ReleaseShared(leases=leases)), ())
+
+    def close(self) -> None:
+        with self._send_lock:
+            if self._closed:
+                return
+            self._closed = True
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self.sock.close()
+        if self._pool is not None:
+            self._pool.forget(self)
+
+    # ------------------------------------------------------------------ receiving
+
+    def start(self) -> None:
+        threading.Thread(target=self._read, name=f"distautograd-recv-{self.link.peer}", daemon=True).start()
+
+    def _read(self) -> None:
+        reader = _Reader(self.sock)
+        link = self.link
+        try:
+            while True:
+                self._read_one(reader)
+        except errors.RpcError as exc:
+            link.fail_protocol(str(exc))
+        except (EOFError, OSError) as exc:
+            link.close(errors.Unavailable(f"connection to {link.peer} lost: {exc}"))
+        except Exception as exc:
+            link.close(errors.Internal(f"reading from {link.peer} failed: {exc!r}"))
+
+    def _read_one(self, reader: _Reader) -> None:
+        # One frame per call, so nothing of it (a big buffer, a shared segment) outlives its delivery
+        # while the thread waits for the next one.
+        frame = reader.message(pb.Frame)
+        kind = frame.WhichOneof("kind")
+        if kind not in ("request", "response"):
+            raise errors.InvalidArgument("a frame arrived with neither a request nor a response")
+        message = getattr(frame, kind)
+        if kind == "request" and message.WhichOneof("body") == "release_shared":
+            if self._pool is not None:
+                self._pool.release(self, message.release_shared.leases)
+            return
+        attachments = self._attachments(reader, frame, message.attachments)
+        if attachments is not None:
+            self.link.deliver(frame, attachments)
+
+    def _attachments(self, reader: _Reader, frame: pb.Frame, described: pb.Attachments) -> Optional[List[Any]]:
+        sizes = list(described.streamed_sizes)
+        shared = described.shared
+        if shared and self._mappings is None:
+            raise errors.InvalidArgument("shared memory arrived over TCP")
+        for buffer in shared.values():
+            if buffer.descriptor_attached:
+                if not reader.fds:
+                    raise errors.InvalidArgument("a shared segment arrived without its descriptor")
+                self._mappings.add(buffer.segment, reader.fds.pop(0), buffer.segment_size)
+        total = sum(size for i, size in enumerate(sizes) if i not in shared)
+        if total > self.link.max_attachment_bytes:
+            reader.skip(total)
+            self.link.refuse_oversized(frame, total)
+            return None
+        attachments: List[Any] = []
+        for index, size in enumerate(sizes):
+            if index in shared:
+                try:
+                    attachments.append(self._mappings.buffer(shared[index].segment, shared[index].lease, size))
+                except ValueError as exc:
+                    raise errors.InvalidArgument(str(exc)) from None
+            else:
+                attachments.append(reader.exactly(size))
+        return attachments
+
+
+# ---------------------------------------------------------------------- connecting
+
+
+def connect(
+    address: str, unix: bool, hello: pb.Hello, timeout: float = HANDSHAKE_SECONDS
+) -> socket.socket:
+    """A socket to a worker's listener (a Unix path, or HOST:PORT), past its handshake."""
+    if unix:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        target: Any = address
+    else:
+        host, _, port = address.rpartition(":")
+        sock = socket.socket(socket.AF_INET6 if ":" in host.strip("[]") else socket.AF_INET, socket.SOCK_STREAM)
+        target = (host.strip("[]"), int(port))
+    try:
+        sock.settimeout(timeout)
+        sock.connect(target)
+        _tune(sock)
+        _write_message(sock, hello)
+        welcome = _Reader(sock).message(pb.Welcome)
+        if welcome.error:
+            raise errors.for_status(errors.status_code(welcome.code))(welcome.error)
+        sock.settimeout(None)
+        return sock
+    except BaseException:
+        sock.close()
+        raise
+
+
+class Listener:
+    """Accepts socket connections for a worker: a Unix socket (peers on this host) and/or TCP."""
+
+    def __init__(
+        self,
+        name: str,
+        token: Optional[str],
+        accept: Callable[[socket.socket, pb.Hello], None],
+        tcp_host: Optional[str],
+        unix: bool,
+    ):
+        self.name = name
+        self._token = token
+        self._accept = accept
+        self._sockets: List[socket.socket] = []
+        self._stopped = False
+        self.tcp_port = 0
+        self.unix_path = ""
+        self._dir = None
+        if tcp_host is not None:
+            family = socket.AF_INET6 if ":" in tcp_host else socket.AF_INET
+            sock = socket.socket(family, socket.SOCK_STREAM)
+            sock.bind((tcp_host, 0))
+            self.tcp_port = sock.getsockname()[1]
+            self._sockets.append(sock)
+        if unix:
+            self._dir = tempfile.mkdtemp(prefix="distautograd-")  # mode 0700: only this user
+            self.unix_path = os.path.join(self._dir, "worker.sock")
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.bind(self.unix_path)
+            self._sockets.append(sock)
+        for sock in self._sockets:
+            sock.listen(128)
+            threading.Thread(target=self._serve, args=(sock,), name="distautograd-accept", daemon=True).start()
+
+    def _serve(self, listening: socket.socket) -> None:
+        while not self._stopped:
+            try:
+                sock, _ = listening.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._handshake, args=(sock,), name="distautograd-handshake", daemon=True).start()
+
+    def _handshake(self, sock: socket.socket) -> None:
+        try:
+            sock.settimeout(HANDSHAKE_SECONDS)
+            _tune(sock)
+            hello = _Reader(sock).message(pb.Hello)
+            refusal = self._refusal(hello)
+            if refusal is not None:
+                _write_message(sock, refusal)
+                sock.close()
+                return
+            _write_message(sock, pb.Welcome())
+            sock.settimeout(None)
+        except Exception as exc:  # a scanner, a broken peer: drop it and go on serving
+            log.debug("refused a socket connection: %s", exc)
+            sock.close()
+            return
+        self._accept(sock, hello)
+
+    def _refusal(self, hello: pb.Hello) -> Optional[pb.Welcome]:
+        if self._token and not hmac.compare_digest(hello.token.encode(), self._token.encode()):
+            return pb.Welcome(
+                error="missing or wrong token: every process of a deployment must share the same DISTAUTOGRAD_TOKEN",
+                code=errors.Unauthenticated.code.value[0],
+            )
+        if hello.target and hello.target != self.name:
+            return pb.Welcome(error=f"this is {self.name}, not {hello.target}", code=errors.NotFound.code.value[0])
+        return None
+
+    def close(self) -> None:
+        self._stopped = True
+        for sock in self._sockets:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            sock.close()
+        if self._dir:
+            try:
+                os.unlink(self.unix_path)
+                os.rmdir(self._dir)
+            except OSError:
+                pass
