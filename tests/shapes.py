@@ -294,3 +294,15 @@ SHAPES = [
     leaf_sent_to_every_worker,
 ]
 
+
+
+def dead_relu(x):
+    return torch.relu(x - 1e6)  # every unit off: the gradient back to the caller is all zeros
+
+
+def zero_gradient_across_workers(mode):
+    x = param("x", 4)
+    return [call(mode, "worker2", dead_relu, x * 2).sum() + (x * 3).sum()]
+
+
+SHAPES.append(zero_gradient_across_workers)

@@ -157,3 +157,24 @@ def test_rref_backward_distributed_and_local():
     rref = rpc.remote("worker2", remote.ps_forward, args=(torch.full((8,), 2.0),))
     rref.backward()  # no context: a local backward on the owner, into .grad, as torch does
     assert torch.equal(rpc.rpc_sync("worker2", remote.take_ps_weight_dot_grad), torch.full((8,), 2.0))
+
+
+def test_zero_gradients_travel_as_a_shape_not_as_tensors(monkeypatch):
+    """A gradient of all zeros crosses as dtype and shape only, and arrives as zeros all the same."""
+    from distautograd.autograd import engine
+
+    arrived = []
+    original = engine._gradient
+
+    def spy(gradient, attachments):
+        arrived.append((gradient.zeros, len(attachments)))
+        return original(gradient, attachments)
+
+    monkeypatch.setattr(engine, "_gradient", spy)
+    w = torch.randn(1000, requires_grad=True)
+    with dist_autograd.context() as context_id:
+        y = rpc.rpc_sync("worker2", torch.relu, args=(w - 1e6,))  # all off: zero gradient back to w
+        dist_autograd.backward(context_id, [y.sum()])
+        grads = dist_autograd.get_gradients(context_id)
+    assert torch.equal(grads[w], torch.zeros(1000))
+    assert arrived == [(True, 0)], arrived

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import collections
-import contextlib
 import logging
 import threading
-from typing import TYPE_CHECKING, Dict, Iterator, List, NamedTuple, Optional, Set
+from typing import TYPE_CHECKING, Dict, List, NamedTuple, Optional, Set
 
 import torch
 from torch.autograd.graph import GradientEdge, get_gradient_edge
@@ -24,6 +23,8 @@ log = logging.getLogger("distautograd")
 # place, like torch's. The anchor never receives a gradient: backward stops at recv points.
 _ANCHOR = torch.empty(0, requires_grad=True)
 _RELEASED_MEMORY = 100_000
+RELEASE_DELAY = 0.01
+COORDINATOR = -1
 
 
 class RecvRpc(torch.autograd.Function):
@@ -62,6 +63,7 @@ class Context:
         self.recv_points: Dict[int, RecvPoint] = {}
         self.grads: Dict[torch.Tensor, torch.Tensor] = {}
         self.peers: Set[int] = set()
+        self.coordinated = False  # a backward pass through the coordinator ran from here
         self.mint = None  # set by the store
 
     def add_send_point(self, tensor: torch.Tensor, dest: int) -> int:
@@ -99,20 +101,20 @@ class ContextStore:
         self._released: "collections.OrderedDict[int, None]" = collections.OrderedDict()
         self._lock = threading.Lock()
         self._local = threading.local()
+        # Releases go out in batches, a moment later: one message per peer, not one per context.
+        self._outgoing: Dict[int, List[int]] = {}
+        self._flush_scheduled = False
 
     # ------------------------------------------------------------------ the thread's context
 
     def current(self) -> Optional[Context]:
         return getattr(self._local, "context", None)
 
-    @contextlib.contextmanager
-    def activate(self, ctx: Optional[Context]) -> Iterator[None]:
-        previous = self.current()
+    def swap(self, ctx: Optional[Context]) -> Optional[Context]:
+        """Makes ``ctx`` the thread's context; returns the one it replaces (to swap back)."""
+        previous = getattr(self._local, "context", None)
         self._local.context = ctx
-        try:
-            yield
-        finally:
-            self._local.context = previous
+        return previous
 
     def create(self) -> Context:
         if self.current() is not None:
@@ -122,13 +124,13 @@ class ContextStore:
             )
         ctx = self._new(self.agent.mint())
         self._local.context = ctx
-        self.agent.coordinator_notify(pb.Request(context_event=pb.ContextEvent(context_id=ctx.id)))
         return ctx
 
     def exit(self, ctx: Context) -> None:
         """Ends the thread's context and releases it on every worker that took part."""
         self._local.context = None
-        self.agent.coordinator_notify(pb.Request(context_event=pb.ContextEvent(context_id=ctx.id, closed=True)))
+        if ctx.coordinated:
+            self._queue_release(COORDINATOR, ctx.id)  # the coordinator keeps a record of contexts with passes
         self.release(ctx.id)
 
     def _new(self, context_id: int) -> Context:
@@ -176,14 +178,33 @@ class ContextStore:
             return False
         self.agent.engine.drop_context(context_id)
         for peer in ctx.peers - {self.agent.rank, sender}:
-            try:
-                self.agent.notify(peer, pb.Request(release_context=pb.ReleaseContext(context_id=context_id)))
-            except Exception as exc:  # a departed peer has nothing left to release
-                log.debug("could not release context %d on rank %d: %s", context_id, peer, exc)
+            self._queue_release(peer, context_id)
         return True
 
+    def _queue_release(self, peer: int, context_id: int) -> None:
+        with self._lock:
+            self._outgoing.setdefault(peer, []).append(context_id)
+            if self._flush_scheduled:
+                return
+            self._flush_scheduled = True
+        self.agent.deadlines.schedule(RELEASE_DELAY, self.flush_releases)
+
+    def flush_releases(self) -> None:
+        with self._lock:
+            outgoing, self._outgoing = self._outgoing, {}
+            self._flush_scheduled = False
+        for peer, context_ids in outgoing.items():
+            try:
+                if peer == COORDINATOR:
+                    self.agent.coordinator_notify(pb.Request(context_event=pb.ContextEvent(closed=context_ids)))
+                else:
+                    self.agent.notify(peer, pb.Request(release_context=pb.ReleaseContext(context_ids=context_ids)))
+            except Exception as exc:  # a departed peer has nothing left to release
+                log.debug("could not release contexts on rank %d: %s", peer, exc)
+
     def handle_release(self, link, body: pb.ReleaseContext, attachments) -> None:
-        self.release(body.context_id, sender=link.peer_rank)
+        for context_id in body.context_ids:
+            self.release(context_id, sender=link.peer_rank)
 
     def on_departed(self, rank: int) -> None:
         """Contexts created by a worker that is gone are released after the time-to-live."""

@@ -59,7 +59,6 @@ class PassState:
         self.early: Dict[int, Optional[torch.Tensor]] = {}  # pushes that came before the plan
         self.received: set = set()
         self.remaining = 0
-        self.pushes_in_flight = 0
         self.leaf_grads: Dict[torch.Tensor, torch.Tensor] = {}
         self.finished = False
         # called once at the end: (error or None, ids of the leaves that got gradients)
@@ -119,6 +118,7 @@ class BackwardEngine:
         start = pb.StartBackward(
             context_id=ctx.id, pass_id=pass_id, retain_graph=retain_graph, summary=summary, timeout=timeout or 0
         )
+        ctx.coordinated = True
         try:
             # the coordinator enforces the pass timeout and says who is late; this one is a backstop
             self.agent.coordinator_request(
@@ -192,7 +192,7 @@ class BackwardEngine:
             self._drive(state, ready)
 
     def handle_run(self, link, body: pb.RunBackward, attachments) -> None:
-        ctx = self.agent.contexts.get(body.context_id)
+        """Runs this worker's part; Run is a notification, so the outcome goes back as PassFinished."""
 
         def report(error: Optional[BaseException], leaves: List[int]) -> None:
             finished = pb.PassFinished(context_id=body.context_id, pass_id=body.pass_id, leaves=leaves)
@@ -200,7 +200,11 @@ class BackwardEngine:
                 finished.error.CopyFrom(errors.to_proto(error, self.agent.name))
             self.agent.coordinator_notify(pb.Request(pass_finished=finished))
 
-        self.run(ctx, body.pass_id, body.active_sends, body.run_roots, body.retain_graph, report)
+        try:
+            ctx = self.agent.contexts.get(body.context_id)
+            self.run(ctx, body.pass_id, body.active_sends, body.run_roots, body.retain_graph, report)
+        except BaseException as exc:
+            report(exc, [])
 
     def handle_abort(self, link, body: pb.AbortBackward, attachments) -> None:
         state = self._existing(body.context_id, body.pass_id)
@@ -216,7 +220,7 @@ class BackwardEngine:
             raise errors.FailedPrecondition(
                 f"gradients arrived for context {body.context_id}, which {self.agent.name} no longer has"
             ) from None
-        grads = [(g.message_id, None if g.none else tensors.decode(g.tensor, attachments)) for g in body.gradients]
+        grads = [(g.message_id, _gradient(g, attachments)) for g in body.gradients]
         state = self._state(ctx, body.pass_id)
         ready: List[Segment] = []
         with state.lock:
@@ -231,7 +235,10 @@ class BackwardEngine:
                 else:
                     self._deliver_push_locked(state, message_id, grad, ready)
         if ready:
-            self.agent.submit(self._drive, state, ready)
+            if all(segment.kind != "node" for segment in ready):
+                self._drive(state, ready)  # only forwarding or accumulating: no compute, no hand-off
+            else:
+                self.agent.submit(self._drive, state, ready)
 
     def _deliver_push_locked(self, state: PassState, message_id: int, grad, ready: List[Segment]) -> None:
         point = state.ctx.send_points.get(message_id)
@@ -283,12 +290,12 @@ class BackwardEngine:
                         self._contribute_locked(state, child, outputs.get(child, {}), order, ready)
                     state.remaining -= 1
                     flush = bool(pushes) and not ready
-                    if flush:
-                        state.pushes_in_flight += len(pushes)
-                    finished = self._maybe_finish_locked(state)
+                    finished = not flush and self._maybe_finish_locked(state)
                 if flush:
                     self._send_pushes(state, pushes)
                     pushes = {}
+                    with state.lock:
+                        finished = self._maybe_finish_locked(state)
                 if finished:
                     self._complete(state)
         except BaseException as exc:
@@ -302,39 +309,37 @@ class BackwardEngine:
                 gradient = body.gradients.add(message_id=message_id)
                 if grad is None:
                     gradient.none = True
+                elif not grad.any():
+                    gradient.zeros = True  # e.g. behind a ReLU that was off: a shape, not a tensor of zeros
+                    gradient.tensor.CopyFrom(pb.TensorMeta(dtype=tensors.dtype_name(grad.dtype), shape=grad.shape))
                 else:
                     gradient.tensor.CopyFrom(tensors.encode(grad, attachments))
             self._push(state, dest, body, attachments, PUSH_RETRIES)
 
     def _push(self, state: PassState, dest: int, body: pb.PushGradients, attachments: list, retries: int) -> None:
-        try:
-            future = self.agent.request(dest, pb.Request(push_gradients=body), attachments, self.agent.default_timeout())
-        except BaseException as exc:
-            future = Future()
-            future.set_exception(exc)
-
-        def done(f: Future) -> None:
-            error = f.exception()
-            if isinstance(error, errors.Unavailable) and retries and self.agent.world.entry(dest) is not None:
-                self._push(state, dest, body, attachments, retries - 1)  # the receiver drops duplicates
+        """Sends gradients as a notification: the pass completes when every worker reports, and the
+        receiver cannot report before it has them, so no acknowledgement is needed. A push that
+        cannot be sent is retried on a fresh connection; the receiver drops duplicates."""
+        request = pb.Request(push_gradients=body)
+        while True:
+            try:
+                self.agent.send_now(dest, request, attachments)
                 return
-            if error is not None:
-                self._fail(state, error)
+            except errors.Unavailable as exc:
+                if not retries or self.agent.world.entry(dest) is None:
+                    self._fail(state, exc)
+                    return
+                retries -= 1
+            except BaseException as exc:
+                self._fail(state, exc)
                 return
-            with state.lock:
-                state.pushes_in_flight -= 1
-                finished = self._maybe_finish_locked(state)
-            if finished:
-                self._complete(state)
-
-        future.add_done_callback(done)
 
     # ------------------------------------------------------------------ ending
 
     def _maybe_finish_locked(self, state: PassState) -> bool:
         """Marks the pass finished when nothing is left to run or acknowledge; the caller then
         calls _complete outside the lock."""
-        if state.finished or state.remaining or state.pushes_in_flight or state.plan is None:
+        if state.finished or state.remaining or state.plan is None:
             return False
         state.finished = True
         return True
@@ -354,6 +359,14 @@ class BackwardEngine:
         log.info("backward pass %d of context %d failed on %s: %s", state.pass_id, state.ctx.id, self.agent.name, error)
         if state.report is not None:
             state.report(error, [])
+
+
+def _gradient(gradient: pb.Gradient, attachments) -> Optional[torch.Tensor]:
+    if gradient.none:
+        return None
+    if gradient.zeros:
+        return torch.zeros(list(gradient.tensor.shape), dtype=tensors.dtype_from_name(gradient.tensor.dtype))
+    return tensors.decode(gradient.tensor, attachments)
 
 
 def validate_roots(roots: Sequence[torch.Tensor]) -> List[torch.Tensor]:

@@ -24,17 +24,17 @@ class ContextRegistry:
         self._records: Dict[int, ContextRecord] = {}
         self._lock = threading.Lock()
 
-    def opened(self, context_id: int) -> None:
-        with self._lock:
-            self._records.setdefault(context_id, ContextRecord()).participants.add(rank_of(context_id))
-
     def closed(self, context_id: int) -> None:
         with self._lock:
             self._records.pop(context_id, None)
 
     def pass_began(self, context_id: int) -> None:
+        """A backward pass starts: the first one in a context opens its record."""
         with self._lock:
-            record = self._records.setdefault(context_id, ContextRecord())
+            record = self._records.get(context_id)
+            if record is None:
+                record = self._records[context_id] = ContextRecord()
+                record.participants.add(rank_of(context_id))
             record.passes += 1
             record.in_flight += 1
 

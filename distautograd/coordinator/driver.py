@@ -12,9 +12,8 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
-from concurrent.futures import Future, ThreadPoolExecutor
-from concurrent.futures import wait as wait_all
+import functools
+from concurrent.futures import Future
 from typing import TYPE_CHECKING, Dict, List, Optional, Set, Tuple
 
 from distautograd import errors
@@ -36,6 +35,7 @@ class PassRecord:
         self.retain_graph = body.retain_graph
         self.timeout = body.timeout or None
         self.summaries: Dict[int, pb.GraphSummary] = {root: body.summary}
+        self.asking: Set[int] = set()
         self.running: Set[int] = set()
         self.waiting: Set[int] = set()
         self.leaves: Dict[int, List[int]] = {}
@@ -70,11 +70,13 @@ def active_sources(summaries: Dict[int, pb.GraphSummary], root: int) -> Tuple[Se
 
 
 class BackwardDriver:
+    """Drives each pass by callbacks: a round advances from whichever thread delivers its last
+    answer, so no thread waits per pass, however many run at once."""
+
     def __init__(self, coordinator: "Coordinator"):
         self.coordinator = coordinator
         self._passes: Dict[Tuple[int, int], PassRecord] = {}
         self._lock = threading.Lock()
-        self._executor = ThreadPoolExecutor(256, thread_name_prefix="distautograd-driver")
 
     def in_flight(self, context_id: Optional[int] = None) -> int:
         with self._lock:
@@ -89,20 +91,28 @@ class BackwardDriver:
         if record.timeout:
             handle = self.coordinator.deadlines.schedule(record.timeout, lambda: self._expire(record))
             record.result.add_done_callback(lambda _: self.coordinator.deadlines.cancel(handle))
-        self._executor.submit(self._drive, record)
+        self._advance(record)
         return record.result
 
-    def _drive(self, record: PassRecord) -> None:
+    def _advance(self, record: PassRecord) -> None:
+        """Asks for the summaries still needed, or, when there are none, starts the pass."""
         try:
-            while True:
-                active, needed = active_sources(record.summaries, record.root)
-                if not needed:
-                    break
-                replies = self._ask(record, needed, pb.Request(
+            active, needed = active_sources(record.summaries, record.root)
+            if needed:
+                # Ask every participant heard of so far, not only the ones known to be needed: along
+                # a chain, needed ones show up one hop at a time, and one round beats one per hop.
+                known = {rank for summary in record.summaries.values() for rank in summary.peers}
+                needed |= known - set(record.summaries)
+                with record.lock:
+                    record.asking = set(needed)
+                request = pb.Request(
                     prepare_backward=pb.PrepareBackward(context_id=record.context_id, pass_id=record.pass_id)
-                ))
-                for rank, (response, _) in replies.items():
-                    record.summaries[rank] = response.graph_summary
+                )
+                for rank in needed:
+                    self._member(record, rank).link.send_request(
+                        request, (), record.timeout, functools.partial(self._summary, record, rank)
+                    )
+                return
             by_rank: Dict[int, List[int]] = {}
             for rank, key in active:
                 by_rank.setdefault(rank, [])
@@ -112,36 +122,40 @@ class BackwardDriver:
                 record.running = set(by_rank)
                 record.waiting = set(by_rank)
             self.coordinator.contexts.add_participants(record.context_id, record.participants)
-            self._ask(record, set(by_rank), None, run=by_rank)
+            self._run(record, by_rank)
         except BaseException as exc:
             self.fail(record, exc)
 
-    def _ask(self, record: PassRecord, ranks: Set[int], request: Optional[pb.Request], run=None) -> Dict[int, tuple]:
-        futures: Dict[int, Future] = {}
-        for rank in ranks:
-            member = self.coordinator.membership.member(rank)
-            if member is None:
-                raise errors.Unavailable(
-                    f"{self.coordinator.membership.label(rank)} takes part in context {record.context_id} but has left"
-                )
-            if run is not None:
-                request = pb.Request(run_backward=pb.RunBackward(
-                    context_id=record.context_id,
-                    pass_id=record.pass_id,
-                    active_sends=sorted(run[rank]),
-                    run_roots=rank == record.root,
-                    retain_graph=record.retain_graph,
-                ))
-            futures[rank] = member.link.request(request, (), record.timeout)
-        done, _ = wait_all(list(futures.values()), timeout=record.timeout)
-        replies = {}
-        for rank, future in futures.items():
-            if record.result.done():
-                raise _Finished()
-            if future not in done:
-                raise errors.DeadlineExceeded(f"{self.coordinator.membership.label(rank)} did not answer in time")
-            replies[rank] = future.result()
-        return replies
+    def _summary(self, record: PassRecord, rank: int, response, attachments, error) -> None:
+        if error is not None:
+            self.fail(record, error)
+            return
+        with record.lock:
+            record.summaries[rank] = response.graph_summary
+            record.asking.discard(rank)
+            complete = not record.asking
+        if complete and not record.result.done():
+            self._advance(record)
+
+    def _member(self, record: PassRecord, rank: int):
+        member = self.coordinator.membership.member(rank)
+        if member is None:
+            raise errors.Unavailable(
+                f"{self.coordinator.membership.label(rank)} takes part in context {record.context_id} but has left"
+            )
+        return member
+
+    def _run(self, record: PassRecord, by_rank: Dict[int, List[int]]) -> None:
+        """Starts the pass everywhere, the root last so the others start first. No answer is awaited:
+        each worker reports with PassFinished, errors included, and a departure fails the pass."""
+        for rank in sorted(by_rank, key=lambda r: r == record.root):
+            self._member(record, rank).link.notify(pb.Request(run_backward=pb.RunBackward(
+                context_id=record.context_id,
+                pass_id=record.pass_id,
+                active_sends=sorted(by_rank[rank]),
+                run_roots=rank == record.root,
+                retain_graph=record.retain_graph,
+            )))
 
     def finished(self, rank: int, body: pb.PassFinished) -> None:
         with self._lock:
@@ -161,7 +175,7 @@ class BackwardDriver:
                 record.result.set_result(None)
 
     def fail(self, record: PassRecord, error: BaseException) -> None:
-        if isinstance(error, _Finished) or record.result.done():
+        if record.result.done():
             return
         self._end(record)
         log.info("backward pass %d of context %d failed: %s", record.pass_id, record.context_id, error)
@@ -205,8 +219,3 @@ class BackwardDriver:
             records = list(self._passes.values())
         for record in records:
             self.fail(record, errors.Unavailable("the coordinator is shutting down"))
-        self._executor.shutdown(wait=False, cancel_futures=True)
-
-
-class _Finished(Exception):
-    """The pass ended (failed elsewhere) while the driver was waiting."""

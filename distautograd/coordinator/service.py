@@ -15,7 +15,7 @@ from distautograd.config import BackendOptions
 from distautograd.coordinator.contexts import ContextRegistry
 from distautograd.coordinator.driver import BackwardDriver
 from distautograd.coordinator.membership import Membership
-from distautograd.transport import grpc_io
+from distautograd.transport import grpc_io, loopback, sockets
 from distautograd.transport.deadlines import Deadlines
 from distautograd.transport.dispatch import Dispatcher
 from distautograd.transport.link import Link
@@ -30,6 +30,7 @@ SERVICE = "distautograd.v1.Coordinator"
 class Coordinator:
     def __init__(self, server: grpc_io.Server, options: BackendOptions):
         self.options = options
+        security = options.security()
         self.deadlines = Deadlines("distautograd-coordinator-deadlines")
         self.resolve_type = Allowlist(options.all_allowed_modules()).resolve
         self.contexts = ContextRegistry()
@@ -61,18 +62,43 @@ class Coordinator:
                     request_deserializer=pb.StatusRequest.FromString,
                     response_serializer=pb.StatusReply.SerializeToString,
                 ),
+                "GetEndpoints": grpc.unary_unary_rpc_method_handler(
+                    lambda request, context: self.endpoints,
+                    request_deserializer=pb.Empty.FromString,
+                    response_serializer=pb.Endpoints.SerializeToString,
+                ),
             },
+        )
+        # Members may also reach the coordinator over a socket: control messages cost far less there.
+        self.listener = None
+        if options.transport != "grpc":
+            tcp_host = None if security.tls else server.host
+            self.listener = sockets.Listener("coordinator", security.token, self._accept_socket, tcp_host,
+                                             unix=options.transport == "auto")
+        self.endpoints = pb.Endpoints(
+            socket_port=self.listener.tcp_port if self.listener else 0,
+            unix_path=self.listener.unix_path if self.listener else "",
+            host_id=sockets.host_id(),
         )
         threading.Thread(target=self._watch_heartbeats, name="distautograd-heartbeat-watch", daemon=True).start()
 
     # ------------------------------------------------------------------ streams
 
-    def _serve(self, raw_frames, context):
+    def _new_link(self) -> Link:
         link = Link("a worker that has not joined yet", self._dispatch, self.deadlines, resolve_type=self.resolve_type)
-        link.peer_rank = -1
         link.left = False
         link.on_close.append(lambda error: self._closed(link, error))
-        yield from grpc_io.serve_stream(raw_frames, context, link, lambda: None)
+        return link
+
+    def _serve(self, raw_frames, context):
+        yield from grpc_io.serve_stream(raw_frames, context, self._new_link(), lambda: None)
+
+    def _accept_socket(self, sock, hello: pb.Hello) -> None:
+        sockets.SocketWire(self._new_link(), sock, None).start()
+
+    def attach(self, link: Link) -> None:
+        """Joins ``link``, of a worker in this process, to a new coordinator-side link."""
+        loopback.connect(link, self._new_link())
 
     def _closed(self, link: Link, error: BaseException) -> None:
         if link.peer_rank >= 0 and not link.left and not self._stopped.is_set():
@@ -112,10 +138,8 @@ class Coordinator:
         self.driver.finished(link.peer_rank, body)
 
     def _context_event(self, link: Link, body: pb.ContextEvent, attachments=()) -> None:
-        if body.closed:
-            self.contexts.closed(body.context_id)
-        else:
-            self.contexts.opened(body.context_id)
+        for context_id in body.closed:
+            self.contexts.closed(context_id)
 
     def _status(self, request: pb.StatusRequest, context) -> pb.StatusReply:
         now = time.monotonic()
@@ -152,6 +176,8 @@ class Coordinator:
 
     def stop(self) -> None:
         self._stopped.set()
+        if self.listener is not None:
+            self.listener.close()
         self.driver.stop()
         for member in self.membership.members():
             member.link.close(errors.Unavailable("the coordinator is shutting down"))

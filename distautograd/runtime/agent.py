@@ -171,7 +171,13 @@ class Agent:
                     f"{self.options.effective_init_timeout():g} s: {last}"
                 )
             link = self._new_link(f"the coordinator at {coordinator}", -1)
-            grpc_io.open_stream(chan, f"/{COORDINATOR_SERVICE}/Connect", link, self._metadata(rank=join.rank))
+            sock = None if self.coordinator is not None else self._coordinator_socket(chan, coordinator, join, remaining)
+            if self.coordinator is not None:
+                self.coordinator.attach(link)  # hosted here: no connection needed
+            elif sock is not None:
+                sockets.SocketWire(link, sock, None).start()
+            else:
+                grpc_io.open_stream(chan, f"/{COORDINATOR_SERVICE}/Connect", link, self._metadata(rank=join.rank))
             try:
                 response, _ = link.request(pb.Request(join=join), timeout=min(remaining, 10.0)).result()
             except (errors.Unavailable, errors.DeadlineExceeded) as exc:
@@ -187,6 +193,23 @@ class Agent:
             self._coordinator_channel = chan
             link.on_close.append(self._coordinator_lost)
             return response.join
+
+    def _coordinator_socket(self, chan, coordinator: str, join: pb.Join, remaining: float):
+        """A socket to the coordinator when it offers one we can reach; None to stay on gRPC."""
+        if self.options.transport == "grpc":
+            return None
+        try:
+            get = chan.unary_unary(f"/{COORDINATOR_SERVICE}/GetEndpoints", request_serializer=pb.Empty.SerializeToString,
+                                   response_deserializer=pb.Endpoints.FromString)
+            endpoints = get(pb.Empty(), metadata=self.security.metadata(), timeout=min(remaining, 5.0))
+        except grpc.RpcError:
+            return None  # not up yet (the join loop retries) or an older coordinator: gRPC it is
+        host = coordinator.rpartition(":")[0]
+        entry = pb.WorkerEntry(
+            name="coordinator", unix_path=endpoints.unix_path, host_id=endpoints.host_id,
+            socket_address=join_address(host.strip("[]"), endpoints.socket_port) if endpoints.socket_port else "",
+        )
+        return self._connect_socket(entry, rank=join.rank)
 
     def _wait_for_world(self, world_size: int, deadline: float) -> None:
         complete = self.world.wait_for(lambda: len(self.world.members()) >= world_size, deadline - time.monotonic())
@@ -247,10 +270,11 @@ class Agent:
             self._links[rank] = link
             return link
 
-    def _connect_socket(self, entry: pb.WorkerEntry):
+    def _connect_socket(self, entry: pb.WorkerEntry, rank: Optional[int] = None):
         """A socket to ``entry`` when a faster path than gRPC reaches it; None to use gRPC."""
         transport = self.options.transport
-        hello = pb.Hello(name=self.name, rank=self.rank, token=self.security.token or "", target=entry.name)
+        hello = pb.Hello(name=self.name, rank=self.rank if rank is None else rank, token=self.security.token or "",
+                         target=entry.name)
         paths = []
         if transport == "auto" and entry.unix_path and entry.host_id == self._host_id:
             paths.append((entry.unix_path, True))
@@ -286,6 +310,16 @@ class Agent:
             complete(None, None, exc)
             return
         link.send_request(request, attachments, timeout, complete)
+
+    def send_now(self, rank: int, request: pb.Request, attachments=()) -> None:
+        """Sends a notification, raising if it cannot be handed to the connection (which is then
+        closed, so a retry opens a fresh one)."""
+        link = self._link(rank)
+        try:
+            link.wire.send(0, "request", request, attachments)
+        except errors.Unavailable as exc:
+            link.close(exc)
+            raise
 
     def notify(self, rank: int, request: pb.Request, attachments=()) -> None:
         self._link(rank).notify(request, attachments)
@@ -357,6 +391,7 @@ class Agent:
                 self._barrier("shutdown-drained", end)
             except BaseException as exc:
                 problems.append(exc)
+        self.contexts.flush_releases()
         self._stopping.set()
         if self.coordinator_link is not None:
             self.coordinator_link.notify(pb.Request(leave=pb.Leave(graceful=graceful)))

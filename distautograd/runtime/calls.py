@@ -166,10 +166,15 @@ class Calls:
                 with self._lock:
                     self._running -= 1
 
+        contexts = self.agent.contexts
+
         def task() -> None:
             try:
-                with self.agent.contexts.activate(ctx):
+                previous = contexts.swap(ctx)
+                try:
                     result = func(*args, **kwargs)
+                finally:
+                    contexts.swap(previous)
                 if isinstance(result, AsyncReturn):
                     result = result.future
                 elif not is_async(func):

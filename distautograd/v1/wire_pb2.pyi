@@ -418,14 +418,16 @@ class AbortBackward(_message.Message):
     def __init__(self, context_id: _Optional[int] = ..., pass_id: _Optional[int] = ..., reason: _Optional[str] = ...) -> None: ...
 
 class Gradient(_message.Message):
-    __slots__ = ("message_id", "tensor", "none")
+    __slots__ = ("message_id", "tensor", "none", "zeros")
     MESSAGE_ID_FIELD_NUMBER: _ClassVar[int]
     TENSOR_FIELD_NUMBER: _ClassVar[int]
     NONE_FIELD_NUMBER: _ClassVar[int]
+    ZEROS_FIELD_NUMBER: _ClassVar[int]
     message_id: int
     tensor: TensorMeta
     none: bool
-    def __init__(self, message_id: _Optional[int] = ..., tensor: _Optional[_Union[TensorMeta, _Mapping]] = ..., none: _Optional[bool] = ...) -> None: ...
+    zeros: bool
+    def __init__(self, message_id: _Optional[int] = ..., tensor: _Optional[_Union[TensorMeta, _Mapping]] = ..., none: _Optional[bool] = ..., zeros: _Optional[bool] = ...) -> None: ...
 
 class PushGradients(_message.Message):
     __slots__ = ("context_id", "pass_id", "gradients")
@@ -438,18 +440,16 @@ class PushGradients(_message.Message):
     def __init__(self, context_id: _Optional[int] = ..., pass_id: _Optional[int] = ..., gradients: _Optional[_Iterable[_Union[Gradient, _Mapping]]] = ...) -> None: ...
 
 class ContextEvent(_message.Message):
-    __slots__ = ("context_id", "closed")
-    CONTEXT_ID_FIELD_NUMBER: _ClassVar[int]
+    __slots__ = ("closed",)
     CLOSED_FIELD_NUMBER: _ClassVar[int]
-    context_id: int
-    closed: bool
-    def __init__(self, context_id: _Optional[int] = ..., closed: _Optional[bool] = ...) -> None: ...
+    closed: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, closed: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class ReleaseContext(_message.Message):
-    __slots__ = ("context_id",)
-    CONTEXT_ID_FIELD_NUMBER: _ClassVar[int]
-    context_id: int
-    def __init__(self, context_id: _Optional[int] = ...) -> None: ...
+    __slots__ = ("context_ids",)
+    CONTEXT_IDS_FIELD_NUMBER: _ClassVar[int]
+    context_ids: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, context_ids: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class StatusRequest(_message.Message):
     __slots__ = ()
@@ -493,3 +493,13 @@ class StatusReply(_message.Message):
     contexts: _containers.RepeatedCompositeFieldContainer[ContextStatus]
     departed: _containers.RepeatedCompositeFieldContainer[Departure]
     def __init__(self, workers: _Optional[_Iterable[_Union[WorkerStatus, _Mapping]]] = ..., contexts: _Optional[_Iterable[_Union[ContextStatus, _Mapping]]] = ..., departed: _Optional[_Iterable[_Union[Departure, _Mapping]]] = ...) -> None: ...
+
+class Endpoints(_message.Message):
+    __slots__ = ("socket_port", "unix_path", "host_id")
+    SOCKET_PORT_FIELD_NUMBER: _ClassVar[int]
+    UNIX_PATH_FIELD_NUMBER: _ClassVar[int]
+    HOST_ID_FIELD_NUMBER: _ClassVar[int]
+    socket_port: int
+    unix_path: str
+    host_id: str
+    def __init__(self, socket_port: _Optional[int] = ..., unix_path: _Optional[str] = ..., host_id: _Optional[str] = ...) -> None: ...

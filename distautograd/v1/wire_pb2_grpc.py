@@ -26,9 +26,7 @@ if _version_not_supported:
 
 
 class CoordinatorStub:
-    """------------------------------------------------------------------ services
-
-    """
+    """Missing associated documentation comment in .proto file."""
 
     def __init__(self, channel):
         """Constructor.
@@ -46,12 +44,15 @@ class CoordinatorStub:
                 request_serializer=distautograd_dot_v1_dot_wire__pb2.StatusRequest.SerializeToString,
                 response_deserializer=distautograd_dot_v1_dot_wire__pb2.StatusReply.FromString,
                 _registered_method=True)
+        self.GetEndpoints = channel.unary_unary(
+                '/distautograd.v1.Coordinator/GetEndpoints',
+                request_serializer=distautograd_dot_v1_dot_wire__pb2.Empty.SerializeToString,
+                response_deserializer=distautograd_dot_v1_dot_wire__pb2.Endpoints.FromString,
+                _registered_method=True)
 
 
 class CoordinatorServicer:
-    """------------------------------------------------------------------ services
-
-    """
+    """Missing associated documentation comment in .proto file."""
 
     def Connect(self, request_iterator, context):
         """Missing associated documentation comment in .proto file."""
@@ -60,6 +61,12 @@ class CoordinatorServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Status(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetEndpoints(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -78,6 +85,11 @@ def add_CoordinatorServicer_to_server(servicer, server):
                     request_deserializer=distautograd_dot_v1_dot_wire__pb2.StatusRequest.FromString,
                     response_serializer=distautograd_dot_v1_dot_wire__pb2.StatusReply.SerializeToString,
             ),
+            'GetEndpoints': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetEndpoints,
+                    request_deserializer=distautograd_dot_v1_dot_wire__pb2.Empty.FromString,
+                    response_serializer=distautograd_dot_v1_dot_wire__pb2.Endpoints.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'distautograd.v1.Coordinator', rpc_method_handlers)
@@ -87,9 +99,7 @@ def add_CoordinatorServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class Coordinator:
-    """------------------------------------------------------------------ services
-
-    """
+    """Missing associated documentation comment in .proto file."""
 
     @staticmethod
     def Connect(request_iterator,
@@ -135,6 +145,33 @@ class Coordinator:
             '/distautograd.v1.Coordinator/Status',
             distautograd_dot_v1_dot_wire__pb2.StatusRequest.SerializeToString,
             distautograd_dot_v1_dot_wire__pb2.StatusReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetEndpoints(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/distautograd.v1.Coordinator/GetEndpoints',
+            distautograd_dot_v1_dot_wire__pb2.Empty.SerializeToString,
+            distautograd_dot_v1_dot_wire__pb2.Endpoints.FromString,
             options,
             channel_credentials,
             insecure,

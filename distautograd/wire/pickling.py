@@ -14,6 +14,7 @@ import importlib
 import inspect
 import io
 import pickle
+import threading
 import types
 from typing import Any, Callable, Iterable, Optional
 
@@ -186,9 +187,10 @@ _NEVER_PERSISTENT = frozenset({int, str, float, bool, bytes, tuple, list, dict, 
 
 
 class _Pickler(pickle.Pickler):
-    def __init__(self, file, persistent: Callable[[Any], Optional[int]]):
+    def __init__(self, file):
         super().__init__(file, protocol=5)
-        self._persistent = persistent
+        self.file = file
+        self._persistent = None
 
     def persistent_id(self, obj):
         kind = type(obj)
@@ -219,14 +221,31 @@ class _Unpickler(pickle.Unpickler):
         raise InvalidArgument(f"malformed pickle: unknown persistent id {pid!r}")
 
 
-def dumps(obj: Any, persistent: Callable[[Any], Optional[int]] = lambda obj: None) -> bytes:
+_picklers = threading.local()
+
+
+def _no_persistent(obj: Any) -> None:
+    return None
+
+
+def dumps(obj: Any, persistent: Callable[[Any], Optional[int]] = _no_persistent) -> bytes:
     """Pickles ``obj``; ``persistent`` may take objects out of the pickle (returning an int id)."""
-    buffer = io.BytesIO()
+    pickler = getattr(_picklers, "pickler", None)
+    if pickler is None or pickler._persistent is not None:  # none yet, or in use further up this thread
+        pickler = _Pickler(io.BytesIO())
+        if not hasattr(_picklers, "pickler"):
+            _picklers.pickler = pickler
+    pickler._persistent = persistent
     try:
-        _Pickler(buffer, persistent).dump(obj)
+        pickler.dump(obj)
+        return pickler.file.getvalue()
     except (pickle.PicklingError, TypeError, AttributeError) as exc:
         raise InvalidArgument(f"cannot send {type(obj).__name__} value: {exc}") from exc
-    return buffer.getvalue()
+    finally:
+        pickler._persistent = None
+        pickler.clear_memo()
+        pickler.file.seek(0)
+        pickler.file.truncate()
 
 
 def loads(data: bytes, allowlist: Allowlist, persistent_load: Callable[[int], Any] = None) -> Any:

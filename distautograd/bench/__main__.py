@@ -1,0 +1,172 @@
+"""Runs every benchmark on torch.distributed.rpc and on distautograd, alternating, and prints the table.
+
+    python -m distautograd.bench            # the full run (about 15 minutes on 2 cores)
+    python -m distautograd.bench --quick    # small sizes and few steps, to see that it works
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from typing import Dict, List
+
+FRAMEWORKS = ("torch", "distautograd")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run_world(framework: str, workload: str, names: List[str], params: dict, transport: str = "auto") -> dict:
+    import torch.multiprocessing as mp
+
+    from distautograd.bench.rank import spawn_entry
+
+    spec = dict(framework=framework, workload=workload, names=names, params=params, port=free_port(), transport=transport)
+    results = mp.get_context("spawn").SimpleQueue()
+    mp.start_processes(spawn_entry, args=(spec, results), nprocs=len(names), start_method="spawn")
+    return results.get()
+
+
+def run_world_in_namespaces(framework: str, workload: str, params: dict) -> dict:
+    """Two processes, each in its own network namespace: the real TCP path."""
+    from distautograd import netns
+
+    names = ["trainer", "worker1"]
+    with netns.Network(names) as network:
+        spec = dict(framework=framework, workload=workload, names=names, params=params, port=free_port(),
+                    transport="tcp")
+        env = dict(os.environ, BENCH_MASTER_ADDR=network.addresses["trainer"], DISTAUTOGRAD_TOKEN="bench-token",
+                   GLOO_SOCKET_IFNAME="eth0", TP_SOCKET_IFNAME="eth0")
+        procs = [
+            subprocess.Popen(network.command(name, [sys.executable, "-m", "distautograd.bench.rank", json.dumps(spec),
+                                                    str(rank)]), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True, env=env)
+            for rank, name in enumerate(names)
+        ]
+        try:
+            outputs = [p.communicate(timeout=600) for p in procs]
+        finally:
+            for p in procs:
+                p.kill()
+                p.wait()
+        for p, (out, err) in zip(procs, outputs):
+            if p.returncode != 0:
+                raise RuntimeError(f"{framework} {workload} in namespaces failed:\n{out}\n{err[-3000:]}")
+        line = next(l for l in outputs[0][0].splitlines() if l.startswith("RESULT "))
+        return json.loads(line[len("RESULT "):])
+
+
+def measure(label: str, rounds: int, run) -> Dict[str, Dict[str, float]]:
+    """Runs ``run(framework)`` for each framework, alternating, ``rounds`` times; medians per key."""
+    samples: Dict[str, Dict[str, List[float]]] = {fw: {} for fw in FRAMEWORKS}
+    for round_ in range(rounds):
+        order = FRAMEWORKS if round_ % 2 == 0 else FRAMEWORKS[::-1]
+        for fw in order:
+            print(f"  {label}: {fw} (round {round_ + 1}/{rounds})", file=sys.stderr, flush=True)
+            for key, value in run(fw).items():
+                samples[fw].setdefault(key, []).append(value)
+    return {fw: {k: statistics.median(v) for k, v in per.items()} for fw, per in samples.items()}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="small sizes and few steps, to check that it runs")
+    parser.add_argument("--rounds", type=int, default=None, help="alternations per benchmark (default 3, quick 1)")
+    parser.add_argument("--only", nargs="*", help="run only these: latency transfer netns pipeline ps chain memory")
+    args = parser.parse_args(argv)
+    quick = args.quick
+    rounds = args.rounds or (1 if quick else 3)
+    selected = set(args.only or ["latency", "transfer", "netns", "pipeline", "ps", "chain", "memory"])
+    from distautograd import netns
+    from distautograd.bench import workloads
+
+    rows = []
+    started = time.monotonic()
+
+    def row(what, results, key, unit, higher_is_better, target=None, limit=None):
+        t, d = results["torch"][key], results["distautograd"][key]
+        ratio = d / t if t else float("nan")
+        rows.append((what, unit, t, d, ratio, higher_is_better, target, limit))
+
+    two = ["trainer", "worker1"]
+    if "latency" in selected:
+        r = measure("small-call latency", rounds, lambda fw: run_world(fw, "small_calls", two + ["worker2"],
+                                                                         {"repeats": 300 if quick else 3000}))
+        row("rpc_sync latency, 1-element add (3 processes)", r, "latency_us", "us", False, "<= 0.8x")
+    memcpy = workloads.memcpy()["GBps"]
+    if "transfer" in selected:
+        sizes = [1, 16] if quick else [1, 64, 512]
+        r = measure("one-way transfer, same host", rounds, lambda fw: run_world(
+            fw, "transfer", two, {"sizes_mib": sizes, "repeats": 3 if quick else 7}))
+        for mib in sizes:
+            row(f"{mib} MiB one way, same host", r, f"{mib}MiB_GBps", "GB/s", True,
+                ">= 3x" if mib == 64 else None, f"memcpy {memcpy:.1f} GB/s")
+    if "netns" in selected:
+        reason = netns.available()
+        if reason:
+            print(f"skipping the network-namespace transfer: {reason}", file=sys.stderr)
+        else:
+            sizes = [1, 16] if quick else [1, 64]
+            r = measure("one-way transfer, two namespaces", rounds, lambda fw: run_world_in_namespaces(
+                fw, "transfer", {"sizes_mib": sizes, "repeats": 3 if quick else 5}))
+            for mib in sizes:
+                row(f"{mib} MiB one way, TCP between namespaces", r, f"{mib}MiB_GBps", "GB/s", True,
+                    ">= 1x" if mib == 64 else None)
+    if "pipeline" in selected:
+        names = ["trainer", "worker1", "worker2", "worker3"]
+        r = measure("pipeline step", rounds, lambda fw: run_world(fw, "pipeline_step", names,
+                                                                   {"repeats": 30 if quick else 200}))
+        local = workloads.single_process_step(50 if quick else 200)["step_ms"]
+        row("3-stage MLP training step (512 wide, batch 64)", r, "step_ms", "ms", False, "<= 0.9x",
+            f"one process {local:.2f} ms")
+        row("  of which distributed backward", r, "backward_ms", "ms", False)
+    if "ps" in selected:
+        names = ["trainer0", "ps", "trainer1", "trainer2", "trainer3"]
+        trainers = ["trainer0", "trainer1", "trainer2", "trainer3"]
+        r = measure("parameter server", rounds, lambda fw: run_world(
+            fw, "parameter_server", names, {"trainers": trainers, "seconds": 2 if quick else 10}))
+        row("parameter server, 4 trainers", r, "steps_per_s", "steps/s", True)
+    if "chain" in selected:
+        for n in ([2] if quick else [2, 4, 6]):
+            names = ["trainer"] + [f"worker{i + 1}" for i in range(n)]
+            r = measure(f"backward through {n} workers", rounds, lambda fw, names=names: run_world(
+                fw, "backward_chain", names, {"workers": names[1:], "repeats": 20 if quick else 100}))
+            row(f"backward through a chain of {n} workers", r, "backward_ms", "ms", False)
+    memory_report = []
+    if "memory" in selected:
+        steps = 300 if quick else 10_000
+        first = 30 if quick else 1_000
+        names = ["trainer", "worker1", "worker2", "worker3"]
+        r = measure("memory over a long run", 1, lambda fw: run_world(
+            fw, "memory_over_steps", names, {"steps": steps, "checkpoints": [first, steps]}))
+        for fw in FRAMEWORKS:
+            for name in names:
+                a, b = r[fw][f"{name}@{first}"], r[fw][f"{name}@{steps}"]
+                memory_report.append((fw, name, a, b, (b - a) / a * 100))
+
+    print(f"\nmedians of {rounds} alternating round(s), {time.monotonic() - started:.0f} s in all; "
+          f"ratio = distautograd / torch.distributed.rpc\n")
+    print(f"| {'what':<48} | {'torch':>9} | {'distautograd':>12} | {'ratio':>6} | {'target':>7} | limit |")
+    print(f"|{'-' * 50}|{'-' * 11}|{'-' * 14}|{'-' * 8}|{'-' * 9}|-------|")
+    for what, unit, t, d, ratio, _, target, limit in rows:
+        print(f"| {what + ' (' + unit + ')':<48} | {t:>9.3g} | {d:>12.3g} | {ratio:>6.2f} | {target or '':>7} | {limit or ''} |")
+    if memory_report:
+        print(f"\nresident memory (MiB) at step {first} and step {steps}:\n")
+        print("| framework | process | first | last | growth |")
+        print("|---|---|---|---|---|")
+        for fw, name, a, b, growth in memory_report:
+            print(f"| {fw} | {name} | {a:.0f} | {b:.0f} | {growth:+.1f}% |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,242 @@
+"""The measured programs. Each runs on rank 0 of a world; the other ranks serve.
+
+Every program takes the framework (see frameworks.py) and returns a dict of results: the same
+code measures both, so only the framework differs.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import threading
+import time
+from typing import Dict, List
+
+import torch
+
+WIDTH, BATCH, STAGES = 512, 64, 3
+
+
+def median_time(fn, repeats: int, warmup: int = 5) -> float:
+    for _ in range(warmup):
+        fn()
+    samples = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        samples.append(time.perf_counter() - start)
+    return statistics.median(samples)
+
+
+# ---------------------------------------------------------------- functions the servers run
+
+
+def add(a, b):
+    return a + b
+
+
+def nbytes(t):
+    return t.numel() * t.element_size()
+
+
+class Stage(torch.nn.Module):
+    def __init__(self, index: int):
+        super().__init__()
+        torch.manual_seed(index)
+        self.layer = torch.nn.Linear(WIDTH, WIDTH)
+
+    def forward(self, x):
+        return torch.relu(self.layer(x))
+
+    def parameter_rrefs(self):
+        return [_rref(p) for p in self.parameters()]
+
+
+_framework = ""  # which framework this process runs, set before anything else
+
+
+def set_framework(name: str) -> None:
+    global _framework
+    _framework = name
+
+
+def _rref(value):
+    from distautograd.bench.frameworks import load
+
+    return load(_framework).rpc.RRef(value)
+
+
+def chain_forward(x, next_workers):
+    """Runs this worker's scaling and passes on to the next worker of the chain, nested."""
+    from distautograd.bench.frameworks import load
+
+    y = x * 1.0001
+    if not next_workers:
+        return y
+    rpc = load(_framework).rpc
+    return rpc.rpc_sync(next_workers[0], chain_forward, args=(y, next_workers[1:]))
+
+
+class ParameterServer:
+    def __init__(self):
+        torch.manual_seed(0)
+        self.model = torch.nn.Sequential(torch.nn.Linear(64, 128), torch.nn.ReLU(), torch.nn.Linear(128, 10))
+        self.lock = threading.Lock()
+
+    def forward(self, x):
+        w1, b1, w2, b2 = (p.clone() for p in self.model.parameters())
+        return torch.nn.functional.linear(torch.relu(torch.nn.functional.linear(x, w1, b1)), w2, b2)
+
+    def parameter_rrefs(self):
+        return [_rref(p) for p in self.model.parameters()]
+
+
+_server = None
+_server_lock = threading.Lock()
+
+
+def server_rref():
+    global _server
+    with _server_lock:
+        if _server is None:
+            _server = ParameterServer()
+    return _rref(_server)
+
+
+def rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+# ---------------------------------------------------------------- the programs
+
+
+def small_calls(fw, repeats: int) -> Dict[str, float]:
+    a, b = torch.ones(1), torch.ones(1)
+    latency = median_time(lambda: fw.rpc.rpc_sync("worker1", add, args=(a, b)), repeats, warmup=200)
+    return {"latency_us": latency * 1e6}
+
+
+def transfer(fw, sizes_mib: List[int], repeats: int) -> Dict[str, float]:
+    out = {}
+    for mib in sizes_mib:
+        t = torch.randn(mib << 18)
+        seconds = median_time(lambda: fw.rpc.rpc_sync("worker1", nbytes, args=(t,)), repeats, warmup=2)
+        out[f"{mib}MiB_GBps"] = (mib << 20) / seconds / 1e9
+    return out
+
+
+def _pipeline(fw):
+    stages = [fw.rpc.remote(f"worker{i + 1}", Stage, args=(i,)) for i in range(STAGES)]
+    params = [p for s in stages for p in s.rpc_sync().parameter_rrefs()]
+    optimizer = fw.DistributedOptimizer(torch.optim.SGD, params, lr=0.01)
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(BATCH, WIDTH, generator=g), torch.randn(BATCH, WIDTH, generator=g)
+
+    def forward():
+        h = x
+        for stage in stages:
+            h = stage.rpc_sync().forward(h)
+        return torch.nn.functional.mse_loss(h, y)
+
+    return stages, optimizer, forward
+
+
+def pipeline_step(fw, repeats: int) -> Dict[str, float]:
+    stages, optimizer, forward = _pipeline(fw)
+
+    def step():
+        with fw.autograd.context() as context_id:
+            fw.autograd.backward(context_id, [forward()])
+            optimizer.step(context_id)
+
+    backward_times = []
+
+    def backward_only():
+        with fw.autograd.context() as context_id:
+            loss = forward()
+            start = time.perf_counter()
+            fw.autograd.backward(context_id, [loss])
+            backward_times.append(time.perf_counter() - start)
+
+    step_time = median_time(step, repeats)
+    median_time(backward_only, repeats)
+    return {"step_ms": step_time * 1e3, "backward_ms": statistics.median(backward_times[5:]) * 1e3}
+
+
+def parameter_server(fw, trainers: List[str], seconds: float) -> Dict[str, float]:
+    """Runs on trainer0; the other trainers run trainer_loop at the same time."""
+    counts = [fw.rpc.rpc_async(t, trainer_loop, args=(_framework, seconds)) for t in trainers]
+    total = sum(f.wait() for f in counts)
+    return {"steps_per_s": total / seconds}
+
+
+def trainer_loop(framework: str, seconds: float) -> int:
+    from distautograd.bench.frameworks import load
+
+    set_framework(framework)
+    fw = load(framework)
+    server = fw.rpc.rpc_sync("ps", server_rref)
+    optimizer = fw.DistributedOptimizer(torch.optim.SGD, server.rpc_sync().parameter_rrefs(), lr=0.01)
+    x, y = torch.randn(32, 64), torch.randint(0, 10, (32,))
+    steps, end = 0, time.monotonic() + seconds
+    while time.monotonic() < end:
+        with fw.autograd.context() as context_id:
+            loss = torch.nn.functional.cross_entropy(server.rpc_sync().forward(x), y)
+            fw.autograd.backward(context_id, [loss])
+            optimizer.step(context_id)
+        steps += 1
+    return steps
+
+
+def backward_chain(fw, workers: List[str], repeats: int) -> Dict[str, float]:
+    w = torch.randn(BATCH, WIDTH, requires_grad=True)
+    times = []
+
+    def once():
+        with fw.autograd.context() as context_id:
+            loss = fw.rpc.rpc_sync(workers[0], chain_forward, args=(w, workers[1:])).sum()
+            start = time.perf_counter()
+            fw.autograd.backward(context_id, [loss])
+            times.append(time.perf_counter() - start)
+
+    median_time(once, repeats)
+    return {"backward_ms": statistics.median(times[5:]) * 1e3}
+
+
+def memory_over_steps(fw, steps: int, checkpoints: List[int]) -> Dict[str, float]:
+    """The resident memory of every process at each checkpoint of a long training run."""
+    stages, optimizer, forward = _pipeline(fw)
+    names = ["trainer"] + [f"worker{i + 1}" for i in range(STAGES)]
+    out = {}
+    for step in range(1, steps + 1):
+        with fw.autograd.context() as context_id:
+            fw.autograd.backward(context_id, [forward()])
+            optimizer.step(context_id)
+        if step in checkpoints:
+            for name in names:
+                rss = rss_bytes() if name == "trainer" else fw.rpc.rpc_sync(name, rss_bytes)
+                out[f"{name}@{step}"] = rss / 2**20
+    return out
+
+
+def single_process_step(repeats: int) -> Dict[str, float]:
+    """The same 3-stage model and optimizer in one process, one thread: the floor for pipeline_step."""
+    torch.set_num_threads(1)
+    model = torch.nn.Sequential(*[Stage(i) for i in range(STAGES)])
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(BATCH, WIDTH, generator=g), torch.randn(BATCH, WIDTH, generator=g)
+
+    def step():
+        optimizer.zero_grad()
+        torch.nn.functional.mse_loss(model(x), y).backward()
+        optimizer.step()
+
+    return {"step_ms": median_time(step, repeats) * 1e3}
+
+
+def memcpy(mib: int = 64, repeats: int = 10) -> Dict[str, float]:
+    src, dst = torch.randn(mib << 18), torch.empty(mib << 18)
+    seconds = median_time(lambda: dst.copy_(src), repeats, warmup=2)
+    return {"GBps": (mib << 20) / seconds / 1e9}

@@ -1,0 +1,54 @@
+"""Two Links in one process, joined without a socket: a process that hosts the coordinator talks to it this way.
+
+Frames are handed over on a queue to a delivery thread (never serialized, never re-entering the
+sender), so each side sees what it would see over a connection, at a fraction of the cost.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from typing import Any, Sequence
+
+from distautograd import errors
+from distautograd.transport.link import Link
+from distautograd.v1 import wire_pb2 as pb
+
+_STOP = object()
+
+
+class LoopbackWire:
+    kind = "local"
+
+    def __init__(self, link: Link, peer: Link):
+        self.link = link
+        self._peer = peer
+        self._queue: "queue.SimpleQueue" = queue.SimpleQueue()
+        self._closed = False
+        link.wire = self
+        threading.Thread(target=self._deliver, name=f"distautograd-local-{peer.peer}", daemon=True).start()
+
+    def send(self, frame_id: int, kind: str, message, attachments: Sequence[Any]) -> None:
+        if self._closed:
+            raise errors.Unavailable(f"the connection to {self.link.peer} is closed")
+        self._queue.put((pb.Frame(id=frame_id, **{kind: message}), list(attachments)))
+
+    def _deliver(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is _STOP:
+                return
+            self._peer.deliver(*item)
+            del item  # nothing of a delivered frame stays alive while waiting for the next
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._queue.put(_STOP)
+            self._peer.close(errors.Unavailable(f"{self.link.peer} closed the connection"))
+
+
+def connect(a: Link, b: Link) -> None:
+    """Joins two Links: what one sends, the other receives."""
+    LoopbackWire(a, b)
+    LoopbackWire(b, a)

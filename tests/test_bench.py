@@ -1,0 +1,22 @@
+"""The benchmark command runs both frameworks and prints its table (numbers are its business, not the tests')."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+
+def test_quick_benchmark_prints_a_row_per_measurement():
+    result = subprocess.run(
+        [sys.executable, "-m", "distautograd.bench", "--quick", "--only", "latency", "transfer", "chain"],
+        capture_output=True, text=True, timeout=600, env=dict(os.environ, PYTHONPATH=os.getcwd()),
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = result.stdout
+    for row in ("rpc_sync latency", "1 MiB one way, same host", "16 MiB one way, same host",
+                "backward through a chain of 2 workers"):
+        assert row in out, out
+    assert "ratio = distautograd / torch.distributed.rpc" in out
