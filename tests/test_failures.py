@@ -123,6 +123,12 @@ def test_a_worker_that_stops_answering_is_declared_dead_by_heartbeat():
         cluster.stop()
 
 
+def test_a_trainer_that_comes_back_under_its_name_starts_clean(cluster):
+    """Its new RRef and context ids must not collide with those its first life freed on worker1."""
+    for _ in range(2):
+        assert "trainer done" in run_driver("short_lived_trainer", cluster.coordinator).stdout
+
+
 def test_sigterm_stops_workers_and_coordinator_cleanly():
     cluster = start_cluster(2)
     try:
