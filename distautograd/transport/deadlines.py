@@ -1,18 +1,27 @@
-"""One thread that fires callbacks at their deadlines, so no wait anywhere needs its own timer."""
+"""One thread that fires callbacks at their deadlines, so no wait anywhere needs its own timer.
+
+Most deadlines are cancelled (the call answered in time): cancelling drops the callback at once,
+so nothing it refers to outlives the call, and the heap is rebuilt when it is mostly dead entries.
+"""
 
 from __future__ import annotations
 
 import heapq
 import itertools
+import logging
 import threading
 import time
-from typing import Callable
+from typing import Callable, Dict, List
+
+log = logging.getLogger("distautograd")
+_COMPACT_AT = 1024
 
 
 class Deadlines:
     def __init__(self, name: str = "distautograd-deadlines"):
-        self._heap: list = []
-        self._cancelled: set = set()
+        self._heap: List[list] = []  # [when, handle, callback or None when cancelled]
+        self._entries: Dict[int, list] = {}
+        self._dead = 0
         self._ids = itertools.count(1)
         self._cond = threading.Condition()
         self._stopped = False
@@ -22,15 +31,29 @@ class Deadlines:
     def schedule(self, delay: float, callback: Callable[[], None]) -> int:
         """Calls ``callback`` after ``delay`` seconds unless cancelled; returns a handle."""
         handle = next(self._ids)
+        entry = [time.monotonic() + delay, handle, callback]
         with self._cond:
-            heapq.heappush(self._heap, (time.monotonic() + delay, handle, callback))
-            if self._heap[0][1] == handle:
+            heapq.heappush(self._heap, entry)
+            self._entries[handle] = entry
+            if self._heap[0] is entry:
                 self._cond.notify()
         return handle
 
     def cancel(self, handle: int) -> None:
         with self._cond:
-            self._cancelled.add(handle)
+            entry = self._entries.pop(handle, None)
+            if entry is None:
+                return
+            entry[2] = None
+            self._dead += 1
+            if self._dead > _COMPACT_AT and self._dead * 2 > len(self._heap):
+                self._heap = [e for e in self._heap if e[2] is not None]
+                heapq.heapify(self._heap)
+                self._dead = 0
+
+    def pending(self) -> int:
+        with self._cond:
+            return len(self._entries)
 
     def stop(self) -> None:
         with self._cond:
@@ -46,12 +69,11 @@ class Deadlines:
                 if self._stopped:
                     return
                 _, handle, callback = heapq.heappop(self._heap)
-                if handle in self._cancelled:
-                    self._cancelled.discard(handle)
+                if callback is None:
+                    self._dead -= 1
                     continue
+                del self._entries[handle]
             try:
                 callback()
             except Exception:  # a failing callback must not stop the clock for everyone else
-                import logging
-
-                logging.getLogger("distautograd").exception("deadline callback failed")
+                log.exception("deadline callback failed")
