@@ -235,3 +235,14 @@ def checksum(t):
 
 def big_tensor(megabytes):
     return torch.arange(megabytes << 18, dtype=torch.float32)
+
+
+def keep_and_check(t, value):
+    """Holds a received tensor a moment, then checks it still has the values it arrived with."""
+    before = t.clone()
+    time.sleep(0.002)
+    return bool(torch.equal(t, before)) and bool((t == value).all())
+
+
+def filled(megabytes, value):
+    return torch.full((megabytes << 18,), float(value))

@@ -33,6 +33,7 @@ MAX_HEADER_BYTES = 16 << 20  # a frame's protobuf part; tensors travel beside it
 HANDSHAKE_SECONDS = 10.0
 _BUFFER_BYTES = 4 << 20
 _MAX_FDS = 64
+_receive_buffers = shm.ReceiveBuffers()
 
 
 def host_id() -> str:
@@ -237,6 +238,10 @@ class SocketWire:
                     attachments.append(self._mappings.buffer(shared[index].segment, shared[index].lease, size))
                 except ValueError as exc:
                     raise errors.InvalidArgument(str(exc)) from None
+            elif size >= shm.MIN_BYTES:
+                buffer = _receive_buffers.get(size)
+                reader.into(memoryview(buffer))
+                attachments.append(buffer)
             else:
                 attachments.append(reader.exactly(size))
         return attachments

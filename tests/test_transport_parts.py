@@ -1,0 +1,72 @@
+"""The transport's small parts on their own: the deadline clock and the pool of receive buffers."""
+
+import gc
+import threading
+import weakref
+
+import torch
+
+from distautograd.transport import shm
+from distautograd.transport.deadlines import Deadlines
+
+
+def test_deadlines_fire_in_order_and_cancelled_ones_never():
+    clock, fired, done = Deadlines("test-deadlines"), [], threading.Event()
+    try:
+        clock.schedule(0.05, lambda: fired.append("second"))
+        clock.schedule(0.01, lambda: fired.append("first"))
+        clock.cancel(clock.schedule(0.02, lambda: fired.append("cancelled")))
+        clock.schedule(0.1, done.set)
+        assert done.wait(5)
+        assert fired == ["first", "second"]
+        assert clock.pending() == 0
+    finally:
+        clock.stop()
+
+
+def test_a_cancelled_deadline_lets_go_of_its_callback_at_once():
+    """A call answered in time must not keep what its timeout callback refers to until the deadline."""
+
+    class Call:
+        pass
+
+    clock = Deadlines("test-deadlines")
+    try:
+        handles, refs = [], []
+        for _ in range(3000):  # past the size where the heap is compacted
+            call = Call()
+            refs.append(weakref.ref(call))
+            handles.append(clock.schedule(3600, lambda call=call: call))
+        del call
+        for handle in handles:
+            clock.cancel(handle)
+        gc.collect()
+        assert all(ref() is None for ref in refs)
+        assert clock.pending() == 0
+        assert len(clock._heap) < 3000  # mostly-dead heaps are rebuilt
+    finally:
+        clock.stop()
+
+
+def test_a_receive_buffer_returns_to_the_pool_only_when_its_last_tensor_is_gone():
+    pool = shm.ReceiveBuffers()
+    first = pool.get(3 << 20)
+    address = first.__array_interface__["data"][0]
+    tensor = torch.frombuffer(memoryview(first).cast("B"), dtype=torch.uint8).view(torch.float32)[10:]
+    del first
+    gc.collect()
+    second = pool.get(3 << 20)
+    assert second.__array_interface__["data"][0] != address  # still in use through the tensor
+    del tensor
+    gc.collect()
+    third = pool.get(3 << 20)
+    assert third.__array_interface__["data"][0] == address  # reused once free, not before
+    assert len(third) == 3 << 20
+
+
+def test_copy_into_copies_every_byte_split_or_not():
+    for size in (5, 1 << 20, 40 << 20 | 3):
+        src = torch.randint(0, 256, (size,), dtype=torch.uint8)
+        dst = bytearray(size)
+        shm.copy_into(memoryview(dst), memoryview(src.numpy()))
+        assert torch.equal(torch.frombuffer(dst, dtype=torch.uint8), src)
