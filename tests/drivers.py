@@ -24,10 +24,10 @@ def scenario(fn):
     return fn
 
 
-def join(coordinator: str, **options) -> None:
+def join(coordinator: str, name: str = "trainer", **options) -> None:
     options.setdefault("rpc_timeout", 30)
     rpc.init_rpc(
-        "trainer",
+        name,
         rpc_backend_options=rpc.BackendOptions(coordinator=coordinator, allowed_modules=["tests"], **options),
     )
 
@@ -168,14 +168,14 @@ def short_lived_trainer(coordinator: str) -> str:
     """Creates and frees RRefs and a context on worker1, then leaves; run twice, the second life must work."""
     from distautograd import autograd as dist_autograd
 
-    join(coordinator)
+    join(coordinator, "short-lived")
     rref = rpc.remote("worker1", remote.add, args=(torch.ones(2), 1))
     assert torch.equal(rref.to_here(), torch.full((2,), 2.0))
     del rref
     with dist_autograd.context() as context_id:
         loss = rpc.rpc_sync("worker1", torch.exp, args=(torch.ones(2, requires_grad=True),)).sum()
         dist_autograd.backward(context_id, [loss])
-    rpc.shutdown()
+    rpc.shutdown(graceful=False)  # the rest of the cluster stays
     return "trainer done"
 
 
@@ -250,10 +250,11 @@ def every_path_works(coordinator: str, expected_wire: str, shared: str, expected
         del out  # its received buffer may now carry the gradient back: pooled buffers must not alias
         dist_autograd.backward(context_id, [loss])
         got = dist_autograd.get_gradients(context_id)[w]
-        # d/dw sum(exp(w)) is exp(w) as worker1 computed it, times exactly 1: equal bit for bit. (Not compared
-        # with an exp computed here: this process's own exp is not always bit-stable across calls.)
+        # d/dw sum(exp(w)) is exp(w) as worker1 computed it, times exactly 1: equal bit for bit. An exp
+        # computed here is only a sanity check: in about one process in ten, torch's exp of this
+        # size differs by up to 2e-4 relative in the half its second OpenMP thread computes.
         assert torch.equal(got, sent), f"gradient differs at {int((got != sent).sum())} of {got.numel()} places"
-        assert torch.allclose(got, w.detach().exp())
+        assert torch.allclose(got, w.detach().exp(), rtol=1e-3)
     del back, rref, loss, got
     gc.collect()
     use = lambda: (remote.shared_memory_use(), rpc.rpc_sync("worker1", remote.shared_memory_use))

@@ -218,14 +218,14 @@ def wire_to(name):
     from distautograd.runtime.agent import current_agent
 
     agent = current_agent()
-    return agent._link(agent.world.resolve(name).id).wire.kind
+    return agent.connections.to(agent.world.resolve(name).id).wire.kind
 
 
 def shared_memory_use():
     """(segments made, segments lent now) of this worker's shared memory pool."""
     from distautograd.runtime.agent import current_agent
 
-    pool = current_agent()._pool
+    pool = current_agent().connections.pool
     return (0, 0) if pool is None else (pool.made, pool.lent_count())
 
 

@@ -1,6 +1,5 @@
 """The committed protobuf code is exactly what scripts/gen_protos.py makes from protos/."""
 
-import pathlib
 
 from scripts.gen_protos import ROOT, generate, generated_files
 

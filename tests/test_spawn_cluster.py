@@ -3,7 +3,6 @@
 import socket
 import time
 
-import pytest
 import torch.multiprocessing as mp
 
 from tests import spawned

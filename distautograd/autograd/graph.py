@@ -11,7 +11,7 @@ sender). So every autograd node runs exactly once per pass, however the graph is
 
 from __future__ import annotations
 
-from typing import Dict, Iterable, List, Optional, Set, Tuple
+from typing import Dict, Iterable, List, Set, Tuple
 
 from torch.autograd.graph import GradientEdge
 

@@ -7,7 +7,6 @@ inside a network namespace (SPEC is JSON); rank 0 prints ``RESULT <json>``.
 from __future__ import annotations
 
 import json
-import os
 import sys
 from typing import Optional
 

@@ -1,4 +1,4 @@
-"""This process's presence in the world: its server, its links to peers and the coordinator, dispatch, lifecycle."""
+"""This process's presence in the world: its server, joining the coordinator, sending to peers, stopping."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import socket
 import threading
 import time
 from concurrent.futures import Future
-from typing import Any, Callable, Dict, Optional, Sequence, Set, Tuple
+from typing import Callable, Optional
 
 import grpc
 
@@ -19,11 +19,12 @@ from distautograd.config import BackendOptions
 from distautograd.ids import MAX_RANK, IdMint
 from distautograd.runtime.calls import Calls
 from distautograd.runtime.codec import Codec
+from distautograd.runtime.connections import WORKER_SERVICE, Connections
 from distautograd.runtime.pool import WorkerPool
 from distautograd.runtime.rrefs import UNSET_TIMEOUT, RRefStore
 from distautograd.runtime.rendezvous import Rendezvous, join_address
 from distautograd.runtime.world import WorkerInfo, WorldView
-from distautograd.transport import grpc_io, shm, sockets
+from distautograd.transport import grpc_io, sockets
 from distautograd.transport.deadlines import Deadlines
 from distautograd.transport.dispatch import Dispatcher
 from distautograd.transport.link import Link
@@ -32,7 +33,6 @@ from distautograd.wire.pickling import Allowlist
 
 log = logging.getLogger("distautograd")
 
-WORKER_SERVICE = "distautograd.v1.Worker"
 COORDINATOR_SERVICE = "distautograd.v1.Coordinator"
 
 _agent: Optional["Agent"] = None
@@ -67,15 +67,9 @@ class Agent:
         self.world = WorldView()
         self.deadlines = Deadlines()
         self._pool_threads = WorkerPool(options.num_worker_threads)
-        self._links: Dict[int, Link] = {}
-        self._incoming: Set[Any] = set()
-        self._channels: Dict[str, grpc.Channel] = {}
-        self._links_lock = threading.Lock()
-        self._stopping = threading.Event()
+        self.stopping = threading.Event()
         self.server: Optional[grpc_io.Server] = None
         self.listener: Optional[sockets.Listener] = None
-        self._host_id = sockets.host_id()
-        self._pool = shm.SegmentPool() if options.shared_memory and shm.available() is None else None
         self.coordinator = None
         self.coordinator_link: Optional[Link] = None
         self.codec = Codec(self)
@@ -84,7 +78,7 @@ class Agent:
         self.engine = BackwardEngine(self)
         self.calls = Calls(self)
         self.address = ""
-        self._dispatch = Dispatcher(name, {
+        self.dispatcher = Dispatcher(name, {
             # inline: runs in the thread reading the stream, so in arrival order; the rest on worker threads
             "call": (self.calls.handle_call, True),
             "fetch_rref": (self.rrefs.handle_fetch, True),
@@ -96,6 +90,7 @@ class Agent:
             "prepare_backward": (self.engine.handle_prepare, False),
             "run_backward": (self.engine.handle_run, False),
         }, submit=self.submit)
+        self.connections = Connections(self)
 
     # ------------------------------------------------------------------ starting
 
@@ -117,15 +112,15 @@ class Agent:
         self.server.add_service(
             WORKER_SERVICE,
             {
-                "Connect": grpc_io.raw_stream_handler(self._serve_connect),
-                "Call": grpc_io.raw_unary_handler(self._dispatch.serve_unary),
+                "Connect": grpc_io.raw_stream_handler(self.connections.serve_connect),
+                "Call": grpc_io.raw_unary_handler(self.dispatcher.serve_unary),
             },
         )
         self.server.start()
         if options.transport != "grpc":
             tcp_host = None if self.security.tls else listen_host  # plain TCP would bypass TLS
             self.listener = sockets.Listener(
-                self.name, self.security.token, self._accept_socket, tcp_host, unix=options.transport == "auto"
+                self.name, self.security.token, self.connections.accept_socket, tcp_host, unix=options.transport == "auto"
             )
         if host_it:
             coordinator = rendezvous.publish(self.server.port)
@@ -142,7 +137,7 @@ class Agent:
             address=self.address,
             socket_address=join_address(advertise, self.listener.tcp_port) if self.listener and self.listener.tcp_port else "",
             unix_path=self.listener.unix_path if self.listener else "",
-            host_id=self._host_id,
+            host_id=self.connections.host_id,
             world_size=world_size or 0,
             daemon=options.daemon,
             pid=os.getpid(),
@@ -170,14 +165,14 @@ class Agent:
                     f"could not join the coordinator at {coordinator} within "
                     f"{self.options.effective_init_timeout():g} s: {last}"
                 )
-            link = self._new_link(f"the coordinator at {coordinator}", -1)
+            link = self.connections.new_link(f"the coordinator at {coordinator}", -1)
             sock = None if self.coordinator is not None else self._coordinator_socket(chan, coordinator, join, remaining)
             if self.coordinator is not None:
                 self.coordinator.attach(link)  # hosted here: no connection needed
             elif sock is not None:
                 sockets.SocketWire(link, sock, None).start()
             else:
-                grpc_io.open_stream(chan, f"/{COORDINATOR_SERVICE}/Connect", link, self._metadata(rank=join.rank))
+                grpc_io.open_stream(chan, f"/{COORDINATOR_SERVICE}/Connect", link, self.connections.metadata(rank=join.rank))
             try:
                 response, _ = link.request(pb.Request(join=join), timeout=min(remaining, 10.0)).result()
             except (errors.Unavailable, errors.DeadlineExceeded) as exc:
@@ -209,7 +204,7 @@ class Agent:
             name="coordinator", unix_path=endpoints.unix_path, host_id=endpoints.host_id,
             socket_address=join_address(host.strip("[]"), endpoints.socket_port) if endpoints.socket_port else "",
         )
-        return self._connect_socket(entry, rank=join.rank)
+        return self.connections.connect_socket(entry, rank=join.rank)
 
     def _wait_for_world(self, world_size: int, deadline: float) -> None:
         complete = self.world.wait_for(lambda: len(self.world.members()) >= world_size, deadline - time.monotonic())
@@ -224,79 +219,18 @@ class Agent:
             )
 
     def _heartbeat(self) -> None:
-        while not self._stopping.wait(self._heartbeat_interval):
+        while not self.stopping.wait(self._heartbeat_interval):
             self.coordinator_notify(pb.Request(heartbeat=pb.Heartbeat()))
 
     def _coordinator_lost(self, error: BaseException) -> None:
-        if not self._stopping.is_set():
+        if not self.stopping.is_set():
             log.error("%s lost its connection to the coordinator: %s", self.name, error)
 
-    # ------------------------------------------------------------------ links
-
-    def _metadata(self, rank: Optional[int] = None) -> tuple:
-        return self.security.metadata() + (
-            (grpc_io.PEER_NAME_KEY, self.name),
-            (grpc_io.PEER_RANK_KEY, str(self.rank if rank is None else rank)),
-        )
-
-    def _new_link(self, peer: str, rank: int) -> Link:
-        link = Link(peer, self._dispatch, self.deadlines, resolve_type=self.allowlist.resolve)
-        link.peer_rank = rank
-        return link
-
-    def _link(self, rank: int) -> Link:
-        with self._links_lock:
-            link = self._links.get(rank)
-            if link is not None and not link.closed:
-                return link
-            if self._stopping.is_set():
-                raise errors.Unavailable(f"{self.name} is shut down")
-            entry = self.world.entry(rank)
-            if entry is None:
-                gone = self.world.departure(rank)
-                if gone is not None:
-                    how = "died" if gone.failed else "left"
-                    raise errors.Unavailable(f"worker '{gone.name}' (rank {rank}) {how}: {gone.reason}")
-                raise ValueError(f"unknown worker rank {rank}; known workers: {self.world.describe()}")
-            link = self._new_link(f"worker '{entry.name}' (rank {rank})", rank)
-            sock = self._connect_socket(entry)
-            if sock is not None:
-                sockets.SocketWire(link, sock, self._pool).start()
-            else:
-                chan = self._channels.get(entry.address)
-                if chan is None:
-                    chan = self._channels[entry.address] = grpc_io.channel(entry.address, self.security)
-                grpc_io.open_stream(chan, f"/{WORKER_SERVICE}/Connect", link, self._metadata())
-            self._links[rank] = link
-            return link
-
-    def _connect_socket(self, entry: pb.WorkerEntry, rank: Optional[int] = None):
-        """A socket to ``entry`` when a faster path than gRPC reaches it; None to use gRPC."""
-        transport = self.options.transport
-        hello = pb.Hello(name=self.name, rank=self.rank if rank is None else rank, token=self.security.token or "",
-                         target=entry.name)
-        paths = []
-        if transport == "auto" and entry.unix_path and entry.host_id == self._host_id:
-            paths.append((entry.unix_path, True))
-        if transport in ("auto", "tcp") and entry.socket_address and not self.security.tls:
-            paths.append((entry.socket_address, False))
-        for address, unix in paths:
-            try:
-                return sockets.connect(address, unix, hello)
-            except OSError as exc:  # not reachable this way (another host, a firewall): try the next
-                log.debug("no %s path to %s at %s: %s", "unix" if unix else "tcp", entry.name, address, exc)
-        return None
-
-    def _accept_socket(self, sock, hello: pb.Hello) -> None:
-        link = self._new_link(f"worker '{hello.name}' (rank {hello.rank})", hello.rank)
-        wire = sockets.SocketWire(link, sock, self._pool)
-        self._incoming.add(link)
-        link.on_close.append(lambda error: self._incoming.discard(link))
-        wire.start()
+    # ------------------------------------------------------------------ sending
 
     def request(self, rank: int, request: pb.Request, attachments=(), timeout: Optional[float] = None) -> Future:
         try:
-            return self._link(rank).request(request, attachments, timeout)
+            return self.connections.to(rank).request(request, attachments, timeout)
         except BaseException as exc:
             failed: Future = Future()
             failed.set_exception(exc)
@@ -305,7 +239,7 @@ class Agent:
     def send_request(self, rank: int, request: pb.Request, attachments, timeout: Optional[float], complete) -> None:
         """Like request(), completing through a callback: the fast path of every rpc."""
         try:
-            link = self._link(rank)
+            link = self.connections.to(rank)
         except BaseException as exc:
             complete(None, None, exc)
             return
@@ -314,7 +248,7 @@ class Agent:
     def send_now(self, rank: int, request: pb.Request, attachments=()) -> None:
         """Sends a notification, raising if it cannot be handed to the connection (which is then
         closed, so a retry opens a fresh one)."""
-        link = self._link(rank)
+        link = self.connections.to(rank)
         try:
             link.wire.send(0, "request", request, attachments)
         except errors.Unavailable as exc:
@@ -322,7 +256,7 @@ class Agent:
             raise
 
     def notify(self, rank: int, request: pb.Request, attachments=()) -> None:
-        self._link(rank).notify(request, attachments)
+        self.connections.to(rank).notify(request, attachments)
 
     def coordinator_request(self, request: pb.Request, timeout: Optional[float] = None) -> Future:
         link = self.coordinator_link
@@ -350,31 +284,17 @@ class Agent:
 
     # ------------------------------------------------------------------ serving
 
-    def _serve_connect(self, raw_frames, context):
-        name, rank = grpc_io.peer_identity(context)
-        link = self._new_link(f"worker '{name}' (rank {rank})", rank)
-        self._incoming.add(link)
-        yield from grpc_io.serve_stream(raw_frames, context, link, lambda: self._incoming.discard(link))
-
     def _handle_world_update(self, link, update: pb.WorldUpdate, attachments) -> None:
         for gone in self.world.update(update):
             how = "died" if gone.failed else "left"
             (log.warning if gone.failed else log.info)("worker %s (rank %d) %s: %s", gone.name, gone.rank, how, gone.reason)
-            with self._links_lock:
-                link_to = self._links.pop(gone.rank, None)
-            if link_to is not None:
-                link_to.close(errors.Unavailable(f"worker '{gone.name}' (rank {gone.rank}) {how}: {gone.reason}"))
-            for incoming in list(self._incoming):
-                if incoming.peer_rank == gone.rank:
-                    incoming.close(errors.Unavailable(f"worker '{gone.name}' (rank {gone.rank}) {how}"))
+            self.connections.close_peer(
+                gone.rank, errors.Unavailable(f"worker '{gone.name}' (rank {gone.rank}) {how}: {gone.reason}")
+            )
             self.rrefs.on_departed(gone.rank)
             self.contexts.on_departed(gone.rank)
 
     # ------------------------------------------------------------------ stopping
-
-    def pending_requests(self) -> int:
-        with self._links_lock:
-            return sum(link.pending_count() for link in self._links.values())
 
     def stop(self, graceful: bool, timeout: Optional[float] = None) -> None:
         """Leaves the world. Graceful: first wait until every non-daemon worker is here and all work is done."""
@@ -384,7 +304,7 @@ class Agent:
             end = time.monotonic() + limit
             try:
                 self._barrier("shutdown", end)
-                while self.pending_requests() and time.monotonic() < end:
+                while self.connections.pending_requests() and time.monotonic() < end:
                     time.sleep(0.01)
                 self.calls.wait_idle(max(0.0, end - time.monotonic()))
                 self.rrefs.flush(max(0.1, min(5.0, end - time.monotonic())))
@@ -392,7 +312,7 @@ class Agent:
             except BaseException as exc:
                 problems.append(exc)
         self.contexts.flush_releases()
-        self._stopping.set()
+        self.stopping.set()
         if self.coordinator_link is not None:
             self.coordinator_link.notify(pb.Request(leave=pb.Leave(graceful=graceful)))
         if self.coordinator is not None:
@@ -413,10 +333,7 @@ class Agent:
 
     def _close_everything(self) -> None:
         gone = errors.Unavailable(f"{self.name} is shut down")
-        with self._links_lock:
-            links, self._links = list(self._links.values()), {}
-        for link in links + list(self._incoming):
-            link.close(gone)
+        self.connections.close()
         if self.coordinator_link is not None:
             time.sleep(0.05)  # let the Leave reach the coordinator before the stream ends
             self.coordinator_link.close(gone)
@@ -426,8 +343,6 @@ class Agent:
             self.listener.close()
         if self.server is not None:
             self.server.stop(grace=0.5)
-        for chan in self._channels.values():
-            chan.close()
         if getattr(self, "_coordinator_channel", None) is not None:
             self._coordinator_channel.close()
         self._pool_threads.shutdown()

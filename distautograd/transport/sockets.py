@@ -17,7 +17,7 @@ import socket
 import struct
 import tempfile
 import threading
-from typing import Any, Callable, List, Optional, Sequence, Tuple
+from typing import Any, Callable, List, Optional, Sequence
 
 from google.protobuf.message import DecodeError
 
