@@ -178,3 +178,21 @@ def test_zero_gradients_travel_as_a_shape_not_as_tensors(monkeypatch):
         grads = dist_autograd.get_gradients(context_id)
     assert torch.equal(grads[w], torch.zeros(1000))
     assert arrived == [(True, 0)], arrived
+
+
+def test_a_nested_chain_is_prepared_in_one_round():
+    """The caller learns from each reply who its callee called, so the coordinator asks every
+    participant for its graph at once instead of discovering the chain one hop per round."""
+    from distautograd.runtime.agent import current_agent
+
+    agent = current_agent()
+    w = torch.randn(3, requires_grad=True)
+    with dist_autograd.context() as context_id:
+        y = rpc.rpc_sync("worker1", remote.nested_add, args=("worker2", w, 1))
+        ctx = agent.contexts.get(context_id)
+        worker1, worker2 = (rpc.get_worker_info(n).id for n in ("worker1", "worker2"))
+        assert ctx.peers == {worker1} and ctx.participants() == {worker1, worker2}
+        summary = agent.engine.prepare(ctx, agent.mint())
+        assert set(summary.peers) == {worker1, worker2}
+        dist_autograd.backward(context_id, [y.sum()])
+        assert torch.equal(dist_autograd.get_gradients(context_id)[w], torch.ones(3))

@@ -62,7 +62,8 @@ class Context:
         self.send_points: Dict[int, SendPoint] = {}
         self.recv_points: Dict[int, RecvPoint] = {}
         self.grads: Dict[torch.Tensor, torch.Tensor] = {}
-        self.peers: Set[int] = set()
+        self.peers: Set[int] = set()  # ranks this worker exchanged tensors with in this context
+        self.known: Set[int] = set()  # ranks further away that take part, as callees reported
         self.coordinated = False  # a backward pass through the coordinator ran from here
         self.mint = None  # set by the store
 
@@ -80,6 +81,15 @@ class Context:
             self.recv_points[message_id] = RecvPoint(out.grad_fn, src)
             self.peers.add(src)
         return out
+
+    def participants(self) -> Set[int]:
+        """Every other rank this worker knows takes part in the context."""
+        with self.lock:
+            return self.peers | self.known
+
+    def learn(self, ranks) -> None:
+        with self.lock:
+            self.known.update(ranks)
 
     def accumulate(self, leaf_grads: Dict[torch.Tensor, torch.Tensor]) -> None:
         with self.lock:

@@ -138,7 +138,7 @@ class BackwardEngine:
         with ctx.lock:
             sources = {key: [point.edge] for key, point in ctx.send_points.items()}
             recv_nodes = {point.node: key for key, point in ctx.recv_points.items()}
-            peers = sorted(ctx.peers)
+            peers = sorted(ctx.peers | ctx.known)
         if roots:
             sources[ROOTS] = [torch.autograd.graph.get_gradient_edge(r) for r in roots]
             state.root_grads = [(edge, torch.ones_like(r)) for edge, r in zip(sources[ROOTS], roots)]
@@ -162,8 +162,10 @@ class BackwardEngine:
         run_roots: bool,
         retain_graph: bool,
         report: Callable[[Optional[BaseException], List[int]], None],
+        hand_off: bool = False,
     ) -> None:
-        """Starts this worker's part of a prepared pass; ``report`` is called once at the end."""
+        """Starts this worker's part of a prepared pass; ``report`` is called once at the end.
+        With ``hand_off``, segments that compute run on the worker threads, not in this one."""
         state = self._state(ctx, pass_id)
         if state.graph is None:
             raise errors.FailedPrecondition(f"pass {pass_id} of context {ctx.id} was never prepared here")
@@ -189,7 +191,13 @@ class BackwardEngine:
         if finished:
             self._complete(state)
         elif ready:
-            self._drive(state, ready)
+            self._drive_or_hand_off(state, ready, hand_off)
+
+    def _drive_or_hand_off(self, state: PassState, ready: List[Segment], hand_off: bool) -> None:
+        if not hand_off or all(segment.kind != "node" for segment in ready):
+            self._drive(state, ready)  # nothing to compute, or this thread may: no hand-off
+        else:
+            self.agent.submit(self._drive, state, ready)
 
     def handle_run(self, link, body: pb.RunBackward, attachments) -> None:
         """Runs this worker's part; Run is a notification, so the outcome goes back as PassFinished."""
@@ -202,7 +210,7 @@ class BackwardEngine:
 
         try:
             ctx = self.agent.contexts.get(body.context_id)
-            self.run(ctx, body.pass_id, body.active_sends, body.run_roots, body.retain_graph, report)
+            self.run(ctx, body.pass_id, body.active_sends, body.run_roots, body.retain_graph, report, hand_off=True)
         except BaseException as exc:
             report(exc, [])
 
@@ -235,10 +243,7 @@ class BackwardEngine:
                 else:
                     self._deliver_push_locked(state, message_id, grad, ready)
         if ready:
-            if all(segment.kind != "node" for segment in ready):
-                self._drive(state, ready)  # only forwarding or accumulating: no compute, no hand-off
-            else:
-                self.agent.submit(self._drive, state, ready)
+            self._drive_or_hand_off(state, ready, hand_off=True)
 
     def _deliver_push_locked(self, state: PassState, message_id: int, grad, ready: List[Segment]) -> None:
         point = state.ctx.send_points.get(message_id)

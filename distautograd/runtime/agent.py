@@ -87,8 +87,8 @@ class Agent:
             "release_context": (self.contexts.handle_release, True),
             "world_update": (self._handle_world_update, True),
             "abort_backward": (self.engine.handle_abort, True),
-            "prepare_backward": (self.engine.handle_prepare, False),
-            "run_backward": (self.engine.handle_run, False),
+            "prepare_backward": (self.engine.handle_prepare, True),  # a graph walk: cheaper than a hand-off
+            "run_backward": (self.engine.handle_run, True),  # hands compute off itself
         }, submit=self.submit)
         self.connections = Connections(self)
 

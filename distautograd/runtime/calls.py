@@ -105,6 +105,8 @@ class Calls:
                 value = None
                 if response.WhichOneof("body") == "value":
                     value = self.agent.codec.decode(response.value, attachments, src, ctx)
+                if ctx is not None and response.context_peers:
+                    ctx.learn(r for r in response.context_peers if r != self.agent.rank)
             except BaseException as exc:
                 result.set_exception(exc)
                 return
@@ -149,7 +151,10 @@ class Calls:
         if not isinstance(outcome, BaseException):
             try:
                 encoded, attachments = self.agent.codec.encode(outcome, peer, ctx)
-                outcome = (pb.Response(value=encoded), attachments)
+                response = pb.Response(value=encoded)
+                if ctx is not None:
+                    response.context_peers.extend(ctx.participants() - {peer})
+                outcome = (response, attachments)
             except BaseException as exc:
                 outcome = exc
         reply.resolve(outcome)

@@ -96,20 +96,22 @@ class Request(_message.Message):
     def __init__(self, timeout: _Optional[float] = ..., attachments: _Optional[_Union[Attachments, _Mapping]] = ..., join: _Optional[_Union[Join, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., leave: _Optional[_Union[Leave, _Mapping]] = ..., barrier: _Optional[_Union[Barrier, _Mapping]] = ..., start_backward: _Optional[_Union[StartBackward, _Mapping]] = ..., pass_finished: _Optional[_Union[PassFinished, _Mapping]] = ..., context_event: _Optional[_Union[ContextEvent, _Mapping]] = ..., world_update: _Optional[_Union[WorldUpdate, _Mapping]] = ..., prepare_backward: _Optional[_Union[PrepareBackward, _Mapping]] = ..., run_backward: _Optional[_Union[RunBackward, _Mapping]] = ..., abort_backward: _Optional[_Union[AbortBackward, _Mapping]] = ..., call: _Optional[_Union[Call, _Mapping]] = ..., fetch_rref: _Optional[_Union[FetchRRef, _Mapping]] = ..., rref_forks: _Optional[_Union[RRefForks, _Mapping]] = ..., push_gradients: _Optional[_Union[PushGradients, _Mapping]] = ..., release_context: _Optional[_Union[ReleaseContext, _Mapping]] = ..., release_shared: _Optional[_Union[ReleaseShared, _Mapping]] = ...) -> None: ...
 
 class Response(_message.Message):
-    __slots__ = ("error", "attachments", "empty", "join", "value", "graph_summary")
+    __slots__ = ("error", "attachments", "context_peers", "empty", "join", "value", "graph_summary")
     ERROR_FIELD_NUMBER: _ClassVar[int]
     ATTACHMENTS_FIELD_NUMBER: _ClassVar[int]
+    CONTEXT_PEERS_FIELD_NUMBER: _ClassVar[int]
     EMPTY_FIELD_NUMBER: _ClassVar[int]
     JOIN_FIELD_NUMBER: _ClassVar[int]
     VALUE_FIELD_NUMBER: _ClassVar[int]
     GRAPH_SUMMARY_FIELD_NUMBER: _ClassVar[int]
     error: Error
     attachments: Attachments
+    context_peers: _containers.RepeatedScalarFieldContainer[int]
     empty: Empty
     join: JoinReply
     value: Value
     graph_summary: GraphSummary
-    def __init__(self, error: _Optional[_Union[Error, _Mapping]] = ..., attachments: _Optional[_Union[Attachments, _Mapping]] = ..., empty: _Optional[_Union[Empty, _Mapping]] = ..., join: _Optional[_Union[JoinReply, _Mapping]] = ..., value: _Optional[_Union[Value, _Mapping]] = ..., graph_summary: _Optional[_Union[GraphSummary, _Mapping]] = ...) -> None: ...
+    def __init__(self, error: _Optional[_Union[Error, _Mapping]] = ..., attachments: _Optional[_Union[Attachments, _Mapping]] = ..., context_peers: _Optional[_Iterable[int]] = ..., empty: _Optional[_Union[Empty, _Mapping]] = ..., join: _Optional[_Union[JoinReply, _Mapping]] = ..., value: _Optional[_Union[Value, _Mapping]] = ..., graph_summary: _Optional[_Union[GraphSummary, _Mapping]] = ...) -> None: ...
 
 class Empty(_message.Message):
     __slots__ = ()
