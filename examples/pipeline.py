@@ -1,8 +1,10 @@
 """Pipeline parallel: a model split over two workers, micro-batches in flight with rpc_async.
 
 Each micro-batch goes trainer -> stage 1 -> stage 2 without waiting for the others, so stage 1
-works on micro-batch k+1 while stage 2 works on micro-batch k. The script trains twice, without
-and with micro-batches, and prints the time per step of both.
+works on micro-batch k+1 while stage 2 works on micro-batch k; in the backward pass the same
+happens the other way round. The script trains twice, without and with micro-batches, and prints
+the time per step of both (on 2 cores, batch 512: ~96 vs ~75 ms). Micro-batches pay off when each
+is big enough that its compute outweighs its messages: at batch 256 in 4 parts they do not.
 
     python examples/pipeline.py                      # spawns trainer, worker1, worker2 here
     torchrun --nproc-per-node 3 examples/pipeline.py
@@ -88,7 +90,7 @@ def train_once(model: Pipeline, steps: int, batch: int, micro_batches: int) -> t
     return losses, (time.perf_counter() - started) / (steps - 2)
 
 
-def train(steps: int = 30, batch: int = 256, micro_batches: int = 4, bound: float = 0.5) -> None:
+def train(steps: int = 30, batch: int = 512, micro_batches: int = 2, bound: float = 0.5) -> None:
     stages = launch.workers(["worker1", "worker2"])
     print(f"pipeline over {stages[0]} and {stages[1]}: {IN}->{HIDDEN}->{HIDDEN} | {HIDDEN}->{HIDDEN}->{OUT}, batch {batch}", flush=True)
     results = {}
@@ -106,8 +108,8 @@ def train(steps: int = 30, batch: int = 256, micro_batches: int = 4, bound: floa
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=30)
-    parser.add_argument("--batch", type=int, default=256)
-    parser.add_argument("--micro-batches", type=int, default=4)
+    parser.add_argument("--batch", type=int, default=512)
+    parser.add_argument("--micro-batches", type=int, default=2, help="two keep both stages busy")
     parser.add_argument("--bound", type=float, default=0.5, help="the final loss must fall below this")
     args = parser.parse_args(argv)
     program = functools.partial(train, args.steps, args.batch, args.micro_batches, args.bound)

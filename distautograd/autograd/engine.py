@@ -270,7 +270,7 @@ class BackwardEngine:
         pushes: Dict[int, List[Tuple[int, Optional[torch.Tensor]]]] = {}
         try:
             while ready:
-                segment = ready.pop()
+                segment = ready.pop(_next(ready))
                 with state.lock:
                     if state.finished:
                         return
@@ -294,7 +294,9 @@ class BackwardEngine:
                         order = _local_order(segment.order[child])
                         self._contribute_locked(state, child, outputs.get(child, {}), order, ready)
                     state.remaining -= 1
-                    flush = bool(pushes) and not ready
+                    # Batch gradients for other workers only while what is left here is cheap: a
+                    # segment that computes would hold them back from a worker that could start now.
+                    flush = bool(pushes) and not any(s.kind == "node" for s in ready)
                     finished = not flush and self._maybe_finish_locked(state)
                 if flush:
                     self._send_pushes(state, pushes)
@@ -372,6 +374,15 @@ def _gradient(gradient: pb.Gradient, attachments) -> Optional[torch.Tensor]:
     if gradient.zeros:
         return torch.zeros(list(gradient.tensor.shape), dtype=tensors.dtype_from_name(gradient.tensor.dtype))
     return tensors.decode(gradient.tensor, attachments)
+
+
+def _next(ready: List[Segment]) -> int:
+    """Which ready segment to run first: one that forwards gradient to another worker, so that
+    worker can start, else the latest made ready (depth first, as torch's engine)."""
+    for index in range(len(ready) - 1, -1, -1):
+        if ready[index].kind == "recv":
+            return index
+    return len(ready) - 1
 
 
 def validate_roots(roots: Sequence[torch.Tensor]) -> List[torch.Tensor]:

@@ -51,8 +51,10 @@ def total(parts: list) -> torch.Tensor:
     if len(parts) > 1:
         parts.sort(key=lambda part: part[0], reverse=True)
     total = parts[0][1]
-    for _, grad in parts[1:]:
-        total = total + grad
+    if len(parts) > 1:
+        total = total + parts[1][1]  # a tensor of our own: the rest add into it, without fresh pages each
+        for _, grad in parts[2:]:
+            total.add_(grad)
     return total
 
 
