@@ -51,10 +51,14 @@ def total(parts: list) -> torch.Tensor:
     if len(parts) > 1:
         parts.sort(key=lambda part: part[0], reverse=True)
     total = parts[0][1]
-    if len(parts) > 1:
-        total = total + parts[1][1]  # a tensor of our own: the rest add into it, without fresh pages each
-        for _, grad in parts[2:]:
-            total.add_(grad)
+    owned = False
+    for _, grad in parts[1:]:
+        if owned and total.layout == torch.strided:
+            total.add_(grad)  # a tensor of our own: adding into it spares a fresh allocation per part
+        elif total.layout != torch.strided and grad.layout == torch.strided:
+            total, owned = grad + total, True  # torch adds sparse to dense only this way round (exact either way)
+        else:
+            total, owned = total + grad, True
     return total
 
 
