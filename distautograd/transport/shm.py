@@ -64,6 +64,34 @@ def _size_class(nbytes: int) -> int:
     return max(MIN_BYTES, 1 << (nbytes - 1).bit_length())
 
 
+class _Shelf:
+    """Free buffers by size class, kept warm up to a total number of bytes."""
+
+    def __init__(self, max_bytes: int):
+        self._items: Dict[int, list] = {}
+        self._bytes = 0
+        self._max_bytes = max_bytes
+        self._lock = threading.Lock()
+
+    def take(self, size: int):
+        """A kept item of exactly ``size`` bytes, or None."""
+        with self._lock:
+            items = self._items.get(size)
+            if not items:
+                return None
+            self._bytes -= size
+            return items.pop()
+
+    def keep(self, size: int, item) -> bool:
+        """Keeps ``item`` for reuse unless that would pass the limit; False when it was not kept."""
+        with self._lock:
+            if self._bytes + size > self._max_bytes:
+                return False
+            self._items.setdefault(size, []).append(item)
+            self._bytes += size
+            return True
+
+
 class Segment:
     __slots__ = ("id", "size", "fd", "map", "borrower", "lease")
 
@@ -95,19 +123,14 @@ class SegmentPool:
         self._lock = threading.Lock()
         self._ids = itertools.count(1)
         self._leases = itertools.count(1)
-        self._free: Dict[int, List[Segment]] = {}
+        self._free = _Shelf(_MAX_IDLE_BYTES)
         self._lent: Dict[int, Segment] = {}  # by lease
-        self._idle_bytes = 0
         self.made = 0
 
     def lend(self, data: memoryview, borrower) -> Segment:
         """A segment holding a copy of ``data``, lent to ``borrower``."""
         size = _size_class(len(data))
-        with self._lock:
-            free = self._free.get(size)
-            segment = free.pop() if free else None
-            if segment is not None:
-                self._idle_bytes -= size
+        segment = self._free.take(size)
         if segment is None:
             segment = Segment(next(self._ids), size)
             self.made += 1
@@ -128,11 +151,8 @@ class SegmentPool:
                     continue
                 del self._lent[lease]
                 segment.borrower = None
-                if self._idle_bytes + segment.size > _MAX_IDLE_BYTES:
+                if not self._free.keep(segment.size, segment):
                     closing.append(segment)
-                else:
-                    self._free.setdefault(segment.size, []).append(segment)
-                    self._idle_bytes += segment.size
         for segment in closing:
             segment.close()
 
@@ -157,29 +177,16 @@ class ReceiveBuffers:
     A buffer goes back to the pool when the last tensor made from it is freed."""
 
     def __init__(self, keep_bytes: int = 256 << 20):
-        self._free: Dict[int, List[np.ndarray]] = {}
-        self._kept = 0
-        self._keep_bytes = keep_bytes
-        self._lock = threading.Lock()
+        self._free = _Shelf(keep_bytes)
 
     def get(self, nbytes: int) -> np.ndarray:
         size = _size_class(nbytes)
-        with self._lock:
-            free = self._free.get(size)
-            block = free.pop() if free else None
-            if block is not None:
-                self._kept -= size
+        block = self._free.take(size)
         if block is None:
             block = np.empty(size, dtype=np.uint8)
         view = block[:nbytes]  # a view: its finalizer fires when every tensor over it is gone
-        weakref.finalize(view, self._put, block)
+        weakref.finalize(view, self._free.keep, size, block)
         return view
-
-    def _put(self, block: np.ndarray) -> None:
-        with self._lock:
-            if self._kept + block.nbytes <= self._keep_bytes:
-                self._free.setdefault(block.nbytes, []).append(block)
-                self._kept += block.nbytes
 
 
 class _Releaser:
