@@ -70,11 +70,9 @@ class Coordinator:
             },
         )
         # Members may also reach the coordinator over a socket: control messages cost far less there.
-        self.listener = None
-        if options.transport != "grpc":
-            tcp_host = None if security.tls else server.host
-            self.listener = sockets.Listener("coordinator", security.token, self._accept_socket, tcp_host,
-                                             unix=options.transport == "auto")
+        self.listener = sockets.Listener.for_options(
+            "coordinator", security, self._accept_socket, server.host, options.transport
+        )
         self.endpoints = pb.Endpoints(
             socket_port=self.listener.tcp_port if self.listener else 0,
             unix_path=self.listener.unix_path if self.listener else "",

@@ -117,11 +117,9 @@ class Agent:
             },
         )
         self.server.start()
-        if options.transport != "grpc":
-            tcp_host = None if self.security.tls else listen_host  # plain TCP would bypass TLS
-            self.listener = sockets.Listener(
-                self.name, self.security.token, self.connections.accept_socket, tcp_host, unix=options.transport == "auto"
-            )
+        self.listener = sockets.Listener.for_options(
+            self.name, self.security, self.connections.accept_socket, listen_host, options.transport
+        )
         if host_it:
             coordinator = rendezvous.publish(self.server.port)
         else:

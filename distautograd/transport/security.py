@@ -12,6 +12,12 @@ import grpc
 
 TOKEN_ENV = "DISTAUTOGRAD_TOKEN"
 HEALTH_PREFIX = "/grpc.health.v1.Health/"
+WRONG_TOKEN = f"missing or wrong token: every process of a deployment must share the same {TOKEN_ENV}"
+
+
+def token_matches(given: str, expected: str) -> bool:
+    """Constant-time comparison, so timing does not leak how much of a guess was right."""
+    return hmac.compare_digest(given.encode(), expected.encode())
 
 
 def is_loopback(host: str) -> bool:
@@ -105,24 +111,20 @@ class TokenCheck(grpc.ServerInterceptor):
     """Refuses every call without the shared token with UNAUTHENTICATED; health checks stay open for probes."""
 
     def __init__(self, token: str):
-        self._expected = f"Bearer {token}".encode()
+        self._expected = f"Bearer {token}"
 
     def intercept_service(self, continuation, details):
         if details.method.startswith(HEALTH_PREFIX):
             return continuation(details)
         for key, value in details.invocation_metadata or ():
-            if key == "authorization" and hmac.compare_digest(str(value).encode(), self._expected):
+            if key == "authorization" and token_matches(str(value), self._expected):
                 return continuation(details)
         handler = continuation(details)
         if handler is None:
             return None
 
         def deny(request, context):
-            context.abort(
-                grpc.StatusCode.UNAUTHENTICATED,
-                "missing or wrong token: every process of a deployment must share the same "
-                f"{TOKEN_ENV}",
-            )
+            context.abort(grpc.StatusCode.UNAUTHENTICATED, WRONG_TOKEN)
 
         make = {
             (False, False): grpc.unary_unary_rpc_method_handler,

@@ -10,7 +10,6 @@ Any thread sends (under a lock, without a hand-off); one thread per connection r
 from __future__ import annotations
 
 import array
-import hmac
 import logging
 import os
 import socket
@@ -22,7 +21,7 @@ from typing import Any, Callable, List, Optional, Sequence
 from google.protobuf.message import DecodeError
 
 from distautograd import errors
-from distautograd.transport import shm
+from distautograd.transport import security, shm
 from distautograd.transport.link import Link
 from distautograd.v1 import wire_pb2 as pb
 
@@ -311,6 +310,14 @@ class Listener:
             sock.listen(128)
             threading.Thread(target=self._serve, args=(sock,), name="distautograd-accept", daemon=True).start()
 
+    @classmethod
+    def for_options(cls, name: str, secure: security.Security, accept, host: str, transport: str) -> Optional["Listener"]:
+        """The listener a process with these settings runs: none for gRPC only, no Unix socket for
+        "tcp", and no plain TCP with TLS on (it would bypass TLS)."""
+        if transport == "grpc":
+            return None
+        return cls(name, secure.token, accept, None if secure.tls else host, unix=transport == "auto")
+
     def _serve(self, listening: socket.socket) -> None:
         while not self._stopped:
             try:
@@ -338,11 +345,8 @@ class Listener:
         self._accept(sock, hello)
 
     def _refusal(self, hello: pb.Hello) -> Optional[pb.Welcome]:
-        if self._token and not hmac.compare_digest(hello.token.encode(), self._token.encode()):
-            return pb.Welcome(
-                error="missing or wrong token: every process of a deployment must share the same DISTAUTOGRAD_TOKEN",
-                code=errors.Unauthenticated.code.value[0],
-            )
+        if self._token and not security.token_matches(hello.token, self._token):
+            return pb.Welcome(error=security.WRONG_TOKEN, code=errors.Unauthenticated.code.value[0])
         if hello.target and hello.target != self.name:
             return pb.Welcome(error=f"this is {self.name}, not {hello.target}", code=errors.NotFound.code.value[0])
         return None
