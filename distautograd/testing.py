@@ -100,6 +100,24 @@ class Process:
         return code
 
 
+def run_together(
+    commands: Sequence[Sequence[str]], timeout: float, envs: Optional[Sequence[Dict[str, str]]] = None, **popen
+) -> List[subprocess.CompletedProcess]:
+    """Starts every command at once and waits for them all; whatever still runs when the time is
+    up or something fails is killed and reaped. ``popen`` goes to every ``subprocess.Popen``."""
+    procs: List[subprocess.Popen] = []
+    try:
+        for index, command in enumerate(commands):
+            env = envs[index] if envs is not None else popen.get("env")
+            procs.append(subprocess.Popen(list(command), **dict(popen, env=env)))
+        outputs = [p.communicate(timeout=timeout) for p in procs]
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait()
+    return [subprocess.CompletedProcess(p.args, p.returncode, out, err) for p, (out, err) in zip(procs, outputs)]
+
+
 @atexit.register
 def _reap_everything() -> None:
     for process in list(_live):

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from distautograd.testing import start_cluster
+from distautograd.testing import run_together, start_cluster
 from tests.test_failures import run_driver
 
 pytestmark = pytest.mark.slow
@@ -41,22 +41,13 @@ def test_three_trainers_with_twenty_threads_each_never_mix_gradients():
     cluster = start_cluster(1, names=["ps"], allowed_modules=["tests"], worker_args=["--threads", "64"])
     env = dict(os.environ, PYTHONPATH=os.getcwd())
     try:
-        trainers = [
-            subprocess.Popen(
-                [sys.executable, "-m", "tests.drivers", "concurrent_trainers", cluster.coordinator, f"trainer{i}",
-                 "20", "5"],
-                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-            )
-            for i in range(3)
-        ]
-        try:
-            outputs = [t.communicate(timeout=240) for t in trainers]
-        finally:
-            for t in trainers:
-                t.kill()
-                t.wait()
-        for t, (out, err) in zip(trainers, outputs):
-            assert t.returncode == 0, f"{out}\n{err}"
-            assert "100 passes" in out
+        results = run_together(
+            [[sys.executable, "-m", "tests.drivers", "concurrent_trainers", cluster.coordinator, f"trainer{i}", "20", "5"]
+             for i in range(3)],
+            timeout=240, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+        )
+        for result in results:
+            assert result.returncode == 0, f"{result.stdout}\n{result.stderr}"
+            assert "100 passes" in result.stdout
     finally:
         cluster.stop()

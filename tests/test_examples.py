@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from distautograd.testing import run_together
+
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.slow
 
@@ -44,19 +46,15 @@ def test_one_process_per_rank_by_hand():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    procs = [
-        subprocess.Popen([sys.executable, "examples/rnn.py", "--steps", "60"], cwd=ROOT, stdout=subprocess.PIPE,
-                         stderr=subprocess.STDOUT, text=True,
-                         env=dict(os.environ, RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port)))
-        for rank in (1, 0)  # the server first: ranks may start in any order
-    ]
-    try:
-        outputs = [p.communicate(timeout=240)[0] for p in procs]
-    finally:
-        for p in procs:
-            p.kill()
-            p.wait()
-    assert all(p.returncode == 0 for p in procs), outputs
+    ranks = (1, 0)  # the server first: ranks may start in any order
+    results = run_together(
+        [[sys.executable, "examples/rnn.py", "--steps", "60"]] * len(ranks), timeout=240,
+        envs=[dict(os.environ, RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+              for rank in ranks],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    outputs = [result.stdout for result in results]
+    assert all(result.returncode == 0 for result in results), outputs
     assert "learned" in outputs[1]
 
 

@@ -46,3 +46,22 @@ def test_a_failing_test_still_reaps_its_cluster(tmp_path):
     assert len(pids) == 3
     for pid in pids:
         assert not os.path.exists(f"/proc/{pid}") or open(f"/proc/{pid}/stat").read().split()[2] == "Z"
+
+
+def test_run_together_collects_every_output_and_reaps_what_outlives_its_time(tmp_path):
+    from distautograd.testing import run_together
+
+    say = [sys.executable, "-c", "import os; print(os.environ['WHO'])"]
+    results = run_together([say, say], timeout=30, envs=[dict(os.environ, WHO="a"), dict(os.environ, WHO="b")],
+                           stdout=subprocess.PIPE, text=True)
+    assert [(r.returncode, r.stdout.strip()) for r in results] == [(0, "a"), (0, "b")]
+
+    marker = tmp_path / "pid"
+    sleeper = [sys.executable, "-c", f"import os, time; open({str(marker)!r}, 'w').write(str(os.getpid())); time.sleep(60)"]
+    try:
+        run_together([sleeper], timeout=2)
+        raise AssertionError("a command past its time must raise")
+    except subprocess.TimeoutExpired:
+        pass
+    pid = int(marker.read_text())
+    assert not Path(f"/proc/{pid}").exists()  # killed and reaped, not left as a zombie

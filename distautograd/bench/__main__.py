@@ -39,6 +39,7 @@ def run_world(framework: str, workload: str, names: List[str], params: dict, tra
 def run_world_in_namespaces(framework: str, workload: str, params: dict) -> dict:
     """Two processes, each in its own network namespace: the real TCP path."""
     from distautograd import netns
+    from distautograd.testing import run_together
 
     names = ["trainer", "worker1"]
     with netns.Network(names) as network:
@@ -46,22 +47,15 @@ def run_world_in_namespaces(framework: str, workload: str, params: dict) -> dict
                     transport="tcp")
         env = dict(os.environ, BENCH_MASTER_ADDR=network.addresses["trainer"], DISTAUTOGRAD_TOKEN="bench-token",
                    GLOO_SOCKET_IFNAME="eth0", TP_SOCKET_IFNAME="eth0")
-        procs = [
-            subprocess.Popen(network.command(name, [sys.executable, "-m", "distautograd.bench.rank", json.dumps(spec),
-                                                    str(rank)]), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                             text=True, env=env)
-            for rank, name in enumerate(names)
-        ]
-        try:
-            outputs = [p.communicate(timeout=600) for p in procs]
-        finally:
-            for p in procs:
-                p.kill()
-                p.wait()
-        for p, (out, err) in zip(procs, outputs):
-            if p.returncode != 0:
-                raise RuntimeError(f"{framework} {workload} in namespaces failed:\n{out}\n{err[-3000:]}")
-        line = next(l for l in outputs[0][0].splitlines() if l.startswith("RESULT "))
+        results = run_together(
+            [network.command(name, [sys.executable, "-m", "distautograd.bench.rank", json.dumps(spec), str(rank)])
+             for rank, name in enumerate(names)],
+            timeout=600, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+        )
+        for result in results:
+            if result.returncode != 0:
+                raise RuntimeError(f"{framework} {workload} in namespaces failed:\n{result.stdout}\n{result.stderr[-3000:]}")
+        line = next(l for l in results[0].stdout.splitlines() if l.startswith("RESULT "))
         return json.loads(line[len("RESULT "):])
 
 
