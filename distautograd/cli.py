@@ -110,7 +110,7 @@ def cmd_status(args) -> int:
     import grpc
 
     from distautograd.transport.grpc_io import channel
-    from distautograd.v1 import wire_pb2 as pb
+    from distautograd.protocol.v1 import messages_pb2 as pb
 
     sec = _security(args)
     with channel(args.coordinator, sec) as chan:

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, Optional, Sequence
 
 from distautograd.transport.security import Security
-from distautograd.wire.pickling import ALLOW_ENV
+from distautograd.encoding.pickling import ALLOW_ENV
 
 DEFAULT_RPC_TIMEOUT = 60.0
 COORDINATOR_ENV = "DISTAUTOGRAD_COORDINATOR"

@@ -8,7 +8,7 @@ from typing import Optional
 
 import grpc
 
-from distautograd.v1 import wire_pb2 as pb
+from distautograd.protocol.v1 import messages_pb2 as pb
 
 
 class RpcError(RuntimeError):

@@ -1,4 +1,4 @@
-"""Regenerates the committed protobuf and gRPC code in distautograd/v1 from protos/."""
+"""Regenerates the committed protobuf and gRPC code in distautograd/protocol from protos/."""
 
 import argparse
 import pathlib
@@ -24,7 +24,7 @@ def generate(out_dir: pathlib.Path) -> list[pathlib.Path]:
     ]
     if protoc.main(args) != 0:
         raise SystemExit("protoc failed")
-    return generated_files(out_dir)
+    return generated_files(out_dir / "distautograd")
 
 
 def generated_files(root: pathlib.Path) -> list[pathlib.Path]:

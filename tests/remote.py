@@ -218,7 +218,7 @@ def wire_to(name):
     from distautograd.runtime.agent import current_agent
 
     agent = current_agent()
-    return agent.connections.to(agent.world.resolve(name).id).wire.kind
+    return agent.connections.to(agent.world.resolve(name).id).transport.kind
 
 
 def shared_memory_use():

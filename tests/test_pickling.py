@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from distautograd.errors import InvalidArgument, PermissionDenied
-from distautograd.wire import pickling
+from distautograd.encoding import pickling
 
 ALLOW = pickling.Allowlist()
 

@@ -8,8 +8,8 @@ import torch
 from hypothesis import given, settings
 
 from distautograd.errors import InvalidArgument
-from distautograd.v1 import wire_pb2 as pb
-from distautograd.wire import tensors
+from distautograd.protocol.v1 import messages_pb2 as pb
+from distautograd.encoding import tensors
 
 QUANTIZED = {torch.qint8, torch.quint8, torch.qint32, torch.quint4x2, torch.quint2x4}
 PLAIN = [d for d in tensors.all_dtypes() if d not in QUANTIZED]

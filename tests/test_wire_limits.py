@@ -3,8 +3,8 @@
 import grpc
 import pytest
 
-from distautograd.v1 import wire_pb2 as pb
-from distautograd.wire import pickling
+from distautograd.protocol.v1 import messages_pb2 as pb
+from distautograd.encoding import pickling
 from tests import remote, wire_client
 
 

@@ -6,8 +6,8 @@ from typing import Optional
 
 import grpc
 
-from distautograd.v1 import wire_pb2 as pb
-from distautograd.wire import pickling
+from distautograd.protocol.v1 import messages_pb2 as pb
+from distautograd.encoding import pickling
 
 
 def call_frame(func, *args) -> pb.Frame:

@@ -12,7 +12,7 @@ from torch.autograd.graph import GradientEdge, get_gradient_edge
 
 from distautograd import errors
 from distautograd.ids import rank_of
-from distautograd.v1 import wire_pb2 as pb
+from distautograd.protocol.v1 import messages_pb2 as pb
 
 if TYPE_CHECKING:
     from distautograd.runtime.agent import Agent

@@ -21,8 +21,8 @@ from distautograd.autograd.contexts import Context
 from distautograd.autograd import segments
 from distautograd.autograd.graph import ROOTS, LocalGraph, Plan, Segment
 from distautograd.autograd.segments import Grads, add, total
-from distautograd.v1 import wire_pb2 as pb
-from distautograd.wire import tensors
+from distautograd.protocol.v1 import messages_pb2 as pb
+from distautograd.encoding import tensors
 
 if TYPE_CHECKING:
     from distautograd.runtime.agent import Agent

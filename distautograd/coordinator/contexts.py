@@ -6,7 +6,7 @@ import threading
 from typing import Dict, Iterable, List, Set
 
 from distautograd.ids import rank_of
-from distautograd.v1 import wire_pb2 as pb
+from distautograd.protocol.v1 import messages_pb2 as pb
 
 
 class ContextRecord:

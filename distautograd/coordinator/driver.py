@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Dict, List, Optional, Set, Tuple
 from distautograd import errors
 from distautograd.autograd.graph import ROOTS
 from distautograd.ids import rank_of
-from distautograd.v1 import wire_pb2 as pb
+from distautograd.protocol.v1 import messages_pb2 as pb
 
 if TYPE_CHECKING:
     from distautograd.coordinator.service import Coordinator

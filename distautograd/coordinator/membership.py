@@ -10,7 +10,7 @@ from typing import Callable, Dict, List, Optional, Set
 
 from distautograd import errors
 from distautograd.ids import MAX_RANK
-from distautograd.v1 import wire_pb2 as pb
+from distautograd.protocol.v1 import messages_pb2 as pb
 
 log = logging.getLogger("distautograd")
 _DEPARTED_MEMORY = 1000

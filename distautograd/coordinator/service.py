@@ -15,12 +15,12 @@ from distautograd.config import BackendOptions
 from distautograd.coordinator.contexts import ContextRegistry
 from distautograd.coordinator.driver import BackwardDriver
 from distautograd.coordinator.membership import Membership
-from distautograd.transport import grpc_io, loopback, sockets
+from distautograd.transport import grpc_io, local, sockets
 from distautograd.transport.deadlines import Deadlines
 from distautograd.transport.dispatch import Dispatcher
 from distautograd.transport.link import Link
-from distautograd.v1 import wire_pb2 as pb
-from distautograd.wire.pickling import Allowlist
+from distautograd.protocol.v1 import messages_pb2 as pb
+from distautograd.encoding.pickling import Allowlist
 
 log = logging.getLogger("distautograd")
 
@@ -92,11 +92,11 @@ class Coordinator:
         yield from grpc_io.serve_stream(raw_frames, context, self._new_link(), lambda: None)
 
     def _accept_socket(self, sock, hello: pb.Hello) -> None:
-        sockets.SocketWire(self._new_link(), sock, None).start()
+        sockets.SocketTransport(self._new_link(), sock, None).start()
 
     def attach(self, link: Link) -> None:
         """Joins ``link``, of a worker in this process, to a new coordinator-side link."""
-        loopback.connect(link, self._new_link())
+        local.connect(link, self._new_link())
 
     def _closed(self, link: Link, error: BaseException) -> None:
         if link.peer_rank >= 0 and not link.left and not self._stopped.is_set():

@@ -9,7 +9,7 @@ from typing import Any, Dict, List
 from distautograd import autograd as dist_autograd
 from distautograd import rpc
 from distautograd.runtime.rrefs import RRef
-from distautograd.wire.pickling import trusted_global
+from distautograd.encoding.pickling import trusted_global
 
 # Steps on one worker are serialized, whatever optimizer they belong to, as torch's are.
 _step_lock = threading.Lock()

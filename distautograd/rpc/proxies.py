@@ -6,7 +6,7 @@ from typing import Any
 
 from distautograd.errors import PermissionDenied
 from distautograd.runtime.calls import AsyncReturn, is_async
-from distautograd.wire.pickling import trusted_global
+from distautograd.encoding.pickling import trusted_global
 
 
 @trusted_global

@@ -28,8 +28,8 @@ from distautograd.transport import grpc_io, sockets
 from distautograd.transport.deadlines import Deadlines
 from distautograd.transport.dispatch import Dispatcher
 from distautograd.transport.link import Link
-from distautograd.v1 import wire_pb2 as pb
-from distautograd.wire.pickling import Allowlist
+from distautograd.protocol.v1 import messages_pb2 as pb
+from distautograd.encoding.pickling import Allowlist
 
 log = logging.getLogger("distautograd")
 
@@ -168,7 +168,7 @@ class Agent:
             if self.coordinator is not None:
                 self.coordinator.attach(link)  # hosted here: no connection needed
             elif sock is not None:
-                sockets.SocketWire(link, sock, None).start()
+                sockets.SocketTransport(link, sock, None).start()
             else:
                 grpc_io.open_stream(chan, f"/{COORDINATOR_SERVICE}/Connect", link, self.connections.metadata(rank=join.rank))
             try:
@@ -248,7 +248,7 @@ class Agent:
         closed, so a retry opens a fresh one)."""
         link = self.connections.to(rank)
         try:
-            link.wire.send(0, "request", request, attachments)
+            link.transport.send(0, "request", request, attachments)
         except errors.Unavailable as exc:
             link.close(exc)
             raise

@@ -15,7 +15,7 @@ from distautograd import errors
 from distautograd.runtime.rrefs import UNSET_TIMEOUT, RRef
 from distautograd.runtime.world import WorkerInfo
 from distautograd.transport.dispatch import Deferred
-from distautograd.v1 import wire_pb2 as pb
+from distautograd.protocol.v1 import messages_pb2 as pb
 
 if TYPE_CHECKING:
     from distautograd.runtime.agent import Agent

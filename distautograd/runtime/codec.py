@@ -8,8 +8,8 @@ import torch
 
 from distautograd.errors import InvalidArgument
 from distautograd.runtime.rrefs import RRef
-from distautograd.v1 import wire_pb2 as pb
-from distautograd.wire import pickling, tensors
+from distautograd.protocol.v1 import messages_pb2 as pb
+from distautograd.encoding import pickling, tensors
 
 if TYPE_CHECKING:
     from distautograd.autograd.contexts import Context

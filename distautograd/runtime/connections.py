@@ -11,7 +11,7 @@ import grpc
 from distautograd import errors
 from distautograd.transport import grpc_io, shm, sockets
 from distautograd.transport.link import Link
-from distautograd.v1 import wire_pb2 as pb
+from distautograd.protocol.v1 import messages_pb2 as pb
 
 if TYPE_CHECKING:
     from distautograd.runtime.agent import Agent
@@ -66,7 +66,7 @@ class Connections:
             link = self.new_link(f"worker '{entry.name}' (rank {rank})", rank)
             sock = self.connect_socket(entry)
             if sock is not None:
-                sockets.SocketWire(link, sock, self.pool).start()
+                sockets.SocketTransport(link, sock, self.pool).start()
             else:
                 chan = self._channels.get(entry.address)
                 if chan is None:
@@ -95,9 +95,9 @@ class Connections:
 
     def accept_socket(self, sock, hello: pb.Hello) -> None:
         link = self.new_link(f"worker '{hello.name}' (rank {hello.rank})", hello.rank)
-        wire = sockets.SocketWire(link, sock, self.pool)
+        transport = sockets.SocketTransport(link, sock, self.pool)
         self._track_incoming(link)
-        wire.start()
+        transport.start()
 
     def serve_connect(self, raw_frames, context):
         """The gRPC stream a peer opened to this process."""

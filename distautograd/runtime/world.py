@@ -5,8 +5,8 @@ from __future__ import annotations
 import threading
 from typing import Dict, List, NamedTuple, Optional, Union
 
-from distautograd.v1 import wire_pb2 as pb
-from distautograd.wire.pickling import trusted_global
+from distautograd.protocol.v1 import messages_pb2 as pb
+from distautograd.encoding.pickling import trusted_global
 
 
 @trusted_global

@@ -17,7 +17,7 @@ import grpc
 
 from distautograd import errors
 from distautograd.transport import grpc_io
-from distautograd.v1 import wire_pb2 as pb
+from distautograd.protocol.v1 import messages_pb2 as pb
 
 log = logging.getLogger("distautograd")
 

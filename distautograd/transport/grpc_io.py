@@ -15,7 +15,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from distautograd import errors
 from distautograd.transport.link import MAX_MESSAGE_BYTES, Link
 from distautograd.transport.security import Security, TokenCheck
-from distautograd.v1 import wire_pb2 as pb
+from distautograd.protocol.v1 import messages_pb2 as pb
 
 log = logging.getLogger("distautograd")
 
@@ -39,7 +39,7 @@ _SERVER_OPTIONS = _OPTIONS + [
 ]
 
 
-class GrpcWire:
+class GrpcStreamTransport:
     """Frames over a gRPC stream. Attachments ride inline when small; otherwise they follow their
     frame as Chunk frames, so no single gRPC message exceeds the configured limit."""
 
@@ -49,7 +49,7 @@ class GrpcWire:
         self.link = link
         self._outbox: "queue.SimpleQueue[Any]" = queue.SimpleQueue()
         self._incoming: Optional[_Incoming] = None
-        link.wire = self
+        link.transport = self
 
     def send(self, frame_id: int, kind: str, message, attachments: Sequence[Any]) -> None:
         views = [a if isinstance(a, bytes) else memoryview(a).cast("B") for a in attachments]
@@ -215,15 +215,15 @@ def _status_error(exc: grpc.RpcError, peer: str) -> errors.RpcError:
 
 def open_stream(chan: grpc.Channel, method: str, link: Link, metadata: Iterable) -> grpc.Future:
     """Runs ``link`` over a new client stream; a thread feeds it what arrives until the stream ends."""
-    wire = GrpcWire(link)
+    stream = GrpcStreamTransport(link)
     call = chan.stream_stream(
         method, request_serializer=pb.Frame.SerializeToString, response_deserializer=pb.Frame.FromString
-    )(wire.frames(), metadata=tuple(metadata))
+    )(stream.frames(), metadata=tuple(metadata))
 
     def pump() -> None:
         try:
             for frame in call:
-                wire.receive(frame)
+                stream.receive(frame)
                 del frame  # not kept alive while waiting for the next one
             link.close(errors.Unavailable(f"{link.peer} closed the connection"))
         except grpc.RpcError as exc:
@@ -253,7 +253,7 @@ def serve_stream(raw_frames: Iterable[bytes], context: grpc.ServicerContext, lin
     INVALID_ARGUMENT instead of an internal error, and the server goes on serving everyone else.
     """
 
-    wire = GrpcWire(link)
+    stream = GrpcStreamTransport(link)
 
     def pump() -> None:
         try:
@@ -263,7 +263,7 @@ def serve_stream(raw_frames: Iterable[bytes], context: grpc.ServicerContext, lin
                 except DecodeError as exc:
                     link.fail_protocol(f"undecodable frame ({exc})")
                     return
-                wire.receive(frame)
+                stream.receive(frame)
                 del frame, raw  # not kept alive while waiting for the next one
                 if link.closed:
                     return
@@ -277,7 +277,7 @@ def serve_stream(raw_frames: Iterable[bytes], context: grpc.ServicerContext, lin
 
     context.add_callback(lambda: link.close(errors.Unavailable(f"connection to {link.peer} lost")))
     threading.Thread(target=pump, name=f"distautograd-recv-{link.peer}", daemon=True).start()
-    for frame in wire.frames():
+    for frame in stream.frames():
         yield frame.SerializeToString()
     if link.fatal is not None:
         context.abort(link.fatal.code, str(link.fatal))

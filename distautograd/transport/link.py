@@ -1,8 +1,8 @@
 """Requests and responses multiplexed over one connection: pending calls, deadlines, delivery.
 
 Both ends of a connection hold a Link. Either may send requests; each response names the
-request it answers. How frames move is the wire's business: a gRPC stream (grpc_io.GrpcWire)
-or a socket (sockets.SocketWire); the Link only needs ``wire.send`` and ``wire.close``.
+request it answers. How frames move is the wire's business: a gRPC stream (grpc_io.GrpcStreamTransport)
+or a socket (sockets.SocketTransport); the Link only needs ``wire.send`` and ``wire.close``.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import Any, Callable, List, Optional, Sequence, Tuple
 
 from distautograd import errors
 from distautograd.transport.deadlines import Deadlines
-from distautograd.v1 import wire_pb2 as pb
+from distautograd.protocol.v1 import messages_pb2 as pb
 
 log = logging.getLogger("distautograd")
 
@@ -49,7 +49,7 @@ class Link:
     ):
         self.peer = peer
         self.peer_rank = -1
-        self.wire = None  # set by whoever opens the connection
+        self.transport = None  # set by whoever opens the connection
         self.max_attachment_bytes = max_attachment_bytes
         self._on_request = on_request
         self._deadlines = deadlines
@@ -89,7 +89,7 @@ class Link:
             complete(None, None, closed)
             return
         try:
-            self.wire.send(frame_id, "request", request, attachments)
+            self.transport.send(frame_id, "request", request, attachments)
         except BaseException as exc:
             self._fail_pending(frame_id, exc if isinstance(exc, errors.RpcError) else errors.Unavailable(
                 f"could not send to {self.peer}: {exc}"))
@@ -98,14 +98,14 @@ class Link:
         """Sends a request that gets no response."""
         if self._closed is None:
             try:
-                self.wire.send(0, "request", request, attachments)
+                self.transport.send(0, "request", request, attachments)
             except Exception as exc:
                 log.debug("notification to %s lost: %s", self.peer, exc)
 
     def respond(self, frame_id: int, response: pb.Response, attachments: Sequence[Any] = ()) -> None:
         if frame_id and self._closed is None:
             try:
-                self.wire.send(frame_id, "response", response, attachments)
+                self.transport.send(frame_id, "response", response, attachments)
             except Exception as exc:
                 log.debug("response to %s lost: %s", self.peer, exc)
 
@@ -179,8 +179,8 @@ class Link:
                 return
             self._closed = error
             pending, self._pending = self._pending, {}
-        if self.wire is not None:
-            self.wire.close()
+        if self.transport is not None:
+            self.transport.close()
         for complete, handle in pending.values():
             if handle is not None:
                 self._deadlines.cancel(handle)

@@ -23,7 +23,7 @@ from google.protobuf.message import DecodeError
 from distautograd import errors
 from distautograd.transport import security, shm
 from distautograd.transport.link import Link
-from distautograd.v1 import wire_pb2 as pb
+from distautograd.protocol.v1 import messages_pb2 as pb
 
 log = logging.getLogger("distautograd")
 
@@ -118,7 +118,7 @@ def _write_message(sock: socket.socket, message) -> None:
     _send_all(sock, [_LENGTH.pack(len(data)), data])
 
 
-class SocketWire:
+class SocketTransport:
     """Frames over one connected socket."""
 
     def __init__(self, link: Link, sock: socket.socket, pool: Optional[shm.SegmentPool]):
@@ -130,7 +130,7 @@ class SocketWire:
         self._shared_with_peer: set = set()
         self._send_lock = threading.Lock()
         self._closed = False
-        link.wire = self
+        link.transport = self
 
     @property
     def kind(self) -> str:

@@ -12,12 +12,12 @@ from typing import Any, Sequence
 
 from distautograd import errors
 from distautograd.transport.link import Link
-from distautograd.v1 import wire_pb2 as pb
+from distautograd.protocol.v1 import messages_pb2 as pb
 
 _STOP = object()
 
 
-class LoopbackWire:
+class LocalTransport:
     kind = "local"
 
     def __init__(self, link: Link, peer: Link):
@@ -25,7 +25,7 @@ class LoopbackWire:
         self._peer = peer
         self._queue: "queue.SimpleQueue" = queue.SimpleQueue()
         self._closed = False
-        link.wire = self
+        link.transport = self
         threading.Thread(target=self._deliver, name=f"distautograd-local-{peer.peer}", daemon=True).start()
 
     def send(self, frame_id: int, kind: str, message, attachments: Sequence[Any]) -> None:
@@ -50,5 +50,5 @@ class LoopbackWire:
 
 def connect(a: Link, b: Link) -> None:
     """Joins two Links: what one sends, the other receives."""
-    LoopbackWire(a, b)
-    LoopbackWire(b, a)
+    LocalTransport(a, b)
+    LocalTransport(b, a)

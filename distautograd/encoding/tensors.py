@@ -8,7 +8,7 @@ from typing import Any, List, MutableSequence, Sequence
 import torch
 
 from distautograd.errors import InvalidArgument
-from distautograd.v1 import wire_pb2 as pb
+from distautograd.protocol.v1 import messages_pb2 as pb
 
 DTYPES: dict[str, torch.dtype] = {
     str(value).removeprefix("torch."): value for value in vars(torch).values() if isinstance(value, torch.dtype)

@@ -3,7 +3,7 @@
 import grpc
 import warnings
 
-from distautograd.v1 import wire_pb2 as distautograd_dot_v1_dot_wire__pb2
+from distautograd.protocol.v1 import messages_pb2 as distautograd_dot_protocol_dot_v1_dot_messages__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__
@@ -18,7 +18,7 @@ except ImportError:
 if _version_not_supported:
     raise RuntimeError(
         f'The grpc package installed is at version {GRPC_VERSION},'
-        + ' but the generated code in distautograd/v1/wire_pb2_grpc.py depends on'
+        + ' but the generated code in distautograd/protocol/v1/messages_pb2_grpc.py depends on'
         + f' grpcio>={GRPC_GENERATED_VERSION}.'
         + f' Please upgrade your grpc module to grpcio>={GRPC_GENERATED_VERSION}'
         + f' or downgrade your generated code using grpcio-tools<={GRPC_VERSION}.'
@@ -36,18 +36,18 @@ class CoordinatorStub:
         """
         self.Connect = channel.stream_stream(
                 '/distautograd.v1.Coordinator/Connect',
-                request_serializer=distautograd_dot_v1_dot_wire__pb2.Frame.SerializeToString,
-                response_deserializer=distautograd_dot_v1_dot_wire__pb2.Frame.FromString,
+                request_serializer=distautograd_dot_protocol_dot_v1_dot_messages__pb2.Frame.SerializeToString,
+                response_deserializer=distautograd_dot_protocol_dot_v1_dot_messages__pb2.Frame.FromString,
                 _registered_method=True)
         self.Status = channel.unary_unary(
                 '/distautograd.v1.Coordinator/Status',
-                request_serializer=distautograd_dot_v1_dot_wire__pb2.StatusRequest.SerializeToString,
-                response_deserializer=distautograd_dot_v1_dot_wire__pb2.StatusReply.FromString,
+                request_serializer=distautograd_dot_protocol_dot_v1_dot_messages__pb2.StatusRequest.SerializeToString,
+                response_deserializer=distautograd_dot_protocol_dot_v1_dot_messages__pb2.StatusReply.FromString,
                 _registered_method=True)
         self.GetEndpoints = channel.unary_unary(
                 '/distautograd.v1.Coordinator/GetEndpoints',
-                request_serializer=distautograd_dot_v1_dot_wire__pb2.Empty.SerializeToString,
-                response_deserializer=distautograd_dot_v1_dot_wire__pb2.Endpoints.FromString,
+                request_serializer=distautograd_dot_protocol_dot_v1_dot_messages__pb2.Empty.SerializeToString,
+                response_deserializer=distautograd_dot_protocol_dot_v1_dot_messages__pb2.Endpoints.FromString,
                 _registered_method=True)
 
 
@@ -77,18 +77,18 @@ def add_CoordinatorServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'Connect': grpc.stream_stream_rpc_method_handler(
                     servicer.Connect,
-                    request_deserializer=distautograd_dot_v1_dot_wire__pb2.Frame.FromString,
-                    response_serializer=distautograd_dot_v1_dot_wire__pb2.Frame.SerializeToString,
+                    request_deserializer=distautograd_dot_protocol_dot_v1_dot_messages__pb2.Frame.FromString,
+                    response_serializer=distautograd_dot_protocol_dot_v1_dot_messages__pb2.Frame.SerializeToString,
             ),
             'Status': grpc.unary_unary_rpc_method_handler(
                     servicer.Status,
-                    request_deserializer=distautograd_dot_v1_dot_wire__pb2.StatusRequest.FromString,
-                    response_serializer=distautograd_dot_v1_dot_wire__pb2.StatusReply.SerializeToString,
+                    request_deserializer=distautograd_dot_protocol_dot_v1_dot_messages__pb2.StatusRequest.FromString,
+                    response_serializer=distautograd_dot_protocol_dot_v1_dot_messages__pb2.StatusReply.SerializeToString,
             ),
             'GetEndpoints': grpc.unary_unary_rpc_method_handler(
                     servicer.GetEndpoints,
-                    request_deserializer=distautograd_dot_v1_dot_wire__pb2.Empty.FromString,
-                    response_serializer=distautograd_dot_v1_dot_wire__pb2.Endpoints.SerializeToString,
+                    request_deserializer=distautograd_dot_protocol_dot_v1_dot_messages__pb2.Empty.FromString,
+                    response_serializer=distautograd_dot_protocol_dot_v1_dot_messages__pb2.Endpoints.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -116,8 +116,8 @@ class Coordinator:
             request_iterator,
             target,
             '/distautograd.v1.Coordinator/Connect',
-            distautograd_dot_v1_dot_wire__pb2.Frame.SerializeToString,
-            distautograd_dot_v1_dot_wire__pb2.Frame.FromString,
+            distautograd_dot_protocol_dot_v1_dot_messages__pb2.Frame.SerializeToString,
+            distautograd_dot_protocol_dot_v1_dot_messages__pb2.Frame.FromString,
             options,
             channel_credentials,
             insecure,
@@ -143,8 +143,8 @@ class Coordinator:
             request,
             target,
             '/distautograd.v1.Coordinator/Status',
-            distautograd_dot_v1_dot_wire__pb2.StatusRequest.SerializeToString,
-            distautograd_dot_v1_dot_wire__pb2.StatusReply.FromString,
+            distautograd_dot_protocol_dot_v1_dot_messages__pb2.StatusRequest.SerializeToString,
+            distautograd_dot_protocol_dot_v1_dot_messages__pb2.StatusReply.FromString,
             options,
             channel_credentials,
             insecure,
@@ -170,8 +170,8 @@ class Coordinator:
             request,
             target,
             '/distautograd.v1.Coordinator/GetEndpoints',
-            distautograd_dot_v1_dot_wire__pb2.Empty.SerializeToString,
-            distautograd_dot_v1_dot_wire__pb2.Endpoints.FromString,
+            distautograd_dot_protocol_dot_v1_dot_messages__pb2.Empty.SerializeToString,
+            distautograd_dot_protocol_dot_v1_dot_messages__pb2.Endpoints.FromString,
             options,
             channel_credentials,
             insecure,
@@ -194,13 +194,13 @@ class WorkerStub:
         """
         self.Connect = channel.stream_stream(
                 '/distautograd.v1.Worker/Connect',
-                request_serializer=distautograd_dot_v1_dot_wire__pb2.Frame.SerializeToString,
-                response_deserializer=distautograd_dot_v1_dot_wire__pb2.Frame.FromString,
+                request_serializer=distautograd_dot_protocol_dot_v1_dot_messages__pb2.Frame.SerializeToString,
+                response_deserializer=distautograd_dot_protocol_dot_v1_dot_messages__pb2.Frame.FromString,
                 _registered_method=True)
         self.Call = channel.unary_unary(
                 '/distautograd.v1.Worker/Call',
-                request_serializer=distautograd_dot_v1_dot_wire__pb2.Frame.SerializeToString,
-                response_deserializer=distautograd_dot_v1_dot_wire__pb2.Frame.FromString,
+                request_serializer=distautograd_dot_protocol_dot_v1_dot_messages__pb2.Frame.SerializeToString,
+                response_deserializer=distautograd_dot_protocol_dot_v1_dot_messages__pb2.Frame.FromString,
                 _registered_method=True)
 
 
@@ -225,13 +225,13 @@ def add_WorkerServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'Connect': grpc.stream_stream_rpc_method_handler(
                     servicer.Connect,
-                    request_deserializer=distautograd_dot_v1_dot_wire__pb2.Frame.FromString,
-                    response_serializer=distautograd_dot_v1_dot_wire__pb2.Frame.SerializeToString,
+                    request_deserializer=distautograd_dot_protocol_dot_v1_dot_messages__pb2.Frame.FromString,
+                    response_serializer=distautograd_dot_protocol_dot_v1_dot_messages__pb2.Frame.SerializeToString,
             ),
             'Call': grpc.unary_unary_rpc_method_handler(
                     servicer.Call,
-                    request_deserializer=distautograd_dot_v1_dot_wire__pb2.Frame.FromString,
-                    response_serializer=distautograd_dot_v1_dot_wire__pb2.Frame.SerializeToString,
+                    request_deserializer=distautograd_dot_protocol_dot_v1_dot_messages__pb2.Frame.FromString,
+                    response_serializer=distautograd_dot_protocol_dot_v1_dot_messages__pb2.Frame.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -259,8 +259,8 @@ class Worker:
             request_iterator,
             target,
             '/distautograd.v1.Worker/Connect',
-            distautograd_dot_v1_dot_wire__pb2.Frame.SerializeToString,
-            distautograd_dot_v1_dot_wire__pb2.Frame.FromString,
+            distautograd_dot_protocol_dot_v1_dot_messages__pb2.Frame.SerializeToString,
+            distautograd_dot_protocol_dot_v1_dot_messages__pb2.Frame.FromString,
             options,
             channel_credentials,
             insecure,
@@ -286,8 +286,8 @@ class Worker:
             request,
             target,
             '/distautograd.v1.Worker/Call',
-            distautograd_dot_v1_dot_wire__pb2.Frame.SerializeToString,
-            distautograd_dot_v1_dot_wire__pb2.Frame.FromString,
+            distautograd_dot_protocol_dot_v1_dot_messages__pb2.Frame.SerializeToString,
+            distautograd_dot_protocol_dot_v1_dot_messages__pb2.Frame.FromString,
             options,
             channel_credentials,
             insecure,
