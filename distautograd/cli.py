@@ -1,4 +1,8 @@
-"""The ``distautograd`` command: run a coordinator or a worker, ask for status or health, run the demo."""
+"""The ``distautograd`` command: run a coordinator or a worker, ask for status or health, run the demo.
+
+Each command imports what it needs when it runs: ``distautograd health``, a liveness probe run
+every few seconds, must not pay for importing torch.
+"""
 
 from __future__ import annotations
 
@@ -49,7 +53,7 @@ def _wait(stop: threading.Event) -> None:
 
 def _options(args, **extra):
     """BackendOptions from the flags given; unset ones fall back to the environment, then defaults."""
-    from distautograd.config import BackendOptions
+    from distautograd.runtime.options import BackendOptions
 
     values = dict(
         token=args.token, tls_cert=args.tls_cert, tls_key=args.tls_key, tls_ca=args.tls_ca,
@@ -59,16 +63,20 @@ def _options(args, **extra):
 
 
 def cmd_coordinator(args) -> int:
-    from distautograd.coordinator.service import Coordinator
-    from distautograd.transport.grpc_io import Server
+    from distautograd.coordinator.service import Coordinator, Settings
+    from distautograd.transport.grpc_server import Server
 
     stop = _stop_on_signals()
     options = _options(
         args, heartbeat_interval=args.heartbeat_interval, heartbeat_timeout=args.heartbeat_timeout,
         context_ttl=args.context_ttl, allowed_modules=args.allow_module,
     )
-    server = Server(args.host, args.port, _security(args))
-    coordinator = Coordinator(server, options)
+    security = _security(args)
+    server = Server(args.host, args.port, security)
+    coordinator = Coordinator(server, Settings(
+        security=security, heartbeat_interval=options.heartbeat_interval, heartbeat_timeout=options.heartbeat_timeout,
+        context_ttl=options.context_ttl, transport=options.transport, allowed_modules=options.all_allowed_modules(),
+    ))
     server.start()
     print(f"coordinator ready at {args.host}:{server.port}", flush=True)
     _wait(stop)
@@ -97,9 +105,9 @@ def cmd_worker(args) -> int:
     )
     rpc.init_rpc(args.name, rank=args.rank, rpc_backend_options=options)
     info = rpc.get_worker_info()
-    from distautograd.runtime.agent import current_agent
+    from distautograd.runtime import current
 
-    print(f"worker {info.name} ready at {current_agent().address} (rank {info.id})", flush=True)
+    print(f"worker {info.name} ready at {current.get().address} (rank {info.id})", flush=True)
     _wait(stop)
     log.info("worker %s stopping", info.name)
     rpc.shutdown(graceful=False)
@@ -109,18 +117,14 @@ def cmd_worker(args) -> int:
 def cmd_status(args) -> int:
     import grpc
 
-    from distautograd.transport.grpc_io import channel
     from distautograd.protocol.v1 import messages_pb2 as pb
+    from distautograd.protocol.v1.messages_pb2_grpc import CoordinatorStub
+    from distautograd.transport.grpc_server import channel
 
     sec = _security(args)
     with channel(args.coordinator, sec) as chan:
-        status = chan.unary_unary(
-            "/distautograd.v1.Coordinator/Status",
-            request_serializer=pb.StatusRequest.SerializeToString,
-            response_deserializer=pb.StatusReply.FromString,
-        )
         try:
-            reply = status(pb.StatusRequest(), metadata=sec.metadata(), timeout=args.timeout)
+            reply = CoordinatorStub(chan).Status(pb.StatusRequest(), metadata=sec.metadata(), timeout=args.timeout)
         except grpc.RpcError as exc:
             print(f"error: {args.coordinator}: {exc.code().name}: {exc.details()}", file=sys.stderr)
             return 1
@@ -146,7 +150,7 @@ def cmd_health(args) -> int:
     import grpc
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-    from distautograd.transport.grpc_io import channel
+    from distautograd.transport.grpc_server import channel
 
     with channel(args.address, _security(args)) as chan:
         try:

@@ -8,7 +8,6 @@ batch's gradients are compared with the same model run in one process by plain t
 from __future__ import annotations
 
 import os
-import socket
 import sys
 import time
 from typing import List
@@ -19,6 +18,7 @@ import torch.multiprocessing as mp
 from distautograd import autograd as dist_autograd
 from distautograd import rpc
 from distautograd.optim import DistributedOptimizer
+from distautograd.runtime.rendezvous import free_port
 
 STAGES = 3
 WIDTH = 64
@@ -153,9 +153,7 @@ def _run_rank(rank: int, world_size: int, port: int, steps: int, check_every: in
 
 
 def main(steps: int = 300, check_every: int = 50) -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     world_size = STAGES + 1
     print(f"starting a coordinator and {world_size} processes on this machine (trainer + {STAGES} stages)...", flush=True)
     ctx = mp.get_context("spawn")

@@ -22,13 +22,13 @@ import dataclasses
 import functools
 import logging
 import os
-import socket
 import sys
 import traceback
 from typing import Callable, Dict, Optional, Sequence
 
 from distautograd import rpc
-from distautograd.config import COORDINATOR_ENV, BackendOptions
+from distautograd.runtime.options import COORDINATOR_ENV, BackendOptions
+from distautograd.runtime.rendezvous import free_port
 
 Program = Callable[[], object]
 
@@ -127,9 +127,7 @@ def _entry(rank: int, roles: Sequence[str], programs: Dict[str, Program], port: 
 def _spawn(roles: Sequence[str], programs: Dict[str, Program], options) -> int:
     import torch.multiprocessing as mp
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     results = mp.get_context("spawn").SimpleQueue()
     mp.start_processes(_entry, args=(roles, programs, port, options, results), nprocs=len(roles), start_method="spawn")
     codes = [results.get()[1] for _ in range(len(roles))]

@@ -1,16 +1,17 @@
-"""A pytest plugin for integration tests: ``local_cluster`` runs a coordinator and workers as real processes.
+"""Real clusters on this machine for tests and tools: a coordinator and workers as processes, reaped whatever happens.
 
-Every process binds a free port and reports "... ready at ADDRESS" before the test goes on;
-all of them are stopped (SIGTERM, then SIGKILL) when the test ends, even when it fails.
+Every process binds a free port and reports "... ready at ADDRESS" before the caller goes on;
+all of them are stopped (SIGTERM, then SIGKILL) by ``Cluster.stop``, and any left at exit are
+killed. ``distautograd.pytest_plugin`` offers this as the ``local_cluster`` fixture.
 
 Example::
 
-    def test_add(local_cluster):
-        rpc.init_rpc("trainer", rpc_backend_options=local_cluster.options())
-        try:
-            assert rpc.rpc_sync(local_cluster.workers[0].name, torch.add, args=(1, 2)) == 3
-        finally:
-            rpc.shutdown()
+    cluster = start_cluster(2)
+    try:
+        rpc.init_rpc("trainer", rpc_backend_options=cluster.options())
+        ...
+    finally:
+        cluster.stop()
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Dict, Iterable, List, Optional, Sequence
 
-import pytest
+from distautograd.runtime.options import BackendOptions
 
 _READY = re.compile(r"(?:coordinator|worker (?P<name>\S+)) ready at (?P<address>\S+)(?: \(rank (?P<rank>\d+)\))?")
 _live: List["Process"] = []
@@ -148,8 +149,6 @@ class Cluster:
 
     def options(self, **overrides):
         """BackendOptions for joining this cluster from the test process."""
-        from distautograd.config import BackendOptions
-
         values = dict(coordinator=self.coordinator, token=self.token, allowed_modules=self.allowed_modules)
         values.update(overrides)
         return BackendOptions(**values)
@@ -217,23 +216,3 @@ def start_cluster(
             process.stop()
         raise
     return Cluster(address, coordinator, started, token, allowed)
-
-
-def pytest_configure(config) -> None:
-    config.addinivalue_line(
-        "markers", "local_cluster(workers=2, **kwargs): how the local_cluster fixture starts its cluster"
-    )
-
-
-@pytest.fixture
-def local_cluster(request):
-    """A coordinator and workers (2 unless ``@pytest.mark.local_cluster(workers=N, ...)`` says otherwise)."""
-    marker = request.node.get_closest_marker("local_cluster")
-    kwargs = dict(marker.kwargs) if marker else {}
-    if marker and marker.args:
-        kwargs.setdefault("workers", marker.args[0])
-    cluster = start_cluster(**kwargs)
-    try:
-        yield cluster
-    finally:
-        cluster.stop()

@@ -1,30 +1,27 @@
-"""Shared fixtures: a session cluster (coordinator + 2 CLI workers) this process joins, and a leak check."""
+"""What every tier shares: a check that no test leaves a process behind, and each tier's time limit.
+
+The tiers: unit/ (one process, no sockets), cluster/ (real processes and sockets), deploy/ (the
+compose file and the deployment files). Helpers live in tests/helpers/.
+"""
 
 from __future__ import annotations
 
 import os
+import pathlib
 
 import pytest
 
-from distautograd.testing import start_cluster
+# Per test, by tier; the global limit in pyproject.toml bounds them all. A test that waits longer for
+# its processes says so with its own @pytest.mark.timeout.
+TIER_TIMEOUTS = {"unit": 60, "cluster": 300, "deploy": 900}
 
 
-@pytest.fixture(scope="session")
-def cluster():
-    """A coordinator and workers worker1..worker3 as real processes; they may run tests.* functions."""
-    c = start_cluster(3, allowed_modules=["tests"])
-    yield c
-    c.stop()
-
-
-@pytest.fixture(scope="session")
-def trainer(cluster):
-    """This test process, joined to the session cluster as 'trainer'."""
-    from distautograd import rpc
-
-    rpc.init_rpc("trainer", rpc_backend_options=cluster.options(rpc_timeout=30))
-    yield rpc.get_worker_info()
-    rpc.shutdown(graceful=False)
+def pytest_collection_modifyitems(config, items) -> None:
+    here = pathlib.Path(__file__).parent
+    for item in items:
+        tier = pathlib.Path(str(item.fspath)).relative_to(here).parts[0]
+        if tier in TIER_TIMEOUTS and item.get_closest_marker("timeout") is None:
+            item.add_marker(pytest.mark.timeout(TIER_TIMEOUTS[tier]))
 
 
 def _children(pid: int) -> list:

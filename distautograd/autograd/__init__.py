@@ -6,13 +6,7 @@ from typing import Dict, List
 
 import torch
 
-
-
-def current_agent():
-    # imported here: the runtime imports this package's modules, so this package must not import it first
-    from distautograd.runtime.agent import current_agent as agent
-
-    return agent()
+from distautograd.runtime import current
 
 
 class context:
@@ -24,19 +18,21 @@ class context:
     """
 
     def __enter__(self) -> int:
-        self._ctx = current_agent().contexts.create()
+        self._ctx = current.get().contexts.create()
         return self._ctx.id
 
     def __exit__(self, *exc) -> None:
-        current_agent().contexts.exit(self._ctx)
+        current.get().contexts.exit(self._ctx)
 
 
-def backward(context_id: int, roots: List[torch.Tensor], retain_graph: bool = False) -> None:
+def backward(context_id: int, roots: List[torch.Tensor], retain_graph: bool = False, create_graph: bool = False) -> None:
     """Computes the gradients of ``roots`` (scalars) on every worker, each autograd node once.
 
     Leaf gradients accumulate in the context on the worker that holds the leaf; read them there
-    with ``get_gradients(context_id)``. ``.grad`` is never touched. Raises, naming the worker, if
-    any backward function fails anywhere or a worker dies during the pass.
+    with ``get_gradients(context_id)``. ``.grad`` is never touched. Raises RuntimeError, naming
+    the worker, if any backward function fails anywhere or a worker dies during the pass.
+    ``create_graph=True`` makes the gradients differentiable (beyond torch): a second backward
+    through them crosses workers as the first did.
 
     Example::
 
@@ -44,32 +40,36 @@ def backward(context_id: int, roots: List[torch.Tensor], retain_graph: bool = Fa
         ...     loss = rpc.rpc_sync("worker1", torch.add, args=(t1, t2)).sum()
         ...     dist_autograd.backward(context_id, [loss])
     """
-    agent = current_agent()
-    agent.engine.backward(agent.contexts.get(context_id), roots, retain_graph)
+    if not isinstance(context_id, int) or isinstance(context_id, bool):
+        raise TypeError(f"backward(): incompatible function arguments: context_id must be an int, "
+                        f"got {type(context_id).__name__}")
+    agent = current.get()
+    agent.backward.backward(agent.contexts.get(context_id), roots, retain_graph, create_graph)
 
 
 def get_gradients(context_id: int) -> Dict[torch.Tensor, torch.Tensor]:
     """This worker's accumulated gradients in the context: {leaf tensor: gradient}."""
-    return current_agent().contexts.get(context_id).gradients()
+    return current.get().contexts.get(context_id).gradients()
 
 
 def _is_valid_context(context_id: int) -> None:
-    current_agent().contexts.get(context_id)
+    current.get().contexts.get(context_id)
 
 
 def _current_context():
-    ctx = current_agent().contexts.current()
+    ctx = current.get().contexts.current()
     if ctx is None:
-        raise RuntimeError("this thread has no distributed autograd context")
+        raise RuntimeError("Current thread doesn't have a valid autograd context. Please wrap your code using: "
+                           "`with torch.distributed.autograd.context() as context_id` to generate a valid context")
     return ctx
 
 
 def _get_debug_info() -> Dict[str, int]:
     """Live contexts and backward passes in flight on this worker (both return to 0 after cleanup)."""
-    agent = current_agent()
+    agent = current.get()
     return {
         "num_autograd_contexts": agent.contexts.count(),
-        "num_current_backward_passes": agent.engine.passes_in_flight(),
+        "num_current_backward_passes": agent.backward.passes_in_flight(),
     }
 
 

@@ -9,20 +9,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
 import time
 from typing import Dict, List
 
+from distautograd.runtime.rendezvous import free_port
+
 FRAMEWORKS = ("torch", "distautograd")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def run_world(framework: str, workload: str, names: List[str], params: dict, transport: str = "auto") -> dict:

@@ -1,1 +1,1 @@
-"""The control plane: membership, barriers, the registry of contexts, and the driver of every backward pass."""
+"""The control plane: membership and barriers, the records of contexts and passes, and aborting passes when workers go."""

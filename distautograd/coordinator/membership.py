@@ -151,7 +151,7 @@ class Membership:
 
     def _broadcast(self, snapshot: pb.WorldUpdate) -> None:
         for member in self.members():
-            member.link.notify(pb.Request(world_update=snapshot))
+            member.link.try_notify(pb.Request(world_update=snapshot))
 
     # ------------------------------------------------------------------ barriers
 

@@ -1,4 +1,4 @@
-"""The coordinator as a gRPC service: a stream per member, its requests dispatched, heartbeats watched."""
+"""The coordinator as a service: a connection per member, its requests dispatched, heartbeats watched, passes aborted on departures."""
 
 from __future__ import annotations
 
@@ -6,36 +6,46 @@ import logging
 import threading
 import time
 from concurrent.futures import Future
-from typing import Optional
+from dataclasses import dataclass
+from typing import Dict, Optional, Sequence
 
 import grpc
 
 from distautograd import errors
-from distautograd.config import BackendOptions
-from distautograd.coordinator.contexts import ContextRegistry
-from distautograd.coordinator.driver import BackwardDriver
+from distautograd.coordinator.context_registry import ContextRegistry
 from distautograd.coordinator.membership import Membership
-from distautograd.transport import grpc_io, local, sockets
+from distautograd.coordinator.passes import PassRegistry
+from distautograd.encoding.pickling import Allowlist
+from distautograd.protocol import COORDINATOR_SERVICE
+from distautograd.protocol.v1 import messages_pb2 as pb
+from distautograd.transport import grpc_server, grpc_stream, local, sockets
 from distautograd.transport.deadlines import Deadlines
 from distautograd.transport.dispatch import Dispatcher
 from distautograd.transport.link import Link
-from distautograd.protocol.v1 import messages_pb2 as pb
-from distautograd.encoding.pickling import Allowlist
+from distautograd.transport.security import Security
 
 log = logging.getLogger("distautograd")
 
-SERVICE = "distautograd.v1.Coordinator"
+
+@dataclass(frozen=True)
+class Settings:
+    security: Security
+    heartbeat_interval: float = 1.0
+    heartbeat_timeout: float = 10.0
+    context_ttl: float = 30.0
+    transport: str = "auto"
+    allowed_modules: Sequence[str] = ()
 
 
 class Coordinator:
-    def __init__(self, server: grpc_io.Server, options: BackendOptions):
-        self.options = options
-        security = options.security()
+    def __init__(self, server: grpc_server.Server, settings: Settings):
+        self.settings = settings
         self.deadlines = Deadlines("distautograd-coordinator-deadlines")
-        self.resolve_type = Allowlist(options.all_allowed_modules()).resolve
+        self.resolve_type = Allowlist(settings.allowed_modules).resolve
         self.contexts = ContextRegistry()
-        self.driver = BackwardDriver(self)
+        self.passes = PassRegistry()
         self.membership = Membership(self._on_departed)
+        self._left: Dict[Link, bool] = {}
         self._stopped = threading.Event()
         self._dispatch = Dispatcher(
             "coordinator",
@@ -46,17 +56,16 @@ class Coordinator:
                     "heartbeat": self._heartbeat,
                     "leave": self._leave,
                     "barrier": self._barrier,
-                    "start_backward": self._start_backward,
-                    "pass_finished": self._pass_finished,
+                    "pass_event": self._pass_event,
                     "context_event": self._context_event,
                 }.items()
             },
             check=self._joined_first,
         )
         server.add_service(
-            SERVICE,
+            COORDINATOR_SERVICE,
             {
-                "Connect": grpc_io.raw_stream_handler(self._serve),
+                "Connect": grpc_server.raw_stream_handler(self._serve),
                 "Status": grpc.unary_unary_rpc_method_handler(
                     self._status,
                     request_deserializer=pb.StatusRequest.FromString,
@@ -71,7 +80,7 @@ class Coordinator:
         )
         # Members may also reach the coordinator over a socket: control messages cost far less there.
         self.listener = sockets.Listener.for_options(
-            "coordinator", security, self._accept_socket, server.host, options.transport
+            "coordinator", settings.security, self._accept_socket, server.host, settings.transport
         )
         self.endpoints = pb.Endpoints(
             socket_port=self.listener.tcp_port if self.listener else 0,
@@ -80,16 +89,15 @@ class Coordinator:
         )
         threading.Thread(target=self._watch_heartbeats, name="distautograd-heartbeat-watch", daemon=True).start()
 
-    # ------------------------------------------------------------------ streams
+    # ------------------------------------------------------------------ connections
 
     def _new_link(self) -> Link:
         link = Link("a worker that has not joined yet", self._dispatch, self.deadlines, resolve_type=self.resolve_type)
-        link.left = False
         link.on_close.append(lambda error: self._closed(link, error))
         return link
 
     def _serve(self, raw_frames, context):
-        yield from grpc_io.serve_stream(raw_frames, context, self._new_link(), lambda: None)
+        yield from grpc_stream.serve_stream(raw_frames, context, self._new_link(), lambda: None)
 
     def _accept_socket(self, sock, hello: pb.Hello) -> None:
         sockets.SocketTransport(self._new_link(), sock, None).start()
@@ -99,7 +107,8 @@ class Coordinator:
         local.connect(link, self._new_link())
 
     def _closed(self, link: Link, error: BaseException) -> None:
-        if link.peer_rank >= 0 and not link.left and not self._stopped.is_set():
+        left = self._left.pop(link, False)
+        if link.peer_rank >= 0 and not left and not self._stopped.is_set():
             member = self.membership.member(link.peer_rank)
             if member is not None and member.link is link:
                 self.membership.depart(link.peer_rank, f"connection lost ({error})", failed=True)
@@ -116,24 +125,26 @@ class Coordinator:
             raise errors.FailedPrecondition("this stream has already joined")
         snapshot = self.membership.join(link, join)
         return pb.Response(join=pb.JoinReply(
-            rank=link.peer_rank, world=snapshot, heartbeat_interval=self.options.heartbeat_interval
+            rank=link.peer_rank, world=snapshot, heartbeat_interval=self.settings.heartbeat_interval
         ))
 
     def _heartbeat(self, link: Link, body: pb.Heartbeat, attachments=()) -> None:
         self.membership.heartbeat(link.peer_rank)
 
     def _leave(self, link: Link, body: pb.Leave, attachments=()) -> None:
-        link.left = True
+        self._left[link] = True
         self.membership.depart(link.peer_rank, "shut down" if body.graceful else "stopped", failed=False)
 
     def _barrier(self, link: Link, body: pb.Barrier, attachments=()) -> Future:
         return self.membership.barrier(link.peer_rank, body.name)
 
-    def _start_backward(self, link: Link, body: pb.StartBackward, attachments=()) -> Future:
-        return self.driver.start(link.peer_rank, body)
-
-    def _pass_finished(self, link: Link, body: pb.PassFinished, attachments=()) -> None:
-        self.driver.finished(link.peer_rank, body)
+    def _pass_event(self, link: Link, event: pb.PassEvent, attachments=()) -> None:
+        if event.ended:
+            self.passes.ended(event)
+            self.contexts.pass_ended(event.context_id, event.leaves)
+        else:
+            self.passes.started(link.peer_rank, event)
+            self.contexts.pass_began(event.context_id, event.participants)
 
     def _context_event(self, link: Link, body: pb.ContextEvent, attachments=()) -> None:
         for context_id in body.closed:
@@ -146,23 +157,34 @@ class Coordinator:
                 pb.WorkerStatus(worker=m.entry, seconds_since_heartbeat=now - m.last_seen)
                 for m in self.membership.members()
             ],
-            contexts=self.contexts.status(),
+            contexts=self.contexts.status(self.passes.in_flight),
             departed=self.membership.departed(),
         )
 
     # ------------------------------------------------------------------ failures
 
     def _on_departed(self, departure: pb.Departure) -> None:
-        self.driver.on_departed(departure)
+        how = "died" if departure.failed else "left"
+        for record in self.passes.involving(departure.rank):
+            error = errors.Unavailable(
+                f"worker '{departure.name}' (rank {departure.rank}) {how} during the backward pass of context "
+                f"{record.context_id}: {departure.reason}", worker=departure.name)
+            abort = pb.Request(abort_backward=pb.AbortBackward(
+                context_id=record.context_id, pass_id=record.pass_id, error=errors.to_proto(error, "coordinator")))
+            for rank in record.participants - {departure.rank}:
+                member = self.membership.member(rank)
+                if member is not None:
+                    member.link.try_notify(abort)
         orphans = self.contexts.on_departed(departure.rank)
         if orphans:
-            self.deadlines.schedule(self.options.context_ttl, lambda: [self.contexts.closed(c) for c in orphans])
+            self.deadlines.schedule(self.settings.context_ttl, lambda: [self.contexts.closed(c) for c in orphans])
 
     def _watch_heartbeats(self) -> None:
-        interval = max(0.05, min(self.options.heartbeat_interval, self.options.heartbeat_timeout / 4))
+        settings = self.settings
+        interval = max(0.05, min(settings.heartbeat_interval, settings.heartbeat_timeout / 4))
         while not self._stopped.wait(interval):
-            for member in self.membership.stale(self.options.heartbeat_timeout):
-                reason = f"no heartbeat for {self.options.heartbeat_timeout:g} s"
+            for member in self.membership.stale(settings.heartbeat_timeout):
+                reason = f"no heartbeat for {settings.heartbeat_timeout:g} s"
                 self.membership.depart(member.entry.rank, reason, failed=True)
                 member.link.close(errors.Unavailable(reason))
 
@@ -176,7 +198,6 @@ class Coordinator:
         self._stopped.set()
         if self.listener is not None:
             self.listener.close()
-        self.driver.stop()
         for member in self.membership.members():
             member.link.close(errors.Unavailable("the coordinator is shutting down"))
         self.deadlines.stop()

@@ -9,7 +9,6 @@ its module is even imported.
 
 from __future__ import annotations
 
-import builtins
 import importlib
 import inspect
 import io
@@ -260,8 +259,3 @@ def loads(data: bytes, allowlist: Allowlist, persistent_load: Callable[[int], An
         raise
     except Exception as exc:  # anything a corrupt pickle makes the unpickler raise
         raise InvalidArgument(f"malformed pickle: {type(exc).__name__}: {exc}") from exc
-
-
-def builtin_exception(name: str) -> Optional[type]:
-    kind = getattr(builtins, name, None)
-    return kind if isinstance(kind, type) and issubclass(kind, BaseException) else None

@@ -66,8 +66,9 @@ def check_sendable(tensor: torch.Tensor) -> None:
         )
 
 
-def encode(tensor: torch.Tensor, attachments: MutableSequence[Any]) -> pb.TensorMeta:
-    """Describes ``tensor`` and appends its bytes to ``attachments``."""
+def encode(tensor: torch.Tensor, attachments: MutableSequence[Any], compact_zeros: bool = False) -> pb.TensorMeta:
+    """Describes ``tensor`` and appends its bytes to ``attachments``. With ``compact_zeros``, a
+    tensor of zeros travels as its dtype and shape alone (gradients behind an inactive ReLU)."""
     check_sendable(tensor)
     meta = pb.TensorMeta(
         dtype=_NAMES[tensor.dtype],
@@ -75,6 +76,9 @@ def encode(tensor: torch.Tensor, attachments: MutableSequence[Any]) -> pb.Tensor
         requires_grad=tensor.requires_grad,
         parameter=type(tensor) is not torch.Tensor and isinstance(tensor, torch.nn.Parameter),
     )
+    if compact_zeros and not tensor.requires_grad and not tensor.is_quantized and tensor.numel() and not tensor.any():
+        meta.zeros = True
+        return meta
     if tensor.is_quantized:
         meta.quantization.CopyFrom(_encode_quantization(tensor, attachments))
         tensor = tensor.int_repr()
@@ -90,6 +94,8 @@ def decode(meta: pb.TensorMeta, attachments: Sequence[Any]) -> torch.Tensor:
     shape = list(meta.shape)
     if any(size < 0 for size in shape):
         raise InvalidArgument(f"tensor shape {shape} has a negative size")
+    if meta.zeros:
+        return torch.zeros(shape, dtype=dtype)
     data = _attachment(attachments, meta.attachment)
     expected = math.prod(shape) * _element_size(dtype)
     if len(data) != expected:

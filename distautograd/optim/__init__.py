@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-import threading
 from collections import defaultdict
 from typing import Any, Dict, List
 
 from distautograd import autograd as dist_autograd
 from distautograd import rpc
-from distautograd.runtime.rrefs import RRef
 from distautograd.encoding.pickling import trusted_global
-
-# Steps on one worker are serialized, whatever optimizer they belong to, as torch's are.
-_step_lock = threading.Lock()
+from distautograd.engine import slots
+from distautograd.runtime.rrefs import RRef
 
 
 class _LocalOptimizer:
@@ -22,7 +19,9 @@ class _LocalOptimizer:
 
     def step(self, context_id: int) -> None:
         grads = dist_autograd.get_gradients(context_id)
-        with _step_lock:
+        # Steps on one worker are serialized, whatever optimizer they belong to, as torch's are; and
+        # .grad is borrowed under the same lock passes use when leaves accumulate (engine.slots).
+        with slots.LOCK:
             for param in self._params:
                 param.grad = grads.get(param)
             try:

@@ -1,6 +1,6 @@
 """torch.distributed.rpc's public surface, served over gRPC: change the import, keep the program."""
 
-from distautograd.config import BackendOptions, TensorPipeRpcBackendOptions
+from distautograd.runtime.options import BackendOptions, TensorPipeRpcBackendOptions
 from distautograd.rpc import functions
 from distautograd.rpc.api import (
     BackendType,

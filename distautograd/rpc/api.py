@@ -10,11 +10,10 @@ from typing import Any, Callable, Optional
 
 import torch
 
-from distautograd.config import BackendOptions
-from distautograd.runtime import agent as _agent_module
-from distautograd.runtime.agent import Agent, current_agent, install, validate_name, validate_rank
-from distautograd.runtime.calls import failure
-from distautograd.runtime.rrefs import UNSET_TIMEOUT, RRef
+from distautograd.runtime import current
+from distautograd.runtime.agent import Agent, validate_name, validate_rank
+from distautograd.runtime.options import UNSET_TIMEOUT, BackendOptions
+from distautograd.runtime.rrefs import RRef
 from distautograd.runtime.world import Destination, WorkerInfo
 
 
@@ -28,7 +27,7 @@ class BackendType(enum.Enum):
 def _require_initialized(fn: Callable) -> Callable:
     @functools.wraps(fn)
     def guarded(*args, **kwargs):
-        current_agent()  # raises "RPC has not been initialized. Call ... init_rpc first."
+        current.get()  # raises "RPC has not been initialized. Call ... init_rpc first."
         return fn(*args, **kwargs)
 
     return guarded
@@ -73,14 +72,14 @@ def init_rpc(
     options = rpc_backend_options if rpc_backend_options is not None else BackendOptions()
     if not isinstance(options, BackendOptions):
         raise TypeError(f"rpc_backend_options must be a BackendOptions, got {type(options).__name__}")
-    if _agent_module._agent is not None:
+    if current.peek() is not None:
         raise RuntimeError("RPC is already initialized in this process; call shutdown() first")
     agent = Agent(name, options)
-    install(agent)
+    current.install(agent)
     try:
         agent.start(rank, world_size)
     except BaseException:
-        install(None)
+        current.install(None)
         try:
             agent.stop(graceful=False)
         except Exception:
@@ -92,17 +91,17 @@ def init_rpc(
 def shutdown(graceful: bool = True, timeout: float = 0) -> None:
     """Leaves the world. Graceful: waits until every non-daemon worker calls shutdown and all
     outstanding calls everywhere have finished (bounded by ``timeout`` or the rpc timeout)."""
-    agent = current_agent()
+    agent = current.get()
     try:
         agent.stop(graceful, timeout or None)
     finally:
-        install(None)
+        current.install(None)
 
 
 def _shutdown_at_exit() -> None:
-    agent = _agent_module._agent
+    agent = current.peek()
     if agent is not None:
-        install(None)
+        current.install(None)
         try:
             agent.stop(graceful=False)
         except Exception:
@@ -117,7 +116,7 @@ threading._register_atexit(_shutdown_at_exit)
 @_require_initialized
 def get_worker_info(worker_name: Optional[str] = None) -> WorkerInfo:
     """The WorkerInfo of ``worker_name``, or of this worker."""
-    agent = current_agent()
+    agent = current.get()
     return agent.info() if worker_name is None else agent.world.resolve(worker_name)
 
 
@@ -138,7 +137,7 @@ def rpc_async(
             >>> fut.wait()
             tensor([4., 4.])
     """
-    agent = current_agent()
+    agent = current.get()
     return agent.calls.invoke(agent.world.resolve(to), func, args, kwargs, timeout)
 
 
@@ -163,21 +162,8 @@ def remote(
             >>> rref.to_here()
             tensor([4., 4.])
     """
-    agent = current_agent()
-    info = agent.world.resolve(to)
-    rref_id, fork_id = agent.mint(), agent.mint()
-    owned = agent.rrefs.create_owned(rref_id, fork_id) if info.id == agent.rank else None
-    created = agent.calls.invoke(info, func, args, kwargs, timeout, create_rref=rref_id, creator_fork=fork_id)
-    if owned is not None:
-        # a call to ourselves that failed before running must still fail the value
-        def fail_value(f: torch.futures.Future) -> None:
-            error = failure(f)
-            if error is not None and not owned.value.done():
-                owned.value.set_exception(error)
-
-        created.add_done_callback(fail_value)
-        created = None
-    return RRef._make(agent.rrefs, rref_id, info.id, fork_id, created)
+    agent = current.get()
+    return agent.calls.remote(agent.world.resolve(to), func, args, kwargs, timeout)
 
 
 def is_available() -> bool:

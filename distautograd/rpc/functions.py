@@ -2,7 +2,7 @@
 
 import functools
 
-from distautograd.runtime.calls import ASYNC_ATTR
+from distautograd.runtime.remote_methods import ASYNC_ATTR
 
 
 def async_execution(fn):

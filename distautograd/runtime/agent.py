@@ -1,4 +1,5 @@
-"""This process's presence in the world: its server, joining the coordinator, sending to peers, stopping."""
+"""This process in the world, assembled in one place: its services and the narrow ports each gets, the routing
+table of requests, joining the coordinator, serving, and stopping."""
 
 from __future__ import annotations
 
@@ -7,43 +8,33 @@ import os
 import socket
 import threading
 import time
-from concurrent.futures import Future
-from typing import Callable, Optional
+from typing import Optional
 
 import grpc
 
 from distautograd import __version__, errors
-from distautograd.autograd.contexts import ContextStore
-from distautograd.autograd.engine import BackwardEngine
-from distautograd.config import BackendOptions
+from distautograd.coordinator.service import Coordinator, Settings
+from distautograd.encoding.pickling import Allowlist
 from distautograd.ids import MAX_RANK, IdMint
+from distautograd.protocol import COORDINATOR_SERVICE, WORKER_SERVICE
+from distautograd.protocol.v1 import messages_pb2 as pb
+from distautograd.protocol.v1 import messages_pb2_grpc
+from distautograd.runtime.backward import Backward
 from distautograd.runtime.calls import Calls
 from distautograd.runtime.codec import Codec
-from distautograd.runtime.connections import WORKER_SERVICE, Connections
+from distautograd.runtime.contexts import ContextStore
+from distautograd.runtime.options import BackendOptions
+from distautograd.runtime.peers import Peers
 from distautograd.runtime.pool import WorkerPool
-from distautograd.runtime.rrefs import UNSET_TIMEOUT, RRefStore
 from distautograd.runtime.rendezvous import Rendezvous, join_address
+from distautograd.runtime.rrefs import RRefStore
 from distautograd.runtime.world import WorkerInfo, WorldView
-from distautograd.transport import grpc_io, sockets
+from distautograd.transport import grpc_server, shm, sockets
 from distautograd.transport.deadlines import Deadlines
 from distautograd.transport.dispatch import Dispatcher
-from distautograd.transport.link import Link
-from distautograd.protocol.v1 import messages_pb2 as pb
-from distautograd.encoding.pickling import Allowlist
+from distautograd.transport.paths import Channels, Connector, Endpoint
 
 log = logging.getLogger("distautograd")
-
-COORDINATOR_SERVICE = "distautograd.v1.Coordinator"
-
-_agent: Optional["Agent"] = None
-_agent_lock = threading.Lock()
-
-
-def current_agent() -> "Agent":
-    agent = _agent
-    if agent is None:
-        raise RuntimeError("RPC has not been initialized. Call distautograd.rpc.init_rpc first.")
-    return agent
 
 
 def _route_to(host: str) -> str:
@@ -62,35 +53,42 @@ class Agent:
         self.options = options
         self.security = options.security()
         self.allowlist = Allowlist(options.all_allowed_modules())
-        self.rank = -1
         self.mint = IdMint()
         self.world = WorldView()
         self.deadlines = Deadlines()
-        self._pool_threads = WorkerPool(options.num_worker_threads)
+        self.pool = WorkerPool(options.num_worker_threads)
         self.stopping = threading.Event()
-        self.server: Optional[grpc_io.Server] = None
-        self.listener: Optional[sockets.Listener] = None
-        self.coordinator = None
-        self.coordinator_link: Optional[Link] = None
-        self.codec = Codec(self)
-        self.rrefs = RRefStore(self)
-        self.contexts = ContextStore(self)
-        self.engine = BackwardEngine(self)
-        self.calls = Calls(self)
-        self.address = ""
+        segments = shm.SegmentPool() if options.shared_memory and shm.available() is None else None
+        self.connector = Connector(self.security, options.transport, segments, Channels(self.security))
+        self.peers = Peers(name, self.world, self.connector, self.deadlines, self.allowlist.resolve, self.stopping)
+        self.contexts = ContextStore(name, self.mint, self.peers.notify, self.deadlines, options.context_ttl)
+        self.rrefs = RRefStore(name, self.mint, self.peers.notify, self.world)
+        self.codec = Codec(self.allowlist, self.rrefs, self.contexts)
+        self.calls = Calls(name, self.peers, self.codec, self.contexts, self.rrefs, self.world, self.pool.submit,
+                           options.call_timeout)
+        self.rrefs.runtime = self.calls
+        self.backward = Backward(name, self.mint, self.peers, self.contexts, self.codec, self.deadlines,
+                                 self.world.label, options.call_timeout, self.allowlist.resolve)
         self.dispatcher = Dispatcher(name, {
-            # inline: runs in the thread reading the stream, so in arrival order; the rest on worker threads
-            "call": (self.calls.handle_call, True),
-            "fetch_rref": (self.rrefs.handle_fetch, True),
+            # inline: runs in the thread reading the connection, so in arrival order; the rest on worker threads
+            "call": (self.calls.handle_call, True),  # decodes in order, runs on a worker thread
+            "fetch_rref": (self.calls.handle_fetch, True),
             "rref_forks": (self.rrefs.handle_forks, True),
-            "push_gradients": (self.engine.handle_push, True),
             "release_context": (self.contexts.handle_release, True),
             "world_update": (self._handle_world_update, True),
-            "abort_backward": (self.engine.handle_abort, True),
-            "prepare_backward": (self.engine.handle_prepare, True),  # a graph walk: cheaper than a hand-off
-            "run_backward": (self.engine.handle_run, True),  # hands compute off itself
-        }, submit=self.submit)
-        self.connections = Connections(self)
+            "push_gradients": (self.backward.handle_push, True),  # runs the engine here: no hand-off
+            "run_backward": (self.backward.handle_run, True),
+            "pass_finished": (self.backward.handle_finished, True),
+            "abort_backward": (self.backward.handle_abort, True),
+            "reach": (self.backward.handle_reach, False),
+        }, submit=self.pool.submit)
+        self.peers.deliver = self.dispatcher
+        self.rank = -1
+        self.address = ""
+        self.server: Optional[grpc_server.Server] = None
+        self.listener: Optional[sockets.Listener] = None
+        self.coordinator: Optional[Coordinator] = None
+        self._coordinator_channel: Optional[grpc.Channel] = None
 
     # ------------------------------------------------------------------ starting
 
@@ -104,38 +102,37 @@ class Agent:
             listen_host, listen_port = rendezvous.listen()
         else:
             listen_host, listen_port = options.listen_host(rendezvous.host), options.listen_port()
-        self.server = grpc_io.Server(listen_host, listen_port, self.security)
+        self.server = grpc_server.Server(listen_host, listen_port, self.security)
         if host_it:
-            from distautograd.coordinator.service import Coordinator
-
-            self.coordinator = Coordinator(self.server, options)
-        self.server.add_service(
-            WORKER_SERVICE,
-            {
-                "Connect": grpc_io.raw_stream_handler(self.connections.serve_connect),
-                "Call": grpc_io.raw_unary_handler(self.dispatcher.serve_unary),
-            },
-        )
+            self.coordinator = Coordinator(self.server, Settings(
+                security=self.security, heartbeat_interval=options.heartbeat_interval,
+                heartbeat_timeout=options.heartbeat_timeout, context_ttl=options.context_ttl,
+                transport=options.transport, allowed_modules=options.all_allowed_modules(),
+            ))
+        self.server.add_service(WORKER_SERVICE, {
+            "Connect": grpc_server.raw_stream_handler(self.peers.serve_connect),
+            "Call": grpc_server.raw_unary_handler(self.dispatcher.serve_unary),
+        })
         self.server.start()
         self.listener = sockets.Listener.for_options(
-            self.name, self.security, self.connections.accept_socket, listen_host, options.transport
+            self.name, self.security, self.peers.accept_socket, listen_host, options.transport
         )
         if host_it:
             coordinator = rendezvous.publish(self.server.port)
         else:
             coordinator = rendezvous.address(max(1.0, deadline - time.monotonic()))
-        if listen_host in ("0.0.0.0", "::", ""):
-            advertise = options.advertise_host or os.environ.get("DISTAUTOGRAD_ADVERTISE_HOST") or _route_to(rendezvous.host)
-        else:
-            advertise = options.advertise_host or os.environ.get("DISTAUTOGRAD_ADVERTISE_HOST") or listen_host
+        advertise = options.advertise_host or os.environ.get("DISTAUTOGRAD_ADVERTISE_HOST")
+        if not advertise:
+            advertise = _route_to(rendezvous.host) if listen_host in ("0.0.0.0", "::", "") else listen_host
         self.address = join_address(advertise, self.server.port)
+        listener = self.listener
         join = pb.Join(
             name=self.name,
             rank=rank,
             address=self.address,
-            socket_address=join_address(advertise, self.listener.tcp_port) if self.listener and self.listener.tcp_port else "",
-            unix_path=self.listener.unix_path if self.listener else "",
-            host_id=self.connections.host_id,
+            socket_address=join_address(advertise, listener.tcp_port) if listener and listener.tcp_port else "",
+            unix_path=listener.unix_path if listener else "",
+            host_id=self.connector.host_id,
             world_size=world_size or 0,
             daemon=options.daemon,
             pid=os.getpid(),
@@ -145,32 +142,29 @@ class Agent:
         reply = self._join(coordinator, join, deadline)
         self.rank = reply.rank
         self.mint.rank = reply.rank
+        self.peers.rank = reply.rank
         self.world.update(reply.world)
         log.info("%s joined as rank %d at %s (coordinator %s)", self.name, self.rank, self.address, coordinator)
-        self._heartbeat_interval = reply.heartbeat_interval or options.heartbeat_interval
-        threading.Thread(target=self._heartbeat, name="distautograd-heartbeat", daemon=True).start()
+        interval = reply.heartbeat_interval or options.heartbeat_interval
+        threading.Thread(target=self._heartbeat, args=(interval,), name="distautograd-heartbeat", daemon=True).start()
         if world_size:
             self._wait_for_world(world_size, deadline)
 
     def _join(self, coordinator: str, join: pb.Join, deadline: float) -> pb.JoinReply:
-        chan = grpc_io.channel(coordinator, self.security)
         last: Optional[BaseException] = None
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                chan.close()
                 raise RuntimeError(
                     f"could not join the coordinator at {coordinator} within "
                     f"{self.options.effective_init_timeout():g} s: {last}"
                 )
-            link = self.connections.new_link(f"the coordinator at {coordinator}", -1)
-            sock = None if self.coordinator is not None else self._coordinator_socket(chan, coordinator, join, remaining)
+            link = self.peers.new_link(f"the coordinator at {coordinator}", -1)
             if self.coordinator is not None:
                 self.coordinator.attach(link)  # hosted here: no connection needed
-            elif sock is not None:
-                sockets.SocketTransport(link, sock, None).start()
             else:
-                grpc_io.open_stream(chan, f"/{COORDINATOR_SERVICE}/Connect", link, self.connections.metadata(rank=join.rank))
+                self.connector.attach(link, self._coordinator_endpoint(coordinator, remaining),
+                                      self.peers.hello("coordinator", join.rank), self.peers.metadata(join.rank))
             try:
                 response, _ = link.request(pb.Request(join=join), timeout=min(remaining, 10.0)).result()
             except (errors.Unavailable, errors.DeadlineExceeded) as exc:
@@ -180,29 +174,26 @@ class Agent:
                 continue
             except BaseException:
                 link.close(errors.Unavailable("join refused"))
-                chan.close()
                 raise
-            self.coordinator_link = link
-            self._coordinator_channel = chan
+            self.peers.coordinator = link
             link.on_close.append(self._coordinator_lost)
             return response.join
 
-    def _coordinator_socket(self, chan, coordinator: str, join: pb.Join, remaining: float):
-        """A socket to the coordinator when it offers one we can reach; None to stay on gRPC."""
+    def _coordinator_endpoint(self, coordinator: str, remaining: float) -> Endpoint:
+        """Where the coordinator listens, with the socket paths it offers when it says so."""
+        endpoint = Endpoint("coordinator", coordinator, COORDINATOR_SERVICE)
         if self.options.transport == "grpc":
-            return None
+            return endpoint
+        if self._coordinator_channel is None:
+            self._coordinator_channel = grpc_server.channel(coordinator, self.security)
         try:
-            get = chan.unary_unary(f"/{COORDINATOR_SERVICE}/GetEndpoints", request_serializer=pb.Empty.SerializeToString,
-                                   response_deserializer=pb.Endpoints.FromString)
-            endpoints = get(pb.Empty(), metadata=self.security.metadata(), timeout=min(remaining, 5.0))
+            offered = messages_pb2_grpc.CoordinatorStub(self._coordinator_channel).GetEndpoints(
+                pb.Empty(), metadata=self.security.metadata(), timeout=min(remaining, 5.0))
         except grpc.RpcError:
-            return None  # not up yet (the join loop retries) or an older coordinator: gRPC it is
-        host = coordinator.rpartition(":")[0]
-        entry = pb.WorkerEntry(
-            name="coordinator", unix_path=endpoints.unix_path, host_id=endpoints.host_id,
-            socket_address=join_address(host.strip("[]"), endpoints.socket_port) if endpoints.socket_port else "",
-        )
-        return self.connections.connect_socket(entry, rank=join.rank)
+            return endpoint  # not up yet (the join loop retries), or an older coordinator: gRPC it is
+        host = coordinator.rpartition(":")[0].strip("[]")
+        return Endpoint("coordinator", coordinator, COORDINATOR_SERVICE, offered.unix_path, offered.host_id,
+                        join_address(host, offered.socket_port) if offered.socket_port else "")
 
     def _wait_for_world(self, world_size: int, deadline: float) -> None:
         complete = self.world.wait_for(lambda: len(self.world.members()) >= world_size, deadline - time.monotonic())
@@ -216,69 +207,15 @@ class Agent:
                 f"present: {self.world.describe()}"
             )
 
-    def _heartbeat(self) -> None:
-        while not self.stopping.wait(self._heartbeat_interval):
-            self.coordinator_notify(pb.Request(heartbeat=pb.Heartbeat()))
+    def _heartbeat(self, interval: float) -> None:
+        while not self.stopping.wait(interval):
+            link = self.peers.coordinator
+            if link is not None:
+                link.try_notify(pb.Request(heartbeat=pb.Heartbeat()))
 
     def _coordinator_lost(self, error: BaseException) -> None:
         if not self.stopping.is_set():
             log.error("%s lost its connection to the coordinator: %s", self.name, error)
-
-    # ------------------------------------------------------------------ sending
-
-    def request(self, rank: int, request: pb.Request, attachments=(), timeout: Optional[float] = None) -> Future:
-        try:
-            return self.connections.to(rank).request(request, attachments, timeout)
-        except BaseException as exc:
-            failed: Future = Future()
-            failed.set_exception(exc)
-            return failed
-
-    def send_request(self, rank: int, request: pb.Request, attachments, timeout: Optional[float], complete) -> None:
-        """Like request(), completing through a callback: the fast path of every rpc."""
-        try:
-            link = self.connections.to(rank)
-        except BaseException as exc:
-            complete(None, None, exc)
-            return
-        link.send_request(request, attachments, timeout, complete)
-
-    def send_now(self, rank: int, request: pb.Request, attachments=()) -> None:
-        """Sends a notification, raising if it cannot be handed to the connection (which is then
-        closed, so a retry opens a fresh one)."""
-        link = self.connections.to(rank)
-        try:
-            link.transport.send(0, "request", request, attachments)
-        except errors.Unavailable as exc:
-            link.close(exc)
-            raise
-
-    def notify(self, rank: int, request: pb.Request, attachments=()) -> None:
-        self.connections.to(rank).notify(request, attachments)
-
-    def coordinator_request(self, request: pb.Request, timeout: Optional[float] = None) -> Future:
-        link = self.coordinator_link
-        if link is None:
-            raise RuntimeError("RPC has not been initialized. Call distautograd.rpc.init_rpc first.")
-        return link.request(request, (), timeout)
-
-    def coordinator_notify(self, request: pb.Request) -> None:
-        if self.coordinator_link is not None:
-            self.coordinator_link.notify(request)
-
-    def timeout(self, timeout: Optional[float]) -> Optional[float]:
-        """A call's timeout in seconds: unset means the default, 0 means none."""
-        if timeout is None or timeout == UNSET_TIMEOUT:
-            timeout = self.options.rpc_timeout
-        if timeout < 0:
-            raise ValueError(f"timeout must be >= 0 seconds (0 = no limit), got {timeout}")
-        return timeout or None
-
-    def default_timeout(self) -> Optional[float]:
-        return self.timeout(None)
-
-    def submit(self, fn: Callable, *args) -> None:
-        self._pool_threads.submit(fn, *args)
 
     # ------------------------------------------------------------------ serving
 
@@ -286,23 +223,26 @@ class Agent:
         for gone in self.world.update(update):
             how = "died" if gone.failed else "left"
             (log.warning if gone.failed else log.info)("worker %s (rank %d) %s: %s", gone.name, gone.rank, how, gone.reason)
-            self.connections.close_peer(
-                gone.rank, errors.Unavailable(f"worker '{gone.name}' (rank {gone.rank}) {how}: {gone.reason}")
+            self.peers.close_peer(
+                gone.rank, errors.Unavailable(f"worker '{gone.name}' (rank {gone.rank}) {how}: {gone.reason}",
+                                              worker=gone.name)
             )
             self.rrefs.on_departed(gone.rank)
             self.contexts.on_departed(gone.rank)
+            self.backward.on_departed(gone)
 
     # ------------------------------------------------------------------ stopping
 
     def stop(self, graceful: bool, timeout: Optional[float] = None) -> None:
         """Leaves the world. Graceful: first wait until every non-daemon worker is here and all work is done."""
         problems = []
-        if graceful and self.coordinator_link is not None and not self.coordinator_link.closed:
+        coordinator_link = self.peers.coordinator
+        if graceful and coordinator_link is not None and not coordinator_link.closed:
             limit = timeout or self.options.rpc_timeout or 60.0
             end = time.monotonic() + limit
             try:
                 self._barrier("shutdown", end)
-                while self.connections.pending_requests() and time.monotonic() < end:
+                while self.peers.pending_requests() and time.monotonic() < end:
                     time.sleep(0.01)
                 self.calls.wait_idle(max(0.0, end - time.monotonic()))
                 self.rrefs.flush(max(0.1, min(5.0, end - time.monotonic())))
@@ -311,8 +251,8 @@ class Agent:
                 problems.append(exc)
         self.contexts.flush_releases()
         self.stopping.set()
-        if self.coordinator_link is not None:
-            self.coordinator_link.notify(pb.Request(leave=pb.Leave(graceful=graceful)))
+        if coordinator_link is not None:
+            coordinator_link.try_notify(pb.Request(leave=pb.Leave(graceful=graceful)))
         if self.coordinator is not None:
             self.coordinator.wait_until_alone(self.rank, 10.0 if graceful else 0.5)
         self._close_everything()
@@ -322,7 +262,7 @@ class Agent:
     def _barrier(self, name: str, end: float) -> None:
         remaining = max(0.01, end - time.monotonic())
         try:
-            self.coordinator_request(pb.Request(barrier=pb.Barrier(name=name)), remaining).result()
+            self.peers.coordinator.request(pb.Request(barrier=pb.Barrier(name=name)), timeout=remaining).result()
         except errors.DeadlineExceeded:
             raise RuntimeError(
                 f"shutdown(graceful=True) timed out after {remaining:.3g} s at barrier '{name}': some workers "
@@ -331,30 +271,25 @@ class Agent:
 
     def _close_everything(self) -> None:
         gone = errors.Unavailable(f"{self.name} is shut down")
-        self.connections.close()
-        if self.coordinator_link is not None:
-            time.sleep(0.05)  # let the Leave reach the coordinator before the stream ends
-            self.coordinator_link.close(gone)
+        self.peers.close()
+        coordinator_link = self.peers.coordinator
+        if coordinator_link is not None:
+            time.sleep(0.05)  # let the Leave reach the coordinator before the connection ends
+            coordinator_link.close(gone)
         if self.coordinator is not None:
             self.coordinator.stop()
         if self.listener is not None:
             self.listener.close()
         if self.server is not None:
             self.server.stop(grace=0.5)
-        if getattr(self, "_coordinator_channel", None) is not None:
+        if self._coordinator_channel is not None:
             self._coordinator_channel.close()
-        self._pool_threads.shutdown()
+        self.pool.shutdown()
         self.rrefs.stop()
         self.deadlines.stop()
 
     def info(self) -> WorkerInfo:
         return WorkerInfo(self.name, self.rank)
-
-
-def install(agent: Optional[Agent]) -> None:
-    global _agent
-    with _agent_lock:
-        _agent = agent
 
 
 def validate_name(name: str) -> None:

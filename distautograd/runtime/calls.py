@@ -1,4 +1,8 @@
-"""Calling functions on other workers and running the calls they send here."""
+"""Calling functions on other workers and running the calls they send here; RRef values fetched and methods called.
+
+This is also the runtime an RRef acts through (rrefs.RRefRuntime): ``to_here``, proxies and
+``backward`` on the owner are calls like any other.
+"""
 
 from __future__ import annotations
 
@@ -6,33 +10,26 @@ import functools
 import logging
 import threading
 import time
-from concurrent.futures import Future
-from typing import TYPE_CHECKING, Any, Optional
+from typing import Any, Callable, Optional
 
 import torch
 
 from distautograd import errors
-from distautograd.runtime.rrefs import UNSET_TIMEOUT, RRef
-from distautograd.runtime.world import WorkerInfo
-from distautograd.transport.dispatch import Deferred
 from distautograd.protocol.v1 import messages_pb2 as pb
-
-if TYPE_CHECKING:
-    from distautograd.runtime.agent import Agent
+from distautograd.runtime import remote_methods
+from distautograd.runtime.codec import Codec
+from distautograd.runtime.contexts import ContextStore
+from distautograd.runtime.options import UNSET_TIMEOUT
+from distautograd.runtime.peers import Peers
+from distautograd.runtime.remote_methods import AsyncReturn, is_async
+from distautograd.runtime.rrefs import RRef, RRefStore
+from distautograd.runtime.world import WorkerInfo, WorldView
+from distautograd.transport.dispatch import Deferred
 
 log = logging.getLogger("distautograd")
 
-ASYNC_ATTR = "_distautograd_async_execution"
 
-
-class AsyncReturn:
-    """Returned by a function that runs another, asynchronous one: the call answers when ``future`` does."""
-
-    def __init__(self, future: torch.futures.Future):
-        self.future = future
-
-
-def _settle(future: Future, outcome) -> None:
+def _settle(future, outcome) -> None:
     if isinstance(outcome, BaseException):
         future.set_exception(outcome)
     else:
@@ -48,13 +45,26 @@ def failure(future: torch.futures.Future) -> Optional[BaseException]:
     return None
 
 
-def is_async(func: Any) -> bool:
-    return bool(getattr(getattr(func, "__func__", func), ASYNC_ATTR, False))
-
-
 class Calls:
-    def __init__(self, agent: "Agent"):
-        self.agent = agent
+    def __init__(
+        self,
+        name: str,
+        peers: Peers,
+        codec: Codec,
+        contexts: ContextStore,
+        rrefs: RRefStore,
+        world: WorldView,
+        submit: Callable[..., None],
+        timeout: Callable[[Optional[float]], Optional[float]],
+    ):
+        self.name = name
+        self._peers = peers
+        self._codec = codec
+        self._contexts = contexts
+        self._rrefs = rrefs
+        self._world = world
+        self._submit = submit
+        self._timeout = timeout
         self._running = 0
         self._lock = threading.Lock()
 
@@ -73,23 +83,50 @@ class Calls:
         """Sends a call; the future holds the decoded result (or, for remote(), None once the owner has it)."""
         if not callable(func):
             raise TypeError(f"func must be callable, got {type(func).__name__}")
-        ctx = self.agent.contexts.current()
-        value, attachments = self.agent.codec.encode((func, tuple(args or ()), dict(kwargs or {})), to.id, ctx)
+        ctx = self._contexts.current()
+        value, attachments = self._codec.encode((func, tuple(args or ()), dict(kwargs or {})), to.id, ctx)
         call = pb.Call(function=value, context_id=ctx.id if ctx else 0, create_rref=create_rref, creator_fork=creator_fork)
         result = torch.futures.Future()
-        self.agent.send_request(
-            to.id, pb.Request(call=call), attachments, self.agent.timeout(timeout), self._completion(result, to.id, ctx)
-        )
+        self._peers.request(to.id, pb.Request(call=call), attachments, self._timeout(timeout),
+                            self._completion(result, to.id, ctx))
         return result
+
+    def remote(self, to: WorkerInfo, func: Any, args: tuple, kwargs: dict, timeout: float) -> RRef:
+        """Runs ``func`` on ``to`` and keeps the result there; returns an RRef to it at once."""
+        rref_id, fork_id = self._rrefs.mint(), self._rrefs.mint()
+        owned = self._rrefs.create_owned(rref_id, fork_id) if to.id == self._rrefs.mint.rank else None
+        created = self.invoke(to, func, args, kwargs, timeout, create_rref=rref_id, creator_fork=fork_id)
+        if owned is not None:
+            # a call to ourselves that failed before running must still fail the value
+            def fail_value(f: torch.futures.Future) -> None:
+                error = failure(f)
+                if error is not None and not owned.value.done():
+                    owned.value.set_exception(error)
+
+            created.add_done_callback(fail_value)
+            created = None
+        return RRef._make(self._rrefs, rref_id, to.id, fork_id, created)
 
     def fetch(self, rref: RRef, timeout: float = UNSET_TIMEOUT) -> torch.futures.Future:
         """The value of ``rref``, copied from its owner."""
-        ctx = self.agent.contexts.current()
+        ctx = self._contexts.current()
         body = pb.FetchRRef(rref_id=rref._id, context_id=ctx.id if ctx else 0)
         result = torch.futures.Future()
         complete = self._completion(result, rref._owner, ctx, rref._created)
-        self.agent.send_request(rref._owner, pb.Request(fetch_rref=body), (), self.agent.timeout(timeout), complete)
+        self._peers.request(rref._owner, pb.Request(fetch_rref=body), (), self._timeout(timeout), complete)
         return result
+
+    def call_method(self, rref: RRef, name: str, args: tuple, kwargs: dict, mode: str, timeout: float) -> Any:
+        """``rref.rpc_sync().name(*args)`` and its async and remote forms."""
+        args = (rref, name, args, kwargs)
+        if mode == "remote":
+            return self.remote(rref.owner(), remote_methods.invoke_method, args, {}, timeout)
+        future = self.invoke(rref.owner(), remote_methods.invoke_method, args, {}, timeout)
+        return future if mode == "rpc_async" else future.wait()
+
+    def backward_on_owner(self, rref: RRef, context_id: int, retain_graph: bool) -> None:
+        self.invoke(rref.owner(), remote_methods.rref_backward, (rref, context_id, retain_graph), {},
+                    UNSET_TIMEOUT).wait()
 
     def _completion(self, result: torch.futures.Future, src: int, ctx, creation: Optional[torch.futures.Future] = None):
         """Decodes a response into ``result``, in the thread that reads it."""
@@ -104,9 +141,7 @@ class Calls:
             try:
                 value = None
                 if response.WhichOneof("body") == "value":
-                    value = self.agent.codec.decode(response.value, attachments, src, ctx)
-                if ctx is not None and response.context_peers:
-                    ctx.learn(r for r in response.context_peers if r != self.agent.rank)
+                    value = self._codec.decode(response.value, attachments, src, ctx)
             except BaseException as exc:
                 result.set_exception(exc)
                 return
@@ -120,9 +155,9 @@ class Calls:
         """Decodes a call in stream order (so RRef forks it carries register before later releases),
         then runs it on the worker threads."""
         peer = link.peer_rank
-        owned = self.agent.rrefs.create_owned(call.create_rref, call.creator_fork) if call.create_rref else None
+        owned = self._rrefs.create_owned(call.create_rref, call.creator_fork) if call.create_rref else None
         try:
-            ctx = self.agent.contexts.for_incoming(call.context_id, peer) if call.context_id else None
+            ctx = self._contexts.for_incoming(call.context_id, peer) if call.context_id else None
             func, args, kwargs = self._decode_call(call, attachments, peer, ctx)
         except BaseException as exc:
             if owned is not None and not owned.value.done():
@@ -135,8 +170,18 @@ class Calls:
         self._start(ctx, func, args, kwargs, functools.partial(self._encode_reply, reply, peer, ctx))
         return reply
 
+    def handle_fetch(self, link, body: pb.FetchRRef, attachments) -> Deferred:
+        ctx = self._contexts.for_incoming(body.context_id, link.peer_rank) if body.context_id else None
+        reply = Deferred()
+
+        def send(done) -> None:
+            self._encode_reply(reply, link.peer_rank, ctx, done.exception() or done.result())
+
+        self._rrefs.value(body.rref_id).add_done_callback(send)
+        return reply
+
     def _decode_call(self, call: pb.Call, attachments, peer: int, ctx) -> tuple:
-        decoded = self.agent.codec.decode(call.function, attachments, peer, ctx)
+        decoded = self._codec.decode(call.function, attachments, peer, ctx)
         if not (isinstance(decoded, tuple) and len(decoded) == 3):
             raise errors.InvalidArgument("a call must carry (function, args, kwargs)")
         func, args, kwargs = decoded
@@ -150,11 +195,8 @@ class Calls:
     def _encode_reply(self, reply: Deferred, peer: int, ctx, outcome) -> None:
         if not isinstance(outcome, BaseException):
             try:
-                encoded, attachments = self.agent.codec.encode(outcome, peer, ctx)
-                response = pb.Response(value=encoded)
-                if ctx is not None:
-                    response.context_peers.extend(ctx.participants() - {peer})
-                outcome = (response, attachments)
+                encoded, attachments = self._codec.encode(outcome, peer, ctx)
+                outcome = (pb.Response(value=encoded), attachments)
             except BaseException as exc:
                 outcome = exc
         reply.resolve(outcome)
@@ -171,7 +213,7 @@ class Calls:
                 with self._lock:
                     self._running -= 1
 
-        contexts = self.agent.contexts
+        contexts = self._contexts
 
         def task() -> None:
             try:
@@ -196,9 +238,9 @@ class Calls:
             result.add_done_callback(lambda f: finish(failure(f) or f.value()))
 
         try:
-            self.agent.submit(task)
+            self._submit(task)
         except RuntimeError:
-            finish(errors.Unavailable(f"{self.agent.name} is shutting down"))
+            finish(errors.Unavailable(f"{self.name} is shutting down"))
 
     def wait_idle(self, timeout: float) -> bool:
         """Waits until no incoming call is running here (only shutdown asks, so it polls)."""

@@ -1,26 +1,34 @@
-"""Python values to and from the wire for one worker: tensors as attachments, RRefs as handles, autograd edges recorded."""
+"""Python values to and from the wire for this worker: tensors as attachments, RRefs as handles, autograd points recorded.
+
+Inside a context, every tensor that requires grad gets a send point on the way out (with what
+gradient reaching it would set off, when that is small enough to travel) and a recv point on
+the way in. Gradients pushed in a backward pass are values like any other.
+"""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, List, Optional, Tuple
+from typing import Any, List, Optional, Tuple
 
 import torch
 
-from distautograd.errors import InvalidArgument
-from distautograd.runtime.rrefs import RRef
-from distautograd.protocol.v1 import messages_pb2 as pb
 from distautograd.encoding import pickling, tensors
+from distautograd.encoding.pickling import Allowlist
+from distautograd.errors import InvalidArgument
+from distautograd.protocol.v1 import messages_pb2 as pb
+from distautograd.runtime.contexts import Context, ContextStore
+from distautograd.runtime.rrefs import RRef, RRefStore
 
-if TYPE_CHECKING:
-    from distautograd.autograd.contexts import Context
-    from distautograd.runtime.agent import Agent
+# Activations bigger than this do not travel; the root of a pass asks for them instead.
+ACTIVATES_LIMIT = 1024
 
 
 class Codec:
-    def __init__(self, agent: "Agent"):
-        self.agent = agent
+    def __init__(self, allowlist: Allowlist, rrefs: RRefStore, contexts: ContextStore):
+        self.allowlist = allowlist
+        self._rrefs = rrefs
+        self._contexts = contexts
 
-    def encode(self, obj: Any, dest: int, ctx: Optional["Context"]) -> Tuple[pb.Value, List[Any]]:
+    def encode(self, obj: Any, dest: int, ctx: Optional[Context], compact_zeros: bool = False) -> Tuple[pb.Value, List[Any]]:
         """The value for worker ``dest``; inside a context every tensor that requires grad gets a send point."""
         metas: List[pb.TensorMeta] = []
         handles: List[pb.RRefHandle] = []
@@ -32,22 +40,30 @@ class Codec:
             if isinstance(o, torch.Tensor):
                 index = seen.get(id(o))
                 if index is None:
-                    meta = tensors.encode(o, attachments)
+                    meta = tensors.encode(o, attachments, compact_zeros)
                     if ctx is not None and o.requires_grad:
-                        meta.autograd_message_id = ctx.add_send_point(o, dest)
+                        self._send_point(meta, ctx, o, dest)
                     index = seen[id(o)] = len(metas)
                     metas.append(meta)
                     kept.append(o)
                 return index  # tensors are ids 0, 1, ...
             if isinstance(o, RRef):
-                handles.append(self.agent.rrefs.handle_for(o, dest))
+                handles.append(self._rrefs.handle_for(o, dest))
                 return -len(handles)  # rrefs are ids -1, -2, ...
             return None
 
         pickle = pickling.dumps(obj, persistent)
         return pb.Value(pickle=pickle, tensors=metas, rrefs=handles), attachments
 
-    def decode(self, value: pb.Value, attachments: List[Any], src: int, ctx: Optional["Context"]) -> Any:
+    def _send_point(self, meta: pb.TensorMeta, ctx: Context, tensor: torch.Tensor, dest: int) -> None:
+        message_id, activation = self._contexts.add_send_point(ctx, tensor, dest)
+        meta.autograd_message_id = message_id
+        if activation.unknown or len(activation.ids) > ACTIVATES_LIMIT:
+            meta.activates_unknown = True
+        else:
+            meta.activates.extend(sorted(activation.ids))
+
+    def decode(self, value: pb.Value, attachments: List[Any], src: int, ctx: Optional[Context]) -> Any:
         """The value worker ``src`` sent; tensors with a message id become recv points of ``ctx``."""
         decoded: dict = {}
 
@@ -57,16 +73,16 @@ class Codec:
                     decoded[pid] = self._tensor(value.tensors[pid], attachments, src, ctx)
                 return decoded[pid]
             if -len(value.rrefs) <= pid < 0:
-                return self.agent.rrefs.from_handle(value.rrefs[-pid - 1])
+                return self._rrefs.from_handle(value.rrefs[-pid - 1])
             raise InvalidArgument(f"malformed pickle: persistent id {pid!r} refers to nothing in the message")
 
-        return pickling.loads(value.pickle, self.agent.allowlist, persistent_load)
+        return pickling.loads(value.pickle, self.allowlist, persistent_load)
 
-    @staticmethod
-    def _tensor(meta: pb.TensorMeta, attachments: List[Any], src: int, ctx: Optional["Context"]) -> torch.Tensor:
+    def _tensor(self, meta: pb.TensorMeta, attachments: List[Any], src: int, ctx: Optional[Context]) -> torch.Tensor:
         tensor = tensors.decode(meta, attachments)
         if meta.autograd_message_id and ctx is not None:
-            return ctx.add_recv_point(tensor, meta.autograd_message_id, src)
+            sent = None if meta.activates_unknown else meta.activates
+            return self._contexts.add_recv_point(ctx, tensor, meta.autograd_message_id, src, sent)
         if meta.parameter:
             return torch.nn.Parameter(tensor, requires_grad=meta.requires_grad)
         if meta.requires_grad:

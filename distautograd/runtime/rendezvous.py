@@ -8,9 +8,17 @@ from __future__ import annotations
 
 import datetime
 import os
+import socket
 from typing import Optional, Tuple
 
-from distautograd.config import COORDINATOR_ENV, BackendOptions
+from distautograd.runtime.options import COORDINATOR_ENV, BackendOptions
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port nothing listens on now (for a coordinator a launcher is about to start)."""
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
 
 
 def split_address(address: str) -> Tuple[str, int]:

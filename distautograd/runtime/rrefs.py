@@ -8,6 +8,9 @@ die lose their forks when the coordinator announces the departure.
 Messages about one RRef travel on different streams, so the owner may hear of it (a fetch, a
 fork) before the call that creates it: the first mention makes the entry, whose value the
 creating call fills in later. Ids of freed values are remembered, so a late mention fails cleanly.
+
+What an RRef does remotely (fetch its value, call a method of it on the owner) goes through the
+``RRefRuntime`` port the runtime binds to the store.
 """
 
 from __future__ import annotations
@@ -17,18 +20,29 @@ import logging
 import queue
 import threading
 from concurrent.futures import Future
-from typing import TYPE_CHECKING, Any, Dict, List, Optional, Set
+from typing import Any, Callable, Dict, List, Optional, Protocol, Set
+
+import torch
 
 from distautograd import errors
-from distautograd.ids import rank_of
+from distautograd.ids import IdMint, rank_of
 from distautograd.protocol.v1 import messages_pb2 as pb
-
-if TYPE_CHECKING:
-    from distautograd.runtime.agent import Agent
+from distautograd.runtime import current
+from distautograd.runtime.options import UNSET_TIMEOUT
+from distautograd.runtime.world import WorkerInfo, WorldView
 
 log = logging.getLogger("distautograd")
-UNSET_TIMEOUT = -1.0
 _FREED_MEMORY = 100_000
+
+
+class RRefRuntime(Protocol):
+    """What an RRef needs from the runtime to act on its owner's value."""
+
+    def fetch(self, rref: "RRef", timeout: float) -> torch.futures.Future: ...
+
+    def call_method(self, rref: "RRef", name: str, args: tuple, kwargs: dict, mode: str, timeout: float) -> Any: ...
+
+    def backward_on_owner(self, rref: "RRef", context_id: int, retain_graph: bool) -> None: ...
 
 
 class _Owned:
@@ -43,8 +57,12 @@ class _Owned:
 class RRefStore:
     """The values this worker owns and the forks that keep them alive."""
 
-    def __init__(self, agent: "Agent"):
-        self.agent = agent
+    def __init__(self, name: str, mint: IdMint, notify: Callable[[int, pb.Request], None], world: WorldView):
+        self.name = name
+        self.mint = mint
+        self.world = world
+        self._notify = notify
+        self.runtime: Optional[RRefRuntime] = None  # bound by the composition root
         self._owned: Dict[int, _Owned] = {}
         self._freed: "collections.OrderedDict[int, None]" = collections.OrderedDict()
         self._lock = threading.Lock()
@@ -65,13 +83,13 @@ class RRefStore:
         owned = self._owned.get(rref_id)
         if owned is None:
             if rref_id in self._freed:
-                raise errors.NotFound(f"RRef {rref_id} owned by {self.agent.name} was already deleted")
+                raise errors.NotFound(f"RRef {rref_id} owned by {self.name} was already deleted")
             owned = self._owned[rref_id] = _Owned()
         return owned
 
     def own(self, value: Any) -> tuple:
         """Keeps ``value`` here under a new rref id; returns (rref id, the caller's fork id)."""
-        rref_id, fork_id = self.agent.mint(), self.agent.mint()
+        rref_id, fork_id = self.mint(), self.mint()
         self.create_owned(rref_id, fork_id).value.set_result(value)
         return rref_id, fork_id
 
@@ -125,25 +143,25 @@ class RRefStore:
     def handle_for(self, rref: "RRef", dest: int) -> pb.RRefHandle:
         """What travels in place of ``rref`` to worker ``dest``, registering the fork it will hold."""
         handle = pb.RRefHandle(rref_id=rref._id, owner=rref._owner)
-        if dest == rref._owner != self.agent.rank:
+        if dest == rref._owner != self.mint.rank:
             # To its owner from a user: our own fork keeps the value alive, and our release of it
             # travels behind this message on the same stream, after the owner has decoded it.
             return handle
-        handle.fork_id = self.agent.mint()
-        if rref._owner == self.agent.rank:
+        handle.fork_id = self.mint()
+        if rref._owner == self.mint.rank:
             self.add_fork(rref._id, handle.fork_id)
         else:
             change = pb.ForkChange(rref_id=rref._id, fork_id=handle.fork_id, add=True)
-            self.agent.notify(rref._owner, pb.Request(rref_forks=pb.RRefForks(changes=[change])))
+            self._notify(rref._owner, pb.Request(rref_forks=pb.RRefForks(changes=[change])))
         return handle
 
     def from_handle(self, handle: pb.RRefHandle) -> "RRef":
-        if handle.owner == self.agent.rank:
+        if handle.owner == self.mint.rank:
             with self._lock:
                 owned = self._entry_locked(handle.rref_id)
                 fork_id = handle.fork_id
                 if not fork_id:  # from a user: make the fork this new reference holds
-                    fork_id = self.agent.mint()
+                    fork_id = self.mint()
                     self._add_fork_locked(handle.rref_id, owned, fork_id)
             return RRef._make(self, handle.rref_id, handle.owner, fork_id, None)
         if not handle.fork_id:
@@ -161,20 +179,6 @@ class RRefStore:
                     self._add_fork_locked(change.rref_id, self._entry_locked(change.rref_id), change.fork_id)
                 else:
                     self._remove_fork_locked(change.rref_id, change.fork_id)
-
-    def handle_fetch(self, link, body: pb.FetchRRef, attachments) -> Future:
-        ctx = self.agent.contexts.for_incoming(body.context_id, link.peer_rank) if body.context_id else None
-        reply: Future = Future()
-
-        def send(done: Future) -> None:
-            try:
-                value, atts = self.agent.codec.encode(done.result(), link.peer_rank, ctx)
-                reply.set_result((pb.Response(value=value), atts))
-            except BaseException as exc:
-                reply.set_exception(exc)
-
-        self.value(body.rref_id).add_done_callback(send)
-        return reply
 
     # ------------------------------------------------------------------ release
 
@@ -209,14 +213,14 @@ class RRefStore:
                     entry.set()
                 else:
                     rref_id, owner, fork_id = entry
-                    if owner == self.agent.rank:
+                    if owner == self.mint.rank:
                         with self._lock:
                             self._remove_fork_locked(rref_id, fork_id)
                     else:
                         remote.setdefault(owner, []).append(pb.ForkChange(rref_id=rref_id, fork_id=fork_id))
             for owner, changes in remote.items():
                 try:
-                    self.agent.notify(owner, pb.Request(rref_forks=pb.RRefForks(changes=changes)))
+                    self._notify(owner, pb.Request(rref_forks=pb.RRefForks(changes=changes)))
                 except Exception as exc:  # the owner is gone, and with it the value
                     log.debug("could not release RRefs on rank %d: %s", owner, exc)
             if stop:
@@ -232,11 +236,9 @@ class RRef:
     """
 
     def __init__(self, value: Any, type_hint: Any = None):
-        from distautograd.runtime.agent import current_agent
-
-        store = current_agent().rrefs
+        store = current.get().rrefs
         rref_id, fork_id = store.own(value)
-        self._init(store, rref_id, store.agent.rank, fork_id, None)
+        self._init(store, rref_id, store.mint.rank, fork_id, None)
 
     @classmethod
     def _make(cls, store: RRefStore, rref_id: int, owner: int, fork_id: int, created: Optional[Future]) -> "RRef":
@@ -250,7 +252,7 @@ class RRef:
         self._owner = owner
         self._fork = fork_id
         self._created = created
-        entry = store.agent.world.entry(owner)
+        entry = store.world.entry(owner)
         self._owner_name = entry.name if entry is not None else f"rank {owner}"
 
     def __class_getitem__(cls, item):
@@ -272,11 +274,9 @@ class RRef:
         return f"{kind}(owner={self._owner_name}, rref_id={self._id}, fork_id={self._fork})"
 
     def is_owner(self) -> bool:
-        return self._owner == self._store.agent.rank
+        return self._owner == self._store.mint.rank
 
-    def owner(self):
-        from distautograd.runtime.world import WorkerInfo
-
+    def owner(self) -> WorkerInfo:
         return WorkerInfo(self._owner_name, self._owner)
 
     def owner_name(self) -> str:
@@ -284,10 +284,8 @@ class RRef:
 
     def confirmed_by_owner(self) -> bool:
         """True once the owner knows this reference (at once for the owner and for forks)."""
-        from distautograd.runtime.calls import failure
-
         created = self._created
-        return created is None or (created.done() and failure(created) is None)
+        return created is None or (created.done() and _failure(created) is None)
 
     def local_value(self) -> Any:
         if not self.is_owner():
@@ -300,7 +298,7 @@ class RRef:
         """The value, copied here from the owner (blocking)."""
         if self.is_owner():
             return self.local_value()
-        return self._store.agent.calls.fetch(self, timeout).wait()
+        return self._store.runtime.fetch(self, timeout).wait()
 
     def rpc_sync(self, timeout: float = UNSET_TIMEOUT) -> "_Proxy":
         """``rref.rpc_sync().method(*args)`` runs ``method`` on the owner's value and returns its result."""
@@ -320,10 +318,7 @@ class RRef:
         With a context id it is a distributed backward in that context (read the results with
         get_gradients); with -1 it is a local ``value.backward()`` on the owner.
         """
-        from distautograd.rpc import api
-        from distautograd.rpc.proxies import rref_backward
-
-        api.rpc_sync(self.owner(), rref_backward, args=(self, dist_autograd_ctx_id, retain_graph))
+        self._store.runtime.backward_on_owner(self, dist_autograd_ctx_id, retain_graph)
 
 
 class _Proxy:
@@ -333,14 +328,17 @@ class _Proxy:
         self._timeout = timeout
 
     def __getattr__(self, name: str):
-        from distautograd.rpc import api
-        from distautograd.rpc.proxies import invoke_method
-
-        verb = getattr(api, self._mode)
+        rref, mode, timeout = self._rref, self._mode, self._timeout
 
         def call(*args, **kwargs):
-            return verb(
-                self._rref.owner(), invoke_method, args=(self._rref, name, args, kwargs), timeout=self._timeout
-            )
+            return rref._store.runtime.call_method(rref, name, args, kwargs, mode, timeout)
 
         return call
+
+
+def _failure(future) -> Optional[BaseException]:
+    try:
+        future.value()
+    except BaseException as exc:
+        return exc
+    return None

@@ -62,6 +62,16 @@ class WorldView:
     def departure(self, rank: int) -> Optional[pb.Departure]:
         return self._departed.get(rank)
 
+    def rank_of(self, name: str) -> int:
+        """The rank of the worker called ``name`` (also after it has gone); -1 if unknown."""
+        entry = self._by_name.get(name) or next((d for d in self._departed.values() if d.name == name), None)
+        return entry.rank if entry is not None else -1
+
+    def label(self, rank: int) -> str:
+        """How messages name ``rank``: "'worker1' (rank 1)", also after it has gone."""
+        entry = self._by_rank.get(rank) or self._departed.get(rank)
+        return f"'{entry.name}' (rank {rank})" if entry is not None else f"rank {rank}"
+
     def describe(self) -> str:
         members = self.members()
         return ", ".join(f"{w.name} (rank {w.rank})" for w in members) or "none"

@@ -16,7 +16,7 @@ from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 import grpc
 
 from distautograd import errors
-from distautograd.transport import grpc_io
+from distautograd.transport import grpc_server
 from distautograd.protocol.v1 import messages_pb2 as pb
 
 log = logging.getLogger("distautograd")
@@ -117,10 +117,10 @@ class Dispatcher:
 
     def serve_unary(self, raw: bytes, context: grpc.ServicerContext) -> bytes:
         """One request without a stream (Worker.Call): for tools and clients in other languages."""
-        frame = grpc_io.parse_frame(raw, context)
+        frame = grpc_server.parse_frame(raw, context)
         if frame.WhichOneof("kind") != "request" or frame.request.attachments.streamed_sizes:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "Worker.Call takes one request frame with inline attachments")
-        name, rank = grpc_io.peer_identity(context)
+        name, rank = grpc_server.peer_identity(context)
         oneshot = _OneShot(f"worker '{name}' (rank {rank})", rank)
         self(oneshot, frame.id or 1, frame.request, list(frame.request.attachments.inline))
         try:

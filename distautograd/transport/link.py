@@ -1,8 +1,9 @@
 """Requests and responses multiplexed over one connection: pending calls, deadlines, delivery.
 
 Both ends of a connection hold a Link. Either may send requests; each response names the
-request it answers. How frames move is the wire's business: a gRPC stream (grpc_io.GrpcStreamTransport)
-or a socket (sockets.SocketTransport); the Link only needs ``wire.send`` and ``wire.close``.
+request it answers. How frames move is a ``Transport``'s business: a gRPC stream
+(grpc_stream.GrpcStreamTransport), a socket (sockets.SocketTransport) or, inside one process,
+a queue (local.LocalTransport).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import itertools
 import logging
 import threading
 from concurrent.futures import Future
-from typing import Any, Callable, List, Optional, Sequence, Tuple
+from typing import Any, Callable, List, Optional, Protocol, Sequence, Tuple
 
 from distautograd import errors
 from distautograd.transport.deadlines import Deadlines
@@ -24,6 +25,16 @@ MAX_MESSAGE_BYTES = 64 << 20  # every gRPC server and channel sets this explicit
 RequestHandler = Callable[["Link", int, pb.Request, List[Any]], None]
 # Called once with (response, attachments, None) or (None, None, error).
 Completion = Callable[[Optional[pb.Response], Optional[List[Any]], Optional[BaseException]], None]
+
+
+class Transport(Protocol):
+    """What moves a Link's frames. ``send`` raises errors.Unavailable when the frame cannot go."""
+
+    kind: str  # "unix", "tcp", "grpc" or "local"
+
+    def send(self, frame_id: int, kind: str, message, attachments: Sequence[Any]) -> None: ...
+
+    def close(self) -> None: ...
 
 
 def _into_future(future: Future) -> Completion:
@@ -49,7 +60,7 @@ class Link:
     ):
         self.peer = peer
         self.peer_rank = -1
-        self.transport = None  # set by whoever opens the connection
+        self.transport: Optional[Transport] = None  # set by whoever opens the connection
         self.max_attachment_bytes = max_attachment_bytes
         self._on_request = on_request
         self._deadlines = deadlines
@@ -95,12 +106,26 @@ class Link:
                 f"could not send to {self.peer}: {exc}"))
 
     def notify(self, request: pb.Request, attachments: Sequence[Any] = ()) -> None:
-        """Sends a request that gets no response."""
-        if self._closed is None:
-            try:
-                self.transport.send(0, "request", request, attachments)
-            except Exception as exc:
-                log.debug("notification to %s lost: %s", self.peer, exc)
+        """Sends a request that gets no response; raises errors.Unavailable if it cannot go (the
+        link is then closed, so whoever retries opens a fresh connection)."""
+        closed = self._closed
+        if closed is not None:
+            raise closed if isinstance(closed, errors.Unavailable) else errors.Unavailable(
+                f"the connection to {self.peer} is closed: {closed}")
+        try:
+            self.transport.send(0, "request", request, attachments)
+        except errors.Unavailable as exc:
+            self.close(exc)
+            raise
+
+    def try_notify(self, request: pb.Request, attachments: Sequence[Any] = ()) -> bool:
+        """notify() for messages whose loss only matters to a peer that is gone anyway."""
+        try:
+            self.notify(request, attachments)
+            return True
+        except errors.Unavailable as exc:
+            log.debug("notification to %s lost: %s", self.peer, exc)
+            return False
 
     def respond(self, frame_id: int, response: pb.Response, attachments: Sequence[Any] = ()) -> None:
         if frame_id and self._closed is None:

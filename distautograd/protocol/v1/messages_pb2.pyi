@@ -54,25 +54,25 @@ class SharedBuffer(_message.Message):
     def __init__(self, segment: _Optional[int] = ..., segment_size: _Optional[int] = ..., descriptor_attached: _Optional[bool] = ..., lease: _Optional[int] = ...) -> None: ...
 
 class Request(_message.Message):
-    __slots__ = ("timeout", "attachments", "join", "heartbeat", "leave", "barrier", "start_backward", "pass_finished", "context_event", "world_update", "prepare_backward", "run_backward", "abort_backward", "call", "fetch_rref", "rref_forks", "push_gradients", "release_context", "release_shared")
+    __slots__ = ("timeout", "attachments", "join", "heartbeat", "leave", "barrier", "pass_event", "context_event", "world_update", "abort_backward", "call", "fetch_rref", "rref_forks", "push_gradients", "release_context", "run_backward", "pass_finished", "reach", "release_shared")
     TIMEOUT_FIELD_NUMBER: _ClassVar[int]
     ATTACHMENTS_FIELD_NUMBER: _ClassVar[int]
     JOIN_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_FIELD_NUMBER: _ClassVar[int]
     LEAVE_FIELD_NUMBER: _ClassVar[int]
     BARRIER_FIELD_NUMBER: _ClassVar[int]
-    START_BACKWARD_FIELD_NUMBER: _ClassVar[int]
-    PASS_FINISHED_FIELD_NUMBER: _ClassVar[int]
+    PASS_EVENT_FIELD_NUMBER: _ClassVar[int]
     CONTEXT_EVENT_FIELD_NUMBER: _ClassVar[int]
     WORLD_UPDATE_FIELD_NUMBER: _ClassVar[int]
-    PREPARE_BACKWARD_FIELD_NUMBER: _ClassVar[int]
-    RUN_BACKWARD_FIELD_NUMBER: _ClassVar[int]
     ABORT_BACKWARD_FIELD_NUMBER: _ClassVar[int]
     CALL_FIELD_NUMBER: _ClassVar[int]
     FETCH_RREF_FIELD_NUMBER: _ClassVar[int]
     RREF_FORKS_FIELD_NUMBER: _ClassVar[int]
     PUSH_GRADIENTS_FIELD_NUMBER: _ClassVar[int]
     RELEASE_CONTEXT_FIELD_NUMBER: _ClassVar[int]
+    RUN_BACKWARD_FIELD_NUMBER: _ClassVar[int]
+    PASS_FINISHED_FIELD_NUMBER: _ClassVar[int]
+    REACH_FIELD_NUMBER: _ClassVar[int]
     RELEASE_SHARED_FIELD_NUMBER: _ClassVar[int]
     timeout: float
     attachments: Attachments
@@ -80,38 +80,36 @@ class Request(_message.Message):
     heartbeat: Heartbeat
     leave: Leave
     barrier: Barrier
-    start_backward: StartBackward
-    pass_finished: PassFinished
+    pass_event: PassEvent
     context_event: ContextEvent
     world_update: WorldUpdate
-    prepare_backward: PrepareBackward
-    run_backward: RunBackward
     abort_backward: AbortBackward
     call: Call
     fetch_rref: FetchRRef
     rref_forks: RRefForks
     push_gradients: PushGradients
     release_context: ReleaseContext
+    run_backward: RunBackward
+    pass_finished: PassFinished
+    reach: ReachRequest
     release_shared: ReleaseShared
-    def __init__(self, timeout: _Optional[float] = ..., attachments: _Optional[_Union[Attachments, _Mapping]] = ..., join: _Optional[_Union[Join, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., leave: _Optional[_Union[Leave, _Mapping]] = ..., barrier: _Optional[_Union[Barrier, _Mapping]] = ..., start_backward: _Optional[_Union[StartBackward, _Mapping]] = ..., pass_finished: _Optional[_Union[PassFinished, _Mapping]] = ..., context_event: _Optional[_Union[ContextEvent, _Mapping]] = ..., world_update: _Optional[_Union[WorldUpdate, _Mapping]] = ..., prepare_backward: _Optional[_Union[PrepareBackward, _Mapping]] = ..., run_backward: _Optional[_Union[RunBackward, _Mapping]] = ..., abort_backward: _Optional[_Union[AbortBackward, _Mapping]] = ..., call: _Optional[_Union[Call, _Mapping]] = ..., fetch_rref: _Optional[_Union[FetchRRef, _Mapping]] = ..., rref_forks: _Optional[_Union[RRefForks, _Mapping]] = ..., push_gradients: _Optional[_Union[PushGradients, _Mapping]] = ..., release_context: _Optional[_Union[ReleaseContext, _Mapping]] = ..., release_shared: _Optional[_Union[ReleaseShared, _Mapping]] = ...) -> None: ...
+    def __init__(self, timeout: _Optional[float] = ..., attachments: _Optional[_Union[Attachments, _Mapping]] = ..., join: _Optional[_Union[Join, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., leave: _Optional[_Union[Leave, _Mapping]] = ..., barrier: _Optional[_Union[Barrier, _Mapping]] = ..., pass_event: _Optional[_Union[PassEvent, _Mapping]] = ..., context_event: _Optional[_Union[ContextEvent, _Mapping]] = ..., world_update: _Optional[_Union[WorldUpdate, _Mapping]] = ..., abort_backward: _Optional[_Union[AbortBackward, _Mapping]] = ..., call: _Optional[_Union[Call, _Mapping]] = ..., fetch_rref: _Optional[_Union[FetchRRef, _Mapping]] = ..., rref_forks: _Optional[_Union[RRefForks, _Mapping]] = ..., push_gradients: _Optional[_Union[PushGradients, _Mapping]] = ..., release_context: _Optional[_Union[ReleaseContext, _Mapping]] = ..., run_backward: _Optional[_Union[RunBackward, _Mapping]] = ..., pass_finished: _Optional[_Union[PassFinished, _Mapping]] = ..., reach: _Optional[_Union[ReachRequest, _Mapping]] = ..., release_shared: _Optional[_Union[ReleaseShared, _Mapping]] = ...) -> None: ...
 
 class Response(_message.Message):
-    __slots__ = ("error", "attachments", "context_peers", "empty", "join", "value", "graph_summary")
+    __slots__ = ("error", "attachments", "empty", "join", "value", "reach")
     ERROR_FIELD_NUMBER: _ClassVar[int]
     ATTACHMENTS_FIELD_NUMBER: _ClassVar[int]
-    CONTEXT_PEERS_FIELD_NUMBER: _ClassVar[int]
     EMPTY_FIELD_NUMBER: _ClassVar[int]
     JOIN_FIELD_NUMBER: _ClassVar[int]
     VALUE_FIELD_NUMBER: _ClassVar[int]
-    GRAPH_SUMMARY_FIELD_NUMBER: _ClassVar[int]
+    REACH_FIELD_NUMBER: _ClassVar[int]
     error: Error
     attachments: Attachments
-    context_peers: _containers.RepeatedScalarFieldContainer[int]
     empty: Empty
     join: JoinReply
     value: Value
-    graph_summary: GraphSummary
-    def __init__(self, error: _Optional[_Union[Error, _Mapping]] = ..., attachments: _Optional[_Union[Attachments, _Mapping]] = ..., context_peers: _Optional[_Iterable[int]] = ..., empty: _Optional[_Union[Empty, _Mapping]] = ..., join: _Optional[_Union[JoinReply, _Mapping]] = ..., value: _Optional[_Union[Value, _Mapping]] = ..., graph_summary: _Optional[_Union[GraphSummary, _Mapping]] = ...) -> None: ...
+    reach: ReachReply
+    def __init__(self, error: _Optional[_Union[Error, _Mapping]] = ..., attachments: _Optional[_Union[Attachments, _Mapping]] = ..., empty: _Optional[_Union[Empty, _Mapping]] = ..., join: _Optional[_Union[JoinReply, _Mapping]] = ..., value: _Optional[_Union[Value, _Mapping]] = ..., reach: _Optional[_Union[ReachReply, _Mapping]] = ...) -> None: ...
 
 class Empty(_message.Message):
     __slots__ = ()
@@ -142,7 +140,7 @@ class Value(_message.Message):
     def __init__(self, pickle: _Optional[bytes] = ..., tensors: _Optional[_Iterable[_Union[TensorMeta, _Mapping]]] = ..., rrefs: _Optional[_Iterable[_Union[RRefHandle, _Mapping]]] = ...) -> None: ...
 
 class TensorMeta(_message.Message):
-    __slots__ = ("dtype", "shape", "attachment", "requires_grad", "parameter", "autograd_message_id", "quantization")
+    __slots__ = ("dtype", "shape", "attachment", "requires_grad", "parameter", "autograd_message_id", "quantization", "activates", "activates_unknown", "zeros")
     DTYPE_FIELD_NUMBER: _ClassVar[int]
     SHAPE_FIELD_NUMBER: _ClassVar[int]
     ATTACHMENT_FIELD_NUMBER: _ClassVar[int]
@@ -150,6 +148,9 @@ class TensorMeta(_message.Message):
     PARAMETER_FIELD_NUMBER: _ClassVar[int]
     AUTOGRAD_MESSAGE_ID_FIELD_NUMBER: _ClassVar[int]
     QUANTIZATION_FIELD_NUMBER: _ClassVar[int]
+    ACTIVATES_FIELD_NUMBER: _ClassVar[int]
+    ACTIVATES_UNKNOWN_FIELD_NUMBER: _ClassVar[int]
+    ZEROS_FIELD_NUMBER: _ClassVar[int]
     dtype: str
     shape: _containers.RepeatedScalarFieldContainer[int]
     attachment: int
@@ -157,7 +158,10 @@ class TensorMeta(_message.Message):
     parameter: bool
     autograd_message_id: int
     quantization: Quantization
-    def __init__(self, dtype: _Optional[str] = ..., shape: _Optional[_Iterable[int]] = ..., attachment: _Optional[int] = ..., requires_grad: _Optional[bool] = ..., parameter: _Optional[bool] = ..., autograd_message_id: _Optional[int] = ..., quantization: _Optional[_Union[Quantization, _Mapping]] = ...) -> None: ...
+    activates: _containers.RepeatedScalarFieldContainer[int]
+    activates_unknown: bool
+    zeros: bool
+    def __init__(self, dtype: _Optional[str] = ..., shape: _Optional[_Iterable[int]] = ..., attachment: _Optional[int] = ..., requires_grad: _Optional[bool] = ..., parameter: _Optional[bool] = ..., autograd_message_id: _Optional[int] = ..., quantization: _Optional[_Union[Quantization, _Mapping]] = ..., activates: _Optional[_Iterable[int]] = ..., activates_unknown: _Optional[bool] = ..., zeros: _Optional[bool] = ...) -> None: ...
 
 class Quantization(_message.Message):
     __slots__ = ("qscheme", "scale", "zero_point", "scales_attachment", "zero_points_attachment", "axis", "dtype")
@@ -345,57 +349,43 @@ class RRefForks(_message.Message):
     changes: _containers.RepeatedCompositeFieldContainer[ForkChange]
     def __init__(self, changes: _Optional[_Iterable[_Union[ForkChange, _Mapping]]] = ...) -> None: ...
 
-class SourceReach(_message.Message):
-    __slots__ = ("message_id", "reaches")
-    MESSAGE_ID_FIELD_NUMBER: _ClassVar[int]
-    REACHES_FIELD_NUMBER: _ClassVar[int]
-    message_id: int
-    reaches: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, message_id: _Optional[int] = ..., reaches: _Optional[_Iterable[int]] = ...) -> None: ...
-
-class GraphSummary(_message.Message):
-    __slots__ = ("sources", "peers")
-    SOURCES_FIELD_NUMBER: _ClassVar[int]
-    PEERS_FIELD_NUMBER: _ClassVar[int]
-    sources: _containers.RepeatedCompositeFieldContainer[SourceReach]
-    peers: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, sources: _Optional[_Iterable[_Union[SourceReach, _Mapping]]] = ..., peers: _Optional[_Iterable[int]] = ...) -> None: ...
-
-class StartBackward(_message.Message):
-    __slots__ = ("context_id", "pass_id", "retain_graph", "summary", "timeout")
-    CONTEXT_ID_FIELD_NUMBER: _ClassVar[int]
-    PASS_ID_FIELD_NUMBER: _ClassVar[int]
+class PassPlan(_message.Message):
+    __slots__ = ("root", "active_sends", "retain_graph", "create_graph")
+    ROOT_FIELD_NUMBER: _ClassVar[int]
+    ACTIVE_SENDS_FIELD_NUMBER: _ClassVar[int]
     RETAIN_GRAPH_FIELD_NUMBER: _ClassVar[int]
-    SUMMARY_FIELD_NUMBER: _ClassVar[int]
-    TIMEOUT_FIELD_NUMBER: _ClassVar[int]
-    context_id: int
-    pass_id: int
+    CREATE_GRAPH_FIELD_NUMBER: _ClassVar[int]
+    root: int
+    active_sends: _containers.RepeatedScalarFieldContainer[int]
     retain_graph: bool
-    summary: GraphSummary
-    timeout: float
-    def __init__(self, context_id: _Optional[int] = ..., pass_id: _Optional[int] = ..., retain_graph: _Optional[bool] = ..., summary: _Optional[_Union[GraphSummary, _Mapping]] = ..., timeout: _Optional[float] = ...) -> None: ...
-
-class PrepareBackward(_message.Message):
-    __slots__ = ("context_id", "pass_id")
-    CONTEXT_ID_FIELD_NUMBER: _ClassVar[int]
-    PASS_ID_FIELD_NUMBER: _ClassVar[int]
-    context_id: int
-    pass_id: int
-    def __init__(self, context_id: _Optional[int] = ..., pass_id: _Optional[int] = ...) -> None: ...
+    create_graph: bool
+    def __init__(self, root: _Optional[int] = ..., active_sends: _Optional[_Iterable[int]] = ..., retain_graph: _Optional[bool] = ..., create_graph: _Optional[bool] = ...) -> None: ...
 
 class RunBackward(_message.Message):
-    __slots__ = ("context_id", "pass_id", "active_sends", "run_roots", "retain_graph")
+    __slots__ = ("context_id", "pass_id", "plan")
     CONTEXT_ID_FIELD_NUMBER: _ClassVar[int]
     PASS_ID_FIELD_NUMBER: _ClassVar[int]
-    ACTIVE_SENDS_FIELD_NUMBER: _ClassVar[int]
-    RUN_ROOTS_FIELD_NUMBER: _ClassVar[int]
-    RETAIN_GRAPH_FIELD_NUMBER: _ClassVar[int]
+    PLAN_FIELD_NUMBER: _ClassVar[int]
     context_id: int
     pass_id: int
-    active_sends: _containers.RepeatedScalarFieldContainer[int]
-    run_roots: bool
-    retain_graph: bool
-    def __init__(self, context_id: _Optional[int] = ..., pass_id: _Optional[int] = ..., active_sends: _Optional[_Iterable[int]] = ..., run_roots: _Optional[bool] = ..., retain_graph: _Optional[bool] = ...) -> None: ...
+    plan: PassPlan
+    def __init__(self, context_id: _Optional[int] = ..., pass_id: _Optional[int] = ..., plan: _Optional[_Union[PassPlan, _Mapping]] = ...) -> None: ...
+
+class PushGradients(_message.Message):
+    __slots__ = ("context_id", "pass_id", "plan", "message_ids", "gradients", "root")
+    CONTEXT_ID_FIELD_NUMBER: _ClassVar[int]
+    PASS_ID_FIELD_NUMBER: _ClassVar[int]
+    PLAN_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_IDS_FIELD_NUMBER: _ClassVar[int]
+    GRADIENTS_FIELD_NUMBER: _ClassVar[int]
+    ROOT_FIELD_NUMBER: _ClassVar[int]
+    context_id: int
+    pass_id: int
+    plan: PassPlan
+    message_ids: _containers.RepeatedScalarFieldContainer[int]
+    gradients: Value
+    root: int
+    def __init__(self, context_id: _Optional[int] = ..., pass_id: _Optional[int] = ..., plan: _Optional[_Union[PassPlan, _Mapping]] = ..., message_ids: _Optional[_Iterable[int]] = ..., gradients: _Optional[_Union[Value, _Mapping]] = ..., root: _Optional[int] = ...) -> None: ...
 
 class PassFinished(_message.Message):
     __slots__ = ("context_id", "pass_id", "error", "leaves")
@@ -406,40 +396,65 @@ class PassFinished(_message.Message):
     context_id: int
     pass_id: int
     error: Error
-    leaves: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, context_id: _Optional[int] = ..., pass_id: _Optional[int] = ..., error: _Optional[_Union[Error, _Mapping]] = ..., leaves: _Optional[_Iterable[int]] = ...) -> None: ...
+    leaves: int
+    def __init__(self, context_id: _Optional[int] = ..., pass_id: _Optional[int] = ..., error: _Optional[_Union[Error, _Mapping]] = ..., leaves: _Optional[int] = ...) -> None: ...
 
 class AbortBackward(_message.Message):
-    __slots__ = ("context_id", "pass_id", "reason")
+    __slots__ = ("context_id", "pass_id", "error")
     CONTEXT_ID_FIELD_NUMBER: _ClassVar[int]
     PASS_ID_FIELD_NUMBER: _ClassVar[int]
-    REASON_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
     context_id: int
     pass_id: int
-    reason: str
-    def __init__(self, context_id: _Optional[int] = ..., pass_id: _Optional[int] = ..., reason: _Optional[str] = ...) -> None: ...
+    error: Error
+    def __init__(self, context_id: _Optional[int] = ..., pass_id: _Optional[int] = ..., error: _Optional[_Union[Error, _Mapping]] = ...) -> None: ...
 
-class Gradient(_message.Message):
-    __slots__ = ("message_id", "tensor", "none", "zeros")
+class ReachRequest(_message.Message):
+    __slots__ = ("context_id", "message_ids")
+    CONTEXT_ID_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_IDS_FIELD_NUMBER: _ClassVar[int]
+    context_id: int
+    message_ids: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, context_id: _Optional[int] = ..., message_ids: _Optional[_Iterable[int]] = ...) -> None: ...
+
+class Reach(_message.Message):
+    __slots__ = ("message_id", "activates", "unknown")
     MESSAGE_ID_FIELD_NUMBER: _ClassVar[int]
-    TENSOR_FIELD_NUMBER: _ClassVar[int]
-    NONE_FIELD_NUMBER: _ClassVar[int]
-    ZEROS_FIELD_NUMBER: _ClassVar[int]
+    ACTIVATES_FIELD_NUMBER: _ClassVar[int]
+    UNKNOWN_FIELD_NUMBER: _ClassVar[int]
     message_id: int
-    tensor: TensorMeta
-    none: bool
-    zeros: bool
-    def __init__(self, message_id: _Optional[int] = ..., tensor: _Optional[_Union[TensorMeta, _Mapping]] = ..., none: _Optional[bool] = ..., zeros: _Optional[bool] = ...) -> None: ...
+    activates: _containers.RepeatedScalarFieldContainer[int]
+    unknown: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, message_id: _Optional[int] = ..., activates: _Optional[_Iterable[int]] = ..., unknown: _Optional[_Iterable[int]] = ...) -> None: ...
 
-class PushGradients(_message.Message):
-    __slots__ = ("context_id", "pass_id", "gradients")
+class ReachReply(_message.Message):
+    __slots__ = ("reaches",)
+    REACHES_FIELD_NUMBER: _ClassVar[int]
+    reaches: _containers.RepeatedCompositeFieldContainer[Reach]
+    def __init__(self, reaches: _Optional[_Iterable[_Union[Reach, _Mapping]]] = ...) -> None: ...
+
+class PassEvent(_message.Message):
+    __slots__ = ("context_id", "pass_id", "participants", "ended", "failed", "leaves")
+    class LeavesEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: int
+        value: int
+        def __init__(self, key: _Optional[int] = ..., value: _Optional[int] = ...) -> None: ...
     CONTEXT_ID_FIELD_NUMBER: _ClassVar[int]
     PASS_ID_FIELD_NUMBER: _ClassVar[int]
-    GRADIENTS_FIELD_NUMBER: _ClassVar[int]
+    PARTICIPANTS_FIELD_NUMBER: _ClassVar[int]
+    ENDED_FIELD_NUMBER: _ClassVar[int]
+    FAILED_FIELD_NUMBER: _ClassVar[int]
+    LEAVES_FIELD_NUMBER: _ClassVar[int]
     context_id: int
     pass_id: int
-    gradients: _containers.RepeatedCompositeFieldContainer[Gradient]
-    def __init__(self, context_id: _Optional[int] = ..., pass_id: _Optional[int] = ..., gradients: _Optional[_Iterable[_Union[Gradient, _Mapping]]] = ...) -> None: ...
+    participants: _containers.RepeatedScalarFieldContainer[int]
+    ended: bool
+    failed: bool
+    leaves: _containers.ScalarMap[int, int]
+    def __init__(self, context_id: _Optional[int] = ..., pass_id: _Optional[int] = ..., participants: _Optional[_Iterable[int]] = ..., ended: _Optional[bool] = ..., failed: _Optional[bool] = ..., leaves: _Optional[_Mapping[int, int]] = ...) -> None: ...
 
 class ContextEvent(_message.Message):
     __slots__ = ("closed",)

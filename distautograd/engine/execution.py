@@ -1,0 +1,100 @@
+"""Calls into torch's engine, the two ways a pass uses it.
+
+``run_wave``: everything that became complete at once, in one ``torch.autograd.backward`` call.
+The inputs are the leaves and the anchors of the recv points among those nodes, so torch runs
+exactly the nodes on the way to them, each with all its gradient: tensor hooks, node hooks,
+AccumulateGrad and DistributedDataParallel's reducer behave as in a local backward.
+
+``run_node``: one node alone, when a wave cannot run as a whole (a node it reaches still waits
+for a gradient from another worker, or contributions must be summed in an order the engine would
+not use). A node that is neither a leaf nor a recv point runs through ``torch.autograd.grad``
+with its children captured, so it computes what it owes each of them; a post-hook records that,
+before the children's own hooks; and where one child lies below another (torch would then run
+the upper one), a pre-hook on each child ends the engine call right there.
+"""
+
+from __future__ import annotations
+
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
+
+import torch
+from torch.autograd.graph import GradientEdge
+
+from distautograd.engine import slots
+from distautograd.engine.nodes import is_leaf, recording, recv_point
+
+Contribution = Tuple[GradientEdge, torch.Tensor]
+
+
+def run_wave(
+    roots: Sequence[Contribution],
+    leaves: Sequence,
+    recvs: Sequence,
+    store: slots.GradStore,
+    retain_graph: bool,
+    create_graph: bool,
+) -> Dict[int, Optional[torch.Tensor]]:
+    """Runs one wave; returns the gradient each of ``recvs`` got (None where none reached it)."""
+    inputs = [GradientEdge(leaf, 0) for leaf in leaves] + [recv_point(node).anchor for node in recvs]
+    sink: Dict[int, Optional[torch.Tensor]] = {}
+    if roots and inputs:
+        with slots.swapped(leaves, store), recording() as sink:
+            torch.autograd.backward(
+                [edge for edge, _ in roots], [grad for _, grad in roots],
+                retain_graph=retain_graph, create_graph=create_graph, inputs=inputs,
+            )
+    return {recv_point(node).message_id: sink.get(recv_point(node).message_id) for node in recvs}
+
+
+def run_node(
+    node,
+    contributions: Sequence[Contribution],
+    store: slots.GradStore,
+    retain_graph: bool,
+    create_graph: bool,
+    hooks: Mapping[object, Sequence[dict]] = {},
+) -> Tuple[Optional[tuple], Dict[int, Optional[torch.Tensor]]]:
+    """Runs ``node`` alone with ``contributions`` (its gradient, in the order to sum it).
+
+    Returns (what it produced for each of its next edges, or None for a leaf or recv point;
+    the gradient a recv point got). ``hooks``: tensor hook dicts to silence while a node they
+    belong to is captured (see slots.muted)."""
+    edges = [edge for edge, _ in contributions]
+    grads = [grad for _, grad in contributions]
+    point = recv_point(node)
+    if point is not None:
+        with recording() as sink:
+            torch.autograd.backward(edges, grads, retain_graph=retain_graph, create_graph=create_graph,
+                                    inputs=[point.anchor])
+        return None, {point.message_id: sink.get(point.message_id)}
+    if is_leaf(node):
+        with slots.swapped([node], store):
+            torch.autograd.backward(edges, grads, retain_graph=retain_graph, create_graph=create_graph,
+                                    inputs=[GradientEdge(node, 0)])
+        return None, {}
+    children = list(dict.fromkeys((child, slot) for child, slot in node.next_functions if child is not None))
+    if not children:
+        return (), {}
+    produced: List[tuple] = []
+    handles = [node.register_hook(lambda grad_inputs, grad_outputs: produced.append(grad_inputs))]
+    handles += [child.register_prehook(_stop) for child in {child for child, _ in children} if not is_leaf(child)]
+    try:
+        silenced = [child.variable._backward_hooks for child, _ in children if is_leaf(child)]
+        silenced += [d for child, _ in children for d in hooks.get(child, ())]
+        with slots.muted(silenced):
+            torch.autograd.grad(edges, [GradientEdge(child, slot) for child, slot in children], grads,
+                                retain_graph=retain_graph, create_graph=create_graph, allow_unused=True)
+    except _Stop:
+        pass
+    finally:
+        for handle in handles:
+            handle.remove()
+    return (produced[0] if produced else ()), {}
+
+
+class _Stop(Exception):
+    """Raised by a pre-hook to end an engine call before a node below the one being run."""
+
+
+def _stop(grad_outputs):
+    raise _Stop()

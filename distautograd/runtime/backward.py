@@ -1,0 +1,437 @@
+"""The distributed backward pass as workers speak it: the root plans and drives, participants run their part and report.
+
+The worker that calls ``backward`` (the root) knows from its own graph every send point the pass
+will reach (engine.activations; where that did not travel with the tensors, it asks the senders).
+So no round is needed before gradients move: the plan rides on the first gradients each worker
+receives, every participant runs its part as gradients arrive (engine.local_pass), pushes the
+gradients of its recv points straight to the workers that sent those tensors, and reports to the
+root when its part is done. The pass ends when every participant has reported. Any error there,
+a worker that dies (the root hears it from the coordinator), or the time running out, aborts the
+pass everywhere and fails the caller naming the worker. The coordinator hears of every pass's
+start and end, and aborts passes whose participants die.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from concurrent.futures import Future
+from typing import Callable, Dict, List, Optional, Sequence, Set, Tuple
+
+import torch
+
+from distautograd import errors
+from distautograd.engine import activations
+from distautograd.engine.graph import ROOTS, PassGraph
+from distautograd.engine.local_pass import LocalPass
+from distautograd.ids import IdMint, rank_of
+from distautograd.protocol.v1 import messages_pb2 as pb
+from distautograd.runtime.codec import Codec
+from distautograd.runtime.contexts import Context, ContextStore
+from distautograd.runtime.peers import COORDINATOR, Peers
+from distautograd.transport.deadlines import Deadlines
+
+log = logging.getLogger("distautograd")
+
+PUSH_RETRIES = 2
+PLAN_INLINE_LIMIT = 512  # active sends a plan may hold and still ride along with every push
+_REACH_ROUNDS = 64
+
+PassKey = Tuple[int, int]  # (context id, pass id)
+
+
+class _Part:
+    """This worker's part of one pass."""
+
+    def __init__(self, ctx: Context, pass_id: int, root: int):
+        self.ctx = ctx
+        self.pass_id = pass_id
+        self.root = root
+        self.plan: Optional[pb.PassPlan] = None
+        self.local: Optional[LocalPass] = None
+        self.early: List[Tuple[int, Optional[torch.Tensor]]] = []  # pushes that came before the plan
+        self.lock = threading.Lock()
+        self.closed = False
+
+
+class _Drive:
+    """What the root keeps of a pass it drives."""
+
+    def __init__(self, ctx: Context, pass_id: int, participants: Set[int]):
+        self.ctx = ctx
+        self.pass_id = pass_id
+        self.participants = participants
+        self.waiting = set(participants)
+        self.leaves: Dict[int, int] = {}
+        self.result: Future = Future()
+        self.lock = threading.Lock()
+
+
+class Backward:
+    def __init__(
+        self,
+        name: str,
+        mint: IdMint,
+        peers: Peers,
+        contexts: ContextStore,
+        codec: Codec,
+        deadlines: Deadlines,
+        label: Callable[[int], str],
+        timeout: Callable[[], Optional[float]],
+        resolve_type: Callable,
+    ):
+        self.name = name
+        self._mint = mint
+        self._peers = peers
+        self._contexts = contexts
+        self._codec = codec
+        self._deadlines = deadlines
+        self._label = label
+        self._timeout = timeout
+        self._resolve_type = resolve_type
+        self._parts: Dict[PassKey, _Part] = {}
+        self._drives: Dict[PassKey, _Drive] = {}
+        self._lock = threading.Lock()
+        contexts.on_release.append(self._context_released)
+
+    @property
+    def rank(self) -> int:
+        return self._mint.rank
+
+    def passes_in_flight(self) -> int:
+        with self._lock:
+            return len(self._parts) + sum(1 for key in self._drives if key not in self._parts)
+
+    # ------------------------------------------------------------------ the root
+
+    def backward(self, ctx: Context, roots: Sequence[torch.Tensor], retain_graph: bool = False,
+                 create_graph: bool = False) -> None:
+        """Runs a pass from ``roots`` (scalars) in ``ctx``; returns when it is done everywhere."""
+        roots = validate_roots(roots)
+        edges = [torch.autograd.graph.get_gradient_edge(root) for root in roots]
+        active = self._active_sends(ctx, edges)
+        pass_id = self._mint()
+        key = (ctx.id, pass_id)
+        plan = pb.PassPlan(root=self.rank, active_sends=sorted(active), retain_graph=retain_graph,
+                           create_graph=create_graph)
+        participants = {rank_of(m) for m in active} - {self.rank}
+        drive = _Drive(ctx, pass_id, participants | {self.rank})
+        part = _Part(ctx, pass_id, self.rank)
+        with self._lock:
+            self._drives[key] = drive
+            self._parts[key] = part
+        ctx.reported = True
+        with ctx.lock:
+            ctx.peers.update(participants)  # released on them when the context ends
+        self._tell_coordinator(pb.PassEvent(context_id=ctx.id, pass_id=pass_id,
+                                            participants=sorted(drive.participants)))
+        timeout = self._timeout()
+        expiry = self._deadlines.schedule(timeout, lambda: self._expire(drive, timeout)) if timeout else None
+        try:
+            if len(active) > PLAN_INLINE_LIMIT:
+                run = pb.Request(run_backward=pb.RunBackward(context_id=ctx.id, pass_id=pass_id, plan=plan))
+                for rank in participants:
+                    self._peers.notify(rank, run)
+            self._start_part(part, plan, roots_edges=edges, roots=roots)
+            drive.result.result()
+        except BaseException as exc:
+            self._fail(drive, exc)
+            raised = self._as_raised(drive, exc)
+            raise raised from raised.__cause__
+        finally:
+            if expiry is not None:
+                self._deadlines.cancel(expiry)
+            with self._lock:
+                self._drives.pop(key, None)
+                self._parts.pop(key, None)
+            self._tell_coordinator(pb.PassEvent(context_id=ctx.id, pass_id=pass_id, ended=True,
+                                                failed=drive.result.exception() is not None, leaves=drive.leaves))
+
+    def _active_sends(self, ctx: Context, edges) -> Set[int]:
+        """Every send point the pass reaches; asks the workers that hold those whose activations did not travel."""
+        found = activations.union(ctx.activations.of(edge.node) for edge in edges)
+        active, unknown = set(found.ids), set(found.unknown)
+        asked: Set[int] = set()
+        for _ in range(_REACH_ROUNDS):
+            unknown -= asked
+            if not unknown:
+                return active
+            asked |= unknown
+            by_rank: Dict[int, List[int]] = {}
+            for message_id in unknown:
+                by_rank.setdefault(rank_of(message_id), []).append(message_id)
+            unknown = set()
+            futures = [(rank, self._reach(ctx.id, rank, ids)) for rank, ids in by_rank.items()]
+            for rank, future in futures:
+                for reach in future.result():
+                    active.update(reach.activates)
+                    unknown.update(reach.unknown)
+        raise errors.Internal(f"could not work out which send points the backward pass of context {ctx.id} reaches")
+
+    def _reach(self, context_id: int, rank: int, ids: List[int]) -> Future:
+        result: Future = Future()
+        if rank == self.rank:
+            result.set_result(self._describe_reach(ids))
+            return result
+        request = pb.Request(reach=pb.ReachRequest(context_id=context_id, message_ids=ids))
+
+        def done(response, attachments, error) -> None:
+            result.set_exception(error) if error is not None else result.set_result(list(response.reach.reaches))
+
+        self._peers.request(rank, request, (), self._timeout(), done)
+        return result
+
+    def _describe_reach(self, ids) -> List[pb.Reach]:
+        reaches = []
+        for message_id in ids:
+            point = self._contexts.send_point(message_id)
+            ctx = self._contexts.get(point.context_id)
+            found = ctx.activations.of(point.edge.node)
+            reaches.append(pb.Reach(message_id=message_id, activates=sorted(found.ids), unknown=sorted(found.unknown)))
+        return reaches
+
+    def handle_reach(self, link, body: pb.ReachRequest, attachments) -> pb.Response:
+        return pb.Response(reach=pb.ReachReply(reaches=self._describe_reach(body.message_ids)))
+
+    # ------------------------------------------------------------------ every participant
+
+    def _start_part(self, part: _Part, plan: pb.PassPlan, roots_edges=(), roots=()) -> None:
+        """Plans this worker's part once the plan is known, and feeds it what already arrived."""
+        mine = [m for m in plan.active_sends if rank_of(m) == self.rank]
+        sources: Dict[int, list] = {m: [self._contexts.send_point(m).edge] for m in mine}
+        keys = {m: self._contexts.send_point(m).key for m in mine}
+        if roots_edges:
+            sources[ROOTS] = list(roots_edges)
+        local = LocalPass(
+            PassGraph(sources), keys, part.ctx.store,
+            send=lambda grads: self._push(part, grads),
+            finish=lambda error: self._part_finished(part, error),
+            retain_graph=plan.retain_graph, create_graph=plan.create_graph, hooks=self._contexts.hooks,
+        )
+        with part.lock:
+            if part.closed or part.local is not None:
+                return
+            part.plan = plan
+            part.local = local
+            early, part.early = part.early, []
+        local.start_if_empty()
+        if roots:
+            local.arrive(ROOTS, [torch.ones_like(root, memory_format=torch.contiguous_format) for root in roots])
+        for message_id, grad in early:
+            local.arrive(message_id, [grad])
+
+    def _part(self, context_id: int, pass_id: int, root: int, src: int) -> _Part:
+        key = (context_id, pass_id)
+        with self._lock:
+            part = self._parts.get(key)
+            if part is None:
+                ctx = self._contexts.for_incoming(context_id, src)
+                part = self._parts[key] = _Part(ctx, pass_id, root)
+            return part
+
+    def handle_push(self, link, body: pb.PushGradients, attachments) -> None:
+        part = self._part(body.context_id, body.pass_id, body.root, link.peer_rank)
+        try:
+            grads = self._codec.decode(body.gradients, attachments, link.peer_rank, part.ctx)
+            if not isinstance(grads, list) or len(grads) != len(body.message_ids) or not all(
+                    g is None or isinstance(g, torch.Tensor) for g in grads):
+                raise errors.InvalidArgument("gradients must be a list of tensors (or None), one per message id")
+        except BaseException as exc:
+            self._part_finished(part, exc)
+            raise
+        with part.lock:
+            if part.closed:
+                return
+            local = part.local
+            if local is None:
+                part.early.extend(zip(body.message_ids, grads))
+        if local is None and body.HasField("plan"):
+            self._start_part(part, body.plan)
+        elif local is not None:
+            for message_id, grad in zip(body.message_ids, grads):
+                local.arrive(message_id, [grad])
+
+    def handle_run(self, link, body: pb.RunBackward, attachments) -> None:
+        part = self._part(body.context_id, body.pass_id, body.plan.root, link.peer_rank)
+        self._start_part(part, body.plan)
+
+    def _push(self, part: _Part, grads: Dict[int, Optional[torch.Tensor]]) -> None:
+        """Sends recv points' gradients to the workers their tensors came from, one message each."""
+        by_dest: Dict[int, List[Tuple[int, Optional[torch.Tensor]]]] = {}
+        ctx = part.ctx
+        for message_id, grad in grads.items():
+            by_dest.setdefault(rank_of(message_id), []).append((message_id, grad))
+        plan = part.plan if len(part.plan.active_sends) <= PLAN_INLINE_LIMIT else None
+        for dest, items in by_dest.items():
+            value, attachments = self._codec.encode([g for _, g in items], dest, ctx, compact_zeros=True)
+            body = pb.PushGradients(context_id=ctx.id, pass_id=part.pass_id, message_ids=[m for m, _ in items],
+                                    gradients=value, root=part.root)
+            if plan is not None:
+                body.plan.CopyFrom(plan)
+            self._send_push(dest, pb.Request(push_gradients=body), attachments)
+
+    def _send_push(self, dest: int, request: pb.Request, attachments) -> None:
+        """A push is a notification: the pass ends when everyone reports, and the receiver cannot
+        report before it has it. One that cannot be sent is retried on a fresh connection; the
+        receiver drops duplicates."""
+        for attempt in range(PUSH_RETRIES + 1):
+            try:
+                self._peers.notify(dest, request, attachments)
+                return
+            except errors.Unavailable:
+                if attempt == PUSH_RETRIES or self._peers.world.entry(dest) is None:
+                    raise
+
+    def _part_finished(self, part: _Part, error: Optional[BaseException]) -> None:
+        with part.lock:
+            if part.closed:
+                return
+            part.closed = True
+        key = (part.ctx.id, part.pass_id)
+        leaves = part.local.leaves_reached if part.local is not None else 0
+        if error is not None:
+            log.info("backward pass %d of context %d failed on %s: %s", part.pass_id, part.ctx.id, self.name, error)
+        if part.root == self.rank:
+            self._report(key, self.rank, error, leaves)
+            return
+        with self._lock:
+            self._parts.pop(key, None)
+        finished = pb.PassFinished(context_id=part.ctx.id, pass_id=part.pass_id, leaves=leaves)
+        if error is not None:
+            finished.error.CopyFrom(errors.to_proto(error, self.name))
+        try:
+            self._peers.notify(part.root, pb.Request(pass_finished=finished))
+        except Exception as exc:  # the root is gone: nobody waits for this pass
+            log.debug("could not report pass %d to rank %d: %s", part.pass_id, part.root, exc)
+
+    def handle_finished(self, link, body: pb.PassFinished, attachments) -> None:
+        error = errors.from_proto(body.error, self._resolve_type) if body.HasField("error") else None
+        self._report((body.context_id, body.pass_id), link.peer_rank, error, body.leaves)
+
+    def _report(self, key: PassKey, rank: int, error: Optional[BaseException], leaves: int) -> None:
+        with self._lock:
+            drive = self._drives.get(key)
+        if drive is None:
+            return
+        if error is not None:
+            self._fail(drive, error)
+            return
+        with drive.lock:
+            drive.waiting.discard(rank)
+            if leaves:
+                drive.leaves[rank] = leaves
+            done = not drive.waiting
+        if done and not drive.result.done():
+            drive.result.set_result(None)
+
+    # ------------------------------------------------------------------ failures
+
+    def _fail(self, drive: _Drive, error: BaseException) -> None:
+        with drive.lock:
+            if drive.result.done():
+                return
+            drive.result.set_exception(error)
+        key = (drive.ctx.id, drive.pass_id)
+        with self._lock:
+            part = self._parts.get(key)
+        if part is not None:
+            self._close(part)
+        abort = pb.Request(abort_backward=pb.AbortBackward(
+            context_id=drive.ctx.id, pass_id=drive.pass_id, error=errors.to_proto(error, self.name)))
+        for rank in drive.participants - {self.rank}:
+            try:
+                self._peers.notify(rank, abort)
+            except Exception:  # a participant that is gone has nothing to stop
+                pass
+
+    def _close(self, part: _Part) -> None:
+        with part.lock:
+            part.closed = True
+            local = part.local
+        if local is not None:
+            local.close()
+
+    def handle_abort(self, link, body: pb.AbortBackward, attachments) -> None:
+        key = (body.context_id, body.pass_id)
+        with self._lock:
+            drive = self._drives.get(key)
+            part = self._parts.pop(key, None) if drive is None else None
+        if drive is not None:  # the coordinator says a participant died
+            self._fail(drive, errors.from_proto(body.error, self._resolve_type))
+        elif part is not None:
+            self._close(part)
+
+    def _expire(self, drive: _Drive, timeout: float) -> None:
+        with drive.lock:
+            waiting = sorted(drive.waiting)
+        names = ", ".join(self._label(rank) for rank in waiting) or "nobody"
+        self._fail(drive, errors.DeadlineExceeded(
+            f"the backward pass of context {drive.ctx.id} did not finish within {timeout:g} s; "
+            f"still waiting for {names}"))
+
+    def on_departed(self, departure: pb.Departure) -> None:
+        """A worker left or died: passes it takes part in fail, passes it drives stop here."""
+        with self._lock:
+            drives = [d for d in self._drives.values() if departure.rank in d.participants]
+            parts = [(k, p) for k, p in self._parts.items() if p.root == departure.rank]
+            for key, _ in parts:
+                self._parts.pop(key, None)
+        how = "died" if departure.failed else "left"
+        for drive in drives:
+            self._fail(drive, errors.Unavailable(
+                f"worker '{departure.name}' (rank {departure.rank}) {how} during the backward pass of context "
+                f"{drive.ctx.id}: {departure.reason}", worker=departure.name))
+        for _, part in parts:
+            self._close(part)
+
+    def _context_released(self, context_id: int) -> None:
+        with self._lock:
+            gone = [key for key in self._parts if key[0] == context_id and key not in self._drives]
+            parts = [self._parts.pop(key) for key in gone]
+        for part in parts:
+            self._close(part)
+
+    def _as_raised(self, drive: _Drive, exc: BaseException) -> BaseException:
+        """What the caller of backward gets: an exception a backward function raised on another worker
+        becomes RuntimeError("Error on Node N: ...") as torch's, naming the worker, with the original
+        as its cause; the runtime's own errors (a worker died, a timeout) are RuntimeErrors already."""
+        worker = getattr(exc, "worker", None)
+        if worker is None or isinstance(exc, errors.RpcError):
+            return exc
+        rank = self._peers.world.rank_of(worker)
+        message, _, rest = str(exc).partition("\n\nRaised on ")
+        raised = RuntimeError(
+            f"Error on Node {rank}: {message}\n\n{type(exc).__name__} raised on worker '{worker}' (rank {rank}) "
+            f"during the backward pass of context {drive.ctx.id}" + (f"; {rest}" if rest else ""))
+        raised.__cause__ = exc
+        return raised
+
+    def _tell_coordinator(self, event: pb.PassEvent) -> None:
+        try:
+            self._peers.notify(COORDINATOR, pb.Request(pass_event=event))
+        except Exception as exc:  # the coordinator only keeps records; the pass does not depend on it
+            log.debug("could not tell the coordinator about pass %d: %s", event.pass_id, exc)
+
+
+def validate_roots(roots: Sequence[torch.Tensor]) -> List[torch.Tensor]:
+    """The roots as torch checks them, with torch's messages (code matches on them) and what to do."""
+    if isinstance(roots, torch.Tensor) or not isinstance(roots, (list, tuple)):
+        raise TypeError(f"backward(): incompatible function arguments: roots must be a list of tensors, "
+                        f"got {type(roots).__name__}")
+    roots = list(roots)
+    if not roots:
+        raise RuntimeError("No tensors provided for gradient computation.")
+    for i, root in enumerate(roots):
+        if not isinstance(root, torch.Tensor):
+            raise TypeError(f"backward(): incompatible function arguments: roots must be tensors; "
+                            f"root {i} is {type(root).__name__}")
+        if not root.requires_grad:
+            raise RuntimeError(f"requires_grad not set on root {i}: it does not depend on any tensor that "
+                               "requires grad, so there is nothing to differentiate")
+        if root.numel() != 1:
+            raise RuntimeError(f"root {i} of shape {tuple(root.shape)} is not a scalar, all roots need to be "
+                               "scalar: reduce it first, e.g. loss.sum()")
+        if root.grad_fn is None:
+            raise RuntimeError(f"root {i} does not have a valid gradient function: it is a leaf tensor; a root "
+                               "must be computed from the tensors whose gradients you want")
+    return roots

@@ -1,0 +1,283 @@
+"""Distributed autograd contexts on this worker: send and recv points, accumulated gradients, the peers to release.
+
+Every tensor that requires grad and crosses to another worker inside a context gets a send point
+here and a recv point there, tagged with one message id. The send point remembers where a
+gradient coming back enters this worker's graph, and when it was sent (see engine.local_pass
+for why); the tensor carries what gradient reaching it would set off further on
+(engine.activations), and the recv point keeps that.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import threading
+from typing import Callable, Dict, List, NamedTuple, Optional, Set
+
+import torch
+from torch.autograd.graph import GradientEdge, get_gradient_edge
+
+from distautograd import errors
+from distautograd.engine import activations, nodes
+from distautograd.engine.activations import Activation, Activations
+from distautograd.engine.slots import GradStore, hook_dict
+from distautograd.ids import IdMint, rank_of
+from distautograd.protocol.v1 import messages_pb2 as pb
+from distautograd.transport.deadlines import Deadlines
+
+log = logging.getLogger("distautograd")
+
+_RELEASED_MEMORY = 100_000
+RELEASE_DELAY = 0.01
+COORDINATOR = -1
+
+Notify = Callable[[int, pb.Request], None]  # (rank, or COORDINATOR, request); raises when it cannot go
+
+
+class SendPoint(NamedTuple):
+    edge: GradientEdge
+    dest: int
+    key: float  # where a gradient from the receiver sorts among local ones (engine.local_pass)
+    context_id: int
+    hooks: Optional[dict]  # the sent tensor's hook dict (engine.slots.hook_dict)
+
+
+class RecvPoint:
+    """What the engine needs of a recv point: its message id, the anchor to capture, its activation."""
+
+    __slots__ = ("message_id", "src", "anchor", "activation", "context_id")
+
+    def __init__(self, message_id: int, src: int, activation: Activation, context_id: int):
+        self.message_id = message_id
+        self.src = src
+        self.activation = activation
+        self.context_id = context_id
+        self.anchor: Optional[GradientEdge] = None
+
+
+class Context:
+    """One distributed autograd context as this worker sees it."""
+
+    def __init__(self, context_id: int):
+        self.id = context_id
+        self.creator = rank_of(context_id)
+        self.lock = threading.Lock()
+        self.sends: Dict[int, SendPoint] = {}
+        self.recvs: Dict[int, RecvPoint] = {}
+        self.store = GradStore()
+        self.peers: Set[int] = set()  # ranks this worker exchanged tensors with in this context
+        self.activations = Activations()
+        self.reported = False  # a pass of this context was reported to the coordinator
+
+    def gradients(self) -> Dict[torch.Tensor, torch.Tensor]:
+        return self.store.snapshot()
+
+    def _context_id(self) -> int:
+        return self.id
+
+    def _send_functions(self) -> Dict[int, object]:
+        with self.lock:
+            return {mid: point.edge.node for mid, point in self.sends.items()}
+
+    def _recv_functions(self) -> Dict[int, object]:
+        with self.lock:
+            return {mid: point for mid, point in self.recvs.items()}
+
+    def _known_worker_ids(self) -> Set[int]:
+        with self.lock:
+            return set(self.peers)
+
+
+class ContextStore:
+    """The contexts this worker takes part in, which one each thread is working in, and every
+    send point by message id (a pass may reach send points of another context: second order)."""
+
+    def __init__(self, name: str, mint: IdMint, notify: Notify, deadlines: Deadlines, ttl: float):
+        self.name = name
+        self._mint = mint
+        self._notify = notify
+        self._deadlines = deadlines
+        self._ttl = ttl
+        self._contexts: Dict[int, Context] = {}
+        self._sends: Dict[int, SendPoint] = {}
+        self.hooks: Dict[object, List[dict]] = {}  # node -> hook dicts of the tensors sent from it
+        self._released: "collections.OrderedDict[int, None]" = collections.OrderedDict()
+        self._lock = threading.Lock()
+        self._local = threading.local()
+        # Releases go out in batches, a moment later: one message per peer, not one per context.
+        self._outgoing: Dict[int, List[int]] = {}
+        self._flush_scheduled = False
+        self.on_release: List[Callable[[int], None]] = []  # told the id of every context released here
+
+    @property
+    def rank(self) -> int:
+        return self._mint.rank
+
+    # ------------------------------------------------------------------ the thread's context
+
+    def current(self) -> Optional[Context]:
+        return getattr(self._local, "context", None)
+
+    def swap(self, ctx: Optional[Context]) -> Optional[Context]:
+        """Makes ``ctx`` the thread's context; returns the one it replaces (to swap back)."""
+        previous = getattr(self._local, "context", None)
+        self._local.context = ctx
+        return previous
+
+    def create(self) -> Context:
+        current = self.current()
+        if current is not None:
+            raise RuntimeError(
+                f"Already have an autograd context id for this thread: {current.id}; contexts cannot nest in one "
+                "thread (leave the enclosing `with dist_autograd.context()` first)"
+            )
+        ctx = self._add(self._mint())
+        self._local.context = ctx
+        return ctx
+
+    def exit(self, ctx: Context) -> None:
+        """Ends the thread's context and releases it on every worker that took part."""
+        if self.current() is ctx:
+            self._local.context = None
+        if ctx.reported:
+            self._queue_release(COORDINATOR, ctx.id)  # the coordinator keeps a record of contexts with passes
+        self.release(ctx.id)
+
+    def _add(self, context_id: int) -> Context:
+        ctx = Context(context_id)
+        with self._lock:
+            self._contexts[context_id] = ctx
+        return ctx
+
+    # ------------------------------------------------------------------ points
+
+    def add_send_point(self, ctx: Context, tensor: torch.Tensor, dest: int) -> tuple:
+        """Registers a send point for ``tensor`` going to ``dest``; returns (message id, its activation)."""
+        message_id = self._mint()
+        edge = get_gradient_edge(tensor)
+        point = SendPoint(edge, dest, torch._C._autograd._get_sequence_nr() - 0.5, ctx.id, hook_dict(tensor))
+        activation = ctx.activations.of(edge.node)
+        with ctx.lock:
+            ctx.sends[message_id] = point
+            ctx.peers.add(dest)
+        with self._lock:
+            self._sends[message_id] = point
+            if point.hooks is not None:
+                self.hooks.setdefault(edge.node, []).append(point.hooks)
+        return message_id, activation
+
+    def add_recv_point(self, ctx: Context, tensor: torch.Tensor, message_id: int, src: int, sent) -> torch.Tensor:
+        """``tensor`` as it arrived from ``src`` under ``message_id``; ``sent``: the ids the sender
+        said its send point activates, or None when it could not say."""
+        point = RecvPoint(message_id, src, activations.of_recv(message_id, sent), ctx.id)
+        out, point.anchor = nodes.make_recv(tensor, point)
+        with ctx.lock:
+            ctx.recvs[message_id] = point
+            ctx.peers.add(src)
+        return out
+
+    def send_point(self, message_id: int) -> SendPoint:
+        with self._lock:
+            point = self._sends.get(message_id)
+        if point is None:
+            raise errors.FailedPrecondition(
+                f"{self.name} has no send point {message_id}: its context was released, or it never existed"
+            )
+        return point
+
+    # ------------------------------------------------------------------ lookup
+
+    def get(self, context_id: int) -> Context:
+        with self._lock:
+            ctx = self._contexts.get(context_id)
+        if ctx is None:
+            raise RuntimeError(f"Could not find autograd context with id: {context_id} on {self.name}")
+        return ctx
+
+    def find(self, context_id: int) -> Optional[Context]:
+        with self._lock:
+            return self._contexts.get(context_id)
+
+    def for_incoming(self, context_id: int, peer: int) -> Context:
+        """The context a message from ``peer`` names, made on first use."""
+        with self._lock:
+            ctx = self._contexts.get(context_id)
+            if ctx is None:
+                if context_id in self._released:
+                    raise errors.FailedPrecondition(
+                        f"distributed autograd context {context_id} was already released on {self.name}"
+                    )
+                ctx = self._contexts[context_id] = Context(context_id)
+        if peer >= 0:
+            with ctx.lock:
+                ctx.peers.add(peer)
+        return ctx
+
+    # ------------------------------------------------------------------ release
+
+    def release(self, context_id: int, sender: Optional[int] = None) -> bool:
+        """Drops the context here and tells every peer it talked to (except ``sender``) to do the same."""
+        with self._lock:
+            ctx = self._contexts.pop(context_id, None)
+            self._released[context_id] = None
+            while len(self._released) > _RELEASED_MEMORY:
+                self._released.popitem(last=False)
+            if ctx is not None:
+                for message_id, point in ctx.sends.items():
+                    self._sends.pop(message_id, None)
+                    if point.hooks is not None:
+                        dicts = [d for d in self.hooks.get(point.edge.node, ()) if d is not point.hooks]
+                        if dicts:
+                            self.hooks[point.edge.node] = dicts
+                        else:
+                            self.hooks.pop(point.edge.node, None)
+        if ctx is None:
+            return False
+        ctx.activations.clear()
+        for callback in self.on_release:
+            callback(context_id)
+        for peer in ctx.peers - {self.rank, sender}:
+            self._queue_release(peer, context_id)
+        return True
+
+    def _queue_release(self, peer: int, context_id: int) -> None:
+        with self._lock:
+            self._outgoing.setdefault(peer, []).append(context_id)
+            if self._flush_scheduled:
+                return
+            self._flush_scheduled = True
+        self._deadlines.schedule(RELEASE_DELAY, self.flush_releases)
+
+    def flush_releases(self) -> None:
+        with self._lock:
+            outgoing, self._outgoing = self._outgoing, {}
+            self._flush_scheduled = False
+        for peer, context_ids in outgoing.items():
+            if peer == COORDINATOR:
+                request = pb.Request(context_event=pb.ContextEvent(closed=context_ids))
+            else:
+                request = pb.Request(release_context=pb.ReleaseContext(context_ids=context_ids))
+            try:
+                self._notify(peer, request)
+            except Exception as exc:  # a departed peer has nothing left to release
+                log.debug("could not release contexts on rank %d: %s", peer, exc)
+
+    def handle_release(self, link, body: pb.ReleaseContext, attachments) -> None:
+        for context_id in body.context_ids:
+            self.release(context_id, sender=link.peer_rank)
+
+    def on_departed(self, rank: int) -> None:
+        """Contexts created by a worker that is gone are released after the time-to-live."""
+        with self._lock:
+            orphans = [cid for cid in self._contexts if rank_of(cid) == rank]
+        if orphans:
+            log.info("releasing %d context(s) of departed rank %d in %g s", len(orphans), rank, self._ttl)
+            self._deadlines.schedule(self._ttl, lambda: [self.release(cid) for cid in orphans])
+
+    def count(self) -> int:
+        with self._lock:
+            return len(self._contexts)
+
+    def ids(self) -> List[int]:
+        with self._lock:
+            return list(self._contexts)

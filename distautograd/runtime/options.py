@@ -1,0 +1,157 @@
+"""Backend options: every setting a process takes, from arguments first, then the environment, then defaults."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any, Dict, Optional, Sequence
+
+from distautograd.transport.security import Security, is_loopback
+from distautograd.encoding.pickling import ALLOW_ENV
+
+DEFAULT_RPC_TIMEOUT = 60.0
+UNSET_TIMEOUT = -1.0  # a call that names no timeout gets the default (torch's convention)
+COORDINATOR_ENV = "DISTAUTOGRAD_COORDINATOR"
+
+# Every environment variable this package reads, and what it sets.
+ENVIRONMENT = {
+    "DISTAUTOGRAD_COORDINATOR": "HOST:PORT of an external coordinator; then no rank hosts one",
+    "DISTAUTOGRAD_NAME": "worker name (CLI worker; the launcher's role inside a cluster)",
+    "DISTAUTOGRAD_HOST": "address to listen on",
+    "DISTAUTOGRAD_PORT": "port to listen on (0 = any free port)",
+    "DISTAUTOGRAD_ADVERTISE_HOST": "host others use to reach this process",
+    "DISTAUTOGRAD_TOKEN": "shared token; required to listen beyond loopback",
+    "DISTAUTOGRAD_TLS_CERT": "PEM certificate of this process",
+    "DISTAUTOGRAD_TLS_KEY": "PEM private key of this process",
+    "DISTAUTOGRAD_TLS_CA": "PEM CA of peers; on a server it makes TLS mutual",
+    "DISTAUTOGRAD_TLS_SERVER_NAME": "name expected in server certificates",
+    "DISTAUTOGRAD_ALLOW_MODULES": "comma-separated modules callers may name",
+    "DISTAUTOGRAD_RPC_TIMEOUT": "default seconds per call (0 = none)",
+    "DISTAUTOGRAD_THREADS": "threads running incoming calls",
+    "DISTAUTOGRAD_HEARTBEAT_INTERVAL": "seconds between heartbeats",
+    "DISTAUTOGRAD_HEARTBEAT_TIMEOUT": "seconds of silence before the coordinator declares a worker dead",
+    "DISTAUTOGRAD_CONTEXT_TTL": "seconds a context outlives a creator that died",
+    "DISTAUTOGRAD_LOG_LEVEL": "logging level of the CLI",
+    "DISTAUTOGRAD_TRANSPORT": "how workers reach each other: auto (Unix socket, TCP, gRPC), tcp, or grpc",
+    "DISTAUTOGRAD_SHARED_MEMORY": "0 to send big tensors through the socket instead of shared memory",
+    "DISTAUTOGRAD_WORKERS": "comma-separated worker names for the examples (distautograd.launch.workers)",
+    "MASTER_ADDR": "host of the coordinator rank 0 hosts (as torch)",
+    "MASTER_PORT": "port of the coordinator rank 0 hosts (as torch)",
+    "RANK": "this process's rank (as torch)",
+    "WORLD_SIZE": "number of processes (as torch)",
+}
+
+
+def _env_float(name: str, default: float) -> float:
+    return float(os.environ.get(name, default))
+
+
+def _env_int(name: str, default: int) -> int:
+    return int(os.environ.get(name, default))
+
+
+@dataclass(kw_only=True)
+class BackendOptions:
+    """How this process joins and serves. Keyword-only, like torch's TensorPipeRpcBackendOptions.
+
+    Args:
+        num_worker_threads: threads that run incoming calls (torch's option of the same name).
+        rpc_timeout: default timeout in seconds of every call; 0 means no limit.
+        init_method: ``"tcp://host:port"`` of the coordinator, or ``"env://"`` for
+            MASTER_ADDR / MASTER_PORT. Rank 0 hosts the coordinator there unless ``coordinator`` is set.
+        coordinator: ``"host:port"`` of an external coordinator (env DISTAUTOGRAD_COORDINATOR);
+            then no rank hosts one.
+        host / port: where this worker listens (env DISTAUTOGRAD_HOST / DISTAUTOGRAD_PORT);
+            loopback and a free port by default.
+        advertise_host: the host others should use to reach this worker (env
+            DISTAUTOGRAD_ADVERTISE_HOST); by default the listening address, or the address that
+            routes to the coordinator when listening on all interfaces.
+        token, tls_cert, tls_key, tls_ca, tls_server_name: see ``Security``; each also read from
+            DISTAUTOGRAD_TOKEN, DISTAUTOGRAD_TLS_CERT, ...
+        allowed_modules: modules whose functions and classes peers may name, beyond torch, the
+            standard containers and ``__main__`` (env DISTAUTOGRAD_ALLOW_MODULES, comma-separated).
+        init_timeout: seconds init_rpc waits for the whole world; defaults to rpc_timeout.
+        heartbeat_interval / heartbeat_timeout: how often a worker reports to the coordinator and
+            how long the coordinator waits before declaring it dead.
+        context_ttl: seconds a distributed autograd context outlives a creator that died.
+        transport: how workers reach each other (env DISTAUTOGRAD_TRANSPORT): "auto" tries a Unix
+            socket for peers on this host, then plain TCP, then the gRPC stream; "tcp" skips the
+            Unix socket; "grpc" uses only gRPC streams. With TLS on, peers elsewhere use gRPC.
+        shared_memory: on a Unix socket, send tensors of 1 MiB and more through shared memory (env
+            DISTAUTOGRAD_SHARED_MEMORY=0 turns it off).
+        device_maps, devices: accepted for torch compatibility; only CPU is supported.
+    """
+
+    num_worker_threads: int = field(default_factory=lambda: _env_int("DISTAUTOGRAD_THREADS", 16))
+    rpc_timeout: float = field(default_factory=lambda: _env_float("DISTAUTOGRAD_RPC_TIMEOUT", DEFAULT_RPC_TIMEOUT))
+    init_method: Optional[str] = None
+    coordinator: Optional[str] = None
+    host: Optional[str] = None
+    port: Optional[int] = None
+    advertise_host: Optional[str] = None
+    token: Optional[str] = None
+    tls_cert: Optional[str] = None
+    tls_key: Optional[str] = None
+    tls_ca: Optional[str] = None
+    tls_server_name: Optional[str] = None
+    allowed_modules: Sequence[str] = ()
+    init_timeout: Optional[float] = None
+    heartbeat_interval: float = field(default_factory=lambda: _env_float("DISTAUTOGRAD_HEARTBEAT_INTERVAL", 1.0))
+    heartbeat_timeout: float = field(default_factory=lambda: _env_float("DISTAUTOGRAD_HEARTBEAT_TIMEOUT", 10.0))
+    context_ttl: float = field(default_factory=lambda: _env_float("DISTAUTOGRAD_CONTEXT_TTL", 30.0))
+    transport: str = field(default_factory=lambda: os.environ.get("DISTAUTOGRAD_TRANSPORT", "auto"))
+    shared_memory: bool = field(default_factory=lambda: os.environ.get("DISTAUTOGRAD_SHARED_MEMORY", "1") != "0")
+    daemon: bool = False
+    device_maps: Optional[Dict[Any, Any]] = None
+    devices: Optional[Sequence[Any]] = None
+    _transports: Optional[Sequence[str]] = field(default=None, repr=False)
+    _channels: Optional[Sequence[str]] = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.num_worker_threads < 1:
+            raise ValueError(f"num_worker_threads must be at least 1, got {self.num_worker_threads}")
+        if self.rpc_timeout < 0:
+            raise ValueError(f"rpc_timeout must be >= 0 seconds (0 = no limit), got {self.rpc_timeout}")
+        if self.transport not in ("auto", "tcp", "grpc"):
+            raise ValueError(f"transport must be 'auto', 'tcp' or 'grpc', got {self.transport!r}")
+        if self.device_maps or any(str(d) != "cpu" for d in (self.devices or ())):
+            raise ValueError("device_maps and non-CPU devices are not supported: distautograd moves CPU tensors")
+
+    def security(self) -> Security:
+        return Security.from_env(
+            token=self.token,
+            tls_cert=self.tls_cert,
+            tls_key=self.tls_key,
+            tls_ca=self.tls_ca,
+            tls_server_name=self.tls_server_name,
+        )
+
+    def all_allowed_modules(self) -> list:
+        from_env = [m for m in os.environ.get(ALLOW_ENV, "").split(",") if m.strip()]
+        return [*self.allowed_modules, *from_env]
+
+    def listen_host(self, coordinator_host: str) -> str:
+        host = self.host or os.environ.get("DISTAUTOGRAD_HOST")
+        if host:
+            return host
+        return "127.0.0.1" if is_loopback(coordinator_host) else "0.0.0.0"
+
+    def listen_port(self) -> int:
+        if self.port is not None:
+            return self.port
+        return int(os.environ.get("DISTAUTOGRAD_PORT", "0"))
+
+    def call_timeout(self, timeout: Optional[float] = None) -> Optional[float]:
+        """A call's timeout in seconds: unset means the default, 0 means none (None)."""
+        if timeout is None or timeout == UNSET_TIMEOUT:
+            timeout = self.rpc_timeout
+        if timeout < 0:
+            raise ValueError(f"timeout must be >= 0 seconds (0 = no limit), got {timeout}")
+        return timeout or None
+
+    def effective_init_timeout(self) -> float:
+        return self.init_timeout if self.init_timeout is not None else (self.rpc_timeout or DEFAULT_RPC_TIMEOUT)
+
+
+# torch.distributed.rpc names, so existing programs only change their imports.
+TensorPipeRpcBackendOptions = BackendOptions

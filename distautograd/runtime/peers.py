@@ -1,0 +1,166 @@
+"""This process's links: to each peer (opened on first use, reopened after a failure), from peers, and to the coordinator.
+
+This is the port services use to reach others: ``request`` and ``notify`` a rank, or the
+coordinator. How a link is opened is transport.paths' business.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from concurrent.futures import Future
+from typing import Any, Callable, Dict, Optional, Set
+
+from distautograd import errors
+from distautograd.protocol import WORKER_SERVICE
+from distautograd.protocol.v1 import messages_pb2 as pb
+from distautograd.transport import grpc_server, grpc_stream, sockets
+from distautograd.transport.deadlines import Deadlines
+from distautograd.transport.link import Completion, Link
+from distautograd.transport.paths import Connector, Endpoint
+from distautograd.runtime.world import WorldView
+
+log = logging.getLogger("distautograd")
+
+COORDINATOR = -1  # the rank services use to mean the coordinator
+
+
+class Peers:
+    def __init__(
+        self,
+        name: str,
+        world: WorldView,
+        connector: Connector,
+        deadlines: Deadlines,
+        resolve_type: Callable,
+        stopping: threading.Event,
+    ):
+        self.name = name
+        self.rank = -1
+        self.world = world
+        self.connector = connector
+        self.deliver: Callable = _not_ready  # the dispatcher, set by the composition root
+        self._deadlines = deadlines
+        self._resolve_type = resolve_type
+        self._stopping = stopping
+        self._links: Dict[int, Link] = {}
+        self._incoming: Set[Link] = set()
+        self._lock = threading.Lock()
+        self.coordinator: Optional[Link] = None
+
+    # ------------------------------------------------------------------ links
+
+    def new_link(self, peer: str, rank: int) -> Link:
+        link = Link(peer, lambda *frame: self.deliver(*frame), self._deadlines, resolve_type=self._resolve_type)
+        link.peer_rank = rank
+        return link
+
+    def hello(self, target: str, rank: Optional[int] = None) -> pb.Hello:
+        return pb.Hello(name=self.name, rank=self.rank if rank is None else rank,
+                        token=self.connector.security.token or "", target=target)
+
+    def metadata(self, rank: Optional[int] = None) -> tuple:
+        return self.connector.security.metadata() + (
+            (grpc_server.PEER_NAME_KEY, self.name),
+            (grpc_server.PEER_RANK_KEY, str(self.rank if rank is None else rank)),
+        )
+
+    def to(self, rank: int) -> Link:
+        """The open link to ``rank`` (or the coordinator), connecting now if there is none."""
+        if rank == COORDINATOR:
+            link = self.coordinator
+            if link is None:
+                raise RuntimeError("RPC has not been initialized. Call distautograd.rpc.init_rpc first.")
+            return link
+        with self._lock:
+            link = self._links.get(rank)
+            if link is not None and not link.closed:
+                return link
+            if self._stopping.is_set():
+                raise errors.Unavailable(f"{self.name} is shut down")
+            entry = self.world.entry(rank)
+            if entry is None:
+                gone = self.world.departure(rank)
+                if gone is not None:
+                    how = "died" if gone.failed else "left"
+                    raise errors.Unavailable(f"worker '{gone.name}' (rank {rank}) {how}: {gone.reason}", worker=gone.name)
+                raise ValueError(f"unknown worker rank {rank}; known workers: {self.world.describe()}")
+            link = self.new_link(f"worker '{entry.name}' (rank {rank})", rank)
+            endpoint = Endpoint(entry.name, entry.address, WORKER_SERVICE, entry.unix_path, entry.host_id,
+                                entry.socket_address)
+            self.connector.attach(link, endpoint, self.hello(entry.name), self.metadata())
+            self._links[rank] = link
+            return link
+
+    # ------------------------------------------------------------------ the port
+
+    def request(self, rank: int, request: pb.Request, attachments=(), timeout: Optional[float] = None,
+                complete: Optional[Completion] = None) -> Optional[Future]:
+        """Sends a request. With ``complete``, it is called once with (response, attachments, error);
+        without, a Future of (response, attachments) is returned. Never raises."""
+        if complete is None:
+            future: Future = Future()
+
+            def complete(response, attachments, error, future=future):
+                future.set_exception(error) if error is not None else future.set_result((response, attachments))
+
+            self.request(rank, request, attachments, timeout, complete)
+            return future
+        try:
+            link = self.to(rank)
+        except BaseException as exc:
+            complete(None, None, exc)
+            return None
+        link.send_request(request, attachments, timeout, complete)
+        return None
+
+    def notify(self, rank: int, request: pb.Request, attachments=()) -> None:
+        """Sends a request that gets no response; raises if it cannot be sent."""
+        self.to(rank).notify(request, attachments)
+
+    # ------------------------------------------------------------------ incoming
+
+    def accept_socket(self, sock, hello: pb.Hello) -> None:
+        link = self.new_link(f"worker '{hello.name}' (rank {hello.rank})", hello.rank)
+        transport = sockets.SocketTransport(link, sock, self.connector.pool)
+        self._track_incoming(link)
+        transport.start()
+
+    def serve_connect(self, raw_frames, context):
+        """The gRPC stream a peer opened to this process."""
+        name, rank = grpc_server.peer_identity(context)
+        link = self.new_link(f"worker '{name}' (rank {rank})", rank)
+        self._incoming.add(link)
+        yield from grpc_stream.serve_stream(raw_frames, context, link, lambda: self._incoming.discard(link))
+
+    def _track_incoming(self, link: Link) -> None:
+        self._incoming.add(link)
+        link.on_close.append(lambda error: self._incoming.discard(link))
+
+    # ------------------------------------------------------------------ closing
+
+    def close_peer(self, rank: int, error: errors.Unavailable) -> None:
+        """Fails everything in flight with a peer that left or died, both directions."""
+        with self._lock:
+            link = self._links.pop(rank, None)
+        if link is not None:
+            link.close(error)
+        for incoming in list(self._incoming):
+            if incoming.peer_rank == rank:
+                incoming.close(error)
+
+    def pending_requests(self) -> int:
+        with self._lock:
+            return sum(link.pending_count() for link in self._links.values())
+
+    def close(self) -> None:
+        gone = errors.Unavailable(f"{self.name} is shut down")
+        with self._lock:
+            links, self._links = list(self._links.values()), {}
+        for link in links + list(self._incoming):
+            link.close(gone)
+        self.connector.channels.close()
+
+
+def _not_ready(link, frame_id, request, attachments) -> None:
+    raise errors.Unavailable("this process is still starting")

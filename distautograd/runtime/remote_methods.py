@@ -1,0 +1,45 @@
+"""What RRef proxies and RRef.backward run on the owner, and the marks of functions that answer later."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from distautograd.encoding.pickling import trusted_global
+from distautograd.errors import PermissionDenied
+from distautograd.runtime import current
+
+ASYNC_ATTR = "_distautograd_async_execution"
+
+
+class AsyncReturn:
+    """Returned by a function that runs another, asynchronous one: the call answers when ``future`` does."""
+
+    def __init__(self, future: torch.futures.Future):
+        self.future = future
+
+
+def is_async(func: Any) -> bool:
+    return bool(getattr(getattr(func, "__func__", func), ASYNC_ATTR, False))
+
+
+@trusted_global
+def invoke_method(rref, name: str, args: tuple, kwargs: dict) -> Any:
+    """Calls ``name`` on the owner's value. Private and dunder attributes (except ``__call__``) are
+    refused: through them a caller could reach any global of the owner's process."""
+    if not isinstance(name, str) or (name.startswith("_") and name != "__call__"):
+        raise PermissionDenied(f"RRef proxies only call public methods; refused {name!r}")
+    method = getattr(rref.local_value(), name)
+    result = method(*args, **kwargs)
+    return AsyncReturn(result) if is_async(method) else result
+
+
+@trusted_global
+def rref_backward(rref, context_id: int, retain_graph: bool) -> None:
+    value = rref.local_value()
+    if context_id == -1:
+        value.backward(retain_graph=retain_graph)
+    else:
+        agent = current.get()
+        agent.backward.backward(agent.contexts.get(context_id), [value], retain_graph)

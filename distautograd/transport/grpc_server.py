@@ -1,0 +1,104 @@
+"""gRPC servers and channels configured the one way this project uses them: limits, keepalive, health, the token."""
+
+from __future__ import annotations
+
+import logging
+from concurrent import futures
+from typing import Dict, Optional
+
+import grpc
+from google.protobuf.message import DecodeError
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+from distautograd.protocol.v1 import messages_pb2 as pb
+from distautograd.transport.link import MAX_MESSAGE_BYTES
+from distautograd.transport.security import Security, TokenCheck
+
+log = logging.getLogger("distautograd")
+
+PEER_NAME_KEY = "x-distautograd-name"
+PEER_RANK_KEY = "x-distautograd-rank"
+
+_OPTIONS = [
+    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.keepalive_time_ms", 10_000),
+    ("grpc.keepalive_timeout_ms", 5_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.max_pings_without_data", 0),
+]
+_SERVER_OPTIONS = _OPTIONS + [
+    ("grpc.so_reuseport", 0),  # a port in use is an error, never a silent second listener
+    ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
+]
+
+
+class Server:
+    """A gRPC server with the health service, the token check and explicit message limits."""
+
+    def __init__(self, host: str, port: int, security: Security, max_workers: int = 256):
+        security.check_bind(host)
+        self.security = security
+        interceptors = [TokenCheck(security.token)] if security.token else []
+        self._executor = futures.ThreadPoolExecutor(max_workers, thread_name_prefix="distautograd-grpc")
+        self._server = grpc.server(self._executor, options=_SERVER_OPTIONS, interceptors=interceptors)
+        self.health = health.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
+        target = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        credentials = security.server_credentials()
+        try:
+            if credentials is not None:
+                self.port = self._server.add_secure_port(target, credentials)
+            else:
+                self.port = self._server.add_insecure_port(target)
+        except RuntimeError as exc:
+            raise OSError(f"cannot listen on {target}: {exc}") from exc
+        if not self.port:
+            raise OSError(f"cannot listen on {target}: the address is in use or not available here")
+        self.host = host
+
+    def add_service(self, service: str, methods: Dict[str, grpc.RpcMethodHandler]) -> None:
+        self._server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, methods),))
+        self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
+
+    def start(self) -> None:
+        self._server.start()
+        self.health.set("", health_pb2.HealthCheckResponse.SERVING)
+
+    def stop(self, grace: Optional[float] = 1.0) -> None:
+        self.health.enter_graceful_shutdown()
+        self._server.stop(grace).wait(timeout=(grace or 0) + 5)
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+
+def channel(address: str, security: Security) -> grpc.Channel:
+    options = _OPTIONS + security.channel_options()
+    credentials = security.channel_credentials()
+    if credentials is not None:
+        return grpc.secure_channel(address, credentials, options=options)
+    return grpc.insecure_channel(address, options=options)
+
+
+def peer_identity(context: grpc.ServicerContext) -> tuple:
+    meta = dict(context.invocation_metadata() or ())
+    name = meta.get(PEER_NAME_KEY, "")
+    try:
+        rank = int(meta.get(PEER_RANK_KEY, "-1"))
+    except ValueError:
+        rank = -1
+    return name, rank
+
+
+def parse_frame(raw: bytes, context: grpc.ServicerContext) -> pb.Frame:
+    try:
+        return pb.Frame.FromString(raw)
+    except DecodeError as exc:
+        context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"malformed Frame: {exc}")
+
+
+def raw_stream_handler(behavior) -> grpc.RpcMethodHandler:
+    return grpc.stream_stream_rpc_method_handler(behavior)
+
+
+def raw_unary_handler(behavior) -> grpc.RpcMethodHandler:
+    return grpc.unary_unary_rpc_method_handler(behavior)

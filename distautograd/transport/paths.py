@@ -1,0 +1,96 @@
+"""How to reach a peer, decided in one place: a Unix socket on the same host, then plain TCP, then the gRPC stream.
+
+Workers reach each other and the coordinator the same way. The socket paths speak the same
+Frames as the gRPC stream, cost a fraction of it per message, and carry big tensors in shared
+memory on one host; the gRPC stream is the protocol's reference path and works wherever gRPC
+does (through TLS, proxies, other languages).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+from typing import Dict, Iterable, Optional
+
+import grpc
+
+from distautograd.protocol.v1 import messages_pb2 as pb
+from distautograd.transport import grpc_server, grpc_stream, sockets
+from distautograd.transport.link import Link
+from distautograd.transport.security import Security
+from distautograd.transport.shm import SegmentPool
+
+log = logging.getLogger("distautograd")
+
+PREFERENCES = ("auto", "tcp", "grpc")
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """Where a peer listens: its gRPC address and service, and the faster paths it offers."""
+
+    name: str
+    grpc_address: str
+    service: str
+    unix_path: str = ""
+    host_id: str = ""
+    socket_address: str = ""
+
+
+class Channels:
+    """gRPC channels by address, shared by every link to the same place."""
+
+    def __init__(self, security: Security):
+        self._security = security
+        self._channels: Dict[str, grpc.Channel] = {}
+        self._lock = threading.Lock()
+
+    def get(self, address: str) -> grpc.Channel:
+        with self._lock:
+            chan = self._channels.get(address)
+            if chan is None:
+                chan = self._channels[address] = grpc_server.channel(address, self._security)
+            return chan
+
+    def close(self) -> None:
+        with self._lock:
+            channels, self._channels = list(self._channels.values()), {}
+        for chan in channels:
+            chan.close()
+
+
+class Connector:
+    """Opens links to endpoints over the fastest path that works, as this process's settings allow."""
+
+    def __init__(self, security: Security, preference: str, pool: Optional[SegmentPool], channels: Channels):
+        if preference not in PREFERENCES:
+            raise ValueError(f"transport must be one of {PREFERENCES}, got {preference!r}")
+        self.security = security
+        self.preference = preference
+        self.pool = pool
+        self.channels = channels
+        self.host_id = sockets.host_id()
+
+    def attach(self, link: Link, endpoint: Endpoint, hello: pb.Hello, metadata: Iterable) -> str:
+        """Connects ``link`` to ``endpoint``; returns the kind of transport it got."""
+        sock = self._socket(endpoint, hello)
+        if sock is not None:
+            transport = sockets.SocketTransport(link, sock, self.pool)
+            transport.start()
+            return transport.kind
+        grpc_stream.open_stream(self.channels.get(endpoint.grpc_address), f"/{endpoint.service}/Connect", link, metadata)
+        return "grpc"
+
+    def _socket(self, endpoint: Endpoint, hello: pb.Hello):
+        paths = []
+        if self.preference == "auto" and endpoint.unix_path and endpoint.host_id == self.host_id:
+            paths.append((endpoint.unix_path, True))
+        if self.preference in ("auto", "tcp") and endpoint.socket_address and not self.security.tls:
+            paths.append((endpoint.socket_address, False))
+        for address, unix in paths:
+            try:
+                return sockets.connect(address, unix, hello)
+            except OSError as exc:  # not reachable this way (another host, a firewall): try the next
+                log.debug("no %s path to %s at %s: %s", "unix" if unix else "tcp", endpoint.name, address, exc)
+        return None

@@ -1,0 +1,1 @@
+"""Tests against real clusters on this machine: coordinator and workers as processes, real sockets."""

@@ -1,0 +1,62 @@
+"""The examples, each run the ways users run them: alone, under torchrun, and one process per rank by hand."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from distautograd.testing import run_together
+from tests.helpers.processes import free_port
+
+ROOT = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.slow
+
+
+def run(argv, env=None, timeout=240) -> str:
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, cwd=ROOT,
+                            env=dict(os.environ, **(env or {})))
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result.stdout
+
+
+def test_parameter_server_trains_with_two_concurrent_trainers():
+    out = run([sys.executable, "examples/parameter_server.py", "--steps", "60"])
+    assert out.count("learned: held-out loss below 0.3") == 2
+
+
+def test_pipeline_trains_and_prints_both_timings():
+    out = run([sys.executable, "examples/pipeline.py", "--steps", "12", "--bound", "2.5"])
+    assert "without micro-batches" in out and "ms/step" in out and "learned" in out
+
+
+def test_rnn_trains_with_embedding_and_decoder_on_the_server():
+    out = run([sys.executable, "examples/rnn.py", "--steps", "80"])
+    assert "learned: held-out loss below 0.5" in out
+
+
+def test_torchrun_launches_an_example():
+    out = run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "3", "examples/parameter_server.py",
+               "--steps", "30"])
+    assert out.count("learned") == 2
+
+
+def test_one_process_per_rank_by_hand():
+    port = free_port()
+    ranks = (1, 0)  # the server first: ranks may start in any order
+    results = run_together(
+        [[sys.executable, "examples/rnn.py", "--steps", "60"]] * len(ranks), timeout=240,
+        envs=[dict(os.environ, RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+              for rank in ranks],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    outputs = [result.stdout for result in results]
+    assert all(result.returncode == 0 for result in results), outputs
+    assert "learned" in outputs[1]
+
+
+def test_wrong_world_size_is_a_clear_error():
+    result = subprocess.run([sys.executable, "examples/rnn.py"], cwd=ROOT, capture_output=True, text=True, timeout=60,
+                            env=dict(os.environ, RANK="0", WORLD_SIZE="5", MASTER_ADDR="127.0.0.1", MASTER_PORT="1"))
+    assert result.returncode == 2 and "needs 2 processes (trainer, ps), got WORLD_SIZE=5" in result.stderr

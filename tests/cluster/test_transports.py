@@ -1,0 +1,52 @@
+"""Every path between workers, forced one at a time, and the fallbacks when a faster one is unavailable.
+
+"auto" takes a Unix socket to peers on this host, with shared memory for big tensors; "tcp" the
+plain TCP path; "grpc" the gRPC stream. Each must carry calls, 64 MiB tensors both ways, RRefs
+and a backward pass, and shared segments must all come back to their owner.
+"""
+
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from distautograd.testing import start_cluster
+from tests.helpers import processes
+
+pytestmark = pytest.mark.slow
+
+
+def run_driver(env: dict, *args: str) -> str:
+    return processes.run_driver(*args, timeout=180, env=env).stdout
+
+
+@pytest.mark.parametrize(
+    "transport, shared, wire",
+    [("auto", "1", "unix"), ("auto", "0", "unix"), ("tcp", "1", "tcp"), ("grpc", "1", "grpc")],
+    ids=["unix+shared-memory", "unix-without-shared-memory", "tcp", "grpc"],
+)
+def test_each_path_carries_everything(transport, shared, wire):
+    env = {"DISTAUTOGRAD_TRANSPORT": transport, "DISTAUTOGRAD_SHARED_MEMORY": shared}
+    cluster = start_cluster(2, allowed_modules=["tests"], env=env)
+    try:
+        expected_shared = shared if wire == "unix" else "0"
+        assert f"all calls over {wire}" in run_driver(env, "every_path_works", cluster.coordinator, wire, expected_shared)
+    finally:
+        cluster.stop()
+
+
+def test_an_unreachable_unix_socket_falls_back_to_tcp(tmp_path):
+    """As between containers on one machine: the socket paths the cluster advertises do not exist here."""
+    cluster = start_cluster(2, allowed_modules=["tests"], env={"TMPDIR": str(tmp_path)})
+    try:
+        sockets = list(tmp_path.glob("distautograd-*/worker.sock"))
+        assert len(sockets) == 3  # the coordinator's and the two workers'
+
+        for path in sockets:
+            shutil.rmtree(path.parent)
+        out = run_driver({}, "every_path_works", cluster.coordinator, "tcp", "either", "unix")
+        assert "all calls over tcp" in out
+    finally:
+        cluster.stop()

@@ -1,0 +1,144 @@
+"""docker-compose.yml, run the way it runs: each service in its own network namespace, found by name.
+
+There is no container engine here, so each service's ``command`` runs with its ``environment``
+inside its own Linux network namespace, with its own address and an /etc/hosts that resolves
+every service name, in ``depends_on`` order, waiting for health where the file says so.
+"""
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from distautograd import netns
+from distautograd.testing import Process
+
+ROOT = Path(__file__).resolve().parents[2]
+REASON = netns.available()
+pytestmark = [pytest.mark.netns, pytest.mark.slow, pytest.mark.skipif(REASON is not None, reason=f"{REASON}")]
+
+
+def dotenv() -> dict:
+    values = {}
+    for line in (ROOT / ".env").read_text().splitlines():
+        if line.strip() and not line.startswith("#"):
+            key, _, value = line.partition("=")
+            values[key.strip()] = value.strip()
+    return values
+
+
+def interpolate(value: str, variables: dict) -> str:
+    def replace(match):
+        name, _, default = match.group(1).partition(":-")
+        return variables.get(name, default)
+
+    return re.sub(r"\$\{([^}]+)\}", replace, str(value))
+
+
+def load_services() -> dict:
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    variables = {**dotenv(), **{k: v for k, v in os.environ.items() if k.startswith("DISTAUTOGRAD_TOKEN")}}
+    services = {}
+    for name, spec in compose["services"].items():
+        services[name] = {
+            "command": list(spec["command"]),
+            "environment": {k: interpolate(v, variables) for k, v in (spec.get("environment") or {}).items()},
+            "depends_on": spec.get("depends_on") or {},
+            "healthcheck": (spec.get("healthcheck") or {}),
+        }
+    return services
+
+
+def start_order(services: dict) -> list:
+    order, seen = [], set()
+
+    def visit(name):
+        if name not in seen:
+            seen.add(name)
+            for dep in services[name]["depends_on"]:
+                visit(dep)
+            order.append(name)
+
+    for name in services:
+        visit(name)
+    return order
+
+
+def wait_healthy(network, name: str, service: dict, process: Process, env: dict, timeout: float = 90) -> None:
+    test = service["healthcheck"]["test"]
+    argv = test[1:] if test[0] == "CMD" else ["sh", "-c", test[1]]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        check = subprocess.run(network.command(name, argv), capture_output=True, text=True, env=env, timeout=30)
+        if check.returncode == 0:
+            return
+        if not process.alive():
+            break
+        time.sleep(0.3)
+    raise TimeoutError(f"{name} never became healthy ({check.stderr.strip()}):\n{process.tail()}")
+
+
+class ComposeRun:
+    """Every service of docker-compose.yml running in its own namespace."""
+
+    def __init__(self, network, services):
+        self.network, self.services, self.processes = network, services, {}
+        base = dict(os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}", PYTHONPATH=str(ROOT))
+        healthy_needed = {d for s in services.values() for d, c in s["depends_on"].items()
+                          if (c or {}).get("condition") == "service_healthy"}
+        for name in start_order(services):
+            service = services[name]
+            env = netns.environment(base, service["environment"])
+            self.processes[name] = Process(network.command(name, service["command"]), env, name)
+            if name in healthy_needed:
+                wait_healthy(network, name, service, self.processes[name], env)
+
+    def stop(self):
+        for process in self.processes.values():
+            process.stop()
+
+    def logs(self) -> str:
+        return "\n".join(f"--- {name}\n{p.tail(30)}" for name, p in self.processes.items())
+
+
+@pytest.fixture
+def compose():
+    services = load_services()
+    with netns.Network(list(services)) as network:
+        run = None
+        try:
+            run = ComposeRun(network, services)
+            yield run
+        finally:
+            if run is not None:
+                run.stop()
+
+
+def test_the_trainer_learns_across_the_cluster(compose):
+    trainer = compose.processes["trainer"]
+    code = trainer.popen.wait(300)
+    out = trainer.tail(60)
+    assert code == 0, compose.logs()
+    assert "learned: final loss below" in out and "ms/step" in out, compose.logs()
+
+
+def test_killing_worker2_mid_training_fails_the_trainer_naming_it(compose):
+    trainer, worker2 = compose.processes["trainer"], compose.processes["worker2"]
+    deadline = time.monotonic() + 180
+    while "step" not in "".join(trainer.output) and time.monotonic() < deadline:
+        assert trainer.alive(), trainer.tail()
+        time.sleep(0.05)
+    worker2.signal(signal.SIGKILL)
+    killed = time.monotonic()
+    code = trainer.popen.wait(120)
+    elapsed = time.monotonic() - killed
+    out = trainer.tail(60)
+    assert code != 0, out
+    assert "worker2" in out and "training failed" in out, out
+    assert elapsed < 30, f"the trainer took {elapsed:.1f} s to notice"

@@ -1,0 +1,1 @@
+"""Helpers shared by the tests: one place, imported by tests, never one test module from another."""

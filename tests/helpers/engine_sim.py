@@ -1,0 +1,131 @@
+"""Several workers' backward engines in one process, joined by queues instead of sockets.
+
+Each virtual worker holds send and recv points like a real one; ``send`` moves a tensor between
+workers as an rpc would (a recv point on the receiver, the activation travelling along), and
+``backward`` runs a pass the way runtime.backward does: the root works out the active send points
+from its own graph, every worker runs its part as gradients arrive, pushes go worker to worker.
+"""
+
+from __future__ import annotations
+
+import collections
+import itertools
+import random
+from typing import Dict, List, Optional
+
+import torch
+from torch.autograd.graph import get_gradient_edge
+
+from distautograd.engine import activations, nodes
+from distautograd.engine.activations import Activations
+from distautograd.engine.graph import ROOTS, PassGraph
+from distautograd.engine.local_pass import LocalPass
+from distautograd.engine.slots import GradStore, hook_dict
+
+
+class _Recv:
+    __slots__ = ("message_id", "anchor", "activation")
+
+    def __init__(self, message_id, activation):
+        self.message_id = message_id
+        self.activation = activation
+        self.anchor = None
+
+
+class Worker:
+    def __init__(self, world: "World", name: str):
+        self.world = world
+        self.name = name
+        self.sends: Dict[int, tuple] = {}  # message id -> (edge, key)
+        self.activations = Activations()
+        self.store = GradStore()
+        self.hooks: Dict[object, list] = {}  # node -> hook dicts of tensors sent from it
+
+    def grads(self) -> Dict[torch.Tensor, torch.Tensor]:
+        return self.store.snapshot()
+
+
+class World:
+    def __init__(self, *names: str, limit: Optional[int] = None, order: str = "fifo", seed: int = 0):
+        """``limit``: activations bigger than this do not travel; ``order``: how pushes in flight are
+        delivered ("fifo", "lifo" or "random")."""
+        self.workers = {name: Worker(self, name) for name in names}
+        self.order = order
+        self._random = random.Random(seed)
+        self._ids = itertools.count(1)
+        self.owner: Dict[int, str] = {}  # message id -> worker holding the send point
+        self.limit = limit  # activations bigger than this do not travel
+        self.pushes = 0
+        self.unknown_asked = 0
+
+    def send(self, tensor: torch.Tensor, src: str, dest: str) -> torch.Tensor:
+        """``tensor`` as ``dest`` receives it from ``src`` inside a context."""
+        if not tensor.requires_grad:
+            return tensor.detach().clone()
+        sender = self.workers[src]
+        message_id = next(self._ids)
+        edge = get_gradient_edge(tensor)
+        sender.sends[message_id] = (edge, torch._C._autograd._get_sequence_nr() - 0.5)
+        hooks = hook_dict(tensor)
+        if hooks is not None:
+            sender.hooks.setdefault(edge.node, []).append(hooks)
+        self.owner[message_id] = src
+        found = sender.activations.of(edge.node)
+        travels = not found.unknown and (self.limit is None or len(found.ids) <= self.limit)
+        point = _Recv(message_id, activations.of_recv(message_id, found.ids if travels else None))
+        out, point.anchor = nodes.make_recv(tensor.detach(), point)
+        return out
+
+    def backward(self, root: str, roots: List[torch.Tensor], retain_graph=False, create_graph=False) -> None:
+        edges = [get_gradient_edge(r) for r in roots]
+        found = activations.union(self.workers[root].activations.of(e.node) for e in edges)
+        active, unknown = set(found.ids), set(found.unknown)
+        while unknown:  # what did not travel: ask the sender, as runtime.backward does
+            self.unknown_asked += len(unknown)
+            more = set()
+            for message_id in unknown:
+                sender = self.workers[self.owner[message_id]]
+                reach = sender.activations.of(sender.sends[message_id][0].node)
+                active |= reach.ids
+                more |= reach.unknown
+            unknown = more - unknown
+        queue: collections.deque = collections.deque()
+        errors: List[BaseException] = []
+        finished = set()
+        parts: Dict[str, LocalPass] = {}
+        for name, worker in self.workers.items():
+            mine = [m for m in active if self.owner[m] == name]
+            sources = {m: [worker.sends[m][0]] for m in mine}
+            if name == root:
+                sources[ROOTS] = edges
+            if name != root and not mine:
+                continue
+
+            def send(grads, name=name):
+                for message_id, grad in grads.items():
+                    self.pushes += 1
+                    queue.append((self.owner[message_id], message_id, grad))
+
+            def finish(error, name=name):
+                if error is not None:
+                    errors.append(error)
+                finished.add(name)
+
+            parts[name] = LocalPass(PassGraph(sources), {m: worker.sends[m][1] for m in mine}, worker.store,
+                                    send=send, finish=finish, retain_graph=retain_graph, create_graph=create_graph,
+                                    hooks=worker.hooks)
+        for part in parts.values():
+            part.start_if_empty()
+        parts[root].arrive(ROOTS, [torch.ones_like(r) for r in roots])
+        while queue and not errors:
+            if self.order == "lifo":
+                dest, message_id, grad = queue.pop()
+            elif self.order == "random":
+                queue.rotate(-self._random.randrange(len(queue)))
+                dest, message_id, grad = queue.popleft()
+            else:
+                dest, message_id, grad = queue.popleft()
+            parts[dest].arrive(message_id, [grad])
+        if errors:
+            raise errors[0]
+        assert finished == set(parts), f"parts that never finished: {set(parts) - finished}"

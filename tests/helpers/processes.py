@@ -1,0 +1,50 @@
+"""Running things as other processes and waiting for them, the ways the tests need: drivers, snippets, polls."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from typing import Callable, Optional
+
+from distautograd.runtime.rendezvous import free_port  # noqa: F401  (one helper for every test)
+
+
+def child_env(extra: Optional[dict] = None) -> dict:
+    return dict(os.environ, PYTHONPATH=os.getcwd(), **(extra or {}))
+
+
+def run_python(code: str, timeout: float = 60, env: Optional[dict] = None) -> subprocess.CompletedProcess:
+    """Runs ``code`` in a fresh interpreter; returns the completed process (never raises on failure)."""
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True,
+                          timeout=timeout, env=child_env(env))
+
+
+def run_driver(*args: str, timeout: float = 90, env: Optional[dict] = None) -> subprocess.CompletedProcess:
+    """Runs a scenario of tests.helpers.drivers as its own process; fails the test with its output if it fails."""
+    result = subprocess.run([sys.executable, "-m", "tests.helpers.drivers", *args], capture_output=True, text=True,
+                            timeout=timeout, env=child_env(env))
+    assert result.returncode == 0, f"driver failed:\n{result.stdout}\n{result.stderr}"
+    return result
+
+
+def poll_for(predicate: Callable[[], bool], timeout: float = 10.0, interval: float = 0.02) -> bool:
+    """True as soon as ``predicate()`` is; False if it still is not after ``timeout`` seconds."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return predicate()
+
+
+def outside_context(fn, *args):
+    """Runs ``fn`` in a fresh thread: rpcs made inside a context would join it to the context."""
+    result = []
+    t = threading.Thread(target=lambda: result.append(fn(*args)))
+    t.start()
+    t.join(30)
+    return result[0]

@@ -1,0 +1,248 @@
+"""Functions the tests run on other workers; workers load them because they allow the 'tests' module."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+
+import torch
+
+from distautograd import autograd as dist_autograd
+from distautograd import rpc
+
+
+def add(a, b):
+    return a + b
+
+
+def echo(x):
+    return x
+
+
+def raise_value_error(message):
+    raise ValueError(message)
+
+
+class NeedsTwoArgs(Exception):
+    def __init__(self, a, b):
+        super().__init__(a, b)
+
+
+def raise_custom():
+    raise NeedsTwoArgs("x", "y")
+
+
+def nested_add(to, x, y):
+    return rpc.rpc_sync(to, add, args=(x, y))
+
+
+def call_back(to, func, args):
+    return rpc.rpc_sync(to, func, args=args)
+
+
+def sleep(seconds):
+    time.sleep(seconds)
+    return seconds
+
+
+def touch(path):
+    with open(path, "w") as f:
+        f.write("ran")
+    return path
+
+
+def pid():
+    return os.getpid()
+
+
+def whoami():
+    return rpc.get_worker_info()
+
+
+def still_owned(rref_ids):
+    """Which of these rref ids this worker still holds a value for."""
+    from distautograd.runtime.current import get as current_agent
+
+    store = current_agent().rrefs
+    return [store.owns(i) for i in rref_ids]
+
+
+def debug_info():
+    return dist_autograd._get_debug_info()
+
+
+def rref_value_plus(rref, x):
+    return rref.to_here() + x
+
+
+def rref_local_sum(rref):
+    return rref.local_value().sum()
+
+
+def make_rref(value):
+    return rpc.RRef(value)
+
+
+@rpc.functions.async_execution
+def async_add_chained(to, x, y, z):
+    return rpc.rpc_async(to, torch.add, args=(x, y)).then(lambda fut: fut.wait() + z)
+
+
+@rpc.functions.async_execution
+def async_not_a_future():
+    return 1
+
+
+class Counter:
+    def __init__(self, start=0):
+        self.value = start
+        self._lock = threading.Lock()
+
+    def increment(self, by=1):
+        with self._lock:
+            self.value += by
+            return self.value
+
+    def get(self):
+        return self.value
+
+    @rpc.functions.async_execution
+    def add_later(self, x):
+        fut = torch.futures.Future()
+        threading.Timer(0.05, lambda: fut.set_result(self.value + x)).start()
+        return fut
+
+
+class Unpicklable:
+    def __reduce__(self):
+        raise TypeError("Unpicklable refuses to be pickled")
+
+
+def return_unpicklable():
+    return Unpicklable()
+
+
+class RunsShellWhenLoaded:
+    """A value whose pickle reduces to os.system: whoever unpickles it runs the command."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.path}",))
+
+
+def return_shell_payload(path):
+    return RunsShellWhenLoaded(path)
+
+
+# ---------------------------------------------------------------- autograd helpers
+
+class FailingBackward(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):
+        return x * 2
+
+    @staticmethod
+    def backward(ctx, grad):
+        raise ValueError("backward exploded on purpose")
+
+
+def fail_in_backward(x):
+    return FailingBackward.apply(x)
+
+
+class SlowBackward(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):
+        return x * 2
+
+    @staticmethod
+    def backward(ctx, grad):
+        time.sleep(5)
+        return grad * 2
+
+
+def slow_in_backward(x):
+    return SlowBackward.apply(x)
+
+
+_ps_weight = torch.arange(1.0, 9.0).requires_grad_()
+
+
+def ps_forward(x):
+    return (x * _ps_weight).sum()
+
+
+def ps_weight_grad(context_id):
+    return dist_autograd.get_gradients(context_id).get(_ps_weight)
+
+
+def ps_weight():
+    return _ps_weight.detach().clone()
+
+
+def context_ids():
+    from distautograd.runtime.current import get as current_agent
+
+    return current_agent().contexts.ids()
+
+
+
+
+def take_ps_weight_dot_grad():
+    grad, _ps_weight.grad = _ps_weight.grad, None
+    return grad
+
+
+def make_linear(seed, fan_in=4, fan_out=4):
+    torch.manual_seed(seed)
+    return torch.nn.Linear(fan_in, fan_out)
+
+
+def forward_of(module_rref, x):
+    return module_rref.local_value()(x)
+
+
+def parameter_rrefs(module_rref):
+    return [rpc.RRef(p) for p in module_rref.local_value().parameters()]
+
+
+def parameters_of(module_rref):
+    return [p.detach().clone() for p in module_rref.local_value().parameters()]
+
+
+def wire_to(name):
+    """How this worker reaches ``name``: "unix", "tcp" or "grpc"."""
+    from distautograd.runtime.current import get as current_agent
+
+    agent = current_agent()
+    return agent.peers.to(agent.world.resolve(name).id).transport.kind
+
+
+def shared_memory_use():
+    """(segments made, segments lent now) of this worker's shared memory pool."""
+    from distautograd.runtime.current import get as current_agent
+
+    pool = current_agent().connector.pool
+    return (0, 0) if pool is None else (pool.made, pool.lent_count())
+
+
+def checksum(t):
+    return t.double().sum().item(), t.shape, t.dtype
+
+
+def big_tensor(megabytes):
+    return torch.arange(megabytes << 18, dtype=torch.float32)
+
+
+def keep_and_check(t, value):
+    """Holds a received tensor a moment, then checks it still has the values it arrived with."""
+    before = t.clone()
+    time.sleep(0.002)
+    return bool(torch.equal(t, before)) and bool((t == value).all())
+
+
+def filled(megabytes, value):
+    return torch.full((megabytes << 18,), float(value))

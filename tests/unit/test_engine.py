@@ -1,0 +1,207 @@
+"""The backward engine in one process: virtual workers joined by queues (tests/helpers/engine_sim.py).
+
+Every scenario runs twice: across virtual workers, and as plain single-process autograd with the
+same tensors. Gradients must be equal bit for bit, every node must run once, whatever order the
+gradients in flight arrive in, and whether or not what a send sets off travelled with it.
+"""
+
+import pytest
+import torch
+
+from tests.helpers.engine_sim import World
+
+ORDERS = ("fifo", "lifo", "random")
+
+
+class Count(torch.autograd.Function):
+    """x * 1.5, counting how often its backward runs."""
+
+    runs = 0
+
+    @staticmethod
+    def forward(ctx, x):
+        return x * 1.5
+
+    @staticmethod
+    def backward(ctx, grad):
+        Count.runs += 1
+        return grad * 1.5
+
+
+def leaf(seed, *shape):
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed)).requires_grad_()
+
+
+# A scenario takes ``send(tensor, src, dest)`` and returns (roots on "t", {name: leaf}).
+def chain(send):
+    w = leaf(1, 4)
+    y = send(Count.apply(w), "t", "a")
+    z = send(torch.sin(y) * 2, "a", "b")
+    return [send(z.exp(), "b", "t").sum()], {"w": w}
+
+
+def round_trip_meets_itself(send):
+    w = leaf(2, 3)
+    y = Count.apply(w * 3)
+    u = send(torch.sin(send(y, "t", "a")), "a", "t")
+    return [(u * y).sum() + (w * w).sum()], {"w": w}
+
+
+def diamond_below_a_send(send):
+    w, x = leaf(3, 3), leaf(4, 3)
+    f = Count.apply(w * send(x, "t", "a"))  # on a: f is sent on, and used with w directly
+    back = send(torch.sin(send(f, "a", "b")), "b", "a")
+    return [send((f * w).sum() + back.sum(), "a", "t")], {"w": w, "x": x}
+
+
+def fan_out_fan_in(send):
+    x = leaf(5, 6)
+    h = Count.apply(x)
+    a = send(torch.cos(send(h, "t", "a")), "a", "t")
+    b = send(torch.tanh(send(h, "t", "b")), "b", "t")
+    return [(a * b).sum() + h.sum()], {"x": x}
+
+
+def one_leaf_four_ways(send):
+    """w meets four gradients: used here before a send, sent twice, used after: the sum's order matters."""
+    w = leaf(6, 5) * 1.0 + 0  # a non-leaf on purpose: its node sums the four
+    w.retain_grad()
+    base = leaf(6, 5)
+    early = (base * 0.1).sum()
+    a = send(send(base, "t", "a") * 1e3, "a", "t").sum()
+    b = send(send(base, "t", "b") ** 2, "b", "t").sum()
+    late = (base * 1e-3).sum()
+    return [early + a + b + late], {"base": base}
+
+
+def unreached_send_point(send):
+    w, v = leaf(7, 3), leaf(8, 3)
+    send(w * 2, "t", "a")  # sent, and its result dropped: never waited on
+    return [(v * 3).sum()], {"w": w, "v": v}
+
+
+def multiple_roots(send):
+    w = leaf(9, 3)
+    y = send(w * 2, "t", "a")
+    r = send(y.sum(), "a", "t")
+    return [r * 2, (w * w).sum()], {"w": w}
+
+
+SCENARIOS = [chain, round_trip_meets_itself, diamond_below_a_send, fan_out_fan_in, one_leaf_four_ways,
+             unreached_send_point, multiple_roots]
+
+
+def distributed(scenario, **world_options):
+    world = World("t", "a", "b", **world_options)
+    Count.runs = 0
+    roots, leaves = scenario(world.send)
+    world.backward("t", roots)
+    grads = {}
+    for worker in world.workers.values():
+        got = worker.grads()
+        for name, tensor in leaves.items():
+            if tensor in got:
+                grads[name] = got[tensor]
+    return grads, Count.runs, world
+
+
+def local(scenario):
+    Count.runs = 0
+    roots, leaves = scenario(lambda tensor, src, dest: tensor)
+    names = list(leaves)
+    got = torch.autograd.grad(roots, [leaves[n] for n in names], allow_unused=True)
+    return {n: g for n, g in zip(names, got) if g is not None}, Count.runs
+
+
+@pytest.mark.parametrize("order", ORDERS)
+@pytest.mark.parametrize("scenario", SCENARIOS, ids=lambda s: s.__name__)
+def test_equals_single_process_autograd_bit_for_bit_and_runs_every_node_once(scenario, order):
+    got, runs, _ = distributed(scenario, order=order)
+    want, want_runs = local(scenario)
+    assert set(got) == set(want)
+    for name in want:
+        assert torch.equal(got[name], want[name]), (name, (got[name] - want[name]).abs().max())
+    assert runs == want_runs
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS, ids=lambda s: s.__name__)
+def test_where_activations_do_not_travel_the_root_asks_and_gets_the_same(scenario):
+    got, runs, world = distributed(scenario, limit=0)
+    want, want_runs = local(scenario)
+    assert {n: g.tolist() for n, g in got.items()} == {n: g.tolist() for n, g in want.items()}
+    assert runs == want_runs
+    if world.pushes:
+        assert world.unknown_asked
+
+
+def test_an_unreached_send_point_takes_no_part():
+    _, _, world = distributed(unreached_send_point)
+    assert world.pushes == 0
+
+
+def test_hooks_run_once_on_the_whole_gradient_as_in_local_autograd():
+    def scenario(send, calls):
+        w = leaf(10, 3)
+        w.register_hook(lambda g: (calls.append("leaf"), g * 2)[1])
+        w.register_post_accumulate_grad_hook(lambda p: calls.append(("post-accumulate", p.grad.clone())))
+        h = w * 3
+        h.register_hook(lambda g: (calls.append("tensor"), g * 10)[1])
+        h.grad_fn.register_prehook(lambda grads: calls.append("pre"))
+        h.grad_fn.register_hook(lambda inputs, outputs: calls.append("post"))
+        y = send(send(h, "t", "a") * 2, "a", "t")
+        return [(y + h).sum() + (w * w).sum()], {"w": w}
+
+    world = World("t", "a", "b")
+    calls = []
+    roots, leaves = scenario(world.send, calls)
+    world.backward("t", roots)
+    got = world.workers["t"].grads()[leaves["w"]]
+    local_calls = []
+    roots, leaves = scenario(lambda t, s, d: t, local_calls)
+    roots[0].backward()
+    assert torch.equal(got, leaves["w"].grad)
+    assert [c if isinstance(c, str) else c[0] for c in calls] == [c if isinstance(c, str) else c[0] for c in local_calls]
+    assert torch.equal(calls[-1][1], got)  # the post-accumulate hook saw the context's gradient in .grad
+    assert leaves["w"].grad is not None and roots[0].grad_fn is not None
+
+
+def test_leaves_get_their_own_contiguous_tensors():
+    world = World("t", "a", "b")
+    a, b = leaf(11, 3), leaf(12, 4, 3)
+    y = send_twice = world.send(a + 0, "t", "a")
+    z = world.send(send_twice * 2, "a", "t")
+    world.backward("t", [(z + a).sum() + b.sum()])
+    grads = world.workers["t"].grads()
+    assert grads[b].is_contiguous() and grads[b].stride() == (3, 1)  # b.sum()'s expanded gradient, copied
+    assert grads[a].data_ptr() != grads[b].data_ptr()
+    assert y is not None
+
+
+def test_an_error_in_a_backward_function_fails_the_pass():
+    class Boom(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x):
+            return x.clone()
+
+        @staticmethod
+        def backward(ctx, grad):
+            raise ValueError("backward exploded on purpose")
+
+    world = World("t", "a", "b")
+    w = leaf(13, 3)
+    y = world.send(Boom.apply(world.send(w, "t", "a")), "a", "t")
+    with pytest.raises(ValueError, match="exploded on purpose"):
+        world.backward("t", [y.sum()])
+
+
+def test_a_second_pass_without_retain_graph_raises_torchs_error_and_with_it_accumulates():
+    world = World("t", "a", "b")
+    w = leaf(14, 3)
+    y = world.send(torch.sin(world.send(w, "t", "a")), "a", "t")
+    loss = y.sum()
+    world.backward("t", [loss], retain_graph=True)
+    first = world.workers["t"].grads()[w].clone()
+    world.backward("t", [loss])
+    assert torch.equal(world.workers["t"].grads()[w], first * 2)
+    with pytest.raises(RuntimeError, match="retain_graph=True"):
+        world.backward("t", [loss])
