@@ -15,7 +15,7 @@ from distautograd import errors
 from distautograd.coordinator.context_registry import ContextRegistry
 from distautograd.coordinator.membership import Membership
 from distautograd.coordinator.passes import PassRegistry
-from distautograd.encoding.pickling import Allowlist
+from distautograd.encoding.allowlist import Allowlist
 from distautograd.protocol import COORDINATOR_SERVICE
 from distautograd.protocol.v1 import messages_pb2 as pb
 from distautograd.transport import grpc_server, grpc_stream, local, sockets
@@ -41,7 +41,7 @@ class Coordinator:
     def __init__(self, server: grpc_server.Server, settings: Settings):
         self.settings = settings
         self.deadlines = Deadlines("distautograd-coordinator-deadlines")
-        self.resolve_type = Allowlist(settings.allowed_modules).resolve
+        self.resolve_type = Allowlist(settings.allowed_modules).resolve_exception
         self.contexts = ContextRegistry()
         self.passes = PassRegistry()
         self.membership = Membership(self._on_departed)

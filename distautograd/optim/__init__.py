@@ -7,38 +7,8 @@ from typing import Any, Dict, List
 
 from distautograd import autograd as dist_autograd
 from distautograd import rpc
-from distautograd.encoding.pickling import trusted_global
-from distautograd.engine import slots
+from distautograd.runtime.optimizers import local_optimizer_step, new_local_optimizer
 from distautograd.runtime.rrefs import RRef
-
-
-class _LocalOptimizer:
-    def __init__(self, optimizer_class, local_params_rref: List[RRef], *args, **kwargs):
-        self._params = [rref.local_value() for rref in local_params_rref]
-        self.optim = optimizer_class(self._params, *args, **kwargs)
-
-    def step(self, context_id: int) -> None:
-        grads = dist_autograd.get_gradients(context_id)
-        # Steps on one worker are serialized, whatever optimizer they belong to, as torch's are; and
-        # .grad is borrowed under the same lock passes use when leaves accumulate (engine.slots).
-        with slots.LOCK:
-            for param in self._params:
-                param.grad = grads.get(param)
-            try:
-                self.optim.step()
-            finally:
-                for param in self._params:
-                    param.grad = None  # the context holds gradients; .grad stays clean
-
-
-@trusted_global
-def _new_local_optimizer(optimizer_class, local_params_rref, *args, **kwargs) -> RRef:
-    return RRef(_LocalOptimizer(optimizer_class, local_params_rref, *args, **kwargs))
-
-
-@trusted_global
-def _local_optimizer_step(local_optimizer_rref: RRef, context_id: int) -> None:
-    local_optimizer_rref.local_value().step(context_id)
 
 
 class DistributedOptimizer:
@@ -61,7 +31,7 @@ class DistributedOptimizer:
         for param in params_rref:
             by_owner[param.owner()].append(param)
         futures = [
-            rpc.rpc_async(owner, _new_local_optimizer, args=(optimizer_class, params, *args), kwargs=kwargs)
+            rpc.rpc_async(owner, new_local_optimizer, args=(optimizer_class, params, *args), kwargs=kwargs)
             for owner, params in by_owner.items()
         ]
         self.remote_optimizers: List[RRef] = _wait_all(futures, list(by_owner), "create the local optimizers")
@@ -70,7 +40,7 @@ class DistributedOptimizer:
         """Applies the context's gradients on every owner in parallel; returns when all are done."""
         dist_autograd._is_valid_context(context_id)
         futures = [
-            rpc.rpc_async(opt.owner(), _local_optimizer_step, args=(opt, context_id)) for opt in self.remote_optimizers
+            rpc.rpc_async(opt.owner(), local_optimizer_step, args=(opt, context_id)) for opt in self.remote_optimizers
         ]
         _wait_all(futures, [opt.owner() for opt in self.remote_optimizers], "step")
 

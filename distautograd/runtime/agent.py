@@ -14,7 +14,7 @@ import grpc
 
 from distautograd import __version__, errors
 from distautograd.coordinator.service import Coordinator, Settings
-from distautograd.encoding.pickling import Allowlist
+from distautograd.encoding.allowlist import Allowlist, program_root
 from distautograd.ids import MAX_RANK, IdMint
 from distautograd.protocol import COORDINATOR_SERVICE, WORKER_SERVICE
 from distautograd.protocol.v1 import messages_pb2 as pb
@@ -23,6 +23,7 @@ from distautograd.runtime.backward import Backward
 from distautograd.runtime.calls import Calls
 from distautograd.runtime.codec import Codec
 from distautograd.runtime.contexts import ContextStore
+from distautograd.runtime import optimizers  # noqa: F401  (what peers call to optimize here: loaded)
 from distautograd.runtime.options import BackendOptions
 from distautograd.runtime.peers import Peers
 from distautograd.runtime.pool import WorkerPool
@@ -52,7 +53,7 @@ class Agent:
         self.name = name
         self.options = options
         self.security = options.security()
-        self.allowlist = Allowlist(options.all_allowed_modules())
+        self.allowlist = Allowlist(options.all_allowed_modules(), program_root() if options.trusts_program() else None)
         self.mint = IdMint()
         self.world = WorldView()
         self.deadlines = Deadlines()
@@ -60,7 +61,8 @@ class Agent:
         self.stopping = threading.Event()
         segments = shm.SegmentPool() if options.shared_memory and shm.available() is None else None
         self.connector = Connector(self.security, options.transport, segments, Channels(self.security))
-        self.peers = Peers(name, self.world, self.connector, self.deadlines, self.allowlist.resolve, self.stopping)
+        self.peers = Peers(name, self.world, self.connector, self.deadlines, self.allowlist.resolve_exception,
+                           self.stopping)
         self.contexts = ContextStore(name, self.mint, self.peers.notify, self.deadlines, options.context_ttl)
         self.rrefs = RRefStore(name, self.mint, self.peers.notify, self.world)
         self.codec = Codec(self.allowlist, self.rrefs, self.contexts)
@@ -68,7 +70,7 @@ class Agent:
                            options.call_timeout)
         self.rrefs.runtime = self.calls
         self.backward = Backward(name, self.mint, self.peers, self.contexts, self.codec, self.deadlines,
-                                 self.world.label, options.call_timeout, self.allowlist.resolve)
+                                 self.world.label, options.call_timeout, self.allowlist.resolve_exception)
         self.dispatcher = Dispatcher(name, {
             # inline: runs in the thread reading the connection, so in arrival order; the rest on worker threads
             "call": (self.calls.handle_call, True),  # decodes in order, runs on a worker thread

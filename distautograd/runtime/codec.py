@@ -12,7 +12,7 @@ from typing import Any, List, Optional, Tuple
 import torch
 
 from distautograd.encoding import pickling, tensors
-from distautograd.encoding.pickling import Allowlist
+from distautograd.encoding.allowlist import Allowlist
 from distautograd.errors import InvalidArgument
 from distautograd.protocol.v1 import messages_pb2 as pb
 from distautograd.runtime.contexts import Context, ContextStore

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, Optional, Sequence
 
 from distautograd.transport.security import Security, is_loopback
-from distautograd.encoding.pickling import ALLOW_ENV
+from distautograd.encoding.allowlist import ALLOW_ENV
 
 DEFAULT_RPC_TIMEOUT = 60.0
 UNSET_TIMEOUT = -1.0  # a call that names no timeout gets the default (torch's convention)
@@ -79,6 +79,10 @@ class BackendOptions:
             Unix socket; "grpc" uses only gRPC streams. With TLS on, peers elsewhere use gRPC.
         shared_memory: on a Unix socket, send tensors of 1 MiB and more through shared memory (env
             DISTAUTOGRAD_SHARED_MEMORY=0 turns it off).
+        trust_program: whether peers may call this program's own modules (those loaded from the
+            folder of its ``__main__``) without naming them in ``allowed_modules``. By default yes
+            when rank 0 hosts the coordinator (every rank runs one program), no when joining an
+            external coordinator (a cluster that serves other programs).
         device_maps, devices: accepted for torch compatibility; only CPU is supported.
     """
 
@@ -102,6 +106,7 @@ class BackendOptions:
     transport: str = field(default_factory=lambda: os.environ.get("DISTAUTOGRAD_TRANSPORT", "auto"))
     shared_memory: bool = field(default_factory=lambda: os.environ.get("DISTAUTOGRAD_SHARED_MEMORY", "1") != "0")
     daemon: bool = False
+    trust_program: Optional[bool] = None
     device_maps: Optional[Dict[Any, Any]] = None
     devices: Optional[Sequence[Any]] = None
     _transports: Optional[Sequence[str]] = field(default=None, repr=False)
@@ -125,6 +130,11 @@ class BackendOptions:
             tls_ca=self.tls_ca,
             tls_server_name=self.tls_server_name,
         )
+
+    def trusts_program(self) -> bool:
+        if self.trust_program is not None:
+            return self.trust_program
+        return not (self.coordinator or os.environ.get(COORDINATOR_ENV))
 
     def all_allowed_modules(self) -> list:
         from_env = [m for m in os.environ.get(ALLOW_ENV, "").split(",") if m.strip()]

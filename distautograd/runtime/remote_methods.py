@@ -6,8 +6,7 @@ from typing import Any
 
 import torch
 
-from distautograd.encoding.pickling import trusted_global
-from distautograd.errors import PermissionDenied
+from distautograd.encoding.allowlist import trusted_global
 from distautograd.runtime import current
 
 ASYNC_ATTR = "_distautograd_async_execution"
@@ -26,11 +25,9 @@ def is_async(func: Any) -> bool:
 
 @trusted_global
 def invoke_method(rref, name: str, args: tuple, kwargs: dict) -> Any:
-    """Calls ``name`` on the owner's value. Private and dunder attributes (except ``__call__``) are
-    refused: through them a caller could reach any global of the owner's process."""
-    if not isinstance(name, str) or (name.startswith("_") and name != "__call__"):
-        raise PermissionDenied(f"RRef proxies only call public methods; refused {name!r}")
-    method = getattr(rref.local_value(), name)
+    """Calls ``name`` on the owner's value, if the owner's allowlist lets a peer call it: chains of
+    proxy calls must not reach storages, files or process-wide settings (encoding.allowlist)."""
+    method = current.get().allowlist.method(rref.local_value(), name)
     result = method(*args, **kwargs)
     return AsyncReturn(result) if is_async(method) else result
 

@@ -6,7 +6,7 @@ import threading
 from typing import Dict, List, NamedTuple, Optional, Union
 
 from distautograd.protocol.v1 import messages_pb2 as pb
-from distautograd.encoding.pickling import trusted_global
+from distautograd.encoding.allowlist import trusted_global
 
 
 @trusted_global

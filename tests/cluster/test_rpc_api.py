@@ -141,7 +141,9 @@ class TestRRef:
         assert counter.remote().get().to_here() == 16
         assert counter.rpc_sync().add_later(4) == 20  # an async_execution method
         with pytest.raises(PermissionDenied, match="public methods"):
-            counter.rpc_sync()._lock()
+            getattr(counter.rpc_sync(), "__init__.__globals__")()  # dunders could reach any global of the owner
+        with pytest.raises(PermissionDenied, match="refused to call Counter._lock"):
+            counter.rpc_sync()._lock()  # an attribute, not a method of the class
 
     def test_remote_failure_shows_at_to_here(self):
         rref = rpc.remote("worker1", remote.raise_value_error, args=("no value",))

@@ -10,8 +10,9 @@ import torch
 
 from distautograd.errors import InvalidArgument, PermissionDenied
 from distautograd.encoding import pickling
+from distautograd.encoding.allowlist import Allowlist
 
-ALLOW = pickling.Allowlist()
+ALLOW = Allowlist()
 
 
 def round_trip(obj, allowlist=ALLOW):
@@ -113,7 +114,7 @@ def test_named_modules_extend_the_allowlist():
     data = pickling.dumps(os.path.join)
     with pytest.raises(PermissionDenied):
         pickling.loads(data, ALLOW)
-    assert pickling.loads(data, pickling.Allowlist(["posixpath"])) is os.path.join
+    assert pickling.loads(data, Allowlist(["posixpath"])) is os.path.join
 
 
 def test_unlisted_modules_are_not_even_imported():
