@@ -119,14 +119,21 @@ def cmd_status(args) -> int:
 
     from distautograd.protocol.v1 import messages_pb2 as pb
     from distautograd.protocol.v1.messages_pb2_grpc import CoordinatorStub
+    from distautograd.transport import paths
     from distautograd.transport.grpc_server import channel
 
     sec = _security(args)
     with channel(args.coordinator, sec) as chan:
         try:
+            if not sec.token:  # the world's token, as a process of the coordinator's user may fetch it
+                endpoint = paths.coordinator_endpoint(chan, args.coordinator, args.timeout)
+                paths.fetch_world_token(sec, endpoint, "distautograd-status")
             reply = CoordinatorStub(chan).Status(pb.StatusRequest(), metadata=sec.metadata(), timeout=args.timeout)
         except grpc.RpcError as exc:
             print(f"error: {args.coordinator}: {exc.code().name}: {exc.details()}", file=sys.stderr)
+            return 1
+        except Exception as exc:
+            print(f"error: {args.coordinator}: {exc}", file=sys.stderr)
             return 1
     print(f"{'NAME':<20} {'RANK':>4}  {'ADDRESS':<28} {'LAST HEARTBEAT':>14}  ROLE")
     for w in reply.workers:

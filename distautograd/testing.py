@@ -29,6 +29,8 @@ from dataclasses import dataclass, field
 from typing import Dict, Iterable, List, Optional, Sequence
 
 from distautograd.runtime.options import BackendOptions
+from distautograd.transport import grpc_server, paths
+from distautograd.transport.security import Security
 
 _READY = re.compile(r"(?:coordinator|worker (?P<name>\S+)) ready at (?P<address>\S+)(?: \(rank (?P<rank>\d+)\))?")
 _live: List["Process"] = []
@@ -146,6 +148,16 @@ class Cluster:
     workers: List[WorkerHandle]
     token: Optional[str] = None
     allowed_modules: List[str] = field(default_factory=list)
+
+    def client_token(self) -> str:
+        """The token a client of this cluster presents: the configured one, or the one its coordinator
+        made, fetched as any process of the same OS user may (transport.security)."""
+        if self.token:
+            return self.token
+        security = Security()
+        with grpc_server.channel(self.coordinator, security) as chan:
+            paths.fetch_world_token(security, paths.coordinator_endpoint(chan, self.coordinator, 10), "test-client")
+        return security.token
 
     def options(self, **overrides):
         """BackendOptions for joining this cluster from the test process."""

@@ -22,7 +22,7 @@ from distautograd.transport import grpc_server, grpc_stream, local, sockets
 from distautograd.transport.deadlines import Deadlines
 from distautograd.transport.dispatch import Dispatcher
 from distautograd.transport.link import Link
-from distautograd.transport.security import Security
+from distautograd.transport.security import Security, is_loopback
 
 log = logging.getLogger("distautograd")
 
@@ -78,9 +78,12 @@ class Coordinator:
                 ),
             },
         )
+        if is_loopback(server.host):
+            settings.security.make_world_token()  # none configured: this world's, for its user only
         # Members may also reach the coordinator over a socket: control messages cost far less there.
         self.listener = sockets.Listener.for_options(
-            "coordinator", settings.security, self._accept_socket, server.host, settings.transport
+            "coordinator", settings.security, self._accept_socket, server.host, settings.transport,
+            hands_out_token=settings.security.generated,
         )
         self.endpoints = pb.Endpoints(
             socket_port=self.listener.tcp_port if self.listener else 0,

@@ -177,14 +177,17 @@ class Allowlist:
             raise InvalidArgument("malformed pickle: a global's module and name must be strings")
         if any(part.startswith("__") for part in name.split(".")):
             raise self._refuse(module, name, "names with dunders are never loaded")
-        loaded = sys.modules.get(module)
-        if loaded is None:
-            if not self._named(module):
-                raise self._refuse(module, name, "its module is not loaded here")
+        if self._named(module):
             try:
-                loaded = importlib.import_module(module)  # the deployment named it: its code is trusted
+                # The deployment named it: its code is trusted. import_module also waits for an import of
+                # it another thread started, where sys.modules would hand out a half-made module.
+                loaded = importlib.import_module(module)
             except Exception as exc:
                 raise self._refuse(module, name, f"it could not be imported here ({exc})") from None
+        else:
+            loaded = sys.modules.get(module)
+            if loaded is None:
+                raise self._refuse(module, name, "its module is not loaded here")
         obj = loaded
         try:
             for part in name.split("."):

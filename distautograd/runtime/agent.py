@@ -16,9 +16,8 @@ from distautograd import __version__, errors
 from distautograd.coordinator.service import Coordinator, Settings
 from distautograd.encoding.allowlist import Allowlist, program_root
 from distautograd.ids import MAX_RANK, IdMint
-from distautograd.protocol import COORDINATOR_SERVICE, WORKER_SERVICE
+from distautograd.protocol import WORKER_SERVICE
 from distautograd.protocol.v1 import messages_pb2 as pb
-from distautograd.protocol.v1 import messages_pb2_grpc
 from distautograd.runtime.backward import Backward
 from distautograd.runtime.calls import Calls
 from distautograd.runtime.codec import Codec
@@ -33,6 +32,7 @@ from distautograd.runtime.world import WorkerInfo, WorldView
 from distautograd.transport import grpc_server, shm, sockets
 from distautograd.transport.deadlines import Deadlines
 from distautograd.transport.dispatch import Dispatcher
+from distautograd.transport import paths
 from distautograd.transport.paths import Channels, Connector, Endpoint
 
 log = logging.getLogger("distautograd")
@@ -165,8 +165,15 @@ class Agent:
             if self.coordinator is not None:
                 self.coordinator.attach(link)  # hosted here: no connection needed
             else:
-                self.connector.attach(link, self._coordinator_endpoint(coordinator, remaining),
-                                      self.peers.hello("coordinator", join.rank), self.peers.metadata(join.rank))
+                try:
+                    endpoint = self._coordinator_endpoint(coordinator, remaining)
+                    paths.fetch_world_token(self.security, endpoint, self.name)
+                    self.connector.attach(link, endpoint, self.peers.hello("coordinator", join.rank),
+                                          lambda: self.peers.metadata(join.rank))
+                except (OSError, errors.Unavailable) as exc:  # not up yet: try again until the deadline
+                    last = exc
+                    time.sleep(min(0.2, max(0.0, deadline - time.monotonic())))
+                    continue
             try:
                 response, _ = link.request(pb.Request(join=join), timeout=min(remaining, 10.0)).result()
             except (errors.Unavailable, errors.DeadlineExceeded) as exc:
@@ -182,20 +189,9 @@ class Agent:
             return response.join
 
     def _coordinator_endpoint(self, coordinator: str, remaining: float) -> Endpoint:
-        """Where the coordinator listens, with the socket paths it offers when it says so."""
-        endpoint = Endpoint("coordinator", coordinator, COORDINATOR_SERVICE)
-        if self.options.transport == "grpc":
-            return endpoint
         if self._coordinator_channel is None:
             self._coordinator_channel = grpc_server.channel(coordinator, self.security)
-        try:
-            offered = messages_pb2_grpc.CoordinatorStub(self._coordinator_channel).GetEndpoints(
-                pb.Empty(), metadata=self.security.metadata(), timeout=min(remaining, 5.0))
-        except grpc.RpcError:
-            return endpoint  # not up yet (the join loop retries), or an older coordinator: gRPC it is
-        host = coordinator.rpartition(":")[0].strip("[]")
-        return Endpoint("coordinator", coordinator, COORDINATOR_SERVICE, offered.unix_path, offered.host_id,
-                        join_address(host, offered.socket_port) if offered.socket_port else "")
+        return paths.coordinator_endpoint(self._coordinator_channel, coordinator, min(remaining, 5.0))
 
     def _wait_for_world(self, world_size: int, deadline: float) -> None:
         complete = self.world.wait_for(lambda: len(self.world.members()) >= world_size, deadline - time.monotonic())

@@ -88,7 +88,7 @@ class Peers:
             link = self.new_link(f"worker '{entry.name}' (rank {rank})", rank)
             endpoint = Endpoint(entry.name, entry.address, WORKER_SERVICE, entry.unix_path, entry.host_id,
                                 entry.socket_address)
-            self.connector.attach(link, endpoint, self.hello(entry.name), self.metadata())
+            self.connector.attach(link, endpoint, self.hello(entry.name), self.metadata)
             self._links[rank] = link
             return link
 

@@ -39,7 +39,7 @@ class Server:
     def __init__(self, host: str, port: int, security: Security, max_workers: int = 256):
         security.check_bind(host)
         self.security = security
-        interceptors = [TokenCheck(security.token)] if security.token else []
+        interceptors = [TokenCheck(security)]
         self._executor = futures.ThreadPoolExecutor(max_workers, thread_name_prefix="distautograd-grpc")
         self._server = grpc.server(self._executor, options=_SERVER_OPTIONS, interceptors=interceptors)
         self.health = health.HealthServicer()

@@ -11,14 +11,17 @@ from __future__ import annotations
 import logging
 import threading
 from dataclasses import dataclass
-from typing import Dict, Iterable, Optional
+from typing import Dict, Optional
 
 import grpc
 
+from distautograd import errors
+from distautograd.protocol import COORDINATOR_SERVICE
 from distautograd.protocol.v1 import messages_pb2 as pb
+from distautograd.protocol.v1 import messages_pb2_grpc
 from distautograd.transport import grpc_server, grpc_stream, sockets
 from distautograd.transport.link import Link
-from distautograd.transport.security import Security
+from distautograd.transport.security import TOKEN_ENV, Security
 from distautograd.transport.shm import SegmentPool
 
 log = logging.getLogger("distautograd")
@@ -60,6 +63,33 @@ class Channels:
             chan.close()
 
 
+def coordinator_endpoint(chan: grpc.Channel, address: str, timeout: float) -> Endpoint:
+    """Where the coordinator at ``address`` listens, with the socket paths it offers (its Unix socket is
+    also where the world's token is handed out, when none was configured); Unavailable if it does not answer."""
+    try:
+        offered = messages_pb2_grpc.CoordinatorStub(chan).GetEndpoints(pb.Empty(), timeout=timeout)
+    except grpc.RpcError as exc:
+        raise errors.Unavailable(f"the coordinator at {address} does not answer: {exc.code().name}") from None
+    host = address.rpartition(":")[0].strip("[]")
+    socket_address = f"[{host}]:{offered.socket_port}" if ":" in host else f"{host}:{offered.socket_port}"
+    return Endpoint("coordinator", address, COORDINATOR_SERVICE, offered.unix_path, offered.host_id,
+                    socket_address if offered.socket_port else "")
+
+
+def fetch_world_token(security: Security, endpoint: Endpoint, name: str) -> None:
+    """Without a configured token, asks the coordinator for the world's over its Unix socket, which
+    only processes of the same OS user may use (transport.security)."""
+    if security.token:
+        return
+    if not endpoint.unix_path or endpoint.host_id != sockets.host_id():
+        raise ValueError(
+            f"the coordinator at {endpoint.grpc_address} is on another machine: every process of a world "
+            f"that spans machines needs the same {TOKEN_ENV} (or --token, or BackendOptions(token=...))")
+    sock, welcome = sockets.connect(endpoint.unix_path, True, pb.Hello(name=name, target=endpoint.name, token_only=True))
+    sock.close()
+    security.adopt_world_token(welcome.world_token)
+
+
 class Connector:
     """Opens links to endpoints over the fastest path that works, as this process's settings allow."""
 
@@ -72,14 +102,16 @@ class Connector:
         self.channels = channels
         self.host_id = sockets.host_id()
 
-    def attach(self, link: Link, endpoint: Endpoint, hello: pb.Hello, metadata: Iterable) -> str:
-        """Connects ``link`` to ``endpoint``; returns the kind of transport it got."""
+    def attach(self, link: Link, endpoint: Endpoint, hello: pb.Hello, metadata) -> str:
+        """Connects ``link`` to ``endpoint``; returns the kind of transport it got. ``metadata`` (a
+        callable: the token may only be known once a socket has been opened) goes with gRPC streams."""
         sock = self._socket(endpoint, hello)
         if sock is not None:
             transport = sockets.SocketTransport(link, sock, self.pool)
             transport.start()
             return transport.kind
-        grpc_stream.open_stream(self.channels.get(endpoint.grpc_address), f"/{endpoint.service}/Connect", link, metadata)
+        grpc_stream.open_stream(self.channels.get(endpoint.grpc_address), f"/{endpoint.service}/Connect", link,
+                                metadata())
         return "grpc"
 
     def _socket(self, endpoint: Endpoint, hello: pb.Hello):
@@ -90,7 +122,9 @@ class Connector:
             paths.append((endpoint.socket_address, False))
         for address, unix in paths:
             try:
-                return sockets.connect(address, unix, hello)
+                sock, welcome = sockets.connect(address, unix, hello)
+                self.security.adopt_world_token(welcome.world_token)
+                return sock
             except OSError as exc:  # not reachable this way (another host, a firewall): try the next
                 log.debug("no %s path to %s at %s: %s", "unix" if unix else "tcp", endpoint.name, address, exc)
         return None

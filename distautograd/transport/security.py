@@ -1,10 +1,20 @@
-"""Who may talk to a process: the shared token, TLS and mutual TLS, and the rule that only loopback may go without."""
+"""Who may talk to a process: settled once per connection, before any message is read.
+
+Beyond loopback, every connection presents a shared token (configured), and TLS or mutual TLS
+where configured. On loopback with no token configured, the coordinator makes one for the world
+and hands it only to processes of the same OS user, over its Unix socket (whose peer credentials
+the kernel vouches for); every TCP and gRPC connection must present it. So no other local user
+gets in, and nobody has to set anything up.
+"""
 
 from __future__ import annotations
 
 import hmac
 import ipaddress
 import os
+import secrets
+import socket
+import struct
 from dataclasses import dataclass
 from typing import Optional
 
@@ -12,12 +22,15 @@ import grpc
 
 TOKEN_ENV = "DISTAUTOGRAD_TOKEN"
 HEALTH_PREFIX = "/grpc.health.v1.Health/"
+OPEN_METHODS = ("/distautograd.v1.Coordinator/GetEndpoints",)  # where to find the Unix socket: no secret
 WRONG_TOKEN = f"missing or wrong token: every process of a deployment must share the same {TOKEN_ENV}"
+# Tokens printed in documentation and example files: anyone can read them, so they guard nothing.
+PUBLISHED_TOKENS = frozenset({"change-me-before-you-deploy"})
 
 
-def token_matches(given: str, expected: str) -> bool:
+def token_matches(given: str, expected: Optional[str]) -> bool:
     """Constant-time comparison, so timing does not leak how much of a guess was right."""
-    return hmac.compare_digest(given.encode(), expected.encode())
+    return bool(expected) and hmac.compare_digest(given.encode(), expected.encode())
 
 
 def is_loopback(host: str) -> bool:
@@ -29,6 +42,14 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def peer_uid(sock: socket.socket) -> Optional[int]:
+    """The OS user of the process at the other end of a Unix socket, as the kernel knows it."""
+    if sock.family != socket.AF_UNIX:
+        return None
+    creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    return struct.unpack("3i", creds)[1]
+
+
 def _read(path: Optional[str]) -> Optional[bytes]:
     if not path:
         return None
@@ -36,11 +57,12 @@ def _read(path: Optional[str]) -> Optional[bytes]:
         return f.read()
 
 
-@dataclass(frozen=True)
+@dataclass
 class Security:
     """The credentials a process presents and demands.
 
-    token: a shared secret every process of the deployment knows; required to listen beyond loopback.
+    token: a shared secret every process of the deployment knows; required to listen beyond
+        loopback. Without one, the world's token is made by its coordinator (``generated``).
     tls_cert / tls_key: this process's certificate and key (PEM files); turns TLS on.
     tls_ca: the CA that signs peers' certificates; on a server it makes client certificates
         mandatory (mutual TLS), on a client it is what the server's certificate is checked against.
@@ -52,18 +74,46 @@ class Security:
     tls_key: Optional[str] = None
     tls_ca: Optional[str] = None
     tls_server_name: Optional[str] = None
+    generated: bool = False
+
+    @property
+    def configured_token(self) -> bool:
+        return bool(self.token) and not self.generated
 
     @property
     def tls(self) -> bool:
         return bool(self.tls_cert or self.tls_ca)
 
     def check_bind(self, host: str) -> None:
-        if not is_loopback(host) and not self.token:
+        if is_loopback(host):
+            return
+        if not self.configured_token:
             raise ValueError(
                 f"refusing to listen on {host} without a shared token: anyone who can reach it could run "
                 f"code here. Set the same {TOKEN_ENV} (or --token, or BackendOptions(token=...)) on every "
                 f"process, or listen on 127.0.0.1."
             )
+        if self.token in PUBLISHED_TOKENS:
+            raise ValueError(
+                f"refusing to listen on {host} with the token printed in the documentation and example files: "
+                f"anyone can read it. Set {TOKEN_ENV} to a secret of your own, e.g. `openssl rand -hex 32`."
+            )
+
+    def make_world_token(self) -> None:
+        """Called by a coordinator on loopback with no token configured."""
+        if not self.token:
+            self.token = secrets.token_hex(32)
+            self.generated = True
+
+    def adopt_world_token(self, token: str) -> None:
+        """The token the coordinator handed over (see module)."""
+        if not self.token and token:
+            self.token = token
+            self.generated = True
+
+    def welcome_token(self) -> str:
+        """What a same-user peer on a Unix socket is told: the world's token, if it was made, not configured."""
+        return self.token if self.generated and self.token else ""
 
     def metadata(self) -> tuple:
         return (("authorization", f"Bearer {self.token}"),) if self.token else ()
@@ -108,16 +158,18 @@ class Security:
 
 
 class TokenCheck(grpc.ServerInterceptor):
-    """Refuses every call without the shared token with UNAUTHENTICATED; health checks stay open for probes."""
+    """Refuses every call without the world's token with UNAUTHENTICATED; health checks and the
+    coordinator's endpoints stay open for probes and for finding the Unix socket."""
 
-    def __init__(self, token: str):
-        self._expected = f"Bearer {token}"
+    def __init__(self, security: Security):
+        self._security = security
 
     def intercept_service(self, continuation, details):
-        if details.method.startswith(HEALTH_PREFIX):
+        if details.method.startswith(HEALTH_PREFIX) or details.method in OPEN_METHODS:
             return continuation(details)
+        expected = f"Bearer {self._security.token}" if self._security.token else None
         for key, value in details.invocation_metadata or ():
-            if key == "authorization" and token_matches(str(value), self._expected):
+            if key == "authorization" and token_matches(str(value), expected):
                 return continuation(details)
         handler = continuation(details)
         if handler is None:

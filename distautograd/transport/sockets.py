@@ -16,7 +16,7 @@ import socket
 import struct
 import tempfile
 import threading
-from typing import Any, Callable, List, Optional, Sequence
+from typing import Any, Callable, List, Optional, Sequence, Tuple
 
 from google.protobuf.message import DecodeError
 
@@ -251,8 +251,8 @@ class SocketTransport:
 
 def connect(
     address: str, unix: bool, hello: pb.Hello, timeout: float = HANDSHAKE_SECONDS
-) -> socket.socket:
-    """A socket to a worker's listener (a Unix path, or HOST:PORT), past its handshake."""
+) -> Tuple[socket.socket, pb.Welcome]:
+    """A socket to a listener (a Unix path, or HOST:PORT), past its handshake, and its welcome."""
     if unix:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         target: Any = address
@@ -269,7 +269,7 @@ def connect(
         if welcome.error:
             raise errors.for_status(errors.status_code(welcome.code))(welcome.error)
         sock.settimeout(None)
-        return sock
+        return sock, welcome
     except BaseException:
         sock.close()
         raise
@@ -281,13 +281,13 @@ class Listener:
     def __init__(
         self,
         name: str,
-        token: Optional[str],
+        secure: security.Security,
         accept: Callable[[socket.socket, pb.Hello], None],
         tcp_host: Optional[str],
         unix: bool,
     ):
         self.name = name
-        self._token = token
+        self._security = secure
         self._accept = accept
         self._sockets: List[socket.socket] = []
         self._stopped = False
@@ -311,12 +311,14 @@ class Listener:
             threading.Thread(target=self._serve, args=(sock,), name="distautograd-accept", daemon=True).start()
 
     @classmethod
-    def for_options(cls, name: str, secure: security.Security, accept, host: str, transport: str) -> Optional["Listener"]:
-        """The listener a process with these settings runs: none for gRPC only, no Unix socket for
-        "tcp", and no plain TCP with TLS on (it would bypass TLS)."""
+    def for_options(cls, name: str, secure: security.Security, accept, host: str, transport: str,
+                    hands_out_token: bool = False) -> Optional["Listener"]:
+        """The listener a process with these settings runs: none for gRPC only (but a coordinator that
+        made the world's token keeps its Unix socket, where same-user processes fetch it), no Unix
+        socket for "tcp", and no plain TCP with TLS on (it would bypass TLS)."""
         if transport == "grpc":
-            return None
-        return cls(name, secure.token, accept, None if secure.tls else host, unix=transport == "auto")
+            return cls(name, secure, accept, None, unix=True) if hands_out_token else None
+        return cls(name, secure, accept, None if secure.tls else host, unix=transport == "auto" or hands_out_token)
 
     def _serve(self, listening: socket.socket) -> None:
         while not self._stopped:
@@ -331,12 +333,16 @@ class Listener:
             sock.settimeout(HANDSHAKE_SECONDS)
             _tune(sock)
             hello = _Reader(sock).message(pb.Hello)
-            refusal = self._refusal(hello)
+            same_user = security.peer_uid(sock) == os.getuid()
+            refusal = self._refusal(hello, same_user)
             if refusal is not None:
                 _write_message(sock, refusal)
                 sock.close()
                 return
-            _write_message(sock, pb.Welcome())
+            _write_message(sock, pb.Welcome(world_token=self._security.welcome_token() if same_user else ""))
+            if hello.token_only:
+                sock.close()
+                return
             sock.settimeout(None)
         except Exception as exc:  # a scanner, a broken peer: drop it and go on serving
             log.debug("refused a socket connection: %s", exc)
@@ -344,8 +350,11 @@ class Listener:
             return
         self._accept(sock, hello)
 
-    def _refusal(self, hello: pb.Hello) -> Optional[pb.Welcome]:
-        if self._token and not security.token_matches(hello.token, self._token):
+    def _refusal(self, hello: pb.Hello, same_user: bool) -> Optional[pb.Welcome]:
+        """Who may connect: whoever has the token; where no token was configured (the world made its
+        own), also any process of this OS user on the Unix socket."""
+        trusted = same_user and not self._security.configured_token
+        if not trusted and not security.token_matches(hello.token, self._security.token):
             return pb.Welcome(error=security.WRONG_TOKEN, code=errors.Unauthenticated.code.value[0])
         if hello.target and hello.target != self.name:
             return pb.Welcome(error=f"this is {self.name}, not {hello.target}", code=errors.NotFound.code.value[0])

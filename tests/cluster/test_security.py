@@ -1,6 +1,7 @@
 """Safe by default: no code runs from a pickle, no call runs without the token, TLS and mutual TLS work."""
 
 import os
+import shutil
 import subprocess
 import sys
 
@@ -55,7 +56,7 @@ def test_a_result_that_reduces_to_os_system_is_refused_by_the_caller(tmp_path):
 
 def test_modules_outside_the_allowlist_cannot_be_called(cluster, tmp_path):
     """worker1 allows 'tests'; a raw call naming a function elsewhere is refused before import."""
-    response = wire_client.call(cluster.worker("worker1").address, subprocess.call, ["true"])
+    response = wire_client.call(cluster.worker("worker1").address, subprocess.call, ["true"], token=cluster.client_token())
     assert response.error.code == grpc.StatusCode.PERMISSION_DENIED.value[0]
     assert "subprocess.call" in response.error.message
 
@@ -138,3 +139,62 @@ def test_mutual_tls_cluster(certificates):
             wire_client.call(address, remote.add, 1, 2)
     finally:
         cluster.stop()
+
+
+INTRUDER = r'''
+import socket, sys, grpc
+from distautograd import rpc
+from distautograd.protocol.v1 import messages_pb2 as pb
+from distautograd.transport import sockets
+from tests.helpers import remote, wire_client
+
+coordinator, worker_grpc, worker_tcp, marker = sys.argv[1:5]
+outcomes = []
+try:
+    rpc.init_rpc("intruder", rpc_backend_options=rpc.BackendOptions(coordinator=coordinator, init_timeout=5))
+    outcomes.append("JOINED")
+except Exception as exc:
+    outcomes.append(f"join refused: {type(exc).__name__}: {str(exc).splitlines()[0][:120]}")
+try:
+    wire_client.call(worker_grpc, remote.touch, marker)
+    outcomes.append("CALLED over gRPC")
+except grpc.RpcError as exc:
+    outcomes.append(f"grpc refused: {exc.code().name}")
+host, _, port = worker_tcp.rpartition(":")
+try:
+    sockets.connect(worker_tcp, False, pb.Hello(name="intruder", rank=99))
+    outcomes.append("CONNECTED over TCP")
+except Exception as exc:
+    outcomes.append(f"tcp refused: {type(exc).__name__}")
+print("\n".join(outcomes))
+'''
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("setpriv"), reason="needs root and setpriv to be another user")
+def test_another_os_user_cannot_join_or_call_a_world_without_a_token(cluster, trainer, tmp_path):
+    """The embedded default (loopback, no token configured): the world's token goes only to processes of
+    the same user, so a process of another user (here `nobody`) gets in nowhere, and nothing runs."""
+    from distautograd.runtime.current import get as current_agent
+
+    tmp_path.chmod(0o777)
+    marker = tmp_path / "ran"
+    worker = current_agent().world.entry(rpc.get_worker_info("worker1").id)
+    result = subprocess.run(
+        ["setpriv", "--reuid", "65534", "--regid", "65534", "--clear-groups", sys.executable, "-c", INTRUDER,
+         cluster.coordinator, worker.address, worker.socket_address, str(marker)],
+        capture_output=True, text=True, timeout=120, env=dict(os.environ, PYTHONPATH=os.getcwd(), HOME=str(tmp_path)),
+    )
+    assert result.returncode == 0, result.stderr
+    assert "join refused" in result.stdout and "UNAUTHENTICATED" in result.stdout
+    assert "grpc refused: UNAUTHENTICATED" in result.stdout
+    assert "tcp refused" in result.stdout
+    assert "JOINED" not in result.stdout and "CALLED" not in result.stdout and "CONNECTED" not in result.stdout
+    assert not marker.exists()
+    assert rpc.rpc_sync("worker1", remote.add, args=(1, 1)) == 2  # the world goes on serving its own user
+
+
+def test_the_unix_sockets_live_in_directories_only_their_user_can_enter(trainer):
+    from distautograd.runtime.current import get as current_agent
+
+    path = current_agent().listener.unix_path
+    assert os.stat(os.path.dirname(path)).st_mode & 0o777 == 0o700

@@ -38,15 +38,17 @@ def test_each_path_carries_everything(transport, shared, wire):
 
 
 def test_an_unreachable_unix_socket_falls_back_to_tcp(tmp_path):
-    """As between containers on one machine: the socket paths the cluster advertises do not exist here."""
-    cluster = start_cluster(2, allowed_modules=["tests"], env={"TMPDIR": str(tmp_path)})
+    """As between containers on one machine: the socket paths the cluster advertises do not exist here
+    (and, as between containers, the processes share a token: the world's own is handed out on those sockets)."""
+    cluster = start_cluster(2, allowed_modules=["tests"], env={"TMPDIR": str(tmp_path)}, token="shared-secret")
     try:
         sockets = list(tmp_path.glob("distautograd-*/worker.sock"))
         assert len(sockets) == 3  # the coordinator's and the two workers'
 
         for path in sockets:
             shutil.rmtree(path.parent)
-        out = run_driver({}, "every_path_works", cluster.coordinator, "tcp", "either", "unix")
+        out = run_driver({"DISTAUTOGRAD_TOKEN": "shared-secret"}, "every_path_works", cluster.coordinator, "tcp",
+                         "either", "unix")
         assert "all calls over tcp" in out
     finally:
         cluster.stop()

@@ -6,8 +6,8 @@ from typing import Optional
 
 import grpc
 
-from distautograd.protocol.v1 import messages_pb2 as pb
 from distautograd.encoding import pickling
+from distautograd.protocol.v1 import messages_pb2 as pb
 
 
 def call_frame(func, *args) -> pb.Frame:
@@ -15,16 +15,36 @@ def call_frame(func, *args) -> pb.Frame:
     return pb.Frame(id=1, request=pb.Request(call=pb.Call(function=value)))
 
 
+def channel(address: str, credentials=None) -> grpc.Channel:
+    options = [("grpc.max_send_message_length", 256 << 20), ("grpc.ssl_target_name_override", "localhost")]
+    return grpc.secure_channel(address, credentials, options) if credentials else grpc.insecure_channel(address, options)
+
+
+def metadata(token: Optional[str]) -> tuple:
+    return (("authorization", f"Bearer {token}"),) if token else ()
+
+
 def unary(address: str, payload: bytes, token: Optional[str] = None, timeout: float = 10, credentials=None) -> bytes:
     """Sends raw bytes to Worker.Call and returns the raw reply (grpc.RpcError on a bad status)."""
-    metadata = (("authorization", f"Bearer {token}"),) if token else ()
-    options = [("grpc.max_send_message_length", 256 << 20), ("grpc.ssl_target_name_override", "localhost")]
-    channel = grpc.secure_channel(address, credentials, options) if credentials else grpc.insecure_channel(address, options)
-    with channel:
-        method = channel.unary_unary("/distautograd.v1.Worker/Call")
-        return method(payload, metadata=metadata, timeout=timeout)
+    with channel(address, credentials) as chan:
+        method = chan.unary_unary("/distautograd.v1.Worker/Call")
+        return method(payload, metadata=metadata(token), timeout=timeout)
 
 
 def call(address: str, func, *args, token: Optional[str] = None, credentials=None) -> pb.Response:
     reply = unary(address, call_frame(func, *args).SerializeToString(), token=token, credentials=credentials)
     return pb.Frame.FromString(reply).response
+
+
+class Peer:
+    """A worker as a token-holding peer reaches it: what a connected caller may still get wrong."""
+
+    def __init__(self, address: str, token: str):
+        self.address = address
+        self.token = token
+
+    def unary(self, payload: bytes, timeout: float = 10) -> bytes:
+        return unary(self.address, payload, self.token, timeout)
+
+    def call(self, func, *args) -> pb.Response:
+        return call(self.address, func, *args, token=self.token)

@@ -288,24 +288,28 @@ class Barrier(_message.Message):
     def __init__(self, name: _Optional[str] = ...) -> None: ...
 
 class Hello(_message.Message):
-    __slots__ = ("name", "rank", "token", "target")
+    __slots__ = ("name", "rank", "token", "target", "token_only")
     NAME_FIELD_NUMBER: _ClassVar[int]
     RANK_FIELD_NUMBER: _ClassVar[int]
     TOKEN_FIELD_NUMBER: _ClassVar[int]
     TARGET_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_ONLY_FIELD_NUMBER: _ClassVar[int]
     name: str
     rank: int
     token: str
     target: str
-    def __init__(self, name: _Optional[str] = ..., rank: _Optional[int] = ..., token: _Optional[str] = ..., target: _Optional[str] = ...) -> None: ...
+    token_only: bool
+    def __init__(self, name: _Optional[str] = ..., rank: _Optional[int] = ..., token: _Optional[str] = ..., target: _Optional[str] = ..., token_only: _Optional[bool] = ...) -> None: ...
 
 class Welcome(_message.Message):
-    __slots__ = ("error", "code")
+    __slots__ = ("error", "code", "world_token")
     ERROR_FIELD_NUMBER: _ClassVar[int]
     CODE_FIELD_NUMBER: _ClassVar[int]
+    WORLD_TOKEN_FIELD_NUMBER: _ClassVar[int]
     error: str
     code: int
-    def __init__(self, error: _Optional[str] = ..., code: _Optional[int] = ...) -> None: ...
+    world_token: str
+    def __init__(self, error: _Optional[str] = ..., code: _Optional[int] = ..., world_token: _Optional[str] = ...) -> None: ...
 
 class ReleaseShared(_message.Message):
     __slots__ = ("leases",)
