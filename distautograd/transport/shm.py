@@ -5,10 +5,16 @@ a sender keeps its segments (memfds, mapped once) and reuses them. It copies an 
 a free segment; the frame names the segment, and the first time a peer sees one, its descriptor
 travels along (SCM_RIGHTS). The receiver maps each segment once and hands out the bytes without
 copying; when the last tensor using them is gone, it tells the sender, which reuses the segment.
+
+A segment, once shown to one peer, is only ever lent to that peer again: no other peer can read
+or rewrite what it maps. Segments are sealed against shrinking and growing before they travel,
+and a receiver maps only sealed segments of the size announced, so a sender cannot make it fault
+by truncating one under it.
 """
 
 from __future__ import annotations
 
+import fcntl
 import itertools
 import logging
 import mmap
@@ -64,44 +70,59 @@ def _size_class(nbytes: int) -> int:
     return max(MIN_BYTES, 1 << (nbytes - 1).bit_length())
 
 
+_SEALS = fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW
+
+
 class _Shelf:
-    """Free buffers by size class, kept warm up to a total number of bytes."""
+    """Free buffers by key (a size class, or who may have them and their size), kept warm up to a
+    total number of bytes."""
 
     def __init__(self, max_bytes: int):
-        self._items: Dict[int, list] = {}
+        self._items: Dict[object, List[tuple]] = {}  # key -> [(size, item)]
         self._bytes = 0
         self._max_bytes = max_bytes
         self._lock = threading.Lock()
 
-    def take(self, size: int):
-        """A kept item of exactly ``size`` bytes, or None."""
+    def take(self, key):
+        """An item kept under ``key``, or None."""
         with self._lock:
-            items = self._items.get(size)
+            items = self._items.get(key)
             if not items:
                 return None
+            size, item = items.pop()
+            if not items:
+                del self._items[key]
             self._bytes -= size
-            return items.pop()
+            return item
 
-    def keep(self, size: int, item) -> bool:
+    def keep(self, key, size: int, item) -> bool:
         """Keeps ``item`` for reuse unless that would pass the limit; False when it was not kept."""
         with self._lock:
             if self._bytes + size > self._max_bytes:
                 return False
-            self._items.setdefault(size, []).append(item)
+            self._items.setdefault(key, []).append((size, item))
             self._bytes += size
             return True
 
+    def drop(self, match: Callable[[object], bool]) -> list:
+        """Takes out every item whose key ``match`` accepts."""
+        with self._lock:
+            gone = [key for key in self._items if match(key)]
+            entries = [entry for key in gone for entry in self._items.pop(key)]
+            self._bytes -= sum(size for size, _ in entries)
+        return [item for _, item in entries]
+
 
 class Segment:
-    __slots__ = ("id", "size", "fd", "map", "borrower", "lease")
+    __slots__ = ("id", "size", "fd", "map", "lease")
 
     def __init__(self, segment_id: int, size: int):
         self.id = segment_id
         self.size = size
-        self.fd = os.memfd_create(f"distautograd-{segment_id}", os.MFD_CLOEXEC)
+        self.fd = os.memfd_create(f"distautograd-{segment_id}", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
         os.ftruncate(self.fd, size)
+        fcntl.fcntl(self.fd, fcntl.F_ADD_SEALS, _SEALS | fcntl.F_SEAL_SEAL)  # its size is final
         self.map = mmap.mmap(self.fd, size)
-        self.borrower = None
         self.lease = 0
 
     def close(self) -> None:
@@ -115,54 +136,54 @@ class Segment:
 class SegmentPool:
     """The segments this process sends from; each loan (a lease) lasts until the peer says it is done.
 
-    Releases name the lease, not the segment: a late release of an earlier loan must not free
-    the segment while a later loan of it is still being read.
+    A segment belongs to the one peer it was first lent to (its ``borrower``), free or lent, until
+    that connection ends. Releases name the lease, not the segment: a late release of an earlier
+    loan must not free the segment while a later loan of it is still being read.
     """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._ids = itertools.count(1)
         self._leases = itertools.count(1)
-        self._free = _Shelf(_MAX_IDLE_BYTES)
-        self._lent: Dict[int, Segment] = {}  # by lease
+        self._free = _Shelf(_MAX_IDLE_BYTES)  # (borrower id, size) -> segments
+        self._lent: Dict[int, tuple] = {}  # lease -> (borrower, segment)
         self.made = 0
 
     def lend(self, data: memoryview, borrower) -> Segment:
         """A segment holding a copy of ``data``, lent to ``borrower``."""
         size = _size_class(len(data))
-        segment = self._free.take(size)
+        segment = self._free.take((id(borrower), size))
         if segment is None:
             segment = Segment(next(self._ids), size)
             self.made += 1
         copy_into(memoryview(segment.map)[: len(data)], data)
-        segment.borrower = borrower
         with self._lock:
             segment.lease = next(self._leases)
-            self._lent[segment.lease] = segment
+            self._lent[segment.lease] = (borrower, segment)
         return segment
 
     def release(self, borrower, leases) -> None:
-        """``borrower`` is done with these loans: their segments are free again."""
+        """``borrower`` is done with these loans: their segments are free again, for it alone."""
         closing = []
         with self._lock:
             for lease in leases:
-                segment = self._lent.get(lease)
-                if segment is None or segment.borrower is not borrower:
+                entry = self._lent.get(lease)
+                if entry is None or entry[0] is not borrower:
                     continue
                 del self._lent[lease]
-                segment.borrower = None
-                if not self._free.keep(segment.size, segment):
+                segment = entry[1]
+                if not self._free.keep((id(borrower), segment.size), segment.size, segment):
                     closing.append(segment)
         for segment in closing:
             segment.close()
 
     def forget(self, borrower) -> None:
-        """The connection to ``borrower`` ended: its segments are never reused, for it may still
-        read them; they are freed by the kernel once nobody maps them."""
+        """The connection to ``borrower`` ended: its segments, free or lent, are never lent again (it
+        may still map them); they are freed by the kernel once nobody maps them."""
         with self._lock:
-            gone = [s for s in self._lent.values() if s.borrower is borrower]
-            for segment in gone:
-                del self._lent[segment.lease]
+            leases = [lease for lease, (who, _) in self._lent.items() if who is borrower]
+            gone = [self._lent.pop(lease)[1] for lease in leases]
+        gone += self._free.drop(lambda key: key[0] == id(borrower))
         for segment in gone:
             segment.close()
 
@@ -185,7 +206,7 @@ class ReceiveBuffers:
         if block is None:
             block = np.empty(size, dtype=np.uint8)
         view = block[:nbytes]  # a view: its finalizer fires when every tensor over it is gone
-        weakref.finalize(view, self._free.keep, size, block)
+        weakref.finalize(view, self._free.keep, size, size, block)
         return view
 
 
@@ -233,7 +254,18 @@ class Mappings:
         self._maps: Dict[int, mmap.mmap] = {}
 
     def add(self, segment_id: int, fd: int, size: int) -> None:
+        """Maps a segment a peer sent, if it is what a segment must be: sealed against shrinking and
+        growing, and of the size announced (else a peer could truncate it under us: SIGBUS)."""
         try:
+            try:
+                seals = fcntl.fcntl(fd, fcntl.F_GET_SEALS)
+                actual = os.fstat(fd).st_size
+            except OSError as exc:
+                raise ValueError(f"shared segment {segment_id} is not a memfd: {exc}") from None
+            if seals & _SEALS != _SEALS:
+                raise ValueError(f"shared segment {segment_id} is not sealed against resizing")
+            if actual != size or size <= 0:
+                raise ValueError(f"shared segment {segment_id} has {actual} bytes, not the {size} announced")
             self._maps[segment_id] = mmap.mmap(fd, size)
         finally:
             os.close(fd)

@@ -55,10 +55,13 @@ def _tune(sock: socket.socket) -> None:
 
 
 def _send_all(sock: socket.socket, buffers: List[Any], fds: Sequence[int] = ()) -> None:
-    ancillary = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))] if fds else []
+    """Sends every byte of ``buffers``, and ``fds`` along with the first of them, at most _MAX_FDS
+    descriptors to a message (the receiver's buffer for them holds no more): each group but the last
+    rides on one byte of its own."""
+    groups = [list(fds[i:i + _MAX_FDS]) for i in range(0, len(fds), _MAX_FDS)]
     while buffers:
-        sent = sock.sendmsg(buffers, ancillary)
-        ancillary = []
+        ancillary = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", groups.pop(0)))] if groups else []
+        sent = sock.sendmsg([memoryview(buffers[0])[:1]] if groups else buffers, ancillary)
         while buffers and sent >= len(buffers[0]):
             sent -= len(buffers[0])
             buffers.pop(0)
@@ -89,6 +92,14 @@ class _Reader:
             if not n:
                 raise EOFError("the peer closed the connection")
             got += n
+
+    def close_stray_fds(self) -> None:
+        fds, self.fds = self.fds, []
+        for fd in fds:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
 
     def exactly(self, size: int) -> bytearray:
         buffer = bytearray(size)
@@ -208,23 +219,33 @@ class SocketTransport:
             raise errors.InvalidArgument("a frame arrived with neither a request nor a response")
         message = getattr(frame, kind)
         if kind == "request" and message.WhichOneof("body") == "release_shared":
+            reader.close_stray_fds()
             if self._pool is not None:
                 self._pool.release(self, message.release_shared.leases)
             return
         attachments = self._attachments(reader, frame, message.attachments)
+        reader.close_stray_fds()  # descriptors sent along with the bytes after the header belong to nothing
         if attachments is not None:
             self.link.deliver(frame, attachments)
 
     def _attachments(self, reader: _Reader, frame: pb.Frame, described: pb.Attachments) -> Optional[List[Any]]:
         sizes = list(described.streamed_sizes)
         shared = described.shared
-        if shared and self._mappings is None:
-            raise errors.InvalidArgument("shared memory arrived over TCP")
-        for buffer in shared.values():
-            if buffer.descriptor_attached:
-                if not reader.fds:
-                    raise errors.InvalidArgument("a shared segment arrived without its descriptor")
-                self._mappings.add(buffer.segment, reader.fds.pop(0), buffer.segment_size)
+        try:
+            if shared and self._mappings is None:
+                raise errors.InvalidArgument("shared memory arrived over TCP")
+            for index, buffer in sorted(shared.items()):  # the descriptors came in this order
+                if index >= len(sizes):
+                    raise errors.InvalidArgument(f"shared buffer {index} has no attachment to stand for")
+                if buffer.descriptor_attached:
+                    if not reader.fds:
+                        raise errors.InvalidArgument("a shared segment arrived without its descriptor")
+                    try:
+                        self._mappings.add(buffer.segment, reader.fds.pop(0), buffer.segment_size)
+                    except ValueError as exc:
+                        raise errors.InvalidArgument(str(exc)) from None
+        finally:
+            reader.close_stray_fds()  # any the frame did not claim: never kept, never leaked
         total = sum(size for i, size in enumerate(sizes) if i not in shared)
         if total > self.link.max_attachment_bytes:
             reader.skip(total)

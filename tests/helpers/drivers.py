@@ -232,6 +232,8 @@ def every_path_works(coordinator: str, expected_wire: str, shared: str, expected
     big = torch.randn(16 << 20)  # 64 MiB
     total, shape, dtype = rpc.rpc_sync("worker1", remote.checksum, args=(big,))
     assert shape == big.shape and dtype == big.dtype and total == big.double().sum().item()
+    many = [torch.full((1 << 18,), float(i)) for i in range(70)]  # more than 64 of 1 MiB, as a ResNet50's state
+    assert all(torch.equal(a, b) for a, b in zip(rpc.rpc_sync("worker1", remote.echo, args=(many,)), many))
     back = rpc.rpc_sync("worker1", remote.big_tensor, args=(64,))
     assert torch.equal(back, torch.arange(64 << 18, dtype=torch.float32))
     back.add_(1)  # received tensors are writable, shared memory or not
