@@ -135,10 +135,11 @@ def cmd_status(args) -> int:
         except Exception as exc:
             print(f"error: {args.coordinator}: {exc}", file=sys.stderr)
             return 1
-    print(f"{'NAME':<20} {'RANK':>4}  {'ADDRESS':<28} {'LAST HEARTBEAT':>14}  ROLE")
+    print(f"{'NAME':<20} {'RANK':>5}  {'ADDRESS':<28} {'LAST HEARTBEAT':>14}  {'CONTEXTS':>8} {'PASSES':>6}  ROLE")
     for w in reply.workers:
         role = "daemon" if w.worker.daemon else "member"
-        print(f"{w.worker.name:<20} {w.worker.rank:>4}  {w.worker.address:<28} {w.seconds_since_heartbeat:>12.1f} s  {role}")
+        print(f"{_safe(w.worker.name):<20} {w.worker.rank:>5}  {_safe(w.worker.address):<28} "
+              f"{w.seconds_since_heartbeat:>12.1f} s  {w.contexts:>8} {w.passes:>6}  {role}")
     print(f"\nopen contexts: {len(reply.contexts)}")
     for c in reply.contexts:
         leaves = ", ".join(f"rank {r}: {n}" for r, n in sorted(c.leaves_with_gradients.items())) or "none"
@@ -149,8 +150,14 @@ def cmd_status(args) -> int:
     if reply.departed:
         print("\ndeparted:")
         for d in reply.departed[-10:]:
-            print(f"  {d.name} (rank {d.rank}) {'failed' if d.failed else 'left'}: {d.reason}")
+            print(f"  {_safe(d.name)} (rank {d.rank}) {'failed' if d.failed else 'left'}: {_safe(d.reason)}")
     return 0
+
+
+def _safe(text: str, limit: int = 200) -> str:
+    """Text a peer chose, as it may be printed on a terminal: no control characters, bounded."""
+    text = text[:limit]
+    return text if text.isprintable() else repr(text)
 
 
 def cmd_health(args) -> int:

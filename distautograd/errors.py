@@ -95,13 +95,14 @@ def qualified_name(cls: type) -> str:
 def to_proto(exc: BaseException, worker: str) -> pb.Error:
     """Describes an exception raised here so the caller can re-raise it."""
     if isinstance(exc, RpcError):
-        # Already a description of a failure somewhere (maybe further down a chain of calls):
-        # keep where it happened first.
+        # Already a description of a failure somewhere (maybe further down a chain of calls): keep
+        # where it happened first, and a traceback only if it carries one from user code. This
+        # runtime's own traceback would tell a user nothing (and a worker that died raised nothing).
         return pb.Error(
             code=exc.code.value[0],
             message=str(exc),
             remote_type=qualified_name(type(exc)),
-            remote_traceback=exc.remote_traceback or _format(exc),
+            remote_traceback=exc.remote_traceback,
             worker=exc.worker or worker,
         )
     return pb.Error(
@@ -126,8 +127,8 @@ def from_proto(error: pb.Error, resolve_type=None) -> BaseException:
     text = error.message
     if error.remote_traceback:
         text = f"{text}\n\nRaised on {where}; remote traceback:\n{error.remote_traceback.rstrip()}"
-    else:
-        text = f"{text} (raised on {where})"
+    elif code != grpc.StatusCode.UNAVAILABLE and error.worker and f"'{error.worker}'" not in text:
+        text = f"{text} (on {where})"  # an Unavailable names the worker that went, and it raised nothing
     kind = _resolve(error.remote_type, resolve_type)
     if code != grpc.StatusCode.UNKNOWN or kind is None or issubclass(kind, RpcError):
         cls = kind if kind is not None and issubclass(kind, RpcError) else for_status(code)

@@ -52,6 +52,7 @@ class Network:
         try:
             _ip("link", "add", self.bridge, "type", "bridge")
             _ip("link", "set", self.bridge, "up")
+            self._allow_bridged_traffic(True)
             hosts_file = "127.0.0.1 localhost\n" + "".join(f"{a} {n}\n" for n, a in self.addresses.items())
             for i, name in enumerate(self.names):
                 ns, veth = self.namespaces[name], f"{self.bridge}v{i}"[-15:]
@@ -86,6 +87,21 @@ class Network:
         for veth in self._veths:
             subprocess.run(["ip", "link", "del", veth], capture_output=True)
         subprocess.run(["ip", "link", "del", self.bridge], capture_output=True)
+        self._allow_bridged_traffic(False)
+
+    def forward_rule(self) -> List[str]:
+        return ["FORWARD", "-i", self.bridge, "-o", self.bridge, "-j", "ACCEPT"]
+
+    def _allow_bridged_traffic(self, allow: bool) -> None:
+        """Where Docker runs, the FORWARD policy is DROP and bridged frames pass through iptables: this
+        network's own traffic must be let through (only between its own hosts), and the rule taken away after."""
+        if shutil.which("iptables") is None:
+            return
+        present = subprocess.run(["iptables", "-C", *self.forward_rule()], capture_output=True).returncode == 0
+        if allow and not present:
+            subprocess.run(["iptables", "-I", *self.forward_rule()], capture_output=True)
+        elif not allow and present:
+            subprocess.run(["iptables", "-D", *self.forward_rule()], capture_output=True)
 
 
 def environment(base: Dict[str, str], extra: Dict[str, str]) -> Dict[str, str]:

@@ -16,12 +16,34 @@ log = logging.getLogger("distautograd")
 _DEPARTED_MEMORY = 1000
 
 
+NAME_CHARACTERS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-.:")
+MAX_NAME = 128
+MAX_ADDRESS = 512
+
+
+def validate_join(join: pb.Join) -> None:
+    """What a member may claim about itself: names printable and short, ranks that fit in an id."""
+    if not join.name or len(join.name) > MAX_NAME or not set(join.name) <= NAME_CHARACTERS:
+        raise errors.InvalidArgument(
+            f"a worker name must be 1 to {MAX_NAME} letters, digits or _ - . : characters; got {join.name[:MAX_NAME]!r}")
+    if not -1 <= join.rank <= MAX_RANK:
+        raise errors.InvalidArgument(f"rank {join.rank} is out of range: ranks go from 0 to {MAX_RANK} (-1: any)")
+    if join.world_size > MAX_RANK + 1:
+        raise errors.InvalidArgument(f"world_size {join.world_size} is over the largest world, {MAX_RANK + 1}")
+    for field in ("address", "socket_address", "unix_path", "host_id", "host", "version"):
+        value = getattr(join, field)
+        if len(value) > MAX_ADDRESS or not value.isprintable():
+            raise errors.InvalidArgument(f"the {field} a worker joins with must be printable and at most "
+                                         f"{MAX_ADDRESS} characters")
+
+
 class Member:
     def __init__(self, entry: pb.WorkerEntry, link, world_size: int):
         self.entry = entry
         self.link = link
         self.world_size = world_size
         self.last_seen = time.monotonic()
+        self.load = pb.Heartbeat()  # what it last reported holding
 
     @property
     def label(self) -> str:
@@ -38,6 +60,7 @@ class Membership:
         self._barriers: Dict[str, Set[int]] = {}
         self._barrier_waiters: Dict[str, List[Future]] = {}
         self._changed = threading.Condition(self._lock)
+        self._used: Set[int] = set()  # every rank a member has held: ids minted under it may still be about
 
     # ------------------------------------------------------------------ queries
 
@@ -76,8 +99,7 @@ class Membership:
     # ------------------------------------------------------------------ changes
 
     def join(self, link, join: pb.Join) -> pb.WorldUpdate:
-        if not join.name:
-            raise errors.InvalidArgument("a worker must join with a name")
+        validate_join(join)
         with self._lock:
             holder = next((m for m in self._members.values() if m.entry.name == join.name), None)
             if holder is not None:
@@ -100,7 +122,7 @@ class Membership:
                         "give each process its own rank"
                     )
             else:
-                rank = next(r for r in range(MAX_RANK + 1) if r not in self._members)
+                rank = self._fresh_rank_locked(join.name)
             if join.world_size and rank >= join.world_size:
                 raise errors.InvalidArgument(f"rank {rank} is out of range for world_size {join.world_size}")
             entry = pb.WorkerEntry(
@@ -109,6 +131,7 @@ class Membership:
             )
             member = Member(entry, link, join.world_size)
             self._members[rank] = member
+            self._used.add(rank)
             link.peer_rank = rank
             link.peer = f"worker '{join.name}' (rank {rank})"
             self._version += 1
@@ -118,11 +141,24 @@ class Membership:
         self._broadcast(snapshot)
         return snapshot
 
-    def heartbeat(self, rank: int) -> None:
+    def _fresh_rank_locked(self, name: str) -> int:
+        """A rank for a member that names none: the one it held before, if it held one under this name
+        and it is free; else one nobody has held (ids minted under a rank outlive its holder)."""
+        before = next((d.rank for d in reversed(self._departed) if d.name == name), None)
+        if before is not None and before not in self._members:
+            return before
+        rank = next((r for r in range(MAX_RANK + 1) if r not in self._used and r not in self._members), None)
+        if rank is None:
+            raise errors.ResourceExhausted(f"every one of the {MAX_RANK + 1} ranks has been used in this world")
+        return rank
+
+    def heartbeat(self, rank: int, load: Optional[pb.Heartbeat] = None) -> None:
         with self._lock:
             member = self._members.get(rank)
             if member is not None:
                 member.last_seen = time.monotonic()
+                if load is not None:
+                    member.load = load
 
     def depart(self, rank: int, reason: str, failed: bool) -> None:
         """Removes a member that left or died, tells everyone, and lets the rest of the coordinator react."""

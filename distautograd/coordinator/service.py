@@ -25,6 +25,7 @@ from distautograd.transport.link import Link
 from distautograd.transport.security import Security, is_loopback
 
 log = logging.getLogger("distautograd")
+MAX_STREAMS = 128  # members' gRPC streams at once (each holds a server thread)
 
 
 @dataclass(frozen=True)
@@ -46,6 +47,7 @@ class Coordinator:
         self.passes = PassRegistry()
         self.membership = Membership(self._on_departed)
         self._left: Dict[Link, bool] = {}
+        self._streams = threading.BoundedSemaphore(MAX_STREAMS)
         self._stopped = threading.Event()
         self._dispatch = Dispatcher(
             "coordinator",
@@ -100,7 +102,13 @@ class Coordinator:
         return link
 
     def _serve(self, raw_frames, context):
-        yield from grpc_stream.serve_stream(raw_frames, context, self._new_link(), lambda: None)
+        """A member's gRPC stream; each holds a server thread, so at most MAX_STREAMS at once."""
+        if not self._streams.acquire(blocking=False):
+            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, f"the coordinator has {MAX_STREAMS} streams open already")
+        try:
+            yield from grpc_stream.serve_stream(raw_frames, context, self._new_link(), lambda: None)
+        finally:
+            self._streams.release()
 
     def _accept_socket(self, sock, hello: pb.Hello) -> None:
         sockets.SocketTransport(self._new_link(), sock, None).start()
@@ -132,7 +140,7 @@ class Coordinator:
         ))
 
     def _heartbeat(self, link: Link, body: pb.Heartbeat, attachments=()) -> None:
-        self.membership.heartbeat(link.peer_rank)
+        self.membership.heartbeat(link.peer_rank, body)
 
     def _leave(self, link: Link, body: pb.Leave, attachments=()) -> None:
         self._left[link] = True
@@ -157,7 +165,8 @@ class Coordinator:
         now = time.monotonic()
         return pb.StatusReply(
             workers=[
-                pb.WorkerStatus(worker=m.entry, seconds_since_heartbeat=now - m.last_seen)
+                pb.WorkerStatus(worker=m.entry, seconds_since_heartbeat=now - m.last_seen,
+                                contexts=m.load.contexts, passes=m.load.passes)
                 for m in self.membership.members()
             ],
             contexts=self.contexts.status(self.passes.in_flight),

@@ -36,6 +36,7 @@ from distautograd.transport import paths
 from distautograd.transport.paths import Channels, Connector, Endpoint
 
 log = logging.getLogger("distautograd")
+REJOIN_INTERVAL = 0.5  # seconds between attempts to join a coordinator that went away
 
 
 def _route_to(host: str) -> str:
@@ -62,12 +63,13 @@ class Agent:
         segments = shm.SegmentPool() if options.shared_memory and shm.available() is None else None
         self.connector = Connector(self.security, options.transport, segments, Channels(self.security))
         self.peers = Peers(name, self.world, self.connector, self.deadlines, self.allowlist.resolve_exception,
-                           self.stopping)
-        self.contexts = ContextStore(name, self.mint, self.peers.notify, self.deadlines, options.context_ttl)
+                           self.stopping, options.max_message_bytes)
+        self.contexts = ContextStore(name, self.mint, self.peers.notify, self.deadlines, options.context_ttl,
+                                     lambda rank: self.world.entry(rank) is not None)
         self.rrefs = RRefStore(name, self.mint, self.peers.notify, self.world)
         self.codec = Codec(self.allowlist, self.rrefs, self.contexts)
         self.calls = Calls(name, self.peers, self.codec, self.contexts, self.rrefs, self.world, self.pool.submit,
-                           options.call_timeout)
+                           options.call_timeout, self.deadlines)
         self.rrefs.runtime = self.calls
         self.backward = Backward(name, self.mint, self.peers, self.contexts, self.codec, self.deadlines,
                                  self.world.label, options.call_timeout, self.allowlist.resolve_exception)
@@ -91,6 +93,8 @@ class Agent:
         self.listener: Optional[sockets.Listener] = None
         self.coordinator: Optional[Coordinator] = None
         self._coordinator_channel: Optional[grpc.Channel] = None
+        self._coordinator_address = ""
+        self._join_message = pb.Join()
 
     # ------------------------------------------------------------------ starting
 
@@ -146,6 +150,7 @@ class Agent:
         self.mint.rank = reply.rank
         self.peers.rank = reply.rank
         self.world.update(reply.world)
+        self._coordinator_address, self._join_message = coordinator, join
         log.info("%s joined as rank %d at %s (coordinator %s)", self.name, self.rank, self.address, coordinator)
         interval = reply.heartbeat_interval or options.heartbeat_interval
         threading.Thread(target=self._heartbeat, args=(interval,), name="distautograd-heartbeat", daemon=True).start()
@@ -209,11 +214,35 @@ class Agent:
         while not self.stopping.wait(interval):
             link = self.peers.coordinator
             if link is not None:
-                link.try_notify(pb.Request(heartbeat=pb.Heartbeat()))
+                link.try_notify(pb.Request(heartbeat=pb.Heartbeat(
+                    contexts=self.contexts.count(), passes=self.backward.passes_in_flight())))
 
     def _coordinator_lost(self, error: BaseException) -> None:
-        if not self.stopping.is_set():
-            log.error("%s lost its connection to the coordinator: %s", self.name, error)
+        """Without a coordinator this worker cannot be reached by newcomers: it says NOT_SERVING, stops
+        the passes it drives, and joins again (same name and rank) as soon as one answers there."""
+        if self.stopping.is_set() or self.coordinator is not None:
+            return
+        log.error("%s lost its connection to the coordinator at %s: %s; joining again when it is back",
+                  self.name, self._coordinator_address, error)
+        self.server.set_serving(False)
+        self.backward.on_coordinator_lost(self._coordinator_address)
+        threading.Thread(target=self._rejoin, name="distautograd-rejoin", daemon=True).start()
+
+    def _rejoin(self) -> None:
+        join = pb.Join()
+        join.CopyFrom(self._join_message)
+        join.rank = self.rank
+        while not self.stopping.wait(REJOIN_INTERVAL):
+            self.security.forget_world_token()  # a coordinator's next life makes its own
+            try:
+                reply = self._join(self._coordinator_address, join, time.monotonic() + REJOIN_INTERVAL * 4)
+            except Exception as exc:
+                log.debug("%s could not join again yet: %s", self.name, exc)
+                continue
+            self.world.replace(reply.world)
+            self.server.set_serving(True)
+            log.info("%s joined the coordinator at %s again as rank %d", self.name, self._coordinator_address, reply.rank)
+            return
 
     # ------------------------------------------------------------------ serving
 

@@ -384,6 +384,15 @@ class Backward:
         for _, part in parts:
             self._close(part)
 
+    def on_coordinator_lost(self, address: str) -> None:
+        """The coordinator went away: who takes part in the world is unknown until it is back."""
+        with self._lock:
+            drives = list(self._drives.values())
+        for drive in drives:
+            self._fail(drive, errors.Unavailable(
+                f"the coordinator at {address} went away during the backward pass of context {drive.ctx.id}; "
+                "the pass was stopped: run it again once the coordinator is back"))
+
     def _context_released(self, context_id: int) -> None:
         with self._lock:
             gone = [key for key in self._parts if key[0] == context_id and key not in self._drives]

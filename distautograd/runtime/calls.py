@@ -24,6 +24,7 @@ from distautograd.runtime.peers import Peers
 from distautograd.runtime.remote_methods import AsyncReturn, is_async
 from distautograd.runtime.rrefs import RRef, RRefStore
 from distautograd.runtime.world import WorkerInfo, WorldView
+from distautograd.transport.deadlines import Deadlines
 from distautograd.transport.dispatch import Deferred
 
 log = logging.getLogger("distautograd")
@@ -56,6 +57,7 @@ class Calls:
         world: WorldView,
         submit: Callable[..., None],
         timeout: Callable[[Optional[float]], Optional[float]],
+        deadlines: Deadlines,
     ):
         self.name = name
         self._peers = peers
@@ -65,6 +67,7 @@ class Calls:
         self._world = world
         self._submit = submit
         self._timeout = timeout
+        self._deadlines = deadlines
         self._running = 0
         self._lock = threading.Lock()
 
@@ -171,13 +174,27 @@ class Calls:
         return reply
 
     def handle_fetch(self, link, body: pb.FetchRRef, attachments) -> Deferred:
+        """The value of an RRef this worker owns. A fetch may come before the call that creates the
+        value (they travel apart), but not forever: after the call timeout, it fails and the entry
+        its mention made is dropped, so fetches of ids that never come cannot pile up."""
         ctx = self._contexts.for_incoming(body.context_id, link.peer_rank) if body.context_id else None
         reply = Deferred()
+        value = self._rrefs.value(body.rref_id)
+        wait = self._timeout(None) or 60.0
+
+        def give_up() -> None:
+            if not value.done():
+                self._rrefs.forget_unborn(body.rref_id)
+                reply.resolve(errors.NotFound(
+                    f"RRef {body.rref_id} was never created on {self.name} (waited {wait:g} s for its value)"))
+
+        expiry = self._deadlines.schedule(wait, give_up)
 
         def send(done) -> None:
+            self._deadlines.cancel(expiry)
             self._encode_reply(reply, link.peer_rank, ctx, done.exception() or done.result())
 
-        self._rrefs.value(body.rref_id).add_done_callback(send)
+        value.add_done_callback(send)
         return reply
 
     def _decode_call(self, call: pb.Call, attachments, peer: int, ctx) -> tuple:

@@ -92,12 +92,14 @@ class ContextStore:
     """The contexts this worker takes part in, which one each thread is working in, and every
     send point by message id (a pass may reach send points of another context: second order)."""
 
-    def __init__(self, name: str, mint: IdMint, notify: Notify, deadlines: Deadlines, ttl: float):
+    def __init__(self, name: str, mint: IdMint, notify: Notify, deadlines: Deadlines, ttl: float,
+                 is_member: Callable[[int], bool]):
         self.name = name
         self._mint = mint
         self._notify = notify
         self._deadlines = deadlines
         self._ttl = ttl
+        self._is_member = is_member
         self._contexts: Dict[int, Context] = {}
         self._sends: Dict[int, SendPoint] = {}
         self.hooks: Dict[object, List[dict]] = {}  # node -> hook dicts of the tensors sent from it
@@ -199,7 +201,9 @@ class ContextStore:
             return self._contexts.get(context_id)
 
     def for_incoming(self, context_id: int, peer: int) -> Context:
-        """The context a message from ``peer`` names, made on first use."""
+        """The context a message from ``peer`` names, made on first use. One whose creator is no member
+        of the world (gone, or never there) would never be released by it: it expires after the TTL."""
+        orphan = False
         with self._lock:
             ctx = self._contexts.get(context_id)
             if ctx is None:
@@ -208,9 +212,12 @@ class ContextStore:
                         f"distributed autograd context {context_id} was already released on {self.name}"
                     )
                 ctx = self._contexts[context_id] = Context(context_id)
+                orphan = not self._is_member(rank_of(context_id))
         if peer >= 0:
             with ctx.lock:
                 ctx.peers.add(peer)
+        if orphan:
+            self._deadlines.schedule(self._ttl, lambda: self.release(context_id))
         return ctx
 
     # ------------------------------------------------------------------ release

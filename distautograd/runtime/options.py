@@ -10,6 +10,7 @@ from distautograd.transport.security import Security, is_loopback
 from distautograd.encoding.allowlist import ALLOW_ENV
 
 DEFAULT_RPC_TIMEOUT = 60.0
+DEFAULT_MAX_MESSAGE = 4 << 30
 UNSET_TIMEOUT = -1.0  # a call that names no timeout gets the default (torch's convention)
 COORDINATOR_ENV = "DISTAUTOGRAD_COORDINATOR"
 
@@ -34,6 +35,7 @@ ENVIRONMENT = {
     "DISTAUTOGRAD_LOG_LEVEL": "logging level of the CLI",
     "DISTAUTOGRAD_TRANSPORT": "how workers reach each other: auto (Unix socket, TCP, gRPC), tcp, or grpc",
     "DISTAUTOGRAD_SHARED_MEMORY": "0 to send big tensors through the socket instead of shared memory",
+    "DISTAUTOGRAD_MAX_MESSAGE_BYTES": "the most bytes of tensors one message from a peer may carry",
     "DISTAUTOGRAD_WORKERS": "comma-separated worker names for the examples (distautograd.launch.workers)",
     "MASTER_ADDR": "host of the coordinator rank 0 hosts (as torch)",
     "MASTER_PORT": "port of the coordinator rank 0 hosts (as torch)",
@@ -79,6 +81,9 @@ class BackendOptions:
             Unix socket; "grpc" uses only gRPC streams. With TLS on, peers elsewhere use gRPC.
         shared_memory: on a Unix socket, send tensors of 1 MiB and more through shared memory (env
             DISTAUTOGRAD_SHARED_MEMORY=0 turns it off).
+        max_message_bytes: the most bytes of tensors one message from a peer may carry (env
+            DISTAUTOGRAD_MAX_MESSAGE_BYTES; 4 GiB). A peer reads one message at a time, so this is also
+            what one peer can make this process hold; a bigger message gets RESOURCE_EXHAUSTED at once.
         trust_program: whether peers may call this program's own modules (those loaded from the
             folder of its ``__main__``) without naming them in ``allowed_modules``. By default yes
             when rank 0 hosts the coordinator (every rank runs one program), no when joining an
@@ -105,6 +110,7 @@ class BackendOptions:
     context_ttl: float = field(default_factory=lambda: _env_float("DISTAUTOGRAD_CONTEXT_TTL", 30.0))
     transport: str = field(default_factory=lambda: os.environ.get("DISTAUTOGRAD_TRANSPORT", "auto"))
     shared_memory: bool = field(default_factory=lambda: os.environ.get("DISTAUTOGRAD_SHARED_MEMORY", "1") != "0")
+    max_message_bytes: int = field(default_factory=lambda: _env_int("DISTAUTOGRAD_MAX_MESSAGE_BYTES", DEFAULT_MAX_MESSAGE))
     daemon: bool = False
     trust_program: Optional[bool] = None
     device_maps: Optional[Dict[Any, Any]] = None
@@ -117,6 +123,8 @@ class BackendOptions:
             raise ValueError(f"num_worker_threads must be at least 1, got {self.num_worker_threads}")
         if self.rpc_timeout < 0:
             raise ValueError(f"rpc_timeout must be >= 0 seconds (0 = no limit), got {self.rpc_timeout}")
+        if self.max_message_bytes < 1:
+            raise ValueError(f"max_message_bytes must be positive, got {self.max_message_bytes}")
         if self.transport not in ("auto", "tcp", "grpc"):
             raise ValueError(f"transport must be 'auto', 'tcp' or 'grpc', got {self.transport!r}")
         if self.device_maps or any(str(d) != "cpu" for d in (self.devices or ())):

@@ -11,6 +11,8 @@ import threading
 from concurrent.futures import Future
 from typing import Any, Callable, Dict, Optional, Set
 
+import grpc
+
 from distautograd import errors
 from distautograd.protocol import WORKER_SERVICE
 from distautograd.protocol.v1 import messages_pb2 as pb
@@ -23,6 +25,7 @@ from distautograd.runtime.world import WorldView
 log = logging.getLogger("distautograd")
 
 COORDINATOR = -1  # the rank services use to mean the coordinator
+MAX_STREAMS = 128  # gRPC streams peers may hold open here at once (each holds a server thread)
 
 
 class Peers:
@@ -34,6 +37,7 @@ class Peers:
         deadlines: Deadlines,
         resolve_type: Callable,
         stopping: threading.Event,
+        max_message_bytes: int,
     ):
         self.name = name
         self.rank = -1
@@ -43,6 +47,8 @@ class Peers:
         self._deadlines = deadlines
         self._resolve_type = resolve_type
         self._stopping = stopping
+        self._max_message_bytes = max_message_bytes
+        self._streams = threading.BoundedSemaphore(MAX_STREAMS)
         self._links: Dict[int, Link] = {}
         self._incoming: Set[Link] = set()
         self._lock = threading.Lock()
@@ -51,7 +57,8 @@ class Peers:
     # ------------------------------------------------------------------ links
 
     def new_link(self, peer: str, rank: int) -> Link:
-        link = Link(peer, lambda *frame: self.deliver(*frame), self._deadlines, resolve_type=self._resolve_type)
+        link = Link(peer, lambda *frame: self.deliver(*frame), self._deadlines, self._max_message_bytes,
+                    resolve_type=self._resolve_type)
         link.peer_rank = rank
         return link
 
@@ -127,11 +134,17 @@ class Peers:
         transport.start()
 
     def serve_connect(self, raw_frames, context):
-        """The gRPC stream a peer opened to this process."""
-        name, rank = grpc_server.peer_identity(context)
-        link = self.new_link(f"worker '{name}' (rank {rank})", rank)
-        self._incoming.add(link)
-        yield from grpc_stream.serve_stream(raw_frames, context, link, lambda: self._incoming.discard(link))
+        """The gRPC stream a peer opened to this process. Each holds one of the server's threads for
+        as long as it lasts, so at most MAX_STREAMS at once: the health check must always find one."""
+        if not self._streams.acquire(blocking=False):
+            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, f"{self.name} has {MAX_STREAMS} streams open already")
+        try:
+            name, rank = grpc_server.peer_identity(context)
+            link = self.new_link(f"worker '{name}' (rank {rank})", rank)
+            self._incoming.add(link)
+            yield from grpc_stream.serve_stream(raw_frames, context, link, lambda: self._incoming.discard(link))
+        finally:
+            self._streams.release()
 
     def _track_incoming(self, link: Link) -> None:
         self._incoming.add(link)

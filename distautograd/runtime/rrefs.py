@@ -134,6 +134,15 @@ class RRefStore:
                 owned.tombstones = {f for f in owned.tombstones if rank_of(f) != rank}
                 self._collect_locked(rref_id, owned)
 
+    def forget_unborn(self, rref_id: int) -> bool:
+        """Drops the entry a mention made for a value whose creating call never came; True if it did."""
+        with self._lock:
+            owned = self._owned.get(rref_id)
+            if owned is None or owned.value.done() or owned.forks or owned.tombstones:
+                return False
+            del self._owned[rref_id]
+            return True
+
     def owns(self, rref_id: int) -> bool:
         with self._lock:
             return rref_id in self._owned

@@ -48,6 +48,12 @@ class WorldView:
             self._cond.notify_all()
             return new
 
+    def replace(self, world: pb.WorldUpdate) -> None:
+        """Starts over from a new coordinator's snapshot (its versions count from the start again)."""
+        with self._cond:
+            self.version = 0
+        self.update(world)
+
     def wait_for(self, predicate, timeout: float) -> bool:
         with self._cond:
             return self._cond.wait_for(predicate, timeout)

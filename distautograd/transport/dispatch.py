@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from concurrent.futures import Future
+from concurrent.futures import CancelledError, Future
 from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 
 import grpc
@@ -23,6 +23,8 @@ log = logging.getLogger("distautograd")
 
 Handler = Callable[[Any, Any, list], Any]
 _UNSET = object()
+MAX_UNARY = 32  # Worker.Call requests waiting at once; gRPC's pool has threads to spare for health and streams
+_FOREVER = 10 ** 6  # a deadline further off than this is no deadline (and overflows a timeout)
 
 
 class Deferred:
@@ -37,12 +39,14 @@ class Deferred:
         self._lock = threading.Lock()
 
     def resolve(self, outcome) -> None:
+        """Settles the reply; only the first outcome counts."""
         with self._lock:
-            callback = self._callback
-            if callback is None:
-                self._outcome = outcome
+            if self._outcome is not _UNSET:
                 return
-        callback(outcome)
+            self._outcome = outcome
+            callback = self._callback
+        if callback is not None:
+            callback(outcome)
 
     def then(self, callback) -> None:
         with self._lock:
@@ -64,6 +68,7 @@ class Dispatcher:
         self._handlers = handlers
         self._submit = submit
         self._check = check
+        self._unary_slots = threading.BoundedSemaphore(MAX_UNARY)
 
     def __call__(self, link, frame_id: int, request: pb.Request, attachments: list) -> None:
         kind = request.WhichOneof("body")
@@ -116,17 +121,34 @@ class Dispatcher:
         link.respond(frame_id, response, attachments)
 
     def serve_unary(self, raw: bytes, context: grpc.ServicerContext) -> bytes:
-        """One request without a stream (Worker.Call): for tools and clients in other languages."""
+        """One request without a stream (Worker.Call): for tools and clients in other languages.
+
+        It holds one of the server's threads while it waits, so at most MAX_UNARY wait at once (the
+        health check must always find a thread), and a caller that cancels or goes away frees it."""
+        if not self._unary_slots.acquire(blocking=False):
+            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                          f"{self.owner} is answering {MAX_UNARY} Worker.Call requests already; use Worker.Connect")
+        try:
+            return self._serve_unary(raw, context)
+        finally:
+            self._unary_slots.release()
+
+    def _serve_unary(self, raw: bytes, context: grpc.ServicerContext) -> bytes:
         frame = grpc_server.parse_frame(raw, context)
         if frame.WhichOneof("kind") != "request" or frame.request.attachments.streamed_sizes:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "Worker.Call takes one request frame with inline attachments")
         name, rank = grpc_server.peer_identity(context)
         oneshot = _OneShot(f"worker '{name}' (rank {rank})", rank)
+        context.add_callback(oneshot.abandon)  # the call ended (cancelled, or the caller went): stop waiting
         self(oneshot, frame.id or 1, frame.request, list(frame.request.attachments.inline))
+        remaining = context.time_remaining()
         try:
-            return oneshot.reply.result(timeout=context.time_remaining()).SerializeToString()
+            reply = oneshot.reply.result(timeout=None if remaining is None or remaining > _FOREVER else remaining)
         except TimeoutError:
             context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "the call did not finish within its deadline")
+        except CancelledError:
+            context.abort(grpc.StatusCode.CANCELLED, "the caller cancelled the call")
+        return reply.SerializeToString()
 
 
 class _OneShot:
@@ -139,4 +161,8 @@ class _OneShot:
 
     def respond(self, frame_id: int, response: pb.Response, attachments: Sequence[Any] = ()) -> None:
         response.attachments.inline.extend(bytes(memoryview(a).cast("B")) for a in attachments)
-        self.reply.set_result(pb.Frame(id=frame_id, response=response))
+        if not self.reply.done():
+            self.reply.set_result(pb.Frame(id=frame_id, response=response))
+
+    def abandon(self) -> None:
+        self.reply.cancel()

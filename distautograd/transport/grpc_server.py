@@ -29,6 +29,9 @@ _OPTIONS = [
 ]
 _SERVER_OPTIONS = _OPTIONS + [
     ("grpc.so_reuseport", 0),  # a port in use is an error, never a silent second listener
+    # Only uncompressed messages: gRPC would inflate a compressed one (59 KiB -> 60 MiB) before any
+    # interceptor could check its token.
+    ("grpc.compression_enabled_algorithms_bitset", 1),
     ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
 ]
 
@@ -36,13 +39,14 @@ _SERVER_OPTIONS = _OPTIONS + [
 class Server:
     """A gRPC server with the health service, the token check and explicit message limits."""
 
-    def __init__(self, host: str, port: int, security: Security, max_workers: int = 256):
+    def __init__(self, host: str, port: int, security: Security, max_workers: int = 512):
         security.check_bind(host)
         self.security = security
         interceptors = [TokenCheck(security)]
         self._executor = futures.ThreadPoolExecutor(max_workers, thread_name_prefix="distautograd-grpc")
         self._server = grpc.server(self._executor, options=_SERVER_OPTIONS, interceptors=interceptors)
         self.health = health.HealthServicer()
+        self._services: list = []
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
         target = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         credentials = security.server_credentials()
@@ -59,11 +63,18 @@ class Server:
 
     def add_service(self, service: str, methods: Dict[str, grpc.RpcMethodHandler]) -> None:
         self._server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, methods),))
+        self._services.append(service)
         self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
 
     def start(self) -> None:
         self._server.start()
-        self.health.set("", health_pb2.HealthCheckResponse.SERVING)
+        self.set_serving(True)
+
+    def set_serving(self, serving: bool) -> None:
+        """What the health check says, for the process and each of its services."""
+        status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+        for service in ("", *self._services):
+            self.health.set(service, status)
 
     def stop(self, grace: Optional[float] = 1.0) -> None:
         self.health.enter_graceful_shutdown()

@@ -8,6 +8,7 @@ import threading
 from typing import Any, Callable, Iterable, Iterator, List, Optional, Sequence
 
 import grpc
+import numpy as np
 from google.protobuf.message import DecodeError
 
 from distautograd import errors
@@ -19,6 +20,7 @@ log = logging.getLogger("distautograd")
 CHUNK_BYTES = 4 << 20
 INLINE_LIMIT = 4 << 20
 _STOP = object()
+_EMPTY = b""
 
 
 class GrpcStreamTransport:
@@ -49,6 +51,7 @@ class GrpcStreamTransport:
 
     def close(self) -> None:
         self._closed = True
+        self._incoming = None  # whatever half-arrived frame it held goes with the stream
         self._outbox.put(_STOP)
 
     def frames(self) -> Iterator[pb.Frame]:
@@ -111,13 +114,15 @@ def _chunked(header: pb.Frame, views: List[Any]) -> Iterator[pb.Frame]:
 
 
 class _Incoming:
-    """A frame whose streamed attachments are still arriving."""
+    """A frame whose streamed attachments are still arriving. Each attachment's buffer is made when
+    its first chunk comes, and its pages are only committed as chunks fill them: memory grows with
+    the bytes that arrived, not with what a frame declares."""
 
     def __init__(self, frame: pb.Frame, sizes: List[int], discard: bool = False):
         self.frame = frame
         self.discard = discard
         self.sizes = sizes
-        self.buffers: List[Any] = [] if discard else [bytearray(size) for size in sizes]
+        self.buffers: List[Any] = [] if discard else [_EMPTY if size == 0 else None for size in sizes]
         self._index = 0
         self._offset = 0
         self._skip_empty()
@@ -138,7 +143,9 @@ class _Incoming:
         if end > size:
             raise errors.InvalidArgument("a chunk ran past the end of its attachment")
         if not self.discard:
-            self.buffers[self._index][self._offset : end] = data
+            if self.buffers[self._index] is None:
+                self.buffers[self._index] = np.empty(size, dtype=np.uint8)
+            self.buffers[self._index][self._offset : end] = np.frombuffer(data, dtype=np.uint8)
         self._offset = end
         self._skip_empty()
         return self.complete

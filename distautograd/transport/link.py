@@ -55,7 +55,7 @@ class Link:
         peer: str,
         on_request: RequestHandler,
         deadlines: Deadlines,
-        max_attachment_bytes: int = 1 << 40,
+        max_attachment_bytes: int = 16 << 20,
         resolve_type=None,
     ):
         self.peer = peer

@@ -125,6 +125,6 @@ class Connector:
                 sock, welcome = sockets.connect(address, unix, hello)
                 self.security.adopt_world_token(welcome.world_token)
                 return sock
-            except OSError as exc:  # not reachable this way (another host, a firewall): try the next
+            except (OSError, EOFError) as exc:  # not reachable this way (another host, a firewall, busy): next
                 log.debug("no %s path to %s at %s: %s", "unix" if unix else "tcp", endpoint.name, address, exc)
         return None

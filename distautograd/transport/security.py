@@ -111,6 +111,12 @@ class Security:
             self.token = token
             self.generated = True
 
+    def forget_world_token(self) -> None:
+        """The coordinator that made the world's token is gone: its next life makes another."""
+        if self.generated:
+            self.token = None
+            self.generated = False
+
     def welcome_token(self) -> str:
         """What a same-user peer on a Unix socket is told: the world's token, if it was made, not configured."""
         return self.token if self.generated and self.token else ""

@@ -12,10 +12,12 @@ from __future__ import annotations
 import array
 import logging
 import os
+import shutil
 import socket
 import struct
 import tempfile
 import threading
+import time
 from typing import Any, Callable, List, Optional, Sequence, Tuple
 
 from google.protobuf.message import DecodeError
@@ -29,7 +31,9 @@ log = logging.getLogger("distautograd")
 
 _LENGTH = struct.Struct("<I")
 MAX_HEADER_BYTES = 16 << 20  # a frame's protobuf part; tensors travel beside it
-HANDSHAKE_SECONDS = 10.0
+MAX_HELLO_BYTES = 4096  # all a peer may make us read before it has shown who it is
+HANDSHAKE_SECONDS = 10.0  # for the whole handshake, however slowly its bytes come
+MAX_HANDSHAKES = 32  # connections still showing who they are, at once; more are closed at once
 _BUFFER_BYTES = 4 << 20
 _MAX_FDS = 64
 _receive_buffers = shm.ReceiveBuffers()
@@ -70,16 +74,23 @@ def _send_all(sock: socket.socket, buffers: List[Any], fds: Sequence[int] = ()) 
 
 
 class _Reader:
-    """Exact reads from a socket, collecting descriptors passed along the way."""
+    """Exact reads from a socket, collecting descriptors passed along the way; with a ``deadline``
+    (time.monotonic), every read together must be over by then."""
 
-    def __init__(self, sock: socket.socket):
+    def __init__(self, sock: socket.socket, deadline: Optional[float] = None):
         self.sock = sock
         self.fds: List[int] = []
         self._unix = sock.family == socket.AF_UNIX
+        self._deadline = deadline
 
     def into(self, view: memoryview) -> None:
         got, size = 0, len(view)
         while got < size:
+            if self._deadline is not None:
+                remaining = self._deadline - time.monotonic()
+                if remaining <= 0:
+                    raise TimeoutError("the peer took too long")
+                self.sock.settimeout(remaining)
             if self._unix:
                 n, ancillary, _, _ = self.sock.recvmsg_into([view[got:]], socket.CMSG_SPACE(_MAX_FDS * 4))
                 for level, kind, data in ancillary:
@@ -114,10 +125,10 @@ class _Reader:
             self.into(scratch[:step])
             size -= step
 
-    def message(self, cls):
+    def message(self, cls, limit: int = MAX_HEADER_BYTES):
         (length,) = _LENGTH.unpack(self.exactly(_LENGTH.size))
-        if length > MAX_HEADER_BYTES:
-            raise errors.InvalidArgument(f"a frame header of {length} bytes is over the limit of {MAX_HEADER_BYTES}")
+        if length > limit:
+            raise errors.InvalidArgument(f"a {cls.__name__} of {length} bytes is over the limit of {limit}")
         try:
             return cls.FromString(bytes(self.exactly(length)))
         except DecodeError as exc:
@@ -248,8 +259,8 @@ class SocketTransport:
             reader.close_stray_fds()  # any the frame did not claim: never kept, never leaked
         total = sum(size for i, size in enumerate(sizes) if i not in shared)
         if total > self.link.max_attachment_bytes:
+            self.link.refuse_oversized(frame, total)  # answered at once; then its bytes are read past
             reader.skip(total)
-            self.link.refuse_oversized(frame, total)
             return None
         attachments: List[Any] = []
         for index, size in enumerate(sizes):
@@ -265,6 +276,47 @@ class SocketTransport:
             else:
                 attachments.append(reader.exactly(size))
         return attachments
+
+
+SOCKET_DIR_PREFIX = "distautograd-"
+
+
+def sweep_stale_socket_dirs() -> List[str]:
+    """Removes the socket folders of this user's processes that died without closing them (SIGKILL);
+    returns the ones removed. A folder is stale when the process named in it is gone, or, for one
+    that names none, when nothing answers on its socket."""
+    removed = []
+    base = tempfile.gettempdir()
+    for entry in os.listdir(base):
+        if not entry.startswith(SOCKET_DIR_PREFIX):
+            continue
+        path = os.path.join(base, entry)
+        try:
+            if os.stat(path).st_uid != os.getuid() or not os.path.isdir(path):
+                continue
+        except OSError:
+            continue
+        pid = entry[len(SOCKET_DIR_PREFIX):].partition("-")[0]
+        if pid.isdigit():
+            alive = os.path.exists(f"/proc/{pid}")
+        else:
+            alive = _answers(os.path.join(path, "worker.sock"))
+        if not alive:
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+    return removed
+
+
+def _answers(path: str) -> bool:
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.settimeout(1)
+        probe.connect(path)
+        return True
+    except OSError:
+        return False
+    finally:
+        probe.close()
 
 
 # ---------------------------------------------------------------------- connecting
@@ -286,7 +338,7 @@ def connect(
         sock.connect(target)
         _tune(sock)
         _write_message(sock, hello)
-        welcome = _Reader(sock).message(pb.Welcome)
+        welcome = _Reader(sock, time.monotonic() + timeout).message(pb.Welcome, MAX_HELLO_BYTES)
         if welcome.error:
             raise errors.for_status(errors.status_code(welcome.code))(welcome.error)
         sock.settimeout(None)
@@ -322,14 +374,17 @@ class Listener:
             self.tcp_port = sock.getsockname()[1]
             self._sockets.append(sock)
         if unix:
-            self._dir = tempfile.mkdtemp(prefix="distautograd-")  # mode 0700: only this user
+            sweep_stale_socket_dirs()
+            self._dir = tempfile.mkdtemp(prefix=f"{SOCKET_DIR_PREFIX}{os.getpid()}-")  # mode 0700: this user only
             self.unix_path = os.path.join(self._dir, "worker.sock")
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             sock.bind(self.unix_path)
             self._sockets.append(sock)
         for sock in self._sockets:
             sock.listen(128)
-            threading.Thread(target=self._serve, args=(sock,), name="distautograd-accept", daemon=True).start()
+            # Slots per socket: a flood on TCP must not lock out this user's own processes on the Unix one.
+            slots = threading.BoundedSemaphore(MAX_HANDSHAKES)
+            threading.Thread(target=self._serve, args=(sock, slots), name="distautograd-accept", daemon=True).start()
 
     @classmethod
     def for_options(cls, name: str, secure: security.Security, accept, host: str, transport: str,
@@ -341,19 +396,28 @@ class Listener:
             return cls(name, secure, accept, None, unix=True) if hands_out_token else None
         return cls(name, secure, accept, None if secure.tls else host, unix=transport == "auto" or hands_out_token)
 
-    def _serve(self, listening: socket.socket) -> None:
+    def _serve(self, listening: socket.socket, slots: threading.BoundedSemaphore) -> None:
         while not self._stopped:
             try:
                 sock, _ = listening.accept()
             except OSError:
                 return
-            threading.Thread(target=self._handshake, args=(sock,), name="distautograd-handshake", daemon=True).start()
+            if not slots.acquire(blocking=False):
+                sock.close()  # too many still showing who they are: a real peer tries its next path
+                continue
+            threading.Thread(target=self._handshake, args=(sock, slots), name="distautograd-handshake",
+                             daemon=True).start()
 
-    def _handshake(self, sock: socket.socket) -> None:
+    def _handshake(self, sock: socket.socket, slots: threading.BoundedSemaphore) -> None:
         try:
-            sock.settimeout(HANDSHAKE_SECONDS)
+            self._greet(sock)
+        finally:
+            slots.release()
+
+    def _greet(self, sock: socket.socket) -> None:
+        try:
             _tune(sock)
-            hello = _Reader(sock).message(pb.Hello)
+            hello = _Reader(sock, time.monotonic() + HANDSHAKE_SECONDS).message(pb.Hello, MAX_HELLO_BYTES)
             same_user = security.peer_uid(sock) == os.getuid()
             refusal = self._refusal(hello, same_user)
             if refusal is not None:

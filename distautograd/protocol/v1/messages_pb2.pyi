@@ -272,8 +272,12 @@ class WorldUpdate(_message.Message):
     def __init__(self, version: _Optional[int] = ..., workers: _Optional[_Iterable[_Union[WorkerEntry, _Mapping]]] = ..., departed: _Optional[_Iterable[_Union[Departure, _Mapping]]] = ...) -> None: ...
 
 class Heartbeat(_message.Message):
-    __slots__ = ()
-    def __init__(self) -> None: ...
+    __slots__ = ("contexts", "passes")
+    CONTEXTS_FIELD_NUMBER: _ClassVar[int]
+    PASSES_FIELD_NUMBER: _ClassVar[int]
+    contexts: int
+    passes: int
+    def __init__(self, contexts: _Optional[int] = ..., passes: _Optional[int] = ...) -> None: ...
 
 class Leave(_message.Message):
     __slots__ = ("graceful",)
@@ -477,12 +481,16 @@ class StatusRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class WorkerStatus(_message.Message):
-    __slots__ = ("worker", "seconds_since_heartbeat")
+    __slots__ = ("worker", "seconds_since_heartbeat", "contexts", "passes")
     WORKER_FIELD_NUMBER: _ClassVar[int]
     SECONDS_SINCE_HEARTBEAT_FIELD_NUMBER: _ClassVar[int]
+    CONTEXTS_FIELD_NUMBER: _ClassVar[int]
+    PASSES_FIELD_NUMBER: _ClassVar[int]
     worker: WorkerEntry
     seconds_since_heartbeat: float
-    def __init__(self, worker: _Optional[_Union[WorkerEntry, _Mapping]] = ..., seconds_since_heartbeat: _Optional[float] = ...) -> None: ...
+    contexts: int
+    passes: int
+    def __init__(self, worker: _Optional[_Union[WorkerEntry, _Mapping]] = ..., seconds_since_heartbeat: _Optional[float] = ..., contexts: _Optional[int] = ..., passes: _Optional[int] = ...) -> None: ...
 
 class ContextStatus(_message.Message):
     __slots__ = ("context_id", "participants", "passes", "passes_in_flight", "leaves_with_gradients")
