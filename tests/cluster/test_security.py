@@ -7,11 +7,14 @@ import sys
 
 import grpc
 import pytest
+import torch
 
 from distautograd import rpc
 from distautograd.errors import PermissionDenied
+from distautograd.protocol.v1 import messages_pb2 as pb
 from distautograd.testing import start_cluster
 from tests.helpers import remote, wire_client
+from tests.helpers.payloads import nested_deques
 from tests.helpers.processes import run_driver
 
 
@@ -147,6 +150,7 @@ from distautograd import rpc
 from distautograd.protocol.v1 import messages_pb2 as pb
 from distautograd.transport import sockets
 from tests.helpers import remote, wire_client
+from tests.helpers.payloads import nested_deques
 
 coordinator, worker_grpc, worker_tcp, marker = sys.argv[1:5]
 outcomes = []
@@ -198,3 +202,71 @@ def test_the_unix_sockets_live_in_directories_only_their_user_can_enter(trainer)
 
     path = current_agent().listener.unix_path
     assert os.stat(os.path.dirname(path)).st_mode & 0o777 == 0o700
+
+
+@pytest.mark.usefixtures("trainer")
+class TestWhatAConnectedCallerCannotReach:
+    """The review's attacks, as a caller holding the world's token would make them: nothing escapes."""
+
+    def test_proxy_chains_cannot_reach_storages_or_files(self, tmp_path):
+        secret = tmp_path / "secret"
+        secret.write_bytes(b"root only")
+        zeros = rpc.remote("worker1", torch.zeros, args=(1,))
+        with pytest.raises(PermissionDenied, match="untyped_storage"):
+            zeros.remote().untyped_storage().to_here()
+        with pytest.raises(PermissionDenied, match="numpy"):
+            zeros.rpc_sync().numpy()
+        with pytest.raises(PermissionDenied):
+            rpc.rpc_sync("worker1", torch.from_file, args=(str(secret), False, 9))
+        assert rpc.rpc_sync("worker1", remote.add, args=(1, 1)) == 2
+
+    def test_file_writers_and_process_settings_are_refused(self, tmp_path):
+        target = tmp_path / "kept"
+        target.write_text("data")
+        with pytest.raises(PermissionDenied):
+            rpc.rpc_sync("worker1", torch.PyTorchFileWriter, args=(str(target),))
+        with pytest.raises(PermissionDenied):
+            rpc.rpc_sync("worker1", torch.set_num_threads, args=(1,))
+        with pytest.raises(PermissionDenied):
+            rpc.rpc_sync("worker1", torch.import_ir_module, args=(None, str(target), None, {}))
+        assert target.read_text() == "data"
+
+    def test_a_module_planted_in_torchs_folder_is_never_imported(self, tmp_path):
+        """With a way to write files, naming a planted torch.* module in a pickle used to run it."""
+        marker = tmp_path / "ran"
+        planted = os.path.join(os.path.dirname(torch.__file__), "distautograd_planted_by_a_test.py")
+        with open(planted, "w") as f:
+            f.write(f"open({str(marker)!r}, 'w').close()\ndef f(*args):\n    return 1\n")
+        try:
+            payload = pb.Frame(id=1, request=pb.Request(call=pb.Call(function=pb.Value(
+                pickle=b"\x80\x04ctorch.distautograd_planted_by_a_test\nf\n)}\x87."))))
+            from tests.helpers.wire_client import unary
+
+            token = rpc_token()
+            reply = pb.Frame.FromString(unary(rpc_address("worker1"), payload.SerializeToString(), token)).response
+            assert reply.error.code == grpc.StatusCode.PERMISSION_DENIED.value[0], reply
+            assert "not loaded here" in reply.error.message
+        finally:
+            os.remove(planted)
+        assert not marker.exists()
+
+    def test_a_nesting_bomb_is_refused_and_the_worker_lives(self):
+        payload = pb.Frame(id=1, request=pb.Request(call=pb.Call(function=pb.Value(pickle=nested_deques(300_000)))))
+        from tests.helpers.wire_client import unary
+
+        reply = pb.Frame.FromString(unary(rpc_address("worker2"), payload.SerializeToString(), rpc_token(),
+                                          timeout=60)).response
+        assert reply.error.code == grpc.StatusCode.INVALID_ARGUMENT.value[0] and "nests deeper" in reply.error.message
+        assert rpc.rpc_sync("worker2", remote.add, args=(1, 1)) == 2
+
+
+def rpc_address(name: str) -> str:
+    from distautograd.runtime.current import get as current_agent
+
+    return current_agent().world.entry(rpc.get_worker_info(name).id).address
+
+
+def rpc_token() -> str:
+    from distautograd.runtime.current import get as current_agent
+
+    return current_agent().security.token

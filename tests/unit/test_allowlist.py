@@ -14,6 +14,7 @@ import torch
 from distautograd.encoding import pickling
 from distautograd.encoding.allowlist import Allowlist, is_tensor_op, program_root
 from distautograd.errors import InvalidArgument, PermissionDenied
+from tests.helpers.payloads import nested_deques
 
 ALLOW = Allowlist()
 
@@ -171,13 +172,6 @@ def test_a_bound_tensor_method_travels_only_if_it_is_math():
 def test_script_functions_travel_by_name_within_a_program():
     scripted = torch.jit.script(scale_by_two)
     assert pickling.loads(pickling.dumps(scripted), Allowlist(["tests", "__main__"])) is not None
-
-
-def nested_deques(levels: int) -> bytes:
-    out = bytearray(b"\x80\x02ccollections\ndeque\nq\x000")  # the class, memoised
-    out += b"h\x00)R" * levels  # that many empty deques on the stack
-    out += b"a" * (levels - 1) + b"."  # each appended into the one below it
-    return bytes(out)
 
 
 def test_a_nesting_bomb_is_refused_before_it_is_built():
