@@ -25,6 +25,9 @@ class IdMint:
         with self._lock:
             return (self.rank << RANK_SHIFT) | (next(self._counter) & _COUNTER_MASK)
 
+    def max_id(self) -> int:
+        return (self.rank << RANK_SHIFT) | _COUNTER_MASK
+
 
 def rank_of(id_: int) -> int:
     """The rank of the worker that minted ``id_``."""

@@ -64,6 +64,27 @@ def _current_context():
     return ctx
 
 
+def _retrieve_context(context_id: int):
+    """The context object (``_context_id()``, ``_send_functions()``, ...), as torch's."""
+    return current.get().contexts.get(context_id)
+
+
+def _new_context():
+    """Makes a context this thread works in, without a ``with`` block (torch's private API)."""
+    return current.get().contexts.create()
+
+
+def _release_context(context_id: int) -> None:
+    """Releases a context made with _new_context, here and on every worker that took part."""
+    contexts = current.get().contexts
+    contexts.exit(contexts.get(context_id))
+
+
+def _get_max_id() -> int:
+    """The largest context id this worker can make (ids carry its rank in their high 16 bits)."""
+    return current.get().mint.max_id()
+
+
 def _get_debug_info() -> Dict[str, int]:
     """Live contexts and backward passes in flight on this worker (both return to 0 after cleanup)."""
     agent = current.get()

@@ -56,6 +56,8 @@ _SAFE_GLOBALS = frozenset(
         ("numpy.core.multiarray", "_reconstruct"),
         ("numpy.core.multiarray", "scalar"),
         ("torch", "Size"),
+        ("torch", "Tensor"),
+        ("torch.nn.parameter", "Parameter"),
         ("torch", "device"),
         ("torch.serialization", "_get_layout"),
     }

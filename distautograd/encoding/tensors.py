@@ -55,21 +55,63 @@ def raw_bytes(tensor: torch.Tensor) -> memoryview:
     return memoryview(flat.numpy()).cast("B")
 
 
+_SPARSE = {torch.sparse_coo: "sparse_coo", torch.sparse_csr: "sparse_csr", torch.sparse_csc: "sparse_csc",
+           torch.sparse_bsr: "sparse_bsr", torch.sparse_bsc: "sparse_bsc"}
+_SPARSE_LAYOUTS = {name: layout for layout, name in _SPARSE.items()}
+_ROW_COMPRESSED = (torch.sparse_csr, torch.sparse_bsr)
+
+
 def check_sendable(tensor: torch.Tensor) -> None:
     if not tensor.is_cpu:
         raise InvalidArgument(
             f"cannot send a tensor on device {tensor.device}: only CPU tensors travel; call .cpu() first"
         )
-    if tensor.layout != torch.strided:
+    if tensor.layout != torch.strided and tensor.layout not in _SPARSE:
         raise InvalidArgument(
-            f"cannot send a {tensor.layout} tensor: only dense (strided) tensors travel; call .to_dense() first"
+            f"cannot send a {tensor.layout} tensor: only dense and sparse tensors travel; call .to_dense() first"
         )
+
+
+def _sparse_parts(tensor: torch.Tensor) -> list:
+    if tensor.layout == torch.sparse_coo:
+        return [tensor._indices(), tensor._values()]
+    if tensor.layout in _ROW_COMPRESSED:
+        return [tensor.crow_indices(), tensor.col_indices(), tensor.values()]
+    return [tensor.ccol_indices(), tensor.row_indices(), tensor.values()]
+
+
+def _encode_sparse(tensor: torch.Tensor, attachments: MutableSequence[Any]) -> pb.TensorMeta:
+    """A sparse tensor as its parts, exactly as they are (an uncoalesced COO tensor stays uncoalesced)."""
+    sparse = pb.Sparse(layout=_SPARSE[tensor.layout],
+                       coalesced=tensor.layout == torch.sparse_coo and tensor.is_coalesced())
+    for part in _sparse_parts(tensor.detach()):
+        sparse.parts.append(encode(part, attachments))
+    return pb.TensorMeta(dtype=_NAMES[tensor.dtype], shape=tensor.shape, requires_grad=tensor.requires_grad,
+                         sparse=sparse)
+
+
+def _decode_sparse(meta: pb.TensorMeta, attachments: Sequence[Any]) -> torch.Tensor:
+    """Rebuilds a sparse tensor, checking its indices against its size: they come from a peer."""
+    layout = _SPARSE_LAYOUTS.get(meta.sparse.layout)
+    parts = [decode(part, attachments) for part in meta.sparse.parts]
+    if layout is None or len(parts) != (2 if layout == torch.sparse_coo else 3):
+        raise InvalidArgument(f"malformed sparse tensor (layout {meta.sparse.layout!r}, {len(parts)} parts)")
+    size = list(meta.shape)
+    try:
+        if layout == torch.sparse_coo:
+            return torch.sparse_coo_tensor(parts[0], parts[1], size, check_invariants=True,
+                                           is_coalesced=meta.sparse.coalesced or None)
+        return torch.sparse_compressed_tensor(parts[0], parts[1], parts[2], size, layout=layout, check_invariants=True)
+    except (RuntimeError, ValueError, TypeError) as exc:
+        raise InvalidArgument(f"malformed sparse tensor: {exc}") from None
 
 
 def encode(tensor: torch.Tensor, attachments: MutableSequence[Any], compact_zeros: bool = False) -> pb.TensorMeta:
     """Describes ``tensor`` and appends its bytes to ``attachments``. With ``compact_zeros``, a
     tensor of zeros travels as its dtype and shape alone (gradients behind an inactive ReLU)."""
     check_sendable(tensor)
+    if tensor.layout != torch.strided:
+        return _encode_sparse(tensor, attachments)
     meta = pb.TensorMeta(
         dtype=_NAMES[tensor.dtype],
         shape=tensor.shape,
@@ -90,6 +132,8 @@ def encode(tensor: torch.Tensor, attachments: MutableSequence[Any], compact_zero
 
 def decode(meta: pb.TensorMeta, attachments: Sequence[Any]) -> torch.Tensor:
     """Rebuilds a tensor from its description and the received attachments (requires_grad is left off)."""
+    if meta.HasField("sparse"):
+        return _decode_sparse(meta, attachments)
     dtype = dtype_from_name(meta.dtype)
     shape = list(meta.shape)
     if any(size < 0 for size in shape):

@@ -4,6 +4,7 @@ from distautograd.runtime.options import BackendOptions, TensorPipeRpcBackendOpt
 from distautograd.rpc import functions
 from distautograd.rpc.api import (
     BackendType,
+    get_rpc_timeout,
     get_worker_info,
     init_rpc,
     is_available,
@@ -25,6 +26,7 @@ __all__ = [
     "TensorPipeRpcBackendOptions",
     "WorkerInfo",
     "functions",
+    "get_rpc_timeout",
     "get_worker_info",
     "init_rpc",
     "is_available",

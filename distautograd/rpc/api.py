@@ -10,7 +10,7 @@ from typing import Any, Callable, Optional
 
 import torch
 
-from distautograd.runtime import current
+from distautograd.runtime import collectives, current
 from distautograd.runtime.agent import Agent, validate_name, validate_rank
 from distautograd.runtime.options import UNSET_TIMEOUT, BackendOptions
 from distautograd.runtime.rrefs import RRef
@@ -168,3 +168,27 @@ def remote(
 
 def is_available() -> bool:
     return True
+
+
+@_require_initialized
+def get_rpc_timeout() -> float:
+    """The default timeout of calls, in seconds (0: none), as torch's."""
+    return float(current.get().options.rpc_timeout)
+
+
+@_require_initialized
+def _all_gather(obj: Any, worker_names: Optional[list] = None, timeout: float = UNSET_TIMEOUT) -> dict:
+    """{worker name: its ``obj``} from every worker (or those named), each calling this in the same order."""
+    agent = current.get()
+    names = worker_names if worker_names is not None else [w.name for w in agent.world.members()]
+    collector = collectives.leader(names)
+    future = agent.calls.invoke(agent.world.resolve(collector), collectives.gather,
+                                (collectives.next_round(), agent.name, obj, len(names)), {}, timeout)
+    return future.wait()
+
+
+@_require_initialized
+def _wait_all_workers(timeout: float = 60.0) -> None:
+    """Returns once every worker has called it (a barrier through the coordinator)."""
+    agent = current.get()
+    agent.barrier(f"wait-all-workers-{collectives.next_round()}", timeout)

@@ -22,7 +22,7 @@ from distautograd.runtime.backward import Backward
 from distautograd.runtime.calls import Calls
 from distautograd.runtime.codec import Codec
 from distautograd.runtime.contexts import ContextStore
-from distautograd.runtime import optimizers  # noqa: F401  (what peers call to optimize here: loaded)
+from distautograd.runtime import collectives, optimizers, remote_modules  # noqa: F401  (what peers call: loaded)
 from distautograd.runtime.options import BackendOptions
 from distautograd.runtime.peers import Peers
 from distautograd.runtime.pool import WorkerPool
@@ -285,6 +285,10 @@ class Agent:
         self._close_everything()
         if problems:
             raise problems[0]
+
+    def barrier(self, name: str, timeout: float) -> None:
+        """Returns once every live non-daemon worker has entered the barrier ``name``."""
+        self._barrier(name, time.monotonic() + timeout)
 
     def _barrier(self, name: str, end: float) -> None:
         remaining = max(0.01, end - time.monotonic())

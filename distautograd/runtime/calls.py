@@ -16,7 +16,7 @@ import torch
 
 from distautograd import errors
 from distautograd.protocol.v1 import messages_pb2 as pb
-from distautograd.runtime import remote_methods
+from distautograd.runtime import builtin_ops, remote_methods
 from distautograd.runtime.codec import Codec
 from distautograd.runtime.contexts import ContextStore
 from distautograd.runtime.options import UNSET_TIMEOUT
@@ -127,6 +127,9 @@ class Calls:
         future = self.invoke(rref.owner(), remote_methods.invoke_method, args, {}, timeout)
         return future if mode == "rpc_async" else future.wait()
 
+    def type_on_owner(self, rref: RRef, timeout: float) -> torch.futures.Future:
+        return self.invoke(rref.owner(), remote_methods.rref_type, (rref,), {}, timeout)
+
     def backward_on_owner(self, rref: RRef, context_id: int, retain_graph: bool) -> None:
         self.invoke(rref.owner(), remote_methods.rref_backward, (rref, context_id, retain_graph), {},
                     UNSET_TIMEOUT).wait()
@@ -155,22 +158,23 @@ class Calls:
     # ------------------------------------------------------------------ incoming
 
     def handle_call(self, link, call: pb.Call, attachments) -> Optional[Deferred]:
-        """Decodes a call in stream order (so RRef forks it carries register before later releases),
-        then runs it on the worker threads."""
+        """Registers the RRefs a call carries in stream order (so their forks count before later
+        releases), then decodes and runs it on a worker thread: the reader goes on reading."""
         peer = link.peer_rank
         owned = self._rrefs.create_owned(call.create_rref, call.creator_fork) if call.create_rref else None
         try:
             ctx = self._contexts.for_incoming(call.context_id, peer) if call.context_id else None
-            func, args, kwargs = self._decode_call(call, attachments, peer, ctx)
+            rrefs = self._codec.rrefs_of(call.function)
         except BaseException as exc:
             if owned is not None and not owned.value.done():
                 owned.value.set_exception(exc)  # whoever waits for the value learns why it never came
             raise
+        decode = functools.partial(self._decode_call, call, attachments, peer, ctx, rrefs)
         if owned is not None:
-            self._start(ctx, func, args, kwargs, functools.partial(_settle, owned.value))
+            self._start(ctx, decode, functools.partial(_settle, owned.value))
             return None  # the owner has the rref: that is all remote() waits for
         reply = Deferred()
-        self._start(ctx, func, args, kwargs, functools.partial(self._encode_reply, reply, peer, ctx))
+        self._start(ctx, decode, functools.partial(self._encode_reply, reply, peer, ctx))
         return reply
 
     def handle_fetch(self, link, body: pb.FetchRRef, attachments) -> Deferred:
@@ -197,8 +201,8 @@ class Calls:
         value.add_done_callback(send)
         return reply
 
-    def _decode_call(self, call: pb.Call, attachments, peer: int, ctx) -> tuple:
-        decoded = self._codec.decode(call.function, attachments, peer, ctx)
+    def _decode_call(self, call: pb.Call, attachments, peer: int, ctx, rrefs) -> tuple:
+        decoded = self._codec.decode(call.function, attachments, peer, ctx, rrefs)
         if not (isinstance(decoded, tuple) and len(decoded) == 3):
             raise errors.InvalidArgument("a call must carry (function, args, kwargs)")
         func, args, kwargs = decoded
@@ -218,8 +222,8 @@ class Calls:
                 outcome = exc
         reply.resolve(outcome)
 
-    def _start(self, ctx, func, args, kwargs, deliver) -> None:
-        """Runs the call on a worker thread; ``deliver`` gets its result or exception, once."""
+    def _start(self, ctx, decode, deliver) -> None:
+        """Decodes and runs the call on a worker thread; ``deliver`` gets its result or exception, once."""
         with self._lock:
             self._running += 1
 
@@ -233,10 +237,12 @@ class Calls:
         contexts = self._contexts
 
         def task() -> None:
+            func = None
             try:
+                func, args, kwargs = decode()
                 previous = contexts.swap(ctx)
                 try:
-                    result = func(*args, **kwargs)
+                    result = builtin_ops.call(func, args, kwargs)
                 finally:
                     contexts.swap(previous)
                 if isinstance(result, AsyncReturn):

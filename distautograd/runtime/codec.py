@@ -63,17 +63,25 @@ class Codec:
         else:
             meta.activates.extend(sorted(activation.ids))
 
-    def decode(self, value: pb.Value, attachments: List[Any], src: int, ctx: Optional[Context]) -> Any:
-        """The value worker ``src`` sent; tensors with a message id become recv points of ``ctx``."""
+    def rrefs_of(self, value: pb.Value) -> List[RRef]:
+        """The RRefs a value carries, registered now: forks must register in the order messages came."""
+        return [self._rrefs.from_handle(handle) for handle in value.rrefs]
+
+    def decode(self, value: pb.Value, attachments: List[Any], src: int, ctx: Optional[Context],
+               rrefs: Optional[List[RRef]] = None) -> Any:
+        """The value worker ``src`` sent; tensors with a message id become recv points of ``ctx``.
+        ``rrefs``: from rrefs_of, when the RRefs were registered earlier than the value is decoded."""
         decoded: dict = {}
+        if rrefs is None:
+            rrefs = self.rrefs_of(value)
 
         def persistent_load(pid: int) -> Any:
             if 0 <= pid < len(value.tensors):
                 if pid not in decoded:
                     decoded[pid] = self._tensor(value.tensors[pid], attachments, src, ctx)
                 return decoded[pid]
-            if -len(value.rrefs) <= pid < 0:
-                return self._rrefs.from_handle(value.rrefs[-pid - 1])
+            if -len(rrefs) <= pid < 0:
+                return rrefs[-pid - 1]
             raise InvalidArgument(f"malformed pickle: persistent id {pid!r} refers to nothing in the message")
 
         return pickling.loads(value.pickle, self.allowlist, persistent_load)

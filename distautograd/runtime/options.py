@@ -6,8 +6,10 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Dict, Optional, Sequence
 
-from distautograd.transport.security import Security, is_loopback
+import torch
+
 from distautograd.encoding.allowlist import ALLOW_ENV
+from distautograd.transport.security import Security, is_loopback
 
 DEFAULT_RPC_TIMEOUT = 60.0
 DEFAULT_MAX_MESSAGE = 4 << 30
@@ -42,6 +44,16 @@ ENVIRONMENT = {
     "RANK": "this process's rank (as torch)",
     "WORLD_SIZE": "number of processes (as torch)",
 }
+
+
+def _is_cpu(value) -> bool:
+    """A device as torch names one: "cpu", "cuda:0", or 0 (an accelerator's index)."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return False
+    try:
+        return torch.device(value).type == "cpu"
+    except RuntimeError:  # an accelerator this machine does not have
+        return False
 
 
 def _env_float(name: str, default: float) -> float:
@@ -127,8 +139,26 @@ class BackendOptions:
             raise ValueError(f"max_message_bytes must be positive, got {self.max_message_bytes}")
         if self.transport not in ("auto", "tcp", "grpc"):
             raise ValueError(f"transport must be 'auto', 'tcp' or 'grpc', got {self.transport!r}")
-        if self.device_maps or any(str(d) != "cpu" for d in (self.devices or ())):
-            raise ValueError("device_maps and non-CPU devices are not supported: distautograd moves CPU tensors")
+        for worker, mapping in (self.device_maps or {}).items():
+            self.set_device_map(worker, mapping)
+        self.set_devices(self.devices or [])
+
+    def set_device_map(self, to: str, device_map: Dict[Any, Any]) -> None:
+        """As torch's: which of this worker's devices map to which of ``to``'s. Only CPU to CPU is
+        possible here (distautograd moves CPU tensors), so that is all this accepts; it changes nothing."""
+        for source, target in dict(device_map).items():
+            if not (_is_cpu(source) and _is_cpu(target)):
+                raise ValueError(f"device map {source!r} -> {target!r} for {to!r}: only CPU devices are supported, "
+                                 "distautograd moves CPU tensors")
+        if self.device_maps is None:
+            self.device_maps = {}
+        self.device_maps[to] = dict(device_map)
+
+    def set_devices(self, devices) -> None:
+        for device in devices:
+            if not _is_cpu(device):
+                raise ValueError(f"device {device!r} is not supported: distautograd moves CPU tensors only")
+        self.devices = list(devices)
 
     def security(self) -> Security:
         return Security.from_env(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 import torch
@@ -26,15 +27,28 @@ def is_async(func: Any) -> bool:
 @trusted_global
 def invoke_method(rref, name: str, args: tuple, kwargs: dict) -> Any:
     """Calls ``name`` on the owner's value, if the owner's allowlist lets a peer call it: chains of
-    proxy calls must not reach storages, files or process-wide settings (encoding.allowlist)."""
-    method = current.get().allowlist.method(rref.local_value(), name)
+    proxy calls must not reach storages, files or process-wide settings (encoding.allowlist).
+    A name the value does not have raises AttributeError, as torch's proxies do."""
+    value = rref.local_value()
+    try:
+        inspect.getattr_static(value, name)
+    except AttributeError:
+        raise AttributeError(f"type object '{type(value).__name__}' has no attribute '{name}'") from None
+    method = current.get().allowlist.method(value, name)
     result = method(*args, **kwargs)
     return AsyncReturn(result) if is_async(method) else result
 
 
 @trusted_global
+def rref_type(rref) -> type:
+    return type(rref.local_value())
+
+
+@trusted_global
 def rref_backward(rref, context_id: int, retain_graph: bool) -> None:
     value = rref.local_value()
+    if not isinstance(value, torch.Tensor):
+        raise RuntimeError(f"RRef should contain a tensor for .backward(), but it contains {type(value).__name__}")
     if context_id == -1:
         value.backward(retain_graph=retain_graph)
     else:

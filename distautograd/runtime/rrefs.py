@@ -44,6 +44,8 @@ class RRefRuntime(Protocol):
 
     def backward_on_owner(self, rref: "RRef", context_id: int, retain_graph: bool) -> None: ...
 
+    def type_on_owner(self, rref: "RRef", timeout: float) -> torch.futures.Future: ...
+
 
 class _Owned:
     __slots__ = ("value", "forks", "tombstones")
@@ -325,9 +327,35 @@ class RRef:
         """Runs backward from this RRef's value on its owner, as torch's RRef.backward.
 
         With a context id it is a distributed backward in that context (read the results with
-        get_gradients); with -1 it is a local ``value.backward()`` on the owner.
+        get_gradients); with -1 it is a local ``value.backward()`` on the owner (only the owner
+        may, as in torch).
         """
+        if dist_autograd_ctx_id == -1 and not self.is_owner():
+            raise RuntimeError("User RRefs require 'dist_autograd_ctx_id' to be specified")
         self._store.runtime.backward_on_owner(self, dist_autograd_ctx_id, retain_graph)
+
+    def _get_type(self, timeout: float = UNSET_TIMEOUT, blocking: bool = True):
+        """The type of the value (asked of the owner once, then remembered), or a Future of it."""
+        cached = getattr(self, "_type", None)
+        if cached is None:
+            if self.is_owner():
+                future = torch.futures.Future()
+                future.set_result(type(self.local_value()))
+            else:
+                future = self._store.runtime.type_on_owner(self, timeout)
+            future = future.then(lambda f: self._remember_type(f.value()))
+            if not blocking:
+                return future
+            return future.wait()
+        if blocking:
+            return cached
+        future = torch.futures.Future()
+        future.set_result(cached)
+        return future
+
+    def _remember_type(self, kind):
+        self._type = kind
+        return kind
 
 
 class _Proxy:

@@ -140,7 +140,7 @@ class Value(_message.Message):
     def __init__(self, pickle: _Optional[bytes] = ..., tensors: _Optional[_Iterable[_Union[TensorMeta, _Mapping]]] = ..., rrefs: _Optional[_Iterable[_Union[RRefHandle, _Mapping]]] = ...) -> None: ...
 
 class TensorMeta(_message.Message):
-    __slots__ = ("dtype", "shape", "attachment", "requires_grad", "parameter", "autograd_message_id", "quantization", "activates", "activates_unknown", "zeros")
+    __slots__ = ("dtype", "shape", "attachment", "requires_grad", "parameter", "autograd_message_id", "quantization", "activates", "activates_unknown", "zeros", "sparse")
     DTYPE_FIELD_NUMBER: _ClassVar[int]
     SHAPE_FIELD_NUMBER: _ClassVar[int]
     ATTACHMENT_FIELD_NUMBER: _ClassVar[int]
@@ -151,6 +151,7 @@ class TensorMeta(_message.Message):
     ACTIVATES_FIELD_NUMBER: _ClassVar[int]
     ACTIVATES_UNKNOWN_FIELD_NUMBER: _ClassVar[int]
     ZEROS_FIELD_NUMBER: _ClassVar[int]
+    SPARSE_FIELD_NUMBER: _ClassVar[int]
     dtype: str
     shape: _containers.RepeatedScalarFieldContainer[int]
     attachment: int
@@ -161,7 +162,18 @@ class TensorMeta(_message.Message):
     activates: _containers.RepeatedScalarFieldContainer[int]
     activates_unknown: bool
     zeros: bool
-    def __init__(self, dtype: _Optional[str] = ..., shape: _Optional[_Iterable[int]] = ..., attachment: _Optional[int] = ..., requires_grad: _Optional[bool] = ..., parameter: _Optional[bool] = ..., autograd_message_id: _Optional[int] = ..., quantization: _Optional[_Union[Quantization, _Mapping]] = ..., activates: _Optional[_Iterable[int]] = ..., activates_unknown: _Optional[bool] = ..., zeros: _Optional[bool] = ...) -> None: ...
+    sparse: Sparse
+    def __init__(self, dtype: _Optional[str] = ..., shape: _Optional[_Iterable[int]] = ..., attachment: _Optional[int] = ..., requires_grad: _Optional[bool] = ..., parameter: _Optional[bool] = ..., autograd_message_id: _Optional[int] = ..., quantization: _Optional[_Union[Quantization, _Mapping]] = ..., activates: _Optional[_Iterable[int]] = ..., activates_unknown: _Optional[bool] = ..., zeros: _Optional[bool] = ..., sparse: _Optional[_Union[Sparse, _Mapping]] = ...) -> None: ...
+
+class Sparse(_message.Message):
+    __slots__ = ("layout", "parts", "coalesced")
+    LAYOUT_FIELD_NUMBER: _ClassVar[int]
+    PARTS_FIELD_NUMBER: _ClassVar[int]
+    COALESCED_FIELD_NUMBER: _ClassVar[int]
+    layout: str
+    parts: _containers.RepeatedCompositeFieldContainer[TensorMeta]
+    coalesced: bool
+    def __init__(self, layout: _Optional[str] = ..., parts: _Optional[_Iterable[_Union[TensorMeta, _Mapping]]] = ..., coalesced: _Optional[bool] = ...) -> None: ...
 
 class Quantization(_message.Message):
     __slots__ = ("qscheme", "scale", "zero_point", "scales_attachment", "zero_points_attachment", "axis", "dtype")
