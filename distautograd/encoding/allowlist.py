@@ -205,6 +205,8 @@ class Allowlist:
             return True
         if module == "builtins":
             return name in _SAFE_BUILTINS
+        if isinstance(obj, torch.jit.ScriptFunction):
+            return self.trusts(module)  # compiled from user code in that module
         if not (isinstance(obj, type) or inspect.isfunction(obj) or inspect.isbuiltin(obj)):
             return False  # modules and arbitrary instances found through a module's namespace
         defined_in = getattr(obj, "__module__", None) or ""

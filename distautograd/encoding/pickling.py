@@ -37,6 +37,9 @@ def _script_function(allowlist: Allowlist, qualified_name: str) -> Any:
         raise PermissionDenied(f"refused the TorchScript function {qualified_name}: its module '{module}' is "
                                "not user code this process runs for peers")
     found = torch.jit._state._python_cu.find_function(qualified_name)
+    if found is None and module != "__main__":  # its module may not be loaded here yet: loading scripts it
+        candidate = allowlist.resolve(module, qualified_name.rpartition(".")[2])
+        found = candidate if isinstance(candidate, torch.jit.ScriptFunction) else None
     if found is None:
         raise InvalidArgument(f"no TorchScript function {qualified_name} here: script it in this process too")
     return found

@@ -183,7 +183,7 @@ def _all_gather(obj: Any, worker_names: Optional[list] = None, timeout: float = 
     names = worker_names if worker_names is not None else [w.name for w in agent.world.members()]
     collector = collectives.leader(names)
     future = agent.calls.invoke(agent.world.resolve(collector), collectives.gather,
-                                (collectives.next_round(), agent.name, obj, len(names)), {}, timeout)
+                                (collectives.next_round("all_gather", names), agent.name, obj, len(names)), {}, timeout)
     return future.wait()
 
 
@@ -191,4 +191,5 @@ def _all_gather(obj: Any, worker_names: Optional[list] = None, timeout: float = 
 def _wait_all_workers(timeout: float = 60.0) -> None:
     """Returns once every worker has called it (a barrier through the coordinator)."""
     agent = current.get()
-    agent.barrier(f"wait-all-workers-{collectives.next_round()}", timeout)
+    names = [w.name for w in agent.world.members()]
+    agent.barrier(collectives.next_round("wait_all_workers", names), timeout, "_wait_all_workers")

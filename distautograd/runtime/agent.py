@@ -102,7 +102,7 @@ class Agent:
         """Listens, joins the coordinator (hosting it if this is rank 0) and waits for the world."""
         options = self.options
         deadline = time.monotonic() + options.effective_init_timeout()
-        rendezvous = Rendezvous(options, rank)
+        rendezvous = Rendezvous(options, rank, world_size)
         host_it = rendezvous.host_it
         if host_it:
             listen_host, listen_port = rendezvous.listen()
@@ -286,18 +286,19 @@ class Agent:
         if problems:
             raise problems[0]
 
-    def barrier(self, name: str, timeout: float) -> None:
-        """Returns once every live non-daemon worker has entered the barrier ``name``."""
-        self._barrier(name, time.monotonic() + timeout)
+    def barrier(self, name: str, timeout: float, waiting_in: str) -> None:
+        """Returns once every live non-daemon worker has entered the barrier ``name``; ``waiting_in``
+        names the call everyone must make, for the error when some never do."""
+        self._barrier(name, time.monotonic() + timeout, waiting_in)
 
-    def _barrier(self, name: str, end: float) -> None:
+    def _barrier(self, name: str, end: float, waiting_in: str = "shutdown") -> None:
         remaining = max(0.01, end - time.monotonic())
         try:
             self.peers.coordinator.request(pb.Request(barrier=pb.Barrier(name=name)), timeout=remaining).result()
         except errors.DeadlineExceeded:
             raise RuntimeError(
-                f"shutdown(graceful=True) timed out after {remaining:.3g} s at barrier '{name}': some workers "
-                "never called shutdown; see `distautograd status`"
+                f"{waiting_in} timed out after {remaining:.3g} s at barrier '{name}': some workers "
+                f"never called {waiting_in}; see `distautograd status`"
             ) from None
 
     def _close_everything(self) -> None:

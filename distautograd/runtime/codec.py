@@ -35,6 +35,7 @@ class Codec:
         attachments: List[Any] = []
         seen: dict = {}
         kept: list = []  # keeps each tensor alive, so its id() stays its own until we are done
+        first_send: List[int] = []  # the message id of this value's first send point names the whole message
 
         def persistent(o: Any):
             if isinstance(o, torch.Tensor):
@@ -42,7 +43,7 @@ class Codec:
                 if index is None:
                     meta = tensors.encode(o, attachments, compact_zeros)
                     if ctx is not None and o.requires_grad:
-                        self._send_point(meta, ctx, o, dest)
+                        self._send_point(meta, ctx, o, dest, first_send)
                     index = seen[id(o)] = len(metas)
                     metas.append(meta)
                     kept.append(o)
@@ -55,8 +56,10 @@ class Codec:
         pickle = pickling.dumps(obj, persistent)
         return pb.Value(pickle=pickle, tensors=metas, rrefs=handles), attachments
 
-    def _send_point(self, meta: pb.TensorMeta, ctx: Context, tensor: torch.Tensor, dest: int) -> None:
-        message_id, activation = self._contexts.add_send_point(ctx, tensor, dest)
+    def _send_point(self, meta: pb.TensorMeta, ctx: Context, tensor: torch.Tensor, dest: int,
+                    first_send: List[int]) -> None:
+        message_id, activation = self._contexts.add_send_point(ctx, tensor, dest, first_send[0] if first_send else 0)
+        first_send[:1] = first_send[:1] or [message_id]
         meta.autograd_message_id = message_id
         if activation.unknown or len(activation.ids) > ACTIVATES_LIMIT:
             meta.activates_unknown = True
@@ -74,11 +77,12 @@ class Codec:
         decoded: dict = {}
         if rrefs is None:
             rrefs = self.rrefs_of(value)
+        message = next((meta.autograd_message_id for meta in value.tensors if meta.autograd_message_id), 0)
 
         def persistent_load(pid: int) -> Any:
             if 0 <= pid < len(value.tensors):
                 if pid not in decoded:
-                    decoded[pid] = self._tensor(value.tensors[pid], attachments, src, ctx)
+                    decoded[pid] = self._tensor(value.tensors[pid], attachments, src, ctx, message)
                 return decoded[pid]
             if -len(rrefs) <= pid < 0:
                 return rrefs[-pid - 1]
@@ -86,11 +90,12 @@ class Codec:
 
         return pickling.loads(value.pickle, self.allowlist, persistent_load)
 
-    def _tensor(self, meta: pb.TensorMeta, attachments: List[Any], src: int, ctx: Optional[Context]) -> torch.Tensor:
+    def _tensor(self, meta: pb.TensorMeta, attachments: List[Any], src: int, ctx: Optional[Context],
+                message: int) -> torch.Tensor:
         tensor = tensors.decode(meta, attachments)
         if meta.autograd_message_id and ctx is not None:
             sent = None if meta.activates_unknown else meta.activates
-            return self._contexts.add_recv_point(ctx, tensor, meta.autograd_message_id, src, sent)
+            return self._contexts.add_recv_point(ctx, tensor, meta.autograd_message_id, src, sent, message)
         if meta.parameter:
             return torch.nn.Parameter(tensor, requires_grad=meta.requires_grad)
         if meta.requires_grad:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import collections
 import logging
 import threading
+import weakref
 from typing import Callable, Dict, List, NamedTuple, Optional, Set
 
 import torch
@@ -45,7 +46,7 @@ class SendPoint(NamedTuple):
 class RecvPoint:
     """What the engine needs of a recv point: its message id, the anchor to capture, its activation."""
 
-    __slots__ = ("message_id", "src", "anchor", "activation", "context_id")
+    __slots__ = ("message_id", "src", "anchor", "activation", "context_id", "node")
 
     def __init__(self, message_id: int, src: int, activation: Activation, context_id: int):
         self.message_id = message_id
@@ -53,6 +54,17 @@ class RecvPoint:
         self.activation = activation
         self.context_id = context_id
         self.anchor: Optional[GradientEdge] = None
+        self.node: Optional[weakref.ref] = None  # its RecvRpcBackward, while the graph holds it
+
+
+class SendFunction:
+    """What torch shows as a message's SendRpcBackward node: the sent tensors' nodes are its next functions."""
+
+    def __init__(self, edges: List[GradientEdge]):
+        self.next_functions = tuple((edge.node, edge.output_nr) for edge in edges)
+
+    def name(self) -> str:
+        return "torch::distributed::autograd::SendRpcBackward"
 
 
 class Context:
@@ -68,6 +80,7 @@ class Context:
         self.peers: Set[int] = set()  # ranks this worker exchanged tensors with in this context
         self.activations = Activations()
         self.reported = False  # a pass of this context was reported to the coordinator
+        self.messages: Dict[str, Dict[int, List[int]]] = {"sent": {}, "received": {}}  # message -> its points
 
     def gradients(self) -> Dict[torch.Tensor, torch.Tensor]:
         return self.store.snapshot()
@@ -75,13 +88,18 @@ class Context:
     def _context_id(self) -> int:
         return self.id
 
-    def _send_functions(self) -> Dict[int, object]:
+    def _send_functions(self) -> Dict[int, "SendFunction"]:
+        """As torch's: one SendRpcBackward per message sent, whose next functions are the sent tensors'."""
         with self.lock:
-            return {mid: point.edge.node for mid, point in self.sends.items()}
+            return {message: SendFunction([self.sends[mid].edge for mid in mids if mid in self.sends])
+                    for message, mids in self.messages["sent"].items()}
 
     def _recv_functions(self) -> Dict[int, object]:
+        """As torch's: the RecvRpcBackward node of each message received (its first tensor's)."""
         with self.lock:
-            return {mid: point for mid, point in self.recvs.items()}
+            points = [self.recvs.get(mids[0]) for mids in self.messages["received"].values()]
+        nodes = {point.message_id: point.node() for point in points if point is not None and point.node is not None}
+        return {mid: node for mid, node in nodes.items() if node is not None}
 
     def _known_worker_ids(self) -> Set[int]:
         with self.lock:
@@ -153,14 +171,16 @@ class ContextStore:
 
     # ------------------------------------------------------------------ points
 
-    def add_send_point(self, ctx: Context, tensor: torch.Tensor, dest: int) -> tuple:
-        """Registers a send point for ``tensor`` going to ``dest``; returns (message id, its activation)."""
+    def add_send_point(self, ctx: Context, tensor: torch.Tensor, dest: int, message: int = 0) -> tuple:
+        """Registers a send point for ``tensor`` going to ``dest``; returns (message id, its activation).
+        ``message``: the id of the first send point of the same outgoing message, 0 if this is it."""
         message_id = self._mint()
         edge = get_gradient_edge(tensor)
         point = SendPoint(edge, dest, torch._C._autograd._get_sequence_nr() - 0.5, ctx.id, hook_dict(tensor))
         activation = ctx.activations.of(edge.node)
         with ctx.lock:
             ctx.sends[message_id] = point
+            ctx.messages["sent"].setdefault(message or message_id, []).append(message_id)
             ctx.peers.add(dest)
         with self._lock:
             self._sends[message_id] = point
@@ -168,13 +188,17 @@ class ContextStore:
                 self.hooks.setdefault(edge.node, []).append(point.hooks)
         return message_id, activation
 
-    def add_recv_point(self, ctx: Context, tensor: torch.Tensor, message_id: int, src: int, sent) -> torch.Tensor:
+    def add_recv_point(self, ctx: Context, tensor: torch.Tensor, message_id: int, src: int, sent,
+                       message: int = 0) -> torch.Tensor:
         """``tensor`` as it arrived from ``src`` under ``message_id``; ``sent``: the ids the sender
-        said its send point activates, or None when it could not say."""
+        said its send point activates, or None when it could not say; ``message``: the id of the
+        message's first recv point."""
         point = RecvPoint(message_id, src, activations.of_recv(message_id, sent), ctx.id)
         out, point.anchor = nodes.make_recv(tensor, point)
+        point.node = weakref.ref(out.grad_fn)
         with ctx.lock:
             ctx.recvs[message_id] = point
+            ctx.messages["received"].setdefault(message or message_id, []).append(message_id)
             ctx.peers.add(src)
         return out
 

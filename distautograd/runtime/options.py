@@ -71,8 +71,9 @@ class BackendOptions:
     Args:
         num_worker_threads: threads that run incoming calls (torch's option of the same name).
         rpc_timeout: default timeout in seconds of every call; 0 means no limit.
-        init_method: ``"tcp://host:port"`` of the coordinator, or ``"env://"`` for
-            MASTER_ADDR / MASTER_PORT. Rank 0 hosts the coordinator there unless ``coordinator`` is set.
+        init_method: ``"env://"`` (MASTER_ADDR / MASTER_PORT), ``"tcp://host:port"`` or
+            ``"file:///path"``, as in torch: rank 0 hosts the coordinator there, or publishes its
+            address in the store a process group already keeps there. Unused if ``coordinator`` is set.
         coordinator: ``"host:port"`` of an external coordinator (env DISTAUTOGRAD_COORDINATOR);
             then no rank hosts one.
         host / port: where this worker listens (env DISTAUTOGRAD_HOST / DISTAUTOGRAD_PORT);

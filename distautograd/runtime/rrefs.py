@@ -368,6 +368,8 @@ class _Proxy:
         rref, mode, timeout = self._rref, self._mode, self._timeout
 
         def call(*args, **kwargs):
+            if mode == "remote":  # as torch: a name the value's type lacks fails here, not at to_here()
+                getattr(rref._get_type(timeout), name)
             return rref._store.runtime.call_method(rref, name, args, kwargs, mode, timeout)
 
         return call

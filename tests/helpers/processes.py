@@ -48,3 +48,21 @@ def outside_context(fn, *args):
     t.start()
     t.join(30)
     return result[0]
+
+
+def run_spawned(fn, nprocs: int = 3, timeout: float = 90) -> None:
+    """Runs ``fn(rank, nprocs, port)`` in ``nprocs`` processes (torch.multiprocessing.spawn);
+    kills and reaps them all on failure or timeout."""
+    import torch.multiprocessing as mp
+
+    context = mp.start_processes(fn, args=(nprocs, free_port()), nprocs=nprocs, join=False, start_method="spawn")
+    deadline = time.monotonic() + timeout
+    try:
+        while not context.join(timeout=1):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{fn.__name__} did not finish within {timeout} s")
+    finally:
+        for process in context.processes:
+            if process.is_alive():
+                process.kill()
+            process.join(10)

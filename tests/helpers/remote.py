@@ -246,3 +246,48 @@ def keep_and_check(t, value):
 
 def filled(megabytes, value):
     return torch.full((megabytes << 18,), float(value))
+
+
+@torch.jit.script
+def scripted_mul_add(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    return x * y + 1
+
+
+def get_scripted():
+    return scripted_mul_add
+
+
+class Shape:
+    def __init__(self, width, height):
+        self.width, self.height = width, height
+
+    def area(self):
+        return self.width * self.height
+
+    @classmethod
+    def square_area(cls, side):
+        return cls(side, side).area()
+
+    @staticmethod
+    def scaled(x, by):
+        return x * by
+
+
+def _make_sparse_table():
+    torch.manual_seed(3)
+    return torch.nn.Embedding(10, 3, sparse=True)
+
+
+_sparse_table = _make_sparse_table()
+
+
+def sparse_lookup(ids):
+    return _sparse_table(ids)
+
+
+def sparse_table_grad(context_id):
+    return dist_autograd.get_gradients(context_id)[_sparse_table.weight]
+
+
+def gather_among(names, value):
+    return rpc.api._all_gather(value, worker_names=names)
