@@ -7,6 +7,7 @@ from typing import Dict, List
 import torch
 
 from distautograd.runtime import current
+from distautograd.runtime.contexts import Context
 
 
 class context:
@@ -94,4 +95,10 @@ def _get_debug_info() -> Dict[str, int]:
     }
 
 
-__all__ = ["backward", "context", "get_gradients"]
+def is_available() -> bool:
+    return True
+
+
+DistAutogradContext = Context  # the type torch's private API hands out
+
+__all__ = ["DistAutogradContext", "backward", "context", "get_gradients", "is_available"]

@@ -93,6 +93,8 @@ def _encode_sparse(tensor: torch.Tensor, attachments: MutableSequence[Any]) -> p
 def _decode_sparse(meta: pb.TensorMeta, attachments: Sequence[Any]) -> torch.Tensor:
     """Rebuilds a sparse tensor, checking its indices against its size: they come from a peer."""
     layout = _SPARSE_LAYOUTS.get(meta.sparse.layout)
+    if any(part.HasField("sparse") or part.HasField("quantization") for part in meta.sparse.parts):
+        raise InvalidArgument("malformed sparse tensor: its parts must be plain dense tensors")
     parts = [decode(part, attachments) for part in meta.sparse.parts]
     if layout is None or len(parts) != (2 if layout == torch.sparse_coo else 3):
         raise InvalidArgument(f"malformed sparse tensor (layout {meta.sparse.layout!r}, {len(parts)} parts)")

@@ -8,14 +8,14 @@ AccumulateGrad and DistributedDataParallel's reducer behave as in a local backwa
 ``run_node``: one node alone, when a wave cannot run as a whole (a node it reaches still waits
 for a gradient from another worker, or contributions must be summed in an order the engine would
 not use). A node that is neither a leaf nor a recv point runs through ``torch.autograd.grad``
-with its children captured, so it computes what it owes each of them; a post-hook records that,
-before the children's own hooks; and where one child lies below another (torch would then run
-the upper one), a pre-hook on each child ends the engine call right there.
+towards its children; a post-hook, registered after the user's own, records what it produced
+for each child and ends the engine call right there, so no child runs and no child's tensor
+hooks see a gradient that is not yet whole.
 """
 
 from __future__ import annotations
 
-from typing import Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch.autograd.graph import GradientEdge
@@ -52,13 +52,11 @@ def run_node(
     store: slots.GradStore,
     retain_graph: bool,
     create_graph: bool,
-    hooks: Mapping[object, Sequence[dict]] = {},
 ) -> Tuple[Optional[tuple], Dict[int, Optional[torch.Tensor]]]:
     """Runs ``node`` alone with ``contributions`` (its gradient, in the order to sum it).
 
     Returns (what it produced for each of its next edges, or None for a leaf or recv point;
-    the gradient a recv point got). ``hooks``: tensor hook dicts to silence while a node they
-    belong to is captured (see slots.muted)."""
+    the gradient a recv point got)."""
     edges = [edge for edge, _ in contributions]
     grads = [grad for _, grad in contributions]
     point = recv_point(node)
@@ -76,25 +74,22 @@ def run_node(
     if not children:
         return (), {}
     produced: List[tuple] = []
-    handles = [node.register_hook(lambda grad_inputs, grad_outputs: produced.append(grad_inputs))]
-    handles += [child.register_prehook(_stop) for child in {child for child, _ in children} if not is_leaf(child)]
+
+    def record_and_stop(grad_inputs, grad_outputs):
+        produced.append(grad_inputs)  # after the node's own post-hooks: it is registered last
+        raise _Stop()
+
+    handle = node.register_hook(record_and_stop)
     try:
-        silenced = [child.variable._backward_hooks for child, _ in children if is_leaf(child)]
-        silenced += [d for child, _ in children for d in hooks.get(child, ())]
-        with slots.muted(silenced):
-            torch.autograd.grad(edges, [GradientEdge(child, slot) for child, slot in children], grads,
-                                retain_graph=retain_graph, create_graph=create_graph, allow_unused=True)
+        torch.autograd.grad(edges, [GradientEdge(child, slot) for child, slot in children], grads,
+                            retain_graph=retain_graph, create_graph=create_graph, allow_unused=True)
     except _Stop:
         pass
     finally:
-        for handle in handles:
-            handle.remove()
+        handle.remove()
     return (produced[0] if produced else ()), {}
 
 
 class _Stop(Exception):
-    """Raised by a pre-hook to end an engine call before a node below the one being run."""
-
-
-def _stop(grad_outputs):
-    raise _Stop()
+    """Raised by the post-hook of the node being run: the engine call ends before any child runs
+    or is captured (a capture would call the child's tensor hooks before its gradient is whole)."""

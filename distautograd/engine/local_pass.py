@@ -41,10 +41,8 @@ class LocalPass:
         finish: Finish,
         retain_graph: bool = False,
         create_graph: bool = False,
-        hooks: Optional[Dict[object, List[dict]]] = None,
     ):
-        """``keys``: for each send point source, where its gradient sorts among the others (see module);
-        ``hooks``: the hook dicts of tensors this worker sent, by node (see execution.run_node)."""
+        """``keys``: for each send point source, where its gradient sorts among the others (see module)."""
         self.graph = graph
         self.keys = dict(keys)
         self.keys[ROOTS] = ROOT_KEY
@@ -53,7 +51,6 @@ class LocalPass:
         self.create_graph = create_graph
         self._send = send
         self._finish = finish
-        self._hooks = hooks or {}
         self._lock = threading.Lock()
         self._remaining = {node: bin(mask).count("1") for node, mask in graph.mask.items()}
         self._ready: set = set()
@@ -194,8 +191,7 @@ class LocalPass:
                 if point is not None:
                     self._send({point.message_id: None})
                 continue
-            produced, got = execution.run_node(node, contributions, self.store, self.retain_graph, self.create_graph,
-                                               self._hooks)
+            produced, got = execution.run_node(node, contributions, self.store, self.retain_graph, self.create_graph)
             if is_leaf(node):
                 self.leaves_reached += 1
             if got:

@@ -10,10 +10,9 @@ steps that use the same slots), so concurrent passes never see each other's grad
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import threading
-from typing import Dict, Iterable, Iterator, List, Optional, Sequence
+from typing import Dict, Iterator, Sequence
 
 import torch
 
@@ -53,35 +52,6 @@ def swapped(leaves: Sequence, store: GradStore) -> Iterator[None]:
                 if after is not None:
                     store.grads[v] = after
                 _set(v, before)
-
-
-@contextlib.contextmanager
-def muted(hook_dicts: Iterable[Optional[dict]]) -> Iterator[None]:
-    """These tensor hooks stay silent inside the block. torch calls a tensor's hooks when its gradient
-    is captured on the way; a node whose gradient is captured that way runs later, hooks and all, once."""
-    kept: List[tuple] = []
-    with LOCK:
-        for hooks in hook_dicts:
-            if hooks:
-                kept.append((hooks, dict(hooks)))
-                hooks.clear()
-        try:
-            yield
-        finally:
-            for hooks, entries in kept:
-                hooks.update(entries)
-
-
-def hook_dict(tensor: torch.Tensor) -> Optional[dict]:
-    """The dict that holds ``tensor``'s Python hooks, made now if it has none yet (as torch's own
-    register_hook makes it), so hooks registered later land in it too. None for a leaf: its hooks
-    are reached through its AccumulateGrad node."""
-    if tensor.grad_fn is None:
-        return None
-    if tensor._backward_hooks is None:
-        tensor._backward_hooks = collections.OrderedDict()
-        tensor.grad_fn._register_hook_dict(tensor)
-    return tensor._backward_hooks
 
 
 def _set(variable: torch.Tensor, grad) -> None:

@@ -4,6 +4,7 @@ from distautograd.runtime.options import BackendOptions, TensorPipeRpcBackendOpt
 from distautograd.rpc import functions
 from distautograd.rpc.api import (
     BackendType,
+    _set_rpc_timeout,
     get_rpc_timeout,
     get_worker_info,
     init_rpc,

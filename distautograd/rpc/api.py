@@ -177,6 +177,14 @@ def get_rpc_timeout() -> float:
 
 
 @_require_initialized
+def _set_rpc_timeout(rpc_timeout: float) -> None:
+    """Sets the default timeout of later calls, in seconds (0: none), as torch's private setter."""
+    if rpc_timeout < 0:
+        raise ValueError(f"rpc_timeout must be >= 0 seconds (0 = no limit), got {rpc_timeout}")
+    current.get().options.rpc_timeout = float(rpc_timeout)
+
+
+@_require_initialized
 def _all_gather(obj: Any, worker_names: Optional[list] = None, timeout: float = UNSET_TIMEOUT) -> dict:
     """{worker name: its ``obj``} from every worker (or those named), each calling this in the same order."""
     agent = current.get()

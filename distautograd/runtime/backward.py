@@ -206,7 +206,7 @@ class Backward:
             PassGraph(sources), keys, part.ctx.store,
             send=lambda grads: self._push(part, grads),
             finish=lambda error: self._part_finished(part, error),
-            retain_graph=plan.retain_graph, create_graph=plan.create_graph, hooks=self._contexts.hooks,
+            retain_graph=plan.retain_graph, create_graph=plan.create_graph,
         )
         with part.lock:
             if part.closed or part.local is not None:

@@ -21,7 +21,7 @@ from torch.autograd.graph import GradientEdge, get_gradient_edge
 from distautograd import errors
 from distautograd.engine import activations, nodes
 from distautograd.engine.activations import Activation, Activations
-from distautograd.engine.slots import GradStore, hook_dict
+from distautograd.engine.slots import GradStore
 from distautograd.ids import IdMint, rank_of
 from distautograd.protocol.v1 import messages_pb2 as pb
 from distautograd.transport.deadlines import Deadlines
@@ -40,7 +40,6 @@ class SendPoint(NamedTuple):
     dest: int
     key: float  # where a gradient from the receiver sorts among local ones (engine.local_pass)
     context_id: int
-    hooks: Optional[dict]  # the sent tensor's hook dict (engine.slots.hook_dict)
 
 
 class RecvPoint:
@@ -120,7 +119,6 @@ class ContextStore:
         self._is_member = is_member
         self._contexts: Dict[int, Context] = {}
         self._sends: Dict[int, SendPoint] = {}
-        self.hooks: Dict[object, List[dict]] = {}  # node -> hook dicts of the tensors sent from it
         self._released: "collections.OrderedDict[int, None]" = collections.OrderedDict()
         self._lock = threading.Lock()
         self._local = threading.local()
@@ -176,7 +174,7 @@ class ContextStore:
         ``message``: the id of the first send point of the same outgoing message, 0 if this is it."""
         message_id = self._mint()
         edge = get_gradient_edge(tensor)
-        point = SendPoint(edge, dest, torch._C._autograd._get_sequence_nr() - 0.5, ctx.id, hook_dict(tensor))
+        point = SendPoint(edge, dest, torch._C._autograd._get_sequence_nr() - 0.5, ctx.id)
         activation = ctx.activations.of(edge.node)
         with ctx.lock:
             ctx.sends[message_id] = point
@@ -184,8 +182,6 @@ class ContextStore:
             ctx.peers.add(dest)
         with self._lock:
             self._sends[message_id] = point
-            if point.hooks is not None:
-                self.hooks.setdefault(edge.node, []).append(point.hooks)
         return message_id, activation
 
     def add_recv_point(self, ctx: Context, tensor: torch.Tensor, message_id: int, src: int, sent,
@@ -254,14 +250,8 @@ class ContextStore:
             while len(self._released) > _RELEASED_MEMORY:
                 self._released.popitem(last=False)
             if ctx is not None:
-                for message_id, point in ctx.sends.items():
+                for message_id in ctx.sends:
                     self._sends.pop(message_id, None)
-                    if point.hooks is not None:
-                        dicts = [d for d in self.hooks.get(point.edge.node, ()) if d is not point.hooks]
-                        if dicts:
-                            self.hooks[point.edge.node] = dicts
-                        else:
-                            self.hooks.pop(point.edge.node, None)
         if ctx is None:
             return False
         ctx.activations.clear()

@@ -10,6 +10,7 @@ from torch.autograd.graph import get_gradient_edge
 
 from distautograd import autograd as dist_autograd
 from distautograd import rpc
+from distautograd.errors import DeadlineExceeded
 from distautograd.optim import DistributedOptimizer
 from tests.helpers import remote
 from tests.helpers.processes import outside_context
@@ -129,6 +130,13 @@ class TestRemoteModule:
 
 
 def test_rpc_timeout_and_backend_options_as_torch():
+    assert rpc.get_rpc_timeout() == 30
+    rpc._set_rpc_timeout(0.5)
+    try:
+        with pytest.raises(DeadlineExceeded, match="timeout of 0.5 s"):
+            rpc.rpc_sync("worker1", remote.sleep, args=(2,))
+    finally:
+        rpc._set_rpc_timeout(30)
     assert rpc.get_rpc_timeout() == 30
     options = rpc.TensorPipeRpcBackendOptions(device_maps={"worker1": {"cpu": "cpu"}}, devices=["cpu"])
     options.set_device_map("worker2", {"cpu": "cpu"})

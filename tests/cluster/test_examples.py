@@ -36,6 +36,11 @@ def test_rnn_trains_with_embedding_and_decoder_on_the_server():
     assert "learned: held-out loss below 0.5" in out
 
 
+def test_ddp_rpc_matches_a_single_process_run():
+    out = run([sys.executable, "examples/ddp_rpc.py", "--steps", "12"])
+    assert "after 12 steps the parameters match a single-process run" in out
+
+
 def test_torchrun_launches_an_example():
     out = run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "3", "examples/parameter_server.py",
                "--steps", "30"])

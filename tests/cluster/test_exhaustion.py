@@ -8,7 +8,6 @@ import time
 
 import grpc
 import pytest
-import torch
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from distautograd import rpc
@@ -220,7 +219,7 @@ def test_a_context_under_a_rank_nobody_holds_expires_and_status_counts_contexts_
 
 def test_joining_with_a_name_or_rank_nobody_could_have_is_refused(cluster):
     from distautograd.errors import InvalidArgument
-    from distautograd.transport import grpc_server, paths
+    from distautograd.transport import paths
     from distautograd.transport.deadlines import Deadlines
     from distautograd.transport.link import Link
     from distautograd.transport.security import Security

@@ -3,7 +3,6 @@
 import os
 import signal
 import sys
-import time
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc

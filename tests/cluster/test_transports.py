@@ -5,10 +5,7 @@ plain TCP path; "grpc" the gRPC stream. Each must carry calls, 64 MiB tensors bo
 and a backward pass, and shared segments must all come back to their owner.
 """
 
-import os
 import shutil
-import subprocess
-import sys
 
 import pytest
 

@@ -20,7 +20,7 @@ from distautograd.engine import activations, nodes
 from distautograd.engine.activations import Activations
 from distautograd.engine.graph import ROOTS, PassGraph
 from distautograd.engine.local_pass import LocalPass
-from distautograd.engine.slots import GradStore, hook_dict
+from distautograd.engine.slots import GradStore
 
 
 class _Recv:
@@ -39,7 +39,6 @@ class Worker:
         self.sends: Dict[int, tuple] = {}  # message id -> (edge, key)
         self.activations = Activations()
         self.store = GradStore()
-        self.hooks: Dict[object, list] = {}  # node -> hook dicts of tensors sent from it
 
     def grads(self) -> Dict[torch.Tensor, torch.Tensor]:
         return self.store.snapshot()
@@ -66,9 +65,6 @@ class World:
         message_id = next(self._ids)
         edge = get_gradient_edge(tensor)
         sender.sends[message_id] = (edge, torch._C._autograd._get_sequence_nr() - 0.5)
-        hooks = hook_dict(tensor)
-        if hooks is not None:
-            sender.hooks.setdefault(edge.node, []).append(hooks)
         self.owner[message_id] = src
         found = sender.activations.of(edge.node)
         travels = not found.unknown and (self.limit is None or len(found.ids) <= self.limit)
@@ -112,8 +108,7 @@ class World:
                 finished.add(name)
 
             parts[name] = LocalPass(PassGraph(sources), {m: worker.sends[m][1] for m in mine}, worker.store,
-                                    send=send, finish=finish, retain_graph=retain_graph, create_graph=create_graph,
-                                    hooks=worker.hooks)
+                                    send=send, finish=finish, retain_graph=retain_graph, create_graph=create_graph)
         for part in parts.values():
             part.start_if_empty()
         parts[root].arrive(ROOTS, [torch.ones_like(r) for r in roots])

@@ -98,3 +98,15 @@ def retained_grad_of_a_sent_tensor(call: Call):
 
 PROGRAMS = [leaf_hook, non_leaf_hook_on_a_gradient_from_two_places, node_hooks_on_a_sent_tensor,
             hooks_on_a_remote_weight, retained_grad_of_a_sent_tensor]
+
+
+def hook_below_a_round_trip(call: Call):
+    """y is neither sent nor received: its gradient is a local part plus a part back from worker1."""
+    x = torch.arange(1.0, 5.0).requires_grad_()
+    y = x * 3
+    y.register_hook(lambda g: (_note("y hook", g), g * 2)[1])
+    back = call(torch.sin, y * 2)
+    return (back + y).sum(), {"x": x}
+
+
+PROGRAMS.append(hook_below_a_round_trip)

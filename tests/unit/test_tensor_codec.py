@@ -96,9 +96,7 @@ def test_flags_travel():
     assert meta.parameter and meta.requires_grad
 
 
-def test_sparse_and_wrong_sizes_are_refused():
-    with pytest.raises(InvalidArgument, match="to_dense"):
-        tensors.encode(torch.eye(3).to_sparse(), [])
+def test_wrong_sizes_are_refused():
     meta = pb.TensorMeta(dtype="float32", shape=[4], attachment=0)
     with pytest.raises(InvalidArgument, match="needs 16 bytes but 3 arrived"):
         tensors.decode(meta, [b"abc"])
@@ -130,3 +128,46 @@ def test_property_any_dtype_shape_and_view_round_trips(dtype, shape, seed, permu
     out = through_the_wire(t)
     assert same_bits(out, t)
     assert math.prod(out.shape) == t.numel()
+
+
+SPARSE = {
+    "coo uncoalesced": lambda: torch.sparse_coo_tensor(torch.tensor([[1, 0, 1]]), torch.tensor([1.0, 2.0, 3.0]), (3,)),
+    "coo hybrid": lambda: torch.randn(4, 3, dtype=torch.float64).to_sparse(1),
+    "csr": lambda: torch.tensor([[0.0, 1.5], [2.0, 0.0]]).to_sparse_csr(),
+    "csc": lambda: torch.tensor([[0.0, 1.5], [2.0, 0.0]]).to_sparse_csc(),
+    "bsr": lambda: torch.arange(16.0).reshape(4, 4).to_sparse_bsr((2, 2)),
+    "bsc": lambda: torch.arange(16.0).reshape(4, 4).to_sparse_bsc((2, 2)),
+}
+
+
+@pytest.mark.parametrize("name", list(SPARSE))
+def test_sparse_tensors_round_trip_part_for_part(name):
+    sent = SPARSE[name]()
+    attachments = []
+    back = tensors.decode(tensors.encode(sent, attachments), attachments)
+    assert back.layout == sent.layout and back.shape == sent.shape and back.dtype == sent.dtype
+    if sent.layout == torch.sparse_coo:
+        assert back.is_coalesced() == sent.is_coalesced()
+        assert torch.equal(back._indices(), sent._indices()) and torch.equal(back._values(), sent._values())
+    else:
+        assert torch.equal(back.to_dense(), sent.to_dense()) and torch.equal(back.values(), sent.values())
+
+
+def test_sparse_tensors_a_peer_made_up_are_refused():
+    attachments = []
+    meta = tensors.encode(torch.sparse_coo_tensor(torch.tensor([[0, 2]]), torch.ones(2), (3,)), attachments)
+    meta.shape[0] = 2  # index 2 now points past the end
+    with pytest.raises(InvalidArgument, match="malformed sparse tensor"):
+        tensors.decode(meta, attachments)
+    attachments = []
+    meta = tensors.encode(torch.sparse_coo_tensor(torch.tensor([[1, 1]]), torch.ones(2), (3,)), attachments)
+    meta.sparse.coalesced = True  # a claim its duplicate indices contradict
+    with pytest.raises(InvalidArgument, match="malformed sparse tensor"):
+        tensors.decode(meta, attachments)
+    attachments = []
+    meta = tensors.encode(torch.tensor([[0.0, 1.0]]).to_sparse_csr(), attachments)
+    nested = pb.TensorMeta()
+    nested.CopyFrom(meta)
+    meta.sparse.parts[0].CopyFrom(nested)  # a sparse tensor nested in its own parts
+    with pytest.raises(InvalidArgument, match="plain dense tensors"):
+        tensors.decode(meta, attachments)
