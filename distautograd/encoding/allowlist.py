@@ -247,6 +247,10 @@ class Allowlist:
         """``value.name`` if a peer may call it (RRef proxies, bound methods); PermissionDenied otherwise."""
         if not isinstance(name, str) or (name.startswith("__") and name != "__call__"):
             raise PermissionDenied(f"RRef proxies only call public methods; refused {name!r}")
+        try:
+            inspect.getattr_static(value, name)
+        except AttributeError:  # as torch's proxies
+            raise AttributeError(f"type object '{type(value).__name__}' has no attribute '{name}'") from None
         classes = value.__mro__ if isinstance(value, type) else type(value).__mro__  # a class: its classmethods
         owner = next((cls for cls in classes if name in vars(cls)), None)
         where = getattr(owner, "__module__", "") or ""

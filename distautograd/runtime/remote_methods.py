@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
 from typing import Any
 
 import torch
@@ -30,10 +29,6 @@ def invoke_method(rref, name: str, args: tuple, kwargs: dict) -> Any:
     proxy calls must not reach storages, files or process-wide settings (encoding.allowlist).
     A name the value does not have raises AttributeError, as torch's proxies do."""
     value = rref.local_value()
-    try:
-        inspect.getattr_static(value, name)
-    except AttributeError:
-        raise AttributeError(f"type object '{type(value).__name__}' has no attribute '{name}'") from None
     method = current.get().allowlist.method(value, name)
     result = method(*args, **kwargs)
     return AsyncReturn(result) if is_async(method) else result

@@ -155,8 +155,11 @@ def test_rref_backward_distributed_and_local():
         assert torch.equal(dist_autograd.get_gradients(context_id)[w], rpc.rpc_sync("worker1", remote.ps_weight))
         assert torch.equal(outside_context(rpc.rpc_sync, "worker1", remote.ps_weight_grad, (context_id,)), w.detach())
     rref = rpc.remote("worker2", remote.ps_forward, args=(torch.full((8,), 2.0),))
-    rref.backward()  # no context: a local backward on the owner, into .grad, as torch does
-    assert torch.equal(rpc.rpc_sync("worker2", remote.take_ps_weight_dot_grad), torch.full((8,), 2.0))
+    with pytest.raises(RuntimeError, match="User RRefs require 'dist_autograd_ctx_id' to be specified"):
+        rref.backward()  # as torch: without a context only the owner may
+    # On the owner, no context is a local backward into .grad, as torch does
+    assert torch.equal(rpc.rpc_sync("worker2", remote.owner_rref_backward, args=(torch.full((8,), 2.0),)),
+                       torch.full((8,), 2.0))
 
 
 def test_zero_gradients_travel_as_a_shape_not_as_tensors(monkeypatch):

@@ -191,6 +191,11 @@ def context_ids():
 
 
 
+def owner_rref_backward(x):
+    rpc.RRef(ps_forward(x)).backward()
+    return take_ps_weight_dot_grad()
+
+
 def take_ps_weight_dot_grad():
     grad, _ps_weight.grad = _ps_weight.grad, None
     return grad
