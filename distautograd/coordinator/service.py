@@ -114,8 +114,9 @@ class Coordinator:
         sockets.SocketTransport(self._new_link(), sock, None).start()
 
     def attach(self, link: Link) -> None:
-        """Joins ``link``, of a worker in this process, to a new coordinator-side link."""
-        local.connect(link, self._new_link())
+        """Joins ``link``, of a worker in this process, to a new coordinator-side link. The records
+        of passes and contexts it sends are kept at once, in its own thread: they cost no message."""
+        local.connect(link, self._new_link(), inline_from_a=("pass_event", "context_event"))
 
     def _closed(self, link: Link, error: BaseException) -> None:
         left = self._left.pop(link, False)

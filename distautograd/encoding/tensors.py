@@ -120,7 +120,7 @@ def encode(tensor: torch.Tensor, attachments: MutableSequence[Any], compact_zero
         requires_grad=tensor.requires_grad,
         parameter=type(tensor) is not torch.Tensor and isinstance(tensor, torch.nn.Parameter),
     )
-    if compact_zeros and not tensor.requires_grad and not tensor.is_quantized and tensor.numel() and not tensor.any():
+    if compact_zeros and not tensor.requires_grad and not tensor.is_quantized and _all_zeros(tensor):
         meta.zeros = True
         return meta
     if tensor.is_quantized:
@@ -130,6 +130,16 @@ def encode(tensor: torch.Tensor, attachments: MutableSequence[Any], compact_zero
     meta.attachment = len(attachments)
     attachments.append(raw_bytes(tensor))
     return meta
+
+
+def _all_zeros(tensor: torch.Tensor) -> bool:
+    """Whether every element is zero; a dense gradient usually shows a non-zero first element,
+    which saves scanning it all (and copying it, if it is an expanded one)."""
+    if not tensor.numel():
+        return False
+    if tensor[(0,) * tensor.dim()]:
+        return False
+    return not tensor.any()
 
 
 def decode(meta: pb.TensorMeta, attachments: Sequence[Any]) -> torch.Tensor:

@@ -1,14 +1,15 @@
 """Calls into torch's engine, the two ways a pass uses it.
 
-``run_wave``: everything that became complete at once, in one ``torch.autograd.backward`` call.
+``run_wave``: everything that became complete at once, in one call of torch's engine (as
+``torch.autograd.backward`` makes it).
 The inputs are the leaves and the anchors of the recv points among those nodes, so torch runs
 exactly the nodes on the way to them, each with all its gradient: tensor hooks, node hooks,
 AccumulateGrad and DistributedDataParallel's reducer behave as in a local backward.
 
 ``run_node``: one node alone, when a wave cannot run as a whole (a node it reaches still waits
 for a gradient from another worker, or contributions must be summed in an order the engine would
-not use). A node that is neither a leaf nor a recv point runs through ``torch.autograd.grad``
-towards its children; a post-hook, registered after the user's own, records what it produced
+not use). A node that is neither a leaf nor a recv point runs as ``torch.autograd.grad`` would
+run it towards its children; a post-hook, registered after the user's own, records what it produced
 for each child and ends the engine call right there, so no child runs and no child's tensor
 hooks see a gradient that is not yet whole.
 """
@@ -18,7 +19,7 @@ from __future__ import annotations
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
-from torch.autograd.graph import GradientEdge
+from torch.autograd.graph import GradientEdge, _engine_run_backward
 
 from distautograd.engine import slots
 from distautograd.engine.nodes import is_leaf, recording, recv_point
@@ -39,10 +40,7 @@ def run_wave(
     sink: Dict[int, Optional[torch.Tensor]] = {}
     if roots and inputs:
         with slots.swapped(leaves, store), recording() as sink:
-            torch.autograd.backward(
-                [edge for edge, _ in roots], [grad for _, grad in roots],
-                retain_graph=retain_graph, create_graph=create_graph, inputs=inputs,
-            )
+            _run_engine([edge for edge, _ in roots], [grad for _, grad in roots], retain_graph, create_graph, inputs)
     return {recv_point(node).message_id: sink.get(recv_point(node).message_id) for node in recvs}
 
 
@@ -62,13 +60,11 @@ def run_node(
     point = recv_point(node)
     if point is not None:
         with recording() as sink:
-            torch.autograd.backward(edges, grads, retain_graph=retain_graph, create_graph=create_graph,
-                                    inputs=[point.anchor])
+            _run_engine(edges, grads, retain_graph, create_graph, [point.anchor])
         return None, {point.message_id: sink.get(point.message_id)}
     if is_leaf(node):
         with slots.swapped([node], store):
-            torch.autograd.backward(edges, grads, retain_graph=retain_graph, create_graph=create_graph,
-                                    inputs=[GradientEdge(node, 0)])
+            _run_engine(edges, grads, retain_graph, create_graph, [GradientEdge(node, 0)])
         return None, {}
     children = list(dict.fromkeys((child, slot) for child, slot in node.next_functions if child is not None))
     if not children:
@@ -81,13 +77,24 @@ def run_node(
 
     handle = node.register_hook(record_and_stop)
     try:
-        torch.autograd.grad(edges, [GradientEdge(child, slot) for child, slot in children], grads,
-                            retain_graph=retain_graph, create_graph=create_graph, allow_unused=True)
+        _run_engine(edges, grads, retain_graph, create_graph, [GradientEdge(child, slot) for child, slot in children],
+                    accumulate=False)
     except _Stop:
         pass
     finally:
         handle.remove()
     return (produced[0] if produced else ()), {}
+
+
+def _run_engine(roots: Sequence, grads: Sequence[torch.Tensor], retain_graph: bool, create_graph: bool,
+                inputs: Sequence, accumulate: bool = True) -> None:
+    """torch's engine, from ``roots`` (edges) with ``grads`` to ``inputs``: what
+    ``torch.autograd.backward`` (accumulate) or ``torch.autograd.grad`` do after checking their
+    arguments in Python. Every root here has a gradient of its own shape already (the engine still
+    checks each against its node, so a wrong one from a peer fails the pass with torch's message),
+    and that checking cost more than a small node's arithmetic."""
+    _engine_run_backward(tuple(roots), tuple(grads), retain_graph, create_graph, tuple(inputs),
+                         allow_unreachable=True, accumulate_grad=accumulate)
 
 
 class _Stop(Exception):

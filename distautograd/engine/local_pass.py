@@ -26,7 +26,8 @@ from distautograd.engine.slots import GradStore
 
 ROOT_KEY = math.inf
 
-Send = Callable[[Dict[int, Optional[torch.Tensor]]], None]
+# (gradients by recv point, whether they are this part's last work: nothing more runs here after)
+Send = Callable[[Dict[int, Optional[torch.Tensor]], bool], None]
 Finish = Callable[[Optional[BaseException]], None]
 
 
@@ -119,8 +120,9 @@ class LocalPass:
                     self._ready.clear()
                     whole = self._runs_whole_locked(wave)
                     roots = self._take_locked(wave) if whole else []
+                    last = self._executed + len(wave) == len(self.graph)
                 if whole:
-                    self._run_whole(wave, roots)
+                    self._run_whole(wave, roots, last)
                 else:
                     self._run_node_by_node(wave)
                 with self._lock:
@@ -171,13 +173,13 @@ class LocalPass:
                 roots.extend((GradientEdge(node, slot), grad) for _, grad in _in_order(entries))
         return roots
 
-    def _run_whole(self, wave: List, roots) -> None:
+    def _run_whole(self, wave: List, roots, last: bool) -> None:
         leaves = [node for node in wave if is_leaf(node)]
         recvs = [node for node in wave if recv_point(node) is not None]
         got = execution.run_wave(roots, leaves, recvs, self.store, self.retain_graph, self.create_graph)
         self.leaves_reached += len(leaves) if roots else 0
         if got:
-            self._send(got)
+            self._send(got, last)
 
     def _run_node_by_node(self, wave: List) -> None:
         children = self.graph.children
@@ -189,13 +191,13 @@ class LocalPass:
             point = recv_point(node)
             if not contributions:
                 if point is not None:
-                    self._send({point.message_id: None})
+                    self._send({point.message_id: None}, False)
                 continue
             produced, got = execution.run_node(node, contributions, self.store, self.retain_graph, self.create_graph)
             if is_leaf(node):
                 self.leaves_reached += 1
             if got:
-                self._send(got)
+                self._send(got, False)
             if produced:
                 key = node._sequence_nr()
                 with self._lock:

@@ -69,7 +69,7 @@ class Agent:
         self.rrefs = RRefStore(name, self.mint, self.peers.notify, self.world)
         self.codec = Codec(self.allowlist, self.rrefs, self.contexts)
         self.calls = Calls(name, self.peers, self.codec, self.contexts, self.rrefs, self.world, self.pool.submit,
-                           options.call_timeout, self.deadlines)
+                           options.call_timeout, self.deadlines, options.num_worker_threads)
         self.rrefs.runtime = self.calls
         self.backward = Backward(name, self.mint, self.peers, self.contexts, self.codec, self.deadlines,
                                  self.world.label, options.call_timeout, self.allowlist.resolve_exception)

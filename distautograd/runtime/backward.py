@@ -29,6 +29,7 @@ from distautograd.protocol.v1 import messages_pb2 as pb
 from distautograd.runtime.codec import Codec
 from distautograd.runtime.contexts import Context, ContextStore
 from distautograd.runtime.peers import COORDINATOR, Peers
+from distautograd.transport import reading
 from distautograd.transport.deadlines import Deadlines
 
 log = logging.getLogger("distautograd")
@@ -52,6 +53,8 @@ class _Part:
         self.early: List[Tuple[int, Optional[torch.Tensor]]] = []  # pushes that came before the plan
         self.lock = threading.Lock()
         self.closed = False
+        self.learned: List[pb.PartDone] = []  # parts done that pushes to this one told of
+        self.told = False  # this part's own end went out on its last push
 
 
 class _Drive:
@@ -133,6 +136,7 @@ class Backward:
                 for rank in participants:
                     self._peers.notify(rank, run)
             self._start_part(part, plan, roots_edges=edges, roots=roots)
+            reading.before_blocking()
             drive.result.result()
         except BaseException as exc:
             self._fail(drive, exc)
@@ -204,7 +208,7 @@ class Backward:
             sources[ROOTS] = list(roots_edges)
         local = LocalPass(
             PassGraph(sources), keys, part.ctx.store,
-            send=lambda grads: self._push(part, grads),
+            send=lambda grads, last: self._push(part, grads, last),
             finish=lambda error: self._part_finished(part, error),
             retain_graph=plan.retain_graph, create_graph=plan.create_graph,
         )
@@ -231,6 +235,8 @@ class Backward:
 
     def handle_push(self, link, body: pb.PushGradients, attachments) -> None:
         part = self._part(body.context_id, body.pass_id, body.root, link.peer_rank)
+        if body.done:
+            self._learn_done(part, body.done)
         try:
             grads = self._codec.decode(body.gradients, attachments, link.peer_rank, part.ctx)
             if not isinstance(grads, list) or len(grads) != len(body.message_ids) or not all(
@@ -255,8 +261,19 @@ class Backward:
         part = self._part(body.context_id, body.pass_id, body.plan.root, link.peer_rank)
         self._start_part(part, body.plan)
 
-    def _push(self, part: _Part, grads: Dict[int, Optional[torch.Tensor]]) -> None:
-        """Sends recv points' gradients to the workers their tensors came from, one message each."""
+    def _learn_done(self, part: _Part, done) -> None:
+        """Parts a push says are done: the root counts them, anyone else passes them on."""
+        if part.root == self.rank:
+            for entry in done:
+                self._report((part.ctx.id, part.pass_id), entry.rank, None, entry.leaves)
+            return
+        with part.lock:
+            part.learned.extend(pb.PartDone(rank=entry.rank, leaves=entry.leaves) for entry in done)
+
+    def _push(self, part: _Part, grads: Dict[int, Optional[torch.Tensor]], last: bool = False) -> None:
+        """Sends recv points' gradients to the workers their tensors came from, one message each.
+        ``last``: nothing more runs here, so the first push also says this part is done (and
+        passes on the parts it learned are done), sparing a PassFinished to the root."""
         by_dest: Dict[int, List[Tuple[int, Optional[torch.Tensor]]]] = {}
         ctx = part.ctx
         for message_id, grad in grads.items():
@@ -268,6 +285,13 @@ class Backward:
                                     gradients=value, root=part.root)
             if plan is not None:
                 body.plan.CopyFrom(plan)
+            if last and part.root != self.rank and not part.told:
+                with part.lock:
+                    learned, part.learned = part.learned, []
+                    part.told = True
+                leaves = part.local.leaves_reached if part.local is not None else 0
+                body.done.add(rank=self.rank, leaves=leaves)
+                body.done.extend(learned)
             self._send_push(dest, pb.Request(push_gradients=body), attachments)
 
     def _send_push(self, dest: int, request: pb.Request, attachments) -> None:
@@ -296,7 +320,13 @@ class Backward:
             return
         with self._lock:
             self._parts.pop(key, None)
-        finished = pb.PassFinished(context_id=part.ctx.id, pass_id=part.pass_id, leaves=leaves)
+        with part.lock:
+            learned, part.learned = part.learned, []
+        if part.told and error is None and not learned:
+            return  # its last push said so
+        finished = pb.PassFinished(context_id=part.ctx.id, pass_id=part.pass_id, leaves=leaves, done=learned)
+        if part.told and error is None:  # only what it learned after its last push: rare, but not lost
+            finished = pb.PassFinished(context_id=part.ctx.id, pass_id=part.pass_id, done=learned)
         if error is not None:
             finished.error.CopyFrom(errors.to_proto(error, self.name))
         try:
@@ -306,7 +336,10 @@ class Backward:
 
     def handle_finished(self, link, body: pb.PassFinished, attachments) -> None:
         error = errors.from_proto(body.error, self._resolve_type) if body.HasField("error") else None
-        self._report((body.context_id, body.pass_id), link.peer_rank, error, body.leaves)
+        key = (body.context_id, body.pass_id)
+        for entry in body.done:
+            self._report(key, entry.rank, None, entry.leaves)
+        self._report(key, link.peer_rank, error, body.leaves)
 
     def _report(self, key: PassKey, rank: int, error: Optional[BaseException], leaves: int) -> None:
         with self._lock:

@@ -24,6 +24,7 @@ from distautograd.runtime.peers import Peers
 from distautograd.runtime.remote_methods import AsyncReturn, is_async
 from distautograd.runtime.rrefs import RRef, RRefStore
 from distautograd.runtime.world import WorkerInfo, WorldView
+from distautograd.transport import reading
 from distautograd.transport.deadlines import Deadlines
 from distautograd.transport.dispatch import Deferred
 
@@ -46,6 +47,15 @@ def failure(future: torch.futures.Future) -> Optional[BaseException]:
     return None
 
 
+class Answer(torch.futures.Future):
+    """The future of a call's answer: waiting on it first frees any connection this thread stopped
+    reading to run a call (transport.reading), since the answer may come over it."""
+
+    def wait(self):
+        reading.before_blocking()
+        return super().wait()
+
+
 class Calls:
     def __init__(
         self,
@@ -58,7 +68,10 @@ class Calls:
         submit: Callable[..., None],
         timeout: Callable[[Optional[float]], Optional[float]],
         deadlines: Deadlines,
+        threads: int = 16,
     ):
+        """``threads``: how many calls may run at once on the threads that read them (as many
+        again may run on the pool's ``submit``)."""
         self.name = name
         self._peers = peers
         self._codec = codec
@@ -70,6 +83,7 @@ class Calls:
         self._deadlines = deadlines
         self._running = 0
         self._lock = threading.Lock()
+        self._inline_slots = threading.BoundedSemaphore(max(1, threads))
 
     # ------------------------------------------------------------------ outgoing
 
@@ -89,7 +103,7 @@ class Calls:
         ctx = self._contexts.current()
         value, attachments = self._codec.encode((func, tuple(args or ()), dict(kwargs or {})), to.id, ctx)
         call = pb.Call(function=value, context_id=ctx.id if ctx else 0, create_rref=create_rref, creator_fork=creator_fork)
-        result = torch.futures.Future()
+        result = Answer()
         self._peers.request(to.id, pb.Request(call=call), attachments, self._timeout(timeout),
                             self._completion(result, to.id, ctx))
         return result
@@ -114,7 +128,7 @@ class Calls:
         """The value of ``rref``, copied from its owner."""
         ctx = self._contexts.current()
         body = pb.FetchRRef(rref_id=rref._id, context_id=ctx.id if ctx else 0)
-        result = torch.futures.Future()
+        result = Answer()
         complete = self._completion(result, rref._owner, ctx, rref._created)
         self._peers.request(rref._owner, pb.Request(fetch_rref=body), (), self._timeout(timeout), complete)
         return result
@@ -260,6 +274,16 @@ class Calls:
                 return
             result.add_done_callback(lambda f: finish(failure(f) or f.value()))
 
+        if self._inline_slots.acquire(blocking=False):
+            role = reading.lend()  # this thread read the call: it runs it (see transport.reading)
+            if role is not None:
+                try:
+                    task()
+                finally:
+                    self._inline_slots.release()
+                    reading.reclaim(role)
+                return
+            self._inline_slots.release()
         try:
             self._submit(task)
         except RuntimeError:

@@ -4,7 +4,8 @@ The same protobuf Frames as on the gRPC stream, each preceded by its length, and
 attachments as raw bytes (sent straight from the tensors' memory, received straight into the
 buffer that becomes the tensor). On a Unix socket, big attachments travel in shared memory
 instead (see shm.py). A connection opens with Hello / Welcome: who is calling, and the token.
-Any thread sends (under a lock, without a hand-off); one thread per connection reads.
+Any thread sends (under a lock, without a hand-off); one thread at a time reads a connection
+(reading.py: the reader runs the calls it reads, handing reading on when a call waits).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from typing import Any, Callable, List, Optional, Sequence, Tuple
 from google.protobuf.message import DecodeError
 
 from distautograd import errors
-from distautograd.transport import security, shm
+from distautograd.transport import reading, security, shm
 from distautograd.transport.link import Link
 from distautograd.protocol.v1 import messages_pb2 as pb
 
@@ -206,14 +207,19 @@ class SocketTransport:
     # ------------------------------------------------------------------ receiving
 
     def start(self) -> None:
-        threading.Thread(target=self._read, name=f"distautograd-recv-{self.link.peer}", daemon=True).start()
-
-    def _read(self) -> None:
         reader = _Reader(self.sock)
+        threading.Thread(target=self._read, args=(reader,), name=f"distautograd-recv-{self.link.peer}",
+                         daemon=True).start()
+
+    def _read(self, reader: _Reader) -> None:
+        """Reads frames until the connection ends, or until reading is given away while this thread
+        runs a call it read (see reading.py): a standby thread then goes on from the next frame."""
         link = self.link
+        role = reading.Role(lambda: reading.standby.run(lambda: self._read(reader)))
         try:
-            while True:
-                self._read_one(reader)
+            with reading.holding(role):
+                while role.reading_here:
+                    self._read_one(reader)
         except errors.RpcError as exc:
             link.fail_protocol(str(exc))
         except (EOFError, OSError) as exc:

@@ -97,7 +97,7 @@ class World:
             if name != root and not mine:
                 continue
 
-            def send(grads, name=name):
+            def send(grads, last, name=name):
                 for message_id, grad in grads.items():
                     self.pushes += 1
                     queue.append((self.owner[message_id], message_id, grad))

@@ -392,32 +392,44 @@ class RunBackward(_message.Message):
     def __init__(self, context_id: _Optional[int] = ..., pass_id: _Optional[int] = ..., plan: _Optional[_Union[PassPlan, _Mapping]] = ...) -> None: ...
 
 class PushGradients(_message.Message):
-    __slots__ = ("context_id", "pass_id", "plan", "message_ids", "gradients", "root")
+    __slots__ = ("context_id", "pass_id", "plan", "message_ids", "gradients", "root", "done")
     CONTEXT_ID_FIELD_NUMBER: _ClassVar[int]
     PASS_ID_FIELD_NUMBER: _ClassVar[int]
     PLAN_FIELD_NUMBER: _ClassVar[int]
     MESSAGE_IDS_FIELD_NUMBER: _ClassVar[int]
     GRADIENTS_FIELD_NUMBER: _ClassVar[int]
     ROOT_FIELD_NUMBER: _ClassVar[int]
+    DONE_FIELD_NUMBER: _ClassVar[int]
     context_id: int
     pass_id: int
     plan: PassPlan
     message_ids: _containers.RepeatedScalarFieldContainer[int]
     gradients: Value
     root: int
-    def __init__(self, context_id: _Optional[int] = ..., pass_id: _Optional[int] = ..., plan: _Optional[_Union[PassPlan, _Mapping]] = ..., message_ids: _Optional[_Iterable[int]] = ..., gradients: _Optional[_Union[Value, _Mapping]] = ..., root: _Optional[int] = ...) -> None: ...
+    done: _containers.RepeatedCompositeFieldContainer[PartDone]
+    def __init__(self, context_id: _Optional[int] = ..., pass_id: _Optional[int] = ..., plan: _Optional[_Union[PassPlan, _Mapping]] = ..., message_ids: _Optional[_Iterable[int]] = ..., gradients: _Optional[_Union[Value, _Mapping]] = ..., root: _Optional[int] = ..., done: _Optional[_Iterable[_Union[PartDone, _Mapping]]] = ...) -> None: ...
+
+class PartDone(_message.Message):
+    __slots__ = ("rank", "leaves")
+    RANK_FIELD_NUMBER: _ClassVar[int]
+    LEAVES_FIELD_NUMBER: _ClassVar[int]
+    rank: int
+    leaves: int
+    def __init__(self, rank: _Optional[int] = ..., leaves: _Optional[int] = ...) -> None: ...
 
 class PassFinished(_message.Message):
-    __slots__ = ("context_id", "pass_id", "error", "leaves")
+    __slots__ = ("context_id", "pass_id", "error", "leaves", "done")
     CONTEXT_ID_FIELD_NUMBER: _ClassVar[int]
     PASS_ID_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
     LEAVES_FIELD_NUMBER: _ClassVar[int]
+    DONE_FIELD_NUMBER: _ClassVar[int]
     context_id: int
     pass_id: int
     error: Error
     leaves: int
-    def __init__(self, context_id: _Optional[int] = ..., pass_id: _Optional[int] = ..., error: _Optional[_Union[Error, _Mapping]] = ..., leaves: _Optional[int] = ...) -> None: ...
+    done: _containers.RepeatedCompositeFieldContainer[PartDone]
+    def __init__(self, context_id: _Optional[int] = ..., pass_id: _Optional[int] = ..., error: _Optional[_Union[Error, _Mapping]] = ..., leaves: _Optional[int] = ..., done: _Optional[_Iterable[_Union[PartDone, _Mapping]]] = ...) -> None: ...
 
 class AbortBackward(_message.Message):
     __slots__ = ("context_id", "pass_id", "error")

@@ -1,0 +1,168 @@
+"""Who reads a connection: its reader runs the calls it reads itself, and hands reading on only when it must.
+
+Waking another thread costs more here than running a small call (tens to hundreds of µs on a busy
+two-core machine). So the thread that reads a call runs it (``lend``), and goes back to reading
+when it is done (``reclaim``). Meanwhile nobody reads that connection, which is only safe while
+the call does not wait for something that comes over it: so reading is handed to a standby
+thread (``give_away``) as soon as the call is about to wait for another worker
+(``before_blocking``, called by every wait of the runtime), or once it has run for longer than
+``LENT_SECONDS`` (a watchdog catches calls that compute long or wait on anything else).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import queue
+import threading
+import time
+from typing import Callable, Dict, Iterator, Optional
+
+LENT_SECONDS = 0.002  # a call that runs longer than this no longer holds up its connection
+_IDLE_SECONDS = 60.0  # a standby thread nobody needed for this long ends
+_WATCH_SECONDS = 1.0  # the watchdog sleeps once nothing was lent for this long
+
+_local = threading.local()
+_HELD, _LENT, _GIVEN = "held", "lent", "given"
+
+
+class Role:
+    """The job of reading one connection, held by one thread at a time."""
+
+    __slots__ = ("state", "since", "_continue", "_lock")
+
+    def __init__(self, continue_elsewhere: Callable[[], None]):
+        self.state = _HELD
+        self.since = 0.0
+        self._continue = continue_elsewhere
+        self._lock = threading.Lock()
+
+    @property
+    def reading_here(self) -> bool:
+        return self.state == _HELD
+
+    def give_away(self) -> None:
+        """A standby thread goes on reading; the thread that had the role leaves its read loop
+        once its call is done."""
+        with self._lock:
+            if self.state != _LENT:
+                return
+            self.state = _GIVEN
+        _watch.forget(self)
+        standby.run(self._continue)
+
+
+@contextlib.contextmanager
+def holding(role: Role) -> Iterator[Role]:
+    """This thread reads for ``role`` inside the block."""
+    previous = getattr(_local, "role", None)
+    _local.role = role
+    try:
+        yield role
+    finally:
+        _local.role = previous
+
+
+def lend() -> Optional[Role]:
+    """On a thread reading a connection: it stops reading to run a call; returns the role to
+    ``reclaim`` after. None anywhere else (the call must go to a worker thread)."""
+    role: Optional[Role] = getattr(_local, "role", None)
+    if role is None or role.state != _HELD:
+        return None
+    role.since = time.monotonic()
+    role.state = _LENT
+    _watch.add(role)
+    return role
+
+
+def reclaim(role: Role) -> None:
+    """The call is done: this thread reads on, unless reading was given away meanwhile."""
+    with role._lock:
+        if role.state == _LENT:
+            role.state = _HELD
+            _watch.forget(role)
+
+
+def before_blocking() -> None:
+    """Every wait for another worker calls this first: a connection this thread stopped reading
+    to run a call must not wait with it (the answer may come over it)."""
+    role: Optional[Role] = getattr(_local, "role", None)
+    if role is not None and role.state == _LENT:
+        role.give_away()
+
+
+class _Watch:
+    """Gives away the reading of connections whose call has run for longer than LENT_SECONDS."""
+
+    def __init__(self) -> None:
+        self._lent: Dict[int, Role] = {}
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._thread: Optional[threading.Thread] = None
+        self._last = 0.0
+
+    def add(self, role: Role) -> None:
+        with self._lock:
+            self._lent[id(role)] = role
+            self._last = role.since
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="distautograd-reading-watch", daemon=True)
+                self._thread.start()
+        if not self._wake.is_set():
+            self._wake.set()  # only when the watchdog sleeps: while calls keep coming it polls instead
+
+    def forget(self, role: Role) -> None:
+        with self._lock:
+            self._lent.pop(id(role), None)
+
+    def _run(self) -> None:
+        while True:
+            self._wake.wait()
+            time.sleep(LENT_SECONDS)
+            now = time.monotonic()
+            with self._lock:
+                late = [role for role in self._lent.values() if now - role.since >= LENT_SECONDS]
+                idle = not self._lent and now - self._last > _WATCH_SECONDS
+                if idle:
+                    self._wake.clear()
+            for role in late:
+                role.give_away()
+
+
+_watch = _Watch()
+
+
+class Standby:
+    """Threads that wait to run a job (to read a connection); a new one only when none is free."""
+
+    def __init__(self, name: str = "distautograd-recv"):
+        self._name = name
+        self._jobs: "queue.SimpleQueue[Callable[[], None]]" = queue.SimpleQueue()
+        self._idle = 0
+        self._lock = threading.Lock()
+
+    def run(self, job: Callable[[], None]) -> None:
+        with self._lock:
+            if self._idle:
+                self._idle -= 1
+                self._jobs.put(job)
+                return
+        threading.Thread(target=self._serve, args=(job,), name=self._name, daemon=True).start()
+
+    def _serve(self, job: Callable[[], None]) -> None:
+        while True:
+            job()
+            del job  # a finished job's frame must not stay alive while this thread waits
+            with self._lock:
+                self._idle += 1
+            while True:
+                try:
+                    job = self._jobs.get(timeout=_IDLE_SECONDS)
+                    break
+                except queue.Empty:
+                    with self._lock:
+                        if self._jobs.empty():
+                            self._idle -= 1
+                            return
+
+
+standby = Standby()
