@@ -234,6 +234,16 @@ class Backward:
             return part
 
     def handle_push(self, link, body: pb.PushGradients, attachments) -> None:
+        """Runs what the gradients complete, on the thread that read them; should a backward
+        function wait for another worker, or run long, reading goes on elsewhere (transport.reading)."""
+        role = reading.lend()
+        try:
+            self._take_push(link, body, attachments)
+        finally:
+            if role is not None:
+                reading.reclaim(role)
+
+    def _take_push(self, link, body: pb.PushGradients, attachments) -> None:
         part = self._part(body.context_id, body.pass_id, body.root, link.peer_rank)
         if body.done:
             self._learn_done(part, body.done)

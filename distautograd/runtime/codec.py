@@ -22,6 +22,20 @@ from distautograd.runtime.rrefs import RRef, RRefStore
 ACTIVATES_LIMIT = 1024
 
 
+def _is_tensor_list(obj: Any) -> bool:
+    """A list of tensors and Nones, no tensor twice (pickling keeps one object for both)."""
+    if type(obj) is not list:
+        return False
+    ids = set()
+    for item in obj:
+        if item is None:
+            continue
+        if not isinstance(item, torch.Tensor) or id(item) in ids:
+            return False
+        ids.add(id(item))
+    return True
+
+
 class Codec:
     def __init__(self, allowlist: Allowlist, rrefs: RRefStore, contexts: ContextStore):
         self.allowlist = allowlist
@@ -30,6 +44,8 @@ class Codec:
 
     def encode(self, obj: Any, dest: int, ctx: Optional[Context], compact_zeros: bool = False) -> Tuple[pb.Value, List[Any]]:
         """The value for worker ``dest``; inside a context every tensor that requires grad gets a send point."""
+        if _is_tensor_list(obj):
+            return self._encode_tensor_list(obj, dest, ctx, compact_zeros)
         metas: List[pb.TensorMeta] = []
         handles: List[pb.RRefHandle] = []
         attachments: List[Any] = []
@@ -56,6 +72,22 @@ class Codec:
         pickle = pickling.dumps(obj, persistent)
         return pb.Value(pickle=pickle, tensors=metas, rrefs=handles), attachments
 
+    def _encode_tensor_list(self, items: list, dest: int, ctx: Optional[Context],
+                            compact_zeros: bool) -> Tuple[pb.Value, List[Any]]:
+        """A list of distinct tensors (and Nones) without pickling it: the common case of gradients."""
+        value = pb.Value(tensor_list=True)
+        attachments: List[Any] = []
+        first_send: List[int] = []
+        for index, item in enumerate(items):
+            if item is None:
+                value.none_at.append(index)
+                continue
+            meta = tensors.encode(item, attachments, compact_zeros)
+            if ctx is not None and item.requires_grad:
+                self._send_point(meta, ctx, item, dest, first_send)
+            value.tensors.append(meta)
+        return value, attachments
+
     def _send_point(self, meta: pb.TensorMeta, ctx: Context, tensor: torch.Tensor, dest: int,
                     first_send: List[int]) -> None:
         message_id, activation = self._contexts.add_send_point(ctx, tensor, dest, first_send[0] if first_send else 0)
@@ -78,6 +110,8 @@ class Codec:
         if rrefs is None:
             rrefs = self.rrefs_of(value)
         message = next((meta.autograd_message_id for meta in value.tensors if meta.autograd_message_id), 0)
+        if value.tensor_list:
+            return self._decode_tensor_list(value, attachments, src, ctx, message, rrefs)
 
         def persistent_load(pid: int) -> Any:
             if 0 <= pid < len(value.tensors):
@@ -89,6 +123,15 @@ class Codec:
             raise InvalidArgument(f"malformed pickle: persistent id {pid!r} refers to nothing in the message")
 
         return pickling.loads(value.pickle, self.allowlist, persistent_load)
+
+    def _decode_tensor_list(self, value: pb.Value, attachments: List[Any], src: int, ctx: Optional[Context],
+                            message: int, rrefs: List[RRef]) -> list:
+        size = len(value.tensors) + len(value.none_at)
+        nones = set(value.none_at)
+        if value.pickle or rrefs or len(nones) != len(value.none_at) or any(i >= size for i in nones):
+            raise InvalidArgument("malformed tensor list: a pickle or RRefs beside it, or None places out of range")
+        metas = iter(value.tensors)
+        return [None if i in nones else self._tensor(next(metas), attachments, src, ctx, message) for i in range(size)]
 
     def _tensor(self, meta: pb.TensorMeta, attachments: List[Any], src: int, ctx: Optional[Context],
                 message: int) -> torch.Tensor:

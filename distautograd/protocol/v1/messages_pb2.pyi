@@ -130,14 +130,18 @@ class Error(_message.Message):
     def __init__(self, code: _Optional[int] = ..., message: _Optional[str] = ..., remote_type: _Optional[str] = ..., remote_traceback: _Optional[str] = ..., worker: _Optional[str] = ...) -> None: ...
 
 class Value(_message.Message):
-    __slots__ = ("pickle", "tensors", "rrefs")
+    __slots__ = ("pickle", "tensors", "rrefs", "tensor_list", "none_at")
     PICKLE_FIELD_NUMBER: _ClassVar[int]
     TENSORS_FIELD_NUMBER: _ClassVar[int]
     RREFS_FIELD_NUMBER: _ClassVar[int]
+    TENSOR_LIST_FIELD_NUMBER: _ClassVar[int]
+    NONE_AT_FIELD_NUMBER: _ClassVar[int]
     pickle: bytes
     tensors: _containers.RepeatedCompositeFieldContainer[TensorMeta]
     rrefs: _containers.RepeatedCompositeFieldContainer[RRefHandle]
-    def __init__(self, pickle: _Optional[bytes] = ..., tensors: _Optional[_Iterable[_Union[TensorMeta, _Mapping]]] = ..., rrefs: _Optional[_Iterable[_Union[RRefHandle, _Mapping]]] = ...) -> None: ...
+    tensor_list: bool
+    none_at: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, pickle: _Optional[bytes] = ..., tensors: _Optional[_Iterable[_Union[TensorMeta, _Mapping]]] = ..., rrefs: _Optional[_Iterable[_Union[RRefHandle, _Mapping]]] = ..., tensor_list: _Optional[bool] = ..., none_at: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class TensorMeta(_message.Message):
     __slots__ = ("dtype", "shape", "attachment", "requires_grad", "parameter", "autograd_message_id", "quantization", "activates", "activates_unknown", "zeros", "sparse")
