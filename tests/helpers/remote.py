@@ -296,3 +296,29 @@ def sparse_table_grad(context_id):
 
 def gather_among(names, value):
     return rpc.api._all_gather(value, worker_names=names)
+
+
+def thread_name():
+    return threading.current_thread().name
+
+
+_events = {}
+_events_lock = threading.Lock()
+
+
+def _event(key):
+    with _events_lock:
+        return _events.setdefault(key, threading.Event())
+
+
+def wait_for_event(key, seconds):
+    """Blocks on something that is no future of the runtime's: only the watchdog frees the connection."""
+    return _event(key).wait(seconds)
+
+
+def set_event(key):
+    _event(key).set()
+
+
+def ps_forward_constant(x):
+    return (x.detach() * _ps_weight).sum()

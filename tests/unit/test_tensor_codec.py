@@ -171,3 +171,11 @@ def test_sparse_tensors_a_peer_made_up_are_refused():
     meta.sparse.parts[0].CopyFrom(nested)  # a sparse tensor nested in its own parts
     with pytest.raises(InvalidArgument, match="plain dense tensors"):
         tensors.decode(meta, attachments)
+
+
+def test_zeros_travel_as_a_shape_only_when_every_element_is_zero():
+    zeros, late = torch.zeros(64, 32), torch.zeros(64, 32)
+    late[63, 31] = 1.0  # zero first element, not all zeros
+    assert tensors.encode(zeros, [], compact_zeros=True).zeros
+    assert not tensors.encode(late, [], compact_zeros=True).zeros
+    assert not tensors.encode(torch.ones(()).expand(8, 8), [], compact_zeros=True).zeros

@@ -2,6 +2,7 @@
 
 import gc
 import threading
+import time
 import weakref
 
 import torch
@@ -70,3 +71,48 @@ def test_copy_into_copies_every_byte_split_or_not():
         dst = bytearray(size)
         shm.copy_into(memoryview(dst), memoryview(src.numpy()))
         assert torch.equal(torch.frombuffer(dst, dtype=torch.uint8), src)
+
+
+def test_local_links_deliver_records_in_the_senders_thread_and_the_rest_on_their_own():
+    from distautograd.protocol.v1 import messages_pb2 as pb
+    from distautograd.transport import local
+    from distautograd.transport.link import Link
+
+    seen = []
+    deadlines = Deadlines("test-local-links")
+    try:
+        sender = Link("b", lambda *a: None, deadlines)
+        receiver = Link("a", lambda link, frame_id, request, attachments: seen.append(
+            (request.WhichOneof("body"), threading.current_thread().name)), deadlines)
+        local.connect(sender, receiver, inline_from_a=("pass_event",))
+        sender.notify(pb.Request(pass_event=pb.PassEvent(context_id=1)))
+        assert seen == [("pass_event", threading.current_thread().name)]  # at once, in this thread
+        sender.notify(pb.Request(heartbeat=pb.Heartbeat()))
+        deadline = time.monotonic() + 5
+        while len(seen) < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert seen[1][0] == "heartbeat" and seen[1][1] != threading.current_thread().name
+    finally:
+        deadlines.stop()
+
+
+def test_reading_is_lent_to_a_call_and_given_away_when_it_waits_or_runs_long():
+    from distautograd.transport import reading
+
+    continued = threading.Event()
+    assert reading.lend() is None  # not a reader: the call goes to the pool
+    role = reading.Role(continued.set)
+    with reading.holding(role):
+        lent = reading.lend()
+        assert lent is role and not role.reading_here
+        reading.reclaim(role)  # a quick call: this thread reads on, nobody was woken
+        assert role.reading_here and not continued.is_set()
+        reading.lend()
+        reading.before_blocking()  # the call waits for another worker: reading goes on elsewhere
+        assert continued.wait(5) and not role.reading_here
+    slow = reading.Role(threading.Event().set)
+    with reading.holding(slow):
+        reading.lend()
+        time.sleep(reading.LENT_SECONDS * 20)  # runs long: the watchdog gives reading away
+        reading.reclaim(slow)
+        assert not slow.reading_here

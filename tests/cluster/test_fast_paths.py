@@ -1,0 +1,115 @@
+"""Each fast path, forced, and its fallback, against the session cluster's real processes.
+
+- A call runs on the thread that read it; when no such thread may take it, on the pool.
+- A call that waits gives its connection's reading away: at once when it waits on the runtime
+  (a nested call back over the same connection), through the watchdog when it waits on
+  anything else.
+- A participant's end rides on its last push; one whose part ends without a push sends PassFinished.
+- A wrong gradient from a peer still fails the pass with torch's message (the engine checks it).
+"""
+
+import threading
+
+import pytest
+import torch
+
+from distautograd import autograd as dist_autograd
+from distautograd import rpc
+from distautograd.runtime import backward as backward_module
+from distautograd.runtime import current
+from tests.helpers import remote
+
+pytestmark = pytest.mark.usefixtures("trainer")
+
+
+def test_a_call_runs_on_the_thread_that_read_it():
+    assert rpc.rpc_sync("worker1", remote.thread_name).startswith("distautograd-recv")
+
+
+def test_calls_beyond_the_inline_limit_run_on_the_pool():
+    names = [rpc.rpc_async("worker2", remote.sleep, args=(0.3,)) for _ in range(20)]  # fill the inline slots
+    late = [rpc.rpc_async("worker2", remote.thread_name) for _ in range(8)]
+    assert all(f.wait() == 0.3 for f in names)
+    assert any(f.wait().startswith("distautograd-call") for f in late)
+
+
+def test_a_call_that_calls_back_over_the_same_connection_gives_reading_away():
+    me = rpc.get_worker_info().name
+    assert rpc.rpc_sync("worker1", remote.call_back, args=(me, remote.add, (2, 3))) == 5
+    assert rpc.rpc_sync("worker1", remote.nested_add, args=("worker1", 1, 1)) == 2  # to itself, nested
+
+
+def test_a_call_blocked_on_something_else_is_freed_by_the_watchdog():
+    """The first call waits for an Event the second sets: the second must be read meanwhile."""
+    waiting = rpc.rpc_async("worker3", remote.wait_for_event, args=("fast-path-watchdog", 20))
+    rpc.rpc_sync("worker3", remote.set_event, args=("fast-path-watchdog",), timeout=10)
+    assert waiting.wait() is True
+
+
+class Count:
+    """Counts the PassFinished messages this process (the root) gets."""
+
+    def __init__(self, monkeypatch):
+        self.finished = 0
+        handlers = current.get().dispatcher._handlers
+        original, inline = handlers["pass_finished"]
+
+        def counting(*args):
+            self.finished += 1
+            return original(*args)
+
+        monkeypatch.setitem(handlers, "pass_finished", (counting, inline))
+
+
+def test_a_part_that_ends_with_a_push_says_so_on_it(monkeypatch):
+    count = Count(monkeypatch)
+    w = torch.randn(4, requires_grad=True)
+    with dist_autograd.context() as context_id:
+        y = rpc.rpc_sync("worker1", torch.exp, args=(w,))
+        z = rpc.rpc_sync("worker2", torch.sin, args=(y,))
+        dist_autograd.backward(context_id, [z.sum()])
+        grad = dist_autograd.get_gradients(context_id)[w]
+    assert torch.equal(grad, torch.autograd.grad(torch.sin(torch.exp(w)).sum(), w)[0])
+    assert count.finished == 0, "every part ended with a push: no PassFinished should have come"
+
+
+def test_a_part_that_ends_without_a_push_sends_pass_finished(monkeypatch):
+    count = Count(monkeypatch)
+    x = torch.ones(8, requires_grad=True)
+    with dist_autograd.context() as context_id:
+        loss = rpc.rpc_sync("worker1", remote.ps_forward_constant, args=(x,))  # ends at worker1's own leaf
+        dist_autograd.backward(context_id, [loss * 1])
+        assert torch.equal(rpc.rpc_sync("worker1", remote.ps_weight_grad, args=(context_id,)), x.detach())
+    assert count.finished == 1
+
+
+def test_a_wrong_gradient_from_a_peer_fails_the_pass_with_torchs_message(monkeypatch):
+    """The engine is called without torch's Python checks: its own check of each gradient still holds."""
+    original = backward_module.Backward._push
+
+    def corrupt(backward, part, grads, last=False):
+        return original(backward, part, {m: torch.ones(7) for m in grads}, last)
+
+    w = torch.randn(3, requires_grad=True)
+    with dist_autograd.context() as context_id:
+        y = rpc.rpc_sync("worker1", torch.exp, args=(w,))
+        monkeypatch.setattr(backward_module.Backward, "_push", corrupt)  # this process sends a wrong shape
+        with pytest.raises(RuntimeError, match=r"invalid gradient at index 0 - got \[7\] but expected shape "
+                                               r"compatible with \[3\]"):
+            dist_autograd.backward(context_id, [y.sum()])
+
+
+def test_a_list_of_tensors_travels_without_a_pickle_and_anything_else_with_one(monkeypatch):
+    """worker1 answers with the list it got: its answer is unpickled here only when it must be."""
+    from distautograd.encoding import pickling
+
+    unpickled = []
+    original = pickling.loads
+    monkeypatch.setattr(pickling, "loads", lambda data, *a: unpickled.append(1) or original(data, *a))
+    a, b = torch.arange(3.0), torch.ones(2, 2, dtype=torch.float64)
+    back = rpc.rpc_sync("worker1", remote.echo, args=([a, None, b],))
+    assert back[1] is None and torch.equal(back[0], a) and torch.equal(back[2], b)
+    assert unpickled == []
+    same = rpc.rpc_sync("worker1", remote.echo, args=([a, a],))
+    assert same[0] is same[1]  # the same tensor twice takes the pickle, which keeps it one object
+    assert unpickled == [1]
