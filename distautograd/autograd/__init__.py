@@ -6,7 +6,7 @@ from typing import Dict, List
 
 import torch
 
-from distautograd.runtime import current
+from distautograd.runtime import anomaly, current
 from distautograd.runtime.contexts import Context
 
 
@@ -16,13 +16,28 @@ class context:
     Every rpc made inside it records the send and recv points of tensors that require grad, so
     ``backward(context_id, [loss])`` can run back across workers. Leaving the block releases the
     context on every worker that took part. One context per thread at a time.
+
+    ``detect_anomaly=True`` (or calls made under ``torch.autograd.detect_anomaly()``): every
+    worker keeps the forward stack of the nodes it makes for the context, and a backward function
+    that returns NaN anywhere (or Inf, with ``check_inf=True``) stops the pass with an error that
+    names the worker, the node, torch's formula and that stack. Off, it costs nothing.
     """
+
+    def __init__(self, detect_anomaly: bool = False, check_inf: bool = False):
+        self._anomaly = (anomaly.NAN | (anomaly.INF if check_inf else 0)) if detect_anomaly else 0
+        self._mode = None
 
     def __enter__(self) -> int:
         self._ctx = current.get().contexts.create()
+        self._ctx.anomaly = self._anomaly
+        if self._anomaly and not torch.is_anomaly_enabled():
+            self._mode = torch.autograd.set_detect_anomaly(True)  # this thread's forward keeps its stacks too
         return self._ctx.id
 
     def __exit__(self, *exc) -> None:
+        if self._mode is not None:
+            self._mode.__exit__(None, None, None)
+            self._mode = None
         current.get().contexts.exit(self._ctx)
 
 

@@ -279,7 +279,7 @@ class Allowlist:
         loaded = sys.modules.get(module)
         kind = getattr(loaded, name, None) if loaded is not None and "." not in name else None
         if isinstance(kind, type) and issubclass(kind, BaseException) and (
-                module == "builtins" or module.startswith("torch") or self.trusts(module)):
+                module == "builtins" or module.startswith(("torch", "distautograd.")) or self.trusts(module)):
             return kind
         return None
 

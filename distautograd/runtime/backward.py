@@ -29,6 +29,7 @@ from distautograd.protocol.v1 import messages_pb2 as pb
 from distautograd.runtime.codec import Codec
 from distautograd.runtime.contexts import Context, ContextStore
 from distautograd.runtime.peers import COORDINATOR, Peers
+from distautograd.runtime import anomaly
 from distautograd.transport import reading
 from distautograd.transport.deadlines import Deadlines
 
@@ -55,6 +56,12 @@ class _Part:
         self.closed = False
         self.learned: List[pb.PartDone] = []  # parts done that pushes to this one told of
         self.told = False  # this part's own end went out on its last push
+        self.watches: list = []  # anomaly checks on this part's nodes, removed when it ends
+
+    def unwatch(self) -> None:
+        watches, self.watches = self.watches, []
+        for handle in watches:
+            handle.remove()
 
 
 class _Drive:
@@ -116,7 +123,7 @@ class Backward:
         pass_id = self._mint()
         key = (ctx.id, pass_id)
         plan = pb.PassPlan(root=self.rank, active_sends=sorted(active), retain_graph=retain_graph,
-                           create_graph=create_graph)
+                           create_graph=create_graph, anomaly=anomaly.requested(ctx.anomaly))
         participants = {rank_of(m) for m in active} - {self.rank}
         drive = _Drive(ctx, pass_id, participants | {self.rank})
         part = _Part(ctx, pass_id, self.rank)
@@ -206,8 +213,9 @@ class Backward:
         keys = {m: self._contexts.send_point(m).key for m in mine}
         if roots_edges:
             sources[ROOTS] = list(roots_edges)
+        graph = PassGraph(sources)
         local = LocalPass(
-            PassGraph(sources), keys, part.ctx.store,
+            graph, keys, part.ctx.store,
             send=lambda grads, last: self._push(part, grads, last),
             finish=lambda error: self._part_finished(part, error),
             retain_graph=plan.retain_graph, create_graph=plan.create_graph,
@@ -217,6 +225,7 @@ class Backward:
                 return
             part.plan = plan
             part.local = local
+            part.watches = anomaly.watch(graph.order, plan.anomaly, self.name)
             early, part.early = part.early, []
         local.start_if_empty()
         if roots:
@@ -321,6 +330,7 @@ class Backward:
             if part.closed:
                 return
             part.closed = True
+        part.unwatch()
         key = (part.ctx.id, part.pass_id)
         leaves = part.local.leaves_reached if part.local is not None else 0
         if error is not None:
@@ -391,6 +401,7 @@ class Backward:
         with part.lock:
             part.closed = True
             local = part.local
+        part.unwatch()
         if local is not None:
             local.close()
 

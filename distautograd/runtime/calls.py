@@ -16,7 +16,7 @@ import torch
 
 from distautograd import errors
 from distautograd.protocol.v1 import messages_pb2 as pb
-from distautograd.runtime import builtin_ops, remote_methods
+from distautograd.runtime import anomaly, builtin_ops, remote_methods
 from distautograd.runtime.codec import Codec
 from distautograd.runtime.contexts import ContextStore
 from distautograd.runtime.options import UNSET_TIMEOUT
@@ -102,7 +102,8 @@ class Calls:
             raise TypeError(f"func must be callable, got {type(func).__name__}")
         ctx = self._contexts.current()
         value, attachments = self._codec.encode((func, tuple(args or ()), dict(kwargs or {})), to.id, ctx)
-        call = pb.Call(function=value, context_id=ctx.id if ctx else 0, create_rref=create_rref, creator_fork=creator_fork)
+        call = pb.Call(function=value, context_id=ctx.id if ctx else 0, create_rref=create_rref, creator_fork=creator_fork,
+                       anomaly=anomaly.requested(ctx.anomaly) if ctx else 0)
         result = Answer()
         self._peers.request(to.id, pb.Request(call=call), attachments, self._timeout(timeout),
                             self._completion(result, to.id, ctx))
@@ -178,6 +179,8 @@ class Calls:
         owned = self._rrefs.create_owned(call.create_rref, call.creator_fork) if call.create_rref else None
         try:
             ctx = self._contexts.for_incoming(call.context_id, peer) if call.context_id else None
+            if ctx is not None and call.anomaly:
+                ctx.anomaly |= call.anomaly
             rrefs = self._codec.rrefs_of(call.function)
         except BaseException as exc:
             if owned is not None and not owned.value.done():
@@ -256,7 +259,8 @@ class Calls:
                 func, args, kwargs = decode()
                 previous = contexts.swap(ctx)
                 try:
-                    result = builtin_ops.call(func, args, kwargs)
+                    with anomaly.recording(ctx.anomaly if ctx is not None else 0):
+                        result = builtin_ops.call(func, args, kwargs)
                 finally:
                     contexts.swap(previous)
                 if isinstance(result, AsyncReturn):

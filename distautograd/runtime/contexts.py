@@ -79,6 +79,7 @@ class Context:
         self.peers: Set[int] = set()  # ranks this worker exchanged tensors with in this context
         self.activations = Activations()
         self.reported = False  # a pass of this context was reported to the coordinator
+        self.anomaly = 0  # anomaly detection flags (runtime.anomaly): 0 when off
         self.messages: Dict[str, Dict[int, List[int]]] = {"sent": {}, "received": {}}  # message -> its points
 
     def gradients(self) -> Dict[torch.Tensor, torch.Tensor]:

@@ -322,3 +322,29 @@ def set_event(key):
 
 def ps_forward_constant(x):
     return (x.detach() * _ps_weight).sum()
+
+
+class NanInBackward(torch.autograd.Function):
+    """Doubles its input; its backward is wrong on purpose: NaN where the input is negative."""
+
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        return x * 2
+
+    @staticmethod
+    def backward(ctx, grad):
+        (x,) = ctx.saved_tensors
+        return torch.where(x < 0, torch.full_like(grad, float("nan")), grad * 2)
+
+
+def doubled_badly(x):
+    return NanInBackward.apply(x)  # the user's own line the anomaly report must reach
+
+
+def sqrt_times_zero(x):
+    return x.sqrt() * 0  # backward at 0: SqrtBackward0 gets 0 and returns 0 / 0 = NaN
+
+
+def reciprocal_sqrt(x):
+    return x.sqrt()  # backward at 0: SqrtBackward0 returns grad / 0 = Inf

@@ -15,6 +15,7 @@ LAYERS = [
     ("tools", {"cli", "demo", "testing", "pytest_plugin", "launch", "netns", "bench"}),
     ("public faces", {"rpc", "autograd", "optim", "nn"}),
     ("runtime", {"runtime"}),
+    ("views of the gradient", {"views"}),
     ("engine and coordinator", {"engine", "coordinator"}),
     ("transport and encoding", {"transport", "encoding"}),
     ("errors and ids", {"errors", "ids", "protocol", ""}),

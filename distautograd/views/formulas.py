@@ -1,0 +1,82 @@
+"""torch's own derivative formula for an autograd node, read from the derivatives.yaml of the installed torch.
+
+torchgen (shipped inside the torch wheel) parses ``derivatives.yaml`` exactly as torch's build did,
+so the formulas are right for the torch version in use: ``MulBackward0`` gives, for ``self``,
+``mul_tensor_backward(grad, other, self_scalar_type)``. Loading takes a second or two, once per
+process, and only when a formula is first asked for. Nodes without an entry (custom Functions,
+AccumulateGrad, the recv points, view replays) are described by what they are instead.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import threading
+from typing import Dict, List, NamedTuple, Optional
+
+_lock = threading.Lock()
+
+
+class Formula(NamedTuple):
+    """The derivative of one node: its forward op, its inputs in order, and per input the formula."""
+
+    op: str  # the forward function's schema, e.g. "mul.Tensor(Tensor self, Tensor other) -> Tensor"
+    inputs: List[str]  # the differentiable inputs, in the order of the node's next_functions
+    formulas: Dict[str, str]  # input name -> formula ("self" -> "grad * self.cos().conj()")
+
+
+@functools.lru_cache(maxsize=1)
+def _table() -> Dict[str, Formula]:
+    with _lock:
+        import torchgen
+        from torchgen.packaged.autograd.load_derivatives import load_derivatives
+
+        base = os.path.join(os.path.dirname(torchgen.__file__), "packaged")
+        infos, _ = load_derivatives(
+            os.path.join(base, "autograd", "derivatives.yaml"),
+            os.path.join(base, "ATen", "native", "native_functions.yaml"),
+            os.path.join(base, "ATen", "native", "tags.yaml"),
+        )
+        table: Dict[str, Formula] = {}
+        for by_key in infos.values():
+            for info in by_key.values():
+                if not info.op or info.op in table:
+                    continue
+                formulas: Dict[str, str] = {}
+                for derivative in info.derivatives:
+                    names = derivative.var_names
+                    for name in names:
+                        formulas[name] = derivative.formula if len(names) == 1 else (
+                            f"{derivative.formula}  [one formula for {', '.join(names)}]")
+                table[info.op] = Formula(str(info.func.func), [b.name for b in info.args_with_derivatives],
+                                         formulas)
+        return table
+
+
+def of(node_name: str) -> Optional[Formula]:
+    """The formula of the node type named ``node_name`` (``type(grad_fn).__name__``), or None."""
+    return _table().get(node_name)
+
+
+def describe(node) -> str:
+    """What a node computes, in one line: its formula per input, or what kind of node it is."""
+    name = type(node).__name__
+    if name == "AccumulateGrad":
+        return "AccumulateGrad: adds the gradient into the leaf (here, into the context)"
+    if name == "RecvRpcBackward":
+        return "RecvRpcBackward: the gradient goes back to the worker the tensor came from"
+    formula = of(name)
+    if formula is not None:
+        return "; ".join(f"{arg}: {formula.formulas.get(arg, '(not differentiable)')}" for arg in formula.inputs)
+    if hasattr(node, "_forward_cls"):
+        forward = node._forward_cls
+        return f"custom autograd.Function {forward.__module__}.{forward.__qualname__}: its own backward()"
+    return f"{name}: no derivatives.yaml entry (a view replay or a node torch builds by hand)"
+
+
+def input_name(node, index: int) -> str:
+    """The name of the node's ``index``-th input (the forward argument its gradient goes to)."""
+    formula = of(type(node).__name__)
+    if formula is not None and index < len(formula.inputs):
+        return formula.inputs[index]
+    return f"input {index}"

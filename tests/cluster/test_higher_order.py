@@ -1,0 +1,132 @@
+"""create_graph=True across workers: gradients of gradients, against single-process torch, bit for bit.
+
+Weights live on the workers that use them (tests/helpers/higher.py); the same program runs across
+workers and then in this process alone.
+"""
+
+import pytest
+import torch
+
+from distautograd import autograd as dist_autograd
+from distautograd import rpc
+from tests.helpers import higher
+from tests.helpers import remote as remote_helpers
+
+pytestmark = pytest.mark.usefixtures("trainer")
+WORKERS = ("worker1", "worker2", "worker3")
+
+
+def remote(name):
+    return lambda fn, *args: rpc.rpc_sync(name, fn, args=args)
+
+
+def local(fn, *args):
+    return fn(*args)
+
+
+def fresh_weights():
+    higher.reset()
+    for name in WORKERS:
+        rpc.rpc_sync(name, higher.reset)
+
+
+def x_leaf():
+    return torch.linspace(-1.0, 1.2, 10, dtype=torch.float64).reshape(2, 5).requires_grad_()
+
+
+def test_a_gradient_penalty_across_two_workers():
+    """WGAN-GP style: the critic is split over worker1 and worker2; the penalty on ‖∂out/∂x‖ trains it."""
+    fresh_weights()
+
+    def critic(x, one, two):
+        return one(higher.layer, two(higher.layer, x, 2), 1).sum()
+
+    with dist_autograd.context() as context_id:
+        x = x_leaf()
+        out = critic(x, remote("worker1"), remote("worker2"))
+        dist_autograd.backward(context_id, [out], create_graph=True)
+        gx = dist_autograd.get_gradients(context_id)[x]
+        assert gx.requires_grad, "with create_graph the gradient must be differentiable"
+        penalty = (gx.norm() - 1) ** 2
+        dist_autograd.backward(context_id, [penalty])
+        got = {"x": dist_autograd.get_gradients(context_id)[x],
+               "w1": rpc.rpc_sync("worker1", higher.weight_grad, args=(context_id, 1)),
+               "w2": rpc.rpc_sync("worker2", higher.weight_grad, args=(context_id, 2))}
+
+    x = x_leaf()
+    out = critic(x, local, local)
+    out.backward(create_graph=True)
+    penalty = (x.grad.norm() - 1) ** 2
+    penalty.backward()
+    want = {"x": x.grad, "w1": higher.weight(1).grad, "w2": higher.weight(2).grad}
+    for name in want:
+        assert torch.equal(got[name].detach(), want[name].detach()), name
+
+
+def test_a_hessian_vector_product_over_three_workers():
+    fresh_weights()
+    v = torch.linspace(0.5, -0.5, 10, dtype=torch.float64).reshape(2, 5)
+
+    def model(x, call1, call2, call3):
+        return (call3(higher.layer, call2(higher.layer, call1(higher.layer, x, 1), 2), 3) ** 2).sum()
+
+    x = x_leaf()
+    with dist_autograd.context() as first:
+        loss = model(x, remote("worker1"), remote("worker2"), remote("worker3"))
+        dist_autograd.backward(first, [loss], create_graph=True)
+        g = dist_autograd.get_gradients(first)[x]
+        with_v = (g * v).sum()
+    with dist_autograd.context() as second:  # a new context: the second order crosses the workers again
+        dist_autograd.backward(second, [with_v])
+        hv = dist_autograd.get_gradients(second)[x]
+
+    x = x_leaf()
+    (g_local,) = torch.autograd.grad(model(x, local, local, local), x, create_graph=True)
+    (hv_local,) = torch.autograd.grad((g_local * v).sum(), x)
+    assert torch.equal(hv, hv_local)
+
+
+def test_a_third_derivative_across_two_workers():
+    x = torch.tensor([0.3, -1.1, 2.0], dtype=torch.float64, requires_grad=True)
+
+    def f(x, call1, call2):
+        return call2(higher.sin_of, call1(higher.cube, x)).sum()
+
+    with dist_autograd.context() as c1:
+        dist_autograd.backward(c1, [f(x, remote("worker1"), remote("worker2"))], create_graph=True)
+        g1 = dist_autograd.get_gradients(c1)[x]
+        g2 = _grad_in_new_context(g1.sum(), x, create_graph=True)
+        g3 = _grad_in_new_context(g2.sum(), x, create_graph=False)
+
+    (l1,) = torch.autograd.grad(f(x, local, local), x, create_graph=True)
+    (l2,) = torch.autograd.grad(l1.sum(), x, create_graph=True)
+    (l3,) = torch.autograd.grad(l2.sum(), x)
+    assert torch.equal(g1.detach(), l1.detach())
+    assert torch.equal(g2.detach(), l2.detach())
+    assert torch.equal(g3, l3)
+
+
+def _grad_in_new_context(root, x, create_graph):
+    from tests.helpers.processes import outside_context
+
+    def run():
+        with dist_autograd.context() as context_id:
+            dist_autograd.backward(context_id, [root], create_graph=create_graph)
+            return dist_autograd.get_gradients(context_id)[x]
+
+    return outside_context(run)
+
+
+def test_contexts_and_graphs_of_both_orders_are_freed_when_the_contexts_end():
+    x = x_leaf()
+    with dist_autograd.context() as first:
+        loss = remote("worker1")(higher.layer, x, 1).sum()
+        dist_autograd.backward(first, [loss], create_graph=True)
+        g = dist_autograd.get_gradients(first)[x]
+        dist_autograd.backward(first, [(g ** 2).sum()])
+    del loss, g
+    from tests.helpers.processes import poll_for
+
+    for name in ("trainer", *WORKERS):
+        assert poll_for(lambda: rpc.rpc_sync(name, remote_helpers.debug_info) == {
+            "num_autograd_contexts": 0, "num_current_backward_passes": 0}), name
