@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 import torch
 
@@ -41,14 +41,16 @@ class context:
         current.get().contexts.exit(self._ctx)
 
 
-def backward(context_id: int, roots: List[torch.Tensor], retain_graph: bool = False, create_graph: bool = False) -> None:
+def backward(context_id: int, roots: List[torch.Tensor], retain_graph: Optional[bool] = None,
+             create_graph: bool = False) -> None:
     """Computes the gradients of ``roots`` (scalars) on every worker, each autograd node once.
 
     Leaf gradients accumulate in the context on the worker that holds the leaf; read them there
     with ``get_gradients(context_id)``. ``.grad`` is never touched. Raises RuntimeError, naming
     the worker, if any backward function fails anywhere or a worker dies during the pass.
     ``create_graph=True`` makes the gradients differentiable (beyond torch): a second backward
-    through them crosses workers as the first did.
+    through them crosses workers as the first did. ``retain_graph`` defaults to ``create_graph``,
+    as in ``torch.autograd.backward``.
 
     Example::
 
@@ -59,8 +61,42 @@ def backward(context_id: int, roots: List[torch.Tensor], retain_graph: bool = Fa
     if not isinstance(context_id, int) or isinstance(context_id, bool):
         raise TypeError(f"backward(): incompatible function arguments: context_id must be an int, "
                         f"got {type(context_id).__name__}")
+    if retain_graph is None:
+        retain_graph = create_graph
     agent = current.get()
     agent.backward.backward(agent.contexts.get(context_id), roots, retain_graph, create_graph)
+
+
+def grad(context_id: int, outputs, inputs, grad_outputs=None, retain_graph: Optional[bool] = None,
+         create_graph: bool = False, allow_unused: bool = False) -> tuple:
+    """As ``torch.autograd.grad``, across workers: the gradients of ``outputs`` with respect to
+    ``inputs`` (leaf tensors on this worker), returned and accumulated nowhere. ``outputs`` reach
+    back through the context's calls as ``backward`` does; ``create_graph=True`` makes the result
+    differentiable (a gradient penalty's ``‖∂D/∂x‖``).
+    """
+    outputs = [outputs] if isinstance(outputs, torch.Tensor) else list(outputs)
+    inputs = [inputs] if isinstance(inputs, torch.Tensor) else list(inputs)
+    for i, x in enumerate(inputs):
+        if not isinstance(x, torch.Tensor) or not x.requires_grad or x.grad_fn is not None:
+            raise RuntimeError(f"distautograd.autograd.grad: input {i} must be a leaf tensor on this worker that "
+                               "requires grad (for an intermediate value, differentiate with respect to a leaf "
+                               "made from it: x = y.detach().requires_grad_())")
+    if grad_outputs is not None:
+        grad_outputs = [grad_outputs] if isinstance(grad_outputs, torch.Tensor) else list(grad_outputs)
+        if len(grad_outputs) != len(outputs):
+            raise RuntimeError(f"grad can be implicitly created only for scalar outputs; got {len(grad_outputs)} "
+                               f"grad_outputs for {len(outputs)} outputs")
+    if retain_graph is None:
+        retain_graph = create_graph
+    agent = current.get()
+    captured = agent.backward.backward(agent.contexts.get(context_id), outputs, retain_graph, create_graph,
+                                       grads=grad_outputs, capture=True)
+    found = [captured.grads.get(torch.autograd.graph.get_gradient_edge(x).node) for x in inputs]
+    for i, g in enumerate(found):
+        if g is None and not allow_unused:
+            raise RuntimeError(f"One of the differentiated Tensors appears to not have been used in the graph "
+                               f"(input {i}). Set allow_unused=True if this is the desired behavior.")
+    return tuple(found)
 
 
 def get_gradients(context_id: int) -> Dict[torch.Tensor, torch.Tensor]:
@@ -116,4 +152,7 @@ def is_available() -> bool:
 
 DistAutogradContext = Context  # the type torch's private API hands out
 
-__all__ = ["DistAutogradContext", "backward", "context", "get_gradients", "is_available"]
+from distautograd.autograd.checking import gradcheck, gradgradcheck  # noqa: E402  (they use the above)
+
+__all__ = ["DistAutogradContext", "backward", "context", "get_gradients", "grad", "gradcheck", "gradgradcheck",
+           "is_available"]

@@ -35,12 +35,19 @@ def run_wave(
     retain_graph: bool,
     create_graph: bool,
 ) -> Dict[int, Optional[torch.Tensor]]:
-    """Runs one wave; returns the gradient each of ``recvs`` got (None where none reached it)."""
+    """Runs one wave; returns the gradient each of ``recvs`` got (None where none reached it).
+    Leaves accumulate into ``store``, or, if it is a slots.Captured, hand their gradients to it."""
     inputs = [GradientEdge(leaf, 0) for leaf in leaves] + [recv_point(node).anchor for node in recvs]
     sink: Dict[int, Optional[torch.Tensor]] = {}
     if roots and inputs:
-        with slots.swapped(leaves, store), recording() as sink:
-            _run_engine([edge for edge, _ in roots], [grad for _, grad in roots], retain_graph, create_graph, inputs)
+        edges, grads = [edge for edge, _ in roots], [grad for _, grad in roots]
+        if store.accumulates:
+            with slots.swapped(leaves, store), recording() as sink:
+                _run_engine(edges, grads, retain_graph, create_graph, inputs)
+        else:
+            with recording() as sink:
+                got = _run_engine(edges, grads, retain_graph, create_graph, inputs, accumulate=False)
+            store.take(leaves, got[:len(leaves)])
     return {recv_point(node).message_id: sink.get(recv_point(node).message_id) for node in recvs}
 
 
@@ -63,8 +70,12 @@ def run_node(
             _run_engine(edges, grads, retain_graph, create_graph, [point.anchor])
         return None, {point.message_id: sink.get(point.message_id)}
     if is_leaf(node):
-        with slots.swapped([node], store):
-            _run_engine(edges, grads, retain_graph, create_graph, [GradientEdge(node, 0)])
+        if store.accumulates:
+            with slots.swapped([node], store):
+                _run_engine(edges, grads, retain_graph, create_graph, [GradientEdge(node, 0)])
+        else:
+            store.take([node], _run_engine(edges, grads, retain_graph, create_graph, [GradientEdge(node, 0)],
+                                           accumulate=False))
         return None, {}
     children = list(dict.fromkeys((child, slot) for child, slot in node.next_functions if child is not None))
     if not children:
@@ -87,14 +98,14 @@ def run_node(
 
 
 def _run_engine(roots: Sequence, grads: Sequence[torch.Tensor], retain_graph: bool, create_graph: bool,
-                inputs: Sequence, accumulate: bool = True) -> None:
+                inputs: Sequence, accumulate: bool = True) -> tuple:
     """torch's engine, from ``roots`` (edges) with ``grads`` to ``inputs``: what
     ``torch.autograd.backward`` (accumulate) or ``torch.autograd.grad`` do after checking their
     arguments in Python. Every root here has a gradient of its own shape already (the engine still
     checks each against its node, so a wrong one from a peer fails the pass with torch's message),
     and that checking cost more than a small node's arithmetic."""
-    _engine_run_backward(tuple(roots), tuple(grads), retain_graph, create_graph, tuple(inputs),
-                         allow_unreachable=True, accumulate_grad=accumulate)
+    return _engine_run_backward(tuple(roots), tuple(grads), retain_graph, create_graph, tuple(inputs),
+                                allow_unreachable=True, accumulate_grad=accumulate)
 
 
 class _Stop(Exception):

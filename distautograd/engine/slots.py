@@ -22,6 +22,8 @@ LOCK = threading.RLock()
 class GradStore:
     """A context's accumulated gradients on this worker: leaf tensor -> gradient."""
 
+    accumulates = True
+
     def __init__(self) -> None:
         self.grads: Dict[torch.Tensor, torch.Tensor] = {}
 
@@ -31,6 +33,22 @@ class GradStore:
 
     def __len__(self) -> int:
         return len(self.grads)
+
+
+class Captured:
+    """Leaf gradients a pass hands back instead of accumulating them (dist_autograd.grad), by
+    the leaf's AccumulateGrad node; AccumulateGrad does not run, as in torch.autograd.grad."""
+
+    accumulates = False
+
+    def __init__(self) -> None:
+        self.grads: Dict[object, torch.Tensor] = {}
+
+    def take(self, leaves: Sequence, grads: Sequence) -> None:
+        with LOCK:
+            for leaf, grad in zip(leaves, grads):
+                if grad is not None:
+                    self.grads[leaf] = grad
 
 
 @contextlib.contextmanager

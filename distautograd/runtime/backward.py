@@ -24,6 +24,7 @@ from distautograd import errors
 from distautograd.engine import activations
 from distautograd.engine.graph import ROOTS, PassGraph
 from distautograd.engine.local_pass import LocalPass
+from distautograd.engine.slots import Captured
 from distautograd.ids import IdMint, rank_of
 from distautograd.protocol.v1 import messages_pb2 as pb
 from distautograd.runtime.codec import Codec
@@ -57,6 +58,7 @@ class _Part:
         self.learned: List[pb.PartDone] = []  # parts done that pushes to this one told of
         self.told = False  # this part's own end went out on its last push
         self.watches: list = []  # anomaly checks on this part's nodes, removed when it ends
+        self.captured: Optional[Captured] = None  # leaf gradients handed back (dist_autograd.grad)
 
     def unwatch(self) -> None:
         watches, self.watches = self.watches, []
@@ -115,15 +117,20 @@ class Backward:
     # ------------------------------------------------------------------ the root
 
     def backward(self, ctx: Context, roots: Sequence[torch.Tensor], retain_graph: bool = False,
-                 create_graph: bool = False) -> None:
-        """Runs a pass from ``roots`` (scalars) in ``ctx``; returns when it is done everywhere."""
-        roots = validate_roots(roots)
+                 create_graph: bool = False, grads: Optional[Sequence[torch.Tensor]] = None,
+                 capture: bool = False) -> Optional[Captured]:
+        """Runs a pass from ``roots`` in ``ctx``; returns when it is done everywhere. ``grads``: the
+        roots' gradients (ones, for scalars, if not given). ``capture``: leaves hand their gradients
+        back instead of accumulating them; returns those of this worker's leaves."""
+        roots = validate_roots(roots, scalars=grads is None)
+        grads = list(grads) if grads is not None else [
+            torch.ones_like(root, memory_format=torch.contiguous_format) for root in roots]
         edges = [torch.autograd.graph.get_gradient_edge(root) for root in roots]
         active = self._active_sends(ctx, edges)
         pass_id = self._mint()
         key = (ctx.id, pass_id)
         plan = pb.PassPlan(root=self.rank, active_sends=sorted(active), retain_graph=retain_graph,
-                           create_graph=create_graph, anomaly=anomaly.requested(ctx.anomaly))
+                           create_graph=create_graph, anomaly=anomaly.requested(ctx.anomaly), capture=capture)
         participants = {rank_of(m) for m in active} - {self.rank}
         drive = _Drive(ctx, pass_id, participants | {self.rank})
         part = _Part(ctx, pass_id, self.rank)
@@ -133,6 +140,7 @@ class Backward:
         ctx.reported = True
         with ctx.lock:
             ctx.peers.update(participants)  # released on them when the context ends
+            ctx.crossed.update(drive.participants)
         self._tell_coordinator(pb.PassEvent(context_id=ctx.id, pass_id=pass_id,
                                             participants=sorted(drive.participants)))
         timeout = self._timeout()
@@ -142,9 +150,10 @@ class Backward:
                 run = pb.Request(run_backward=pb.RunBackward(context_id=ctx.id, pass_id=pass_id, plan=plan))
                 for rank in participants:
                     self._peers.notify(rank, run)
-            self._start_part(part, plan, roots_edges=edges, roots=roots)
+            self._start_part(part, plan, roots_edges=edges, root_grads=grads)
             reading.before_blocking()
             drive.result.result()
+            return part.captured
         except BaseException as exc:
             self._fail(drive, exc)
             raised = self._as_raised(drive, exc)
@@ -206,7 +215,7 @@ class Backward:
 
     # ------------------------------------------------------------------ every participant
 
-    def _start_part(self, part: _Part, plan: pb.PassPlan, roots_edges=(), roots=()) -> None:
+    def _start_part(self, part: _Part, plan: pb.PassPlan, roots_edges=(), root_grads=()) -> None:
         """Plans this worker's part once the plan is known, and feeds it what already arrived."""
         mine = [m for m in plan.active_sends if rank_of(m) == self.rank]
         sources: Dict[int, list] = {m: [self._contexts.send_point(m).edge] for m in mine}
@@ -214,8 +223,9 @@ class Backward:
         if roots_edges:
             sources[ROOTS] = list(roots_edges)
         graph = PassGraph(sources)
+        part.captured = Captured() if plan.capture else None
         local = LocalPass(
-            graph, keys, part.ctx.store,
+            graph, keys, part.captured if plan.capture else part.ctx.store,
             send=lambda grads, last: self._push(part, grads, last),
             finish=lambda error: self._part_finished(part, error),
             retain_graph=plan.retain_graph, create_graph=plan.create_graph,
@@ -228,8 +238,8 @@ class Backward:
             part.watches = anomaly.watch(graph.order, plan.anomaly, self.name)
             early, part.early = part.early, []
         local.start_if_empty()
-        if roots:
-            local.arrive(ROOTS, [torch.ones_like(root, memory_format=torch.contiguous_format) for root in roots])
+        if root_grads:
+            local.arrive(ROOTS, list(root_grads))
         for message_id, grad in early:
             local.arrive(message_id, [grad])
 
@@ -476,7 +486,7 @@ class Backward:
             log.debug("could not tell the coordinator about pass %d: %s", event.pass_id, exc)
 
 
-def validate_roots(roots: Sequence[torch.Tensor]) -> List[torch.Tensor]:
+def validate_roots(roots: Sequence[torch.Tensor], scalars: bool = True) -> List[torch.Tensor]:
     """The roots as torch checks them, with torch's messages (code matches on them) and what to do."""
     if isinstance(roots, torch.Tensor) or not isinstance(roots, (list, tuple)):
         raise TypeError(f"backward(): incompatible function arguments: roots must be a list of tensors, "
@@ -491,7 +501,7 @@ def validate_roots(roots: Sequence[torch.Tensor]) -> List[torch.Tensor]:
         if not root.requires_grad:
             raise RuntimeError(f"requires_grad not set on root {i}: it does not depend on any tensor that "
                                "requires grad, so there is nothing to differentiate")
-        if root.numel() != 1:
+        if scalars and root.numel() != 1:
             raise RuntimeError(f"root {i} of shape {tuple(root.shape)} is not a scalar, all roots need to be "
                                "scalar: reduce it first, e.g. loss.sum()")
         if root.grad_fn is None:

@@ -80,6 +80,7 @@ class Context:
         self.activations = Activations()
         self.reported = False  # a pass of this context was reported to the coordinator
         self.anomaly = 0  # anomaly detection flags (runtime.anomaly): 0 when off
+        self.crossed: Set[int] = set()  # ranks that took part in this context's passes rooted here
         self.messages: Dict[str, Dict[int, List[int]]] = {"sent": {}, "received": {}}  # message -> its points
 
     def gradients(self) -> Dict[torch.Tensor, torch.Tensor]:
@@ -153,6 +154,10 @@ class ContextStore:
         ctx = self._add(self._mint())
         self._local.context = ctx
         return ctx
+
+    def detached(self) -> Context:
+        """A new context that is no thread's yet (swap it in where calls must join it); ``exit`` ends it."""
+        return self._add(self._mint())
 
     def exit(self, ctx: Context) -> None:
         """Ends the thread's context and releases it on every worker that took part."""

@@ -75,10 +75,9 @@ def test_a_hessian_vector_product_over_three_workers():
         loss = model(x, remote("worker1"), remote("worker2"), remote("worker3"))
         dist_autograd.backward(first, [loss], create_graph=True)
         g = dist_autograd.get_gradients(first)[x]
-        with_v = (g * v).sum()
-    with dist_autograd.context() as second:  # a new context: the second order crosses the workers again
-        dist_autograd.backward(second, [with_v])
-        hv = dist_autograd.get_gradients(second)[x]
+        # a new context (in a thread of its own: contexts do not nest in one thread), while the
+        # first, whose send points the second order goes back through, is still open
+        hv = _grad_in_new_context((g * v).sum(), x, create_graph=False)
 
     x = x_leaf()
     (g_local,) = torch.autograd.grad(model(x, local, local, local), x, create_graph=True)
@@ -95,8 +94,15 @@ def test_a_third_derivative_across_two_workers():
     with dist_autograd.context() as c1:
         dist_autograd.backward(c1, [f(x, remote("worker1"), remote("worker2"))], create_graph=True)
         g1 = dist_autograd.get_gradients(c1)[x]
-        g2 = _grad_in_new_context(g1.sum(), x, create_graph=True)
-        g3 = _grad_in_new_context(g2.sum(), x, create_graph=False)
+        c2, c3 = _another_context(), _another_context()  # each order in a context of its own
+        try:
+            dist_autograd.backward(c2, [g1.sum()], create_graph=True)
+            g2 = dist_autograd.get_gradients(c2)[x]
+            dist_autograd.backward(c3, [g2.sum()])
+            g3 = dist_autograd.get_gradients(c3)[x]
+        finally:
+            dist_autograd._release_context(c3)
+            dist_autograd._release_context(c2)
 
     (l1,) = torch.autograd.grad(f(x, local, local), x, create_graph=True)
     (l2,) = torch.autograd.grad(l1.sum(), x, create_graph=True)
@@ -104,6 +110,14 @@ def test_a_third_derivative_across_two_workers():
     assert torch.equal(g1.detach(), l1.detach())
     assert torch.equal(g2.detach(), l2.detach())
     assert torch.equal(g3, l3)
+
+
+def _another_context() -> int:
+    """A context that stays open until released, made in a thread of its own (contexts do not nest
+    in one thread; backward and get_gradients take any open context's id)."""
+    from tests.helpers.processes import outside_context
+
+    return outside_context(lambda: dist_autograd._new_context()._context_id())
 
 
 def _grad_in_new_context(root, x, create_graph):
@@ -130,3 +144,70 @@ def test_contexts_and_graphs_of_both_orders_are_freed_when_the_contexts_end():
     for name in ("trainer", *WORKERS):
         assert poll_for(lambda: rpc.rpc_sync(name, remote_helpers.debug_info) == {
             "num_autograd_contexts": 0, "num_current_backward_passes": 0}), name
+
+
+def test_every_node_of_both_orders_runs_once_and_an_unused_send_blocks_neither():
+    for name in WORKERS:
+        rpc.rpc_sync(name, higher.take_runs)
+    x = torch.tensor([0.5, -1.5], dtype=torch.float64, requires_grad=True)
+    with dist_autograd.context() as first:
+        rpc.rpc_sync("worker3", higher.layer, args=(torch.ones(1, 5, dtype=torch.float64, requires_grad=True), 4))
+        y = rpc.rpc_sync("worker1", higher.doubled_squared, args=(x,))  # the line above's result is dropped
+        z = rpc.rpc_sync("worker2", higher.doubled_squared, args=(y,))
+        dist_autograd.backward(first, [z.sum()], create_graph=True)
+        g = dist_autograd.get_gradients(first)[x]
+        second = _another_context()
+        try:
+            dist_autograd.backward(second, [(g * g).sum()])
+            gg = dist_autograd.get_gradients(second)[x]
+        finally:
+            dist_autograd._release_context(second)
+    got = [rpc.rpc_sync(name, higher.take_runs) for name in ("worker1", "worker2")]
+
+    higher.take_runs()
+    (l1,) = torch.autograd.grad(higher.doubled_squared(higher.doubled_squared(x)).sum(), x, create_graph=True)
+    (l2,) = torch.autograd.grad((l1 * l1).sum(), x)
+    assert torch.equal(g.detach(), l1.detach()) and torch.equal(gg, l2)
+    local = higher.take_runs()
+    distributed = {k: sum(r[k] for r in got) for k in local}
+    assert distributed == local, (distributed, local)
+    assert local["second"] > 0, "the second order must have run the counting node"
+
+
+def test_grad_returns_without_accumulating_as_torch_autograd_grad_and_makes_a_wgan_gp_penalty():
+    fresh_weights()
+
+    def critic(x, one, two):
+        return one(higher.layer, two(higher.layer, x, 2), 1)
+
+    x = x_leaf()
+    with dist_autograd.context() as context_id:
+        (gx,) = dist_autograd.grad(context_id, [critic(x, remote("worker1"), remote("worker2")).sum()], [x],
+                                   create_graph=True)
+        for name, seed in (("worker1", 1), ("worker2", 2)):  # nothing accumulated anywhere
+            assert rpc.rpc_sync(name, higher.weight_grad, args=(context_id, seed)) is None
+        assert dist_autograd.get_gradients(context_id) == {}
+        penalty = ((gx.norm(2, dim=1) - 1) ** 2).mean()
+        loss = critic(x * 0.5, remote("worker1"), remote("worker2")).mean() + 10 * penalty
+        dist_autograd.backward(context_id, [loss])
+        got = [rpc.rpc_sync(name, higher.weight_grad, args=(context_id, seed))
+               for name, seed in (("worker1", 1), ("worker2", 2))]
+
+    x = x_leaf()
+    (lx,) = torch.autograd.grad(critic(x, local, local).sum(), [x], create_graph=True)
+    assert torch.equal(gx.detach(), lx.detach())
+    penalty = ((lx.norm(2, dim=1) - 1) ** 2).mean()
+    (critic(x * 0.5, local, local).mean() + 10 * penalty).backward()
+    assert torch.equal(got[0], higher.weight(1).grad) and torch.equal(got[1], higher.weight(2).grad)
+
+
+def test_grad_with_grad_outputs_and_unused_inputs_as_torch():
+    x, unused = x_leaf(), torch.ones(3, dtype=torch.float64, requires_grad=True)
+    v = torch.full((2, 5), 0.25, dtype=torch.float64)
+    with dist_autograd.context() as context_id:
+        out = remote("worker3")(higher.cube, x)
+        with pytest.raises(RuntimeError, match="appears to not have been used in the graph"):
+            dist_autograd.grad(context_id, [out], [x, unused], grad_outputs=[v], retain_graph=True)
+        gx, none = dist_autograd.grad(context_id, [out], [x, unused], grad_outputs=[v], allow_unused=True)
+    assert none is None
+    assert torch.equal(gx, torch.autograd.grad(higher.cube(x), x, grad_outputs=v)[0])

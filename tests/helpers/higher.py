@@ -40,3 +40,78 @@ def weight_grad(context_id: int, seed: int):
 
 def reset() -> None:
     _weights.clear()
+
+
+runs = {"first": 0, "second": 0}
+
+
+class _CountSecond(torch.autograd.Function):
+    """The identity; counts how often a second-order pass runs it."""
+
+    @staticmethod
+    def forward(ctx, g):
+        return g.clone()
+
+    @staticmethod
+    def backward(ctx, gg):
+        runs["second"] += 1
+        return gg
+
+
+class Doubled(torch.autograd.Function):
+    """x * 2, whose (differentiable) backward counts its runs and leaves a counting node for the next order."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return x * 2
+
+    @staticmethod
+    def backward(ctx, g):
+        runs["first"] += 1
+        return _CountSecond.apply(g) * 2
+
+
+def doubled_squared(x):
+    return Doubled.apply(x) ** 2
+
+
+def take_runs():
+    out = dict(runs)
+    runs.update(first=0, second=0)
+    return out
+
+
+class WrongSquare(torch.autograd.Function):
+    """x ** 2 with a wrong backward on purpose: 2x + 0.1 instead of 2x."""
+
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        return x ** 2
+
+    @staticmethod
+    def backward(ctx, g):
+        (x,) = ctx.saved_tensors
+        return g * (2 * x + 0.1)
+
+
+def wrong_square(x):
+    return WrongSquare.apply(x)
+
+
+class CubeWrongTwice(torch.autograd.Function):
+    """x ** 3 with a right backward (3 x²) built on WrongSquare: its second derivative is wrong."""
+
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        return x ** 3
+
+    @staticmethod
+    def backward(ctx, g):
+        (x,) = ctx.saved_tensors
+        return g * 3 * WrongSquare.apply(x)
+
+
+def cube_wrong_twice(x):
+    return CubeWrongTwice.apply(x)

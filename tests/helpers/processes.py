@@ -42,12 +42,25 @@ def poll_for(predicate: Callable[[], bool], timeout: float = 10.0, interval: flo
 
 
 def outside_context(fn, *args):
-    """Runs ``fn`` in a fresh thread: rpcs made inside a context would join it to the context."""
-    result = []
-    t = threading.Thread(target=lambda: result.append(fn(*args)))
+    """Runs ``fn`` in a fresh thread (rpcs made inside a context would join it to the context);
+    returns what it returns, raises what it raises."""
+    outcome = []
+
+    def run():
+        try:
+            outcome.append((True, fn(*args)))
+        except BaseException as exc:
+            outcome.append((False, exc))
+
+    t = threading.Thread(target=run)
     t.start()
-    t.join(30)
-    return result[0]
+    t.join(60)
+    if not outcome:
+        raise TimeoutError(f"{getattr(fn, '__name__', fn)} did not return within 60 s")
+    ok, value = outcome[0]
+    if not ok:
+        raise value
+    return value
 
 
 def run_spawned(fn, nprocs: int = 3, timeout: float = 90) -> None:

@@ -376,18 +376,20 @@ class RRefForks(_message.Message):
     def __init__(self, changes: _Optional[_Iterable[_Union[ForkChange, _Mapping]]] = ...) -> None: ...
 
 class PassPlan(_message.Message):
-    __slots__ = ("root", "active_sends", "retain_graph", "create_graph", "anomaly")
+    __slots__ = ("root", "active_sends", "retain_graph", "create_graph", "anomaly", "capture")
     ROOT_FIELD_NUMBER: _ClassVar[int]
     ACTIVE_SENDS_FIELD_NUMBER: _ClassVar[int]
     RETAIN_GRAPH_FIELD_NUMBER: _ClassVar[int]
     CREATE_GRAPH_FIELD_NUMBER: _ClassVar[int]
     ANOMALY_FIELD_NUMBER: _ClassVar[int]
+    CAPTURE_FIELD_NUMBER: _ClassVar[int]
     root: int
     active_sends: _containers.RepeatedScalarFieldContainer[int]
     retain_graph: bool
     create_graph: bool
     anomaly: int
-    def __init__(self, root: _Optional[int] = ..., active_sends: _Optional[_Iterable[int]] = ..., retain_graph: _Optional[bool] = ..., create_graph: _Optional[bool] = ..., anomaly: _Optional[int] = ...) -> None: ...
+    capture: bool
+    def __init__(self, root: _Optional[int] = ..., active_sends: _Optional[_Iterable[int]] = ..., retain_graph: _Optional[bool] = ..., create_graph: _Optional[bool] = ..., anomaly: _Optional[int] = ..., capture: _Optional[bool] = ...) -> None: ...
 
 class RunBackward(_message.Message):
     __slots__ = ("context_id", "pass_id", "plan")
