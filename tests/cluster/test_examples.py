@@ -41,6 +41,11 @@ def test_ddp_rpc_matches_a_single_process_run():
     assert "after 12 steps the parameters match a single-process run" in out
 
 
+def test_gradient_penalty_matches_a_single_process_run_bit_for_bit():
+    out = run([sys.executable, "examples/gradient_penalty.py", "--steps", "8"])
+    assert "after 8 steps the parameters match a single-process run: bit for bit" in out
+
+
 def test_torchrun_launches_an_example():
     out = run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "3", "examples/parameter_server.py",
                "--steps", "30"])
