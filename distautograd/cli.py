@@ -179,6 +179,44 @@ def cmd_health(args) -> int:
     return 0 if reply.status == health_pb2.HealthCheckResponse.SERVING else 1
 
 
+def cmd_graph(args) -> int:
+    """Writes a context's graph: from a JSON file saved before, or asked of the worker that owns it."""
+    import json
+
+    from distautograd.views import export
+
+    if args.source:
+        with open(args.source) as f:
+            graph = json.load(f)
+    else:
+        if not (args.coordinator and args.context):
+            raise ValueError("name a saved graph with --from FILE, or a running context with --coordinator and --context")
+        graph = _graph_of_running_context(args)
+    fmt = args.format or os.path.splitext(args.out)[1].lstrip(".") or "html"
+    writers = {"html": export.to_html, "dot": export.to_dot, "json": export.to_json}
+    if fmt not in writers:
+        raise ValueError(f"unknown format {fmt!r}: use html, dot or json")
+    with open(args.out, "w") as f:
+        f.write(writers[fmt](graph))
+    print(f"wrote the graph of {len(graph['nodes'])} nodes on {len(graph['workers'])} workers to {args.out}")
+    return 0
+
+
+def _graph_of_running_context(args) -> dict:
+    from distautograd import rpc
+    from distautograd.ids import rank_of
+    from distautograd.runtime import inspection
+    from distautograd.runtime.options import BackendOptions
+
+    options = BackendOptions(coordinator=args.coordinator, daemon=True, rpc_timeout=args.timeout,
+                             token=args.token or None)
+    rpc.init_rpc(f"graph-tool-{os.getpid()}", rpc_backend_options=options)
+    try:
+        return rpc.rpc_sync(rank_of(args.context), inspection.whole_graph, args=(args.context,))
+    finally:
+        rpc.shutdown(graceful=False)
+
+
 def cmd_demo(args) -> int:
     from distautograd.demo import main as demo_main
 
@@ -230,6 +268,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, default=3.0)
     _add_security(p)
     p.set_defaults(run=cmd_health)
+
+    p = sub.add_parser("graph", help="write a context's backward graph as an HTML page, DOT or JSON")
+    p.add_argument("--out", required=True, help="the file to write; its extension picks the format")
+    p.add_argument("--format", choices=["html", "dot", "json"], help="html, dot or json (default: from --out)")
+    p.add_argument("--from", dest="source", help="a graph saved as JSON (dist_autograd.graph, or --format json)")
+    p.add_argument("--coordinator", default=_env("DISTAUTOGRAD_COORDINATOR"), help="a running cluster's coordinator")
+    p.add_argument("--context", type=int, help="the id of an open context (its owner is asked)")
+    p.add_argument("--timeout", type=float, default=30.0)
+    _add_security(p)
+    p.set_defaults(run=cmd_graph)
 
     p = sub.add_parser("demo", help="train a 3-stage MLP across local workers and check its gradients")
     p.add_argument("--steps", type=int, default=300)

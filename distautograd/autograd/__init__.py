@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Dict, List, Optional
+import json
+from typing import Dict, List, Optional, Sequence, Union
 
 import torch
 
-from distautograd.runtime import anomaly, current
+from distautograd.runtime import anomaly, current, inspection
 from distautograd.runtime.contexts import Context
 
 
@@ -21,20 +22,37 @@ class context:
     worker keeps the forward stack of the nodes it makes for the context, and a backward function
     that returns NaN anywhere (or Inf, with ``check_inf=True``) stops the pass with an error that
     names the worker, the node, torch's formula and that stack. Off, it costs nothing.
+
+    ``graph=True``: every worker records what each pass does to each node of the context (ran
+    how often, the shapes it produced), for ``graph(context_id)``.
+
+    ``trace=True`` (or a file name): every worker records the context's calls, backward waves and
+    messages; ``trace(context_id)`` returns them as one Chrome trace (chrome://tracing, Perfetto),
+    and a file name gets it written there when the block ends.
     """
 
-    def __init__(self, detect_anomaly: bool = False, check_inf: bool = False):
+    def __init__(self, detect_anomaly: bool = False, check_inf: bool = False, graph: bool = False,
+                 trace: Union[bool, str] = False):
         self._anomaly = (anomaly.NAN | (anomaly.INF if check_inf else 0)) if detect_anomaly else 0
+        self._inspect = (inspection.GRAPH if graph else 0) | (inspection.TRACE if trace else 0)
+        self._trace_file = trace if isinstance(trace, str) else None
         self._mode = None
 
     def __enter__(self) -> int:
         self._ctx = current.get().contexts.create()
         self._ctx.anomaly = self._anomaly
+        self._ctx.inspect = self._inspect
         if self._anomaly and not torch.is_anomaly_enabled():
             self._mode = torch.autograd.set_detect_anomaly(True)  # this thread's forward keeps its stacks too
         return self._ctx.id
 
     def __exit__(self, *exc) -> None:
+        if self._trace_file is not None:
+            try:
+                with open(self._trace_file, "w") as f:
+                    json.dump(inspection.gather_trace(self._ctx.id), f)
+            finally:
+                self._trace_file = None
         if self._mode is not None:
             self._mode.__exit__(None, None, None)
             self._mode = None
@@ -99,6 +117,23 @@ def grad(context_id: int, outputs, inputs, grad_outputs=None, retain_graph: Opti
     return tuple(found)
 
 
+def graph(context_id: int, roots: Sequence[torch.Tensor] = ()) -> dict:
+    """The context's whole backward graph, across every worker that holds part of it, as plain data
+    (see views.graphdata): each node's worker, name, torch's formula per input, what it saved, for
+    leaves the parameter; each edge, and for tensors that crossed, the message id, the two workers
+    and the bytes. Call it on the worker that owns the context, after the forward; ``roots`` (the
+    loss) adds the part above the recv points here. With ``context(graph=True)``, nodes also say
+    what the passes did to them.
+    """
+    return inspection.gather(context_id, roots)
+
+
+def trace(context_id: int) -> dict:
+    """The context's trace so far, from every worker that took part (``context(trace=True)``), as a
+    Chrome trace-event dict: ``json.dump`` it and open it in Perfetto or chrome://tracing."""
+    return inspection.gather_trace(context_id)
+
+
 def get_gradients(context_id: int) -> Dict[torch.Tensor, torch.Tensor]:
     """This worker's accumulated gradients in the context: {leaf tensor: gradient}."""
     return current.get().contexts.get(context_id).gradients()
@@ -155,4 +190,4 @@ DistAutogradContext = Context  # the type torch's private API hands out
 from distautograd.autograd.checking import gradcheck, gradgradcheck  # noqa: E402  (they use the above)
 
 __all__ = ["DistAutogradContext", "backward", "context", "get_gradients", "grad", "gradcheck", "gradgradcheck",
-           "is_available"]
+           "graph", "is_available", "trace"]

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import threading
+import time
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
@@ -42,8 +43,10 @@ class LocalPass:
         finish: Finish,
         retain_graph: bool = False,
         create_graph: bool = False,
+        observe: Optional[Callable[[float, float, int, bool], None]] = None,
     ):
-        """``keys``: for each send point source, where its gradient sorts among the others (see module)."""
+        """``keys``: for each send point source, where its gradient sorts among the others (see module);
+        ``observe(start µs, end µs, nodes, whole)``: told of every wave (a trace), if given."""
         self.graph = graph
         self.keys = dict(keys)
         self.keys[ROOTS] = ROOT_KEY
@@ -52,6 +55,7 @@ class LocalPass:
         self.create_graph = create_graph
         self._send = send
         self._finish = finish
+        self._observe = observe
         self._lock = threading.Lock()
         self._remaining = {node: bin(mask).count("1") for node, mask in graph.mask.items()}
         self._ready: set = set()
@@ -121,10 +125,13 @@ class LocalPass:
                     whole = self._runs_whole_locked(wave)
                     roots = self._take_locked(wave) if whole else []
                     last = self._executed + len(wave) == len(self.graph)
+                began = time.time_ns() / 1000.0 if self._observe is not None else 0.0
                 if whole:
                     self._run_whole(wave, roots, last)
                 else:
                     self._run_node_by_node(wave)
+                if self._observe is not None:
+                    self._observe(began, time.time_ns() / 1000.0, len(wave), whole)
                 with self._lock:
                     self._executed += len(wave)
                     self.waves += 1

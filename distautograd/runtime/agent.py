@@ -22,7 +22,8 @@ from distautograd.runtime.backward import Backward
 from distautograd.runtime.calls import Calls
 from distautograd.runtime.codec import Codec
 from distautograd.runtime.contexts import ContextStore
-from distautograd.runtime import collectives, optimizers, remote_modules  # noqa: F401  (what peers call: loaded)
+from distautograd.views import trace
+from distautograd.runtime import collectives, inspection, optimizers, remote_modules  # noqa: F401  (what peers call: loaded)
 from distautograd.runtime.options import BackendOptions
 from distautograd.runtime.peers import Peers
 from distautograd.runtime.pool import WorkerPool
@@ -66,6 +67,7 @@ class Agent:
                            self.stopping, options.max_message_bytes)
         self.contexts = ContextStore(name, self.mint, self.peers.notify, self.deadlines, options.context_ttl,
                                      lambda rank: self.world.entry(rank) is not None)
+        self.contexts.on_release.append(trace.forget)  # the events of a context nobody gathered
         self.rrefs = RRefStore(name, self.mint, self.peers.notify, self.world)
         self.codec = Codec(self.allowlist, self.rrefs, self.contexts)
         self.calls = Calls(name, self.peers, self.codec, self.contexts, self.rrefs, self.world, self.pool.submit,

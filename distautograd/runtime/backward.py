@@ -30,8 +30,9 @@ from distautograd.protocol.v1 import messages_pb2 as pb
 from distautograd.runtime.codec import Codec
 from distautograd.runtime.contexts import Context, ContextStore
 from distautograd.runtime.peers import COORDINATOR, Peers
-from distautograd.runtime import anomaly
+from distautograd.runtime import anomaly, inspection, tracing
 from distautograd.transport import reading
+from distautograd.views import trace
 from distautograd.transport.deadlines import Deadlines
 
 log = logging.getLogger("distautograd")
@@ -122,6 +123,7 @@ class Backward:
         """Runs a pass from ``roots`` in ``ctx``; returns when it is done everywhere. ``grads``: the
         roots' gradients (ones, for scalars, if not given). ``capture``: leaves hand their gradients
         back instead of accumulating them; returns those of this worker's leaves."""
+        began = trace.now_us() if tracing.on(ctx) else 0.0
         roots = validate_roots(roots, scalars=grads is None)
         grads = list(grads) if grads is not None else [
             torch.ones_like(root, memory_format=torch.contiguous_format) for root in roots]
@@ -130,7 +132,8 @@ class Backward:
         pass_id = self._mint()
         key = (ctx.id, pass_id)
         plan = pb.PassPlan(root=self.rank, active_sends=sorted(active), retain_graph=retain_graph,
-                           create_graph=create_graph, anomaly=anomaly.requested(ctx.anomaly), capture=capture)
+                           create_graph=create_graph, anomaly=anomaly.requested(ctx.anomaly), capture=capture,
+                           inspect=ctx.inspect)
         participants = {rank_of(m) for m in active} - {self.rank}
         drive = _Drive(ctx, pass_id, participants | {self.rank})
         part = _Part(ctx, pass_id, self.rank)
@@ -161,6 +164,8 @@ class Backward:
         finally:
             if expiry is not None:
                 self._deadlines.cancel(expiry)
+            if began:
+                tracing.root_pass(ctx, began, len(drive.participants))
             with self._lock:
                 self._drives.pop(key, None)
                 self._parts.pop(key, None)
@@ -229,6 +234,7 @@ class Backward:
             send=lambda grads, last: self._push(part, grads, last),
             finish=lambda error: self._part_finished(part, error),
             retain_graph=plan.retain_graph, create_graph=plan.create_graph,
+            observe=tracing.waves(part.ctx, self.name) if plan.inspect & inspection.TRACE else None,
         )
         with part.lock:
             if part.closed or part.local is not None:
@@ -236,6 +242,10 @@ class Backward:
             part.plan = plan
             part.local = local
             part.watches = anomaly.watch(graph.order, plan.anomaly, self.name)
+            part.ctx.passes += 1
+            part.ctx.inspect |= plan.inspect
+            if plan.inspect & inspection.GRAPH:
+                part.watches += inspection.watch_runs(part.ctx, graph.order)
             early, part.early = part.early, []
         local.start_if_empty()
         if root_grads:
@@ -256,11 +266,15 @@ class Backward:
         """Runs what the gradients complete, on the thread that read them; should a backward
         function wait for another worker, or run long, reading goes on elsewhere (transport.reading)."""
         role = reading.lend()
+        began = trace.now_us()
         try:
             self._take_push(link, body, attachments)
         finally:
             if role is not None:
                 reading.reclaim(role)
+        ctx = self._contexts.find(body.context_id)
+        if tracing.on(ctx) and body.message_ids:
+            tracing.push_arrived(ctx, body.message_ids[0], self._peers.world.name_of(link.peer_rank), began)
 
     def _take_push(self, link, body: pb.PushGradients, attachments) -> None:
         part = self._part(body.context_id, body.pass_id, body.root, link.peer_rank)
@@ -321,6 +335,8 @@ class Backward:
                 leaves = part.local.leaves_reached if part.local is not None else 0
                 body.done.add(rank=self.rank, leaves=leaves)
                 body.done.extend(learned)
+            if tracing.on(ctx):
+                tracing.pushed(ctx, items[0][0], self._peers.world.name_of(dest))
             self._send_push(dest, pb.Request(push_gradients=body), attachments)
 
     def _send_push(self, dest: int, request: pb.Request, attachments) -> None:

@@ -16,7 +16,7 @@ import torch
 
 from distautograd import errors
 from distautograd.protocol.v1 import messages_pb2 as pb
-from distautograd.runtime import anomaly, builtin_ops, remote_methods
+from distautograd.runtime import anomaly, builtin_ops, remote_methods, tracing
 from distautograd.runtime.codec import Codec
 from distautograd.runtime.contexts import ContextStore
 from distautograd.runtime.options import UNSET_TIMEOUT
@@ -45,6 +45,27 @@ def failure(future: torch.futures.Future) -> Optional[BaseException]:
     except BaseException as exc:
         return exc
     return None
+
+
+def _named(decode: Callable, run) -> Callable:
+    """``decode``, telling a traced run which function it runs."""
+
+    def decoded():
+        func, args, kwargs = decode()
+        run.func = tracing.name(func)
+        return func, args, kwargs
+    return decoded
+
+
+def _then(first: Callable, after: Callable[[], None]) -> Callable:
+    """``first``, then ``after`` (a trace's record of it)."""
+
+    def both(*args) -> None:
+        try:
+            first(*args)
+        finally:
+            after()
+    return both
 
 
 class Answer(torch.futures.Future):
@@ -103,10 +124,15 @@ class Calls:
         ctx = self._contexts.current()
         value, attachments = self._codec.encode((func, tuple(args or ()), dict(kwargs or {})), to.id, ctx)
         call = pb.Call(function=value, context_id=ctx.id if ctx else 0, create_rref=create_rref, creator_fork=creator_fork,
-                       anomaly=anomaly.requested(ctx.anomaly) if ctx else 0)
+                       anomaly=anomaly.requested(ctx.anomaly) if ctx else 0, inspect=ctx.inspect if ctx else 0)
         result = Answer()
-        self._peers.request(to.id, pb.Request(call=call), attachments, self._timeout(timeout),
-                            self._completion(result, to.id, ctx))
+        complete = self._completion(result, to.id, ctx)
+        if tracing.on(ctx):
+            call.trace_id = self._rrefs.mint()
+            record = tracing.Call(ctx, call.trace_id, func, to.name, len(value.pickle) + sum(
+                len(memoryview(a).cast("B")) for a in attachments))
+            complete = _then(complete, record.answered)
+        self._peers.request(to.id, pb.Request(call=call), attachments, self._timeout(timeout), complete)
         return result
 
     def remote(self, to: WorkerInfo, func: Any, args: tuple, kwargs: dict, timeout: float) -> RRef:
@@ -179,8 +205,9 @@ class Calls:
         owned = self._rrefs.create_owned(call.create_rref, call.creator_fork) if call.create_rref else None
         try:
             ctx = self._contexts.for_incoming(call.context_id, peer) if call.context_id else None
-            if ctx is not None and call.anomaly:
+            if ctx is not None and (call.anomaly or call.inspect):
                 ctx.anomaly |= call.anomaly
+                ctx.inspect |= call.inspect
             rrefs = self._codec.rrefs_of(call.function)
         except BaseException as exc:
             if owned is not None and not owned.value.done():
@@ -191,7 +218,12 @@ class Calls:
             self._start(ctx, decode, functools.partial(_settle, owned.value))
             return None  # the owner has the rref: that is all remote() waits for
         reply = Deferred()
-        self._start(ctx, decode, functools.partial(self._encode_reply, reply, peer, ctx))
+        deliver = functools.partial(self._encode_reply, reply, peer, ctx)
+        if call.trace_id and tracing.on(ctx):
+            run = tracing.Run(ctx, call.trace_id, self._world.name_of(peer))
+            decode = _named(decode, run)
+            deliver = _then(deliver, run.finished)
+        self._start(ctx, decode, deliver)
         return reply
 
     def handle_fetch(self, link, body: pb.FetchRRef, attachments) -> Deferred:

@@ -81,6 +81,9 @@ class Context:
         self.reported = False  # a pass of this context was reported to the coordinator
         self.anomaly = 0  # anomaly detection flags (runtime.anomaly): 0 when off
         self.crossed: Set[int] = set()  # ranks that took part in this context's passes rooted here
+        self.inspect = 0  # what to record for views (runtime.inspection): 0 when off
+        self.runs: Dict[object, dict] = {}  # node -> what passes did to it (when inspect asks)
+        self.passes = 0  # passes this worker took part in
         self.messages: Dict[str, Dict[int, List[int]]] = {"sent": {}, "received": {}}  # message -> its points
 
     def gradients(self) -> Dict[torch.Tensor, torch.Tensor]:

@@ -73,6 +73,11 @@ class WorldView:
         entry = self._by_name.get(name) or next((d for d in self._departed.values() if d.name == name), None)
         return entry.rank if entry is not None else -1
 
+    def name_of(self, rank: int) -> str:
+        """``rank``'s worker name, also after it has gone ("rank N" if never known)."""
+        entry = self._by_rank.get(rank) or self._departed.get(rank)
+        return entry.name if entry is not None else f"rank {rank}"
+
     def label(self, rank: int) -> str:
         """How messages name ``rank``: "'worker1' (rank 1)", also after it has gone."""
         entry = self._by_rank.get(rank) or self._departed.get(rank)

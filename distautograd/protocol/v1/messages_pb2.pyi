@@ -338,18 +338,22 @@ class ReleaseShared(_message.Message):
     def __init__(self, leases: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class Call(_message.Message):
-    __slots__ = ("function", "context_id", "create_rref", "creator_fork", "anomaly")
+    __slots__ = ("function", "context_id", "create_rref", "creator_fork", "anomaly", "inspect", "trace_id")
     FUNCTION_FIELD_NUMBER: _ClassVar[int]
     CONTEXT_ID_FIELD_NUMBER: _ClassVar[int]
     CREATE_RREF_FIELD_NUMBER: _ClassVar[int]
     CREATOR_FORK_FIELD_NUMBER: _ClassVar[int]
     ANOMALY_FIELD_NUMBER: _ClassVar[int]
+    INSPECT_FIELD_NUMBER: _ClassVar[int]
+    TRACE_ID_FIELD_NUMBER: _ClassVar[int]
     function: Value
     context_id: int
     create_rref: int
     creator_fork: int
     anomaly: int
-    def __init__(self, function: _Optional[_Union[Value, _Mapping]] = ..., context_id: _Optional[int] = ..., create_rref: _Optional[int] = ..., creator_fork: _Optional[int] = ..., anomaly: _Optional[int] = ...) -> None: ...
+    inspect: int
+    trace_id: int
+    def __init__(self, function: _Optional[_Union[Value, _Mapping]] = ..., context_id: _Optional[int] = ..., create_rref: _Optional[int] = ..., creator_fork: _Optional[int] = ..., anomaly: _Optional[int] = ..., inspect: _Optional[int] = ..., trace_id: _Optional[int] = ...) -> None: ...
 
 class FetchRRef(_message.Message):
     __slots__ = ("rref_id", "context_id")
@@ -376,20 +380,22 @@ class RRefForks(_message.Message):
     def __init__(self, changes: _Optional[_Iterable[_Union[ForkChange, _Mapping]]] = ...) -> None: ...
 
 class PassPlan(_message.Message):
-    __slots__ = ("root", "active_sends", "retain_graph", "create_graph", "anomaly", "capture")
+    __slots__ = ("root", "active_sends", "retain_graph", "create_graph", "anomaly", "capture", "inspect")
     ROOT_FIELD_NUMBER: _ClassVar[int]
     ACTIVE_SENDS_FIELD_NUMBER: _ClassVar[int]
     RETAIN_GRAPH_FIELD_NUMBER: _ClassVar[int]
     CREATE_GRAPH_FIELD_NUMBER: _ClassVar[int]
     ANOMALY_FIELD_NUMBER: _ClassVar[int]
     CAPTURE_FIELD_NUMBER: _ClassVar[int]
+    INSPECT_FIELD_NUMBER: _ClassVar[int]
     root: int
     active_sends: _containers.RepeatedScalarFieldContainer[int]
     retain_graph: bool
     create_graph: bool
     anomaly: int
     capture: bool
-    def __init__(self, root: _Optional[int] = ..., active_sends: _Optional[_Iterable[int]] = ..., retain_graph: _Optional[bool] = ..., create_graph: _Optional[bool] = ..., anomaly: _Optional[int] = ..., capture: _Optional[bool] = ...) -> None: ...
+    inspect: int
+    def __init__(self, root: _Optional[int] = ..., active_sends: _Optional[_Iterable[int]] = ..., retain_graph: _Optional[bool] = ..., create_graph: _Optional[bool] = ..., anomaly: _Optional[int] = ..., capture: _Optional[bool] = ..., inspect: _Optional[int] = ...) -> None: ...
 
 class RunBackward(_message.Message):
     __slots__ = ("context_id", "pass_id", "plan")
