@@ -220,7 +220,7 @@ def _graph_of_running_context(args) -> dict:
 def cmd_demo(args) -> int:
     from distautograd.demo import main as demo_main
 
-    return demo_main(steps=args.steps, check_every=args.check_every)
+    return demo_main(steps=args.steps, check_every=args.check_every, trace=args.trace or "", graph=args.graph or "")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -282,6 +282,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="train a 3-stage MLP across local workers and check its gradients")
     p.add_argument("--steps", type=int, default=300)
     p.add_argument("--check-every", type=int, default=50)
+    p.add_argument("--trace", help="write one more step's trace here (.json: Chrome trace / Perfetto; .html: a timeline)")
+    p.add_argument("--graph", help="write one step's backward graph here (.html page, .dot or .json)")
     p.set_defaults(run=cmd_demo)
     return parser
 

@@ -7,6 +7,7 @@ batch's gradients are compared with the same model run in one process by plain t
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import time
@@ -64,7 +65,7 @@ def forward(stages: List[rpc.RRef], x: torch.Tensor) -> torch.Tensor:
     return x
 
 
-def train(steps: int, check_every: int) -> int:
+def train(steps: int, check_every: int, trace_file: str = "", graph_file: str = "") -> int:
     stages = [rpc.remote(f"stage{i + 1}", Stage, args=(i,)) for i in range(STAGES)]
     params = [p for stage in stages for p in stage.rpc_sync().parameter_rrefs()]
     optimizer = DistributedOptimizer(torch.optim.SGD, params, lr=0.05, momentum=0.9)
@@ -94,7 +95,31 @@ def train(steps: int, check_every: int) -> int:
         f"vs {local_step * 1e3:.2f} ms for the same model in one process"
     )
     ok = compare_with_single_process(stages, generator)
+    if trace_file or graph_file:
+        look_into_one_step(stages, generator, trace_file, graph_file)
     return 0 if ok and last < first else 1
+
+
+def look_into_one_step(stages: List[rpc.RRef], generator: torch.Generator, trace_file: str, graph_file: str) -> None:
+    """One more step, traced, and its graph: files to open in a browser (or Perfetto, for a .json trace)."""
+    from distautograd.views import export
+
+    x, y = synthetic_batch(generator)
+    with dist_autograd.context(trace=bool(trace_file), graph=bool(graph_file)) as context_id:
+        loss = torch.nn.functional.mse_loss(forward(stages, x), y)
+        dist_autograd.backward(context_id, [loss], retain_graph=True)
+        graph = dist_autograd.graph(context_id, [loss]) if graph_file else None
+        trace = dist_autograd.trace(context_id) if trace_file else None
+    if graph_file:
+        writer = {"dot": export.to_dot, "json": export.to_json}.get(graph_file.rpartition(".")[2], export.to_html)
+        with open(graph_file, "w") as f:
+            f.write(writer(graph))
+        print(f"wrote the graph of one step ({len(graph['nodes'])} nodes on {len(graph['workers'])} workers) "
+              f"to {graph_file}")
+    if trace_file:
+        with open(trace_file, "w") as f:
+            f.write(export.trace_to_html(trace) if trace_file.endswith(".html") else json.dumps(trace))
+        print(f"wrote the trace of one step to {trace_file}")
 
 
 def time_single_process(steps: int) -> float:
@@ -138,7 +163,8 @@ def compare_with_single_process(stages: List[rpc.RRef], generator: torch.Generat
     return all_close
 
 
-def _run_rank(rank: int, world_size: int, port: int, steps: int, check_every: int, results) -> None:
+def _run_rank(rank: int, world_size: int, port: int, steps: int, check_every: int, results, trace_file: str = "",
+              graph_file: str = "") -> None:
     os.environ["MASTER_ADDR"] = "127.0.0.1"
     os.environ["MASTER_PORT"] = str(port)
     torch.set_num_threads(1)
@@ -147,19 +173,22 @@ def _run_rank(rank: int, world_size: int, port: int, steps: int, check_every: in
     rpc.init_rpc(name, rank=rank, world_size=world_size, rpc_backend_options=options)
     try:
         if rank == 0:
-            results.put(train(steps, check_every))
+            results.put(train(steps, check_every, trace_file, graph_file))
     finally:
         rpc.shutdown()
 
 
-def main(steps: int = 300, check_every: int = 50) -> int:
+def main(steps: int = 300, check_every: int = 50, trace: str = "", graph: str = "") -> int:
+    """``trace`` / ``graph``: files to write one more step's trace (.json for Perfetto, .html) and
+    its graph (.html, .dot or .json) to."""
     port = free_port()
     world_size = STAGES + 1
     print(f"starting a coordinator and {world_size} processes on this machine (trainer + {STAGES} stages)...", flush=True)
     ctx = mp.get_context("spawn")
     results = ctx.SimpleQueue()
     mp.start_processes(
-        _run_rank, args=(world_size, port, steps, check_every, results), nprocs=world_size, start_method="spawn"
+        _run_rank, args=(world_size, port, steps, check_every, results, os.path.abspath(trace) if trace else "",
+                         os.path.abspath(graph) if graph else ""), nprocs=world_size, start_method="spawn"
     )
     return results.get() if not results.empty() else 1
 

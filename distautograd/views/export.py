@@ -161,7 +161,8 @@ function show(id) {{
   const n = nodes[id]; let h = '<h2>' + esc(n.name) + '</h2><p>on <b>' + esc(n.worker) + '</b> (' + esc(n.kind) + ')</p>';
   if (n.op) h += '<p>forward: <code>' + esc(n.op) + '</code></p>';
   if (n.formulas) {{ h += '<p>derivative formula per input (torch\\'s derivatives.yaml):</p><ul>';
-    for (const [k, v] of Object.entries(n.formulas)) h += '<li><b>' + esc(k) + '</b>: <code>' + esc(v) + '</code></li>';
+    for (const [k, v] of Object.entries(n.formulas)) h += '<li><b>' + esc(k) + '</b>: <code>' + esc(v) + '</code>' +
+      (n.compiled && n.compiled[k] !== v ? '<br>compiled as <code>' + esc(n.compiled[k]) + '</code>' : '') + '</li>';
     h += '</ul>'; }} else h += '<p>' + esc(n.what) + '</p>';
   if (n.leaf) h += '<p>leaf ' + esc(JSON.stringify(n.leaf.shape)) + ' ' + esc(n.leaf.dtype) +
                    (n.leaf.parameter ? ', parameter <code>' + esc(n.leaf.parameter) + '</code>' : '') + '</p>';
@@ -178,4 +179,69 @@ function show(id) {{
 for (const g of document.querySelectorAll('.node')) g.addEventListener('click', () => show(g.dataset.id));
 document.title = document.title + ' (' + Object.keys(nodes).length + ' nodes)';
 </script></body></html>
+"""
+
+
+def trace_to_html(trace: dict, title: str = "distautograd: one traced step") -> str:
+    """A Chrome trace (views.trace) drawn as a timeline page: a row per worker, spans as bars,
+    messages as arrows. For a quick look without Perfetto; the JSON itself opens there too."""
+    events = trace["traceEvents"]
+    names = {e["pid"]: e["args"]["name"] for e in events if e["ph"] == "M" and e["name"] == "process_name"}
+    spans = [e for e in events if e["ph"] == "X"]
+    if not spans:
+        return _TIMELINE.format(title=html.escape(title), svg="<p>no events</p>", legend="")
+    start = min(e["ts"] for e in spans)
+    end = max(e["ts"] + e["dur"] for e in spans)
+    scale = 1100.0 / max(end - start, 1.0)
+    lanes: Dict[Tuple[int, int], int] = {}
+    for e in sorted(spans, key=lambda e: (e["pid"], e["tid"])):
+        lanes.setdefault((e["pid"], e["tid"]), len([k for k in lanes if k[0] == e["pid"]]))
+    rows: Dict[int, float] = {}
+    y = 40.0
+    for pid in sorted(names):
+        rows[pid] = y
+        y += 30 + 22 * max([lane for (p, _), lane in lanes.items() if p == pid] + [0]) + 22
+    colors = {"call": "#7aa6d8", "backward": "#e59866"}
+    svg = [f'<svg xmlns="http://www.w3.org/2000/svg" width="1320" height="{y + 30:.0f}">',
+           '<defs><marker id="a" viewBox="0 0 10 10" refX="9" refY="5" markerWidth="7" markerHeight="7" '
+           'markerUnits="userSpaceOnUse" orient="auto"><path d="M0,0 L10,5 L0,10 z" fill="#333"/></marker></defs>']
+    for pid, top in rows.items():
+        svg.append(f'<text x="8" y="{top + 14:.0f}" font-size="13" font-weight="bold">{html.escape(names[pid])}</text>'
+                   f'<line x1="8" x2="1310" y1="{top - 6:.0f}" y2="{top - 6:.0f}" stroke="#ddd"/>')
+    for e in sorted(spans, key=lambda e: -e["dur"]):
+        x = 180 + (e["ts"] - start) * scale
+        w = max(1.5, e["dur"] * scale)
+        top = rows[e["pid"]] + 22 * lanes[(e["pid"], e["tid"])]
+        label = html.escape(e["name"])
+        svg.append(f'<g class="span"><rect x="{x:.1f}" y="{top:.0f}" width="{w:.1f}" height="18" rx="2" '
+                   f'fill="{colors.get(e.get("cat"), "#aaa")}" stroke="#555" stroke-width="0.4"/>'
+                   f'<title>{label}: {e["dur"] / 1000:.3f} ms</title>'
+                   + (f'<text x="{x + 3:.1f}" y="{top + 13:.0f}" font-size="10">{label[: int(w / 6)]}</text>'
+                      if w > 40 else "") + "</g>")
+    ends: Dict[Tuple[str, object], dict] = {}
+    for e in events:
+        if e["ph"] in ("s", "f"):
+            ends[(e["ph"], e["id"])] = e
+    for (ph, flow_id), out in ends.items():
+        arrival = ends.get(("f", flow_id)) if ph == "s" else None
+        if arrival is None or out["pid"] not in rows or arrival["pid"] not in rows:
+            continue
+        x1, x2 = 180 + (out["ts"] - start) * scale, 180 + (arrival["ts"] - start) * scale
+        y1, y2 = rows[out["pid"]] + 9, rows[arrival["pid"]] + 9
+        svg.append(f'<line class="message" x1="{x1:.1f}" y1="{y1:.0f}" x2="{x2:.1f}" y2="{y2:.0f}" stroke="#333" '
+                   f'stroke-width="1" marker-end="url(#a)"><title>{html.escape(out["name"])}</title></line>')
+    total = (end - start) / 1000
+    svg.append(f'<text x="180" y="{y + 16:.0f}" font-size="11" fill="#555">0 ms</text>'
+               f'<text x="1230" y="{y + 16:.0f}" font-size="11" fill="#555">{total:.2f} ms</text></svg>')
+    legend = ('<span style="background:#7aa6d8">&nbsp;calls&nbsp;</span> '
+              '<span style="background:#e59866">&nbsp;backward&nbsp;</span> arrows: messages')
+    return _TIMELINE.format(title=html.escape(title), svg="\n".join(svg), legend=legend)
+
+
+_TIMELINE = """<!DOCTYPE html>
+<html><head><meta charset="utf-8"><title>{title}</title>
+<style>body {{ font-family: Helvetica, Arial, sans-serif; margin: 12px; }} h1 {{ font-size: 17px; }}</style></head>
+<body><h1>{title}</h1><div>{legend}</div>
+{svg}
+</body></html>
 """

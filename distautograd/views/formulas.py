@@ -2,7 +2,8 @@
 
 torchgen (shipped inside the torch wheel) parses ``derivatives.yaml`` exactly as torch's build did,
 so the formulas are right for the torch version in use: ``MulBackward0`` gives, for ``self``,
-``mul_tensor_backward(grad, other, self_scalar_type)``. Loading takes a second or two, once per
+``mul_tensor_backward(grad, other, self.scalar_type())`` as derivatives.yaml writes it (and
+``mul_tensor_backward(grad, other, self_scalar_type)`` as torch compiles it, naming what it saved). Loading takes a second or two, once per
 process, and only when a formula is first asked for. Nodes without an entry (custom Functions,
 AccumulateGrad, the recv points, view replays) are described by what they are instead.
 """
@@ -22,7 +23,8 @@ class Formula(NamedTuple):
 
     op: str  # the forward function's schema, e.g. "mul.Tensor(Tensor self, Tensor other) -> Tensor"
     inputs: List[str]  # the differentiable inputs, in the order of the node's next_functions
-    formulas: Dict[str, str]  # input name -> formula ("self" -> "grad * self.cos().conj()")
+    formulas: Dict[str, str]  # input name -> formula as derivatives.yaml writes it
+    compiled: Dict[str, str]  # input name -> as torch compiles it, saved values named as the node keeps them
 
 
 @functools.lru_cache(maxsize=1)
@@ -43,13 +45,15 @@ def _table() -> Dict[str, Formula]:
                 if not info.op or info.op in table:
                     continue
                 formulas: Dict[str, str] = {}
+                compiled: Dict[str, str] = {}
                 for derivative in info.derivatives:
                     names = derivative.var_names
                     for name in names:
-                        formulas[name] = derivative.formula if len(names) == 1 else (
-                            f"{derivative.formula}  [one formula for {', '.join(names)}]")
+                        joint = "" if len(names) == 1 else f"  [one formula for {', '.join(names)}]"
+                        formulas[name] = derivative.original_formula + joint
+                        compiled[name] = derivative.formula + joint
                 table[info.op] = Formula(str(info.func.func), [b.name for b in info.args_with_derivatives],
-                                         formulas)
+                                         formulas, compiled)
         return table
 
 

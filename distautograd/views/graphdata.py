@@ -59,6 +59,7 @@ def _node(node, node_id: str, worker: str, sent: Optional[List[int]], recv: Opti
     if formula is not None:
         entry["op"] = formula.op
         entry["formulas"] = {arg: formula.formulas.get(arg, "(not differentiable)") for arg in formula.inputs}
+        entry["compiled"] = {arg: formula.compiled.get(arg, "(not differentiable)") for arg in formula.inputs}
     if is_leaf(node):
         entry["kind"] = "leaf"
         variable = node.variable
@@ -110,7 +111,7 @@ def parameter_names() -> Dict[int, str]:
     module alive in this process."""
     found: Dict[int, str] = {}
     depth: Dict[int, int] = {}
-    for module in (obj for obj in gc.get_objects() if isinstance(obj, torch.nn.Module)):
+    for module in (obj for obj in gc.get_objects() if issubclass(type(obj), torch.nn.Module)):
         prefix = type(module).__name__
         for name, param in module.named_parameters():
             path = f"{prefix}.{name}"

@@ -348,3 +348,36 @@ def sqrt_times_zero(x):
 
 def reciprocal_sqrt(x):
     return x.sqrt()  # backward at 0: SqrtBackward0 returns grad / 0 = Inf
+
+
+class Scaled(torch.autograd.Function):
+    """A custom Function in a graph: x * 3, backward grad * 3."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return x * 3
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad * 3
+
+
+def scaled(x):
+    return Scaled.apply(x)
+
+
+def linear_of(seed, x):
+    """A module's parameters in a graph: its leaves must be named by their path."""
+    torch.manual_seed(seed)
+    model = torch.nn.Sequential(torch.nn.Linear(x.shape[-1], 2))
+    _models.append(model)
+    return model(x)
+
+
+_models = []
+
+
+def trace_events(context_id):
+    from distautograd.views import trace
+
+    return trace.take(context_id)

@@ -1,0 +1,151 @@
+"""The graph of a context and the trace of a step, from real processes; the HTML page in a real browser.
+
+Graphs with fan-out, a round trip (trainer -> worker1 -> trainer), a custom Function, a module's
+parameters and a send whose result is never used; after a pass, every reached node ran once and
+the unused one says it was skipped.
+"""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from distautograd import autograd as dist_autograd
+from distautograd import rpc
+from distautograd.views import export
+from tests.helpers import remote
+
+pytestmark = pytest.mark.usefixtures("trainer")
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+def build(context_id):
+    """Fan-out of x to worker1 and worker2, a round trip worker1 -> trainer, a custom Function on
+    worker2, a Linear on worker3, and a send to worker3 whose result is dropped."""
+    x = torch.linspace(-1, 1, 4, requires_grad=True)
+    a = rpc.rpc_sync("worker1", torch.sin, args=(x,))
+    b = rpc.rpc_sync("worker2", remote.scaled, args=(x,))
+    back = rpc.rpc_sync("worker1", torch.exp, args=(a * 2,))  # trainer -> worker1 -> trainer
+    rpc.rpc_sync("worker3", torch.cos, args=(x * 5,))  # never used
+    c = rpc.rpc_sync("worker3", remote.linear_of, args=(0, b.reshape(1, 4)))
+    return x, (back.sum() + c.sum())
+
+
+@pytest.fixture(scope="module")
+def graph():
+    with dist_autograd.context(graph=True) as context_id:
+        x, loss = build(context_id)
+        dist_autograd.backward(context_id, [loss], retain_graph=True)
+        return dist_autograd.graph(context_id, [loss])
+
+
+def test_every_worker_and_kind_of_node_is_there(graph):
+    assert graph["workers"][0] == "trainer" and set(graph["workers"]) == {"trainer", "worker1", "worker2", "worker3"}
+    by_name = {}
+    for node in graph["nodes"]:
+        by_name.setdefault((node["worker"], node["name"]), []).append(node)
+    assert ("worker1", "SinBackward0") in by_name and ("worker1", "ExpBackward0") in by_name
+    custom = by_name[("worker2", "ScaledBackward")][0]
+    assert custom["kind"] == "custom" and "tests.helpers.remote.Scaled" in custom["what"]
+    sin = by_name[("worker1", "SinBackward0")][0]
+    assert sin["formulas"] == {"self": "grad * self.cos().conj()"} and sin["saved"][0]["shape"] == [4]
+    leaves = [n for n in graph["nodes"] if n["kind"] == "leaf"]
+    assert {n["leaf"]["parameter"] for n in leaves if n["worker"] == "worker3"} == {"Sequential.0.weight",
+                                                                                     "Sequential.0.bias"}
+
+
+def test_cross_worker_edges_carry_message_workers_and_bytes(graph):
+    cross = [e for e in graph["edges"] if e.get("cross")]
+    nodes = {n["id"]: n for n in graph["nodes"]}
+    pairs = {(nodes[e["from"]]["worker"], nodes[e["to"]]["worker"]) for e in cross}
+    # gradient flows from the recv point to the sent tensor's node: both ways between the trainer and each worker
+    assert pairs == {(a, b) for w in ("worker1", "worker2", "worker3") for a, b in (("trainer", w), (w, "trainer"))}
+    # sent by the trainer: x to 1, 2, 3, a * 2 to 1, b reshaped to 3; back to it: a, back, b, c (the cos
+    # result is nowhere in the loss's graph: its recv point is not part of it)
+    assert len(cross) == 9
+    assert all(e["bytes"] > 0 and e["message_id"] for e in cross)
+    assert any(e["bytes"] == 16 for e in cross)  # 4 float32
+
+
+def test_the_pass_ran_every_reached_node_once_and_skipped_the_unused_send(graph):
+    ran = [n for n in graph["nodes"] if "ran" in n]
+    assert ran and all(n["ran"] <= 1 for n in ran)
+    skipped = [n for n in graph["nodes"] if n.get("ran") == 0]
+    assert any(n["worker"] == "worker3" and n["name"] == "CosBackward0" for n in skipped)
+    assert all(n["ran"] == 1 for n in ran if n["name"] in ("SinBackward0", "ExpBackward0", "ScaledBackward"))
+
+
+def test_json_and_dot_exports(graph, tmp_path):
+    assert json.loads(export.to_json(graph)) == json.loads(json.dumps(graph))
+    dot = export.to_dot(graph)
+    assert dot.count("subgraph cluster_") == 4 and "SinBackward0" in dot and "penwidth=2" in dot
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium (the README's test command installs it)")
+def test_the_page_loads_in_a_real_browser_and_shows_every_worker_and_node(graph, tmp_path):
+    page = tmp_path / "graph.html"
+    page.write_text(export.to_html(graph))
+    result = subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--enable-logging=stderr",
+                             "--v=0", "--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=120)
+    dom = result.stdout
+    assert f"({len(graph['nodes'])} nodes)</title>" in dom, "the page's script did not run"
+    assert "Uncaught" not in result.stderr, result.stderr[-2000:]
+    for worker in graph["workers"]:
+        assert f">{worker}</text>" in dom
+    assert dom.count('class="node"') == len(graph["nodes"])
+
+
+def test_the_command_writes_the_page_from_json_and_from_a_running_context(graph, tmp_path, cluster):
+    saved = tmp_path / "graph.json"
+    saved.write_text(export.to_json(graph))
+    out = tmp_path / "page.html"
+    run = subprocess.run([sys.executable, "-m", "distautograd.cli", "graph", "--from", str(saved), "--out", str(out)],
+                         capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0, run.stderr
+    assert out.read_text().count('class="node"') == len(graph["nodes"])
+    with dist_autograd.context() as context_id:
+        build(context_id)
+        dot = tmp_path / "live.dot"
+        run = subprocess.run([sys.executable, "-m", "distautograd.cli", "graph", "--coordinator", cluster.coordinator,
+                              "--context", str(context_id), "--out", str(dot)],
+                             capture_output=True, text=True, timeout=120, env=dict(os.environ))
+        assert run.returncode == 0, run.stdout + run.stderr
+    assert "ExpBackward0" in dot.read_text() and "cluster_3" in dot.read_text()
+
+
+def test_a_trace_has_a_row_per_worker_spans_and_paired_message_arrows(tmp_path):
+    path = tmp_path / "step.json"
+    with dist_autograd.context(trace=str(path)) as context_id:
+        x, loss = build(context_id)
+        dist_autograd.backward(context_id, [loss])
+    trace = json.loads(path.read_text())
+    events = trace["traceEvents"]
+    workers = {e["args"]["name"] for e in events if e["ph"] == "M" and e["name"] == "process_name"}
+    assert workers == {"trainer", "worker1", "worker2", "worker3"}
+    spans = [e for e in events if e["ph"] == "X"]
+    assert any(e["name"].startswith("rpc ") for e in spans) and any(e["name"].startswith("run ") for e in spans)
+    assert any(e["name"] == "dist_autograd.backward" for e in spans)
+    assert sum(1 for e in spans if e["name"].startswith("backward:")) >= 4
+    starts = {e["id"] for e in events if e["ph"] == "s"}
+    finishes = {e["id"] for e in events if e["ph"] == "f"}
+    assert starts and starts == finishes, "every message must have both ends"
+    root = next(e for e in spans if e["name"] == "dist_autograd.backward")
+    for e in spans:  # clocks aligned: every worker's backward work lies within the root's pass
+        if e["name"].startswith(("backward:", "gradients from")):
+            assert root["ts"] - 1000 <= e["ts"] <= root["ts"] + root["dur"] + 1000, e
+    assert "dist_autograd.backward" in export.trace_to_html(trace)
+
+
+def test_without_asking_nothing_is_recorded():
+    from distautograd.views import trace
+
+    with dist_autograd.context() as context_id:
+        x, loss = build(context_id)
+        dist_autograd.backward(context_id, [loss])
+        assert trace.take(context_id) == []
+        assert all(rpc.rpc_sync(w, remote.trace_events, args=(context_id,)) == []
+                   for w in ("worker1", "worker2", "worker3"))

@@ -1,0 +1,66 @@
+"""torch's formulas, as views.formulas reads them with torchgen, against derivatives.yaml read as plain YAML."""
+
+import os
+
+import pytest
+import torch
+import torchgen
+import yaml
+
+from distautograd.views import formulas
+
+YAML = os.path.join(os.path.dirname(torchgen.__file__), "packaged", "autograd", "derivatives.yaml")
+
+# node name -> the schema of its entry in derivatives.yaml
+OPS = {
+    "MulBackward0": "mul.Tensor(Tensor self, Tensor other) -> Tensor",
+    "SinBackward0": "sin(Tensor self) -> Tensor",
+    "TanhBackward0": "tanh(Tensor self) -> Tensor",
+    "ExpBackward0": "exp(Tensor self) -> Tensor",
+    "MmBackward0": "mm(Tensor self, Tensor mat2) -> Tensor",
+    "AddmmBackward0": "addmm(Tensor self, Tensor mat1, Tensor mat2, *, Scalar beta=1, Scalar alpha=1) -> Tensor",
+    "SumBackward0": "sum(Tensor self, *, ScalarType? dtype=None) -> Tensor",
+    "DivBackward0": "div.Tensor(Tensor self, Tensor other) -> Tensor",
+    "SqrtBackward0": "sqrt(Tensor self) -> Tensor",
+    "LogBackward0": "log(Tensor self) -> Tensor",
+    "ReluBackward0": "relu(Tensor self) -> Tensor",
+    "SigmoidBackward0": "sigmoid(Tensor self) -> Tensor",
+}
+
+
+@pytest.fixture(scope="module")
+def entries():
+    with open(YAML) as f:
+        return {entry["name"]: entry for entry in yaml.safe_load(f)}
+
+
+@pytest.mark.parametrize("node", sorted(OPS))
+def test_each_formula_is_derivatives_yaml_s_own(node, entries):
+    entry = entries[OPS[node]]
+    found = formulas.of(node)
+    assert found is not None and found.op == OPS[node]
+    for arg in found.inputs:
+        if arg in entry:
+            assert found.formulas[arg] == entry[arg], arg
+
+
+def test_the_node_names_are_the_ones_torch_gives_the_graph():
+    x = torch.ones(2, 2, requires_grad=True)
+    assert formulas.of(type((x * x).grad_fn).__name__).formulas["self"] == "mul_tensor_backward(grad, other, self.scalar_type())"
+    assert formulas.of(type((x * x).grad_fn).__name__).compiled["self"] == "mul_tensor_backward(grad, other, self_scalar_type)"
+    assert formulas.input_name((x @ x).grad_fn, 1) == "mat2"
+
+
+def test_nodes_without_an_entry_say_what_they_are():
+    class Twice(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x):
+            return x * 2
+
+        @staticmethod
+        def backward(ctx, g):
+            return g * 2
+
+    x = torch.ones(2, requires_grad=True)
+    assert "custom autograd.Function" in formulas.describe(Twice.apply(x).grad_fn)
+    assert formulas.describe(x.view_as(x).grad_fn.next_functions[0][0]).startswith("AccumulateGrad")
