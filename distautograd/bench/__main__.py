@@ -79,6 +79,7 @@ def main(argv=None) -> int:
     from distautograd.bench import workloads
 
     rows = []
+    traced = []  # (step ms without a trace, with one), distautograd only
     started = time.monotonic()
 
     def row(what, results, key, unit, higher_is_better, target=None, limit=None):
@@ -119,6 +120,8 @@ def main(argv=None) -> int:
         row("3-stage MLP training step (512 wide, batch 64)", r, "step_ms", "ms", False, ("<=", 0.8),
             f"one process {local:.2f} ms")
         row("  of which distributed backward", r, "backward_ms", "ms", False, ("<=", 0.8))
+        ours = r["distautograd"]
+        traced.append((ours["untraced_step_ms"], ours["traced_step_ms"]))
     if "ps" in selected:
         names = ["trainer0", "ps", "trainer1", "trainer2", "trainer3"]
         trainers = ["trainer0", "trainer1", "trainer2", "trainer3"]
@@ -161,6 +164,10 @@ def main(argv=None) -> int:
         shown, met = _judge(target, ratio, d, memcpy)
         print(f"| {what + ' (' + unit + ')':<48} | {t:>9.3g} | {d:>12.3g} | {ratio:>6.2f} | {shown:>14} | {met:^3} | "
               f"{limit or ''} |")
+    if traced:
+        off, on = traced[0]
+        print(f"\nrecording a trace of every step (context(trace=True)), distautograd: {off:.2f} ms without, "
+              f"{on:.2f} ms with ({(on - off) / off * 100:+.0f}%); off, tracing costs one flag test per call")
     if memory_report:
         print(f"\nresident memory (MiB) at step {first} and step {steps}:\n")
         print("| framework | process | first | last | growth |")

@@ -161,7 +161,16 @@ def pipeline_step(fw, repeats: int) -> Dict[str, float]:
 
     step_time = median_time(step, repeats)
     median_time(backward_only, repeats)
-    return {"step_ms": step_time * 1e3, "backward_ms": statistics.median(backward_times[5:]) * 1e3}
+    out = {"step_ms": step_time * 1e3, "backward_ms": statistics.median(backward_times[5:]) * 1e3}
+    if _framework == "distautograd":  # what recording a trace of every step costs (views.trace)
+        def traced():
+            with fw.autograd.context(trace=True) as context_id:
+                fw.autograd.backward(context_id, [forward()])
+                optimizer.step(context_id)
+
+        out["traced_step_ms"] = median_time(traced, repeats) * 1e3
+        out["untraced_step_ms"] = median_time(step, repeats) * 1e3
+    return out
 
 
 def parameter_server(fw, trainers: List[str], seconds: float) -> Dict[str, float]:

@@ -177,6 +177,7 @@ function show(id) {{
   document.getElementById('detail').innerHTML = h;
 }}
 for (const g of document.querySelectorAll('.node')) g.addEventListener('click', () => show(g.dataset.id));
+if (location.hash && nodes[decodeURIComponent(location.hash.slice(1))]) show(decodeURIComponent(location.hash.slice(1)));
 document.title = document.title + ' (' + Object.keys(nodes).length + ' nodes)';
 </script></body></html>
 """
