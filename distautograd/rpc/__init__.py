@@ -20,6 +20,7 @@ from distautograd.runtime.world import WorkerInfo
 RpcBackendOptions = BackendOptions
 
 __all__ = [
+    "_set_rpc_timeout",
     "BackendOptions",
     "BackendType",
     "RRef",

@@ -15,13 +15,12 @@ from __future__ import annotations
 
 import logging
 import threading
-from concurrent.futures import Future
-from typing import Callable, Dict, List, Optional, Sequence, Set, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
 from distautograd import errors
-from distautograd.engine import activations
+from distautograd.engine.roots import validate_roots
 from distautograd.engine.graph import ROOTS, PassGraph
 from distautograd.engine.local_pass import LocalPass
 from distautograd.engine.slots import Captured
@@ -29,7 +28,9 @@ from distautograd.ids import IdMint, rank_of
 from distautograd.protocol.v1 import messages_pb2 as pb
 from distautograd.runtime.codec import Codec
 from distautograd.runtime.contexts import Context, ContextStore
+from distautograd.runtime.pass_state import Drive, Part, PassKey
 from distautograd.runtime.peers import COORDINATOR, Peers
+from distautograd.runtime.reach import Reach
 from distautograd.runtime import anomaly, inspection, tracing
 from distautograd.transport import reading
 from distautograd.views import trace
@@ -39,45 +40,6 @@ log = logging.getLogger("distautograd")
 
 PUSH_RETRIES = 2
 PLAN_INLINE_LIMIT = 512  # active sends a plan may hold and still ride along with every push
-_REACH_ROUNDS = 64
-
-PassKey = Tuple[int, int]  # (context id, pass id)
-
-
-class _Part:
-    """This worker's part of one pass."""
-
-    def __init__(self, ctx: Context, pass_id: int, root: int):
-        self.ctx = ctx
-        self.pass_id = pass_id
-        self.root = root
-        self.plan: Optional[pb.PassPlan] = None
-        self.local: Optional[LocalPass] = None
-        self.early: List[Tuple[int, Optional[torch.Tensor]]] = []  # pushes that came before the plan
-        self.lock = threading.Lock()
-        self.closed = False
-        self.learned: List[pb.PartDone] = []  # parts done that pushes to this one told of
-        self.told = False  # this part's own end went out on its last push
-        self.watches: list = []  # anomaly checks on this part's nodes, removed when it ends
-        self.captured: Optional[Captured] = None  # leaf gradients handed back (dist_autograd.grad)
-
-    def unwatch(self) -> None:
-        watches, self.watches = self.watches, []
-        for handle in watches:
-            handle.remove()
-
-
-class _Drive:
-    """What the root keeps of a pass it drives."""
-
-    def __init__(self, ctx: Context, pass_id: int, participants: Set[int]):
-        self.ctx = ctx
-        self.pass_id = pass_id
-        self.participants = participants
-        self.waiting = set(participants)
-        self.leaves: Dict[int, int] = {}
-        self.result: Future = Future()
-        self.lock = threading.Lock()
 
 
 class Backward:
@@ -102,8 +64,10 @@ class Backward:
         self._label = label
         self._timeout = timeout
         self._resolve_type = resolve_type
-        self._parts: Dict[PassKey, _Part] = {}
-        self._drives: Dict[PassKey, _Drive] = {}
+        self._reach = Reach(mint, peers, contexts, timeout)
+        self.handle_reach = self._reach.handle_reach
+        self._parts: Dict[PassKey, Part] = {}
+        self._drives: Dict[PassKey, Drive] = {}
         self._lock = threading.Lock()
         contexts.on_release.append(self._context_released)
 
@@ -128,15 +92,15 @@ class Backward:
         grads = list(grads) if grads is not None else [
             torch.ones_like(root, memory_format=torch.contiguous_format) for root in roots]
         edges = [torch.autograd.graph.get_gradient_edge(root) for root in roots]
-        active = self._active_sends(ctx, edges)
+        active = self._reach.active_sends(ctx, edges)
         pass_id = self._mint()
         key = (ctx.id, pass_id)
         plan = pb.PassPlan(root=self.rank, active_sends=sorted(active), retain_graph=retain_graph,
                            create_graph=create_graph, anomaly=anomaly.requested(ctx.anomaly), capture=capture,
                            inspect=ctx.inspect)
         participants = {rank_of(m) for m in active} - {self.rank}
-        drive = _Drive(ctx, pass_id, participants | {self.rank})
-        part = _Part(ctx, pass_id, self.rank)
+        drive = Drive(ctx, pass_id, participants | {self.rank})
+        part = Part(ctx, pass_id, self.rank)
         with self._lock:
             self._drives[key] = drive
             self._parts[key] = part
@@ -172,55 +136,9 @@ class Backward:
             self._tell_coordinator(pb.PassEvent(context_id=ctx.id, pass_id=pass_id, ended=True,
                                                 failed=drive.result.exception() is not None, leaves=drive.leaves))
 
-    def _active_sends(self, ctx: Context, edges) -> Set[int]:
-        """Every send point the pass reaches; asks the workers that hold those whose activations did not travel."""
-        found = activations.union(ctx.activations.of(edge.node) for edge in edges)
-        active, unknown = set(found.ids), set(found.unknown)
-        asked: Set[int] = set()
-        for _ in range(_REACH_ROUNDS):
-            unknown -= asked
-            if not unknown:
-                return active
-            asked |= unknown
-            by_rank: Dict[int, List[int]] = {}
-            for message_id in unknown:
-                by_rank.setdefault(rank_of(message_id), []).append(message_id)
-            unknown = set()
-            futures = [(rank, self._reach(ctx.id, rank, ids)) for rank, ids in by_rank.items()]
-            for rank, future in futures:
-                for reach in future.result():
-                    active.update(reach.activates)
-                    unknown.update(reach.unknown)
-        raise errors.Internal(f"could not work out which send points the backward pass of context {ctx.id} reaches")
-
-    def _reach(self, context_id: int, rank: int, ids: List[int]) -> Future:
-        result: Future = Future()
-        if rank == self.rank:
-            result.set_result(self._describe_reach(ids))
-            return result
-        request = pb.Request(reach=pb.ReachRequest(context_id=context_id, message_ids=ids))
-
-        def done(response, attachments, error) -> None:
-            result.set_exception(error) if error is not None else result.set_result(list(response.reach.reaches))
-
-        self._peers.request(rank, request, (), self._timeout(), done)
-        return result
-
-    def _describe_reach(self, ids) -> List[pb.Reach]:
-        reaches = []
-        for message_id in ids:
-            point = self._contexts.send_point(message_id)
-            ctx = self._contexts.get(point.context_id)
-            found = ctx.activations.of(point.edge.node)
-            reaches.append(pb.Reach(message_id=message_id, activates=sorted(found.ids), unknown=sorted(found.unknown)))
-        return reaches
-
-    def handle_reach(self, link, body: pb.ReachRequest, attachments) -> pb.Response:
-        return pb.Response(reach=pb.ReachReply(reaches=self._describe_reach(body.message_ids)))
-
     # ------------------------------------------------------------------ every participant
 
-    def _start_part(self, part: _Part, plan: pb.PassPlan, roots_edges=(), root_grads=()) -> None:
+    def _start_part(self, part: Part, plan: pb.PassPlan, roots_edges=(), root_grads=()) -> None:
         """Plans this worker's part once the plan is known, and feeds it what already arrived."""
         mine = [m for m in plan.active_sends if rank_of(m) == self.rank]
         sources: Dict[int, list] = {m: [self._contexts.send_point(m).edge] for m in mine}
@@ -253,13 +171,13 @@ class Backward:
         for message_id, grad in early:
             local.arrive(message_id, [grad])
 
-    def _part(self, context_id: int, pass_id: int, root: int, src: int) -> _Part:
+    def _part(self, context_id: int, pass_id: int, root: int, src: int) -> Part:
         key = (context_id, pass_id)
         with self._lock:
             part = self._parts.get(key)
             if part is None:
                 ctx = self._contexts.for_incoming(context_id, src)
-                part = self._parts[key] = _Part(ctx, pass_id, root)
+                part = self._parts[key] = Part(ctx, pass_id, root)
             return part
 
     def handle_push(self, link, body: pb.PushGradients, attachments) -> None:
@@ -304,7 +222,7 @@ class Backward:
         part = self._part(body.context_id, body.pass_id, body.plan.root, link.peer_rank)
         self._start_part(part, body.plan)
 
-    def _learn_done(self, part: _Part, done) -> None:
+    def _learn_done(self, part: Part, done) -> None:
         """Parts a push says are done: the root counts them, anyone else passes them on."""
         if part.root == self.rank:
             for entry in done:
@@ -313,7 +231,7 @@ class Backward:
         with part.lock:
             part.learned.extend(pb.PartDone(rank=entry.rank, leaves=entry.leaves) for entry in done)
 
-    def _push(self, part: _Part, grads: Dict[int, Optional[torch.Tensor]], last: bool = False) -> None:
+    def _push(self, part: Part, grads: Dict[int, Optional[torch.Tensor]], last: bool = False) -> None:
         """Sends recv points' gradients to the workers their tensors came from, one message each.
         ``last``: nothing more runs here, so the first push also says this part is done (and
         passes on the parts it learned are done), sparing a PassFinished to the root."""
@@ -351,7 +269,7 @@ class Backward:
                 if attempt == PUSH_RETRIES or self._peers.world.entry(dest) is None:
                     raise
 
-    def _part_finished(self, part: _Part, error: Optional[BaseException]) -> None:
+    def _part_finished(self, part: Part, error: Optional[BaseException]) -> None:
         with part.lock:
             if part.closed:
                 return
@@ -405,7 +323,7 @@ class Backward:
 
     # ------------------------------------------------------------------ failures
 
-    def _fail(self, drive: _Drive, error: BaseException) -> None:
+    def _fail(self, drive: Drive, error: BaseException) -> None:
         with drive.lock:
             if drive.result.done():
                 return
@@ -423,7 +341,7 @@ class Backward:
             except Exception:  # a participant that is gone has nothing to stop
                 pass
 
-    def _close(self, part: _Part) -> None:
+    def _close(self, part: Part) -> None:
         with part.lock:
             part.closed = True
             local = part.local
@@ -441,7 +359,7 @@ class Backward:
         elif part is not None:
             self._close(part)
 
-    def _expire(self, drive: _Drive, timeout: float) -> None:
+    def _expire(self, drive: Drive, timeout: float) -> None:
         with drive.lock:
             waiting = sorted(drive.waiting)
         names = ", ".join(self._label(rank) for rank in waiting) or "nobody"
@@ -480,7 +398,7 @@ class Backward:
         for part in parts:
             self._close(part)
 
-    def _as_raised(self, drive: _Drive, exc: BaseException) -> BaseException:
+    def _as_raised(self, drive: Drive, exc: BaseException) -> BaseException:
         """What the caller of backward gets: an exception a backward function raised on another worker
         becomes RuntimeError("Error on Node N: ...") as torch's, naming the worker, with the original
         as its cause; the runtime's own errors (a worker died, a timeout) are RuntimeErrors already."""
@@ -500,27 +418,3 @@ class Backward:
             self._peers.notify(COORDINATOR, pb.Request(pass_event=event))
         except Exception as exc:  # the coordinator only keeps records; the pass does not depend on it
             log.debug("could not tell the coordinator about pass %d: %s", event.pass_id, exc)
-
-
-def validate_roots(roots: Sequence[torch.Tensor], scalars: bool = True) -> List[torch.Tensor]:
-    """The roots as torch checks them, with torch's messages (code matches on them) and what to do."""
-    if isinstance(roots, torch.Tensor) or not isinstance(roots, (list, tuple)):
-        raise TypeError(f"backward(): incompatible function arguments: roots must be a list of tensors, "
-                        f"got {type(roots).__name__}")
-    roots = list(roots)
-    if not roots:
-        raise RuntimeError("No tensors provided for gradient computation.")
-    for i, root in enumerate(roots):
-        if not isinstance(root, torch.Tensor):
-            raise TypeError(f"backward(): incompatible function arguments: roots must be tensors; "
-                            f"root {i} is {type(root).__name__}")
-        if not root.requires_grad:
-            raise RuntimeError(f"requires_grad not set on root {i}: it does not depend on any tensor that "
-                               "requires grad, so there is nothing to differentiate")
-        if scalars and root.numel() != 1:
-            raise RuntimeError(f"root {i} of shape {tuple(root.shape)} is not a scalar, all roots need to be "
-                               "scalar: reduce it first, e.g. loss.sum()")
-        if root.grad_fn is None:
-            raise RuntimeError(f"root {i} does not have a valid gradient function: it is a leaf tensor; a root "
-                               "must be computed from the tensors whose gradients you want")
-    return roots

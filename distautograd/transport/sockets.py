@@ -10,33 +10,25 @@ Any thread sends (under a lock, without a hand-off); one thread at a time reads 
 
 from __future__ import annotations
 
-import array
 import logging
 import os
 import shutil
 import socket
-import struct
 import tempfile
 import threading
 import time
 from typing import Any, Callable, List, Optional, Sequence, Tuple
 
-from google.protobuf.message import DecodeError
-
 from distautograd import errors
-from distautograd.transport import reading, security, shm
+from distautograd.transport import framing, reading, security, shm
 from distautograd.transport.link import Link
 from distautograd.protocol.v1 import messages_pb2 as pb
 
 log = logging.getLogger("distautograd")
 
-_LENGTH = struct.Struct("<I")
-MAX_HEADER_BYTES = 16 << 20  # a frame's protobuf part; tensors travel beside it
 MAX_HELLO_BYTES = 4096  # all a peer may make us read before it has shown who it is
 HANDSHAKE_SECONDS = 10.0  # for the whole handshake, however slowly its bytes come
 MAX_HANDSHAKES = 32  # connections still showing who they are, at once; more are closed at once
-_BUFFER_BYTES = 4 << 20
-_MAX_FDS = 64
 _receive_buffers = shm.ReceiveBuffers()
 
 
@@ -47,101 +39,6 @@ def host_id() -> str:
             return f.read().strip()
     except OSError:
         return socket.gethostname()
-
-
-def _tune(sock: socket.socket) -> None:
-    if sock.family in (socket.AF_INET, socket.AF_INET6):
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    for option in (socket.SO_SNDBUF, socket.SO_RCVBUF):
-        try:
-            sock.setsockopt(socket.SOL_SOCKET, option, _BUFFER_BYTES)
-        except OSError:
-            pass
-
-
-def _send_all(sock: socket.socket, buffers: List[Any], fds: Sequence[int] = ()) -> None:
-    """Sends every byte of ``buffers``, and ``fds`` along with the first of them, at most _MAX_FDS
-    descriptors to a message (the receiver's buffer for them holds no more): each group but the last
-    rides on one byte of its own."""
-    groups = [list(fds[i:i + _MAX_FDS]) for i in range(0, len(fds), _MAX_FDS)]
-    while buffers:
-        ancillary = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", groups.pop(0)))] if groups else []
-        sent = sock.sendmsg([memoryview(buffers[0])[:1]] if groups else buffers, ancillary)
-        while buffers and sent >= len(buffers[0]):
-            sent -= len(buffers[0])
-            buffers.pop(0)
-        if buffers and sent:
-            buffers[0] = memoryview(buffers[0])[sent:]
-
-
-class _Reader:
-    """Exact reads from a socket, collecting descriptors passed along the way; with a ``deadline``
-    (time.monotonic), every read together must be over by then."""
-
-    def __init__(self, sock: socket.socket, deadline: Optional[float] = None):
-        self.sock = sock
-        self.fds: List[int] = []
-        self._unix = sock.family == socket.AF_UNIX
-        self._deadline = deadline
-
-    def into(self, view: memoryview) -> None:
-        got, size = 0, len(view)
-        while got < size:
-            if self._deadline is not None:
-                remaining = self._deadline - time.monotonic()
-                if remaining <= 0:
-                    raise TimeoutError("the peer took too long")
-                self.sock.settimeout(remaining)
-            # MSG_WAITALL: woken once when the whole of it is there, not once per chunk the sender's
-            # kernel queues (each wake-up costs more than the copy, and takes the GIL from the sender)
-            if self._unix:
-                n, ancillary, _, _ = self.sock.recvmsg_into([view[got:]], socket.CMSG_SPACE(_MAX_FDS * 4),
-                                                            socket.MSG_WAITALL)
-                for level, kind, data in ancillary:
-                    if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
-                        fds = array.array("i")
-                        fds.frombytes(data[: len(data) - len(data) % fds.itemsize])
-                        self.fds.extend(fds)
-            else:
-                n = self.sock.recv_into(view[got:], size - got, socket.MSG_WAITALL)
-            if not n:
-                raise EOFError("the peer closed the connection")
-            got += n
-
-    def close_stray_fds(self) -> None:
-        fds, self.fds = self.fds, []
-        for fd in fds:
-            try:
-                os.close(fd)
-            except OSError:
-                pass
-
-    def exactly(self, size: int) -> bytearray:
-        buffer = bytearray(size)
-        if size:
-            self.into(memoryview(buffer))
-        return buffer
-
-    def skip(self, size: int) -> None:
-        scratch = memoryview(bytearray(min(size, 1 << 20)))
-        while size:
-            step = min(size, len(scratch))
-            self.into(scratch[:step])
-            size -= step
-
-    def message(self, cls, limit: int = MAX_HEADER_BYTES):
-        (length,) = _LENGTH.unpack(self.exactly(_LENGTH.size))
-        if length > limit:
-            raise errors.InvalidArgument(f"a {cls.__name__} of {length} bytes is over the limit of {limit}")
-        try:
-            return cls.FromString(bytes(self.exactly(length)))
-        except DecodeError as exc:
-            raise errors.InvalidArgument(f"undecodable {cls.__name__} ({exc})") from None
-
-
-def _write_message(sock: socket.socket, message) -> None:
-    data = message.SerializeToString()
-    _send_all(sock, [_LENGTH.pack(len(data)), data])
 
 
 class SocketTransport:
@@ -186,7 +83,7 @@ class SocketTransport:
                     streamed.append(view)
             header = pb.Frame(id=frame_id, **{kind: message}).SerializeToString()
             try:
-                _send_all(self.sock, [_LENGTH.pack(len(header)), header, *streamed], fds)
+                framing.send_all(self.sock, [framing.LENGTH.pack(len(header)), header, *streamed], fds)
             except OSError as exc:
                 raise errors.Unavailable(f"connection to {self.link.peer} lost: {exc}") from None
 
@@ -210,11 +107,11 @@ class SocketTransport:
     # ------------------------------------------------------------------ receiving
 
     def start(self) -> None:
-        reader = _Reader(self.sock)
+        reader = framing.Reader(self.sock)
         threading.Thread(target=self._read, args=(reader,), name=f"distautograd-recv-{self.link.peer}",
                          daemon=True).start()
 
-    def _read(self, reader: _Reader) -> None:
+    def _read(self, reader: framing.Reader) -> None:
         """Reads frames until the connection ends, or until reading is given away while this thread
         runs a call it read (see reading.py): a standby thread then goes on from the next frame."""
         link = self.link
@@ -230,7 +127,7 @@ class SocketTransport:
         except Exception as exc:
             link.close(errors.Internal(f"reading from {link.peer} failed: {exc!r}"))
 
-    def _read_one(self, reader: _Reader) -> None:
+    def _read_one(self, reader: framing.Reader) -> None:
         # One frame per call, so nothing of it (a big buffer, a shared segment) outlives its delivery
         # while the thread waits for the next one.
         frame = reader.message(pb.Frame)
@@ -248,7 +145,7 @@ class SocketTransport:
         if attachments is not None:
             self.link.deliver(frame, attachments)
 
-    def _attachments(self, reader: _Reader, frame: pb.Frame, described: pb.Attachments) -> Optional[List[Any]]:
+    def _attachments(self, reader: framing.Reader, frame: pb.Frame, described: pb.Attachments) -> Optional[List[Any]]:
         sizes = list(described.streamed_sizes)
         shared = described.shared
         try:
@@ -345,9 +242,9 @@ def connect(
     try:
         sock.settimeout(timeout)
         sock.connect(target)
-        _tune(sock)
-        _write_message(sock, hello)
-        welcome = _Reader(sock, time.monotonic() + timeout).message(pb.Welcome, MAX_HELLO_BYTES)
+        framing.tune(sock)
+        framing.write_message(sock, hello)
+        welcome = framing.Reader(sock, time.monotonic() + timeout).message(pb.Welcome, MAX_HELLO_BYTES)
         if welcome.error:
             raise errors.for_status(errors.status_code(welcome.code))(welcome.error)
         sock.settimeout(None)
@@ -425,15 +322,15 @@ class Listener:
 
     def _greet(self, sock: socket.socket) -> None:
         try:
-            _tune(sock)
-            hello = _Reader(sock, time.monotonic() + HANDSHAKE_SECONDS).message(pb.Hello, MAX_HELLO_BYTES)
+            framing.tune(sock)
+            hello = framing.Reader(sock, time.monotonic() + HANDSHAKE_SECONDS).message(pb.Hello, MAX_HELLO_BYTES)
             same_user = security.peer_uid(sock) == os.getuid()
             refusal = self._refusal(hello, same_user)
             if refusal is not None:
-                _write_message(sock, refusal)
+                framing.write_message(sock, refusal)
                 sock.close()
                 return
-            _write_message(sock, pb.Welcome(world_token=self._security.welcome_token() if same_user else ""))
+            framing.write_message(sock, pb.Welcome(world_token=self._security.welcome_token() if same_user else ""))
             if hello.token_only:
                 sock.close()
                 return

@@ -186,11 +186,11 @@ def test_zero_gradients_travel_as_a_shape_not_as_tensors(monkeypatch):
 def test_no_round_before_gradients_move_what_a_send_sets_off_travels_with_it(monkeypatch):
     """The reply of a nested chain carries which send points its gradient sets off (worker1's and,
     through it, worker2's), so the caller knows the whole pass from its own graph and asks nobody."""
-    from distautograd.runtime.backward import Backward
     from distautograd.runtime.current import get as current_agent
+    from distautograd.runtime.reach import Reach
 
     asked = []
-    monkeypatch.setattr(Backward, "_reach", lambda self, *args: asked.append(args))
+    monkeypatch.setattr(Reach, "_reach", lambda self, *args: asked.append(args))
     w = torch.randn(3, requires_grad=True)
     with dist_autograd.context() as context_id:
         y = rpc.rpc_sync("worker1", remote.nested_add, args=("worker2", w, 1))

@@ -8,8 +8,6 @@
 - A wrong gradient from a peer still fails the pass with torch's message (the engine checks it).
 """
 
-import threading
-
 import pytest
 import torch
 

@@ -33,3 +33,7 @@ def test_file_init_method_needs_no_master_address_and_can_be_used_again(tmp_path
 
 def test_ddp_inside_a_distributed_context_averages_over_the_group_as_torch_does():
     run_spawned(spawned.ddp_inside_a_distributed_context, nprocs=2)
+
+
+def test_all_gather_and_wait_all_workers_across_the_world():
+    run_spawned(spawned.collectives_of_torchs_private_api, nprocs=3)

@@ -122,3 +122,17 @@ def ddp_inside_a_distributed_context(rank: int, world_size: int, port: int) -> N
     assert torch.equal(model.module.weight.grad, local), "the context pass changed .grad"
     rpc.shutdown()
     dist.destroy_process_group()
+
+
+def collectives_of_torchs_private_api(rank: int, world_size: int, port: int) -> None:
+    """rpc.api._all_gather over the whole world and _wait_all_workers, as torch's tests use them."""
+    _master(port)
+    rpc.init_rpc(f"worker{rank}", rank=rank, world_size=world_size, rpc_backend_options=_options())
+    gathered = rpc.api._all_gather(rank * 10)
+    assert gathered == {f"worker{r}": r * 10 for r in range(world_size)}, gathered
+    if rank == 0:
+        time.sleep(1.0)  # the others wait here for rank 0
+    started = time.monotonic()
+    rpc.api._wait_all_workers(timeout=30)
+    assert rank == 0 or time.monotonic() - started > 0.5, "_wait_all_workers returned before everyone came"
+    rpc.shutdown()

@@ -1,0 +1,78 @@
+"""Which send points a backward pass reaches: what travelled with the tensors, and asking the holders of the rest.
+
+The activations of a send point (engine.activations) usually travel with the tensor, so the root
+knows the whole set from its own graph. Where they were too many to travel, the root asks the
+workers that hold those send points, round after round, until nothing is unknown.
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import Future
+from typing import Callable, Dict, List, Optional, Set
+
+from distautograd import errors
+from distautograd.engine import activations
+from distautograd.ids import IdMint, rank_of
+from distautograd.protocol.v1 import messages_pb2 as pb
+from distautograd.runtime.contexts import Context, ContextStore
+from distautograd.runtime.peers import Peers
+
+_REACH_ROUNDS = 64
+
+
+class Reach:
+    def __init__(self, mint: IdMint, peers: Peers, contexts: ContextStore, timeout: Callable[[], Optional[float]]):
+        self._mint = mint
+        self._peers = peers
+        self._contexts = contexts
+        self._timeout = timeout
+
+    @property
+    def rank(self) -> int:
+        return self._mint.rank
+
+    def active_sends(self, ctx: Context, edges) -> Set[int]:
+        """Every send point the pass reaches; asks the workers that hold those whose activations did not travel."""
+        found = activations.union(ctx.activations.of(edge.node) for edge in edges)
+        active, unknown = set(found.ids), set(found.unknown)
+        asked: Set[int] = set()
+        for _ in range(_REACH_ROUNDS):
+            unknown -= asked
+            if not unknown:
+                return active
+            asked |= unknown
+            by_rank: Dict[int, List[int]] = {}
+            for message_id in unknown:
+                by_rank.setdefault(rank_of(message_id), []).append(message_id)
+            unknown = set()
+            futures = [(rank, self._reach(ctx.id, rank, ids)) for rank, ids in by_rank.items()]
+            for rank, future in futures:
+                for reach in future.result():
+                    active.update(reach.activates)
+                    unknown.update(reach.unknown)
+        raise errors.Internal(f"could not work out which send points the backward pass of context {ctx.id} reaches")
+
+    def _reach(self, context_id: int, rank: int, ids: List[int]) -> Future:
+        result: Future = Future()
+        if rank == self.rank:
+            result.set_result(self._describe_reach(ids))
+            return result
+        request = pb.Request(reach=pb.ReachRequest(context_id=context_id, message_ids=ids))
+
+        def done(response, attachments, error) -> None:
+            result.set_exception(error) if error is not None else result.set_result(list(response.reach.reaches))
+
+        self._peers.request(rank, request, (), self._timeout(), done)
+        return result
+
+    def _describe_reach(self, ids) -> List[pb.Reach]:
+        reaches = []
+        for message_id in ids:
+            point = self._contexts.send_point(message_id)
+            ctx = self._contexts.get(point.context_id)
+            found = ctx.activations.of(point.edge.node)
+            reaches.append(pb.Reach(message_id=message_id, activates=sorted(found.ids), unknown=sorted(found.unknown)))
+        return reaches
+
+    def handle_reach(self, link, body: pb.ReachRequest, attachments) -> pb.Response:
+        return pb.Response(reach=pb.ReachReply(reaches=self._describe_reach(body.message_ids)))

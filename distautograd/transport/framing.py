@@ -1,0 +1,119 @@
+"""Frames on a byte stream: a length, a protobuf header, then raw attachments; and the exact reads that take them.
+
+Sending gathers every buffer of a frame into as few ``sendmsg`` calls as it can, passing file
+descriptors (shared memory) along with the first bytes; reading fills the very buffers tensors
+are made from, collecting any descriptors that came along, within an optional deadline.
+"""
+
+from __future__ import annotations
+
+import array
+import os
+import socket
+import struct
+import time
+from typing import Any, List, Optional, Sequence
+
+from google.protobuf.message import DecodeError
+
+from distautograd import errors
+
+LENGTH = struct.Struct("<I")
+MAX_HEADER_BYTES = 16 << 20  # a frame's protobuf part; tensors travel beside it
+BUFFER_BYTES = 4 << 20
+MAX_FDS = 64
+
+
+def tune(sock: socket.socket) -> None:
+    if sock.family in (socket.AF_INET, socket.AF_INET6):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    for option in (socket.SO_SNDBUF, socket.SO_RCVBUF):
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, option, BUFFER_BYTES)
+        except OSError:
+            pass
+
+
+def send_all(sock: socket.socket, buffers: List[Any], fds: Sequence[int] = ()) -> None:
+    """Sends every byte of ``buffers``, and ``fds`` along with the first of them, at most MAX_FDS
+    descriptors to a message (the receiver's buffer for them holds no more): each group but the last
+    rides on one byte of its own."""
+    groups = [list(fds[i:i + MAX_FDS]) for i in range(0, len(fds), MAX_FDS)]
+    while buffers:
+        ancillary = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", groups.pop(0)))] if groups else []
+        sent = sock.sendmsg([memoryview(buffers[0])[:1]] if groups else buffers, ancillary)
+        while buffers and sent >= len(buffers[0]):
+            sent -= len(buffers[0])
+            buffers.pop(0)
+        if buffers and sent:
+            buffers[0] = memoryview(buffers[0])[sent:]
+
+
+class Reader:
+    """Exact reads from a socket, collecting descriptors passed along the way; with a ``deadline``
+    (time.monotonic), every read together must be over by then."""
+
+    def __init__(self, sock: socket.socket, deadline: Optional[float] = None):
+        self.sock = sock
+        self.fds: List[int] = []
+        self._unix = sock.family == socket.AF_UNIX
+        self._deadline = deadline
+
+    def into(self, view: memoryview) -> None:
+        got, size = 0, len(view)
+        while got < size:
+            if self._deadline is not None:
+                remaining = self._deadline - time.monotonic()
+                if remaining <= 0:
+                    raise TimeoutError("the peer took too long")
+                self.sock.settimeout(remaining)
+            # MSG_WAITALL: woken once when the whole of it is there, not once per chunk the sender's
+            # kernel queues (each wake-up costs more than the copy, and takes the GIL from the sender)
+            if self._unix:
+                n, ancillary, _, _ = self.sock.recvmsg_into([view[got:]], socket.CMSG_SPACE(MAX_FDS * 4),
+                                                            socket.MSG_WAITALL)
+                for level, kind, data in ancillary:
+                    if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                        fds = array.array("i")
+                        fds.frombytes(data[: len(data) - len(data) % fds.itemsize])
+                        self.fds.extend(fds)
+            else:
+                n = self.sock.recv_into(view[got:], size - got, socket.MSG_WAITALL)
+            if not n:
+                raise EOFError("the peer closed the connection")
+            got += n
+
+    def close_stray_fds(self) -> None:
+        fds, self.fds = self.fds, []
+        for fd in fds:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+    def exactly(self, size: int) -> bytearray:
+        buffer = bytearray(size)
+        if size:
+            self.into(memoryview(buffer))
+        return buffer
+
+    def skip(self, size: int) -> None:
+        scratch = memoryview(bytearray(min(size, 1 << 20)))
+        while size:
+            step = min(size, len(scratch))
+            self.into(scratch[:step])
+            size -= step
+
+    def message(self, cls, limit: int = MAX_HEADER_BYTES):
+        (length,) = LENGTH.unpack(self.exactly(LENGTH.size))
+        if length > limit:
+            raise errors.InvalidArgument(f"a {cls.__name__} of {length} bytes is over the limit of {limit}")
+        try:
+            return cls.FromString(bytes(self.exactly(length)))
+        except DecodeError as exc:
+            raise errors.InvalidArgument(f"undecodable {cls.__name__} ({exc})") from None
+
+
+def write_message(sock: socket.socket, message) -> None:
+    data = message.SerializeToString()
+    send_all(sock, [LENGTH.pack(len(data)), data])
