@@ -46,23 +46,33 @@ def graph_part(context_id: int) -> dict:
 def gather(context_id: int, roots: Sequence[torch.Tensor] = ()) -> dict:
     """On the worker that owns the context: every worker's part, following whom each exchanged
     tensors with, joined into one graph (views.graphdata.join)."""
-    agent = current.get()
-    ctx = agent.contexts.get(context_id)
+    ctx = current.get().contexts.get(context_id)
     parts = [describe(ctx, roots)]
+
+    def ask(agent, name: str) -> List[str]:
+        reply = agent.calls.invoke(agent.world.resolve(name), graph_part, (context_id,), {}, UNSET_TIMEOUT).wait()
+        parts.append(reply["part"])
+        return reply["peers"]
+
+    _each_worker(ctx, ask)
+    return graphdata.join(parts)
+
+
+def _each_worker(ctx: Context, ask: Callable) -> None:
+    """``ask(agent, name)`` of every other worker that took part in ``ctx`` (each says whom it
+    exchanged tensors with, so workers two hops away are found too), outside the context."""
+    agent = current.get()
     asked, queue = {agent.name}, list(peers_of(ctx))
-    previous = agent.contexts.swap(None)  # asking for the parts is no call of the context
+    previous = agent.contexts.swap(None)  # asking is no call of the context
     try:
         while queue:
             name = queue.pop(0)
             if name in asked:
                 continue
             asked.add(name)
-            reply = agent.calls.invoke(agent.world.resolve(name), graph_part, (context_id,), {}, UNSET_TIMEOUT).wait()
-            parts.append(reply["part"])
-            queue.extend(peer for peer in reply["peers"] if peer not in asked)
+            queue.extend(peer for peer in ask(agent, name) if peer not in asked)
     finally:
         agent.contexts.swap(previous)
-    return graphdata.join(parts)
 
 
 @trusted_global
@@ -85,21 +95,15 @@ def gather_trace(context_id: int) -> dict:
     agent = current.get()
     ctx = agent.contexts.get(context_id)
     parts = [(agent.name, 0.0, trace.take(context_id))]
-    asked, queue = {agent.name}, list(peers_of(ctx))
-    previous = agent.contexts.swap(None)
-    try:
-        while queue:
-            name = queue.pop(0)
-            if name in asked:
-                continue
-            asked.add(name)
-            sent = trace.now_us()
-            reply = agent.calls.invoke(agent.world.resolve(name), trace_part, (context_id,), {}, UNSET_TIMEOUT).wait()
-            offset = reply["now_us"] - (sent + trace.now_us()) / 2  # its clock ahead of ours, give or take the trip
-            parts.append((reply["worker"], offset, reply["events"]))
-            queue.extend(peer for peer in reply["peers"] if peer not in asked)
-    finally:
-        agent.contexts.swap(previous)
+
+    def ask(agent, name: str) -> List[str]:
+        sent = trace.now_us()
+        reply = agent.calls.invoke(agent.world.resolve(name), trace_part, (context_id,), {}, UNSET_TIMEOUT).wait()
+        offset = reply["now_us"] - (sent + trace.now_us()) / 2  # its clock ahead of ours, give or take the trip
+        parts.append((reply["worker"], offset, reply["events"]))
+        return reply["peers"]
+
+    _each_worker(ctx, ask)
     return trace.assemble(parts)
 
 
