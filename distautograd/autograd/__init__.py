@@ -47,16 +47,16 @@ class context:
         return self._ctx.id
 
     def __exit__(self, *exc) -> None:
-        if self._trace_file is not None:
-            try:
-                with open(self._trace_file, "w") as f:
+        path, self._trace_file = self._trace_file, None
+        try:
+            if path is not None:  # before the context goes: the other workers drop its events with it
+                with open(path, "w") as f:
                     json.dump(inspection.gather_trace(self._ctx.id), f)
-            finally:
-                self._trace_file = None
-        if self._mode is not None:
-            self._mode.__exit__(None, None, None)
-            self._mode = None
-        current.get().contexts.exit(self._ctx)
+        finally:
+            if self._mode is not None:
+                self._mode.__exit__(None, None, None)
+                self._mode = None
+            current.get().contexts.exit(self._ctx)
 
 
 def backward(context_id: int, roots: List[torch.Tensor], retain_graph: Optional[bool] = None,

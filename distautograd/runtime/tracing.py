@@ -9,9 +9,8 @@ from __future__ import annotations
 import threading
 from typing import Callable, Optional
 
+from distautograd.runtime.inspection import TRACE
 from distautograd.views import trace
-
-TRACE = 2  # the Context.inspect bit (runtime.inspection.TRACE)
 
 
 def on(ctx) -> bool:
