@@ -13,6 +13,7 @@ start and end, and aborts passes whose participants die.
 
 from __future__ import annotations
 
+import collections
 import logging
 import threading
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
@@ -40,6 +41,7 @@ log = logging.getLogger("distautograd")
 
 PUSH_RETRIES = 2
 PLAN_INLINE_LIMIT = 512  # active sends a plan may hold and still ride along with every push
+ENDED_MEMORY = 4096  # passes that ended here, remembered so gradients arriving late cannot revive them
 
 
 class Backward:
@@ -68,6 +70,7 @@ class Backward:
         self.handle_reach = self._reach.handle_reach
         self._parts: Dict[PassKey, Part] = {}
         self._drives: Dict[PassKey, Drive] = {}
+        self._ended: "collections.OrderedDict[PassKey, None]" = collections.OrderedDict()
         self._lock = threading.Lock()
         contexts.on_release.append(self._context_released)
 
@@ -76,8 +79,14 @@ class Backward:
         return self._mint.rank
 
     def passes_in_flight(self) -> int:
+        return len(self.in_flight())
+
+    def in_flight(self) -> List[Tuple[int, int, int]]:
+        """(context id, pass id, root's rank) of every pass going on here, driven or taken part in."""
         with self._lock:
-            return len(self._parts) + sum(1 for key in self._drives if key not in self._parts)
+            keys = {key: part.root for key, part in self._parts.items()}
+            keys.update((key, self.rank) for key in self._drives)
+        return sorted((context_id, pass_id, root) for (context_id, pass_id), root in keys.items())
 
     # ------------------------------------------------------------------ the root
 
@@ -132,7 +141,7 @@ class Backward:
                 tracing.root_pass(ctx, began, len(drive.participants))
             with self._lock:
                 self._drives.pop(key, None)
-                self._parts.pop(key, None)
+                self._end(key)
             self._tell_coordinator(pb.PassEvent(context_id=ctx.id, pass_id=pass_id, ended=True,
                                                 failed=drive.result.exception() is not None, leaves=drive.leaves))
 
@@ -171,14 +180,25 @@ class Backward:
         for message_id, grad in early:
             local.arrive(message_id, [grad])
 
-    def _part(self, context_id: int, pass_id: int, root: int, src: int) -> Part:
+    def _part(self, context_id: int, pass_id: int, root: int, src: int) -> Optional[Part]:
+        """This worker's part of a pass, made when the first message of the pass arrives; None once the
+        pass ended here (finished or aborted): what still arrives for it is dropped."""
+        if not context_id:
+            raise errors.InvalidArgument("a backward message must name its distributed autograd context")
         key = (context_id, pass_id)
         with self._lock:
             part = self._parts.get(key)
-            if part is None:
+            if part is None and key not in self._ended:
                 ctx = self._contexts.for_incoming(context_id, src)
                 part = self._parts[key] = Part(ctx, pass_id, root)
             return part
+
+    def _end(self, key: PassKey) -> Optional[Part]:
+        """Forgets the part of a pass that ended here, and remembers that it did. Holds self._lock."""
+        self._ended[key] = None
+        while len(self._ended) > ENDED_MEMORY:
+            self._ended.popitem(last=False)
+        return self._parts.pop(key, None)
 
     def handle_push(self, link, body: pb.PushGradients, attachments) -> None:
         """Runs what the gradients complete, on the thread that read them; should a backward
@@ -196,6 +216,8 @@ class Backward:
 
     def _take_push(self, link, body: pb.PushGradients, attachments) -> None:
         part = self._part(body.context_id, body.pass_id, body.root, link.peer_rank)
+        if part is None:
+            return
         if body.done:
             self._learn_done(part, body.done)
         try:
@@ -220,7 +242,8 @@ class Backward:
 
     def handle_run(self, link, body: pb.RunBackward, attachments) -> None:
         part = self._part(body.context_id, body.pass_id, body.plan.root, link.peer_rank)
-        self._start_part(part, body.plan)
+        if part is not None:
+            self._start_part(part, body.plan)
 
     def _learn_done(self, part: Part, done) -> None:
         """Parts a push says are done: the root counts them, anyone else passes them on."""
@@ -283,7 +306,7 @@ class Backward:
             self._report(key, self.rank, error, leaves)
             return
         with self._lock:
-            self._parts.pop(key, None)
+            self._end(key)
         with part.lock:
             learned, part.learned = part.learned, []
         if part.told and error is None and not learned:
@@ -353,7 +376,7 @@ class Backward:
         key = (body.context_id, body.pass_id)
         with self._lock:
             drive = self._drives.get(key)
-            part = self._parts.pop(key, None) if drive is None else None
+            part = self._end(key) if drive is None else None
         if drive is not None:  # the coordinator says a participant died
             self._fail(drive, errors.from_proto(body.error, self._resolve_type))
         elif part is not None:
@@ -373,7 +396,7 @@ class Backward:
             drives = [d for d in self._drives.values() if departure.rank in d.participants]
             parts = [(k, p) for k, p in self._parts.items() if p.root == departure.rank]
             for key, _ in parts:
-                self._parts.pop(key, None)
+                self._end(key)
         how = "died" if departure.failed else "left"
         for drive in drives:
             self._fail(drive, errors.Unavailable(

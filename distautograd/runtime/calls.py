@@ -122,6 +122,8 @@ class Calls:
         if not callable(func):
             raise TypeError(f"func must be callable, got {type(func).__name__}")
         ctx = self._contexts.current()
+        if ctx is not None:
+            ctx.met(to.id)  # the callee makes the context on arrival: it must hear of its release
         value, attachments = self._codec.encode((func, tuple(args or ()), dict(kwargs or {})), to.id, ctx)
         call = pb.Call(function=value, context_id=ctx.id if ctx else 0, create_rref=create_rref, creator_fork=creator_fork,
                        anomaly=anomaly.requested(ctx.anomaly) if ctx else 0, inspect=ctx.inspect if ctx else 0)
@@ -154,6 +156,8 @@ class Calls:
     def fetch(self, rref: RRef, timeout: float = UNSET_TIMEOUT) -> torch.futures.Future:
         """The value of ``rref``, copied from its owner."""
         ctx = self._contexts.current()
+        if ctx is not None:
+            ctx.met(rref._owner)
         body = pb.FetchRRef(rref_id=rref._id, context_id=ctx.id if ctx else 0)
         result = Answer()
         complete = self._completion(result, rref._owner, ctx, rref._created)

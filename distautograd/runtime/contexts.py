@@ -76,7 +76,7 @@ class Context:
         self.sends: Dict[int, SendPoint] = {}
         self.recvs: Dict[int, RecvPoint] = {}
         self.store = GradStore()
-        self.peers: Set[int] = set()  # ranks this worker exchanged tensors with in this context
+        self.peers: Set[int] = set()  # ranks that know this context: it is released there when it ends
         self.activations = Activations()
         self.reported = False  # a pass of this context was reported to the coordinator
         self.anomaly = 0  # anomaly detection flags (runtime.anomaly): 0 when off
@@ -85,6 +85,11 @@ class Context:
         self.runs: Dict[object, dict] = {}  # node -> what passes did to it (when inspect asks)
         self.passes = 0  # passes this worker took part in
         self.messages: Dict[str, Dict[int, List[int]]] = {"sent": {}, "received": {}}  # message -> its points
+
+    def met(self, rank: int) -> None:
+        """``rank`` heard of this context (a call or a fetch in it): it is released there too."""
+        with self.lock:
+            self.peers.add(rank)
 
     def gradients(self) -> Dict[torch.Tensor, torch.Tensor]:
         return self.store.snapshot()
@@ -243,8 +248,7 @@ class ContextStore:
                 ctx = self._contexts[context_id] = Context(context_id)
                 orphan = not self._is_member(rank_of(context_id))
         if peer >= 0:
-            with ctx.lock:
-                ctx.peers.add(peer)
+            ctx.met(peer)
         if orphan:
             self._deadlines.schedule(self._ttl, lambda: self.release(context_id))
         return ctx

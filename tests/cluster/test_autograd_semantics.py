@@ -7,9 +7,13 @@ import torch
 
 from distautograd import autograd as dist_autograd
 from distautograd import rpc
+from distautograd.encoding import pickling
 from distautograd.ids import rank_of
+from distautograd.protocol.v1 import messages_pb2 as pb
+from distautograd.runtime.current import get as current_agent
 from tests.helpers import remote
 from tests.helpers.processes import outside_context, poll_for
+from tests.helpers.socket_peer import RawSocketPeer
 
 pytestmark = pytest.mark.usefixtures("trainer")
 WORKERS = ("worker1", "worker2", "worker3")
@@ -47,9 +51,46 @@ def test_the_receiver_makes_its_side_on_first_use_and_everyone_frees_it_on_exit(
         assert poll_for(lambda: context_id not in contexts_on(name)), name
 
 
-def test_only_tensors_that_require_grad_get_send_points():
-    from distautograd.runtime.current import get as current_agent
+def test_a_context_that_only_named_the_callee_is_freed_there_too():
+    """A call or a fetch without a tensor that requires grad still makes the context on the callee
+    (its own calls carry it on); ending the context must free it there as well."""
+    with dist_autograd.context() as context_id:
+        assert rpc.rpc_sync("worker1", remote.add, args=(2, 3)) == 5
+        rref = rpc.remote("worker2", torch.ones, args=(2,))
+        assert torch.equal(rref.to_here(), torch.ones(2))
+        assert context_id in contexts_on("worker1")
+        assert context_id in contexts_on("worker2")
+    for name in ("worker1", "worker2"):
+        assert poll_for(lambda: context_id not in contexts_on(name)), name
 
+
+def test_gradients_that_arrive_after_a_pass_was_aborted_do_not_revive_it():
+    """A push still on its way when its pass is aborted is dropped: it must not make the pass again
+    and leave it waiting for gradients that never come (until the context ends)."""
+    path = current_agent().world.entry(rpc.get_worker_info("worker1").id).unix_path
+    with dist_autograd.context() as context_id:
+        rpc.rpc_sync("worker1", remote.add, args=(torch.ones(2, requires_grad=True), 1))
+        peer = RawSocketPeer(path)
+        try:
+            def passes():
+                return outside_context(rpc.rpc_sync, "worker1", remote.passes_in_flight)
+
+            push = pb.Request(push_gradients=pb.PushGradients(context_id=context_id, pass_id=77, message_ids=[],
+                                                               gradients=pb.Value(pickle=pickling.dumps([], lambda o: None)),
+                                                               root=60000))
+            peer.send_frame(pb.Frame(id=0, request=push))
+            assert poll_for(lambda: passes() == [(context_id, 77, 60000)]), passes()
+            peer.send_frame(pb.Frame(id=0, request=pb.Request(abort_backward=pb.AbortBackward(
+                context_id=context_id, pass_id=77))))
+            assert poll_for(lambda: passes() == []), passes()
+            peer.send_frame(pb.Frame(id=0, request=push))  # late
+            assert rpc.rpc_sync("worker1", remote.add, args=(2, 3)) == 5  # read after the push
+            assert passes() == []
+        finally:
+            peer.close()
+
+
+def test_only_tensors_that_require_grad_get_send_points():
     with dist_autograd.context() as context_id:
         rpc.rpc_sync("worker1", remote.echo, args=([torch.ones(2), torch.ones(2, requires_grad=True)],))
         ctx = current_agent().contexts.get(context_id)
@@ -186,7 +227,6 @@ def test_zero_gradients_travel_as_a_shape_not_as_tensors(monkeypatch):
 def test_no_round_before_gradients_move_what_a_send_sets_off_travels_with_it(monkeypatch):
     """The reply of a nested chain carries which send points its gradient sets off (worker1's and,
     through it, worker2's), so the caller knows the whole pass from its own graph and asks nobody."""
-    from distautograd.runtime.current import get as current_agent
     from distautograd.runtime.reach import Reach
 
     asked = []

@@ -11,6 +11,7 @@ from distautograd import autograd as dist_autograd
 from distautograd import rpc
 from tests.helpers import higher
 from tests.helpers import remote as remote_helpers
+from tests.helpers.processes import poll_for
 
 pytestmark = pytest.mark.usefixtures("trainer")
 WORKERS = ("worker1", "worker2", "worker3")
@@ -139,11 +140,11 @@ def test_contexts_and_graphs_of_both_orders_are_freed_when_the_contexts_end():
         g = dist_autograd.get_gradients(first)[x]
         dist_autograd.backward(first, [(g ** 2).sum()])
     del loss, g
-    from tests.helpers.processes import poll_for
-
     for name in ("trainer", *WORKERS):  # other tests share these workers: look for this context only
         assert poll_for(lambda: first not in rpc.rpc_sync(name, remote_helpers.context_ids)), name
-        assert poll_for(lambda: rpc.rpc_sync(name, remote_helpers.debug_info)["num_current_backward_passes"] == 0)
+        assert poll_for(lambda: not [p for p in rpc.rpc_sync(name, remote_helpers.passes_in_flight) if p[0] == first]), name
+        info = rpc.rpc_sync(name, remote_helpers.debug_info)
+        assert info["num_current_backward_passes"] == 0, (name, rpc.rpc_sync(name, remote_helpers.passes_in_flight))
 
 
 def test_every_node_of_both_orders_runs_once_and_an_unused_send_blocks_neither():

@@ -189,6 +189,12 @@ def context_ids():
     return current_agent().contexts.ids()
 
 
+def passes_in_flight():
+    from distautograd.runtime.current import get as current_agent
+
+    return current_agent().backward.in_flight()
+
+
 
 
 def owner_rref_backward(x):
