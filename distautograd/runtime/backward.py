@@ -188,9 +188,12 @@ class Backward:
         key = (context_id, pass_id)
         with self._lock:
             part = self._parts.get(key)
-            if part is None and key not in self._ended:
-                ctx = self._contexts.for_incoming(context_id, src)
-                part = self._parts[key] = Part(ctx, pass_id, root)
+            if part is not None or key in self._ended:
+                return part
+            if root == self.rank:  # the root makes its part before anyone hears of the pass
+                raise errors.InvalidArgument(f"{self.name} drives no backward pass {pass_id} of context {context_id}")
+            ctx = self._contexts.for_incoming(context_id, src)
+            part = self._parts[key] = Part(ctx, pass_id, root)
             return part
 
     def _end(self, key: PassKey) -> Optional[Part]:

@@ -84,7 +84,9 @@ def test_gradients_that_arrive_after_a_pass_was_aborted_do_not_revive_it():
                 context_id=context_id, pass_id=77))))
             assert poll_for(lambda: passes() == []), passes()
             peer.send_frame(pb.Frame(id=0, request=push))  # late
-            assert rpc.rpc_sync("worker1", remote.add, args=(2, 3)) == 5  # read after the push
+            push.push_gradients.pass_id, push.push_gradients.root = 78, rpc.get_worker_info("worker1").id
+            peer.send_frame(pb.Frame(id=0, request=push))  # says worker1 drives a pass it never started
+            assert rpc.rpc_sync("worker1", remote.add, args=(2, 3)) == 5  # read after the pushes
             assert passes() == []
         finally:
             peer.close()

@@ -143,8 +143,8 @@ def test_contexts_and_graphs_of_both_orders_are_freed_when_the_contexts_end():
     for name in ("trainer", *WORKERS):  # other tests share these workers: look for this context only
         assert poll_for(lambda: first not in rpc.rpc_sync(name, remote_helpers.context_ids)), name
         assert poll_for(lambda: not [p for p in rpc.rpc_sync(name, remote_helpers.passes_in_flight) if p[0] == first]), name
-        info = rpc.rpc_sync(name, remote_helpers.debug_info)
-        assert info["num_current_backward_passes"] == 0, (name, rpc.rpc_sync(name, remote_helpers.passes_in_flight))
+        assert poll_for(lambda: rpc.rpc_sync(name, remote_helpers.debug_info)["num_current_backward_passes"] == 0), (
+            name, rpc.rpc_sync(name, remote_helpers.passes_in_flight))
 
 
 def test_every_node_of_both_orders_runs_once_and_an_unused_send_blocks_neither():
