@@ -177,7 +177,7 @@ def _get_debug_info() -> Dict[str, int]:
     agent = current.get()
     return {
         "num_autograd_contexts": agent.contexts.count(),
-        "num_current_backward_passes": agent.backward.passes_in_flight(),
+        "num_current_backward_passes": len(agent.backward.in_flight()),
     }
 
 

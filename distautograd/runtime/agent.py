@@ -217,7 +217,7 @@ class Agent:
             link = self.peers.coordinator
             if link is not None:
                 link.try_notify(pb.Request(heartbeat=pb.Heartbeat(
-                    contexts=self.contexts.count(), passes=self.backward.passes_in_flight())))
+                    contexts=self.contexts.count(), passes=len(self.backward.in_flight()))))
 
     def _coordinator_lost(self, error: BaseException) -> None:
         """Without a coordinator this worker cannot be reached by newcomers: it says NOT_SERVING, stops

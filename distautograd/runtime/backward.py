@@ -13,9 +13,7 @@ start and end, and aborts passes whose participants die.
 
 from __future__ import annotations
 
-import collections
 import logging
-import threading
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
@@ -29,7 +27,7 @@ from distautograd.ids import IdMint, rank_of
 from distautograd.protocol.v1 import messages_pb2 as pb
 from distautograd.runtime.codec import Codec
 from distautograd.runtime.contexts import Context, ContextStore
-from distautograd.runtime.pass_state import Drive, Part, PassKey
+from distautograd.runtime.pass_state import Drive, Part, Passes, PassKey
 from distautograd.runtime.peers import COORDINATOR, Peers
 from distautograd.runtime.reach import Reach
 from distautograd.runtime import anomaly, inspection, tracing
@@ -41,7 +39,6 @@ log = logging.getLogger("distautograd")
 
 PUSH_RETRIES = 2
 PLAN_INLINE_LIMIT = 512  # active sends a plan may hold and still ride along with every push
-ENDED_MEMORY = 4096  # passes that ended here, remembered so gradients arriving late cannot revive them
 
 
 class Backward:
@@ -68,25 +65,16 @@ class Backward:
         self._resolve_type = resolve_type
         self._reach = Reach(mint, peers, contexts, timeout)
         self.handle_reach = self._reach.handle_reach
-        self._parts: Dict[PassKey, Part] = {}
-        self._drives: Dict[PassKey, Drive] = {}
-        self._ended: "collections.OrderedDict[PassKey, None]" = collections.OrderedDict()
-        self._lock = threading.Lock()
+        self._passes = Passes(lambda: mint.rank)
         contexts.on_release.append(self._context_released)
 
     @property
     def rank(self) -> int:
         return self._mint.rank
 
-    def passes_in_flight(self) -> int:
-        return len(self.in_flight())
-
     def in_flight(self) -> List[Tuple[int, int, int]]:
         """(context id, pass id, root's rank) of every pass going on here, driven or taken part in."""
-        with self._lock:
-            keys = {key: part.root for key, part in self._parts.items()}
-            keys.update((key, self.rank) for key in self._drives)
-        return sorted((context_id, pass_id, root) for (context_id, pass_id), root in keys.items())
+        return self._passes.in_flight()
 
     # ------------------------------------------------------------------ the root
 
@@ -110,9 +98,7 @@ class Backward:
         participants = {rank_of(m) for m in active} - {self.rank}
         drive = Drive(ctx, pass_id, participants | {self.rank})
         part = Part(ctx, pass_id, self.rank)
-        with self._lock:
-            self._drives[key] = drive
-            self._parts[key] = part
+        self._passes.begin(drive, part)
         ctx.reported = True
         with ctx.lock:
             ctx.peers.update(participants)  # released on them when the context ends
@@ -139,9 +125,7 @@ class Backward:
                 self._deadlines.cancel(expiry)
             if began:
                 tracing.root_pass(ctx, began, len(drive.participants))
-            with self._lock:
-                self._drives.pop(key, None)
-                self._end(key)
+            self._passes.end(key, driven=True)
             self._tell_coordinator(pb.PassEvent(context_id=ctx.id, pass_id=pass_id, ended=True,
                                                 failed=drive.result.exception() is not None, leaves=drive.leaves))
 
@@ -185,23 +169,13 @@ class Backward:
         pass ended here (finished or aborted): what still arrives for it is dropped."""
         if not context_id:
             raise errors.InvalidArgument("a backward message must name its distributed autograd context")
-        key = (context_id, pass_id)
-        with self._lock:
-            part = self._parts.get(key)
-            if part is not None or key in self._ended:
-                return part
+
+        def make() -> Part:
             if root == self.rank:  # the root makes its part before anyone hears of the pass
                 raise errors.InvalidArgument(f"{self.name} drives no backward pass {pass_id} of context {context_id}")
-            ctx = self._contexts.for_incoming(context_id, src)
-            part = self._parts[key] = Part(ctx, pass_id, root)
-            return part
+            return Part(self._contexts.for_incoming(context_id, src), pass_id, root)
 
-    def _end(self, key: PassKey) -> Optional[Part]:
-        """Forgets the part of a pass that ended here, and remembers that it did. Holds self._lock."""
-        self._ended[key] = None
-        while len(self._ended) > ENDED_MEMORY:
-            self._ended.popitem(last=False)
-        return self._parts.pop(key, None)
+        return self._passes.join((context_id, pass_id), make)
 
     def handle_push(self, link, body: pb.PushGradients, attachments) -> None:
         """Runs what the gradients complete, on the thread that read them; should a backward
@@ -308,8 +282,7 @@ class Backward:
         if part.root == self.rank:
             self._report(key, self.rank, error, leaves)
             return
-        with self._lock:
-            self._end(key)
+        self._passes.end(key)
         with part.lock:
             learned, part.learned = part.learned, []
         if part.told and error is None and not learned:
@@ -332,8 +305,7 @@ class Backward:
         self._report(key, link.peer_rank, error, body.leaves)
 
     def _report(self, key: PassKey, rank: int, error: Optional[BaseException], leaves: int) -> None:
-        with self._lock:
-            drive = self._drives.get(key)
+        drive = self._passes.drive(key)
         if drive is None:
             return
         if error is not None:
@@ -355,8 +327,7 @@ class Backward:
                 return
             drive.result.set_exception(error)
         key = (drive.ctx.id, drive.pass_id)
-        with self._lock:
-            part = self._parts.get(key)
+        part = self._passes.part(key)
         if part is not None:
             self._close(part)
         abort = pb.Request(abort_backward=pb.AbortBackward(
@@ -377,12 +348,12 @@ class Backward:
 
     def handle_abort(self, link, body: pb.AbortBackward, attachments) -> None:
         key = (body.context_id, body.pass_id)
-        with self._lock:
-            drive = self._drives.get(key)
-            part = self._end(key) if drive is None else None
+        drive = self._passes.drive(key)
         if drive is not None:  # the coordinator says a participant died
             self._fail(drive, errors.from_proto(body.error, self._resolve_type))
-        elif part is not None:
+            return
+        part = self._passes.end(key)
+        if part is not None:
             self._close(part)
 
     def _expire(self, drive: Drive, timeout: float) -> None:
@@ -395,33 +366,25 @@ class Backward:
 
     def on_departed(self, departure: pb.Departure) -> None:
         """A worker left or died: passes it takes part in fail, passes it drives stop here."""
-        with self._lock:
-            drives = [d for d in self._drives.values() if departure.rank in d.participants]
-            parts = [(k, p) for k, p in self._parts.items() if p.root == departure.rank]
-            for key, _ in parts:
-                self._end(key)
+        drives = [d for d in self._passes.drives() if departure.rank in d.participants]
+        parts = self._passes.of_root(departure.rank)
         how = "died" if departure.failed else "left"
         for drive in drives:
             self._fail(drive, errors.Unavailable(
                 f"worker '{departure.name}' (rank {departure.rank}) {how} during the backward pass of context "
                 f"{drive.ctx.id}: {departure.reason}", worker=departure.name))
-        for _, part in parts:
+        for part in parts:
             self._close(part)
 
     def on_coordinator_lost(self, address: str) -> None:
         """The coordinator went away: who takes part in the world is unknown until it is back."""
-        with self._lock:
-            drives = list(self._drives.values())
-        for drive in drives:
+        for drive in self._passes.drives():
             self._fail(drive, errors.Unavailable(
                 f"the coordinator at {address} went away during the backward pass of context {drive.ctx.id}; "
                 "the pass was stopped: run it again once the coordinator is back"))
 
     def _context_released(self, context_id: int) -> None:
-        with self._lock:
-            gone = [key for key in self._parts if key[0] == context_id and key not in self._drives]
-            parts = [self._parts.pop(key) for key in gone]
-        for part in parts:
+        for part in self._passes.of_context(context_id):
             self._close(part)
 
     def _as_raised(self, drive: Drive, exc: BaseException) -> BaseException:
