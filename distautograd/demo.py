@@ -20,6 +20,7 @@ from distautograd import autograd as dist_autograd
 from distautograd import rpc
 from distautograd.optim import DistributedOptimizer
 from distautograd.runtime.rendezvous import free_port
+from distautograd.views import export
 
 STAGES = 3
 WIDTH = 64
@@ -102,8 +103,6 @@ def train(steps: int, check_every: int, trace_file: str = "", graph_file: str = 
 
 def look_into_one_step(stages: List[rpc.RRef], generator: torch.Generator, trace_file: str, graph_file: str) -> None:
     """One more step, traced, and its graph: files to open in a browser (or Perfetto, for a .json trace)."""
-    from distautograd.views import export
-
     x, y = synthetic_batch(generator)
     with dist_autograd.context(trace=bool(trace_file), graph=bool(graph_file)) as context_id:
         loss = torch.nn.functional.mse_loss(forward(stages, x), y)

@@ -7,6 +7,7 @@ from typing import Dict, List, Optional, Sequence, Union
 
 import torch
 
+from distautograd.autograd.checking import gradcheck, gradgradcheck
 from distautograd.runtime import anomaly, current, inspection
 from distautograd.runtime.contexts import Context
 
@@ -187,7 +188,6 @@ def is_available() -> bool:
 
 DistAutogradContext = Context  # the type torch's private API hands out
 
-from distautograd.autograd.checking import gradcheck, gradgradcheck  # noqa: E402  (they use the above)
 
 __all__ = ["DistAutogradContext", "backward", "context", "get_gradients", "grad", "gradcheck", "gradgradcheck",
            "graph", "is_available", "trace"]

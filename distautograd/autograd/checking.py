@@ -90,12 +90,10 @@ class _FirstOrder:
         finally:
             store.swap(previous)
         root = sum(((o * g).sum() for o, g in zip(outputs, grad_outputs)), torch.zeros((), dtype=torch.float64))
-        from distautograd import autograd as dist_autograd
-
         wanted = [x for x in inputs if _differentiable(x)]
         if not root.requires_grad:
             return tuple(torch.zeros_like(x) for x in wanted)
-        dist_autograd.backward(ctx.id, [root], create_graph=True)
+        current.get().backward.backward(ctx, [root], retain_graph=True, create_graph=True)
         found = store.get(ctx.id).gradients()
         return tuple(found.get(x, torch.zeros_like(x)) for x in wanted)
 
@@ -169,11 +167,10 @@ class _Checker:
 
     def _analytical(self, outputs) -> dict:
         """(output, input) -> Jacobian, one distributed backward per output element."""
-        from distautograd import autograd as dist_autograd
-
         jac = {(o, i): torch.zeros(outputs[o].numel(), self.inputs[i].numel(), dtype=torch.float64)
                for o in self.outs for i in self.wrt}
-        store = current.get().contexts
+        agent = current.get()
+        store = agent.contexts
         for o in self.outs:
             for k in range(outputs[o].numel()):
                 ctx = store.detached()
@@ -181,7 +178,7 @@ class _Checker:
                 try:
                     root = _as_tuple(self.func(*self.inputs))[o].reshape(-1)[k]
                     if root.requires_grad:
-                        dist_autograd.backward(ctx.id, [root])
+                        agent.backward.backward(ctx, [root])
                     found = ctx.gradients()
                     self.crossed |= ctx.crossed
                 finally:

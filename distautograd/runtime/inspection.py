@@ -12,6 +12,7 @@ from typing import Callable, Dict, List, Sequence
 import torch
 
 from distautograd.encoding.allowlist import trusted_global
+from distautograd.engine.nodes import is_leaf, recv_point
 from distautograd.runtime import current
 from distautograd.runtime.contexts import Context
 from distautograd.runtime.options import UNSET_TIMEOUT
@@ -123,8 +124,6 @@ def watch_runs(ctx: Context, nodes) -> List[Callable[[], None]]:
 
 
 def _reachable(starts) -> List[object]:
-    from distautograd.engine.nodes import is_leaf, recv_point
-
     seen, stack = [], list(starts)
     marks = set()
     while stack:
