@@ -20,11 +20,15 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import importlib
 import logging
 import os
 import sys
 import traceback
+from pathlib import Path
 from typing import Callable, Dict, Optional, Sequence
+
+import torch.multiprocessing as mp
 
 from distautograd import rpc
 from distautograd.runtime.options import COORDINATOR_ENV, BackendOptions
@@ -40,9 +44,6 @@ def as_module(file: str, module: str):
     would name ``__main__.Stage``, which a worker started on its own cannot load. Running the
     program from the imported module makes it name ``pkg.x.Stage`` instead.
     """
-    import importlib
-    from pathlib import Path
-
     root = Path(file).resolve().parents[module.count(".")]
     if str(root) not in sys.path:
         sys.path.insert(0, str(root))
@@ -125,8 +126,6 @@ def _entry(rank: int, roles: Sequence[str], programs: Dict[str, Program], port: 
 
 
 def _spawn(roles: Sequence[str], programs: Dict[str, Program], options) -> int:
-    import torch.multiprocessing as mp
-
     port = free_port()
     results = mp.get_context("spawn").SimpleQueue()
     mp.start_processes(_entry, args=(roles, programs, port, options, results), nprocs=len(roles), start_method="spawn")
