@@ -15,25 +15,13 @@ from distautograd.encoding import pickling
 from distautograd.encoding.allowlist import Allowlist, is_tensor_op, program_root
 from distautograd.errors import InvalidArgument, PermissionDenied
 from tests.helpers.payloads import nested_deques
+from tests.helpers.pickled import round_trip
 
 ALLOW = Allowlist()
 
 
 def load_global(module, name, allowlist=ALLOW):
     return pickling.loads(f"c{module}\n{name}\n.".encode(), allowlist)
-
-
-def round_trip(value, allowlist=ALLOW):
-    """Through the restricted pickle with tensors set aside, as the codec sends them."""
-    kept = []
-
-    def persistent(o):
-        if isinstance(o, torch.Tensor):
-            kept.append(o)
-            return len(kept) - 1
-        return None
-
-    return pickling.loads(pickling.dumps(value, persistent), allowlist, kept.__getitem__)
 
 
 class UserThing:

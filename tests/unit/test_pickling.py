@@ -11,21 +11,9 @@ import torch
 from distautograd.errors import InvalidArgument, PermissionDenied
 from distautograd.encoding import pickling
 from distautograd.encoding.allowlist import Allowlist
+from tests.helpers.pickled import round_trip
 
 ALLOW = Allowlist()
-
-
-def round_trip(obj, allowlist=ALLOW):
-    """Through the restricted pickle, with tensors set aside as the codec does."""
-    kept = []
-
-    def persistent(o):
-        if isinstance(o, torch.Tensor):
-            kept.append(o)
-            return len(kept) - 1
-        return None
-
-    return pickling.loads(pickling.dumps(obj, persistent), allowlist, lambda pid: kept[pid])
 
 
 @pytest.mark.parametrize(
