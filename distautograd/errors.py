@@ -79,6 +79,15 @@ _BY_CODE = {cls.code: cls for cls in RpcError.__subclasses__() if cls is not Rem
 _CODE_BY_VALUE = {code.value[0]: code for code in grpc.StatusCode}
 
 
+def failure(future) -> Optional[BaseException]:
+    """The exception a completed future (torch's) holds, or None."""
+    try:
+        future.value()
+    except BaseException as exc:
+        return exc
+    return None
+
+
 def status_code(value: int) -> grpc.StatusCode:
     return _CODE_BY_VALUE.get(value, grpc.StatusCode.UNKNOWN)
 

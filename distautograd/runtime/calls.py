@@ -15,6 +15,7 @@ from typing import Any, Callable, Optional
 import torch
 
 from distautograd import errors
+from distautograd.errors import failure
 from distautograd.protocol.v1 import messages_pb2 as pb
 from distautograd.runtime import anomaly, builtin_ops, remote_methods, tracing
 from distautograd.runtime.codec import Codec
@@ -36,15 +37,6 @@ def _settle(future, outcome) -> None:
         future.set_exception(outcome)
     else:
         future.set_result(outcome)
-
-
-def failure(future: torch.futures.Future) -> Optional[BaseException]:
-    """The exception a completed torch future holds, or None."""
-    try:
-        future.value()
-    except BaseException as exc:
-        return exc
-    return None
 
 
 def _named(decode: Callable, run) -> Callable:

@@ -296,7 +296,7 @@ class RRef:
     def confirmed_by_owner(self) -> bool:
         """True once the owner knows this reference (at once for the owner and for forks)."""
         created = self._created
-        return created is None or (created.done() and _failure(created) is None)
+        return created is None or (created.done() and errors.failure(created) is None)
 
     def local_value(self) -> Any:
         if not self.is_owner():
@@ -373,11 +373,3 @@ class _Proxy:
             return rref._store.runtime.call_method(rref, name, args, kwargs, mode, timeout)
 
         return call
-
-
-def _failure(future) -> Optional[BaseException]:
-    try:
-        future.value()
-    except BaseException as exc:
-        return exc
-    return None
