@@ -111,8 +111,10 @@ class Context:
         return {mid: node for mid, node in nodes.items() if node is not None}
 
     def _known_worker_ids(self) -> Set[int]:
+        """As torch's: the workers this one exchanged tensors that require grad with, in this context
+        (``peers`` also holds those that only heard of it, to release it there)."""
         with self.lock:
-            return set(self.peers)
+            return {p.dest for p in self.sends.values()} | {p.src for p in self.recvs.values()}
 
 
 class ContextStore:

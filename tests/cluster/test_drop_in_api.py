@@ -191,6 +191,7 @@ def test_context_internals_torch_tests_use():
             with dist_autograd.context():
                 pass
         ret = rpc.rpc_sync("worker1", torch.add, args=(t1, t2))
+        assert rpc.rpc_sync("worker2", torch.add, args=(1, 1)) == 2  # no tensor that requires grad: not known
         ctx = dist_autograd._current_context()
         assert ctx._context_id() == context_id
         assert dist_autograd._retrieve_context(context_id) is ctx
