@@ -182,19 +182,20 @@ class Backward:
         function wait for another worker, or run long, reading goes on elsewhere (transport.reading)."""
         role = reading.lend()
         began = trace.now_us()
+        ctx = None
         try:
-            self._take_push(link, body, attachments)
+            ctx = self._take_push(link, body, attachments)
         finally:
             if role is not None:
                 reading.reclaim(role)
-        ctx = self._contexts.find(body.context_id)
         if tracing.on(ctx) and body.message_ids:
             tracing.push_arrived(ctx, body.message_ids[0], self._peers.world.name_of(link.peer_rank), began)
 
-    def _take_push(self, link, body: pb.PushGradients, attachments) -> None:
+    def _take_push(self, link, body: pb.PushGradients, attachments) -> Optional[Context]:
+        """Feeds the push to this worker's part of its pass; returns the pass's context (None if it ended)."""
         part = self._part(body.context_id, body.pass_id, body.root, link.peer_rank)
         if part is None:
-            return
+            return None
         if body.done:
             self._learn_done(part, body.done)
         try:
@@ -207,7 +208,7 @@ class Backward:
             raise
         with part.lock:
             if part.closed:
-                return
+                return part.ctx
             local = part.local
             if local is None:
                 part.early.extend(zip(body.message_ids, grads))
@@ -216,6 +217,7 @@ class Backward:
         elif local is not None:
             for message_id, grad in zip(body.message_ids, grads):
                 local.arrive(message_id, [grad])
+        return part.ctx
 
     def handle_run(self, link, body: pb.RunBackward, attachments) -> None:
         part = self._part(body.context_id, body.pass_id, body.plan.root, link.peer_rank)
