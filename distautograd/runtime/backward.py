@@ -181,21 +181,21 @@ class Backward:
         """Runs what the gradients complete, on the thread that read them; should a backward
         function wait for another worker, or run long, reading goes on elsewhere (transport.reading)."""
         role = reading.lend()
-        began = trace.now_us()
-        ctx = None
         try:
-            ctx = self._take_push(link, body, attachments)
+            part = self._part(body.context_id, body.pass_id, body.root, link.peer_rank)
+            if part is None:
+                return  # its pass ended here
+            if tracing.on(part.ctx) and body.message_ids:
+                src = self._peers.world.name_of(link.peer_rank)
+                with tracing.push_arriving(part.ctx, body.message_ids[0], src):
+                    self._take_push(part, link, body, attachments)
+            else:
+                self._take_push(part, link, body, attachments)
         finally:
             if role is not None:
                 reading.reclaim(role)
-        if tracing.on(ctx) and body.message_ids:
-            tracing.push_arrived(ctx, body.message_ids[0], self._peers.world.name_of(link.peer_rank), began)
 
-    def _take_push(self, link, body: pb.PushGradients, attachments) -> Optional[Context]:
-        """Feeds the push to this worker's part of its pass; returns the pass's context (None if it ended)."""
-        part = self._part(body.context_id, body.pass_id, body.root, link.peer_rank)
-        if part is None:
-            return None
+    def _take_push(self, part: Part, link, body: pb.PushGradients, attachments) -> None:
         if body.done:
             self._learn_done(part, body.done)
         try:
@@ -208,7 +208,7 @@ class Backward:
             raise
         with part.lock:
             if part.closed:
-                return part.ctx
+                return
             local = part.local
             if local is None:
                 part.early.extend(zip(body.message_ids, grads))
@@ -217,7 +217,6 @@ class Backward:
         elif local is not None:
             for message_id, grad in zip(body.message_ids, grads):
                 local.arrive(message_id, [grad])
-        return part.ctx
 
     def handle_run(self, link, body: pb.RunBackward, attachments) -> None:
         part = self._part(body.context_id, body.pass_id, body.plan.root, link.peer_rank)

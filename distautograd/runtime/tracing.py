@@ -6,8 +6,9 @@ Everything here is reached only for a context with ``inspect & TRACE``; the runt
 
 from __future__ import annotations
 
+import contextlib
 import threading
-from typing import Callable, Optional
+from typing import Callable, Iterator, Optional
 
 from distautograd.runtime.inspection import TRACE
 from distautograd.views import trace
@@ -68,10 +69,17 @@ def pushed(ctx, first_message: int, dest: str) -> None:
     trace.flow(ctx.id, first_message * 2 + 1, True, f"gradients to {dest}", trace.now_us())
 
 
-def push_arrived(ctx, first_message: int, src: str, start: float) -> None:
-    end = trace.now_us()
+@contextlib.contextmanager
+def push_arriving(ctx, first_message: int, src: str) -> Iterator[None]:
+    """Handling a push of a traced context: its arrow's end now, its span (and the waves it runs)
+    when it is done, before the context's trace can be taken."""
+    start = trace.now_us()
     trace.flow(ctx.id, first_message * 2 + 1, False, f"gradients from {src}", start)
-    trace.span(ctx.id, f"gradients from {src}", start, end, "backward")
+    with trace.recording(ctx.id):
+        try:
+            yield
+        finally:
+            trace.span(ctx.id, f"gradients from {src}", start, trace.now_us(), "backward")
 
 
 def root_pass(ctx, start: float, participants: int) -> None:

@@ -9,12 +9,17 @@ own and names it.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
-from typing import Dict, Iterable, List, Tuple
+from typing import Dict, Iterable, Iterator, List, Tuple
+
+TAKE_WAIT_SECONDS = 1.0  # how long taking a context's events waits for work still recording them
 
 _lock = threading.Lock()
+_settled = threading.Condition(_lock)
 _events: Dict[int, List[dict]] = {}  # context id -> this worker's events
+_recording: Dict[int, int] = {}  # context id -> pieces of work whose events are not all added yet
 
 
 def now_us() -> float:
@@ -41,9 +46,28 @@ def _add(context_id: int, event: dict, tid) -> None:
         _events.setdefault(context_id, []).append(event)
 
 
-def take(context_id: int) -> List[dict]:
-    """This worker's events of the context, forgotten here."""
+@contextlib.contextmanager
+def recording(context_id: int) -> Iterator[None]:
+    """Work whose events are added as it goes and when it ends (handling a push): the pass it
+    belongs to may end, and its trace be taken, before it does, so ``take`` waits for it."""
     with _lock:
+        _recording[context_id] = _recording.get(context_id, 0) + 1
+    try:
+        yield
+    finally:
+        with _lock:
+            left = _recording.pop(context_id) - 1
+            if left:
+                _recording[context_id] = left
+            else:
+                _settled.notify_all()
+
+
+def take(context_id: int) -> List[dict]:
+    """This worker's events of the context, forgotten here, once work still recording them is done
+    (waiting TAKE_WAIT_SECONDS at the most)."""
+    with _settled:
+        _settled.wait_for(lambda: context_id not in _recording, timeout=TAKE_WAIT_SECONDS)
         return _events.pop(context_id, [])
 
 
