@@ -3,8 +3,9 @@
 An autograd graph only grows at its roots, so what lies below a node never changes. Gradient
 reaching a node flows down to the recv points below it; each sends its gradient back to the
 send point of the same message id on the worker that sent the tensor, and from there on to that
-worker's recv points, and so on. ``Activations.of(node)`` is that set of send points (message
-ids, on any worker), computed once per node and remembered. It travels with every tensor sent,
+worker's recv points, and so on. ``Activations.of(node, output)`` is that set of send points
+(message ids, on any worker), computed once per node and remembered (a recv node's outputs are
+recv points each with a set of its own). It travels with every tensor sent,
 so the worker that calls backward knows, from its own graph alone, every send point the pass
 will reach. Where the set did not travel (it was too big, or came from a worker that could not
 say), it is *unknown* for that recv point and the caller asks the sender (``unknown`` below).
@@ -15,7 +16,7 @@ from __future__ import annotations
 import threading
 from typing import Dict, FrozenSet, NamedTuple
 
-from distautograd.engine.nodes import is_leaf, recv_point
+from distautograd.engine.nodes import is_leaf, recv_points
 
 _EMPTY: FrozenSet[int] = frozenset()
 
@@ -46,9 +47,13 @@ class Activations:
         self._memo: Dict[object, Activation] = {}
         self._lock = threading.Lock()
 
-    def of(self, node) -> Activation:
+    def of(self, node, output: int = 0) -> Activation:
+        """The activation of gradient entering ``node`` at ``output`` (the edge a tensor names)."""
         if node is None:
             return NOTHING
+        points = recv_points(node)
+        if points is not None:
+            return points[output].activation
         memo = self._memo
         found = memo.get(node)
         if found is not None:
@@ -60,13 +65,10 @@ class Activations:
                 if current in memo:
                     continue
                 if expanded:
-                    memo[current] = _union(memo[child] for child, _ in current.next_functions if child is not None)
+                    memo[current] = _union(_at(memo, child, output) for child, output in current.next_functions
+                                           if child is not None)
                     continue
-                point = recv_point(current)
-                if point is not None:
-                    memo[current] = point.activation
-                    continue
-                if is_leaf(current):
+                if is_leaf(current) or recv_points(current) is not None:
                     memo[current] = NOTHING
                     continue
                 stack.append((current, True))
@@ -77,6 +79,11 @@ class Activations:
     def clear(self) -> None:
         with self._lock:
             self._memo.clear()
+
+
+def _at(memo: Dict[object, Activation], child, output: int) -> Activation:
+    points = recv_points(child)
+    return points[output].activation if points is not None else memo[child]
 
 
 def _union(parts) -> Activation:

@@ -22,7 +22,7 @@ import torch
 from torch.autograd.graph import GradientEdge, _engine_run_backward
 
 from distautograd.engine import slots
-from distautograd.engine.nodes import is_leaf, recording, recv_point
+from distautograd.engine.nodes import is_leaf, recording, recv_points
 
 Contribution = Tuple[GradientEdge, torch.Tensor]
 
@@ -37,7 +37,7 @@ def run_wave(
 ) -> Dict[int, Optional[torch.Tensor]]:
     """Runs one wave; returns the gradient each of ``recvs`` got (None where none reached it).
     Leaves accumulate into ``store``, or, if it is a slots.Captured, hand their gradients to it."""
-    inputs = [GradientEdge(leaf, 0) for leaf in leaves] + [recv_point(node).anchor for node in recvs]
+    inputs = [GradientEdge(leaf, 0) for leaf in leaves] + [recv_points(node)[0].anchor for node in recvs]
     sink: Dict[int, Optional[torch.Tensor]] = {}
     if roots and inputs:
         edges, grads = [edge for edge, _ in roots], [grad for _, grad in roots]
@@ -48,7 +48,7 @@ def run_wave(
             with recording() as sink:
                 got = _run_engine(edges, grads, retain_graph, create_graph, inputs, accumulate=False)
             store.take(leaves, got[:len(leaves)])
-    return {recv_point(node).message_id: sink.get(recv_point(node).message_id) for node in recvs}
+    return {point.message_id: sink.get(point.message_id) for node in recvs for point in recv_points(node)}
 
 
 def run_node(
@@ -64,11 +64,11 @@ def run_node(
     the gradient a recv point got)."""
     edges = [edge for edge, _ in contributions]
     grads = [grad for _, grad in contributions]
-    point = recv_point(node)
-    if point is not None:
+    points = recv_points(node)
+    if points is not None:
         with recording() as sink:
-            _run_engine(edges, grads, retain_graph, create_graph, [point.anchor])
-        return None, {point.message_id: sink.get(point.message_id)}
+            _run_engine(edges, grads, retain_graph, create_graph, [points[0].anchor])
+        return None, {point.message_id: sink.get(point.message_id) for point in points}
     if is_leaf(node):
         if store.accumulates:
             with slots.swapped([node], store):

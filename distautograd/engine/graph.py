@@ -13,7 +13,7 @@ from typing import Dict, List, Sequence, Tuple
 
 from torch.autograd.graph import GradientEdge
 
-from distautograd.engine.nodes import is_leaf, recv_point
+from distautograd.engine.nodes import is_leaf, recv_points
 
 ROOTS = 0
 
@@ -56,7 +56,7 @@ class PassGraph:
             node = stack.pop()
             if node in children:
                 continue
-            if is_leaf(node) or recv_point(node) is not None:
+            if is_leaf(node) or recv_points(node) is not None:
                 children[node] = []
                 continue
             kids = [(child, slot, i) for i, (child, slot) in enumerate(node.next_functions) if child is not None]

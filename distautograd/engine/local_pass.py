@@ -22,7 +22,7 @@ from torch.autograd.graph import GradientEdge
 
 from distautograd.engine import execution
 from distautograd.engine.graph import ROOTS, PassGraph
-from distautograd.engine.nodes import is_leaf, recv_point
+from distautograd.engine.nodes import is_leaf, recv_points
 from distautograd.engine.slots import GradStore
 
 ROOT_KEY = math.inf
@@ -182,7 +182,7 @@ class LocalPass:
 
     def _run_whole(self, wave: List, roots, last: bool) -> None:
         leaves = [node for node in wave if is_leaf(node)]
-        recvs = [node for node in wave if recv_point(node) is not None]
+        recvs = [node for node in wave if recv_points(node) is not None]
         got = execution.run_wave(roots, leaves, recvs, self.store, self.retain_graph, self.create_graph)
         self.leaves_reached += len(leaves) if roots else 0
         if got:
@@ -195,10 +195,10 @@ class LocalPass:
                 if self._closed:
                     return
                 contributions = self._take_locked([node])
-            point = recv_point(node)
+            points = recv_points(node)
             if not contributions:
-                if point is not None:
-                    self._send({point.message_id: None}, False)
+                if points is not None:
+                    self._send({point.message_id: None for point in points}, False)
                 continue
             produced, got = execution.run_node(node, contributions, self.store, self.retain_graph, self.create_graph)
             if is_leaf(node):

@@ -1,16 +1,19 @@
 """The two kinds of node where gradient leaves a worker's graph: leaves (AccumulateGrad) and recv points.
 
-A recv point is the node of a tensor that arrived from another worker inside a context. Its
-backward records the gradient it gets (after the tensor's hooks, as torch's RecvRpcBackward
-does) for the pass to send back; run by plain local autograd, it explains what to do instead.
-Each recv point hangs off an anchor of its own: capturing that anchor is how a pass asks torch
-to run exactly the recv points that are complete, and no other.
+A recv point is a tensor that arrived from another worker inside a context. As in torch, the
+tensors that requiring grad arrived in one message share one RecvRpcBackward node, output i
+being tensor i's recv point. Its backward records the gradient each got (after the tensors'
+hooks) for the pass to send back; run by plain local autograd, it explains what to do instead.
+Each such node hangs off an anchor of its own: capturing that anchor is how a pass asks torch to
+run exactly the recv nodes that are complete, and no other. No recv node can wait on gradient
+that only its own pushes set off: whatever a message's tensors were made from was made before
+it was sent, so gradient pushed for one of them never comes back to another.
 """
 
 from __future__ import annotations
 
 import threading
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional, Sequence
 
 import torch
 from torch.autograd.graph import GradientEdge, get_gradient_edge
@@ -24,25 +27,28 @@ LOCAL_BACKWARD_ERROR = (
 
 
 class RecvRpc(torch.autograd.Function):
-    """The recv point of a tensor that arrived inside a context; its node shows as RecvRpcBackward."""
+    """The recv points of the tensors of one message; its node is named as torch names its own."""
 
     @staticmethod
     def forward(ctx, anchor, holder):
-        tensor, point = holder
-        ctx.point = point
+        tensors, points = holder
+        ctx.points = points
         ctx.set_materialize_grads(False)  # no gradient stays "no gradient" on its way back
-        return tensor
+        return tuple(tensors)
 
     @staticmethod
-    def backward(ctx, grad):
+    def backward(ctx, *grads):
         sink: Optional[Dict[int, Any]] = getattr(_recording, "sink", None)
         if sink is None:
             raise RuntimeError(LOCAL_BACKWARD_ERROR)
-        sink[ctx.point.message_id] = grad
+        for point, grad in zip(ctx.points, grads):
+            sink[point.message_id] = grad
         return None, None
 
 
 RECV_NODE = RecvRpc._backward_cls
+RECV_NODE.__name__ = RECV_NODE.__qualname__ = RECV_NAME = "torch::distributed::autograd::RecvRpcBackward"
+SEND_NAME = "torch::distributed::autograd::SendRpcBackward"
 LEAF_NODE = type(get_gradient_edge(torch.empty(0, requires_grad=True)).node)
 
 
@@ -50,16 +56,29 @@ def is_leaf(node) -> bool:
     return type(node) is LEAF_NODE
 
 
-def recv_point(node) -> Optional[Any]:
-    """The recv point ``node`` is, or None."""
-    return node.point if type(node) is RECV_NODE else None
+def recv_points(node) -> Optional[List[Any]]:
+    """The recv points of a RecvRpcBackward node (one per output), or None for any other node."""
+    return node.points if type(node) is RECV_NODE else None
 
 
-def make_recv(tensor: torch.Tensor, point) -> tuple:
-    """``tensor`` as the output of a new recv point; returns it and the edge of its anchor."""
+def make_recv(tensors: Sequence[torch.Tensor], points: Sequence) -> tuple:
+    """``tensors`` as the outputs of one new RecvRpcBackward node, output i being ``points[i]``;
+    returns them and the edge of the node's anchor."""
     anchor = torch.empty(0, requires_grad=True)
-    out = RecvRpc.apply(anchor, [tensor, point])
-    return out, get_gradient_edge(anchor)
+    outs = RecvRpc.apply(anchor, [list(tensors), list(points)])
+    return (outs if isinstance(outs, tuple) else (outs,)), get_gradient_edge(anchor)
+
+
+def gradient_edge(tensor: torch.Tensor) -> GradientEdge:
+    """Where gradient for ``tensor`` enters its graph: torch's get_gradient_edge, which views the
+    tensor and so cannot take a sparse one. For those, a product with 1 gives a node whose first
+    edge is the tensor's own, and that node keeps the graph alive (as the view does in torch's)."""
+    if tensor.layout == torch.strided:
+        return get_gradient_edge(tensor)
+    with torch.enable_grad():
+        through = tensor.mul(1).grad_fn
+    node, slot = through.next_functions[0]
+    return GradientEdge(node, slot, ownership_token=through)
 
 
 class recording:

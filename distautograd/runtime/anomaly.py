@@ -16,7 +16,7 @@ from typing import Callable, Iterator, List, Optional
 
 import torch
 
-from distautograd.engine.nodes import is_leaf, recv_point
+from distautograd.engine.nodes import is_leaf, recv_points
 from distautograd.views import formulas
 
 NAN = 1  # check for NaN (and record forward stacks)
@@ -54,7 +54,7 @@ def watch(nodes, flags: int, worker: str) -> List[Callable[[], None]]:
         return []
     handles = []
     for node in nodes:
-        if is_leaf(node) or recv_point(node) is not None:
+        if is_leaf(node) or recv_points(node) is not None:
             continue
         handles.append(node.register_hook(_checker(node, flags, worker)))
     return handles

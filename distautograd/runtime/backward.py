@@ -21,6 +21,7 @@ import torch
 from distautograd import errors
 from distautograd.engine.roots import validate_roots
 from distautograd.engine.graph import ROOTS, PassGraph
+from distautograd.engine import nodes
 from distautograd.engine.local_pass import LocalPass
 from distautograd.engine.slots import Captured
 from distautograd.ids import IdMint, rank_of
@@ -88,7 +89,7 @@ class Backward:
         roots = validate_roots(roots, scalars=grads is None)
         grads = list(grads) if grads is not None else [
             torch.ones_like(root, memory_format=torch.contiguous_format) for root in roots]
-        edges = [torch.autograd.graph.get_gradient_edge(root) for root in roots]
+        edges = [nodes.gradient_edge(root) for root in roots]
         active = self._reach.active_sends(ctx, edges)
         pass_id = self._mint()
         key = (ctx.id, pass_id)

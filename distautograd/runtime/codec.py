@@ -106,17 +106,14 @@ class Codec:
                rrefs: Optional[List[RRef]] = None) -> Any:
         """The value worker ``src`` sent; tensors with a message id become recv points of ``ctx``.
         ``rrefs``: from rrefs_of, when the RRefs were registered earlier than the value is decoded."""
-        decoded: dict = {}
         if rrefs is None:
             rrefs = self.rrefs_of(value)
-        message = next((meta.autograd_message_id for meta in value.tensors if meta.autograd_message_id), 0)
+        decoded = self._tensors(value.tensors, attachments, src, ctx)
         if value.tensor_list:
-            return self._decode_tensor_list(value, attachments, src, ctx, message, rrefs)
+            return self._decode_tensor_list(value, decoded, rrefs)
 
         def persistent_load(pid: int) -> Any:
-            if 0 <= pid < len(value.tensors):
-                if pid not in decoded:
-                    decoded[pid] = self._tensor(value.tensors[pid], attachments, src, ctx, message)
+            if 0 <= pid < len(decoded):
                 return decoded[pid]
             if -len(rrefs) <= pid < 0:
                 return rrefs[-pid - 1]
@@ -124,23 +121,30 @@ class Codec:
 
         return pickling.loads(value.pickle, self.allowlist, persistent_load)
 
-    def _decode_tensor_list(self, value: pb.Value, attachments: List[Any], src: int, ctx: Optional[Context],
-                            message: int, rrefs: List[RRef]) -> list:
+    def _decode_tensor_list(self, value: pb.Value, decoded: List[torch.Tensor], rrefs: List[RRef]) -> list:
         size = len(value.tensors) + len(value.none_at)
         nones = set(value.none_at)
         if value.pickle or rrefs or len(nones) != len(value.none_at) or any(i >= size for i in nones):
             raise InvalidArgument("malformed tensor list: a pickle or RRefs beside it, or None places out of range")
-        metas = iter(value.tensors)
-        return [None if i in nones else self._tensor(next(metas), attachments, src, ctx, message) for i in range(size)]
+        tensors_in_order = iter(decoded)
+        return [None if i in nones else next(tensors_in_order) for i in range(size)]
 
-    def _tensor(self, meta: pb.TensorMeta, attachments: List[Any], src: int, ctx: Optional[Context],
-                message: int) -> torch.Tensor:
-        tensor = tensors.decode(meta, attachments)
-        if meta.autograd_message_id and ctx is not None:
-            sent = None if meta.activates_unknown else meta.activates
-            return self._contexts.add_recv_point(ctx, tensor, meta.autograd_message_id, src, sent, message)
-        if meta.parameter:
-            return torch.nn.Parameter(tensor, requires_grad=meta.requires_grad)
-        if meta.requires_grad:
-            tensor.requires_grad_(True)
-        return tensor
+    def _tensors(self, metas, attachments: List[Any], src: int, ctx: Optional[Context]) -> List[torch.Tensor]:
+        """Every tensor of a message; those with a message id become the outputs of its one recv node."""
+        decoded: List[torch.Tensor] = []
+        arrived: List[tuple] = []  # (index, (tensor, message id, what its send point activates))
+        for meta in metas:
+            tensor = tensors.decode(meta, attachments)
+            if meta.autograd_message_id and ctx is not None:
+                sent = None if meta.activates_unknown else meta.activates
+                arrived.append((len(decoded), (tensor, meta.autograd_message_id, sent)))
+            elif meta.parameter:
+                tensor = torch.nn.Parameter(tensor, requires_grad=meta.requires_grad)
+            elif meta.requires_grad:
+                tensor.requires_grad_(True)
+            decoded.append(tensor)
+        if arrived:
+            outs = self._contexts.add_recv_points(ctx, [entry for _, entry in arrived], src)
+            for (index, _), out in zip(arrived, outs):
+                decoded[index] = out
+        return decoded

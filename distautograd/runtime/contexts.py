@@ -13,10 +13,10 @@ import collections
 import logging
 import threading
 import weakref
-from typing import Callable, Dict, List, NamedTuple, Optional, Set
+from typing import Callable, Dict, List, NamedTuple, Optional, Sequence, Set, Tuple
 
 import torch
-from torch.autograd.graph import GradientEdge, get_gradient_edge
+from torch.autograd.graph import GradientEdge
 
 from distautograd import errors
 from distautograd.engine import activations, nodes
@@ -43,7 +43,7 @@ class SendPoint(NamedTuple):
 
 
 class RecvPoint:
-    """What the engine needs of a recv point: its message id, the anchor to capture, its activation."""
+    """What the engine needs of a recv point: its message id, its node's anchor to capture, its activation."""
 
     __slots__ = ("message_id", "src", "anchor", "activation", "context_id", "node")
 
@@ -53,7 +53,7 @@ class RecvPoint:
         self.activation = activation
         self.context_id = context_id
         self.anchor: Optional[GradientEdge] = None
-        self.node: Optional[weakref.ref] = None  # its RecvRpcBackward, while the graph holds it
+        self.node: Optional[weakref.ref] = None  # its message's RecvRpcBackward, while the graph holds it
 
 
 class SendFunction:
@@ -63,7 +63,7 @@ class SendFunction:
         self.next_functions = tuple((edge.node, edge.output_nr) for edge in edges)
 
     def name(self) -> str:
-        return "torch::distributed::autograd::SendRpcBackward"
+        return nodes.SEND_NAME
 
 
 class Context:
@@ -189,9 +189,9 @@ class ContextStore:
         """Registers a send point for ``tensor`` going to ``dest``; returns (message id, its activation).
         ``message``: the id of the first send point of the same outgoing message, 0 if this is it."""
         message_id = self._mint()
-        edge = get_gradient_edge(tensor)
+        edge = nodes.gradient_edge(tensor)
         point = SendPoint(edge, dest, torch._C._autograd._get_sequence_nr() - 0.5, ctx.id)
-        activation = ctx.activations.of(edge.node)
+        activation = ctx.activations.of(edge.node, edge.output_nr)
         with ctx.lock:
             ctx.sends[message_id] = point
             ctx.messages["sent"].setdefault(message or message_id, []).append(message_id)
@@ -200,19 +200,23 @@ class ContextStore:
             self._sends[message_id] = point
         return message_id, activation
 
-    def add_recv_point(self, ctx: Context, tensor: torch.Tensor, message_id: int, src: int, sent,
-                       message: int = 0) -> torch.Tensor:
-        """``tensor`` as it arrived from ``src`` under ``message_id``; ``sent``: the ids the sender
-        said its send point activates, or None when it could not say; ``message``: the id of the
-        message's first recv point."""
-        point = RecvPoint(message_id, src, activations.of_recv(message_id, sent), ctx.id)
-        out, point.anchor = nodes.make_recv(tensor, point)
-        point.node = weakref.ref(out.grad_fn)
+    def add_recv_points(self, ctx: Context, arrived: List[Tuple[torch.Tensor, int, Optional[Sequence[int]]]],
+                        src: int) -> Tuple[torch.Tensor, ...]:
+        """The tensors of one message from ``src`` that require grad, as outputs of one recv node:
+        ``arrived`` holds (tensor, its message id, the ids the sender said its send point
+        activates or None when it could not say)."""
+        points = [RecvPoint(message_id, src, activations.of_recv(message_id, sent), ctx.id)
+                  for _, message_id, sent in arrived]
+        outs, anchor = nodes.make_recv([tensor for tensor, _, _ in arrived], points)
+        node = weakref.ref(outs[0].grad_fn)
+        for point in points:
+            point.anchor, point.node = anchor, node
         with ctx.lock:
-            ctx.recvs[message_id] = point
-            ctx.messages["received"].setdefault(message or message_id, []).append(message_id)
+            for point in points:
+                ctx.recvs[point.message_id] = point
+            ctx.messages["received"][points[0].message_id] = [point.message_id for point in points]
             ctx.peers.add(src)
-        return out
+        return outs
 
     def send_point(self, message_id: int) -> SendPoint:
         with self._lock:

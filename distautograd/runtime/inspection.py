@@ -12,7 +12,7 @@ from typing import Callable, Dict, List, Sequence
 import torch
 
 from distautograd.encoding.allowlist import trusted_global
-from distautograd.engine.nodes import is_leaf, recv_point
+from distautograd.engine.nodes import is_leaf, recv_points
 from distautograd.runtime import current
 from distautograd.runtime.contexts import Context
 from distautograd.runtime.options import UNSET_TIMEOUT
@@ -27,9 +27,9 @@ def describe(ctx: Context, roots: Sequence[torch.Tensor] = ()) -> dict:
     agent = current.get()
     with ctx.lock:
         sends = {mid: point.edge.node for mid, point in ctx.sends.items()}
-        recvs = {mid: (point.node(), point.src) for mid, point in ctx.recvs.items() if point.node is not None}
+        recvs = [(point.node(), point.src) for point in ctx.recvs.values() if point.node is not None]
         runs = dict(ctx.runs)
-    recvs = {mid: (node, _name(agent, src)) for mid, (node, src) in recvs.items() if node is not None}
+    recvs = {node: _name(agent, src) for node, src in recvs if node is not None}
     starts = [root.grad_fn for root in roots if root.grad_fn is not None] + list(sends.values())
     if ctx.inspect & GRAPH and ctx.passes:
         runs = {**{node: {"ran": 0} for node in _reachable(starts)}, **runs}
@@ -132,7 +132,7 @@ def _reachable(starts) -> List[object]:
             continue
         marks.add(node)
         seen.append(node)
-        if not is_leaf(node) and recv_point(node) is None:
+        if not is_leaf(node) and recv_points(node) is None:
             stack.extend(child for child, _ in node.next_functions)
     return seen
 

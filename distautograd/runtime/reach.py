@@ -33,7 +33,7 @@ class Reach:
 
     def active_sends(self, ctx: Context, edges) -> Set[int]:
         """Every send point the pass reaches; asks the workers that hold those whose activations did not travel."""
-        found = activations.union(ctx.activations.of(edge.node) for edge in edges)
+        found = activations.union(ctx.activations.of(edge.node, edge.output_nr) for edge in edges)
         active, unknown = set(found.ids), set(found.unknown)
         asked: Set[int] = set()
         for _ in range(_REACH_ROUNDS):
@@ -70,7 +70,7 @@ class Reach:
         for message_id in ids:
             point = self._contexts.send_point(message_id)
             ctx = self._contexts.get(point.context_id)
-            found = ctx.activations.of(point.edge.node)
+            found = ctx.activations.of(point.edge.node, point.edge.output_nr)
             reaches.append(pb.Reach(message_id=message_id, activates=sorted(found.ids), unknown=sorted(found.unknown)))
         return reaches
 

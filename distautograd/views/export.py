@@ -172,7 +172,8 @@ function show(id) {{
     h += '</ul>'; }}
   if (n.ran !== undefined) h += '<p>the pass: ' + (n.ran ? 'ran ' + n.ran + ' time(s), gradients ' +
                                   esc(JSON.stringify(n.grad_shapes)) : 'not reached (skipped)') + '</p>';
-  if (n.message_id) h += '<p>tensor from ' + esc(n.from_worker) + ', message ' + n.message_id + '</p>';
+  if (n.tensors) h += '<p>tensors from ' + esc(n.from_worker) + ', message(s) ' +
+                      n.tensors.map(t => t.message_id).join(', ') + '</p>';
   if (n.sent_as) h += '<p>sent to another worker as message(s) ' + n.sent_as.join(', ') + '</p>';
   document.getElementById('detail').innerHTML = h;
 }}

@@ -67,8 +67,8 @@ def describe(node) -> str:
     name = type(node).__name__
     if name == "AccumulateGrad":
         return "AccumulateGrad: adds the gradient into the leaf (here, into the context)"
-    if name == "RecvRpcBackward":
-        return "RecvRpcBackward: the gradient goes back to the worker the tensor came from"
+    if name.endswith("RecvRpcBackward"):
+        return "RecvRpcBackward: each tensor's gradient goes back to the worker the message came from"
     formula = of(name)
     if formula is not None:
         return "; ".join(f"{arg}: {formula.formulas.get(arg, '(not differentiable)')}" for arg in formula.inputs)

@@ -13,14 +13,14 @@ from typing import Dict, Iterable, List, Mapping, Optional, Sequence
 
 import torch
 
-from distautograd.engine.nodes import is_leaf, recv_point
+from distautograd.engine.nodes import RECV_NAME, is_leaf, recv_points
 from distautograd.views import formulas
 
 
 def describe(worker: str, starts: Sequence, sends: Mapping[int, object], recvs: Mapping[int, tuple],
              runs: Optional[Mapping[object, dict]] = None, parameters: Optional[Mapping[int, str]] = None) -> dict:
     """``starts``: nodes gradient enters at; ``sends``: message id -> the sent tensor's node;
-    ``recvs``: message id -> (RecvRpcBackward node, source worker); ``runs``: node -> what a pass
+    ``recvs``: RecvRpcBackward node -> source worker; ``runs``: node -> what a pass
     did to it; ``parameters``: id(tensor) -> module path."""
     ids: Dict[object, str] = {}
     order: List[object] = []
@@ -31,19 +31,18 @@ def describe(worker: str, starts: Sequence, sends: Mapping[int, object], recvs: 
             continue
         ids[node] = f"{worker}/{len(ids)}"
         order.append(node)
-        if is_leaf(node) or recv_point(node) is not None:
+        if is_leaf(node) or recv_points(node) is not None:
             continue
         stack.extend(child for child, _ in node.next_functions if child is not None and child not in ids)
     sent_at: Dict[object, List[int]] = {}
     for message_id, node in sends.items():
         sent_at.setdefault(node, []).append(message_id)
-    recv_of = {node: (message_id, src) for message_id, (node, src) in recvs.items()}
     parameters = parameters if parameters is not None else parameter_names()
     nodes, edges = [], []
     for node in order:
-        nodes.append(_node(node, ids[node], worker, sent_at.get(node), recv_of.get(node), (runs or {}).get(node),
+        nodes.append(_node(node, ids[node], worker, sent_at.get(node), recvs.get(node), (runs or {}).get(node),
                            parameters))
-        if is_leaf(node) or recv_point(node) is not None:
+        if is_leaf(node) or recv_points(node) is not None:
             continue
         for slot, (child, input_nr) in enumerate(node.next_functions):
             if child is not None and child in ids:
@@ -51,9 +50,10 @@ def describe(worker: str, starts: Sequence, sends: Mapping[int, object], recvs: 
     return {"worker": worker, "nodes": nodes, "edges": edges}
 
 
-def _node(node, node_id: str, worker: str, sent: Optional[List[int]], recv: Optional[tuple], run: Optional[dict],
+def _node(node, node_id: str, worker: str, sent: Optional[List[int]], recv_from: Optional[str], run: Optional[dict],
           parameters: Mapping[int, str]) -> dict:
-    name = "RecvRpcBackward" if recv_point(node) is not None else type(node).__name__
+    points = recv_points(node)
+    name = RECV_NAME if points is not None else type(node).__name__
     entry = {"id": node_id, "worker": worker, "name": name, "what": formulas.describe(node)}
     formula = formulas.of(name)
     if formula is not None:
@@ -65,12 +65,12 @@ def _node(node, node_id: str, worker: str, sent: Optional[List[int]], recv: Opti
         variable = node.variable
         entry["leaf"] = {"shape": list(variable.shape), "dtype": str(variable.dtype).replace("torch.", ""),
                          "parameter": parameters.get(id(variable))}
-    elif recv is not None:
+    elif points is not None:
         entry["kind"] = "recv"
-        meta = node._input_metadata[0] if getattr(node, "_input_metadata", None) else None
-        entry["message_id"], entry["from_worker"] = recv[0], recv[1]
-        if meta is not None:
-            entry["shape"], entry["dtype"] = list(meta.shape), str(meta.dtype).replace("torch.", "")
+        entry["from_worker"] = recv_from
+        metas = getattr(node, "_input_metadata", ())  # one per output: the tensors of the message
+        entry["tensors"] = [{"message_id": point.message_id, "shape": list(meta.shape),
+                             "dtype": str(meta.dtype).replace("torch.", "")} for point, meta in zip(points, metas)]
     elif hasattr(node, "_forward_cls"):
         entry["kind"] = "custom"
     else:
@@ -128,17 +128,18 @@ def join(parts: Iterable[dict]) -> dict:
     edges = [edge for part in parts for edge in part["edges"]]
     sent = {mid: node["id"] for node in nodes for mid in node.get("sent_as", ())}
     for node in nodes:
-        if node.get("kind") == "recv" and node.get("message_id") in sent:
-            mid = node["message_id"]
-            edges.append({"from": node["id"], "to": sent[mid], "message_id": mid, "cross": True,
-                          "from_worker": node["worker"], "to_worker": node.get("from_worker"),
-                          "bytes": _bytes(node)})
+        for output, tensor in enumerate(node.get("tensors", ())):
+            mid = tensor["message_id"]
+            if mid in sent:
+                edges.append({"from": node["id"], "to": sent[mid], "message_id": mid, "output": output,
+                              "cross": True, "from_worker": node["worker"], "to_worker": node.get("from_worker"),
+                              "bytes": _bytes(tensor)})
     owner, others = parts[0]["worker"], sorted(part["worker"] for part in parts[1:])
     return {"workers": [owner, *others], "nodes": nodes, "edges": edges}
 
 
-def _bytes(node: dict) -> int:
-    shape, dtype = node.get("shape"), node.get("dtype")
+def _bytes(tensor: dict) -> int:
+    shape, dtype = tensor.get("shape"), tensor.get("dtype")
     if shape is None or dtype is None:
         return 0
     count = 1

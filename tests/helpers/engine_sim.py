@@ -66,22 +66,23 @@ class World:
         edge = get_gradient_edge(tensor)
         sender.sends[message_id] = (edge, torch._C._autograd._get_sequence_nr() - 0.5)
         self.owner[message_id] = src
-        found = sender.activations.of(edge.node)
+        found = sender.activations.of(edge.node, edge.output_nr)
         travels = not found.unknown and (self.limit is None or len(found.ids) <= self.limit)
         point = _Recv(message_id, activations.of_recv(message_id, found.ids if travels else None))
-        out, point.anchor = nodes.make_recv(tensor.detach(), point)
+        (out,), point.anchor = nodes.make_recv([tensor.detach()], [point])
         return out
 
     def backward(self, root: str, roots: List[torch.Tensor], retain_graph=False, create_graph=False) -> None:
         edges = [get_gradient_edge(r) for r in roots]
-        found = activations.union(self.workers[root].activations.of(e.node) for e in edges)
+        found = activations.union(self.workers[root].activations.of(e.node, e.output_nr) for e in edges)
         active, unknown = set(found.ids), set(found.unknown)
         while unknown:  # what did not travel: ask the sender, as runtime.backward does
             self.unknown_asked += len(unknown)
             more = set()
             for message_id in unknown:
                 sender = self.workers[self.owner[message_id]]
-                reach = sender.activations.of(sender.sends[message_id][0].node)
+                edge = sender.sends[message_id][0]
+                reach = sender.activations.of(edge.node, edge.output_nr)
                 active |= reach.ids
                 more |= reach.unknown
             unknown = more - unknown
