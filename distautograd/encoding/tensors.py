@@ -1,4 +1,9 @@
-"""Tensors to and from raw bytes plus dtype and shape: every CPU dtype, bit-exact, never pickled."""
+"""Tensors to and from raw bytes plus dtype and shape: every CPU dtype, bit-exact, never pickled.
+
+A view that is not contiguous keeps its strides, as torch's RPC keeps them, unless copying it is
+worth it (torch's rule: the memory it reaches is at least 8 KiB and twice its elements): then it
+travels compact, in C order.
+"""
 
 from __future__ import annotations
 
@@ -128,8 +133,32 @@ def encode(tensor: torch.Tensor, attachments: MutableSequence[Any], compact_zero
         tensor = tensor.int_repr()
         meta.dtype = dtype_name(tensor.dtype)
     meta.attachment = len(attachments)
+    span = _kept_span(tensor)
+    if span:
+        meta.strides.extend(tensor.stride())
+        tensor = tensor.detach().as_strided((span,), (1,), tensor.storage_offset())
     attachments.append(raw_bytes(tensor))
     return meta
+
+
+RECOPY_BYTES = 8 * 1024  # torch's rule for views: copy one that reaches this much memory ...
+RECOPY_MULTIPLE = 2  # ... and at least this many times the bytes of its elements
+
+
+def _kept_span(tensor: torch.Tensor) -> int:
+    """How many elements from its first one a view that keeps its strides must send; 0 to send it compact."""
+    if tensor.is_contiguous() or not tensor.numel() or tensor.is_conj() or tensor.is_neg() or tensor.is_quantized:
+        return 0
+    span = _span(tensor.shape, tensor.stride())
+    size = tensor.element_size()
+    if span * size >= RECOPY_BYTES and span >= RECOPY_MULTIPLE * tensor.numel():
+        return 0
+    return span
+
+
+def _span(shape, strides) -> int:
+    """How many elements from the first a strided layout reaches (shape with no zero size)."""
+    return 1 + sum((size - 1) * stride for size, stride in zip(shape, strides))
 
 
 def _all_zeros(tensor: torch.Tensor) -> bool:
@@ -153,13 +182,20 @@ def decode(meta: pb.TensorMeta, attachments: Sequence[Any]) -> torch.Tensor:
     if meta.zeros:
         return torch.zeros(shape, dtype=dtype)
     data = _attachment(attachments, meta.attachment)
-    expected = math.prod(shape) * _element_size(dtype)
+    strides = list(meta.strides)
+    if strides and (len(strides) != len(shape) or any(s < 0 for s in strides) or not math.prod(shape)):
+        raise InvalidArgument(f"tensor strides {strides} do not fit its shape {shape}")
+    count = _span(shape, strides) if strides else math.prod(shape)
+    expected = count * _element_size(dtype)
     if len(data) != expected:
         raise InvalidArgument(
-            f"tensor of dtype {meta.dtype} and shape {shape} needs {expected} bytes but {len(data)} arrived"
+            f"tensor of dtype {meta.dtype}, shape {shape} and strides {strides or 'C order'} needs {expected} bytes "
+            f"but {len(data)} arrived"
         )
     if expected == 0:
         tensor = torch.empty(shape, dtype=dtype)
+    elif strides:  # every element it reaches lies within the bytes that arrived: checked just above
+        tensor = _as_uint8(data).view(dtype).as_strided(shape, strides)
     else:
         tensor = _as_uint8(data).view(dtype).reshape(shape)
     if meta.HasField("quantization"):

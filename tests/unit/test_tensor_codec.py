@@ -60,7 +60,23 @@ def test_every_dtype_and_layout_round_trips_bit_exactly(dtype, view):
     }[view]
     out = through_the_wire(t)
     assert same_bits(out, t)
-    assert out.is_contiguous()
+    assert out.stride() == t.stride() or t.numel() <= 1  # small views keep their layout, as in torch
+
+
+def test_a_view_that_reaches_much_more_memory_than_it_holds_travels_compact():
+    base = torch.arange(64 * 64, dtype=torch.float32).reshape(64, 64)
+    narrow = through_the_wire(base[:, :2])  # 16 KiB reached for 512 bytes of elements: copied, as torch
+    assert narrow.is_contiguous() and torch.equal(narrow, base[:, :2])
+    expanded = through_the_wire(torch.arange(3.0).expand(1000, 3))  # 12 bytes reached: kept, stride 0
+    assert expanded.stride() == (0, 1) and torch.equal(expanded, torch.arange(3.0).expand(1000, 3))
+
+
+def test_strides_that_reach_past_the_bytes_that_arrived_are_refused():
+    attachments: list = []
+    meta = tensors.encode(torch.arange(6.0).reshape(2, 3).t(), attachments)
+    meta.strides[0] = 5
+    with pytest.raises(InvalidArgument, match="strides"):
+        tensors.decode(meta, attachments)
 
 
 def test_received_tensors_are_writable_and_independent():

@@ -144,7 +144,7 @@ class Value(_message.Message):
     def __init__(self, pickle: _Optional[bytes] = ..., tensors: _Optional[_Iterable[_Union[TensorMeta, _Mapping]]] = ..., rrefs: _Optional[_Iterable[_Union[RRefHandle, _Mapping]]] = ..., tensor_list: _Optional[bool] = ..., none_at: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class TensorMeta(_message.Message):
-    __slots__ = ("dtype", "shape", "attachment", "requires_grad", "parameter", "autograd_message_id", "quantization", "activates", "activates_unknown", "zeros", "sparse")
+    __slots__ = ("dtype", "shape", "attachment", "requires_grad", "parameter", "autograd_message_id", "quantization", "activates", "activates_unknown", "zeros", "sparse", "strides")
     DTYPE_FIELD_NUMBER: _ClassVar[int]
     SHAPE_FIELD_NUMBER: _ClassVar[int]
     ATTACHMENT_FIELD_NUMBER: _ClassVar[int]
@@ -156,6 +156,7 @@ class TensorMeta(_message.Message):
     ACTIVATES_UNKNOWN_FIELD_NUMBER: _ClassVar[int]
     ZEROS_FIELD_NUMBER: _ClassVar[int]
     SPARSE_FIELD_NUMBER: _ClassVar[int]
+    STRIDES_FIELD_NUMBER: _ClassVar[int]
     dtype: str
     shape: _containers.RepeatedScalarFieldContainer[int]
     attachment: int
@@ -167,7 +168,8 @@ class TensorMeta(_message.Message):
     activates_unknown: bool
     zeros: bool
     sparse: Sparse
-    def __init__(self, dtype: _Optional[str] = ..., shape: _Optional[_Iterable[int]] = ..., attachment: _Optional[int] = ..., requires_grad: _Optional[bool] = ..., parameter: _Optional[bool] = ..., autograd_message_id: _Optional[int] = ..., quantization: _Optional[_Union[Quantization, _Mapping]] = ..., activates: _Optional[_Iterable[int]] = ..., activates_unknown: _Optional[bool] = ..., zeros: _Optional[bool] = ..., sparse: _Optional[_Union[Sparse, _Mapping]] = ...) -> None: ...
+    strides: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, dtype: _Optional[str] = ..., shape: _Optional[_Iterable[int]] = ..., attachment: _Optional[int] = ..., requires_grad: _Optional[bool] = ..., parameter: _Optional[bool] = ..., autograd_message_id: _Optional[int] = ..., quantization: _Optional[_Union[Quantization, _Mapping]] = ..., activates: _Optional[_Iterable[int]] = ..., activates_unknown: _Optional[bool] = ..., zeros: _Optional[bool] = ..., sparse: _Optional[_Union[Sparse, _Mapping]] = ..., strides: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class Sparse(_message.Message):
     __slots__ = ("layout", "parts", "coalesced")
@@ -278,14 +280,16 @@ class Departure(_message.Message):
     def __init__(self, name: _Optional[str] = ..., rank: _Optional[int] = ..., reason: _Optional[str] = ..., failed: _Optional[bool] = ...) -> None: ...
 
 class WorldUpdate(_message.Message):
-    __slots__ = ("version", "workers", "departed")
+    __slots__ = ("version", "workers", "departed", "cannot_form")
     VERSION_FIELD_NUMBER: _ClassVar[int]
     WORKERS_FIELD_NUMBER: _ClassVar[int]
     DEPARTED_FIELD_NUMBER: _ClassVar[int]
+    CANNOT_FORM_FIELD_NUMBER: _ClassVar[int]
     version: int
     workers: _containers.RepeatedCompositeFieldContainer[WorkerEntry]
     departed: _containers.RepeatedCompositeFieldContainer[Departure]
-    def __init__(self, version: _Optional[int] = ..., workers: _Optional[_Iterable[_Union[WorkerEntry, _Mapping]]] = ..., departed: _Optional[_Iterable[_Union[Departure, _Mapping]]] = ...) -> None: ...
+    cannot_form: str
+    def __init__(self, version: _Optional[int] = ..., workers: _Optional[_Iterable[_Union[WorkerEntry, _Mapping]]] = ..., departed: _Optional[_Iterable[_Union[Departure, _Mapping]]] = ..., cannot_form: _Optional[str] = ...) -> None: ...
 
 class Heartbeat(_message.Message):
     __slots__ = ("contexts", "passes")
