@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
+import weakref
 from typing import Dict, Iterator, Sequence
 
 import torch
@@ -53,18 +54,39 @@ class Captured:
 
 @contextlib.contextmanager
 def swapped(leaves: Sequence, store: GradStore) -> Iterator[None]:
-    """``.grad`` of each leaf (AccumulateGrad node) holds the store's gradient inside the block."""
+    """``.grad`` of each leaf (AccumulateGrad node) holds the store's gradient inside the block.
+
+    AccumulateGrad keeps a gradient as it is when nothing else holds it. One gradient reaching two
+    leaves is held by both until the first accumulates, so the first copies it, but the second
+    would keep the very buffer a backward function returned. torch's distributed engine holds every
+    gradient until all are accumulated, so each leaf gets a copy; here the second leaf is handed a
+    copy (by a pre-hook that knows the tensors earlier leaves got, without holding them)."""
     if not leaves:
         yield
         return
     variables = [leaf.variable for leaf in leaves]
+    seen: Dict[int, weakref.ref] = {}
+
+    def own_copy(grad_outputs):
+        grad = grad_outputs[0]
+        if grad is None:
+            return None
+        earlier = seen.get(id(grad))
+        if earlier is not None and earlier() is grad:
+            return (grad.clone(),)
+        seen[id(grad)] = weakref.ref(grad)
+        return None
+
     with LOCK:
         saved = [v.grad for v in variables]
+        handles = [leaf.register_prehook(own_copy) for leaf in leaves] if len(leaves) > 1 else []
         try:
             for v in variables:
                 _set(v, store.grads.get(v))
             yield
         finally:
+            for handle in handles:
+                handle.remove()
             for v, before in zip(variables, saved):
                 after = v.grad
                 if after is not None:
