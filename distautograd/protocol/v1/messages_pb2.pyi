@@ -96,20 +96,22 @@ class Request(_message.Message):
     def __init__(self, timeout: _Optional[float] = ..., attachments: _Optional[_Union[Attachments, _Mapping]] = ..., join: _Optional[_Union[Join, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., leave: _Optional[_Union[Leave, _Mapping]] = ..., barrier: _Optional[_Union[Barrier, _Mapping]] = ..., pass_event: _Optional[_Union[PassEvent, _Mapping]] = ..., context_event: _Optional[_Union[ContextEvent, _Mapping]] = ..., world_update: _Optional[_Union[WorldUpdate, _Mapping]] = ..., abort_backward: _Optional[_Union[AbortBackward, _Mapping]] = ..., call: _Optional[_Union[Call, _Mapping]] = ..., fetch_rref: _Optional[_Union[FetchRRef, _Mapping]] = ..., rref_forks: _Optional[_Union[RRefForks, _Mapping]] = ..., push_gradients: _Optional[_Union[PushGradients, _Mapping]] = ..., release_context: _Optional[_Union[ReleaseContext, _Mapping]] = ..., run_backward: _Optional[_Union[RunBackward, _Mapping]] = ..., pass_finished: _Optional[_Union[PassFinished, _Mapping]] = ..., reach: _Optional[_Union[ReachRequest, _Mapping]] = ..., release_shared: _Optional[_Union[ReleaseShared, _Mapping]] = ...) -> None: ...
 
 class Response(_message.Message):
-    __slots__ = ("error", "attachments", "empty", "join", "value", "reach")
+    __slots__ = ("error", "attachments", "profiled", "empty", "join", "value", "reach")
     ERROR_FIELD_NUMBER: _ClassVar[int]
     ATTACHMENTS_FIELD_NUMBER: _ClassVar[int]
+    PROFILED_FIELD_NUMBER: _ClassVar[int]
     EMPTY_FIELD_NUMBER: _ClassVar[int]
     JOIN_FIELD_NUMBER: _ClassVar[int]
     VALUE_FIELD_NUMBER: _ClassVar[int]
     REACH_FIELD_NUMBER: _ClassVar[int]
     error: Error
     attachments: Attachments
+    profiled: _containers.RepeatedCompositeFieldContainer[ProfiledEvent]
     empty: Empty
     join: JoinReply
     value: Value
     reach: ReachReply
-    def __init__(self, error: _Optional[_Union[Error, _Mapping]] = ..., attachments: _Optional[_Union[Attachments, _Mapping]] = ..., empty: _Optional[_Union[Empty, _Mapping]] = ..., join: _Optional[_Union[JoinReply, _Mapping]] = ..., value: _Optional[_Union[Value, _Mapping]] = ..., reach: _Optional[_Union[ReachReply, _Mapping]] = ...) -> None: ...
+    def __init__(self, error: _Optional[_Union[Error, _Mapping]] = ..., attachments: _Optional[_Union[Attachments, _Mapping]] = ..., profiled: _Optional[_Iterable[_Union[ProfiledEvent, _Mapping]]] = ..., empty: _Optional[_Union[Empty, _Mapping]] = ..., join: _Optional[_Union[JoinReply, _Mapping]] = ..., value: _Optional[_Union[Value, _Mapping]] = ..., reach: _Optional[_Union[ReachReply, _Mapping]] = ...) -> None: ...
 
 class Empty(_message.Message):
     __slots__ = ()
@@ -342,7 +344,7 @@ class ReleaseShared(_message.Message):
     def __init__(self, leases: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class Call(_message.Message):
-    __slots__ = ("function", "context_id", "create_rref", "creator_fork", "anomaly", "inspect", "trace_id")
+    __slots__ = ("function", "context_id", "create_rref", "creator_fork", "anomaly", "inspect", "trace_id", "profile")
     FUNCTION_FIELD_NUMBER: _ClassVar[int]
     CONTEXT_ID_FIELD_NUMBER: _ClassVar[int]
     CREATE_RREF_FIELD_NUMBER: _ClassVar[int]
@@ -350,6 +352,7 @@ class Call(_message.Message):
     ANOMALY_FIELD_NUMBER: _ClassVar[int]
     INSPECT_FIELD_NUMBER: _ClassVar[int]
     TRACE_ID_FIELD_NUMBER: _ClassVar[int]
+    PROFILE_FIELD_NUMBER: _ClassVar[int]
     function: Value
     context_id: int
     create_rref: int
@@ -357,7 +360,42 @@ class Call(_message.Message):
     anomaly: int
     inspect: int
     trace_id: int
-    def __init__(self, function: _Optional[_Union[Value, _Mapping]] = ..., context_id: _Optional[int] = ..., create_rref: _Optional[int] = ..., creator_fork: _Optional[int] = ..., anomaly: _Optional[int] = ..., inspect: _Optional[int] = ..., trace_id: _Optional[int] = ...) -> None: ...
+    profile: Profile
+    def __init__(self, function: _Optional[_Union[Value, _Mapping]] = ..., context_id: _Optional[int] = ..., create_rref: _Optional[int] = ..., creator_fork: _Optional[int] = ..., anomaly: _Optional[int] = ..., inspect: _Optional[int] = ..., trace_id: _Optional[int] = ..., profile: _Optional[_Union[Profile, _Mapping]] = ...) -> None: ...
+
+class Profile(_message.Message):
+    __slots__ = ("shapes", "memory")
+    SHAPES_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_FIELD_NUMBER: _ClassVar[int]
+    shapes: bool
+    memory: bool
+    def __init__(self, shapes: _Optional[bool] = ..., memory: _Optional[bool] = ...) -> None: ...
+
+class ProfiledEvent(_message.Message):
+    __slots__ = ("kind", "name", "thread", "handle", "shapes", "cpu_memory", "cpu_ns", "node")
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    THREAD_FIELD_NUMBER: _ClassVar[int]
+    HANDLE_FIELD_NUMBER: _ClassVar[int]
+    SHAPES_FIELD_NUMBER: _ClassVar[int]
+    CPU_MEMORY_FIELD_NUMBER: _ClassVar[int]
+    CPU_NS_FIELD_NUMBER: _ClassVar[int]
+    NODE_FIELD_NUMBER: _ClassVar[int]
+    kind: str
+    name: str
+    thread: int
+    handle: int
+    shapes: _containers.RepeatedCompositeFieldContainer[Dims]
+    cpu_memory: int
+    cpu_ns: int
+    node: int
+    def __init__(self, kind: _Optional[str] = ..., name: _Optional[str] = ..., thread: _Optional[int] = ..., handle: _Optional[int] = ..., shapes: _Optional[_Iterable[_Union[Dims, _Mapping]]] = ..., cpu_memory: _Optional[int] = ..., cpu_ns: _Optional[int] = ..., node: _Optional[int] = ...) -> None: ...
+
+class Dims(_message.Message):
+    __slots__ = ("sizes",)
+    SIZES_FIELD_NUMBER: _ClassVar[int]
+    sizes: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, sizes: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class FetchRRef(_message.Message):
     __slots__ = ("rref_id", "context_id")
