@@ -146,10 +146,11 @@ def from_proto(error: pb.Error, resolve_type=None) -> BaseException:
         return cls(text, worker=error.worker or None, remote_traceback=error.remote_traceback)
     try:
         exc = kind(text)
-    except Exception:
+    except Exception as exc:
         return RemoteError(
-            f"{error.remote_type}: {text}", worker=error.worker or None, remote_traceback=error.remote_traceback
-        )
+            f"{error.remote_type}: {text}\n\n(it could not be rebuilt here from its message: {exc!r}. Original "
+            f"exception on remote side was {error.remote_type}: {error.message})",
+            worker=error.worker or None, remote_traceback=error.remote_traceback)
     exc.worker = error.worker or None
     exc.remote_traceback = error.remote_traceback
     return exc

@@ -11,7 +11,7 @@ import threading
 import time
 
 RANK_SHIFT = 48
-_COUNTER_MASK = (1 << RANK_SHIFT) - 1
+_COUNTER_MASK = LOCAL_MASK = (1 << RANK_SHIFT) - 1
 MAX_RANK = (1 << 16) - 1
 
 

@@ -175,11 +175,7 @@ def _get_max_id() -> int:
 
 def _get_debug_info() -> Dict[str, int]:
     """Live contexts and backward passes in flight on this worker (both return to 0 after cleanup)."""
-    agent = current.get()
-    return {
-        "num_autograd_contexts": agent.contexts.count(),
-        "num_current_backward_passes": len(agent.backward.in_flight()),
-    }
+    return current.get().autograd_debug_info()
 
 
 def is_available() -> bool:

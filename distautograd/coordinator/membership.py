@@ -56,6 +56,10 @@ class Membership:
         self._lock = threading.Lock()
         self._members: Dict[int, Member] = {}
         self._departed: List[pb.Departure] = []
+        self._cannot_form = ""  # why a world of a fixed size will never be complete
+        # Held while a snapshot goes out: the host's own copy may arrive first, and the coordinator
+        # must not stop (its host saw the world complete and shut down) before the others have theirs.
+        self.sending = threading.Lock()
         self._version = 0
         self._barriers: Dict[str, Set[int]] = {}
         self._barrier_waiters: Dict[str, List[Future]] = {}
@@ -94,6 +98,7 @@ class Membership:
             version=self._version,
             workers=[m.entry for m in sorted(self._members.values(), key=lambda m: m.entry.rank)],
             departed=self._departed,
+            cannot_form=self._cannot_form,
         )
 
     # ------------------------------------------------------------------ changes
@@ -103,43 +108,68 @@ class Membership:
         with self._lock:
             holder = next((m for m in self._members.values() if m.entry.name == join.name), None)
             if holder is not None:
-                e = holder.entry
-                raise errors.AlreadyExists(
-                    f"the name '{join.name}' is already taken by rank {e.rank} at {e.address} (pid {e.pid} on "
-                    f"{e.host}); give this worker another name, or stop that one first"
-                )
-            sizes = {m.world_size for m in self._members.values() if m.world_size}
-            if join.world_size and sizes and join.world_size not in sizes:
-                raise errors.InvalidArgument(
-                    f"world_size {join.world_size} disagrees with the {sizes.pop()} other workers joined with"
-                )
-            if join.rank >= 0:
-                rank = join.rank
-                taken = self._members.get(rank)
-                if taken is not None:
-                    raise errors.AlreadyExists(
-                        f"rank {rank} is already taken by '{taken.entry.name}' at {taken.entry.address}; "
-                        "give each process its own rank"
-                    )
+                refusal, snapshot = self._refuse_name_locked(join, holder.entry)
             else:
-                rank = self._fresh_rank_locked(join.name)
-            if join.world_size and rank >= join.world_size:
-                raise errors.InvalidArgument(f"rank {rank} is out of range for world_size {join.world_size}")
-            entry = pb.WorkerEntry(
-                name=join.name, rank=rank, address=join.address, daemon=join.daemon, pid=join.pid, host=join.host,
-                socket_address=join.socket_address, unix_path=join.unix_path, host_id=join.host_id,
-            )
-            member = Member(entry, link, join.world_size)
-            self._members[rank] = member
-            self._used.add(rank)
-            link.peer_rank = rank
-            link.peer = f"worker '{join.name}' (rank {rank})"
-            self._version += 1
-            snapshot = self._snapshot_locked()
-            self._changed.notify_all()
+                rank, snapshot = self._admit_locked(link, join)
+        if holder is not None:
+            if snapshot is not None:
+                self._broadcast(snapshot)
+            raise refusal
         log.info("worker %s joined as rank %d at %s (pid %d on %s)", join.name, rank, join.address, join.pid, join.host)
         self._broadcast(snapshot)
         return snapshot
+
+    def _admit_locked(self, link, join: pb.Join) -> tuple:
+        """Makes the joining process a member; returns its rank and the new snapshot."""
+        members = [m for m in self._members.values() if not m.entry.daemon]
+        if not join.daemon and any(bool(m.world_size) != bool(join.world_size) for m in members):
+            raise errors.InvalidArgument(
+                "RPC group mixes statically and dynamically initialized members which is not supported: "
+                f"'{join.name}' joined {'with' if join.world_size else 'without'} a world_size, the others "
+                f"{'without' if join.world_size else 'with'}")
+        sizes = {m.world_size for m in members if m.world_size}
+        if join.world_size and sizes and join.world_size not in sizes:
+            raise errors.InvalidArgument(
+                f"world_size {join.world_size} disagrees with the {sizes.pop()} other workers joined with"
+            )
+        if join.rank >= 0:
+            rank = join.rank
+            taken = self._members.get(rank)
+            if taken is not None:
+                raise errors.AlreadyExists(
+                    f"rank {rank} is already taken by '{taken.entry.name}' at {taken.entry.address}; "
+                    "give each process its own rank"
+                )
+        else:
+            rank = self._fresh_rank_locked(join.name)
+        if join.world_size and rank >= join.world_size:
+            raise errors.InvalidArgument(f"rank {rank} is out of range for world_size {join.world_size}")
+        entry = pb.WorkerEntry(
+            name=join.name, rank=rank, address=join.address, daemon=join.daemon, pid=join.pid, host=join.host,
+            socket_address=join.socket_address, unix_path=join.unix_path, host_id=join.host_id,
+        )
+        member = Member(entry, link, join.world_size)
+        self._members[rank] = member
+        self._used.add(rank)
+        link.peer_rank = rank
+        link.peer = f"worker '{join.name}' (rank {rank})"
+        self._version += 1
+        self._changed.notify_all()
+        return rank, self._snapshot_locked()
+
+    def _refuse_name_locked(self, join: pb.Join, holder: pb.WorkerEntry) -> tuple:
+        """The error for a join whose name is taken, and the snapshot to broadcast if a world of a
+        fixed size can now never complete (those waiting for it learn why at once), else None."""
+        refusal = errors.AlreadyExists(
+            f"worker name '{join.name}' is not unique: it is already taken by rank {holder.rank} at "
+            f"{holder.address} (pid {holder.pid} on {holder.host}); give this worker another name, or stop that one"
+        )
+        if not (join.world_size and len(self._members) < join.world_size):
+            return refusal, None
+        self._cannot_form = f"init_rpc failed: {refusal} (rank {join.rank} asked for it too)"
+        self._version += 1
+        self._changed.notify_all()
+        return refusal, self._snapshot_locked()
 
     def _fresh_rank_locked(self, name: str) -> int:
         """A rank for a member that names none: the one it held before, if it held one under this name
@@ -186,8 +216,9 @@ class Membership:
             return [m for m in self._members.values() if now - m.last_seen > timeout]
 
     def _broadcast(self, snapshot: pb.WorldUpdate) -> None:
-        for member in self.members():
-            member.link.try_notify(pb.Request(world_update=snapshot))
+        with self.sending:
+            for member in self.members():
+                member.link.try_notify(pb.Request(world_update=snapshot))
 
     # ------------------------------------------------------------------ barriers
 

@@ -211,6 +211,7 @@ class Coordinator:
         self._stopped.set()
         if self.listener is not None:
             self.listener.close()
-        for member in self.membership.members():
-            member.link.close(errors.Unavailable("the coordinator is shutting down"))
+        with self.membership.sending:  # a snapshot on its way goes out whole
+            for member in self.membership.members():
+                member.link.close(errors.Unavailable("the coordinator is shutting down"))
         self.deadlines.stop()

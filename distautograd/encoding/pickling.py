@@ -12,6 +12,7 @@ import functools
 import io
 import pickle
 import pickletools
+import sys
 import threading
 import types
 from typing import Any, Callable, Optional
@@ -36,9 +37,14 @@ def _script_function(allowlist: Allowlist, qualified_name: str) -> Any:
     if not allowlist.trusts(module):
         raise PermissionDenied(f"refused the TorchScript function {qualified_name}: its module '{module}' is "
                                "not user code this process runs for peers")
-    found = torch.jit._state._python_cu.find_function(qualified_name)
+    name = qualified_name.rpartition(".")[2]
+    # The object the program's module made keeps the function's Python source (runtime.builtin_ops needs
+    # it for RRef arguments); the compilation unit's copy does not.
+    found = getattr(sys.modules.get(module), name, None)
+    if not (isinstance(found, torch.jit.ScriptFunction) and found.qualified_name == qualified_name):
+        found = torch.jit._state._python_cu.find_function(qualified_name)
     if found is None and module != "__main__":  # its module may not be loaded here yet: loading scripts it
-        candidate = allowlist.resolve(module, qualified_name.rpartition(".")[2])
+        candidate = allowlist.resolve(module, name)
         found = candidate if isinstance(candidate, torch.jit.ScriptFunction) else None
     if found is None:
         raise InvalidArgument(f"no TorchScript function {qualified_name} here: script it in this process too")

@@ -1,9 +1,14 @@
 """torch.distributed.rpc's public surface, served over gRPC: change the import, keep the program."""
 
-from distautograd.runtime.options import BackendOptions, TensorPipeRpcBackendOptions
-from distautograd.rpc import functions
+from distautograd.runtime.agent import Agent as TensorPipeAgent
+from distautograd.runtime.options import BackendOptions, RpcBackendOptions, TensorPipeRpcBackendOptions
+from distautograd.rpc import api, backend_registry, constants, functions
 from distautograd.rpc.api import (
     BackendType,
+    _delete_all_user_and_unforked_owner_rrefs,
+    _get_current_rpc_agent,
+    _init_rpc_backend,
+    _is_current_rpc_agent_set,
     _set_rpc_timeout,
     get_rpc_timeout,
     get_worker_info,
@@ -14,19 +19,24 @@ from distautograd.rpc.api import (
     rpc_sync,
     shutdown,
 )
+from distautograd.rpc.debug import _get_debug_info, _rref_context_get_debug_info, enable_gil_profiling
 from distautograd.runtime.rrefs import RRef
 from distautograd.runtime.world import WorkerInfo
 
-RpcBackendOptions = BackendOptions
+RpcAgent = TensorPipeAgent
+PyRRef = RRef  # torch's name for the class behind RRef
 
 __all__ = [
     "_set_rpc_timeout",
     "BackendOptions",
     "BackendType",
     "RRef",
+    "RpcAgent",
     "RpcBackendOptions",
+    "TensorPipeAgent",
     "TensorPipeRpcBackendOptions",
     "WorkerInfo",
+    "enable_gil_profiling",
     "functions",
     "get_rpc_timeout",
     "get_worker_info",

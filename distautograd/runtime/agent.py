@@ -8,7 +8,7 @@ import os
 import socket
 import threading
 import time
-from typing import Optional
+from typing import Any, Dict, List, Optional
 
 import grpc
 
@@ -22,14 +22,15 @@ from distautograd.runtime.backward import Backward
 from distautograd.runtime.calls import Calls
 from distautograd.runtime.codec import Codec
 from distautograd.runtime.contexts import ContextStore
+from distautograd.runtime.gil import GilSampler
 from distautograd.views import trace
-from distautograd.runtime import collectives, inspection, optimizers, remote_modules  # noqa: F401  (what peers call: loaded)
+from distautograd.runtime import inspection, optimizers, remote_modules  # noqa: F401  (what peers call: loaded)
 from distautograd.runtime.options import BackendOptions
 from distautograd.runtime.peers import Peers
 from distautograd.runtime.pool import WorkerPool
 from distautograd.runtime.rendezvous import Rendezvous, join_address
 from distautograd.runtime.rrefs import RRefStore
-from distautograd.runtime.world import WorkerInfo, WorldView
+from distautograd.runtime.world import WorkerInfo, WorldView, name_problem
 from distautograd.transport import grpc_server, shm, sockets
 from distautograd.transport.deadlines import Deadlines
 from distautograd.transport.dispatch import Dispatcher
@@ -94,17 +95,22 @@ class Agent:
         self.server: Optional[grpc_server.Server] = None
         self.listener: Optional[sockets.Listener] = None
         self.coordinator: Optional[Coordinator] = None
+        self.gil = GilSampler()
+        self.is_static_group = True  # torch's attribute: a world of a known size
+        self._joins = 0
         self._coordinator_channel: Optional[grpc.Channel] = None
         self._coordinator_address = ""
         self._join_message = pb.Join()
 
     # ------------------------------------------------------------------ starting
 
-    def start(self, rank: int, world_size: Optional[int]) -> None:
-        """Listens, joins the coordinator (hosting it if this is rank 0) and waits for the world."""
+    def start(self, rank: int, world_size: Optional[int], store: Any = None) -> None:
+        """Listens, joins the coordinator (hosting it if this is rank 0) and waits for the world.
+        ``store``: a torch Store every rank shares, to find the coordinator through (else the options say)."""
         options = self.options
         deadline = time.monotonic() + options.effective_init_timeout()
-        rendezvous = Rendezvous(options, rank, world_size)
+        rendezvous = Rendezvous(options, rank, world_size, store)
+        self.is_static_group = bool(world_size)
         host_it = rendezvous.host_it
         if host_it:
             listen_host, listen_port = rendezvous.listen()
@@ -201,7 +207,11 @@ class Agent:
         return paths.coordinator_endpoint(self._coordinator_channel, coordinator, min(remaining, 5.0))
 
     def _wait_for_world(self, world_size: int, deadline: float) -> None:
-        complete = self.world.wait_for(lambda: len(self.world.members()) >= world_size, deadline - time.monotonic())
+        complete = self.world.wait_for(lambda: self.world.most >= world_size or self.world.cannot_form,
+                                       deadline - time.monotonic())
+        if self.world.cannot_form:
+            self.stop(graceful=False)
+            raise RuntimeError(self.world.cannot_form)
         if not complete:
             present = {w.rank for w in self.world.members()}
             missing = [r for r in range(world_size) if r not in present]
@@ -262,36 +272,54 @@ class Agent:
 
     # ------------------------------------------------------------------ stopping
 
-    def stop(self, graceful: bool, timeout: Optional[float] = None) -> None:
-        """Leaves the world. Graceful: first wait until every non-daemon worker is here and all work is done."""
-        problems = []
+    def join(self, shutdown: bool = False, timeout: float = 0) -> None:
+        """Waits until this worker's calls are answered and its own work is done, then until every
+        non-daemon worker has got that far (torch's agent.join; 0: the rpc timeout bounds it)."""
+        end = time.monotonic() + (timeout or self.options.rpc_timeout or 60.0)
+        while self.peers.pending_requests() and time.monotonic() < end:
+            time.sleep(0.01)
+        self.calls.wait_idle(max(0.0, end - time.monotonic()))
+        self.rrefs.flush(max(0.1, min(5.0, end - time.monotonic())))
+        self._joins += 1
+        self._barrier(f"join#{self._joins}", end, "shutdown" if shutdown else "join")
+
+    def stop(self, graceful: bool) -> None:
+        """Leaves the world and closes everything. Graceful: the others were waited for already
+        (rpc.shutdown); the coordinator's host then waits for the rest to leave first."""
         coordinator_link = self.peers.coordinator
-        if graceful and coordinator_link is not None and not coordinator_link.closed:
-            limit = timeout or self.options.rpc_timeout or 60.0
-            end = time.monotonic() + limit
-            try:
-                self._barrier("shutdown", end)
-                while self.peers.pending_requests() and time.monotonic() < end:
-                    time.sleep(0.01)
-                self.calls.wait_idle(max(0.0, end - time.monotonic()))
-                self.rrefs.flush(max(0.1, min(5.0, end - time.monotonic())))
-                self._barrier("shutdown-drained", end)
-            except BaseException as exc:
-                problems.append(exc)
         self.contexts.flush_releases()
         self.stopping.set()
+        self.gil.enable(False)
         if coordinator_link is not None:
             coordinator_link.try_notify(pb.Request(leave=pb.Leave(graceful=graceful)))
         if self.coordinator is not None:
             self.coordinator.wait_until_alone(self.rank, 10.0 if graceful else 0.5)
         self._close_everything()
-        if problems:
-            raise problems[0]
 
-    def barrier(self, name: str, timeout: float, waiting_in: str) -> None:
-        """Returns once every live non-daemon worker has entered the barrier ``name``; ``waiting_in``
-        names the call everyone must make, for the error when some never do."""
-        self._barrier(name, time.monotonic() + timeout, waiting_in)
+    # ------------------------------------------------------------------ what torch's agent tells
+
+    def get_worker_info(self, name: Optional[str] = None) -> WorkerInfo:
+        """This worker's WorkerInfo, or that of the worker ``name`` names (its name or, as torch's agent
+        takes too, its rank)."""
+        return self.info() if name is None else self.world.resolve(name)
+
+    def get_worker_infos(self) -> List[WorkerInfo]:
+        return [WorkerInfo(w.name, w.rank) for w in self.world.members()]
+
+    def get_debug_info(self) -> Dict[str, str]:
+        """torch's agent counters: requests waiting for an answer, the call threads, the GIL wait."""
+        info = {"agent.num_pending_requests": str(self.peers.pending_requests()),
+                "agent.thread_pool_size": str(self.pool.size),
+                "agent.num_idle_threads": str(self.pool.idle())}
+        gil = self.gil.average_us()
+        if gil is not None:
+            info["agent.gil_average_wait_time_us"] = f"{gil:.3f}"
+        return info
+
+    def autograd_debug_info(self) -> Dict[str, int]:
+        """Live contexts and backward passes in flight here (both back to 0 after cleanup)."""
+        return {"num_autograd_contexts": self.contexts.count(),
+                "num_current_backward_passes": len(self.backward.in_flight())}
 
     def _barrier(self, name: str, end: float, waiting_in: str = "shutdown") -> None:
         remaining = max(0.01, end - time.monotonic())
@@ -327,10 +355,9 @@ class Agent:
 
 
 def validate_name(name: str) -> None:
-    if not isinstance(name, str) or not name or len(name) > 128:
-        raise ValueError(f"worker name must be a non-empty string of at most 128 characters, got {name!r}")
-    if not all(c.isalnum() or c in "_-.:" for c in name):
-        raise ValueError(f"worker name {name!r} may only contain letters, digits and _ - . :")
+    problem = name_problem(name)
+    if problem is not None:
+        raise ValueError(problem)
 
 
 def validate_rank(rank: int, world_size: Optional[int]) -> None:

@@ -390,13 +390,17 @@ class Backward:
             self._close(part)
 
     def _as_raised(self, drive: Drive, exc: BaseException) -> BaseException:
-        """What the caller of backward gets: an exception a backward function raised on another worker
-        becomes RuntimeError("Error on Node N: ...") as torch's, naming the worker, with the original
-        as its cause; the runtime's own errors (a worker died, a timeout) are RuntimeErrors already."""
-        worker = getattr(exc, "worker", None)
-        if worker is None or isinstance(exc, errors.RpcError):
+        """What the caller of backward gets: an exception a backward function raised, on any worker
+        (this one too), becomes RuntimeError("Error on Node N: ...") as torch's, naming the worker,
+        with the original as its cause; the runtime's own errors (a worker died, a timeout) are
+        RuntimeErrors already."""
+        if isinstance(exc, errors.RpcError):
             return exc
-        rank = self._peers.world.rank_of(worker)
+        worker = getattr(exc, "worker", None)
+        if worker is None:  # raised by a backward function here, on the root
+            worker, rank = self.name, self.rank
+        else:
+            rank = self._peers.world.rank_of(worker)
         message, _, rest = str(exc).partition("\n\nRaised on ")
         raised = RuntimeError(
             f"Error on Node {rank}: {message}\n\n{type(exc).__name__} raised on worker '{worker}' (rank {rank}) "

@@ -62,11 +62,32 @@ def _then(first: Callable, after: Callable[[], None]) -> Callable:
 
 class Answer(torch.futures.Future):
     """The future of a call's answer: waiting on it first frees any connection this thread stopped
-    reading to run a call (transport.reading), since the answer may come over it."""
+    reading to run a call (transport.reading), since the answer may come over it. Its callbacks
+    (``then``, ``add_done_callback``) run in the thread that reads the answer, so that thread lends
+    its connection while they run: a callback may itself wait for another call."""
+
+    _callbacks = False
 
     def wait(self):
         reading.before_blocking()
         return super().wait()
+
+    def then(self, callback):
+        self._callbacks = True
+        return super().then(callback)
+
+    def add_done_callback(self, callback):
+        self._callbacks = True
+        return super().add_done_callback(callback)
+
+    def settle(self, value: Any = None, error: Optional[BaseException] = None) -> None:
+        """Sets the result (or the exception), on the thread that read it."""
+        role = reading.lend() if self._callbacks else None
+        try:
+            self.set_exception(error) if error is not None else self.set_result(value)
+        finally:
+            if role is not None:
+                reading.reclaim(role)
 
 
 class Calls:
@@ -115,7 +136,7 @@ class Calls:
             raise TypeError(f"func must be callable, got {type(func).__name__}")
         ctx = self._contexts.current()
         if ctx is not None:
-            ctx.met(to.id)  # the callee makes the context on arrival: it must hear of its release
+            ctx.sent_to(to.id)
         value, attachments = self._codec.encode((func, tuple(args or ()), dict(kwargs or {})), to.id, ctx)
         call = pb.Call(function=value, context_id=ctx.id if ctx else 0, create_rref=create_rref, creator_fork=creator_fork,
                        anomaly=anomaly.requested(ctx.anomaly) if ctx else 0, inspect=ctx.inspect if ctx else 0)
@@ -149,10 +170,10 @@ class Calls:
         """The value of ``rref``, copied from its owner."""
         ctx = self._contexts.current()
         if ctx is not None:
-            ctx.met(rref._owner)
+            ctx.sent_to(rref._owner)
         body = pb.FetchRRef(rref_id=rref._id, context_id=ctx.id if ctx else 0)
         result = Answer()
-        complete = self._completion(result, rref._owner, ctx, rref._created)
+        complete = self._completion(result, rref._owner, ctx, rref)
         self._peers.request(rref._owner, pb.Request(fetch_rref=body), (), self._timeout(timeout), complete)
         return result
 
@@ -165,30 +186,28 @@ class Calls:
         return future if mode == "rpc_async" else future.wait()
 
     def type_on_owner(self, rref: RRef, timeout: float) -> torch.futures.Future:
-        return self.invoke(rref.owner(), remote_methods.rref_type, (rref,), {}, timeout)
+        return self.invoke(rref.owner(), remote_methods._rref_typeof_on_owner, (rref,), {}, timeout)
 
     def backward_on_owner(self, rref: RRef, context_id: int, retain_graph: bool) -> None:
         self.invoke(rref.owner(), remote_methods.rref_backward, (rref, context_id, retain_graph), {},
                     UNSET_TIMEOUT).wait()
 
-    def _completion(self, result: torch.futures.Future, src: int, ctx, creation: Optional[torch.futures.Future] = None):
+    def _completion(self, result: Answer, src: int, ctx, rref: Optional[RRef] = None):
         """Decodes a response into ``result``, in the thread that reads it."""
 
         def complete(response, attachments, error) -> None:
             if error is not None:
-                if creation is not None and creation.done() and failure(creation) is not None:
-                    # remote() failed on the owner: its error is the one to report, as torch's to_here does
-                    error = failure(creation)
-                result.set_exception(error)
+                # remote() failed on the owner: its error is the one to report, as torch's to_here does
+                result.settle(error=(rref.creation_failure() if rref is not None else None) or error)
                 return
             try:
                 value = None
                 if response.WhichOneof("body") == "value":
                     value = self._codec.decode(response.value, attachments, src, ctx)
             except BaseException as exc:
-                result.set_exception(exc)
+                result.settle(error=exc)
                 return
-            result.set_result(value)
+            result.settle(value)
 
         return complete
 
@@ -211,7 +230,7 @@ class Calls:
             raise
         decode = functools.partial(self._decode_call, call, attachments, peer, ctx, rrefs)
         if owned is not None:
-            self._start(ctx, decode, functools.partial(_settle, owned.value))
+            self._start(ctx, peer, decode, functools.partial(_settle, owned.value))
             return None  # the owner has the rref: that is all remote() waits for
         reply = Deferred()
         deliver = functools.partial(self._encode_reply, reply, peer, ctx)
@@ -219,7 +238,7 @@ class Calls:
             run = tracing.Run(ctx, call.trace_id, self._world.name_of(peer))
             decode = _named(decode, run)
             deliver = _then(deliver, run.finished)
-        self._start(ctx, decode, deliver)
+        self._start(ctx, peer, decode, deliver)
         return reply
 
     def handle_fetch(self, link, body: pb.FetchRRef, attachments) -> Deferred:
@@ -267,7 +286,7 @@ class Calls:
                 outcome = exc
         reply.resolve(outcome)
 
-    def _start(self, ctx, decode, deliver) -> None:
+    def _start(self, ctx, peer: int, decode, deliver) -> None:
         """Decodes and runs the call on a worker thread; ``deliver`` gets its result or exception, once."""
         with self._lock:
             self._running += 1
@@ -297,11 +316,14 @@ class Calls:
                     finish(result)
                     return
                 if not isinstance(result, torch._C.Future):  # .then() returns the C base class
-                    raise TypeError(
-                        f"{getattr(func, '__qualname__', func)} is decorated with @async_execution but returned "
-                        f"{type(result).__name__}, not a torch.futures.Future"
-                    )
+                    raise RuntimeError(
+                        f"Functions decorated with @rpc.async_function must return a torch.futures.Future object, "
+                        f"but {getattr(func, '__qualname__', func)} (decorated with @async_execution) returned "
+                        f"{type(result).__name__}")
             except BaseException as exc:
+                if func is not None:  # the call's own code failed, not its decoding: say so here too, as torch
+                    log.warning("%s: %s, called by %s, raised %s: %s", self.name, tracing.name(func),
+                                self._world.name_of(peer), type(exc).__name__, exc)
                 finish(exc)
                 return
             result.add_done_callback(lambda f: finish(failure(f) or f.value()))

@@ -77,6 +77,7 @@ class Context:
         self.recvs: Dict[int, RecvPoint] = {}
         self.store = GradStore()
         self.peers: Set[int] = set()  # ranks that know this context: it is released there when it ends
+        self.called: Set[int] = set()  # ranks this worker sent a message in this context (torch's known workers)
         self.activations = Activations()
         self.reported = False  # a pass of this context was reported to the coordinator
         self.anomaly = 0  # anomaly detection flags (runtime.anomaly): 0 when off
@@ -87,9 +88,16 @@ class Context:
         self.messages: Dict[str, Dict[int, List[int]]] = {"sent": {}, "received": {}}  # message -> its points
 
     def met(self, rank: int) -> None:
-        """``rank`` heard of this context (a call or a fetch in it): it is released there too."""
+        """``rank`` heard of this context: it is released there too."""
         with self.lock:
             self.peers.add(rank)
+
+    def sent_to(self, rank: int) -> None:
+        """This worker sends ``rank`` a message in this context (a call or a fetch), with or without
+        tensors that require grad: ``rank`` makes the context on arrival and is released with it."""
+        with self.lock:
+            self.peers.add(rank)
+            self.called.add(rank)
 
     def gradients(self) -> Dict[torch.Tensor, torch.Tensor]:
         return self.store.snapshot()
@@ -111,10 +119,10 @@ class Context:
         return {mid: node for mid, node in nodes.items() if node is not None}
 
     def _known_worker_ids(self) -> Set[int]:
-        """As torch's: the workers this one exchanged tensors that require grad with, in this context
-        (``peers`` also holds those that only heard of it, to release it there)."""
+        """As torch's: the workers this one sent a message in this context, whether or not a tensor
+        in it required grad (``peers`` also holds those that sent here, to release it there)."""
         with self.lock:
-            return {p.dest for p in self.sends.values()} | {p.src for p in self.recvs.values()}
+            return self.called | {p.dest for p in self.sends.values()}
 
 
 class ContextStore:

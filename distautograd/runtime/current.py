@@ -6,6 +6,7 @@ import threading
 from typing import Any, Optional
 
 NOT_INITIALIZED = "RPC has not been initialized. Call distautograd.rpc.init_rpc first."
+NOT_SET = "Current RPC agent is not set! Did you initialize the RPC framework (distautograd.rpc.init_rpc)?"
 
 _agent: Optional[Any] = None
 _lock = threading.Lock()

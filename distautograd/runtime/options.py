@@ -64,8 +64,17 @@ def _env_int(name: str, default: int) -> int:
     return int(os.environ.get(name, default))
 
 
+class RpcBackendOptions:
+    """What every backend's options have, as torch's base class: a default timeout and an init method.
+    init_rpc takes BackendOptions (alias TensorPipeRpcBackendOptions), the one backend here."""
+
+    def __init__(self, rpc_timeout: float = DEFAULT_RPC_TIMEOUT, init_method: str = "env://"):
+        self.rpc_timeout = rpc_timeout
+        self.init_method = init_method
+
+
 @dataclass(kw_only=True)
-class BackendOptions:
+class BackendOptions(RpcBackendOptions):
     """How this process joins and serves. Keyword-only, like torch's TensorPipeRpcBackendOptions.
 
     Args:
@@ -132,6 +141,11 @@ class BackendOptions:
     _channels: Optional[Sequence[str]] = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
+        for name in ("rpc_timeout", "num_worker_threads"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise TypeError(f"TensorPipeRpcBackendOptions(): incompatible constructor arguments: {name} must "
+                                f"be a number (seconds for a timeout), got {type(value).__name__} {value!r}")
         if self.num_worker_threads < 1:
             raise ValueError(f"num_worker_threads must be at least 1, got {self.num_worker_threads}")
         if self.rpc_timeout < 0:

@@ -35,7 +35,8 @@ def invoke_method(rref, name: str, args: tuple, kwargs: dict) -> Any:
 
 
 @trusted_global
-def rref_type(rref) -> type:
+def _rref_typeof_on_owner(rref) -> type:
+    """The type of an RRef's value, on its owner (named as torch's, which profiles show)."""
     return type(rref.local_value())
 
 

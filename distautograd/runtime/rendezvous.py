@@ -62,7 +62,7 @@ class _Board:
 class Rendezvous:
     """Where the coordinator is, and whether this process hosts it."""
 
-    def __init__(self, options: BackendOptions, rank: int, world_size: Optional[int] = None):
+    def __init__(self, options: BackendOptions, rank: int, world_size: Optional[int] = None, store=None):
         self._board: Optional[_Board] = None
         self._address = ""
         self.host = "127.0.0.1"
@@ -74,11 +74,17 @@ class Rendezvous:
             self.host = split_address(external)[0]
             return
         if rank < 0:
+            missing = ("environment variable RANK expected" if (options.init_method or "env://") == "env://"
+                       else "rank parameter missing")
             raise ValueError(
-                "rank is needed to know which process hosts the coordinator: pass rank=, set RANK, or name an "
-                f"external coordinator with {COORDINATOR_ENV}"
+                f"{missing}: the rank says which process hosts the coordinator (rank 0); pass rank=, set RANK, or "
+                f"name an external coordinator with {COORDINATOR_ENV}"
             )
         self.host_it = rank == 0
+        if store is not None:  # a torch Store the caller made (torch's _init_rpc_backend takes one)
+            self._board = _Board(lambda timeout: store, _next_key("given store"))
+            self.host = os.environ.get("MASTER_ADDR") or "127.0.0.1"
+            return
         init = options.init_method or "env://"
         if init.startswith("file://"):
             self._board = _file_board(init[len("file://"):], world_size)
@@ -170,16 +176,13 @@ def _file_board(path: str, world_size: Optional[int]) -> _Board:
     shared = _process_group_board(path=path)
     if shared is not None:
         return shared
-    if not world_size:
-        raise ValueError("init_method='file://...' needs world_size: the file is removed once that many ranks "
-                         "have used it, as torch's FileStore does")
     from torch.distributed import FileStore
 
     held = []
 
     def open_store(timeout: float):
         if not held:  # one FileStore per process: each counts as one of world_size users of the file
-            store = FileStore(path, world_size)
+            store = FileStore(path, world_size or -1)  # an open world: the file stays, as torch's
             store.set_timeout(datetime.timedelta(seconds=timeout))
             held.append(store)
         return held[0]

@@ -19,17 +19,19 @@ import collections
 import logging
 import queue
 import threading
+import weakref
 from concurrent.futures import Future
 from typing import Any, Callable, Dict, List, Optional, Protocol, Set
 
 import torch
 
 from distautograd import errors
-from distautograd.ids import IdMint, rank_of
+from distautograd.ids import LOCAL_MASK, IdMint, rank_of
 from distautograd.protocol.v1 import messages_pb2 as pb
 from distautograd.runtime import current
 from distautograd.runtime.options import UNSET_TIMEOUT
 from distautograd.runtime.world import WorkerInfo, WorldView
+from distautograd.transport import reading
 
 log = logging.getLogger("distautograd")
 _FREED_MEMORY = 100_000
@@ -68,6 +70,7 @@ class RRefStore:
         self._owned: Dict[int, _Owned] = {}
         self._freed: "collections.OrderedDict[int, None]" = collections.OrderedDict()
         self._lock = threading.Lock()
+        self._held: "weakref.WeakSet[RRef]" = weakref.WeakSet()  # every RRef object alive here
         self._releases: "queue.SimpleQueue" = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._drain_releases, name="distautograd-rref-release", daemon=True)
         self._thread.start()
@@ -153,6 +156,8 @@ class RRefStore:
 
     def handle_for(self, rref: "RRef", dest: int) -> pb.RRefHandle:
         """What travels in place of ``rref`` to worker ``dest``, registering the fork it will hold."""
+        if rref._deleted:
+            raise RuntimeError("Cannot call fork an UserRRef after deletion.")
         handle = pb.RRefHandle(rref_id=rref._id, owner=rref._owner)
         if dest == rref._owner != self.mint.rank:
             # To its owner from a user: our own fork keeps the value alive, and our release of it
@@ -192,6 +197,35 @@ class RRefStore:
                     self._remove_fork_locked(change.rref_id, change.fork_id)
 
     # ------------------------------------------------------------------ release
+
+    def delete_all(self) -> None:
+        """Releases every RRef held here (a graceful shutdown's step, as torch's): using one after
+        raises; waits until the releases are on their way."""
+        for rref in list(self._held):
+            rref._delete()
+        self.flush()
+
+    def check_no_leaks(self) -> None:
+        """Raises if an RRef held here was never released (torch's leak check at shutdown)."""
+        for rref in list(self._held):
+            if rref._fork and not rref._deleted:
+                raise RuntimeError(f"Leaking RRef {_guid(rref._id)} with fork Id {_guid(rref._fork)}: it was still "
+                                   "held at shutdown (set rpc.api._ignore_rref_leak = True to release it silently)")
+
+    def debug_info(self) -> Dict[str, str]:
+        """torch's RRef counters: values owned here that others know of, forks of them held
+        elsewhere, values announced but not made yet, and RRefs made here by remote() whose owner
+        has not answered yet."""
+        held = list(self._held)
+        here = {rref._fork for rref in held if rref.is_owner() and not rref._deleted}  # this worker's own RRefs
+        with self._lock:
+            elsewhere = [len(o.forks - here) for o in self._owned.values()]
+            unborn = sum(1 for o in self._owned.values() if not o.value.done())
+        shared, forks = sum(1 for n in elsewhere if n), sum(elsewhere)
+        unconfirmed = sum(1 for rref in held
+                          if not rref._deleted and rref._created is not None and not rref._created.done())
+        return {"num_owner_rrefs": str(shared), "num_forks": str(forks),
+                "num_pending_futures": str(unborn), "num_pending_users": str(unconfirmed)}
 
     def release(self, rref_id: int, owner: int, fork_id: int) -> None:
         """Called from RRef.__del__: any thread, maybe inside the garbage collector, so only enqueue."""
@@ -247,7 +281,10 @@ class RRef:
     """
 
     def __init__(self, value: Any, type_hint: Any = None):
-        store = current.get().rrefs
+        agent = current.peek()
+        if agent is None:
+            raise RuntimeError(current.NOT_SET)
+        store = agent.rrefs
         rref_id, fork_id = store.own(value)
         self._init(store, rref_id, store.mint.rank, fork_id, None)
 
@@ -263,32 +300,52 @@ class RRef:
         self._owner = owner
         self._fork = fork_id
         self._created = created
-        entry = store.world.entry(owner)
-        self._owner_name = entry.name if entry is not None else f"rank {owner}"
+        self._deleted = False
+        self._owner_name = store.world.name_of(owner)
+        store._held.add(self)
 
     def __class_getitem__(cls, item):
-        return cls
+        # In annotations: ``RRef[T]`` is TorchScript's RRef type, so a scripted function that takes one
+        # compiles (torch checks for its own class); called with an RRef of ours, it runs its Python source.
+        return torch._jit_internal.RRef[item]
 
     def __del__(self) -> None:
+        self._delete()
+
+    def _delete(self) -> None:
+        """Lets go of this reference's fork: the owner frees the value once no fork is left."""
         fork = getattr(self, "_fork", 0)
-        if fork:
+        if fork and not self._deleted:
+            self._deleted = True
             try:
                 self._store.release(self._id, self._owner, fork)
             except Exception:
                 pass
 
+    def _check_alive(self, action: str) -> None:
+        if self._deleted:
+            raise RuntimeError(f"User RRef with RRefId={_guid(self._id)} and ForkId={_guid(self._fork)} has been "
+                               f"deleted. Cannot call {action} on it after deletion.")
+
     def __reduce__(self):
-        raise RuntimeError("an RRef can only travel as an argument or result of an rpc call")
+        if self._deleted:
+            raise RuntimeError("Cannot call fork an UserRRef after deletion.")
+        raise RuntimeError("Can not pickle rref in python pickler: an RRef travels only as an argument or result "
+                           "of an rpc call (torch.save and pickle cannot take it)")
+
+    def __str__(self) -> str:
+        if self.is_owner():
+            return f"OwnerRRef({_guid(self._id)})"
+        return f"UserRRef(RRefId = {_guid(self._id)}, ForkId = {_guid(self._fork)})"
 
     def __repr__(self) -> str:
-        kind = "OwnerRRef" if self.is_owner() else "UserRRef"
-        return f"{kind}(owner={self._owner_name}, rref_id={self._id}, fork_id={self._fork})"
+        return f"{self} on {self._owner_name}"
 
     def is_owner(self) -> bool:
         return self._owner == self._store.mint.rank
 
     def owner(self) -> WorkerInfo:
-        return WorkerInfo(self._owner_name, self._owner)
+        return WorkerInfo._make((self._owner_name, self._owner))
 
     def owner_name(self) -> str:
         return self._owner_name
@@ -299,17 +356,46 @@ class RRef:
         return created is None or (created.done() and errors.failure(created) is None)
 
     def local_value(self) -> Any:
+        """The value itself; only on the owner."""
         if not self.is_owner():
+            here = WorkerInfo._make((self._store.world.name_of(self._store.mint.rank), self._store.mint.rank))
             raise RuntimeError(
-                f"local_value() is only available on the owner ({self._owner_name}); call to_here() instead"
-            )
+                f"For UserRRef(rref_id={_guid(self._id)}, fork_id={_guid(self._fork)}), can't call localValue() on "
+                f"user {here}. Call it on owner {self.owner()} (or call to_here() for a copy)")
         return self._store.value(self._id).result()
 
     def to_here(self, timeout: float = UNSET_TIMEOUT) -> Any:
         """The value, copied here from the owner (blocking)."""
+        self._check_alive("to_here()")
         if self.is_owner():
             return self.local_value()
+        failed = self.creation_failure()
+        if failed is not None:
+            raise failed
         return self._store.runtime.fetch(self, timeout).wait()
+
+    def creation_failure(self) -> Optional[BaseException]:
+        """Why remote() could not make this RRef's value, once that is known (None otherwise): as in
+        torch, an RRef whose creation failed or timed out fails from then on."""
+        created = self._created
+        error = errors.failure(created) if created is not None and created.done() else None
+        if isinstance(error, errors.DeadlineExceeded):
+            return errors.DeadlineExceeded(
+                f"RRef creation via rpc.remote() timed out, and it is possible that the RRef on the owner "
+                f"{self._owner_name} does not exist: {error}", worker=error.worker)
+        return error
+
+    def _serialize(self):
+        """torch's PyRRef hook for its own pickler: an RRef travels only inside an rpc call."""
+        return self.__reduce__()
+
+    def _get_future(self) -> torch.futures.Future:
+        """The future of this RRef's creation on its owner (done at once for RRefs not made by remote())."""
+        if self._created is not None:
+            return self._created
+        done = torch.futures.Future()
+        done.set_result(None)
+        return done
 
     def rpc_sync(self, timeout: float = UNSET_TIMEOUT) -> "_Proxy":
         """``rref.rpc_sync().method(*args)`` runs ``method`` on the owner's value and returns its result."""
@@ -335,27 +421,37 @@ class RRef:
         self._store.runtime.backward_on_owner(self, dist_autograd_ctx_id, retain_graph)
 
     def _get_type(self, timeout: float = UNSET_TIMEOUT, blocking: bool = True):
-        """The type of the value (asked of the owner once, then remembered), or a Future of it."""
-        cached = getattr(self, "_type", None)
-        if cached is None:
+        """The type of the value, or (``blocking=False``) a Future of it: asked of the owner once,
+        the same future answers every later ask (a failed ask is asked again next time)."""
+        future = getattr(self, "_type", None)
+        if future is None:
+            future = self._type = torch.futures.Future()
             if self.is_owner():
-                future = torch.futures.Future()
-                future.set_result(type(self.local_value()))
+                asked = torch.futures.Future()
+                try:
+                    asked.set_result(type(self.local_value()))
+                except Exception as exc:
+                    asked.set_exception(exc)
             else:
-                future = self._store.runtime.type_on_owner(self, timeout)
-            future = future.then(lambda f: self._remember_type(f.value()))
-            if not blocking:
-                return future
-            return future.wait()
-        if blocking:
-            return cached
-        future = torch.futures.Future()
-        future.set_result(cached)
-        return future
+                asked = self._store.runtime.type_on_owner(self, timeout)
+            asked.add_done_callback(lambda done: self._take_type(future, done))
+        if not blocking:
+            return future
+        reading.before_blocking()
+        return future.wait()
 
-    def _remember_type(self, kind):
-        self._type = kind
-        return kind
+    def _take_type(self, future: torch.futures.Future, asked: torch.futures.Future) -> None:
+        error = errors.failure(asked)
+        if error is None:
+            future.set_result(asked.value())
+            return
+        self._type = None
+        future.set_exception(error)
+
+
+def _guid(id_: int) -> str:
+    """An id as torch prints RRef ids: the worker that minted it and its number there."""
+    return f"GloballyUniqueId(created_on={rank_of(id_)}, local_id={id_ & LOCAL_MASK})"
 
 
 class _Proxy:

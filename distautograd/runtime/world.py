@@ -9,15 +9,43 @@ from distautograd.protocol.v1 import messages_pb2 as pb
 from distautograd.encoding.allowlist import trusted_global
 
 
-@trusted_global
-class WorkerInfo(NamedTuple):
-    """A worker's name and id (its rank), as torch.distributed.rpc.WorkerInfo."""
+NAME_CHARACTERS = "letters, digits and _ - . :"
+MAX_NAME = 128
 
+
+def name_problem(name) -> Optional[str]:
+    """What is wrong with a worker name (torch's rules, and '.'), or None."""
+    if not isinstance(name, str) or not name:
+        return "Worker name must be non-empty"
+    if len(name) >= MAX_NAME:
+        return f"Worker name must be shorter than {MAX_NAME} characters, got {len(name)}"
+    if not all(c.isascii() and (c.isalnum() or c in "_-.:") for c in name):
+        return f"Worker name must match ^[A-Za-z0-9_.:-]*$ ({NAME_CHARACTERS}), got {name!r}"
+    return None
+
+
+class _Info(NamedTuple):
     name: str
     id: int
 
+
+@trusted_global
+class WorkerInfo(_Info):
+    """A worker's name and id (its rank), as torch.distributed.rpc.WorkerInfo."""
+
+    __slots__ = ()
+
+    def __new__(cls, name: str, id: int):
+        problem = name_problem(name)
+        if problem is not None:
+            raise RuntimeError(problem)
+        return super().__new__(cls, name, id)
+
     def __repr__(self) -> str:
         return f"WorkerInfo(id={self.id}, name={self.name})"
+
+    def __getnewargs__(self):
+        return tuple(self)
 
 
 Destination = Union[str, int, WorkerInfo]
@@ -32,6 +60,8 @@ class WorldView:
         self._by_name: Dict[str, pb.WorkerEntry] = {}
         self._by_rank: Dict[int, pb.WorkerEntry] = {}
         self._departed: Dict[int, pb.Departure] = {}
+        self.cannot_form = ""  # why the world of a fixed size this worker waits for will never be complete
+        self.most = 0  # the most members seen at once: a world that was complete was, even if some left since
 
     def update(self, world: pb.WorldUpdate) -> List[pb.Departure]:
         """Applies a newer snapshot; returns the departures it brought."""
@@ -39,8 +69,10 @@ class WorldView:
             if world.version and world.version <= self.version:
                 return []
             self.version = world.version
+            self.cannot_form = world.cannot_form
             self._by_name = {w.name: w for w in world.workers}
             self._by_rank = {w.rank: w for w in world.workers}
+            self.most = max(self.most, len(self._by_rank))
             new = [d for d in world.departed if d.rank not in self._departed or d.name != self._departed[d.rank].name]
             for d in world.departed:
                 if d.rank not in self._by_rank:
@@ -88,29 +120,34 @@ class WorldView:
         return ", ".join(f"{w.name} (rank {w.rank})" for w in members) or "none"
 
     def resolve(self, to: Destination) -> WorkerInfo:
-        """The member ``to`` names: a name, a rank or a WorkerInfo. ValueError lists the known ones."""
+        """The worker ``to`` names: a name, a rank or a WorkerInfo, as torch's rpc verbs take it.
+        A worker that has gone still resolves (a call to it fails, saying how it went, as in
+        torch); one never known raises UnknownWorker listing the known ones."""
         if isinstance(to, WorkerInfo):
-            entry = self._by_rank.get(to.id)
-            if entry is None or entry.name != to.name:
-                raise self._unknown(repr(to), to.id)
+            found = self._by_rank.get(to.id) or self._departed.get(to.id)
+            if found is None or found.name != to.name:
+                raise self._unknown(repr(to))
         elif isinstance(to, str):
-            entry = self._by_name.get(to)
-            if entry is None:
-                gone = next((d for d in self._departed.values() if d.name == to), None)
-                raise self._unknown(repr(to), gone.rank if gone else None)
+            return self.info_of(to)
         elif isinstance(to, int) and not isinstance(to, bool):
-            entry = self._by_rank.get(to)
-            if entry is None:
-                raise self._unknown(f"rank {to}", to)
+            found = self._by_rank.get(to) or self._departed.get(to)
+            if found is None:
+                raise self._unknown(f"rank {to}")
         else:
-            raise TypeError(f"a destination must be a worker name, a rank or a WorkerInfo, not {type(to).__name__}")
-        return WorkerInfo(entry.name, entry.rank)
+            raise ValueError(f"Cannot get WorkerInfo from name {to!r}: a destination is a worker name, a rank "
+                             "or a WorkerInfo")
+        return WorkerInfo._make((found.name, found.rank))
 
-    def _unknown(self, what: str, rank: Optional[int]) -> ValueError:
-        gone = self._departed.get(rank) if rank is not None else None
-        if gone is not None:
-            how = "died" if gone.failed else "left"
-            return ValueError(
-                f"worker {what} {how} ({gone.reason}); live workers: {self.describe()}"
-            )
-        return ValueError(f"unknown worker {what}; known workers: {self.describe()}")
+    def info_of(self, name: str) -> WorkerInfo:
+        """The WorkerInfo of the worker called ``name``, also after it has gone."""
+        found = self._by_name.get(name) or next((d for d in self._departed.values() if d.name == name), None)
+        if found is None:
+            raise self._unknown(repr(name))
+        return WorkerInfo._make((found.name, found.rank))
+
+    def _unknown(self, what: str) -> "UnknownWorker":
+        return UnknownWorker(f"could not find destination worker {what}: known workers are {self.describe()}")
+
+
+class UnknownWorker(RuntimeError, ValueError):
+    """A worker this process never heard of (a RuntimeError as torch's; a ValueError, as before)."""

@@ -171,7 +171,9 @@ class Link:
     def _expire(self, frame_id: int, timeout: float) -> None:
         self._fail_pending(
             frame_id,
-            errors.DeadlineExceeded(f"no response from {self.peer} within the timeout of {timeout:g} s"),
+            errors.DeadlineExceeded(f"RPC ran for more than set timeout ({timeout * 1000:g} ms) and will now be "
+                                    f"marked with an error: no response from {self.peer} within the timeout of "
+                                    f"{timeout:g} s"),
         )
 
     def _fail_pending(self, frame_id: int, exc: BaseException) -> None:

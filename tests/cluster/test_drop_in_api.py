@@ -191,7 +191,7 @@ def test_context_internals_torch_tests_use():
             with dist_autograd.context():
                 pass
         ret = rpc.rpc_sync("worker1", torch.add, args=(t1, t2))
-        assert rpc.rpc_sync("worker2", torch.add, args=(1, 1)) == 2  # no tensor that requires grad: not known
+        assert rpc.rpc_sync("worker2", torch.add, args=(1, 1)) == 2  # no tensor that requires grad: known too
         ctx = dist_autograd._current_context()
         assert ctx._context_id() == context_id
         assert dist_autograd._retrieve_context(context_id) is ctx
@@ -200,8 +200,8 @@ def test_context_internals_torch_tests_use():
         assert send.name() == "torch::distributed::autograd::SendRpcBackward"
         assert [node for node, _ in send.next_functions] == [get_gradient_edge(t).node for t in (t1, t2)]
         assert list(ctx._recv_functions().values()) == [ret.grad_fn]
-        worker1 = rpc.get_worker_info("worker1").id
-        assert ctx._known_worker_ids() == {worker1}
+        worker1, worker2 = rpc.get_worker_info("worker1").id, rpc.get_worker_info("worker2").id
+        assert ctx._known_worker_ids() == {worker1, worker2}  # as torch's test_worker_ids_recorded
         assert context_id <= dist_autograd._get_max_id()
     with pytest.raises(RuntimeError, match="Could not find autograd context with id"):
         dist_autograd._retrieve_context(context_id)

@@ -68,7 +68,8 @@ def test_duplicate_name_names_the_holder(cluster):
     proc.stop()
     out = proc.tail()
     assert code == 2
-    assert f"the name 'worker1' is already taken by rank {worker1.rank} at {worker1.address}" in out, out
+    assert (f"worker name 'worker1' is not unique: it is already taken by rank {worker1.rank} at {worker1.address}"
+            in out), out
 
 
 def test_dead_peer_fails_the_call_at_once_naming_it():
