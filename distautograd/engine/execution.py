@@ -21,7 +21,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import torch
 from torch.autograd.graph import GradientEdge, _engine_run_backward
 
-from distautograd.engine import slots
+from distautograd.engine import order, slots
 from distautograd.engine.nodes import is_leaf, recording, recv_points
 
 Contribution = Tuple[GradientEdge, torch.Tensor]
@@ -44,10 +44,13 @@ def run_wave(
         if store.accumulates:
             with slots.swapped(leaves, store), recording() as sink:
                 _run_engine(edges, grads, retain_graph, create_graph, inputs)
+            got = [store.grads.get(leaf.variable) for leaf in leaves] if create_graph else ()
         else:
             with recording() as sink:
                 got = _run_engine(edges, grads, retain_graph, create_graph, inputs, accumulate=False)
             store.take(leaves, got[:len(leaves)])
+        if create_graph:
+            order.place_tensors([got, sink])  # the graph this call made, placed on the thread that made it
     return {point.message_id: sink.get(point.message_id) for node in recvs for point in recv_points(node)}
 
 
@@ -68,14 +71,19 @@ def run_node(
     if points is not None:
         with recording() as sink:
             _run_engine(edges, grads, retain_graph, create_graph, [points[0].anchor])
+        if create_graph:
+            order.place_tensors(sink)
         return None, {point.message_id: sink.get(point.message_id) for point in points}
     if is_leaf(node):
         if store.accumulates:
             with slots.swapped([node], store):
                 _run_engine(edges, grads, retain_graph, create_graph, [GradientEdge(node, 0)])
+            got = [store.grads.get(node.variable)]
         else:
-            store.take([node], _run_engine(edges, grads, retain_graph, create_graph, [GradientEdge(node, 0)],
-                                           accumulate=False))
+            got = _run_engine(edges, grads, retain_graph, create_graph, [GradientEdge(node, 0)], accumulate=False)
+            store.take([node], got)
+        if create_graph:
+            order.place_tensors(got)
         return None, {}
     children = list(dict.fromkeys((child, slot) for child, slot in node.next_functions if child is not None))
     if not children:
@@ -94,6 +102,8 @@ def run_node(
         pass
     finally:
         handle.remove()
+    if create_graph and produced:
+        order.place_tensors(produced[0])  # its children may run on another thread
     return (produced[0] if produced else ()), {}
 
 

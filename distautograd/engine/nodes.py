@@ -18,6 +18,8 @@ from typing import Any, Dict, List, Optional, Sequence
 import torch
 from torch.autograd.graph import GradientEdge, get_gradient_edge
 
+from distautograd.engine import order
+
 _recording = threading.local()
 
 LOCAL_BACKWARD_ERROR = (
@@ -66,7 +68,9 @@ def make_recv(tensors: Sequence[torch.Tensor], points: Sequence) -> tuple:
     returns them and the edge of the node's anchor."""
     anchor = torch.empty(0, requires_grad=True)
     outs = RecvRpc.apply(anchor, [list(tensors), list(points)])
-    return (outs if isinstance(outs, tuple) else (outs,)), get_gradient_edge(anchor)
+    outs = outs if isinstance(outs, tuple) else (outs,)
+    order.place([outs[0].grad_fn])  # made on this thread, which may not be the one that uses it
+    return outs, get_gradient_edge(anchor)
 
 
 def gradient_edge(tensor: torch.Tensor) -> GradientEdge:

@@ -19,7 +19,7 @@ import torch
 from torch.autograd.graph import GradientEdge
 
 from distautograd import errors
-from distautograd.engine import activations, nodes
+from distautograd.engine import activations, nodes, order
 from distautograd.engine.activations import Activation, Activations
 from distautograd.engine.slots import GradStore
 from distautograd.ids import IdMint, rank_of
@@ -38,7 +38,7 @@ Notify = Callable[[int, pb.Request], None]  # (rank, or COORDINATOR, request); r
 class SendPoint(NamedTuple):
     edge: GradientEdge
     dest: int
-    key: float  # where a gradient from the receiver sorts among local ones (engine.local_pass)
+    key: float  # where a gradient from the receiver sorts among local ones (engine.local_pass, engine.order)
     context_id: int
 
 
@@ -198,7 +198,7 @@ class ContextStore:
         ``message``: the id of the first send point of the same outgoing message, 0 if this is it."""
         message_id = self._mint()
         edge = nodes.gradient_edge(tensor)
-        point = SendPoint(edge, dest, torch._C._autograd._get_sequence_nr() - 0.5, ctx.id)
+        point = SendPoint(edge, dest, order.place([edge.node]), ctx.id)
         activation = ctx.activations.of(edge.node, edge.output_nr)
         with ctx.lock:
             ctx.sends[message_id] = point

@@ -64,6 +64,33 @@ def test_a_gradient_penalty_across_two_workers():
         assert torch.equal(got[name].detach(), want[name].detach()), name
 
 
+def test_a_gradient_penalty_through_nested_calls_sums_in_creation_order():
+    """The critic on worker1 calls worker2 itself, three times a step (real, fake, the mix): each
+    call waits for its nested one, so worker1 runs them on different threads, whose node counters
+    say nothing about which node came first. Their gradients meet at worker1's weight: the sum must
+    keep the order the calls were made in (engine.order), bit for bit as one process sums them."""
+    fresh_weights()
+    data = [torch.linspace(-1.0, 1.0, 10, dtype=torch.float64).reshape(2, 5) * s for s in (1.0, 0.3, -0.7)]
+
+    def critic(x, call):
+        return call(higher.layer_then, x, 1, "worker2", 2).sum() if call is not local else \
+            higher.layer(higher.layer(x, 1), 2).sum()
+
+    def loss_of(call, grad):
+        real, fake, mix = data[0], data[1], (data[0] * 0.4 + data[1] * 0.6).requires_grad_()
+        gx = grad(critic(mix, call), mix)
+        return critic(fake, call) - critic(real, call) + 10.0 * ((gx.norm() - 1) ** 2)
+
+    with dist_autograd.context() as context_id:
+        loss = loss_of(remote("worker1"),
+                       lambda out, x: dist_autograd.grad(context_id, [out], [x], create_graph=True)[0])
+        dist_autograd.backward(context_id, [loss])
+        got = [rpc.rpc_sync("worker1", higher.weight_grad, args=(context_id, 1)),
+               rpc.rpc_sync("worker2", higher.weight_grad, args=(context_id, 2))]
+    loss_of(local, lambda out, x: torch.autograd.grad(out, x, create_graph=True)[0]).backward()
+    assert torch.equal(got[0], higher.weight(1).grad) and torch.equal(got[1], higher.weight(2).grad)
+
+
 def test_a_hessian_vector_product_over_three_workers():
     fresh_weights()
     v = torch.linspace(0.5, -0.5, 10, dtype=torch.float64).reshape(2, 5)

@@ -16,7 +16,7 @@ from typing import Dict, List, Optional
 import torch
 from torch.autograd.graph import get_gradient_edge
 
-from distautograd.engine import activations, nodes
+from distautograd.engine import activations, nodes, order
 from distautograd.engine.activations import Activations
 from distautograd.engine.graph import ROOTS, PassGraph
 from distautograd.engine.local_pass import LocalPass
@@ -64,7 +64,7 @@ class World:
         sender = self.workers[src]
         message_id = next(self._ids)
         edge = get_gradient_edge(tensor)
-        sender.sends[message_id] = (edge, torch._C._autograd._get_sequence_nr() - 0.5)
+        sender.sends[message_id] = (edge, order.place([edge.node]))
         self.owner[message_id] = src
         found = sender.activations.of(edge.node, edge.output_nr)
         travels = not found.unknown and (self.limit is None or len(found.ids) <= self.limit)
@@ -74,6 +74,7 @@ class World:
 
     def backward(self, root: str, roots: List[torch.Tensor], retain_graph=False, create_graph=False) -> None:
         edges = [get_gradient_edge(r) for r in roots]
+        order.place(edge.node for edge in edges)
         found = activations.union(self.workers[root].activations.of(e.node, e.output_nr) for e in edges)
         active, unknown = set(found.ids), set(found.unknown)
         while unknown:  # what did not travel: ask the sender, as runtime.backward does

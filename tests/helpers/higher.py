@@ -24,6 +24,14 @@ def layer(x: torch.Tensor, seed: int) -> torch.Tensor:
     return torch.tanh(x @ weight(seed)) * 1.5
 
 
+def layer_then(x: torch.Tensor, seed: int, to: str, then_seed: int) -> torch.Tensor:
+    """``layer`` here, then ``layer`` on worker ``to``, called from here: the call waits for a nested
+    call, so the worker goes on reading (and running later calls) on another thread."""
+    from distautograd import rpc
+
+    return rpc.rpc_sync(to, layer, args=(layer(x, seed), then_seed))
+
+
 def cube(x: torch.Tensor) -> torch.Tensor:
     return x ** 3
 

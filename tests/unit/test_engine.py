@@ -205,3 +205,42 @@ def test_a_second_pass_without_retain_graph_raises_torchs_error_and_with_it_accu
     assert torch.equal(world.workers["t"].grads()[w], first * 2)
     with pytest.raises(RuntimeError, match="retain_graph=True"):
         world.backward("t", [loss])
+
+
+def _on_fresh_thread(fn, made_before=0):
+    """``fn`` on a new thread (its own node counter, as a reader or standby thread has), after it made some nodes."""
+    import threading
+
+    out = []
+
+    def body():
+        z = torch.zeros(1, requires_grad=True)
+        for _ in range(made_before):
+            z = z * 1
+        out.append(fn())
+
+    thread = threading.Thread(target=body)
+    thread.start()
+    thread.join()
+    return out[0]
+
+
+@pytest.mark.parametrize("order", ORDERS)
+def test_nodes_made_on_different_threads_sum_in_creation_order(order):
+    """torch numbers nodes per thread; calls to one worker run on whichever thread read them. Three
+    calls meet at one leaf: their sum must keep the order they were made in, not their threads' counts."""
+
+    def scenario(send, run):
+        w = torch.tensor([1.0], requires_grad=True)  # a parameter on "a"
+        outs = []
+        for i, value in enumerate([1.0, 1e-8, -1.0]):  # the sum's order shows: (-1 + 1e-8) + 1 != (1 - 1) + 1e-8
+            x = torch.tensor([value], requires_grad=True)
+            outs.append(run(i, lambda x=x: send((w * send(x, "t", "a")).sum(), "a", "t")))
+        return [outs[0] + outs[1] + outs[2]], w
+
+    world = World("t", "a", "b", order=order)
+    roots, w = scenario(world.send, lambda i, call: _on_fresh_thread(call, made_before=10 if i == 0 else 0))
+    world.backward("t", roots)
+    local_roots, local_w = scenario(lambda tensor, src, dest: tensor, lambda i, call: call())
+    local_roots[0].backward()
+    assert torch.equal(world.workers["a"].grads()[w], local_w.grad)
