@@ -16,6 +16,7 @@ LAYERS = [
     ("public faces", {"rpc", "autograd", "optim", "nn"}),
     ("runtime", {"runtime"}),
     ("views of the gradient", {"views"}),
+    ("compiled core", {"native"}),
     ("engine and coordinator", {"engine", "coordinator"}),
     ("transport and encoding", {"transport", "encoding"}),
     ("errors and ids", {"errors", "ids", "protocol", ""}),
