@@ -156,9 +156,14 @@ def from_proto(error: pb.Error, resolve_type=None) -> BaseException:
     return exc
 
 
+# Raised where torch's RPC hands the caller a RuntimeError: a TorchScript function's error (whose own
+# type, torch.jit.Error, is no RuntimeError) arrives as one, message and all.
+_AS_RUNTIME_ERROR = {"torch.jit.Error"}
+
+
 def _resolve(name: str, resolve_type) -> Optional[type]:
     module, _, qualname = name.rpartition(".")
-    if not module:
+    if not module or name in _AS_RUNTIME_ERROR:
         return None
     if module == "builtins":
         kind = getattr(builtins, qualname, None)

@@ -57,6 +57,7 @@ class Membership:
         self._members: Dict[int, Member] = {}
         self._departed: List[pb.Departure] = []
         self._cannot_form = ""  # why a world of a fixed size will never be complete
+        self._asked: Set[int] = set()  # ranks that asked to join, refused or not (for a world that cannot form)
         # Held while a snapshot goes out: the host's own copy may arrive first, and the coordinator
         # must not stop (its host saw the world complete and shut down) before the others have theirs.
         self.sending = threading.Lock()
@@ -79,6 +80,11 @@ class Membership:
     def departed(self) -> List[pb.Departure]:
         with self._lock:
             return list(self._departed)
+
+    def wait_until_asked(self, world_size: int, timeout: float) -> bool:
+        """Waits (bounded) until ``world_size`` ranks have asked to join, refused or not."""
+        with self._changed:
+            return self._changed.wait_for(lambda: len(self._asked) >= world_size, timeout)
 
     def wait_until(self, predicate, timeout: float) -> bool:
         """Waits (bounded) until ``predicate(set of member ranks)`` holds."""
@@ -106,6 +112,10 @@ class Membership:
     def join(self, link, join: pb.Join) -> pb.WorldUpdate:
         validate_join(join)
         with self._lock:
+            self._asked.add(join.rank)
+            self._changed.notify_all()
+            if self._cannot_form and join.world_size:  # latecomers to a world that cannot form learn why too
+                raise errors.FailedPrecondition(self._cannot_form)
             holder = next((m for m in self._members.values() if m.entry.name == join.name), None)
             if holder is not None:
                 refusal, snapshot = self._refuse_name_locked(join, holder.entry)
@@ -199,6 +209,8 @@ class Membership:
             departure = pb.Departure(name=member.entry.name, rank=rank, reason=reason, failed=failed)
             self._departed.append(departure)
             del self._departed[:-_DEPARTED_MEMORY]
+            if not any(m.world_size for m in self._members.values()):  # that world is gone: another may form
+                self._cannot_form, self._asked = "", set()
             self._version += 1
             snapshot = self._snapshot_locked()
             completed = self._check_barriers_locked()

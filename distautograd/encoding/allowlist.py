@@ -43,6 +43,8 @@ _SAFE_BUILTINS = frozenset(
 _SAFE_GLOBALS = frozenset(
     {
         ("collections", "OrderedDict"),
+        ("torch._C._profiler", "ProfilerState"),  # enums of profiles (profiles and their events travel)
+        ("torch._C._autograd", "DeviceType"),
         ("collections", "defaultdict"),
         ("collections", "deque"),
         ("collections", "Counter"),
@@ -71,6 +73,8 @@ _TORCH_MATH_MODULES = frozenset(
     {"torch.nn.functional", "torch.functional", "torch.nn.init", "torch.linalg", "torch.fft", "torch.special"}
 )
 _MODEL_BASES = (torch.nn.Module, torch.optim.Optimizer, torch.distributions.Distribution)
+# torch modules whose classes only hold data (a profile's events: EventList, FunctionEvent, ...).
+_TORCH_DATA_CLASS_MODULES = frozenset({"torch.autograd.profiler_util"})
 # Compiled torch operators travel by name: pickle would otherwise need builtins.getattr to load them.
 OP_NAMESPACES = {
     "torch": torch,
@@ -216,8 +220,8 @@ class Allowlist:
         if self.trusts(defined_in) or obj in _TRUSTED:
             return True
         if isinstance(obj, type):
-            if issubclass(obj, torch.nn.Module):
-                return True  # models, from torch or any library loaded here
+            if issubclass(obj, torch.nn.Module) or defined_in in _TORCH_DATA_CLASS_MODULES:
+                return True  # models, from torch or any library loaded here; torch's plain data
             if issubclass(obj, _MODEL_BASES) or defined_in == "torch.return_types":
                 return defined_in.startswith("torch.")
             return False
@@ -248,7 +252,8 @@ class Allowlist:
 
     def method(self, value: Any, name: str) -> Any:
         """``value.name`` if a peer may call it (RRef proxies, bound methods); PermissionDenied otherwise."""
-        if not isinstance(name, str) or (name.startswith("__") and name != "__call__"):
+        if not isinstance(name, str) or (name.startswith("__") and name != "__call__" and not (
+                name in _CONTEXT_DUNDERS and type(value) in _TRUSTED)):
             raise PermissionDenied(f"RRef proxies only call public methods; refused {name!r}")
         try:
             inspect.getattr_static(value, name)
@@ -257,8 +262,8 @@ class Allowlist:
         classes = value.__mro__ if isinstance(value, type) else type(value).__mro__  # a class: its classmethods
         owner = next((cls for cls in classes if name in vars(cls)), None)
         where = getattr(owner, "__module__", "") or ""
-        if owner is not None and self.trusts(where):
-            allowed = True  # user code
+        if owner is not None and (self.trusts(where) or type(value) in _TRUSTED):
+            allowed = True  # user code, or a class of this package's that peers may use
         elif isinstance(value, torch.Tensor):
             allowed = is_tensor_op(name) or name in _TENSOR_METHODS
         elif isinstance(value, _MODEL_BASES):
@@ -288,8 +293,10 @@ class Allowlist:
 
 
 # distautograd's own functions that peers may call (RRef proxies, the optimizer, ...) and classes
-# they may send (WorkerInfo).
+# they may send (WorkerInfo) or use through a proxy (the server profiler, whose __enter__ and
+# __exit__ torch's users call that way).
 _TRUSTED: set = set()
+_CONTEXT_DUNDERS = ("__enter__", "__exit__")
 
 
 def trusted_global(obj):

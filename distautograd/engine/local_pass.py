@@ -85,6 +85,8 @@ class LocalPass:
         """Source ``key`` delivers (one gradient per edge of the source; None where none flowed).
         Runs whatever became complete, in this thread, unless another thread is already at it."""
         graph = self.graph
+        if key not in self.keys:
+            raise UnknownSource(f"gradient arrived for send point {key}, which takes no part in this pass here")
         with self._lock:
             if self._closed or key in self._arrived:
                 return  # a retried push: it already counted
@@ -212,6 +214,10 @@ class LocalPass:
                         grad = produced[i] if i < len(produced) else None
                         if grad is not None:
                             self._add_locked(child, slot, key, grad)
+
+
+class UnknownSource(ValueError):
+    """A source delivered that this worker's part of the pass does not have (a peer's mistake)."""
 
 
 def _in_order(entries: List[Tuple[float, torch.Tensor]]) -> List[Tuple[float, torch.Tensor]]:

@@ -268,12 +268,19 @@ def _delete_all_user_and_unforked_owner_rrefs(timeout: float = 0) -> None:
 def shutdown(graceful: bool = True, timeout: float = constants.DEFAULT_SHUTDOWN_TIMEOUT) -> None:
     """Leaves the world. Graceful: waits until every non-daemon worker calls shutdown and all
     outstanding work everywhere is done, releasing this worker's RRefs on the way (bounded by
-    ``timeout`` seconds); not graceful: leaves at once, failing what is in flight."""
+    ``timeout`` seconds); in a world joined without a world_size (members come and go, as torch's
+    dynamic groups) it waits for this worker's own work only. Not graceful: leaves at once,
+    failing what is in flight."""
     if graceful:
         try:
-            _wait_all_workers(timeout)
-            _delete_all_user_and_unforked_owner_rrefs()
-            current.get().join(shutdown=True, timeout=timeout)
+            agent = current.get()
+            if agent.is_static_group:
+                _wait_all_workers(timeout)
+                _delete_all_user_and_unforked_owner_rrefs()
+                agent.join(shutdown=True, timeout=timeout)
+            else:
+                _delete_all_user_and_unforked_owner_rrefs()
+                agent.drain(timeout)
         finally:
             _finalize_shutdown(graceful=True)
     else:
@@ -330,7 +337,7 @@ def rpc_async(
             >>> fut.wait()
             tensor([4., 4.])
     """
-    future = _invoke(to, func, args, kwargs, timeout)
+    future = _invoke(to, func, args, kwargs, timeout, "async")
     pending = getattr(_thread_local_var, "future_list", None)
     if pending is not None:
         pending.append(future)
@@ -342,13 +349,14 @@ def rpc_sync(
     to: Destination, func: Callable, args: Optional[tuple] = None, kwargs: Optional[dict] = None, timeout: float = UNSET_TIMEOUT
 ) -> Any:
     """``rpc_async(...).wait()``: runs ``func`` on ``to`` and returns its result (re-raising its error)."""
-    return _invoke(to, func, args, kwargs, timeout).wait()
+    return _invoke(to, func, args, kwargs, timeout, "sync").wait()
 
 
-def _invoke(to: Destination, func: Callable, args, kwargs, timeout: float) -> torch.futures.Future:
-    """The one path of rpc_sync and rpc_async (only rpc_async's futures join a ``_wait_all`` block)."""
+def _invoke(to: Destination, func: Callable, args, kwargs, timeout: float, mode: str) -> torch.futures.Future:
+    """The one path of rpc_sync and rpc_async (only rpc_async's futures join a ``_wait_all`` block;
+    ``mode`` names the call in torch's profiler)."""
     agent = current.get()
-    return agent.calls.invoke(agent.world.resolve(to), func, args, kwargs, timeout)
+    return agent.calls.invoke(agent.world.resolve(to), func, args, kwargs, timeout, mode=mode)
 
 
 @_require_initialized

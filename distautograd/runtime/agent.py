@@ -11,6 +11,7 @@ import time
 from typing import Any, Dict, List, Optional
 
 import grpc
+import torch
 
 from distautograd import __version__, errors
 from distautograd.coordinator.service import Coordinator, Settings
@@ -111,6 +112,7 @@ class Agent:
         deadline = time.monotonic() + options.effective_init_timeout()
         rendezvous = Rendezvous(options, rank, world_size, store)
         self.is_static_group = bool(world_size)
+        self.world.size, self.world.formed_within = world_size or 0, options.effective_init_timeout()
         host_it = rendezvous.host_it
         if host_it:
             listen_host, listen_port = rendezvous.listen()
@@ -156,6 +158,8 @@ class Agent:
         reply = self._join(coordinator, join, deadline)
         self.rank = reply.rank
         self.mint.rank = reply.rank
+        if hasattr(torch._C, "_distributed_rpc"):  # torch's profiler marks this process's events with its rank
+            torch._C._distributed_rpc._set_profiler_node_id(reply.rank)
         self.peers.rank = reply.rank
         self.world.update(reply.world)
         self._coordinator_address, self._join_message = coordinator, join
@@ -210,6 +214,8 @@ class Agent:
         complete = self.world.wait_for(lambda: self.world.most >= world_size or self.world.cannot_form,
                                        deadline - time.monotonic())
         if self.world.cannot_form:
+            if self.coordinator is not None:  # stay until every rank has asked, so each learns why
+                self.coordinator.membership.wait_until_asked(world_size, max(0.0, deadline - time.monotonic()))
             self.stop(graceful=False)
             raise RuntimeError(self.world.cannot_form)
         if not complete:
@@ -275,13 +281,19 @@ class Agent:
     def join(self, shutdown: bool = False, timeout: float = 0) -> None:
         """Waits until this worker's calls are answered and its own work is done, then until every
         non-daemon worker has got that far (torch's agent.join; 0: the rpc timeout bounds it)."""
+        end = self.drain(timeout)
+        self._joins += 1
+        self._barrier(f"join#{self._joins}", end, "shutdown" if shutdown else "join")
+
+    def drain(self, timeout: float = 0) -> float:
+        """Waits (bounded) until this worker's calls are answered, the calls it serves have run and its
+        RRef releases are out; returns the deadline it used."""
         end = time.monotonic() + (timeout or self.options.rpc_timeout or 60.0)
         while self.peers.pending_requests() and time.monotonic() < end:
             time.sleep(0.01)
         self.calls.wait_idle(max(0.0, end - time.monotonic()))
         self.rrefs.flush(max(0.1, min(5.0, end - time.monotonic())))
-        self._joins += 1
-        self._barrier(f"join#{self._joins}", end, "shutdown" if shutdown else "join")
+        return end
 
     def stop(self, graceful: bool) -> None:
         """Leaves the world and closes everything. Graceful: the others were waited for already

@@ -13,7 +13,9 @@ start and end, and aborts passes whose participants die.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import queue
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
@@ -21,8 +23,8 @@ import torch
 from distautograd import errors
 from distautograd.engine.roots import validate_roots
 from distautograd.engine.graph import ROOTS, PassGraph
-from distautograd.engine import nodes
-from distautograd.engine.local_pass import LocalPass
+from distautograd.engine import nodes, order
+from distautograd.engine.local_pass import LocalPass, UnknownSource
 from distautograd.engine.slots import Captured
 from distautograd.ids import IdMint, rank_of
 from distautograd.protocol.v1 import messages_pb2 as pb
@@ -31,7 +33,7 @@ from distautograd.runtime.contexts import Context, ContextStore
 from distautograd.runtime.pass_state import Drive, Part, Passes, PassKey
 from distautograd.runtime.peers import COORDINATOR, Peers
 from distautograd.runtime.reach import Reach
-from distautograd.runtime import anomaly, inspection, tracing
+from distautograd.runtime import anomaly, inspection, profiling, tracing
 from distautograd.transport import reading
 from distautograd.views import trace
 from distautograd.transport.deadlines import Deadlines
@@ -39,6 +41,7 @@ from distautograd.transport.deadlines import Deadlines
 log = logging.getLogger("distautograd")
 
 PUSH_RETRIES = 2
+BACKWARD_NAME = "torch::distributed::autograd::backward"  # torch's name for a distributed backward's range
 PLAN_INLINE_LIMIT = 512  # active sends a plan may hold and still ride along with every push
 
 
@@ -90,6 +93,7 @@ class Backward:
         grads = list(grads) if grads is not None else [
             torch.ones_like(root, memory_format=torch.contiguous_format) for root in roots]
         edges = [nodes.gradient_edge(root) for root in roots]
+        order.place(edge.node for edge in edges)  # made on this thread: their places before any sum
         active = self._reach.active_sends(ctx, edges)
         pass_id = self._mint()
         key = (ctx.id, pass_id)
@@ -97,7 +101,10 @@ class Backward:
                            create_graph=create_graph, anomaly=anomaly.requested(ctx.anomaly), capture=capture,
                            inspect=ctx.inspect)
         participants = {rank_of(m) for m in active} - {self.rank}
-        drive = Drive(ctx, pass_id, participants | {self.rank})
+        # Under torch's profiler the pass runs here on the caller's thread, the one the profiler records
+        # (torch's engine carries the caller's thread state to its threads; Python cannot).
+        profiled = profiling.on()
+        drive = Drive(ctx, pass_id, participants | {self.rank}, queue.SimpleQueue() if profiled else None)
         part = Part(ctx, pass_id, self.rank)
         self._passes.begin(drive, part)
         ctx.reported = True
@@ -109,13 +116,16 @@ class Backward:
         timeout = self._timeout()
         expiry = self._deadlines.schedule(timeout, lambda: self._expire(drive, timeout)) if timeout else None
         try:
-            if len(active) > PLAN_INLINE_LIMIT:
-                run = pb.Request(run_backward=pb.RunBackward(context_id=ctx.id, pass_id=pass_id, plan=plan))
-                for rank in participants:
-                    self._peers.notify(rank, run)
-            self._start_part(part, plan, roots_edges=edges, root_grads=grads)
-            reading.before_blocking()
-            drive.result.result()
+            with torch.autograd.profiler.record_function(BACKWARD_NAME) if profiled else contextlib.nullcontext():
+                if len(active) > PLAN_INLINE_LIMIT:
+                    run = pb.Request(run_backward=pb.RunBackward(context_id=ctx.id, pass_id=pass_id, plan=plan))
+                    for rank in participants:
+                        self._peers.notify(rank, run)
+                self._start_part(part, plan, roots_edges=edges, root_grads=grads)
+                reading.before_blocking()
+                if drive.inbox is not None:
+                    self._run_arrivals(drive, part)
+                drive.result.result()
             return part.captured
         except BaseException as exc:
             self._fail(drive, exc)
@@ -152,6 +162,7 @@ class Backward:
             if part.closed or part.local is not None:
                 return
             part.plan = plan
+            part.active = frozenset(plan.active_sends)
             part.local = local
             part.watches = anomaly.watch(graph.order, plan.anomaly, self.name)
             part.ctx.passes += 1
@@ -178,6 +189,15 @@ class Backward:
 
         return self._passes.join((context_id, pass_id), make)
 
+    def _run_arrivals(self, drive: Drive, part: Part) -> None:
+        """The caller's thread runs the pushes to its part as they come, until the pass ends."""
+        drive.result.add_done_callback(lambda _: drive.inbox.put(None))
+        while True:
+            arrived = drive.inbox.get()
+            if arrived is None:
+                return
+            self._take_push(part, *arrived)
+
     def handle_push(self, link, body: pb.PushGradients, attachments) -> None:
         """Runs what the gradients complete, on the thread that read them; should a backward
         function wait for another worker, or run long, reading goes on elsewhere (transport.reading)."""
@@ -186,6 +206,10 @@ class Backward:
             part = self._part(body.context_id, body.pass_id, body.root, link.peer_rank)
             if part is None:
                 return  # its pass ended here
+            drive = self._passes.drive((body.context_id, body.pass_id)) if part.root == self.rank else None
+            if drive is not None and drive.inbox is not None:
+                drive.inbox.put((link, body, attachments))  # the caller's thread runs it
+                return
             if tracing.on(part.ctx) and body.message_ids:
                 src = self._peers.world.name_of(link.peer_rank)
                 with tracing.push_arriving(part.ctx, body.message_ids[0], src):
@@ -197,6 +221,13 @@ class Backward:
                 reading.reclaim(role)
 
     def _take_push(self, part: Part, link, body: pb.PushGradients, attachments) -> None:
+        if profiling.on():  # as torch's profile shows a send point's work: one range per message
+            with torch.autograd.profiler.record_function(nodes.SEND_NAME):
+                self._take_push_now(part, link, body, attachments)
+            return
+        self._take_push_now(part, link, body, attachments)
+
+    def _take_push_now(self, part: Part, link, body: pb.PushGradients, attachments) -> None:
         if body.done:
             self._learn_done(part, body.done)
         try:
@@ -213,11 +244,15 @@ class Backward:
             local = part.local
             if local is None:
                 part.early.extend(zip(body.message_ids, grads))
-        if local is None and body.HasField("plan"):
-            self._start_part(part, body.plan)
-        elif local is not None:
-            for message_id, grad in zip(body.message_ids, grads):
-                local.arrive(message_id, [grad])
+        try:
+            if local is None and body.HasField("plan"):
+                self._start_part(part, body.plan)
+            elif local is not None:
+                for message_id, grad in zip(body.message_ids, grads):
+                    local.arrive(message_id, [grad])
+        except UnknownSource as exc:  # the pass cannot complete: it fails now, not at its timeout
+            self._part_finished(part, errors.InvalidArgument(str(exc)))
+            raise errors.InvalidArgument(str(exc)) from None
 
     def handle_run(self, link, body: pb.RunBackward, attachments) -> None:
         part = self._part(body.context_id, body.pass_id, body.plan.root, link.peer_rank)
@@ -236,11 +271,14 @@ class Backward:
     def _push(self, part: Part, grads: Dict[int, Optional[torch.Tensor]], last: bool = False) -> None:
         """Sends recv points' gradients to the workers their tensors came from, one message each.
         ``last``: nothing more runs here, so the first push also says this part is done (and
-        passes on the parts it learned are done), sparing a PassFinished to the root."""
+        passes on the parts it learned are done), sparing a PassFinished to the root. A recv node
+        reports every tensor of its message; only those whose send points take part travel (the
+        loss may reach some tensors of a message and not others)."""
         by_dest: Dict[int, List[Tuple[int, Optional[torch.Tensor]]]] = {}
         ctx = part.ctx
         for message_id, grad in grads.items():
-            by_dest.setdefault(rank_of(message_id), []).append((message_id, grad))
+            if message_id in part.active:
+                by_dest.setdefault(rank_of(message_id), []).append((message_id, grad))
         plan = part.plan if len(part.plan.active_sends) <= PLAN_INLINE_LIMIT else None
         for dest, items in by_dest.items():
             value, attachments = self._codec.encode([g for _, g in items], dest, ctx, compact_zeros=True)

@@ -10,14 +10,15 @@ import functools
 import logging
 import threading
 import time
-from typing import Any, Callable, Optional
+from typing import Any, Callable, List, Optional
 
 import torch
 
-from distautograd import errors
+from distautograd import errors, native
+from distautograd.engine import order
 from distautograd.errors import failure
 from distautograd.protocol.v1 import messages_pb2 as pb
-from distautograd.runtime import anomaly, builtin_ops, remote_methods, tracing
+from distautograd.runtime import anomaly, builtin_ops, profiling, remote_methods, tracing
 from distautograd.runtime.codec import Codec
 from distautograd.runtime.contexts import ContextStore
 from distautograd.runtime.options import UNSET_TIMEOUT
@@ -64,7 +65,9 @@ class Answer(torch.futures.Future):
     """The future of a call's answer: waiting on it first frees any connection this thread stopped
     reading to run a call (transport.reading), since the answer may come over it. Its callbacks
     (``then``, ``add_done_callback``) run in the thread that reads the answer, so that thread lends
-    its connection while they run: a callback may itself wait for another call."""
+    its connection while they run: a callback may itself wait for another call. A failed call fails
+    it as torch's RPC fails its futures (through the compiled core, where it is built): then
+    torch.futures.wait_all returns at the first failure, and wait() raises the very exception."""
 
     _callbacks = False
 
@@ -80,11 +83,22 @@ class Answer(torch.futures.Future):
         self._callbacks = True
         return super().add_done_callback(callback)
 
+    def follow(self, other: torch.futures.Future) -> "Answer":
+        """Completes as ``other`` does (a future torch made from this one, e.g. a profiler's)."""
+        other.add_done_callback(lambda done: self.settle(None, failure(done)) if failure(done) is not None
+                                else self.settle(done.value()))
+        return self
+
     def settle(self, value: Any = None, error: Optional[BaseException] = None) -> None:
         """Sets the result (or the exception), on the thread that read it."""
         role = reading.lend() if self._callbacks else None
         try:
-            self.set_exception(error) if error is not None else self.set_result(value)
+            if error is None:
+                self.set_result(value)
+            elif native.core is not None:
+                native.core.fail_future(self, error)
+            else:
+                self.set_exception(error)
         finally:
             if role is not None:
                 reading.reclaim(role)
@@ -130,16 +144,28 @@ class Calls:
         timeout: float,
         create_rref: int = 0,
         creator_fork: int = 0,
+        mode: str = "async",
     ) -> torch.futures.Future:
-        """Sends a call; the future holds the decoded result (or, for remote(), None once the owner has it)."""
+        """Sends a call; the future holds the decoded result (or, for remote(), None once the owner has
+        made the value). ``mode``: how torch's profiler names the call (sync, async, remote)."""
         if not callable(func):
             raise TypeError(f"func must be callable, got {type(func).__name__}")
+        if profiling.on():
+            profile = profiling.requested()
+            send = functools.partial(self._send, to, func, args, kwargs, timeout, create_rref, creator_fork, profile)
+            return Answer().follow(profiling.ranged(profiling.key(mode, func, self.name, to.name), send,
+                                                    profile is not None))
+        return self._send(to, func, args, kwargs, timeout, create_rref, creator_fork)
+
+    def _send(self, to: WorkerInfo, func: Any, args: tuple, kwargs: dict, timeout: float, create_rref: int = 0,
+              creator_fork: int = 0, profile: Optional[pb.Profile] = None) -> "Answer":
         ctx = self._contexts.current()
         if ctx is not None:
             ctx.sent_to(to.id)
         value, attachments = self._codec.encode((func, tuple(args or ()), dict(kwargs or {})), to.id, ctx)
         call = pb.Call(function=value, context_id=ctx.id if ctx else 0, create_rref=create_rref, creator_fork=creator_fork,
-                       anomaly=anomaly.requested(ctx.anomaly) if ctx else 0, inspect=ctx.inspect if ctx else 0)
+                       anomaly=anomaly.requested(ctx.anomaly) if ctx else 0, inspect=ctx.inspect if ctx else 0,
+                       profile=profile)
         result = Answer()
         complete = self._completion(result, to.id, ctx)
         if tracing.on(ctx):
@@ -154,7 +180,9 @@ class Calls:
         """Runs ``func`` on ``to`` and keeps the result there; returns an RRef to it at once."""
         rref_id, fork_id = self._rrefs.mint(), self._rrefs.mint()
         owned = self._rrefs.create_owned(rref_id, fork_id) if to.id == self._rrefs.mint.rank else None
-        created = self.invoke(to, func, args, kwargs, timeout, create_rref=rref_id, creator_fork=fork_id)
+        created = self.invoke(to, func, args, kwargs, timeout, create_rref=rref_id, creator_fork=fork_id,
+                              mode="remote")
+        profiled = created if profiling.on() else None
         if owned is not None:
             # a call to ourselves that failed before running must still fail the value
             def fail_value(f: torch.futures.Future) -> None:
@@ -164,7 +192,9 @@ class Calls:
 
             created.add_done_callback(fail_value)
             created = None
-        return RRef._make(self._rrefs, rref_id, to.id, fork_id, created)
+        rref = RRef._make(self._rrefs, rref_id, to.id, fork_id, created)
+        rref._profiled = profiled
+        return rref
 
     def fetch(self, rref: RRef, timeout: float = UNSET_TIMEOUT) -> torch.futures.Future:
         """The value of ``rref``, copied from its owner."""
@@ -200,6 +230,8 @@ class Calls:
                 # remote() failed on the owner: its error is the one to report, as torch's to_here does
                 result.settle(error=(rref.creation_failure() if rref is not None else None) or error)
                 return
+            if response.profiled:  # a profiled call's events on the callee, for this thread's profiler
+                result.profiled = profiling.as_tuples(response.profiled)
             try:
                 value = None
                 if response.WhichOneof("body") == "value":
@@ -229,16 +261,23 @@ class Calls:
                 owned.value.set_exception(exc)  # whoever waits for the value learns why it never came
             raise
         decode = functools.partial(self._decode_call, call, attachments, peer, ctx, rrefs)
-        if owned is not None:
-            self._start(ctx, peer, decode, functools.partial(_settle, owned.value))
-            return None  # the owner has the rref: that is all remote() waits for
         reply = Deferred()
-        deliver = functools.partial(self._encode_reply, reply, peer, ctx)
+        profiled: List[pb.ProfiledEvent] = []
+        profile = (call.profile, profiled) if call.HasField("profile") else None
+        if owned is not None:  # remote(): the answer says the value is made (or why it is not), as torch's
+            def made(outcome) -> None:
+                _settle(owned.value, outcome)
+                reply.resolve(outcome if isinstance(outcome, BaseException) else
+                              (pb.Response(empty=pb.Empty(), profiled=profiled), ()))
+
+            self._start(ctx, peer, decode, made, profile)
+            return reply
+        deliver = functools.partial(self._encode_reply, reply, peer, ctx, profiled)
         if call.trace_id and tracing.on(ctx):
             run = tracing.Run(ctx, call.trace_id, self._world.name_of(peer))
             decode = _named(decode, run)
             deliver = _then(deliver, run.finished)
-        self._start(ctx, peer, decode, deliver)
+        self._start(ctx, peer, decode, deliver, profile)
         return reply
 
     def handle_fetch(self, link, body: pb.FetchRRef, attachments) -> Deferred:
@@ -260,7 +299,7 @@ class Calls:
 
         def send(done) -> None:
             self._deadlines.cancel(expiry)
-            self._encode_reply(reply, link.peer_rank, ctx, done.exception() or done.result())
+            self._encode_reply(reply, link.peer_rank, ctx, (), done.exception() or done.result())
 
         value.add_done_callback(send)
         return reply
@@ -277,22 +316,25 @@ class Calls:
             )
         return func, args, kwargs
 
-    def _encode_reply(self, reply: Deferred, peer: int, ctx, outcome) -> None:
+    def _encode_reply(self, reply: Deferred, peer: int, ctx, profiled, outcome) -> None:
         if not isinstance(outcome, BaseException):
             try:
                 encoded, attachments = self._codec.encode(outcome, peer, ctx)
-                outcome = (pb.Response(value=encoded), attachments)
+                outcome = (pb.Response(value=encoded, profiled=profiled), attachments)
             except BaseException as exc:
                 outcome = exc
         reply.resolve(outcome)
 
-    def _start(self, ctx, peer: int, decode, deliver) -> None:
-        """Decodes and runs the call on a worker thread; ``deliver`` gets its result or exception, once."""
+    def _start(self, ctx, peer: int, decode, deliver, profile=None) -> None:
+        """Decodes and runs the call on a worker thread; ``deliver`` gets its result or exception, once.
+        ``profile``: (what the caller's profiler records, the list its events go into), or None."""
         with self._lock:
             self._running += 1
 
         def finish(outcome) -> None:
             try:
+                if not isinstance(outcome, BaseException):
+                    order.place_tensors(outcome)  # what the call made, placed before another thread meets it
                 deliver(outcome)
             finally:
                 with self._lock:
@@ -306,8 +348,12 @@ class Calls:
                 func, args, kwargs = decode()
                 previous = contexts.swap(ctx)
                 try:
-                    with anomaly.recording(ctx.anomaly if ctx is not None else 0):
+                    with anomaly.recording(ctx.anomaly if ctx is not None else 0), \
+                            profiling.recording(*(profile or (None, None))) as recorded:
                         result = builtin_ops.call(func, args, kwargs)
+                        answered_later = result.future if isinstance(result, AsyncReturn) else result
+                        if recorded is not None and is_async(func) and isinstance(answered_later, torch._C.Future):
+                            recorded.until(answered_later)
                 finally:
                     contexts.swap(previous)
                 if isinstance(result, AsyncReturn):

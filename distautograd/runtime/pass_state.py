@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import queue
 import threading
 from concurrent.futures import Future
 from typing import Callable, Dict, List, Optional, Set, Tuple
@@ -25,6 +26,7 @@ class Part:
         self.pass_id = pass_id
         self.root = root
         self.plan: Optional[pb.PassPlan] = None
+        self.active: frozenset = frozenset()  # the plan's send points (message ids), to look up
         self.local: Optional[LocalPass] = None
         self.early: List[Tuple[int, Optional[torch.Tensor]]] = []  # pushes that came before the plan
         self.lock = threading.Lock()
@@ -41,9 +43,11 @@ class Part:
 
 
 class Drive:
-    """What the root keeps of a pass it drives."""
+    """What the root keeps of a pass it drives. ``inbox``: when the caller's thread runs every push
+    to the root's part itself (a profiler records that thread only), the pushes wait there."""
 
-    def __init__(self, ctx: Context, pass_id: int, participants: Set[int]):
+    def __init__(self, ctx: Context, pass_id: int, participants: Set[int], inbox: Optional[queue.SimpleQueue] = None):
+        self.inbox = inbox
         self.ctx = ctx
         self.pass_id = pass_id
         self.participants = participants

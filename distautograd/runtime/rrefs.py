@@ -389,6 +389,11 @@ class RRef:
         """torch's PyRRef hook for its own pickler: an RRef travels only inside an rpc call."""
         return self.__reduce__()
 
+    def _get_profiling_future(self) -> torch.futures.Future:
+        """The future torch's profiler waits for: the creation, whose range ends with it (also when
+        this worker owns the value)."""
+        return getattr(self, "_profiled", None) or self._get_future()
+
     def _get_future(self) -> torch.futures.Future:
         """The future of this RRef's creation on its owner (done at once for RRefs not made by remote())."""
         if self._created is not None:

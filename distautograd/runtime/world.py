@@ -62,6 +62,8 @@ class WorldView:
         self._departed: Dict[int, pb.Departure] = {}
         self.cannot_form = ""  # why the world of a fixed size this worker waits for will never be complete
         self.most = 0  # the most members seen at once: a world that was complete was, even if some left since
+        self.size = 0  # the size of the world while it forms (init_rpc with a world_size), else 0
+        self.formed_within = 0.0  # how long a name asked for while the world forms may take to appear
 
     def update(self, world: pb.WorldUpdate) -> List[pb.Departure]:
         """Applies a newer snapshot; returns the departures it brought."""
@@ -131,6 +133,9 @@ class WorldView:
             return self.info_of(to)
         elif isinstance(to, int) and not isinstance(to, bool):
             found = self._by_rank.get(to) or self._departed.get(to)
+            if found is None and self._forming() and 0 <= to < self.size:
+                self.wait_for(lambda: to in self._by_rank or not self._forming(), self.formed_within)
+                found = self._by_rank.get(to)
             if found is None:
                 raise self._unknown(f"rank {to}")
         else:
@@ -141,9 +146,15 @@ class WorldView:
     def info_of(self, name: str) -> WorkerInfo:
         """The WorkerInfo of the worker called ``name``, also after it has gone."""
         found = self._by_name.get(name) or next((d for d in self._departed.values() if d.name == name), None)
+        if found is None and self._forming():  # a peer may call before this worker has heard of everyone
+            self.wait_for(lambda: name in self._by_name or not self._forming(), self.formed_within)
+            found = self._by_name.get(name)
         if found is None:
             raise self._unknown(repr(name))
         return WorkerInfo._make((found.name, found.rank))
+
+    def _forming(self) -> bool:
+        return bool(self.size) and self.most < self.size and not self.cannot_form
 
     def _unknown(self, what: str) -> "UnknownWorker":
         return UnknownWorker(f"could not find destination worker {what}: known workers are {self.describe()}")
