@@ -1,7 +1,7 @@
 """Every test of torch's three RPC test files that is not run against distautograd, each with its reason.
 
 Two kinds only: behaviour the README lists as a deliberate difference, and what is out of scope
-(CUDA, the faulty TensorPipe agent, TensorPipe's own agent internals). A test named here is
+(CUDA, the faulty TensorPipe agent, torch's registry of C++ agents). A test named here is
 reported as skipped with its reason; every other test of the classes below must pass.
 """
 
