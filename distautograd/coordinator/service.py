@@ -25,7 +25,6 @@ from distautograd.transport.link import Link
 from distautograd.transport.security import Security, is_loopback
 
 log = logging.getLogger("distautograd")
-MAX_STREAMS = 128  # members' gRPC streams at once (each holds a server thread)
 
 
 @dataclass(frozen=True)
@@ -47,7 +46,8 @@ class Coordinator:
         self.passes = PassRegistry()
         self.membership = Membership(self._on_departed)
         self._left: Dict[Link, bool] = {}
-        self._streams = threading.BoundedSemaphore(MAX_STREAMS)
+        self._streams = grpc_server.Slots(grpc_server.MAX_STREAMS,
+                                          lambda limit: f"the coordinator has {limit} streams open already")
         self._stopped = threading.Event()
         self._dispatch = Dispatcher(
             "coordinator",
@@ -103,12 +103,8 @@ class Coordinator:
 
     def _serve(self, raw_frames, context):
         """A member's gRPC stream; each holds a server thread, so at most MAX_STREAMS at once."""
-        if not self._streams.acquire(blocking=False):
-            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, f"the coordinator has {MAX_STREAMS} streams open already")
-        try:
+        with self._streams.held(context):
             yield from grpc_stream.serve_stream(raw_frames, context, self._new_link(), lambda: None)
-        finally:
-            self._streams.release()
 
     def _accept_socket(self, sock, hello: pb.Hello) -> None:
         sockets.SocketTransport(self._new_link(), sock, None).start()

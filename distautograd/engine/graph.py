@@ -80,10 +80,6 @@ class PassGraph:
                     ready.append(child)
         return order
 
-    def sources_of(self, node: Node) -> List[int]:
-        mask = self.mask[node]
-        return [key for key, bit in self.bit.items() if mask & bit]
-
     def __len__(self) -> int:
         return len(self.order)
 

@@ -11,8 +11,6 @@ import threading
 from concurrent.futures import Future
 from typing import Callable, Dict, Optional, Set
 
-import grpc
-
 from distautograd import errors
 from distautograd.protocol import WORKER_SERVICE
 from distautograd.protocol.v1 import messages_pb2 as pb
@@ -25,7 +23,6 @@ from distautograd.runtime.world import WorldView
 log = logging.getLogger("distautograd")
 
 COORDINATOR = -1  # the rank services use to mean the coordinator
-MAX_STREAMS = 128  # gRPC streams peers may hold open here at once (each holds a server thread)
 
 
 class Peers:
@@ -48,7 +45,7 @@ class Peers:
         self._resolve_type = resolve_type
         self._stopping = stopping
         self._max_message_bytes = max_message_bytes
-        self._streams = threading.BoundedSemaphore(MAX_STREAMS)
+        self._streams = grpc_server.Slots(grpc_server.MAX_STREAMS, lambda limit: f"{name} has {limit} streams open already")
         self._links: Dict[int, Link] = {}
         self._incoming: Set[Link] = set()
         self._lock = threading.Lock()
@@ -136,15 +133,11 @@ class Peers:
     def serve_connect(self, raw_frames, context):
         """The gRPC stream a peer opened to this process. Each holds one of the server's threads for
         as long as it lasts, so at most MAX_STREAMS at once: the health check must always find one."""
-        if not self._streams.acquire(blocking=False):
-            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, f"{self.name} has {MAX_STREAMS} streams open already")
-        try:
+        with self._streams.held(context):
             name, rank = grpc_server.peer_identity(context)
             link = self.new_link(f"worker '{name}' (rank {rank})", rank)
             self._incoming.add(link)
             yield from grpc_stream.serve_stream(raw_frames, context, link, lambda: self._incoming.discard(link))
-        finally:
-            self._streams.release()
 
     def _track_incoming(self, link: Link) -> None:
         self._incoming.add(link)

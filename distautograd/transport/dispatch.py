@@ -68,7 +68,8 @@ class Dispatcher:
         self._handlers = handlers
         self._submit = submit
         self._check = check
-        self._unary_slots = threading.BoundedSemaphore(MAX_UNARY)
+        self._unary_slots = grpc_server.Slots(
+            MAX_UNARY, lambda limit: f"{owner} is answering {limit} Worker.Call requests already; use Worker.Connect")
 
     def __call__(self, link, frame_id: int, request: pb.Request, attachments: list) -> None:
         kind = request.WhichOneof("body")
@@ -125,13 +126,8 @@ class Dispatcher:
 
         It holds one of the server's threads while it waits, so at most MAX_UNARY wait at once (the
         health check must always find a thread), and a caller that cancels or goes away frees it."""
-        if not self._unary_slots.acquire(blocking=False):
-            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
-                          f"{self.owner} is answering {MAX_UNARY} Worker.Call requests already; use Worker.Connect")
-        try:
+        with self._unary_slots.held(context):
             return self._serve_unary(raw, context)
-        finally:
-            self._unary_slots.release()
 
     def _serve_unary(self, raw: bytes, context: grpc.ServicerContext) -> bytes:
         frame = grpc_server.parse_frame(raw, context)

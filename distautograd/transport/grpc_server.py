@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import threading
 from concurrent import futures
-from typing import Dict, Optional
+from typing import Callable, Dict, Iterator, Optional
 
 import grpc
 from google.protobuf.message import DecodeError
@@ -15,6 +17,8 @@ from distautograd.transport.link import MAX_MESSAGE_BYTES
 from distautograd.transport.security import Security, TokenCheck
 
 log = logging.getLogger("distautograd")
+
+MAX_STREAMS = 128  # gRPC streams peers may hold open at once on one server (each holds a server thread)
 
 PEER_NAME_KEY = "x-distautograd-name"
 PEER_RANK_KEY = "x-distautograd-rank"
@@ -34,6 +38,26 @@ _SERVER_OPTIONS = _OPTIONS + [
     ("grpc.compression_enabled_algorithms_bitset", 1),
     ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
 ]
+
+
+class Slots:
+    """At most ``limit`` at once of something that holds one of a server's threads while it lasts (a
+    stream, a waiting call): one more is answered RESOURCE_EXHAUSTED at once, so the health check
+    always finds a thread."""
+
+    def __init__(self, limit: int, refusal: Callable[[int], str]):
+        self.limit = limit
+        self._refusal = refusal  # the message, given the limit
+        self._free = threading.BoundedSemaphore(limit)
+
+    @contextlib.contextmanager
+    def held(self, context: grpc.ServicerContext) -> Iterator[None]:
+        if not self._free.acquire(blocking=False):
+            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, self._refusal(self.limit))
+        try:
+            yield
+        finally:
+            self._free.release()
 
 
 class Server:
