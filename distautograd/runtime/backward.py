@@ -282,6 +282,8 @@ class Backward:
         plan = part.plan if len(part.plan.active_sends) <= PLAN_INLINE_LIMIT else None
         for dest, items in by_dest.items():
             value, attachments = self._codec.encode([g for _, g in items], dest, ctx, compact_zeros=True)
+            if ctx.inspect & inspection.GRAPH:
+                inspection.pushed(ctx, [m for m, _ in items], value, attachments)
             body = pb.PushGradients(context_id=ctx.id, pass_id=part.pass_id, message_ids=[m for m, _ in items],
                                     gradients=value, root=part.root)
             if plan is not None:

@@ -84,6 +84,7 @@ class Context:
         self.crossed: Set[int] = set()  # ranks that took part in this context's passes rooted here
         self.inspect = 0  # what to record for views (runtime.inspection): 0 when off
         self.runs: Dict[object, dict] = {}  # node -> what passes did to it (when inspect asks)
+        self.pushed: Dict[int, int] = {}  # recv point -> bytes its gradient took to cross, last pass (inspect)
         self.passes = 0  # passes this worker took part in
         self.messages: Dict[str, Dict[int, List[int]]] = {"sent": {}, "received": {}}  # message -> its points
 

@@ -29,11 +29,12 @@ def describe(ctx: Context, roots: Sequence[torch.Tensor] = ()) -> dict:
         sends = {mid: point.edge.node for mid, point in ctx.sends.items()}
         recvs = [(point.node(), point.src) for point in ctx.recvs.values() if point.node is not None]
         runs = dict(ctx.runs)
+        pushed = dict(ctx.pushed)
     recvs = {node: _name(agent, src) for node, src in recvs if node is not None}
     starts = [root.grad_fn for root in roots if root.grad_fn is not None] + list(sends.values())
     if ctx.inspect & GRAPH and ctx.passes:
         runs = {**{node: {"ran": 0} for node in _reachable(starts)}, **runs}
-    return graphdata.describe(agent.name, starts, sends, recvs, runs)
+    return graphdata.describe(agent.name, starts, sends, recvs, runs, pushed=pushed)
 
 
 @trusted_global
@@ -106,6 +107,17 @@ def gather_trace(context_id: int) -> dict:
 
     _each_worker(ctx, ask)
     return trace.assemble(parts)
+
+
+def pushed(ctx: Context, message_ids: Sequence[int], value, attachments) -> None:
+    """What the gradients of recv points took to cross (a tensor list value): 0 for none or zeros."""
+    metas = iter(value.tensors)
+    nones = set(value.none_at)
+    with ctx.lock:
+        for index, message_id in enumerate(message_ids):
+            meta = None if index in nones else next(metas)
+            ctx.pushed[message_id] = 0 if meta is None or meta.zeros else len(memoryview(
+                attachments[meta.attachment]).cast("B"))
 
 
 def watch_runs(ctx: Context, nodes) -> List[Callable[[], None]]:

@@ -18,10 +18,12 @@ from distautograd.views import formulas
 
 
 def describe(worker: str, starts: Sequence, sends: Mapping[int, object], recvs: Mapping[int, tuple],
-             runs: Optional[Mapping[object, dict]] = None, parameters: Optional[Mapping[int, str]] = None) -> dict:
+             runs: Optional[Mapping[object, dict]] = None, parameters: Optional[Mapping[int, str]] = None,
+             pushed: Optional[Mapping[int, int]] = None) -> dict:
     """``starts``: nodes gradient enters at; ``sends``: message id -> the sent tensor's node;
     ``recvs``: RecvRpcBackward node -> source worker; ``runs``: node -> what a pass
-    did to it; ``parameters``: id(tensor) -> module path."""
+    did to it; ``parameters``: id(tensor) -> module path; ``pushed``: recv point -> bytes its gradient
+    took to cross in the last pass (a pass of a context that records its graph)."""
     ids: Dict[object, str] = {}
     order: List[object] = []
     stack = [node for node in starts if node is not None]
@@ -41,7 +43,7 @@ def describe(worker: str, starts: Sequence, sends: Mapping[int, object], recvs: 
     nodes, edges = [], []
     for node in order:
         nodes.append(_node(node, ids[node], worker, sent_at.get(node), recvs.get(node), (runs or {}).get(node),
-                           parameters))
+                           parameters, pushed or {}))
         if is_leaf(node) or recv_points(node) is not None:
             continue
         for slot, (child, input_nr) in enumerate(node.next_functions):
@@ -51,7 +53,7 @@ def describe(worker: str, starts: Sequence, sends: Mapping[int, object], recvs: 
 
 
 def _node(node, node_id: str, worker: str, sent: Optional[List[int]], recv_from: Optional[str], run: Optional[dict],
-          parameters: Mapping[int, str]) -> dict:
+          parameters: Mapping[int, str], pushed: Mapping[int, int]) -> dict:
     points = recv_points(node)
     name = RECV_NAME if points is not None else type(node).__name__
     entry = {"id": node_id, "worker": worker, "name": name, "what": formulas.describe(node)}
@@ -70,7 +72,8 @@ def _node(node, node_id: str, worker: str, sent: Optional[List[int]], recv_from:
         entry["from_worker"] = recv_from
         metas = getattr(node, "_input_metadata", ())  # one per output: the tensors of the message
         entry["tensors"] = [{"message_id": point.message_id, "shape": list(meta.shape),
-                             "dtype": str(meta.dtype).replace("torch.", "")} for point, meta in zip(points, metas)]
+                             "dtype": str(meta.dtype).replace("torch.", ""), "pushed": pushed.get(point.message_id)}
+                            for point, meta in zip(points, metas)]
     elif hasattr(node, "_forward_cls"):
         entry["kind"] = "custom"
     else:
@@ -131,9 +134,10 @@ def join(parts: Iterable[dict]) -> dict:
         for output, tensor in enumerate(node.get("tensors", ())):
             mid = tensor["message_id"]
             if mid in sent:
+                crossed = tensor.get("pushed")
                 edges.append({"from": node["id"], "to": sent[mid], "message_id": mid, "output": output,
                               "cross": True, "from_worker": node["worker"], "to_worker": node.get("from_worker"),
-                              "bytes": _bytes(tensor)})
+                              "bytes": _bytes(tensor) if crossed is None else crossed, "crossed": crossed is not None})
     owner, others = parts[0]["worker"], sorted(part["worker"] for part in parts[1:])
     return {"workers": [owner, *others], "nodes": nodes, "edges": edges}
 

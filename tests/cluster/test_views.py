@@ -67,16 +67,33 @@ def test_cross_worker_edges_carry_message_workers_and_bytes(graph):
     # sent by the trainer: x to 1, 2, 3, a * 2 to 1, b reshaped to 3; back to it: a, back, b, c (the cos
     # result is nowhere in the loss's graph: its recv point is not part of it)
     assert len(cross) == 9
-    assert all(e["bytes"] > 0 and e["message_id"] for e in cross)
+    crossed = sorted((nodes[e["from"]]["worker"], nodes[e["to"]]["name"], e["bytes"]) for e in cross if e["crossed"])
+    assert len(crossed) == 8 and all(b > 0 for _, _, b in crossed)  # what the pass sent: all but the unused send's
+    assert [e for e in cross if not e["crossed"]][0]["bytes"] == 16  # x * 5, dropped on worker3: only its size
+    assert ("trainer", "ExpBackward0", 4) in crossed  # back.sum()'s gradient: one float, expanded
     assert any(e["bytes"] == 16 for e in cross)  # 4 float32
+
+
+def test_an_edge_says_what_crossed_a_gradient_of_zeros_takes_no_bytes():
+    with dist_autograd.context(graph=True) as context_id:
+        x = torch.tensor([-1.0, -2.0, -3.0], requires_grad=True)
+        loss = rpc.rpc_sync("worker1", torch.relu, args=(x,)).sum()  # all negative: its gradient is zeros
+        before = [e for e in dist_autograd.graph(context_id, [loss])["edges"] if e.get("cross")]
+        dist_autograd.backward(context_id, [loss], retain_graph=True)
+        after = [e for e in dist_autograd.graph(context_id, [loss])["edges"] if e.get("cross")]
+    # each way one 3-float gradient: the relu's (ones) back to worker1, x's (zeros) back to the trainer
+    assert sorted((e["bytes"], e["crossed"]) for e in before) == [(12, False), (12, False)]  # its size, before a pass
+    assert sorted((e["bytes"], e["crossed"]) for e in after) == [(0, True), (4, True)]  # sum's: one float, expanded
 
 
 def test_the_pass_ran_every_reached_node_once_and_skipped_the_unused_send(graph):
     ran = [n for n in graph["nodes"] if "ran" in n]
-    assert ran and all(n["ran"] <= 1 for n in ran)
-    skipped = [n for n in graph["nodes"] if n.get("ran") == 0]
-    assert any(n["worker"] == "worker3" and n["name"] == "CosBackward0" for n in skipped)
-    assert all(n["ran"] == 1 for n in ran if n["name"] in ("SinBackward0", "ExpBackward0", "ScaledBackward"))
+    assert len(ran) == len(graph["nodes"]), "every node of a context that records its graph says what the pass did"
+    skipped = sorted((n["worker"], n["name"]) for n in ran if n["ran"] == 0)
+    # only the send to worker3 whose result was dropped: cos there, its recv node, and x * 5 here
+    assert skipped == [("trainer", "MulBackward0"), ("worker3", "CosBackward0"),
+                       ("worker3", "torch::distributed::autograd::RecvRpcBackward")]
+    assert all(n["ran"] == 1 for n in ran if n["ran"] != 0), [n for n in ran if n["ran"] not in (0, 1)]
 
 
 def test_json_and_dot_exports(graph, tmp_path):
