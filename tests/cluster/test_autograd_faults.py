@@ -3,6 +3,7 @@
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -23,16 +24,17 @@ def test_a_worker_killed_during_backward_fails_the_pass_and_survivors_free_the_c
 
 
 def test_a_context_whose_creator_died_is_released_after_its_ttl():
-    cluster = start_cluster(1, allowed_modules=["tests"], worker_args=["--context-ttl", "1"])
+    cluster = start_cluster(1, allowed_modules=["tests"], worker_args=["--context-ttl", "6"])
     try:
         env = dict(os.environ, PYTHONPATH=os.getcwd())
         creator = subprocess.run(
             [sys.executable, "-m", "tests.helpers.drivers", "creator_dies_holding_a_context", cluster.coordinator],
             capture_output=True, text=True, timeout=60, env=env,
         )
+        died_at = time.time()
         assert creator.returncode == -9 and "open on worker1" in creator.stdout, creator.stderr
-        result = run_driver("orphaned_context_is_released", cluster.coordinator, "1")
-        assert "released after" in result.stdout
+        result = run_driver("orphaned_context_is_released", cluster.coordinator, "6", str(died_at))
+        assert "released" in result.stdout
     finally:
         cluster.stop()
 

@@ -1,6 +1,7 @@
 """Errors that help: init mistakes, dead and stopped peers, duplicate names, clean stops on SIGTERM."""
 
 import os
+import re
 import signal
 import sys
 import time
@@ -92,7 +93,8 @@ def test_a_worker_that_stops_answering_is_declared_dead_by_heartbeat():
     try:
         victim = cluster.worker("worker2")
         result = run_driver("stopped_peer_is_declared_dead", cluster.coordinator, "worker2", str(victim.process.pid))
-        assert "heartbeat" in result.stdout
+        elapsed = float(re.search(r"failed after ([0-9.]+)s", result.stdout).group(1))
+        assert "heartbeat" in result.stdout and 1.8 <= elapsed <= 4.5, result.stdout  # timeout 2 s, beats 0.2 s
     finally:
         cluster.stop()
 
@@ -110,7 +112,7 @@ def test_sigterm_stops_workers_and_coordinator_cleanly():
         start = time.monotonic()
         w.process.signal(signal.SIGTERM)
         assert w.process.popen.wait(10) == 0
-        assert time.monotonic() - start < 10
+        assert time.monotonic() - start < 4, "a clean stop takes a second or two, not the wait's whole bound"
         coordinator = cluster.coordinator_process
         deadline = time.monotonic() + 5
         while f"worker worker1 (rank {w.rank}) left" not in coordinator.tail() and time.monotonic() < deadline:

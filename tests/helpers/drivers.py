@@ -127,7 +127,7 @@ def worker_killed_during_backward(coordinator: str, victim: str, victim_pid: str
             elapsed = time.monotonic() - start
             assert victim in str(exc) and ("died" in str(exc) or "lost" in str(exc)), exc
             assert "Raised on" not in str(exc) and "traceback" not in str(exc), exc  # it raised nothing: it died
-            assert elapsed < 10, elapsed
+            assert 0.9 <= elapsed < 4, elapsed  # killed after 1 s: the pass fails as the connection drops
         else:
             raise AssertionError("backward succeeded although a worker died")
     deadline = time.monotonic() + 10
@@ -153,15 +153,20 @@ def creator_dies_holding_a_context(coordinator: str) -> str:
 
 
 @scenario
-def orphaned_context_is_released(coordinator: str, ttl: str) -> str:
+def orphaned_context_is_released(coordinator: str, ttl: str, died_at: str) -> str:
+    """The context of a creator that died at ``died_at`` (wall clock) lives until the TTL, then goes."""
     join(coordinator)
-    start = time.monotonic()
-    while rpc.rpc_sync("worker1", remote.debug_info)["num_autograd_contexts"] and time.monotonic() - start < 30:
-        time.sleep(0.1)
+    ttl_s, died = float(ttl), float(died_at)
+    assert rpc.rpc_sync("worker1", remote.debug_info)["num_autograd_contexts"] == 1, "released before its TTL"
+    checked = time.time() - died
+    while rpc.rpc_sync("worker1", remote.debug_info)["num_autograd_contexts"] and time.time() - died < ttl_s + 10:
+        time.sleep(0.05)
+    released = time.time() - died
     info = rpc.rpc_sync("worker1", remote.debug_info)
     assert info["num_autograd_contexts"] == 0, info
+    assert ttl_s - 0.5 <= released <= ttl_s + 3, f"released {released:.2f} s after the creator died (ttl {ttl_s} s)"
     rpc.shutdown(graceful=False)
-    return f"released after {time.monotonic() - start:.1f}s (ttl {ttl}s)"
+    return f"still there {checked:.1f}s after, released {released:.1f}s after the creator died (ttl {ttl}s)"
 
 
 @scenario
