@@ -51,6 +51,14 @@ def _wait(stop: threading.Event) -> None:
         pass
 
 
+def _on_off(text: str) -> bool:
+    if text.lower() in ("on", "1", "true", "yes"):
+        return True
+    if text.lower() in ("off", "0", "false", "no"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected on or off, got {text!r}")
+
+
 def _options(args, **extra):
     """BackendOptions from the flags given; unset ones fall back to the environment, then defaults."""
     from distautograd.runtime.options import BackendOptions
@@ -101,6 +109,10 @@ def cmd_worker(args) -> int:
         rpc_timeout=args.rpc_timeout,
         heartbeat_interval=args.heartbeat_interval,
         context_ttl=args.context_ttl,
+        transport=args.transport,
+        shared_memory=args.shared_memory,
+        max_message_bytes=args.max_message_bytes,
+        init_timeout=args.init_timeout,
         daemon=True,
     )
     rpc.init_rpc(args.name, rank=args.rank, rpc_backend_options=options)
@@ -253,6 +265,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rpc-timeout", type=float, help="DISTAUTOGRAD_RPC_TIMEOUT; default 60 s")
     p.add_argument("--heartbeat-interval", type=float, help="DISTAUTOGRAD_HEARTBEAT_INTERVAL; default 1 s")
     p.add_argument("--context-ttl", type=float, help="DISTAUTOGRAD_CONTEXT_TTL; default 30 s")
+    p.add_argument("--transport", choices=["auto", "tcp", "grpc"], help="DISTAUTOGRAD_TRANSPORT; default auto")
+    p.add_argument("--shared-memory", type=_on_off, help="on or off (DISTAUTOGRAD_SHARED_MEMORY; default on)")
+    p.add_argument("--max-message-bytes", type=int, help="DISTAUTOGRAD_MAX_MESSAGE_BYTES; default 4 GiB")
+    p.add_argument("--init-timeout", type=float, help="seconds to wait for the coordinator; default the rpc timeout")
     _add_security(p)
     p.set_defaults(run=cmd_worker)
 

@@ -46,6 +46,10 @@ ENVIRONMENT = {
 }
 
 
+_TENSORPIPE_TRANSPORTS = frozenset({"shm", "uv", "ibv"})
+_TENSORPIPE_CHANNELS = frozenset({"basic", "xth", "cma", "mpt_uv", "cuda_basic", "cuda_xth", "cuda_ipc", "cuda_gdr"})
+
+
 def _is_cpu(value) -> bool:
     """A device as torch names one: "cpu", "cuda:0", or 0 (an accelerator's index)."""
     if isinstance(value, int) and not isinstance(value, bool):
@@ -111,6 +115,10 @@ class BackendOptions(RpcBackendOptions):
             when rank 0 hosts the coordinator (every rank runs one program), no when joining an
             external coordinator (a cluster that serves other programs).
         device_maps, devices: accepted for torch compatibility; only CPU is supported.
+        _transports, _channels: TensorPipe's, as torch's tests pass them: without "shm" among the
+            transports peers on this host connect over TCP too (transport="tcp"); without a same-host
+            channel ("cma", "xth") big tensors go through the connection (shared_memory=False). Names
+            TensorPipe does not have, InfiniBand and CUDA channels are refused.
     """
 
     num_worker_threads: int = field(default_factory=lambda: _env_int("DISTAUTOGRAD_THREADS", 16))
@@ -154,9 +162,33 @@ class BackendOptions(RpcBackendOptions):
             raise ValueError(f"max_message_bytes must be positive, got {self.max_message_bytes}")
         if self.transport not in ("auto", "tcp", "grpc"):
             raise ValueError(f"transport must be 'auto', 'tcp' or 'grpc', got {self.transport!r}")
+        self._apply_tensorpipe_choices()
         for worker, mapping in (self.device_maps or {}).items():
             self.set_device_map(worker, mapping)
         self.set_devices(self.devices or [])
+
+    def _apply_tensorpipe_choices(self) -> None:
+        if self._transports is not None:
+            names = set(self._transports)
+            unknown = names - _TENSORPIPE_TRANSPORTS
+            if unknown or not names:
+                raise ValueError(f"_transports must name some of {sorted(_TENSORPIPE_TRANSPORTS)} (TensorPipe's), "
+                                 f"got {list(self._transports)}")
+            if "ibv" in names:
+                raise ValueError("the 'ibv' (InfiniBand) transport is not supported; use 'shm' and 'uv'")
+            if "shm" not in names:
+                self.transport = "tcp"  # no same-host path: peers here connect over TCP as well
+        if self._channels is not None:
+            names = set(self._channels)
+            unknown = names - _TENSORPIPE_CHANNELS
+            if unknown or not names:
+                raise ValueError(f"_channels must name some of {sorted(_TENSORPIPE_CHANNELS)} (TensorPipe's), "
+                                 f"got {list(self._channels)}")
+            if any(name.startswith("cuda") for name in names):
+                raise ValueError(f"CUDA channels {sorted(n for n in names if n.startswith('cuda'))} are not "
+                                 "supported: distautograd moves CPU tensors only")
+            if not names & {"cma", "xth"}:
+                self.shared_memory = False  # no same-host channel: tensors go through the connection
 
     def set_device_map(self, to: str, device_map: Dict[Any, Any]) -> None:
         """As torch's: which of this worker's devices map to which of ``to``'s. Only CPU to CPU is

@@ -22,3 +22,10 @@ def test_the_programs_own_modules_and_library_models_work_without_an_allowlist(t
     assert result.returncode == 0, result.stdout + result.stderr
     assert "program checks passed" in result.stdout
     assert not marker.exists()
+
+
+def test_a_rank_that_does_not_trust_the_program_refuses_its_modules(tmp_path):
+    result = run_program(os.path.join(PROGRAMS, "two_ranks", "main.py"), str(free_port()), str(tmp_path / "m"),
+                         "untrusted")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "untrusted checks passed" in result.stdout

@@ -13,7 +13,7 @@ import time
 
 import torch
 
-from distautograd import rpc
+from distautograd import errors, rpc
 from tests.helpers import remote
 
 SCENARIOS = {}
@@ -275,6 +275,29 @@ def every_path_works(coordinator: str, expected_wire: str, shared: str, expected
         assert all(made) if shared == "1" else not any(made), f"shared segments made: {made}"
     rpc.shutdown()
     return f"all calls over {expected_wire}"
+
+
+@scenario
+def worker_flags_took_effect(coordinator: str, limit: str) -> str:
+    """Workers started with --shared-memory off --max-message-bytes LIMIT: a big tensor between them goes
+    through the socket with no segment made; a message over the limit is refused at once, naming it."""
+    join(coordinator, shared_memory=False)  # this side sends through the connection: the limit applies
+    limit_bytes = int(limit)
+    assert rpc.rpc_sync("worker1", remote.wire_to, args=("worker2",)) == "unix"
+    big = torch.arange(limit_bytes // 8, dtype=torch.float32)  # half the limit, and above the 1 MiB of shared memory
+    assert rpc.rpc_sync("worker1", remote.call_back, args=("worker2", remote.checksum, (big,)))[0] == big.double().sum().item()
+    assert rpc.rpc_sync("worker1", remote.shared_memory_use) == (0, 0), "worker1 made shared segments"
+    start = time.monotonic()
+    try:
+        rpc.rpc_sync("worker1", remote.checksum, args=(torch.zeros(limit_bytes // 4 + 1),))
+    except errors.ResourceExhausted as exc:
+        assert f"limit of {limit_bytes} bytes" in str(exc), exc
+        assert time.monotonic() - start < 5, "refused only after a wait"
+    else:
+        raise AssertionError("a message over --max-message-bytes was taken")
+    assert rpc.rpc_sync("worker1", remote.add, args=(1, 2)) == 3  # and it goes on serving
+    rpc.shutdown(graceful=False)
+    return "flags took effect"
 
 
 @scenario

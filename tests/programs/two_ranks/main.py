@@ -42,13 +42,27 @@ def check(rank, marker):
     print("program checks passed")
 
 
-def run(rank, world_size, port, marker):
+def check_untrusted():
+    """Rank 1 said trust_program=False: the program's own functions are refused there, naming them (its
+    model classes are still taken, as any loaded library's are)."""
+    try:
+        rpc.rpc_sync("worker1", tables.gradient_of_table, args=(None, 0))
+    except PermissionDenied as e:
+        assert "tables.gradient_of_table" in str(e), e
+    else:
+        raise AssertionError("worker1 ran the program's code although it does not trust the program")
+    assert rpc.rpc_sync("worker1", torch.add, args=(torch.ones(2), 1)).tolist() == [2.0, 2.0]
+    print("untrusted checks passed")
+
+
+def run(rank, world_size, port, marker, trust):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    rpc.init_rpc(f"worker{rank}", rank=rank, world_size=world_size)
+    options = rpc.BackendOptions(trust_program=False) if trust == "untrusted" and rank == 1 else None
+    rpc.init_rpc(f"worker{rank}", rank=rank, world_size=world_size, rpc_backend_options=options)
     if rank == 0:
-        check(rank, marker)
+        check_untrusted() if trust == "untrusted" else check(rank, marker)
     rpc.shutdown()
 
 
 if __name__ == "__main__":
-    mp.spawn(run, args=(2, int(sys.argv[1]), sys.argv[2]), nprocs=2)
+    mp.spawn(run, args=(2, int(sys.argv[1]), sys.argv[2], sys.argv[3] if len(sys.argv) > 3 else "trusted"), nprocs=2)
