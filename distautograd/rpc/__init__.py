@@ -28,7 +28,18 @@ RpcAgent = TensorPipeAgent
 PyRRef = RRef  # torch's name for the class behind RRef
 
 __all__ = [
+    # torch's private names its own tests and user code reach for, as torch.distributed.rpc has them
+    "_delete_all_user_and_unforked_owner_rrefs",
+    "_get_current_rpc_agent",
+    "_get_debug_info",
+    "_init_rpc_backend",
+    "_is_current_rpc_agent_set",
+    "_rref_context_get_debug_info",
+    "_server_process_global_profile",
     "_set_rpc_timeout",
+    "api",
+    "backend_registry",
+    "constants",
     "BackendOptions",
     "BackendType",
     "RRef",
