@@ -20,7 +20,12 @@ DTYPES: dict[str, torch.dtype] = {
 }
 _NAMES = {dtype: name for name, dtype in DTYPES.items()}
 _SIZES = {dtype: dtype.itemsize for dtype in _NAMES}
-_QUANTIZED = {torch.qint8, torch.quint8, torch.qint32, torch.quint4x2, torch.quint2x4}
+# A quantized tensor travels as its integer representation: the dtype it has, and for the sub-byte
+# dtypes the packed bytes (ceil(numel / values per byte), filled in C order).
+_INT_REPR = {torch.qint8: torch.int8, torch.quint8: torch.uint8, torch.qint32: torch.int32,
+             torch.quint4x2: torch.uint8, torch.quint2x4: torch.uint8}
+_QUANTIZED = set(_INT_REPR)
+_PACKED = {torch.quint4x2: 2, torch.quint2x4: 4}  # values per byte
 _NUMPY_DTYPES = {
     torch.float64, torch.float32, torch.float16, torch.complex64, torch.complex128, torch.int64, torch.int32,
     torch.int16, torch.int8, torch.uint8, torch.bool,
@@ -129,6 +134,9 @@ def encode(tensor: torch.Tensor, attachments: MutableSequence[Any], compact_zero
         meta.zeros = True
         return meta
     if tensor.is_quantized:
+        if tensor.dtype in _PACKED and not tensor.is_contiguous():
+            raise InvalidArgument(f"a non-contiguous {tensor.dtype} view cannot be sent: its values are packed "
+                                  "several to a byte and torch has no copy kernel to lay them out; send its base")
         meta.quantization.CopyFrom(_encode_quantization(tensor, attachments))
         tensor = tensor.int_repr()
         meta.dtype = dtype_name(tensor.dtype)
@@ -185,22 +193,41 @@ def decode(meta: pb.TensorMeta, attachments: Sequence[Any]) -> torch.Tensor:
     strides = list(meta.strides)
     if strides and (len(strides) != len(shape) or any(s < 0 for s in strides) or not math.prod(shape)):
         raise InvalidArgument(f"tensor strides {strides} do not fit its shape {shape}")
+    packed = _packed_per_byte(meta, dtype)
+    if packed and strides:
+        raise InvalidArgument(f"a packed {meta.quantization.dtype} tensor cannot have strides")
     count = _span(shape, strides) if strides else math.prod(shape)
-    expected = count * _element_size(dtype)
+    expected = -(-count // packed) if packed else count * _element_size(dtype)
     if len(data) != expected:
         raise InvalidArgument(
             f"tensor of dtype {meta.dtype}, shape {shape} and strides {strides or 'C order'} needs {expected} bytes "
             f"but {len(data)} arrived"
         )
-    if expected == 0:
+    if packed:
+        tensor = _as_uint8(data) if expected else torch.empty(0, dtype=torch.uint8)
+    elif expected == 0:
         tensor = torch.empty(shape, dtype=dtype)
     elif strides:  # every element it reaches lies within the bytes that arrived: checked just above
         tensor = _as_uint8(data).view(dtype).as_strided(shape, strides)
     else:
         tensor = _as_uint8(data).view(dtype).reshape(shape)
     if meta.HasField("quantization"):
-        tensor = _decode_quantization(tensor, meta.quantization, attachments)
+        tensor = _decode_quantization(tensor, shape, meta.quantization, attachments)
     return tensor
+
+
+def _packed_per_byte(meta: pb.TensorMeta, dtype: torch.dtype) -> int:
+    """Values per byte of a quantized tensor whose integers are packed (0 when they are not);
+    checks that the integers' dtype is the one its quantized dtype has."""
+    if not meta.HasField("quantization"):
+        return 0
+    qdtype = dtype_from_name(meta.quantization.dtype)
+    if qdtype not in _QUANTIZED:
+        raise InvalidArgument(f"{meta.quantization.dtype} is not a quantized dtype")
+    if dtype != _INT_REPR[qdtype]:
+        raise InvalidArgument(f"a {meta.quantization.dtype} tensor travels as {dtype_name(_INT_REPR[qdtype])}, "
+                              f"not {meta.dtype}")
+    return _PACKED.get(qdtype, 0)
 
 
 def _element_size(dtype: torch.dtype) -> int:
@@ -229,30 +256,44 @@ def _encode_quantization(tensor: torch.Tensor, attachments: MutableSequence[Any]
         q.zero_point = tensor.q_zero_point()
     elif scheme in (torch.per_channel_affine, torch.per_channel_affine_float_qparams):
         q.qscheme = str(scheme).removeprefix("torch.")
+        scale_dtype, zero_point_dtype = _CHANNEL_PARAMS[q.qscheme]
         q.axis = tensor.q_per_channel_axis()
         q.scales_attachment = len(attachments)
-        attachments.append(raw_bytes(tensor.q_per_channel_scales()))
+        attachments.append(raw_bytes(tensor.q_per_channel_scales().to(scale_dtype)))
         q.zero_points_attachment = len(attachments)
-        attachments.append(raw_bytes(tensor.q_per_channel_zero_points()))
+        attachments.append(raw_bytes(tensor.q_per_channel_zero_points().to(zero_point_dtype)))
     else:
         raise InvalidArgument(f"cannot send a quantized tensor with qscheme {scheme}")
     return q
 
 
-def _decode_quantization(int_repr: torch.Tensor, q: pb.Quantization, attachments: Sequence[Any]) -> torch.Tensor:
-    qdtype = dtype_from_name(q.dtype)
-    if qdtype not in _QUANTIZED:
-        raise InvalidArgument(f"{q.dtype} is not a quantized dtype")
+# The dtypes of the per-channel scales and zero points, as torch keeps them for each scheme.
+_CHANNEL_PARAMS = {"per_channel_affine": (torch.float64, torch.int64),
+                   "per_channel_affine_float_qparams": (torch.float32, torch.float32)}
+
+
+def _decode_quantization(int_repr: torch.Tensor, shape: List[int], q: pb.Quantization,
+                         attachments: Sequence[Any]) -> torch.Tensor:
+    qdtype = dtype_from_name(q.dtype)  # a quantized dtype whose integers arrived: checked by _packed_per_byte
     if q.qscheme == "per_tensor_affine":
-        return torch._make_per_tensor_quantized_tensor(int_repr, q.scale, q.zero_point)
-    if q.qscheme in ("per_channel_affine", "per_channel_affine_float_qparams"):
-        channels = int_repr.shape[q.axis] if int_repr.dim() else 0
-        scales = _side_tensor(attachments, q.scales_attachment, torch.float64, channels)
-        if q.qscheme == "per_channel_affine_float_qparams":
-            scales = scales.float()
-        zero_points = _side_tensor(attachments, q.zero_points_attachment, torch.int64, channels)
-        return torch._make_per_channel_quantized_tensor(int_repr, scales, zero_points, q.axis)
-    raise InvalidArgument(f"unknown qscheme {q.qscheme!r}")
+        if qdtype not in _PACKED:
+            return torch._make_per_tensor_quantized_tensor(int_repr, q.scale, q.zero_point)
+        out = torch._empty_affine_quantized(shape, scale=q.scale, zero_point=q.zero_point, dtype=qdtype)
+    elif q.qscheme in _CHANNEL_PARAMS:
+        if not 0 <= q.axis < len(shape):
+            raise InvalidArgument(f"per-channel axis {q.axis} does not fit a tensor of shape {shape}")
+        scale_dtype, zero_point_dtype = _CHANNEL_PARAMS[q.qscheme]
+        scales = _side_tensor(attachments, q.scales_attachment, scale_dtype, shape[q.axis])
+        zero_points = _side_tensor(attachments, q.zero_points_attachment, zero_point_dtype, shape[q.axis])
+        if qdtype not in _PACKED:
+            return torch._make_per_channel_quantized_tensor(int_repr, scales, zero_points, q.axis)
+        out = torch._empty_per_channel_affine_quantized(shape, scales=scales, zero_points=zero_points, axis=q.axis,
+                                                         dtype=qdtype)
+    else:
+        raise InvalidArgument(f"unknown qscheme {q.qscheme!r}")
+    storage = out.untyped_storage()
+    torch.empty(0, dtype=torch.uint8).set_(storage, 0, (storage.nbytes(),))[: int_repr.numel()].copy_(int_repr)
+    return out
 
 
 def _side_tensor(attachments: Sequence[Any], index: int, dtype: torch.dtype, count: int) -> torch.Tensor:

@@ -105,6 +105,46 @@ def test_quantized_per_tensor_and_per_channel():
     assert out.q_per_channel_axis() == 1
 
 
+@pytest.mark.parametrize("dtype", sorted(QUANTIZED, key=str), ids=str)
+@pytest.mark.parametrize("numel", [1, 5, 6, 7])  # sub-byte dtypes pack 2 or 4 values in a byte: odd counts too
+def test_every_quantized_dtype_round_trips_bit_exactly(dtype, numel):
+    values = torch.linspace(-3, 3, numel)
+    q = torch.quantize_per_tensor(values, 0.25, 1, dtype)
+    out = through_the_wire(q)
+    assert out.dtype == dtype and out.shape == q.shape
+    assert torch.equal(out.int_repr(), q.int_repr()) and torch.equal(out.dequantize(), q.dequantize())
+    assert (out.q_scale(), out.q_zero_point()) == (q.q_scale(), q.q_zero_point())
+
+
+@pytest.mark.parametrize("dtype", [torch.quint8, torch.quint4x2, torch.quint2x4], ids=str)
+def test_per_channel_float_qparams_as_embedding_bags_use_them(dtype):
+    weight = torch.randn(4, 6)
+    q = torch.quantize_per_channel(weight, torch.rand(4) + 0.1, torch.randn(4), 0, dtype)
+    assert q.qscheme() == torch.per_channel_affine_float_qparams
+    out = through_the_wire(q)
+    assert out.dtype == dtype and out.qscheme() == q.qscheme()
+    assert torch.equal(out.int_repr(), q.int_repr()) and torch.equal(out.dequantize(), q.dequantize())
+    assert torch.equal(out.q_per_channel_zero_points(), q.q_per_channel_zero_points())
+
+
+def test_a_quantized_tensor_whose_integers_do_not_fit_its_dtype_is_refused():
+    attachments: list = []
+    meta = tensors.encode(torch.quantize_per_tensor(torch.randn(5), 0.1, 0, torch.qint32), attachments)
+    meta.dtype = "uint8"  # qint32's integers are int32: _make_per_tensor_quantized_tensor would make a quint8
+    with pytest.raises(InvalidArgument, match="travels as int32"):
+        tensors.decode(meta, attachments)
+    meta = tensors.encode(torch.quantize_per_tensor(torch.randn(5), 0.1, 0, torch.quint4x2), attachments := [])
+    meta.shape[0] = 9  # 5 bytes would be needed, 3 arrived
+    with pytest.raises(InvalidArgument, match="needs 5 bytes but 3 arrived"):
+        tensors.decode(meta, attachments)
+
+
+def test_a_non_contiguous_sub_byte_view_is_refused_with_the_reason():
+    q = torch.quantize_per_tensor(torch.randn(3, 4), 0.25, 1, torch.quint4x2).t()
+    with pytest.raises(InvalidArgument, match="non-contiguous torch.quint4x2"):
+        tensors.encode(q, [])
+
+
 def test_flags_travel():
     p = torch.nn.Parameter(torch.randn(2))
     attachments = []
