@@ -3,7 +3,8 @@
 The owner keeps a set of live forks per value; every RRef object anywhere holds one fork. A fork
 is registered with the owner before (or, through tombstones, no matter in which order) its
 holder can drop it, so the owner frees a value exactly when the last holder lets go. Holders that
-die lose their forks when the coordinator announces the departure.
+die lose their forks when the coordinator announces the departure: the owner knows each fork's
+holder (a fork is minted by the worker that sends the RRef, for the worker it sends it to).
 
 Messages about one RRef travel on different streams, so the owner may hear of it (a fetch, a
 fork) before the call that creates it: the first mention makes the entry, whose value the
@@ -54,7 +55,7 @@ class _Owned:
 
     def __init__(self) -> None:
         self.value: Future = Future()
-        self.forks: Set[int] = set()
+        self.forks: Dict[int, int] = {}  # fork id -> the rank that holds it
         self.tombstones: Set[int] = set()
 
 
@@ -102,19 +103,20 @@ class RRefStore:
         with self._lock:
             return self._entry_locked(rref_id).value
 
-    def _add_fork_locked(self, rref_id: int, owned: _Owned, fork_id: int) -> None:
+    def _add_fork_locked(self, rref_id: int, owned: _Owned, fork_id: int, holder: Optional[int] = None) -> None:
+        """``holder``: the rank that holds the fork; by default the one that minted it (a creator's own)."""
         if fork_id in owned.tombstones:
             owned.tombstones.discard(fork_id)  # its holder let go before we heard it existed
             self._collect_locked(rref_id, owned)
         else:
-            owned.forks.add(fork_id)
+            owned.forks[fork_id] = rank_of(fork_id) if holder is None else holder
 
     def _remove_fork_locked(self, rref_id: int, fork_id: int) -> None:
         if rref_id in self._freed:
             return
         owned = self._entry_locked(rref_id)
         if fork_id in owned.forks:
-            owned.forks.discard(fork_id)
+            del owned.forks[fork_id]
             self._collect_locked(rref_id, owned)
         else:
             owned.tombstones.add(fork_id)
@@ -126,16 +128,16 @@ class RRefStore:
             while len(self._freed) > _FREED_MEMORY:
                 self._freed.popitem(last=False)
 
-    def add_fork(self, rref_id: int, fork_id: int) -> None:
+    def add_fork(self, rref_id: int, fork_id: int, holder: int) -> None:
         with self._lock:
             if rref_id not in self._freed:
-                self._add_fork_locked(rref_id, self._entry_locked(rref_id), fork_id)
+                self._add_fork_locked(rref_id, self._entry_locked(rref_id), fork_id, holder)
 
     def on_departed(self, rank: int) -> None:
-        """Drops the forks a departed worker held."""
+        """Drops the forks a departed worker held, and the releases waiting for an add it was to send."""
         with self._lock:
             for rref_id, owned in list(self._owned.items()):
-                owned.forks = {f for f in owned.forks if rank_of(f) != rank}
+                owned.forks = {f: holder for f, holder in owned.forks.items() if holder != rank}
                 owned.tombstones = {f for f in owned.tombstones if rank_of(f) != rank}
                 self._collect_locked(rref_id, owned)
 
@@ -163,11 +165,11 @@ class RRefStore:
             # To its owner from a user: our own fork keeps the value alive, and our release of it
             # travels behind this message on the same stream, after the owner has decoded it.
             return handle
-        handle.fork_id = self.mint()
+        handle.fork_id = self.mint()  # minted here, held by dest
         if rref._owner == self.mint.rank:
-            self.add_fork(rref._id, handle.fork_id)
+            self.add_fork(rref._id, handle.fork_id, dest)
         else:
-            change = pb.ForkChange(rref_id=rref._id, fork_id=handle.fork_id, add=True)
+            change = pb.ForkChange(rref_id=rref._id, fork_id=handle.fork_id, add=True, holder=dest)
             self._notify(rref._owner, pb.Request(rref_forks=pb.RRefForks(changes=[change])))
         return handle
 
@@ -192,7 +194,8 @@ class RRefStore:
                 if change.rref_id in self._freed:
                     continue
                 if change.add:
-                    self._add_fork_locked(change.rref_id, self._entry_locked(change.rref_id), change.fork_id)
+                    self._add_fork_locked(change.rref_id, self._entry_locked(change.rref_id), change.fork_id,
+                                          change.holder)
                 else:
                     self._remove_fork_locked(change.rref_id, change.fork_id)
 
@@ -219,7 +222,7 @@ class RRefStore:
         held = list(self._held)
         here = {rref._fork for rref in held if rref.is_owner() and not rref._deleted}  # this worker's own RRefs
         with self._lock:
-            elsewhere = [len(o.forks - here) for o in self._owned.values()]
+            elsewhere = [len(o.forks.keys() - here) for o in self._owned.values()]
             unborn = sum(1 for o in self._owned.values() if not o.value.done())
         shared, forks = sum(1 for n in elsewhere if n), sum(elsewhere)
         unconfirmed = sum(1 for rref in held

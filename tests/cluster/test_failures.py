@@ -85,6 +85,17 @@ def test_dead_peer_fails_the_call_at_once_naming_it():
     assert "failed" in cluster.coordinator_process.tail() and "worker2" in cluster.coordinator_process.tail()
 
 
+def test_forks_held_by_a_worker_that_dies_are_dropped_with_it():
+    cluster = start_cluster(2, allowed_modules=["tests"])
+    try:
+        holder = cluster.worker("worker2")
+        result = run_driver("forks_of_a_dead_worker_are_dropped", cluster.coordinator, "worker2",
+                            str(holder.process.pid))
+        assert "freed" in result.stdout
+    finally:
+        cluster.stop()
+
+
 def test_a_worker_that_stops_answering_is_declared_dead_by_heartbeat():
     cluster = start_cluster(
         2, allowed_modules=["tests"], coordinator_args=["--heartbeat-timeout", "2", "--heartbeat-interval", "0.2"],

@@ -387,3 +387,12 @@ def trace_events(context_id):
     from distautograd.views import trace
 
     return trace.take(context_id)
+
+
+_held_rrefs = []
+
+
+def hold(rref):
+    """Keeps a fork of ``rref`` on this worker until the process ends."""
+    _held_rrefs.append(rref)
+    return len(_held_rrefs)

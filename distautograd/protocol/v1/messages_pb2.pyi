@@ -406,14 +406,16 @@ class FetchRRef(_message.Message):
     def __init__(self, rref_id: _Optional[int] = ..., context_id: _Optional[int] = ...) -> None: ...
 
 class ForkChange(_message.Message):
-    __slots__ = ("rref_id", "fork_id", "add")
+    __slots__ = ("rref_id", "fork_id", "add", "holder")
     RREF_ID_FIELD_NUMBER: _ClassVar[int]
     FORK_ID_FIELD_NUMBER: _ClassVar[int]
     ADD_FIELD_NUMBER: _ClassVar[int]
+    HOLDER_FIELD_NUMBER: _ClassVar[int]
     rref_id: int
     fork_id: int
     add: bool
-    def __init__(self, rref_id: _Optional[int] = ..., fork_id: _Optional[int] = ..., add: _Optional[bool] = ...) -> None: ...
+    holder: int
+    def __init__(self, rref_id: _Optional[int] = ..., fork_id: _Optional[int] = ..., add: _Optional[bool] = ..., holder: _Optional[int] = ...) -> None: ...
 
 class RRefForks(_message.Message):
     __slots__ = ("changes",)
