@@ -36,7 +36,9 @@ class RecvRpc(torch.autograd.Function):
         tensors, points = holder
         ctx.points = points
         ctx.set_materialize_grads(False)  # no gradient stays "no gradient" on its way back
-        return tuple(tensors)
+        # A decoded tensor is often a view of the bytes it arrived in; as an output of a custom Function
+        # autograd would forbid modifying it in place. detach() shares the memory without the view.
+        return tuple(t.detach() if t._is_view() else t for t in tensors)
 
     @staticmethod
     def backward(ctx, *grads):

@@ -92,6 +92,20 @@ def test_gradients_that_arrive_after_a_pass_was_aborted_do_not_revive_it():
             peer.close()
 
 
+def test_a_received_tensor_can_be_modified_in_place_and_the_gradient_counts_it():
+    w = torch.tensor([1.0, -2.0, 3.0], requires_grad=True)
+    with dist_autograd.context() as context_id:
+        out = rpc.rpc_sync("worker1", remote.doubled_in_place_then_tripled, args=(w,))
+        dist_autograd.backward(context_id, [out.sum()])
+        got = dist_autograd.get_gradients(context_id)[w]
+    local = w.detach().clone().requires_grad_()
+    received = local.clone()  # what the recv node hands out: a non-leaf that requires grad
+    received.mul_(2)
+    (received * 3).sum().backward()
+    assert torch.equal(out, (received * 3).detach())
+    assert torch.equal(got, local.grad) and torch.equal(got, torch.full((3,), 6.0)), got
+
+
 def test_only_tensors_that_require_grad_get_send_points():
     with dist_autograd.context() as context_id:
         rpc.rpc_sync("worker1", remote.echo, args=([torch.ones(2), torch.ones(2, requires_grad=True)],))

@@ -396,3 +396,10 @@ def hold(rref):
     """Keeps a fork of ``rref`` on this worker until the process ends."""
     _held_rrefs.append(rref)
     return len(_held_rrefs)
+
+
+def doubled_in_place_then_tripled(x):
+    """Modifies the received tensor in place (it is the output of the recv node, as in torch)."""
+    assert x.grad_fn.name() == "torch::distributed::autograd::RecvRpcBackward", x.grad_fn.name()
+    x.mul_(2)
+    return x * 3
