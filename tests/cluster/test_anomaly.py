@@ -62,3 +62,12 @@ def test_off_nothing_is_checked_and_the_nan_arrives():
         dist_autograd.backward(context_id, [y.sum()])
         grad = dist_autograd.get_gradients(context_id)[x]
     assert grad[0] == 2 and torch.isnan(grad[1])
+
+
+def test_on_the_worker_records_forward_stacks_off_it_records_nothing():
+    x = torch.ones(2, requires_grad=True)
+    with dist_autograd.context(detect_anomaly=True):
+        assert rpc.rpc_sync("worker2", remote.records_forward_stack, args=(x,)) == (True, True)
+    with dist_autograd.context():
+        assert rpc.rpc_sync("worker2", remote.records_forward_stack, args=(x,)) == (False, False)
+    assert rpc.rpc_sync("worker2", remote.records_forward_stack, args=(x,)) == (False, False)  # no context

@@ -403,3 +403,9 @@ def doubled_in_place_then_tripled(x):
     assert x.grad_fn.name() == "torch::distributed::autograd::RecvRpcBackward", x.grad_fn.name()
     x.mul_(2)
     return x * 3
+
+
+def records_forward_stack(x):
+    """Whether a node made here keeps its forward stack (torch does so in anomaly mode only)."""
+    y = x * 2
+    return "traceback_" in y.grad_fn.metadata, torch.is_anomaly_enabled()
