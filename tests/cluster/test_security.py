@@ -132,6 +132,8 @@ def test_mutual_tls_cluster(certificates):
     try:
         run_driver("tls_cluster", cluster.coordinator, certificates["node.pem"], certificates["node.key"],
                    certificates["ca.pem"])
+        run_driver("tls_cluster", cluster.coordinator, certificates["node.pem"], certificates["node.key"],
+                   certificates["ca.pem"], "grpc", env={"DISTAUTOGRAD_TRANSPORT": "tcp"})  # TCP is never plain text
         address = cluster.workers[0].address
         with open(certificates["ca.pem"], "rb") as f:
             ca = f.read()
@@ -140,6 +142,31 @@ def test_mutual_tls_cluster(certificates):
         assert err.value.code() == grpc.StatusCode.UNAVAILABLE
         with pytest.raises(grpc.RpcError):  # plaintext
             wire_client.call(address, remote.add, 1, 2)
+    finally:
+        cluster.stop()
+
+
+@pytest.mark.skipif(not os.path.exists("/usr/bin/openssl"), reason="needs the openssl command to make certificates")
+def test_server_only_tls_cluster(certificates):
+    """No CA on the servers: TLS without client certificates. Clients check servers against the system's
+    roots, here the test CA (gRPC's GRPC_DEFAULT_SSL_ROOTS_FILE_PATH)."""
+    tls = ["--tls-cert", certificates["node.pem"], "--tls-key", certificates["node.key"], "--tls-server-name",
+           "localhost"]
+    env = {"GRPC_DEFAULT_SSL_ROOTS_FILE_PATH": certificates["ca.pem"]}
+    cluster = start_cluster(2, allowed_modules=["tests"], coordinator_args=tls, worker_args=tls, env=env,
+                            token="server-only-tls-token")
+    try:
+        out = run_driver("tls_cluster", cluster.coordinator, certificates["node.pem"], certificates["node.key"], "",
+                         env=dict(env, DISTAUTOGRAD_TOKEN="server-only-tls-token")).stdout
+        assert "server-only TLS" in out
+        address = cluster.workers[0].address
+        with open(certificates["ca.pem"], "rb") as f:
+            ca = f.read()
+        response = wire_client.call(address, remote.add, 1, 2, token="server-only-tls-token",
+                                    credentials=grpc.ssl_channel_credentials(ca))  # no client certificate: fine
+        assert not response.HasField("error"), response.error
+        with pytest.raises(grpc.RpcError):  # plaintext
+            wire_client.call(address, remote.add, 1, 2, token="server-only-tls-token")
     finally:
         cluster.stop()
 

@@ -98,12 +98,20 @@ def right_token_works(coordinator: str, token: str) -> str:
 
 
 @scenario
-def tls_cluster(coordinator: str, cert: str, key: str, ca: str) -> str:
-    join(coordinator, tls_cert=cert, tls_key=key, tls_ca=ca, tls_server_name="localhost")
+def tls_cluster(coordinator: str, cert: str, key: str, ca: str, expected_wire: str = "unix") -> str:
+    """Calls in a TLS world (``ca`` empty: server-only TLS). No process listens on plain TCP, so with
+    transport="tcp" (DISTAUTOGRAD_TRANSPORT) calls go over gRPC, through TLS."""
+    from distautograd.runtime.current import get as current_agent
+
+    join(coordinator, tls_cert=cert, tls_key=key, tls_ca=ca or None, tls_server_name="localhost")
     assert torch.equal(rpc.rpc_sync("worker1", torch.add, args=(torch.ones(2), 1)), torch.full((2,), 2.0))
     assert rpc.rpc_sync("worker1", remote.nested_add, args=("worker2", 1, 2)) == 3
+    world = current_agent().world
+    advertised = [world.entry(rpc.get_worker_info(w).id).socket_address for w in ("worker1", "worker2")]
+    assert advertised == ["", ""], f"a TLS worker offers plain TCP: {advertised}"
+    assert remote.wire_to("worker1") == expected_wire, remote.wire_to("worker1")
     rpc.shutdown()
-    return "calls over mutual TLS"
+    return f"calls over {'mutual ' if ca else 'server-only '}TLS, over {expected_wire}"
 
 
 @scenario
