@@ -13,6 +13,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from distautograd import rpc
 from distautograd.ids import IdMint
 from distautograd.protocol.v1 import messages_pb2 as pb
+from distautograd.transport.dispatch import MAX_UNARY
+from distautograd.transport.grpc_server import MAX_STREAMS
 from tests.helpers import remote, wire_client
 from tests.helpers.processes import poll_for
 
@@ -167,7 +169,7 @@ def test_waiting_calls_cannot_starve_the_health_check_and_cancelling_frees_them(
         time.sleep(1)
         assert serving(address)
         refused = [f for f in pending if f.done() and f.exception() and f.exception().code() == grpc.StatusCode.RESOURCE_EXHAUSTED]
-        assert len(refused) >= 250  # all but the few it serves at once, refused at once
+        assert len(refused) == 300 - MAX_UNARY  # all but the ones it serves at once, refused at once
         for future in pending:
             future.cancel()
         assert poll_for(lambda: rpc.rpc_sync("worker1", remote.add, args=(1, 1)) == 2, timeout=10)
@@ -175,6 +177,40 @@ def test_waiting_calls_cannot_starve_the_health_check_and_cancelling_frees_them(
                                   timeout=None)  # no deadline means none, not an overflow
         assert not pb.Frame.FromString(reply).response.HasField("error")
     finally:
+        chan.close()
+
+
+def test_streams_are_capped_the_health_check_still_answers_and_closing_frees_them(cluster):
+    address = cluster.worker("worker1").address
+    token = cluster.client_token()
+    stop, stop_again = threading.Event(), threading.Event()
+
+    def silent(until):  # a stream that sends nothing until the test ends it
+        until.wait(60)
+        return
+        yield
+
+    chan = wire_client.channel(address)
+    connect = chan.stream_stream("/distautograd.v1.Worker/Connect")
+    try:
+        streams = [connect(silent(stop), metadata=wire_client.metadata(token), timeout=60)
+                   for _ in range(MAX_STREAMS + 12)]
+        assert poll_for(lambda: sum(s.done() for s in streams) >= 12, timeout=10)
+        time.sleep(0.5)
+        refused = [s for s in streams if s.done()]
+        assert len(refused) == 12 and all(s.code() == grpc.StatusCode.RESOURCE_EXHAUSTED for s in refused)
+        assert f"{MAX_STREAMS} streams open already" in refused[0].details()
+        assert serving(address)
+        stop.set()
+        for s in streams:
+            s.cancel()
+        again = connect(silent(stop_again), metadata=wire_client.metadata(token), timeout=60)
+        time.sleep(1.0)
+        assert not again.done(), again.details()  # a slot was free again
+        again.cancel()
+    finally:
+        stop.set()
+        stop_again.set()
         chan.close()
 
 
