@@ -23,6 +23,20 @@ def test_a_worker_killed_during_backward_fails_the_pass_and_survivors_free_the_c
         cluster.stop()
 
 
+@pytest.mark.parametrize("how", ["slow", "stopped"])
+def test_a_worker_that_hangs_mid_backward_fails_the_pass_by_timeout(how):
+    cluster = start_cluster(2, allowed_modules=["tests"],
+                            coordinator_args=["--heartbeat-timeout", "2", "--heartbeat-interval", "0.2"],
+                            worker_args=["--heartbeat-interval", "0.2"])
+    try:
+        victim = cluster.worker("worker2")
+        result = run_driver("hung_backward_fails_by_timeout", cluster.coordinator, "worker2", str(victim.process.pid),
+                            how)
+        assert "backward failed" in result.stdout
+    finally:
+        cluster.stop()
+
+
 def test_a_context_whose_creator_died_is_released_after_its_ttl():
     cluster = start_cluster(1, allowed_modules=["tests"], worker_args=["--context-ttl", "6"])
     try:

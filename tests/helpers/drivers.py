@@ -149,6 +149,42 @@ def worker_killed_during_backward(coordinator: str, victim: str, victim_pid: str
 
 
 @scenario
+def hung_backward_fails_by_timeout(coordinator: str, victim: str, victim_pid: str, how: str) -> str:
+    """``victim``'s backward function takes 5 s. how="slow": the pass fails when the rpc timeout (2 s)
+    runs out; how="stopped": the victim is SIGSTOPped mid-pass and the pass fails when its heartbeat
+    timeout (2 s) runs out, naming it. Either way the context can be left and worker1 keeps serving."""
+    import threading
+
+    from distautograd import autograd as dist_autograd
+
+    join(coordinator, rpc_timeout=2 if how == "slow" else 30)
+    w = torch.randn(3, requires_grad=True)
+    with dist_autograd.context() as context_id:
+        y = rpc.rpc_sync(victim, remote.slow_in_backward, args=(w,))
+        if how == "stopped":
+            threading.Timer(0.5, os.kill, args=(int(victim_pid), signal.SIGSTOP)).start()
+        start = time.monotonic()
+        try:
+            dist_autograd.backward(context_id, [y.sum()])
+        except RuntimeError as exc:
+            elapsed = time.monotonic() - start
+            if how == "slow":
+                assert isinstance(exc, errors.DeadlineExceeded), repr(exc)
+                assert "did not finish within 2 s" in str(exc), exc
+                assert 1.9 <= elapsed < 3.5, elapsed
+            else:
+                assert victim in str(exc) and "heartbeat" in str(exc), exc
+                assert 2.0 <= elapsed < 5.5, elapsed  # stopped at 0.5 s, silent for 2 s, a beat's worth late
+        else:
+            raise AssertionError("backward returned although a worker hung in it")
+    if how == "stopped":
+        os.kill(int(victim_pid), signal.SIGCONT)
+    assert rpc.rpc_sync("worker1" if victim != "worker1" else "worker2", remote.add, args=(1, 2)) == 3
+    rpc.shutdown(graceful=False)
+    return f"backward failed after {elapsed:.2f}s ({how})"
+
+
+@scenario
 def creator_dies_holding_a_context(coordinator: str) -> str:
     from distautograd import autograd as dist_autograd
 
