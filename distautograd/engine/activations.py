@@ -14,7 +14,7 @@ say), it is *unknown* for that recv point and the caller asks the sender (``unkn
 from __future__ import annotations
 
 import threading
-from typing import Dict, FrozenSet, NamedTuple
+from typing import Callable, Dict, FrozenSet, Iterable, List, NamedTuple, Set, Tuple
 
 from distautograd.engine.nodes import is_leaf, recv_points
 
@@ -98,3 +98,25 @@ def _union(parts) -> Activation:
 def union(parts) -> Activation:
     """The activation of several nodes together (the roots of a pass)."""
     return _union(parts)
+
+
+def reached(found: Activation, ask: Callable[[List[int]], Iterable[Tuple[Iterable[int], Iterable[int]]]],
+            most_rounds: int = 4096) -> Set[int]:
+    """Every send point a pass reaches: those ``found`` names and, where it left some unknown, what the
+    workers holding those say each sets off, round after round until nothing is unknown. ``ask(ids)``
+    answers, for send points not asked before, (what each sets off, which of those are unknown to its
+    holder). Each id is asked once, so the rounds end; ``most_rounds`` stops a peer that keeps naming
+    new unknown ids."""
+    active, unknown = set(found.ids), set(found.unknown)
+    asked: Set[int] = set()
+    for _ in range(most_rounds):
+        unknown -= asked
+        if not unknown:
+            return active
+        asked |= unknown
+        more: Set[int] = set()
+        for activates, still_unknown in ask(sorted(unknown)):
+            active.update(activates)
+            more.update(still_unknown)
+        unknown = more
+    raise RuntimeError(f"send points were still unknown after {most_rounds} rounds of asking their holders")

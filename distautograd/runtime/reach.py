@@ -17,8 +17,6 @@ from distautograd.protocol.v1 import messages_pb2 as pb
 from distautograd.runtime.contexts import Context, ContextStore
 from distautograd.runtime.peers import Peers
 
-_REACH_ROUNDS = 64
-
 
 class Reach:
     def __init__(self, mint: IdMint, peers: Peers, contexts: ContextStore, timeout: Callable[[], Optional[float]]):
@@ -34,23 +32,18 @@ class Reach:
     def active_sends(self, ctx: Context, edges) -> Set[int]:
         """Every send point the pass reaches; asks the workers that hold those whose activations did not travel."""
         found = activations.union(ctx.activations.of(edge.node, edge.output_nr) for edge in edges)
-        active, unknown = set(found.ids), set(found.unknown)
-        asked: Set[int] = set()
-        for _ in range(_REACH_ROUNDS):
-            unknown -= asked
-            if not unknown:
-                return active
-            asked |= unknown
-            by_rank: Dict[int, List[int]] = {}
-            for message_id in unknown:
-                by_rank.setdefault(rank_of(message_id), []).append(message_id)
-            unknown = set()
-            futures = [(rank, self._reach(ctx.id, rank, ids)) for rank, ids in by_rank.items()]
-            for rank, future in futures:
-                for reach in future.result():
-                    active.update(reach.activates)
-                    unknown.update(reach.unknown)
-        raise errors.Internal(f"could not work out which send points the backward pass of context {ctx.id} reaches")
+        try:
+            return activations.reached(found, lambda ids: self._ask(ctx.id, ids))
+        except RuntimeError as exc:
+            raise errors.Internal(f"the backward pass of context {ctx.id} cannot start: {exc}") from None
+
+    def _ask(self, context_id: int, ids: List[int]) -> List[tuple]:
+        """(activates, unknown) for each of ``ids``, asked of their holders at once."""
+        by_rank: Dict[int, List[int]] = {}
+        for message_id in ids:
+            by_rank.setdefault(rank_of(message_id), []).append(message_id)
+        futures = [self._reach(context_id, rank, held) for rank, held in by_rank.items()]
+        return [(reach.activates, reach.unknown) for future in futures for reach in future.result()]
 
     def _reach(self, context_id: int, rank: int, ids: List[int]) -> Future:
         result: Future = Future()

@@ -34,19 +34,38 @@ def tune(sock: socket.socket) -> None:
             pass
 
 
+def _iov_max() -> int:
+    try:
+        return max(16, os.sysconf("SC_IOV_MAX"))
+    except (AttributeError, ValueError, OSError):
+        return 1024
+
+
+IOV_MAX = _iov_max()  # buffers one sendmsg may take (Linux: 1024; more fail with EMSGSIZE)
+
+
 def send_all(sock: socket.socket, buffers: List[Any], fds: Sequence[int] = ()) -> None:
-    """Sends every byte of ``buffers``, and ``fds`` along with the first of them, at most MAX_FDS
-    descriptors to a message (the receiver's buffer for them holds no more): each group but the last
-    rides on one byte of its own."""
+    """Sends every byte of ``buffers`` (byte-sized views), and ``fds`` along with the first of them, at
+    most MAX_FDS descriptors to a message (the receiver's buffer for them holds no more): each group
+    but the last rides on one byte of its own. At most IOV_MAX buffers go to one sendmsg."""
     groups = [list(fds[i:i + MAX_FDS]) for i in range(0, len(fds), MAX_FDS)]
-    while buffers:
-        ancillary = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", groups.pop(0)))] if groups else []
-        sent = sock.sendmsg([memoryview(buffers[0])[:1]] if groups else buffers, ancillary)
-        while buffers and sent >= len(buffers[0]):
-            sent -= len(buffers[0])
-            buffers.pop(0)
-        if buffers and sent:
-            buffers[0] = memoryview(buffers[0])[sent:]
+    first = 0  # buffers before this one are sent
+    while first < len(buffers):
+        if groups and not len(buffers[first]):
+            first += 1  # descriptors ride on a byte: an empty buffer would drop them
+            continue
+        if groups:
+            ancillary = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", groups.pop(0)))]
+            sent = sock.sendmsg([memoryview(buffers[first])[:1]], ancillary)
+        else:
+            sent = sock.sendmsg(buffers[first:first + IOV_MAX])
+        while first < len(buffers) and sent >= len(buffers[first]):
+            sent -= len(buffers[first])
+            first += 1
+        if sent:
+            buffers[first] = memoryview(buffers[first])[sent:]
+    if groups:
+        raise ValueError(f"{sum(map(len, groups))} descriptors had no bytes to ride on")
 
 
 class Reader:

@@ -6,6 +6,9 @@
   anything else.
 - A participant's end rides on its last push; one whose part ends without a push sends PassFinished.
 - A wrong gradient from a peer still fails the pass with torch's message (the engine checks it).
+- What a send point sets off travels with its tensor; over 1024 send points it does not, and the
+  root asks their holders. A plan of up to 512 active sends rides on every push; a bigger one is
+  sent to every participant first.
 """
 
 import pytest
@@ -14,7 +17,9 @@ import torch
 from distautograd import autograd as dist_autograd
 from distautograd import rpc
 from distautograd.runtime import backward as backward_module
-from distautograd.runtime import current
+from distautograd.runtime import codec, current
+from distautograd.runtime.peers import Peers
+from distautograd.runtime.reach import Reach
 from tests.helpers import remote
 
 pytestmark = pytest.mark.usefixtures("trainer")
@@ -111,3 +116,54 @@ def test_a_list_of_tensors_travels_without_a_pickle_and_anything_else_with_one(m
     same = rpc.rpc_sync("worker1", remote.echo, args=([a, a],))
     assert same[0] is same[1]  # the same tensor twice takes the pickle, which keeps it one object
     assert unpickled == [1]
+
+
+class Spy:
+    """Counts what the trainer asks of peers during a pass, and lets it through to the real code."""
+
+    def __init__(self, monkeypatch):
+        self.asked, self.sent = [], []
+        ask, notify = Reach._reach, Peers.notify
+
+        def asking(reach, context_id, rank, ids):
+            self.asked.append((rank, len(ids)))
+            return ask(reach, context_id, rank, ids)
+
+        def notifying(peers, rank, request, *args, **kwargs):
+            self.sent.append((rank, request.WhichOneof("body")))
+            return notify(peers, rank, request, *args, **kwargs)
+
+        monkeypatch.setattr(Reach, "_reach", asking)
+        monkeypatch.setattr(Peers, "notify", notifying)
+
+
+def test_a_big_graph_the_root_asks_the_holders_and_sends_the_plan_ahead(monkeypatch):
+    """1100 send points into worker1's sum: what its result sets off is too big to travel, so the trainer
+    asks worker1, worker2 and worker1 again, hop by hop; 1103 active sends make a plan too big to ride on
+    pushes, so worker1 and worker2 get it first. The gradients are still single-process torch's."""
+    count = len(range(codec.ACTIVATES_LIMIT + 76))
+    assert count > codec.ACTIVATES_LIMIT and count > backward_module.PLAN_INLINE_LIMIT
+    xs = [torch.randn(2, requires_grad=True) for _ in range(count)]
+    spy = Spy(monkeypatch)
+    with dist_autograd.context() as context_id:
+        y = rpc.rpc_sync("worker1", remote.chain_sum_then_exp_on, args=(xs, "worker2"))
+        dist_autograd.backward(context_id, [y.sum()])
+        grads = dist_autograd.get_gradients(context_id)
+    want = torch.autograd.grad(torch.exp(remote.chain_sum(xs)).sum(), xs)
+    assert all(torch.equal(grads[x], g) for x, g in zip(xs, want))
+    worker1, worker2 = (rpc.get_worker_info(n).id for n in ("worker1", "worker2"))
+    assert spy.asked == [(worker1, 1), (worker2, 1), (worker1, 1)], spy.asked
+    plans = sorted(rank for rank, kind in spy.sent if kind == "run_backward")
+    assert plans == sorted([worker1, worker2]), spy.sent
+
+
+def test_a_small_graph_asks_nobody_and_its_plan_rides_on_the_pushes(monkeypatch):
+    """The fast path of the test above: a chain through worker1 and worker2 (nested), every activation
+    travelled along; no Reach, no RunBackward."""
+    w = torch.randn(3, requires_grad=True)
+    spy = Spy(monkeypatch)
+    with dist_autograd.context() as context_id:
+        y = rpc.rpc_sync("worker1", remote.nested_add, args=("worker2", w, 1))
+        dist_autograd.backward(context_id, [y.sum()])
+        assert torch.equal(dist_autograd.get_gradients(context_id)[w], torch.ones(3))
+    assert spy.asked == [] and not [kind for _, kind in spy.sent if kind == "run_backward"], spy.sent

@@ -72,21 +72,22 @@ class World:
         (out,), point.anchor = nodes.make_recv([tensor.detach()], [point])
         return out
 
+    def _ask(self, ids: List[int]) -> List[tuple]:
+        """What the holder of each send point says it sets off (runtime.reach asks over the wire)."""
+        self.unknown_asked += len(ids)
+        answers = []
+        for message_id in ids:
+            sender = self.workers[self.owner[message_id]]
+            edge = sender.sends[message_id][0]
+            reach = sender.activations.of(edge.node, edge.output_nr)
+            answers.append((reach.ids, reach.unknown))
+        return answers
+
     def backward(self, root: str, roots: List[torch.Tensor], retain_graph=False, create_graph=False) -> None:
         edges = [get_gradient_edge(r) for r in roots]
         order.place(edge.node for edge in edges)
         found = activations.union(self.workers[root].activations.of(e.node, e.output_nr) for e in edges)
-        active, unknown = set(found.ids), set(found.unknown)
-        while unknown:  # what did not travel: ask the sender, as runtime.backward does
-            self.unknown_asked += len(unknown)
-            more = set()
-            for message_id in unknown:
-                sender = self.workers[self.owner[message_id]]
-                edge = sender.sends[message_id][0]
-                reach = sender.activations.of(edge.node, edge.output_nr)
-                active |= reach.ids
-                more |= reach.unknown
-            unknown = more - unknown
+        active = activations.reached(found, self._ask)  # what did not travel: asked of the senders, as runtime.reach does
         queue: collections.deque = collections.deque()
         errors: List[BaseException] = []
         finished = set()

@@ -409,3 +409,16 @@ def records_forward_stack(x):
     """Whether a node made here keeps its forward stack (torch does so in anomaly mode only)."""
     y = x * 2
     return "traceback_" in y.grad_fn.metadata, torch.is_anomaly_enabled()
+
+
+def chain_sum(xs):
+    """x0 + x1 + ... in that order (the same arithmetic here and in a single-process check)."""
+    total = xs[0]
+    for x in xs[1:]:
+        total = total + x
+    return total
+
+
+def chain_sum_then_exp_on(xs, other):
+    """The sum here, its exp on ``other``: what the sum's gradient sets off is too big to travel along."""
+    return rpc.rpc_sync(other, torch.exp, args=(chain_sum(xs),))

@@ -244,3 +244,31 @@ def test_nodes_made_on_different_threads_sum_in_creation_order(order):
     local_roots, local_w = scenario(lambda tensor, src, dest: tensor, lambda i, call: call())
     local_roots[0].backward()
     assert torch.equal(world.workers["a"].grads()[w], local_w.grad)
+
+
+def test_reached_asks_each_unknown_send_point_once_until_none_is_left():
+    from distautograd.engine.activations import Activation, reached
+
+    # 1 and 2 are known; 2 is unknown further on. Its holder names 3 (unknown, and 2 again: a diamond
+    # brings it back); 3's holder names 4 and 2. Every id is asked once, in as many rounds as it takes.
+    says = {2: ({3, 2}, {3, 2}), 3: ({4, 2}, {2})}
+    rounds = []
+
+    def ask(ids):
+        rounds.append(ids)
+        return [says[i] for i in ids]
+
+    assert reached(Activation(frozenset({1, 2}), frozenset({2})), ask) == {1, 2, 3, 4}
+    assert rounds == [[2], [3]]
+    assert reached(Activation(frozenset({1}), frozenset()), ask) == {1} and rounds == [[2], [3]]  # nothing asked
+
+
+def test_reached_stops_a_holder_that_keeps_naming_new_unknown_ids():
+    from itertools import count
+
+    from distautograd.engine.activations import Activation, reached
+
+    fresh = count(100)
+    with pytest.raises(RuntimeError, match="still unknown after 5 rounds"):
+        reached(Activation(frozenset({1}), frozenset({1})), lambda ids: [({n := next(fresh)}, {n}) for _ in ids],
+                most_rounds=5)

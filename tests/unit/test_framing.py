@@ -1,0 +1,136 @@
+"""Frames on a socket pair: every byte and descriptor sent arrives once, in order, whatever the kernel takes per call."""
+
+import os
+import socket
+import threading
+import time
+
+import pytest
+
+from distautograd import errors
+from distautograd.protocol.v1 import messages_pb2 as pb
+from distautograd.transport import framing
+
+
+@pytest.fixture
+def pair():
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    yield a, b
+    a.close()
+    b.close()
+
+
+def received(sock, size, into=None):
+    """Reads ``size`` bytes on a thread (the sender may block until they are read)."""
+    out = {}
+
+    def read():
+        reader = framing.Reader(sock)
+        out["bytes"] = bytes(reader.exactly(size))
+        out["fds"] = reader.fds
+
+    thread = threading.Thread(target=read)
+    thread.start()
+    return thread, out
+
+
+def patterned(count):
+    """Buffers of many sizes (zero too), each byte saying where it belongs."""
+    buffers = [bytes((i + j) % 251 for j in range(i % 37)) for i in range(count)]
+    return buffers, b"".join(buffers)
+
+
+@pytest.mark.parametrize("count", [1, framing.IOV_MAX - 1, framing.IOV_MAX, framing.IOV_MAX + 1, 3 * framing.IOV_MAX])
+def test_any_number_of_buffers_arrives_in_order(pair, count):
+    """More buffers than one sendmsg takes (IOV_MAX) are sent in several calls, not refused (EMSGSIZE)."""
+    buffers, want = patterned(count)
+    thread, out = received(pair[1], len(want))
+    framing.send_all(pair[0], list(buffers))
+    thread.join(10)
+    assert out["bytes"] == want
+
+
+def test_a_buffer_the_kernel_takes_in_pieces_arrives_whole(pair):
+    a, b = pair
+    a.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)  # each sendmsg takes a few KiB at most
+    big = os.urandom(3 << 20)
+    buffers = [b"head", memoryview(big), b"", b"tail" * 1000]
+    want = b"".join(bytes(x) for x in buffers)
+    thread, out = received(b, len(want))
+    framing.send_all(a, buffers)
+    thread.join(20)
+    assert out["bytes"] == want
+
+
+def test_descriptors_ride_along_in_groups_the_receiver_can_take(pair):
+    """150 descriptors: three groups of at most MAX_FDS, each on a byte of its own, all collected."""
+    read_ends = []
+    fds = []
+    for _ in range(150):
+        r, w = os.pipe()
+        read_ends.append(r)
+        fds.append(w)
+    buffers, want = patterned(50)
+    thread, out = received(pair[1], len(want))
+    framing.send_all(pair[0], list(buffers), fds)
+    thread.join(10)
+    try:
+        assert out["bytes"] == want
+        assert len(out["fds"]) == 150
+        for fd, r in zip(out["fds"], read_ends):  # the received descriptor is the same pipe, in order
+            os.write(fd, b"x")
+            assert os.read(r, 1) == b"x"
+    finally:
+        for fd in read_ends + fds + out.get("fds", []):
+            os.close(fd)
+
+
+def test_a_message_over_its_limit_is_refused_before_its_bytes_are_read(pair):
+    a, b = pair
+    a.sendall(framing.LENGTH.pack(1 << 30))
+    with pytest.raises(errors.InvalidArgument, match="of 1073741824 bytes is over the limit of 4096"):
+        framing.Reader(b).message(pb.Hello, limit=4096)
+
+
+def test_a_message_at_its_limit_is_read_and_an_undecodable_one_is_invalid(pair):
+    a, b = pair
+    hello = pb.Hello(name="x" * 40)
+    data = hello.SerializeToString()
+    framing.write_message(a, hello)
+    assert framing.Reader(b).message(pb.Hello, limit=len(data)) == hello
+    a.sendall(framing.LENGTH.pack(3) + b"\xff\xff\xff")
+    with pytest.raises(errors.InvalidArgument, match="undecodable Hello"):
+        framing.Reader(b).message(pb.Hello)
+
+
+def test_the_end_of_the_stream_midway_is_an_eof_and_a_deadline_is_kept(pair):
+    a, b = pair
+    a.sendall(b"abc")
+    reader = framing.Reader(b, deadline=time.monotonic() + 0.3)
+    start = time.monotonic()
+    with pytest.raises((TimeoutError, socket.timeout)):
+        reader.exactly(10)
+    assert 0.25 <= time.monotonic() - start < 2
+    a.close()
+    with pytest.raises(EOFError):
+        framing.Reader(b).exactly(10)
+
+
+def test_skip_reads_past_exactly_what_it_is_told(pair):
+    a, b = pair
+    sender = threading.Thread(target=a.sendall, args=(b"x" * ((1 << 20) + 5) + b"after",))
+    sender.start()
+    reader = framing.Reader(b)
+    reader.skip((1 << 20) + 5)
+    assert reader.exactly(5) == b"after"
+    sender.join(10)
+
+
+def test_descriptors_without_bytes_to_ride_on_are_refused(pair):
+    r, w = os.pipe()
+    try:
+        with pytest.raises(ValueError, match="1 descriptors had no bytes to ride on"):
+            framing.send_all(pair[0], [b"", b""], [w])
+    finally:
+        os.close(r)
+        os.close(w)
