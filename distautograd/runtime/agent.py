@@ -160,7 +160,7 @@ class Agent:
         self.mint.rank = reply.rank
         if hasattr(torch._C, "_distributed_rpc"):  # torch's profiler marks this process's events with its rank
             torch._C._distributed_rpc._set_profiler_node_id(reply.rank)
-        self.peers.rank = reply.rank
+        self.peers.joined(reply.rank)
         self.world.update(reply.world)
         self._coordinator_address, self._join_message = coordinator, join
         log.info("%s joined as rank %d at %s (coordinator %s)", self.name, self.rank, self.address, coordinator)

@@ -23,6 +23,7 @@ from distautograd.runtime.world import WorldView
 log = logging.getLogger("distautograd")
 
 COORDINATOR = -1  # the rank services use to mean the coordinator
+JOIN_WAIT = 30.0  # seconds a peer's early message waits for this process's join reply
 
 
 class Peers:
@@ -50,12 +51,18 @@ class Peers:
         self._incoming: Set[Link] = set()
         self._lock = threading.Lock()
         self.coordinator: Optional[Link] = None
+        self._joined = threading.Event()
 
     # ------------------------------------------------------------------ links
 
+    def joined(self, rank: int) -> None:
+        """This process has its rank: what peers sent meanwhile is delivered now."""
+        self.rank = rank
+        self._joined.set()
+
     def new_link(self, peer: str, rank: int) -> Link:
-        link = Link(peer, lambda *frame: self.deliver(*frame), self._deadlines, self._max_message_bytes,
-                    resolve_type=self._resolve_type)
+        deliver = self._from_coordinator if rank == COORDINATOR else self._from_peer
+        link = Link(peer, deliver, self._deadlines, self._max_message_bytes, resolve_type=self._resolve_type)
         link.peer_rank = rank
         return link
 
@@ -124,6 +131,16 @@ class Peers:
 
     # ------------------------------------------------------------------ incoming
 
+    def _from_coordinator(self, *frame) -> None:
+        self.deliver(*frame)
+
+    def _from_peer(self, *frame) -> None:
+        # A peer hears of this process from the coordinator before this process has read its own
+        # join reply: what it sends waits (on its connection's thread) until this process knows its rank.
+        if not self._joined.is_set():
+            self._joined.wait(JOIN_WAIT)
+        self.deliver(*frame)
+
     def accept_socket(self, sock, hello: pb.Hello) -> None:
         link = self.new_link(f"worker '{hello.name}' (rank {hello.rank})", hello.rank)
         transport = sockets.SocketTransport(link, sock, self.connector.pool)
@@ -160,6 +177,7 @@ class Peers:
             return sum(link.pending_count() for link in self._links.values())
 
     def close(self) -> None:
+        self._joined.set()  # nothing waits for a join that will not come
         gone = errors.Unavailable(f"{self.name} is shut down")
         with self._lock:
             links, self._links = list(self._links.values()), {}
