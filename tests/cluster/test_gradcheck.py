@@ -66,3 +66,12 @@ def test_options_torch_has_that_cannot_cross_workers_are_refused_clearly():
         dist_autograd.gradcheck(across, inputs(), check_forward_ad=True)
     with pytest.raises(TypeError, match="unexpected keyword"):
         dist_autograd.gradcheck(across, inputs(), no_such_option=1)
+    with pytest.raises(NotImplementedError, match="fast_mode are not supported across workers"):
+        dist_autograd.gradcheck(across, inputs(), fast_mode=True)
+    assert dist_autograd.gradcheck(across, inputs(), fast_mode=False)  # False is torch's default: accepted
+
+
+def test_complex_inputs_are_refused_clearly():
+    x = torch.randn(3, dtype=torch.complex128, requires_grad=True)
+    with pytest.raises(NotImplementedError, match="complex inputs are not supported"):
+        dist_autograd.gradcheck(lambda v: rpc.rpc_sync("worker1", torch.sin, args=(v,)), (x,))

@@ -1,0 +1,82 @@
+"""A world of real agents in one process: each its own gRPC server, sockets and threads, started in
+well under a second, so the backward protocol (runtime/backward.py, runtime/reach.py) can be tested
+fast enough for mutation testing. The public API finds one agent per process, so tests here speak
+to the agents directly; a function run on a worker finds its agent by name (``AGENTS``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from typing import Dict, Iterator, List, Optional
+
+import torch
+
+from distautograd.runtime.agent import Agent
+from distautograd.runtime.contexts import Context
+from distautograd.runtime.options import BackendOptions
+from distautograd.runtime.rendezvous import free_port
+
+AGENTS: Dict[str, Agent] = {}  # every agent of the worlds alive in this process, by name
+
+
+class World:
+    def __init__(self, names: List[str], **options) -> None:
+        port = free_port()
+        options.setdefault("allowed_modules", ["tests"])
+        self.agents = [Agent(name, BackendOptions(init_method=f"tcp://127.0.0.1:{port}", **options))
+                       for name in names]
+        errors: List[BaseException] = []
+
+        def start(rank: int, agent: Agent) -> None:
+            try:
+                agent.start(rank, len(names))
+            except BaseException as exc:
+                errors.append(exc)
+
+        threads = [threading.Thread(target=start, args=(rank, agent)) for rank, agent in enumerate(self.agents)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(30)
+        if errors or any(thread.is_alive() for thread in threads):
+            self.close()
+            raise RuntimeError(f"the in-process world did not start: {errors}")
+        for agent in self.agents:
+            AGENTS[agent.name] = agent
+
+    def __getitem__(self, name: str) -> Agent:
+        return AGENTS[name]
+
+    def close(self) -> None:
+        for agent in reversed(self.agents):
+            AGENTS.pop(agent.name, None)
+            with contextlib.suppress(Exception):
+                agent.stop(graceful=False)
+
+
+def call(src: str, dst: str, func, *args, timeout: Optional[float] = None):
+    """``rpc_sync`` from agent ``src`` (in the thread's context there, if any) to ``dst``."""
+    agent = AGENTS[src]
+    return agent.calls.invoke(agent.world.resolve(dst), func, args, {}, timeout, mode="sync").wait()
+
+
+@contextlib.contextmanager
+def context(name: str, anomaly: int = 0, inspect: int = 0) -> Iterator[Context]:
+    """``with dist_autograd.context()`` on agent ``name``."""
+    contexts = AGENTS[name].contexts
+    ctx = contexts.create()
+    ctx.anomaly, ctx.inspect = anomaly, inspect
+    try:
+        yield ctx
+    finally:
+        contexts.exit(ctx)
+
+
+def backward(name: str, ctx: Context, roots, **kwargs):
+    return AGENTS[name].backward.backward(ctx, roots, **kwargs)
+
+
+def gradients(name: str, context_id: int) -> Dict[torch.Tensor, torch.Tensor]:
+    """The leaf gradients agent ``name`` holds in the context (it must have heard of it)."""
+    return AGENTS[name].contexts.get(context_id).gradients()

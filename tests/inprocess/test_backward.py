@@ -1,0 +1,375 @@
+"""The backward protocol run by real agents in one process: gradients equal single-process torch's
+bit for bit through chains, fan-outs, retained and second-order passes, the big-graph path (the root
+asks the holders, the plan goes ahead), and every failure names its worker."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+import torch
+
+from distautograd import errors
+from distautograd.protocol.v1 import messages_pb2 as pb
+from distautograd.runtime import anomaly, backward as backward_module, codec, inspection
+from distautograd.runtime.peers import Peers
+from distautograd.runtime.reach import Reach
+from tests.helpers.inprocess import AGENTS, World, backward, call, context, gradients
+
+NAMES = ["w0", "w1", "w2"]
+torch.manual_seed(0)
+WEIGHTS = {name: torch.randn(4, 4, dtype=torch.float64) for name in NAMES}  # each worker's parameter
+PARAMS = {name: w.clone().requires_grad_() for name, w in WEIGHTS.items()}
+
+
+@pytest.fixture(scope="module")
+def world():
+    world = World(NAMES, rpc_timeout=20)
+    yield world
+    world.close()
+
+
+# ---------------------------------------------------------------- what workers run (found by name)
+
+def stage(name, x):
+    return torch.tanh(x @ PARAMS[name])
+
+
+def chain(x, path):
+    """``stage`` on path[0], then on to the rest of the path from there."""
+    y = stage(path[0], x)
+    if len(path) > 1:
+        y = call(path[0], path[1], chain, y, path[1:])
+    return y
+
+
+def two_outputs(x):
+    return x * 2, x.exp()
+
+
+def fan(x, name):
+    """From ``name``: the same tensor to both other workers, twice to one of them, summed here."""
+    others = [n for n in NAMES if n != name]
+    a = call(name, others[0], torch.add, x, x)
+    b = call(name, others[1], stage, others[1], x)
+    return a.sum() * b
+
+
+def chain_sum(xs):
+    total = xs[0]
+    for x in xs[1:]:
+        total = total + x
+    return total
+
+
+def chain_sum_then_exp_on(xs, here, there):
+    return call(here, there, torch.exp, chain_sum(xs))
+
+
+class FailsInBackward(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx, grad):
+        raise ValueError("Simulate error on backward pass")
+
+
+class NanInBackward(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad * float("nan")
+
+
+class SlowInBackward(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx, grad):
+        time.sleep(1.5)
+        return grad
+
+
+def fails_in_backward(x):
+    return FailsInBackward.apply(x)
+
+
+def nan_in_backward(x):
+    return NanInBackward.apply(x)
+
+
+def slow_in_backward(x):
+    return SlowInBackward.apply(x)
+
+
+# ---------------------------------------------------------------- the oracle
+
+def local_chain(x, path):
+    params = {name: w.clone().requires_grad_() for name, w in WEIGHTS.items()}
+    y = x
+    for name in path:
+        y = torch.tanh(y @ params[name])
+    return y, params
+
+
+def the_grads(name, context_id):
+    return gradients(name, context_id)
+
+
+def test_a_chain_of_three_workers_gives_torchs_gradients_bit_for_bit(world):
+    x = torch.randn(2, 4, dtype=torch.float64, requires_grad=True)
+    with context("w0") as ctx:
+        y = call("w0", "w1", chain, x, ["w1", "w2", "w0"])
+        backward("w0", ctx, [y.sum()])
+        got = {name: gradients(name, ctx.id) for name in NAMES}
+        assert set(got["w0"]) == {x, PARAMS["w0"]}
+    x2 = x.detach().clone().requires_grad_()
+    want_y, params = local_chain(x2, ["w1", "w2", "w0"])
+    want_y.sum().backward()
+    assert torch.equal(y, want_y)
+    assert torch.equal(got["w0"][x], x2.grad)
+    for name in NAMES:
+        assert torch.equal(got[name][PARAMS[name]], params[name].grad), name
+    assert all(p.grad is None for p in PARAMS.values()) and x.grad is None  # .grad is never touched
+
+
+def test_the_context_is_released_on_every_worker_it_reached(world):
+    with context("w0") as ctx:
+        y = call("w0", "w1", chain, torch.randn(1, 4, dtype=torch.float64, requires_grad=True), ["w1", "w2"])
+        backward("w0", ctx, [y.sum()])
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and any(ctx.id in AGENTS[n].contexts.ids() for n in NAMES):
+        time.sleep(0.01)
+    assert not [n for n in NAMES if ctx.id in AGENTS[n].contexts.ids()]
+    for name in NAMES:
+        assert AGENTS[name].backward.in_flight() == []
+
+
+def test_a_fan_out_and_a_tensor_sent_twice_sum_as_torch(world):
+    x = torch.randn(4, 4, dtype=torch.float64, requires_grad=True)
+    with context("w0") as ctx:
+        y = call("w0", "w0", fan, x, "w0")  # a call to itself: w0 sends to w1 and w2 from a worker thread
+        backward("w0", ctx, [y.sum()])
+        got = gradients("w0", ctx.id)[x]
+        got_w2 = gradients("w2", ctx.id)[PARAMS["w2"]]
+    x2 = x.detach().clone().requires_grad_()
+    w2 = WEIGHTS["w2"].clone().requires_grad_()
+    ((x2 + x2).sum() * torch.tanh(x2 @ w2)).sum().backward()
+    assert torch.equal(got, x2.grad) and torch.equal(got_w2, w2.grad)
+
+
+def test_retained_passes_accumulate_and_a_reached_output_alone_completes(world):
+    x = torch.randn(3, dtype=torch.float64, requires_grad=True)
+    with context("w0") as ctx:
+        a, b = call("w0", "w1", two_outputs, x)  # b's send point is never reached
+        for _ in range(3):
+            backward("w0", ctx, [a.sum()], retain_graph=True)
+        assert torch.equal(gradients("w0", ctx.id)[x], torch.full((3,), 6.0, dtype=torch.float64))
+        backward("w0", ctx, [(a * b).sum()])  # now both, and the graph may go
+        x2 = x.detach().clone().requires_grad_()
+        (x2 * 2 * x2.exp()).sum().backward()
+        assert torch.equal(gradients("w0", ctx.id)[x], x2.grad + 6)
+        with pytest.raises(RuntimeError, match="backward through the graph a second time"):
+            backward("w0", ctx, [(a * b).sum()])
+
+
+def test_capture_hands_back_the_roots_leaves_and_accumulates_nothing(world):
+    x = torch.randn(2, 4, dtype=torch.float64, requires_grad=True)
+    with context("w0") as ctx:
+        y = call("w0", "w1", chain, x, ["w1", "w2"])
+        captured = backward("w0", ctx, [y.sum()], capture=True, grads=[torch.tensor(2.0, dtype=torch.float64)])
+        assert gradients("w0", ctx.id) == {} and gradients("w1", ctx.id) == {}
+    x2 = x.detach().clone().requires_grad_()
+    want_y, _ = local_chain(x2, ["w1", "w2"])
+    (want_y.sum() * 2).backward()
+    assert torch.equal(captured.grads[torch.autograd.graph.get_gradient_edge(x).node], x2.grad)
+
+
+def test_second_order_crosses_workers_as_the_first(world):
+    x = torch.randn(5, dtype=torch.float64, requires_grad=True)
+    with context("w0") as ctx:
+        y = call("w0", "w1", torch.sin, x)
+        captured = backward("w0", ctx, [y.sum()], capture=True, create_graph=True, retain_graph=True)
+        dx = captured.grads[torch.autograd.graph.get_gradient_edge(x).node]
+        backward("w0", ctx, [dx.sum()])
+        got = gradients("w0", ctx.id)[x]
+    x2 = x.detach().clone().requires_grad_()
+    (dx2,) = torch.autograd.grad(torch.sin(x2).sum(), x2, create_graph=True)
+    dx2.sum().backward()
+    assert torch.equal(dx, dx2) and torch.equal(got, x2.grad)
+
+
+def test_a_root_with_no_participants_runs_here_alone(world):
+    x = torch.randn(3, requires_grad=True)
+    with context("w0") as ctx:
+        backward("w0", ctx, [(x * x).sum()])
+        assert torch.equal(gradients("w0", ctx.id)[x], 2 * x.detach())
+
+
+class Spy:
+    """Counts what the root asks of peers during a pass, and lets it through to the real code."""
+
+    def __init__(self, monkeypatch):
+        self.asked, self.sent = [], []
+        ask, notify = Reach._reach, Peers.notify
+
+        def asking(reach, context_id, rank, ids):
+            self.asked.append((rank, len(ids)))
+            return ask(reach, context_id, rank, ids)
+
+        def notifying(peers, rank, request, *args, **kwargs):
+            self.sent.append((peers.name, rank, request.WhichOneof("body")))
+            return notify(peers, rank, request, *args, **kwargs)
+
+        monkeypatch.setattr(Reach, "_reach", asking)
+        monkeypatch.setattr(Peers, "notify", notifying)
+
+
+def test_a_big_graph_asks_the_holders_and_sends_the_plan_ahead(world, monkeypatch):
+    count = codec.ACTIVATES_LIMIT + 76
+    assert count > backward_module.PLAN_INLINE_LIMIT
+    xs = [torch.randn(2, dtype=torch.float64, requires_grad=True) for _ in range(count)]
+    spy = Spy(monkeypatch)
+    with context("w0") as ctx:
+        y = call("w0", "w1", chain_sum_then_exp_on, xs, "w1", "w2")
+        backward("w0", ctx, [y.sum()])
+        grads = gradients("w0", ctx.id)
+    xs2 = [x.detach().clone().requires_grad_() for x in xs]
+    want = torch.autograd.grad(torch.exp(chain_sum(xs2)).sum(), xs2)
+    assert all(torch.equal(grads[x], g) for x, g in zip(xs, want))
+    assert spy.asked == [(1, 1), (2, 1), (1, 1)], spy.asked
+    plans = sorted(rank for who, rank, kind in spy.sent if who == "w0" and kind == "run_backward")
+    assert plans == [1, 2], spy.sent
+    pushes = [(who, kind) for who, _, kind in spy.sent if kind == "push_gradients"]
+    assert pushes, "gradients were pushed"
+
+
+def test_a_small_graph_asks_nobody_and_the_plan_rides_on_the_pushes(world, monkeypatch):
+    spy = Spy(monkeypatch)
+    x = torch.randn(1, 4, dtype=torch.float64, requires_grad=True)
+    with context("w0") as ctx:
+        y = call("w0", "w1", chain, x, ["w1", "w2"])
+        backward("w0", ctx, [y.sum()])
+    assert spy.asked == [] and not [s for s in spy.sent if s[2] == "run_backward"], spy.sent
+    assert not [s for s in spy.sent if s[2] == "pass_finished"], "every part ended with a push that said so"
+
+
+def test_an_error_in_a_backward_function_names_its_node_there_and_here(world):
+    x = torch.randn(3, requires_grad=True)
+    with context("w0") as ctx:
+        y = call("w0", "w2", fails_in_backward, x)
+        with pytest.raises(RuntimeError, match="Error on Node 2: Simulate error on backward pass") as raised:
+            backward("w0", ctx, [y.sum()])
+        assert "raised on worker 'w2' (rank 2)" in str(raised.value)
+    with context("w0") as ctx:
+        y = call("w0", "w1", torch.exp, FailsInBackward.apply(x))
+        with pytest.raises(RuntimeError, match="Error on Node 0: Simulate error") as raised:
+            backward("w0", ctx, [y.sum()])
+        assert isinstance(raised.value.__cause__, ValueError)
+    for name in NAMES:  # the failed passes ended everywhere
+        deadline = time.monotonic() + 5
+        while AGENTS[name].backward.in_flight() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert AGENTS[name].backward.in_flight() == [], name
+
+
+def test_anomaly_mode_stops_at_the_node_that_made_a_nan(world):
+    x = torch.randn(3, requires_grad=True)
+    with context("w0", anomaly=anomaly.NAN) as ctx:
+        y = call("w0", "w1", nan_in_backward, x)
+        with pytest.raises(RuntimeError, match="(?s)Error on Node 1.*NanInBackward.*nan"):
+            backward("w0", ctx, [y.sum()])
+    with context("w0") as ctx:  # off: the NaN goes through as torch's would
+        y = call("w0", "w1", nan_in_backward, x)
+        backward("w0", ctx, [y.sum()])
+        assert torch.isnan(gradients("w0", ctx.id)[x]).all()
+
+
+def test_the_graph_view_counts_runs_and_pushed_bytes(world):
+    x = torch.randn(4, dtype=torch.float64, requires_grad=True)
+    with context("w0", inspect=inspection.GRAPH) as ctx:
+        y = call("w0", "w1", torch.exp, x)
+        backward("w0", ctx, [y.sum()])
+        theirs = AGENTS["w1"].contexts.get(ctx.id)
+        assert ctx.passes == 1 and theirs.passes == 1 and theirs.inspect & inspection.GRAPH
+        assert list(theirs.pushed.values()) == [4 * 8], theirs.pushed  # one float64 gradient of 4 crossed
+        ran = {type(node).__name__: entry["ran"] for node, entry in ctx.runs.items()}
+        assert ran and set(ran.values()) == {1}, ran  # every node reached here ran once
+        assert [entry["ran"] for entry in theirs.runs.values()] == [1, 1], theirs.runs  # exp, and its send
+
+
+def test_under_torchs_profiler_the_root_runs_its_part_on_the_callers_thread(world):
+    x = torch.randn(3, requires_grad=True)
+    with context("w0") as ctx:
+        y = call("w0", "w1", torch.exp, x)
+        with torch.profiler.profile() as prof:
+            backward("w0", ctx, [y.sum()])
+        assert torch.equal(gradients("w0", ctx.id)[x], torch.exp(x.detach()))
+    names = {e.key for e in prof.key_averages()}
+    assert backward_module.BACKWARD_NAME in names
+
+
+def test_malformed_backward_messages_are_refused_and_the_worker_goes_on(world):
+    w0 = AGENTS["w0"]
+    with pytest.raises(errors.InvalidArgument, match="must name its distributed autograd context"):
+        w0.peers.request(1, pb.Request(push_gradients=pb.PushGradients(pass_id=1, root=0)), (), 5).result()
+    with pytest.raises(errors.InvalidArgument, match="drives no backward pass"):
+        w0.peers.request(1, pb.Request(push_gradients=pb.PushGradients(context_id=7, pass_id=1, root=1)),
+                         (), 5).result()
+    test_a_chain_of_three_workers_gives_torchs_gradients_bit_for_bit(world)
+
+
+def test_a_push_with_the_wrong_number_of_gradients_fails_the_pass(world, monkeypatch):
+    original = backward_module.Backward._send_push
+
+    def one_id_too_many(self, dest, request, attachments):
+        if self.name == "w1":
+            request.push_gradients.message_ids.append(request.push_gradients.message_ids[0] + 1)
+        return original(self, dest, request, attachments)
+
+    x = torch.randn(3, requires_grad=True)
+    with context("w0") as ctx:
+        y = call("w0", "w1", torch.exp, x)
+        monkeypatch.setattr(backward_module.Backward, "_send_push", one_id_too_many)
+        with pytest.raises(errors.InvalidArgument, match="one per message id"):
+            backward("w0", ctx, [y.sum()])
+
+
+def test_a_slow_backward_fails_by_the_timeout_naming_who_is_late():
+    names = ["s0", "s1"]
+    world = World(names, rpc_timeout=0.5)
+    try:
+        x = torch.randn(3, requires_grad=True)
+        with context("s0") as ctx:
+            y = call("s0", "s1", slow_in_backward, x)
+            began = time.monotonic()
+            with pytest.raises(errors.DeadlineExceeded, match=r"did not finish within 0.5 s; still waiting for "
+                                                              r"'s0' \(rank 0\), 's1' \(rank 1\)$"):
+                backward("s0", ctx, [y.sum()])
+            assert 0.4 < time.monotonic() - began < 1.4
+    finally:
+        world.close()
+
+
+def test_a_participant_that_leaves_mid_pass_fails_it_naming_the_worker():
+    names = ["d0", "d1", "d2"]
+    world = World(names, rpc_timeout=30)
+    try:
+        x = torch.randn(3, requires_grad=True)
+        with context("d0") as ctx:
+            y = call("d0", "d2", slow_in_backward, x)
+            threading.Timer(0.3, lambda: AGENTS["d2"].stop(graceful=False)).start()
+            began = time.monotonic()
+            with pytest.raises(errors.Unavailable, match=r"worker 'd2' \(rank 2\) (died|left) during the backward"):
+                backward("d0", ctx, [y.sum()])
+            assert time.monotonic() - began < 1.4
+    finally:
+        world.close()
