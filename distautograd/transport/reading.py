@@ -138,7 +138,13 @@ class Standby:
         self._name = name
         self._jobs: "queue.SimpleQueue[Callable[[], None]]" = queue.SimpleQueue()
         self._idle = 0
+        self._threads = 0
         self._lock = threading.Lock()
+
+    def busy(self) -> int:
+        """Threads running a job now (the rest wait for one)."""
+        with self._lock:
+            return self._threads - self._idle
 
     def run(self, job: Callable[[], None]) -> None:
         with self._lock:
@@ -146,6 +152,7 @@ class Standby:
                 self._idle -= 1
                 self._jobs.put(job)
                 return
+            self._threads += 1
         threading.Thread(target=self._serve, args=(job,), name=self._name, daemon=True).start()
 
     def _serve(self, job: Callable[[], None]) -> None:
@@ -162,6 +169,7 @@ class Standby:
                     with self._lock:
                         if self._jobs.empty():
                             self._idle -= 1
+                            self._threads -= 1
                             return
 
 

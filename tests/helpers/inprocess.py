@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
+import time
 from typing import Dict, Iterator, List, Optional
 
 import torch
@@ -16,12 +17,15 @@ from distautograd.runtime.agent import Agent
 from distautograd.runtime.contexts import Context
 from distautograd.runtime.options import BackendOptions
 from distautograd.runtime.rendezvous import free_port
+from distautograd.transport import reading
 
+_PROCESS_WIDE = {"distautograd-shm-release", "distautograd-reading-watch", "distautograd-recv"}  # idle: harmless
 AGENTS: Dict[str, Agent] = {}  # every agent of the worlds alive in this process, by name
 
 
 class World:
     def __init__(self, names: List[str], **options) -> None:
+        self._threads_before = set(threading.enumerate())
         port = free_port()
         options.setdefault("allowed_modules", ["tests"])
         self.agents = [Agent(name, BackendOptions(init_method=f"tcp://127.0.0.1:{port}", **options))
@@ -48,11 +52,22 @@ class World:
     def __getitem__(self, name: str) -> Agent:
         return AGENTS[name]
 
-    def close(self) -> None:
+    def close(self, wait: float = 10.0) -> None:
+        """Stops every agent, then waits (bounded) until the threads they started have ended: a thread
+        still in torch when the interpreter exits would abort it."""
         for agent in reversed(self.agents):
             AGENTS.pop(agent.name, None)
             with contextlib.suppress(Exception):
                 agent.stop(graceful=False)
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
+            left = [t.name for t in threading.enumerate() if t not in self._threads_before and t.is_alive()
+                    and t.name not in _PROCESS_WIDE]
+            if not left and not reading.standby.busy():
+                return
+            time.sleep(0.05)
+        raise RuntimeError(f"threads still running {wait:g} s after the world stopped: {left}, "
+                           f"{reading.standby.busy()} reading")
 
 
 def call(src: str, dst: str, func, *args, timeout: Optional[float] = None):

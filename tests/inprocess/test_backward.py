@@ -1,10 +1,9 @@
 """The backward protocol run by real agents in one process: gradients equal single-process torch's
 bit for bit through chains, fan-outs, retained and second-order passes, the big-graph path (the root
-asks the holders, the plan goes ahead), and every failure names its worker."""
+asks the holders, the plan goes ahead), and every failure names its worker (timeouts and departures: test_backward_failures.py)."""
 
 from __future__ import annotations
 
-import threading
 import time
 
 import pytest
@@ -87,27 +86,12 @@ class NanInBackward(torch.autograd.Function):
         return grad * float("nan")
 
 
-class SlowInBackward(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x):
-        return x.clone()
-
-    @staticmethod
-    def backward(ctx, grad):
-        time.sleep(1.5)
-        return grad
-
-
 def fails_in_backward(x):
     return FailsInBackward.apply(x)
 
 
 def nan_in_backward(x):
     return NanInBackward.apply(x)
-
-
-def slow_in_backward(x):
-    return SlowInBackward.apply(x)
 
 
 # ---------------------------------------------------------------- the oracle
@@ -162,7 +146,8 @@ def test_a_fan_out_and_a_tensor_sent_twice_sum_as_torch(world):
         got_w2 = gradients("w2", ctx.id)[PARAMS["w2"]]
     x2 = x.detach().clone().requires_grad_()
     w2 = WEIGHTS["w2"].clone().requires_grad_()
-    ((x2 + x2).sum() * torch.tanh(x2 @ w2)).sum().backward()
+    xa = x2.view_as(x2)  # as the recv point on w1: the two uses of x meet there first (g + g), then x's
+    ((xa + xa).sum() * torch.tanh(x2 @ w2)).sum().backward()
     assert torch.equal(got, x2.grad) and torch.equal(got_w2, w2.grad)
 
 
@@ -341,35 +326,3 @@ def test_a_push_with_the_wrong_number_of_gradients_fails_the_pass(world, monkeyp
         monkeypatch.setattr(backward_module.Backward, "_send_push", one_id_too_many)
         with pytest.raises(errors.InvalidArgument, match="one per message id"):
             backward("w0", ctx, [y.sum()])
-
-
-def test_a_slow_backward_fails_by_the_timeout_naming_who_is_late():
-    names = ["s0", "s1"]
-    world = World(names, rpc_timeout=0.5)
-    try:
-        x = torch.randn(3, requires_grad=True)
-        with context("s0") as ctx:
-            y = call("s0", "s1", slow_in_backward, x)
-            began = time.monotonic()
-            with pytest.raises(errors.DeadlineExceeded, match=r"did not finish within 0.5 s; still waiting for "
-                                                              r"'s0' \(rank 0\), 's1' \(rank 1\)$"):
-                backward("s0", ctx, [y.sum()])
-            assert 0.4 < time.monotonic() - began < 1.4
-    finally:
-        world.close()
-
-
-def test_a_participant_that_leaves_mid_pass_fails_it_naming_the_worker():
-    names = ["d0", "d1", "d2"]
-    world = World(names, rpc_timeout=30)
-    try:
-        x = torch.randn(3, requires_grad=True)
-        with context("d0") as ctx:
-            y = call("d0", "d2", slow_in_backward, x)
-            threading.Timer(0.3, lambda: AGENTS["d2"].stop(graceful=False)).start()
-            began = time.monotonic()
-            with pytest.raises(errors.Unavailable, match=r"worker 'd2' \(rank 2\) (died|left) during the backward"):
-                backward("d0", ctx, [y.sum()])
-            assert time.monotonic() - began < 1.4
-    finally:
-        world.close()
