@@ -59,6 +59,11 @@ class Unavailable(RpcError):
     code = grpc.StatusCode.UNAVAILABLE
 
 
+class Unreachable(Unavailable):
+    """The peer stopped answering — no heartbeat, or a connection that timed out — but is not known
+    to be dead: it may come back, and nothing it holds or that is held for it is released."""
+
+
 class Aborted(RpcError):
     code = grpc.StatusCode.ABORTED
 

@@ -26,9 +26,14 @@ PEER_RANK_KEY = "x-distautograd-rank"
 _OPTIONS = [
     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
     ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-    ("grpc.keepalive_time_ms", 10_000),
-    ("grpc.keepalive_timeout_ms", 5_000),
+    # A silent peer is found within ~5 s (sockets: within the heartbeat timeout, framing.tune).
+    ("grpc.keepalive_time_ms", 2_000),
+    ("grpc.keepalive_timeout_ms", 3_000),
     ("grpc.keepalive_permit_without_calls", 1),
+    # A channel whose peer was unreachable tries again within 2 s of the network coming back, not
+    # after gRPC's default backoff of up to two minutes.
+    ("grpc.initial_reconnect_backoff_ms", 500),
+    ("grpc.max_reconnect_backoff_ms", 2_000),
     ("grpc.http2.max_pings_without_data", 0),
 ]
 _SERVER_OPTIONS = _OPTIONS + [
@@ -36,7 +41,7 @@ _SERVER_OPTIONS = _OPTIONS + [
     # Only uncompressed messages: gRPC would inflate a compressed one (59 KiB -> 60 MiB) before any
     # interceptor could check its token.
     ("grpc.compression_enabled_algorithms_bitset", 1),
-    ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
+    ("grpc.http2.min_ping_interval_without_data_ms", 1_000),
 ]
 
 

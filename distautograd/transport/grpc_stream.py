@@ -156,6 +156,8 @@ def _status_error(exc: grpc.RpcError, peer: str) -> errors.RpcError:
     details = exc.details() if hasattr(exc, "details") else str(exc)
     cls = errors.for_status(code)
     if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED, grpc.StatusCode.UNKNOWN):
+        if "keepalive" in (details or "").lower() or "timed out" in (details or "").lower():
+            return errors.Unreachable(f"{peer} is unreachable: its connection timed out ({details})")
         return errors.Unavailable(f"connection to {peer} lost: {details}")
     return cls(f"{peer} refused the connection: {details}")
 

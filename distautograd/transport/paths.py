@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 from dataclasses import dataclass
-from typing import Dict, Optional
+from typing import Dict, Optional, Set
 
 import grpc
 
@@ -93,13 +93,16 @@ def fetch_world_token(security: Security, endpoint: Endpoint, name: str) -> None
 class Connector:
     """Opens links to endpoints over the fastest path that works, as this process's settings allow."""
 
-    def __init__(self, security: Security, preference: str, pool: Optional[SegmentPool], channels: Channels):
+    def __init__(self, security: Security, preference: str, pool: Optional[SegmentPool], channels: Channels,
+                 silence: Optional[float] = None):
         if preference not in PREFERENCES:
             raise ValueError(f"transport must be one of {PREFERENCES}, got {preference!r}")
         self.security = security
         self.preference = preference
         self.pool = pool
         self.channels = channels
+        self.silence = silence  # how long a TCP peer may stop answering before its connection fails
+        self._worked: Set[str] = set()  # socket addresses connected to before: silence there is not a firewall
         self.host_id = sockets.host_id()
 
     def attach(self, link: Link, endpoint: Endpoint, hello: pb.Hello, metadata) -> str:
@@ -122,9 +125,15 @@ class Connector:
             paths.append((endpoint.socket_address, False))
         for address, unix in paths:
             try:
-                sock, welcome = sockets.connect(address, unix, hello)
+                sock, welcome = sockets.connect(address, unix, hello, silence=self.silence)
                 self.security.adopt_world_token(welcome.world_token)
+                self._worked.add(address)
                 return sock
             except (OSError, EOFError) as exc:  # not reachable this way (another host, a firewall, busy): next
+                if address in self._worked and isinstance(exc, OSError) and (
+                        isinstance(exc, TimeoutError) or exc.errno in sockets.SILENT):
+                    # This path worked before: a firewall did not start dropping it, the host went silent.
+                    raise errors.Unreachable(f"worker '{endpoint.name}' is unreachable: no answer at {address} "
+                                             f"({exc})", worker=endpoint.name) from None
                 log.debug("no %s path to %s at %s: %s", "unix" if unix else "tcp", endpoint.name, address, exc)
         return None

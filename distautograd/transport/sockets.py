@@ -10,6 +10,7 @@ Any thread sends (under a lock, without a hand-off); one thread at a time reads 
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import shutil
@@ -30,6 +31,17 @@ MAX_HELLO_BYTES = 4096  # all a peer may make us read before it has shown who it
 HANDSHAKE_SECONDS = 10.0  # for the whole handshake, however slowly its bytes come
 MAX_HANDSHAKES = 32  # connections still showing who they are, at once; more are closed at once
 _receive_buffers = shm.ReceiveBuffers()
+
+
+SILENT = {errno.ETIMEDOUT, errno.EHOSTUNREACH, errno.ENETUNREACH, errno.EHOSTDOWN, errno.ENETDOWN}
+
+
+def lost(peer: str, exc: BaseException) -> errors.Unavailable:
+    """What a broken connection means: a peer that stopped answering (timed out, no route) is
+    unreachable and may come back; one whose kernel closed or reset the connection is gone."""
+    if isinstance(exc, OSError) and exc.errno in SILENT:
+        return errors.Unreachable(f"{peer} is unreachable: its connection timed out ({exc})")
+    return errors.Unavailable(f"connection to {peer} lost: {exc}")
 
 
 def host_id() -> str:
@@ -85,7 +97,7 @@ class SocketTransport:
             try:
                 framing.send_all(self.sock, [framing.LENGTH.pack(len(header)), header, *streamed], fds)
             except OSError as exc:
-                raise errors.Unavailable(f"connection to {self.link.peer} lost: {exc}") from None
+                raise lost(self.link.peer, exc) from None
 
     def _send_release(self, leases: List[int]) -> None:
         if not self._closed:
@@ -123,7 +135,7 @@ class SocketTransport:
         except errors.RpcError as exc:
             link.fail_protocol(str(exc))
         except (EOFError, OSError) as exc:
-            link.close(errors.Unavailable(f"connection to {link.peer} lost: {exc}"))
+            link.close(lost(link.peer, exc))
         except Exception as exc:
             link.close(errors.Internal(f"reading from {link.peer} failed: {exc!r}"))
 
@@ -229,9 +241,10 @@ def _answers(path: str) -> bool:
 
 
 def connect(
-    address: str, unix: bool, hello: pb.Hello, timeout: float = HANDSHAKE_SECONDS
+    address: str, unix: bool, hello: pb.Hello, timeout: float = HANDSHAKE_SECONDS, silence: Optional[float] = None
 ) -> Tuple[socket.socket, pb.Welcome]:
-    """A socket to a listener (a Unix path, or HOST:PORT), past its handshake, and its welcome."""
+    """A socket to a listener (a Unix path, or HOST:PORT), past its handshake, and its welcome.
+    ``silence``: how long a TCP peer may stop answering before the connection fails (framing.tune)."""
     if unix:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         target: Any = address
@@ -240,9 +253,10 @@ def connect(
         sock = socket.socket(socket.AF_INET6 if ":" in host.strip("[]") else socket.AF_INET, socket.SOCK_STREAM)
         target = (host.strip("[]"), int(port))
     try:
-        sock.settimeout(timeout)
+        sock.settimeout(min(timeout, silence) if silence else timeout)  # an unreachable host: fail within that
         sock.connect(target)
-        framing.tune(sock)
+        sock.settimeout(timeout)
+        framing.tune(sock, silence)
         framing.write_message(sock, hello)
         welcome = framing.Reader(sock, time.monotonic() + timeout).message(pb.Welcome, MAX_HELLO_BYTES)
         if welcome.error:
@@ -264,8 +278,10 @@ class Listener:
         accept: Callable[[socket.socket, pb.Hello], None],
         tcp_host: Optional[str],
         unix: bool,
+        silence: Optional[float] = None,
     ):
         self.name = name
+        self._silence = silence
         self._security = secure
         self._accept = accept
         self._sockets: List[socket.socket] = []
@@ -294,13 +310,14 @@ class Listener:
 
     @classmethod
     def for_options(cls, name: str, secure: security.Security, accept, host: str, transport: str,
-                    hands_out_token: bool = False) -> Optional["Listener"]:
+                    hands_out_token: bool = False, silence: Optional[float] = None) -> Optional["Listener"]:
         """The listener a process with these settings runs: none for gRPC only (but a coordinator that
         made the world's token keeps its Unix socket, where same-user processes fetch it), no Unix
         socket for "tcp", and no plain TCP with TLS on (it would bypass TLS)."""
         if transport == "grpc":
             return cls(name, secure, accept, None, unix=True) if hands_out_token else None
-        return cls(name, secure, accept, None if secure.tls else host, unix=transport == "auto" or hands_out_token)
+        return cls(name, secure, accept, None if secure.tls else host, unix=transport == "auto" or hands_out_token,
+                   silence=silence)
 
     def _serve(self, listening: socket.socket, slots: threading.BoundedSemaphore) -> None:
         while not self._stopped:
@@ -322,7 +339,7 @@ class Listener:
 
     def _greet(self, sock: socket.socket) -> None:
         try:
-            framing.tune(sock)
+            framing.tune(sock, self._silence)
             hello = framing.Reader(sock, time.monotonic() + HANDSHAKE_SECONDS).message(pb.Hello, MAX_HELLO_BYTES)
             same_user = security.peer_uid(sock) == os.getuid()
             refusal = self._refusal(hello, same_user)

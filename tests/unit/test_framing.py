@@ -134,3 +134,23 @@ def test_descriptors_without_bytes_to_ride_on_are_refused(pair):
     finally:
         os.close(r)
         os.close(w)
+
+
+def test_a_tcp_connection_that_goes_silent_fails_within_the_silence_limit():
+    """Keepalive probes when idle and TCP_USER_TIMEOUT for unacknowledged data: about 3 s, not 15 minutes."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    client = socket.create_connection(listener.getsockname())
+    try:
+        framing.tune(client, 3.0)
+        assert client.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 1
+        idle, interval, count = (client.getsockopt(socket.IPPROTO_TCP, option)
+                                 for option in (socket.TCP_KEEPIDLE, socket.TCP_KEEPINTVL, socket.TCP_KEEPCNT))
+        assert idle + interval * count <= 3
+        assert client.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT) == 3000
+        plain = socket.create_connection(listener.getsockname())
+        framing.tune(plain)  # no limit asked: the kernel's defaults stay
+        assert plain.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 0
+        plain.close()
+    finally:
+        client.close()
+        listener.close()
