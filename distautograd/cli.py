@@ -77,13 +77,14 @@ def cmd_coordinator(args) -> int:
     stop = _stop_on_signals()
     options = _options(
         args, heartbeat_interval=args.heartbeat_interval, heartbeat_timeout=args.heartbeat_timeout,
-        context_ttl=args.context_ttl, allowed_modules=args.allow_module,
+        context_ttl=args.context_ttl, allowed_modules=args.allow_module, unreachable_timeout=args.unreachable_timeout,
     )
     security = _security(args)
     server = Server(args.host, args.port, security)
     coordinator = Coordinator(server, Settings(
         security=security, heartbeat_interval=options.heartbeat_interval, heartbeat_timeout=options.heartbeat_timeout,
         context_ttl=options.context_ttl, transport=options.transport, allowed_modules=options.all_allowed_modules(),
+        unreachable_timeout=options.unreachable_timeout,
     ))
     server.start()
     print(f"coordinator ready at {args.host}:{server.port}", flush=True)
@@ -150,6 +151,8 @@ def cmd_status(args) -> int:
     print(f"{'NAME':<20} {'RANK':>5}  {'ADDRESS':<28} {'LAST HEARTBEAT':>14}  {'CONTEXTS':>8} {'PASSES':>6}  ROLE")
     for w in reply.workers:
         role = "daemon" if w.worker.daemon else "member"
+        if w.worker.unreachable:
+            role += ", unreachable"
         print(f"{_safe(w.worker.name):<20} {w.worker.rank:>5}  {_safe(w.worker.address):<28} "
               f"{w.seconds_since_heartbeat:>12.1f} s  {w.contexts:>8} {w.passes:>6}  {role}")
     print(f"\nopen contexts: {len(reply.contexts)}")
@@ -245,6 +248,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=int(_env("DISTAUTOGRAD_PORT", "29500")), help="listen port (DISTAUTOGRAD_PORT)")
     p.add_argument("--heartbeat-interval", type=float, help="DISTAUTOGRAD_HEARTBEAT_INTERVAL; default 1 s")
     p.add_argument("--heartbeat-timeout", type=float, help="DISTAUTOGRAD_HEARTBEAT_TIMEOUT; default 10 s")
+    p.add_argument("--unreachable-timeout", type=float,
+                   help="seconds a worker may stay unreachable before it is dead (DISTAUTOGRAD_UNREACHABLE_TIMEOUT; 300)")
     p.add_argument("--context-ttl", type=float, help="DISTAUTOGRAD_CONTEXT_TTL; default 30 s")
     p.add_argument("--allow-module", action="append", default=[], help="module whose exception types may be rebuilt")
     _add_security(p)

@@ -44,6 +44,7 @@ class Member:
         self.world_size = world_size
         self.last_seen = time.monotonic()
         self.load = pb.Heartbeat()  # what it last reported holding
+        self.unreachable_since: Optional[float] = None  # suspected, not dead: nothing of it is released
 
     @property
     def label(self) -> str:
@@ -110,6 +111,9 @@ class Membership:
     # ------------------------------------------------------------------ changes
 
     def join(self, link, join: pb.Join) -> pb.WorldUpdate:
+        """Admits a process; the same process (same incarnation) joining again after its connection
+        broke gets its membership back; a new process under the name of one that is unreachable
+        replaces it (the old one is dead); any other name taken is refused."""
         validate_join(join)
         with self._lock:
             self._asked.add(join.rank)
@@ -117,17 +121,40 @@ class Membership:
             if self._cannot_form and join.world_size:  # latecomers to a world that cannot form learn why too
                 raise errors.FailedPrecondition(self._cannot_form)
             holder = next((m for m in self._members.values() if m.entry.name == join.name), None)
-            if holder is not None:
-                refusal, snapshot = self._refuse_name_locked(join, holder.entry)
-            else:
+            if holder is None:
+                outcome = "joined"
                 rank, snapshot = self._admit_locked(link, join)
-        if holder is not None:
+            elif join.incarnation and holder.entry.incarnation == join.incarnation:
+                outcome, rank = "joined again", holder.entry.rank
+                snapshot = self._reattach_locked(holder, link)
+            elif join.incarnation and holder.unreachable_since is not None:
+                outcome = "replaces"
+            else:
+                outcome = "refused"
+                refusal, snapshot = self._refuse_name_locked(join, holder.entry)
+        if outcome == "replaces":
+            self.depart(holder.entry.rank, f"replaced by a new process (pid {join.pid} on {join.host})", failed=True)
+            return self.join(link, join)
+        if outcome == "refused":
             if snapshot is not None:
                 self._broadcast(snapshot)
             raise refusal
-        log.info("worker %s joined as rank %d at %s (pid %d on %s)", join.name, rank, join.address, join.pid, join.host)
+        log.info("worker %s %s as rank %d at %s (pid %d on %s)", join.name, outcome, rank, join.address, join.pid,
+                 join.host)
         self._broadcast(snapshot)
         return snapshot
+
+    def _reattach_locked(self, member: Member, link) -> pb.WorldUpdate:
+        """The member's process is back on a new connection: reachable, same rank, nothing lost."""
+        member.link = link
+        member.last_seen = time.monotonic()
+        member.unreachable_since = None
+        member.entry.unreachable = False
+        link.peer_rank = member.entry.rank
+        link.peer = f"worker '{member.entry.name}' (rank {member.entry.rank})"
+        self._version += 1
+        self._changed.notify_all()
+        return self._snapshot_locked()
 
     def _admit_locked(self, link, join: pb.Join) -> tuple:
         """Makes the joining process a member; returns its rank and the new snapshot."""
@@ -157,6 +184,7 @@ class Membership:
         entry = pb.WorkerEntry(
             name=join.name, rank=rank, address=join.address, daemon=join.daemon, pid=join.pid, host=join.host,
             socket_address=join.socket_address, unix_path=join.unix_path, host_id=join.host_id,
+            incarnation=join.incarnation,
         )
         member = Member(entry, link, join.world_size)
         self._members[rank] = member
@@ -195,10 +223,41 @@ class Membership:
     def heartbeat(self, rank: int, load: Optional[pb.Heartbeat] = None) -> None:
         with self._lock:
             member = self._members.get(rank)
-            if member is not None:
-                member.last_seen = time.monotonic()
-                if load is not None:
-                    member.load = load
+            if member is None:
+                return
+            member.last_seen = time.monotonic()
+            if load is not None:
+                member.load = load
+            if member.unreachable_since is None:
+                return
+            member.unreachable_since = None  # heard from again: the link healed
+            member.entry.unreachable = False
+            self._version += 1
+            snapshot = self._snapshot_locked()
+        log.warning("worker %s is reachable again", member.label)
+        self._broadcast(snapshot)
+
+    def suspect(self, rank: int, reason: str) -> bool:
+        """Marks a member unreachable — suspected, not dead: nothing it holds is released. True if it
+        was reachable until now."""
+        with self._lock:
+            member = self._members.get(rank)
+            if member is None or member.unreachable_since is not None:
+                return False
+            member.unreachable_since = time.monotonic()
+            member.entry.unreachable = True
+            self._version += 1
+            snapshot = self._snapshot_locked()
+        log.warning("worker %s is unreachable: %s", member.label, reason)
+        self._broadcast(snapshot)
+        return True
+
+    def overdue(self, lease: float) -> List[Member]:
+        """Members unreachable for longer than ``lease``: dead by then."""
+        now = time.monotonic()
+        with self._lock:
+            return [m for m in self._members.values()
+                    if m.unreachable_since is not None and now - m.unreachable_since > lease]
 
     def depart(self, rank: int, reason: str, failed: bool) -> None:
         """Removes a member that left or died, tells everyone, and lets the rest of the coordinator react."""
@@ -206,7 +265,8 @@ class Membership:
             member = self._members.pop(rank, None)
             if member is None:
                 return
-            departure = pb.Departure(name=member.entry.name, rank=rank, reason=reason, failed=failed)
+            departure = pb.Departure(name=member.entry.name, rank=rank, reason=reason, failed=failed,
+                                     incarnation=member.entry.incarnation)
             self._departed.append(departure)
             del self._departed[:-_DEPARTED_MEMORY]
             if not any(m.world_size for m in self._members.values()):  # that world is gone: another may form
@@ -223,9 +283,10 @@ class Membership:
         self._on_departed(departure)
 
     def stale(self, timeout: float) -> List[Member]:
+        """Reachable members not heard from within ``timeout``."""
         now = time.monotonic()
         with self._lock:
-            return [m for m in self._members.values() if now - m.last_seen > timeout]
+            return [m for m in self._members.values() if m.unreachable_since is None and now - m.last_seen > timeout]
 
     def _broadcast(self, snapshot: pb.WorldUpdate) -> None:
         with self.sending:

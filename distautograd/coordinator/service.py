@@ -32,6 +32,7 @@ class Settings:
     security: Security
     heartbeat_interval: float = 1.0
     heartbeat_timeout: float = 10.0
+    unreachable_timeout: float = 300.0  # the lease: unreachable this long, a member is dead
     context_ttl: float = 30.0
     transport: str = "auto"
     allowed_modules: Sequence[str] = ()
@@ -85,7 +86,7 @@ class Coordinator:
         # Members may also reach the coordinator over a socket: control messages cost far less there.
         self.listener = sockets.Listener.for_options(
             "coordinator", settings.security, self._accept_socket, server.host, settings.transport,
-            hands_out_token=settings.security.generated,
+            hands_out_token=settings.security.generated, silence=settings.heartbeat_timeout,
         )
         self.endpoints = pb.Endpoints(
             socket_port=self.listener.tcp_port if self.listener else 0,
@@ -115,10 +116,16 @@ class Coordinator:
         local.connect(link, self._new_link(), inline_from_a=("pass_event", "context_event"))
 
     def _closed(self, link: Link, error: BaseException) -> None:
+        """A member's connection ended: timed out, it is unreachable (it may come back and join again);
+        closed or reset by its kernel, it is dead."""
         left = self._left.pop(link, False)
         if link.peer_rank >= 0 and not left and not self._stopped.is_set():
             member = self.membership.member(link.peer_rank)
-            if member is not None and member.link is link:
+            if member is None or member.link is not link:
+                return
+            if isinstance(error, errors.Unreachable):
+                self._suspect(member, str(error))
+            else:
                 self.membership.depart(link.peer_rank, f"connection lost ({error})", failed=True)
 
     @staticmethod
@@ -174,26 +181,39 @@ class Coordinator:
 
     def _on_departed(self, departure: pb.Departure) -> None:
         how = "died" if departure.failed else "left"
-        for record in self.passes.involving(departure.rank):
-            error = errors.Unavailable(
-                f"worker '{departure.name}' (rank {departure.rank}) {how} during the backward pass of context "
-                f"{record.context_id}: {departure.reason}", worker=departure.name)
-            abort = pb.Request(abort_backward=pb.AbortBackward(
-                context_id=record.context_id, pass_id=record.pass_id, error=errors.to_proto(error, "coordinator")))
-            for rank in record.participants - {departure.rank}:
-                member = self.membership.member(rank)
-                if member is not None:
-                    member.link.try_notify(abort)
+        self._abort_passes(departure.rank, lambda context_id: errors.Unavailable(
+            f"worker '{departure.name}' (rank {departure.rank}) {how} during the backward pass of context "
+            f"{context_id}: {departure.reason}", worker=departure.name))
         orphans = self.contexts.on_departed(departure.rank)
         if orphans:
             self.deadlines.schedule(self.settings.context_ttl, lambda: [self.contexts.closed(c) for c in orphans])
 
+    def _suspect(self, member, reason: str) -> None:
+        """Unreachable from here: shown as such, and its lease starts. Nothing it holds is released and
+        no pass is stopped for it — peers that still reach it go on; those that do not find out on
+        their own connections (see runtime.peers)."""
+        self.membership.suspect(member.entry.rank, reason)
+
+    def _abort_passes(self, rank: int, error_for) -> None:
+        """Tells every other participant of each pass ``rank`` takes part in to stop it."""
+        for record in self.passes.involving(rank):
+            abort = pb.Request(abort_backward=pb.AbortBackward(
+                context_id=record.context_id, pass_id=record.pass_id,
+                error=errors.to_proto(error_for(record.context_id), "coordinator")))
+            for other in record.participants - {rank}:
+                member = self.membership.member(other)
+                if member is not None:
+                    member.link.try_notify(abort)
+
     def _watch_heartbeats(self) -> None:
+        """Silent past the heartbeat timeout: unreachable. Unreachable past the lease: dead."""
         settings = self.settings
         interval = max(0.05, min(settings.heartbeat_interval, settings.heartbeat_timeout / 4))
         while not self._stopped.wait(interval):
             for member in self.membership.stale(settings.heartbeat_timeout):
-                reason = f"no heartbeat for {settings.heartbeat_timeout:g} s"
+                self._suspect(member, f"no heartbeat for {settings.heartbeat_timeout:g} s")
+            for member in self.membership.overdue(settings.unreachable_timeout):
+                reason = f"unreachable for {settings.unreachable_timeout:g} s (unreachable_timeout)"
                 self.membership.depart(member.entry.rank, reason, failed=True)
                 member.link.close(errors.Unavailable(reason))
 

@@ -99,8 +99,13 @@ class BackendOptions(RpcBackendOptions):
         allowed_modules: modules whose functions and classes peers may name, beyond torch, the
             standard containers and ``__main__`` (env DISTAUTOGRAD_ALLOW_MODULES, comma-separated).
         init_timeout: seconds init_rpc waits for the whole world; defaults to rpc_timeout.
-        heartbeat_interval / heartbeat_timeout: how often a worker reports to the coordinator and
-            how long the coordinator waits before declaring it dead.
+        heartbeat_interval / heartbeat_timeout: how often a worker reports to the coordinator, and how
+            long a silent peer takes to be found unreachable (no heartbeat at the coordinator; a TCP
+            connection that stops answering, through keepalive and TCP_USER_TIMEOUT). Unreachable is
+            not dead: calls and passes that need it fail, nothing it holds is released.
+        unreachable_timeout: the lease (env DISTAUTOGRAD_UNREACHABLE_TIMEOUT; 300 s): a worker that
+            stays unreachable this long is dead, and everything it held and was held for it is
+            released everywhere. Set on the process that hosts the coordinator.
         context_ttl: seconds a distributed autograd context outlives a creator that died.
         transport: how workers reach each other (env DISTAUTOGRAD_TRANSPORT): "auto" tries a Unix
             socket for peers on this host, then plain TCP, then the gRPC stream; "tcp" skips the
@@ -137,6 +142,7 @@ class BackendOptions(RpcBackendOptions):
     init_timeout: Optional[float] = None
     heartbeat_interval: float = field(default_factory=lambda: _env_float("DISTAUTOGRAD_HEARTBEAT_INTERVAL", 1.0))
     heartbeat_timeout: float = field(default_factory=lambda: _env_float("DISTAUTOGRAD_HEARTBEAT_TIMEOUT", 10.0))
+    unreachable_timeout: float = field(default_factory=lambda: _env_float("DISTAUTOGRAD_UNREACHABLE_TIMEOUT", 300.0))
     context_ttl: float = field(default_factory=lambda: _env_float("DISTAUTOGRAD_CONTEXT_TTL", 30.0))
     transport: str = field(default_factory=lambda: os.environ.get("DISTAUTOGRAD_TRANSPORT", "auto"))
     shared_memory: bool = field(default_factory=lambda: os.environ.get("DISTAUTOGRAD_SHARED_MEMORY", "1") != "0")

@@ -1,6 +1,9 @@
 """The coordinator's logic in one process: members joined over in-process links, passes recorded, aborted on departures."""
 
 import queue
+import time
+
+import pytest
 
 from distautograd import errors
 from distautograd.coordinator.service import Coordinator, Settings
@@ -91,6 +94,104 @@ def test_requests_before_join_are_refused():
             assert "join first" in str(exc)
         else:
             raise AssertionError("a request before Join was served")
+    finally:
+        coordinator.stop()
+        deadlines.stop()
+
+
+# ---------------------------------------------------------------- unreachable is not dead
+
+def _join(coordinator, deadlines, name, incarnation, rank=-1):
+    received: "queue.Queue[pb.Request]" = queue.Queue()
+    link = Link(name, lambda link, frame_id, request, attachments: received.put(request), deadlines)
+    coordinator.attach(link)
+    return link, link.request(pb.Request(join=pb.Join(name=name, rank=rank, address="x:1", incarnation=incarnation)),
+                              timeout=5)
+
+
+def _lasting(heartbeat_timeout=60.0, lease=300.0):
+    coordinator = Coordinator(_NoServer(), Settings(security=Security(), transport="grpc", heartbeat_interval=0.05,
+                                                    heartbeat_timeout=heartbeat_timeout, unreachable_timeout=lease))
+    return coordinator, Deadlines("test-member-deadlines")
+
+
+def _time_out(coordinator, rank):
+    """The coordinator's end of a member's connection times out (keepalive), as a partition makes it."""
+    coordinator.membership.member(rank).link.close(errors.Unreachable("its connection timed out"))
+
+
+def _entry(coordinator, name):
+    return next((m.entry for m in coordinator.membership.members() if m.entry.name == name), None)
+
+
+def test_a_connection_that_timed_out_makes_a_member_unreachable_and_it_comes_back_whole():
+    coordinator, deadlines = _lasting()
+    try:
+        link, joined = _join(coordinator, deadlines, "w0", incarnation=11)
+        rank = joined.result()[0].join.rank
+        _time_out(coordinator, rank)
+        assert _entry(coordinator, "w0").unreachable and coordinator.membership.departed() == []
+        again, rejoined = _join(coordinator, deadlines, "w0", incarnation=11, rank=rank)  # the same process
+        assert rejoined.result()[0].join.rank == rank
+        assert not _entry(coordinator, "w0").unreachable and coordinator.membership.departed() == []
+        again.request(pb.Request(heartbeat=pb.Heartbeat()), timeout=5).result()  # the new link serves it
+    finally:
+        coordinator.stop()
+        deadlines.stop()
+
+
+def test_a_connection_closed_by_the_kernel_is_a_death():
+    coordinator, deadlines = _lasting()
+    try:
+        link, joined = _join(coordinator, deadlines, "w0", incarnation=11)
+        joined.result()
+        link.close(errors.Unavailable("connection to w0 lost: the peer closed the connection"))
+        (gone,) = coordinator.membership.departed()
+        assert (gone.name, gone.failed, gone.incarnation) == ("w0", True, 11)
+    finally:
+        coordinator.stop()
+        deadlines.stop()
+
+
+def test_a_new_process_under_the_name_of_an_unreachable_one_replaces_it_and_a_live_one_is_refused():
+    coordinator, deadlines = _lasting()
+    try:
+        first, joined = _join(coordinator, deadlines, "w0", incarnation=11)
+        joined.result()
+        _, refused = _join(coordinator, deadlines, "w0", incarnation=12)  # the first one is alive: refused
+        with pytest.raises(errors.AlreadyExists, match="not unique"):
+            refused.result()
+        _time_out(coordinator, 0)
+        _, replacing = _join(coordinator, deadlines, "w0", incarnation=12)
+        replacing.result()
+        (gone,) = coordinator.membership.departed()
+        assert gone.incarnation == 11 and "replaced by a new process" in gone.reason
+        assert _entry(coordinator, "w0").incarnation == 12 and not _entry(coordinator, "w0").unreachable
+    finally:
+        coordinator.stop()
+        deadlines.stop()
+
+
+def test_silence_is_unreachable_at_the_heartbeat_timeout_dead_at_the_lease_and_a_heartbeat_heals():
+    coordinator, deadlines = _lasting(heartbeat_timeout=0.3, lease=0.6)
+    try:
+        quiet, joined = _join(coordinator, deadlines, "quiet", incarnation=1)
+        joined.result()
+        healed, joined = _join(coordinator, deadlines, "healed", incarnation=2)
+        joined.result()
+        deadline = time.monotonic() + 5
+        while not (_entry(coordinator, "healed") or pb.WorkerEntry()).unreachable and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert _entry(coordinator, "healed").unreachable and _entry(coordinator, "quiet").unreachable
+        assert coordinator.membership.departed() == []  # only unreachable so far
+        healed.request(pb.Request(heartbeat=pb.Heartbeat()), timeout=5).result()
+        assert not _entry(coordinator, "healed").unreachable
+        while _entry(coordinator, "quiet") is not None and time.monotonic() < deadline:
+            healed.notify(pb.Request(heartbeat=pb.Heartbeat()))
+            time.sleep(0.05)
+        (gone,) = coordinator.membership.departed()
+        assert gone.name == "quiet" and "unreachable for 0.6 s (unreachable_timeout)" in gone.reason
+        assert _entry(coordinator, "healed") is not None
     finally:
         coordinator.stop()
         deadlines.stop()

@@ -54,7 +54,7 @@ class SharedBuffer(_message.Message):
     def __init__(self, segment: _Optional[int] = ..., segment_size: _Optional[int] = ..., descriptor_attached: _Optional[bool] = ..., lease: _Optional[int] = ...) -> None: ...
 
 class Request(_message.Message):
-    __slots__ = ("timeout", "attachments", "join", "heartbeat", "leave", "barrier", "pass_event", "context_event", "world_update", "abort_backward", "call", "fetch_rref", "rref_forks", "push_gradients", "release_context", "run_backward", "pass_finished", "reach", "release_shared")
+    __slots__ = ("timeout", "attachments", "join", "heartbeat", "leave", "barrier", "pass_event", "context_event", "world_update", "abort_backward", "call", "fetch_rref", "rref_forks", "push_gradients", "release_context", "run_backward", "pass_finished", "reach", "open_contexts", "release_shared")
     TIMEOUT_FIELD_NUMBER: _ClassVar[int]
     ATTACHMENTS_FIELD_NUMBER: _ClassVar[int]
     JOIN_FIELD_NUMBER: _ClassVar[int]
@@ -73,6 +73,7 @@ class Request(_message.Message):
     RUN_BACKWARD_FIELD_NUMBER: _ClassVar[int]
     PASS_FINISHED_FIELD_NUMBER: _ClassVar[int]
     REACH_FIELD_NUMBER: _ClassVar[int]
+    OPEN_CONTEXTS_FIELD_NUMBER: _ClassVar[int]
     RELEASE_SHARED_FIELD_NUMBER: _ClassVar[int]
     timeout: float
     attachments: Attachments
@@ -92,11 +93,12 @@ class Request(_message.Message):
     run_backward: RunBackward
     pass_finished: PassFinished
     reach: ReachRequest
+    open_contexts: OpenContexts
     release_shared: ReleaseShared
-    def __init__(self, timeout: _Optional[float] = ..., attachments: _Optional[_Union[Attachments, _Mapping]] = ..., join: _Optional[_Union[Join, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., leave: _Optional[_Union[Leave, _Mapping]] = ..., barrier: _Optional[_Union[Barrier, _Mapping]] = ..., pass_event: _Optional[_Union[PassEvent, _Mapping]] = ..., context_event: _Optional[_Union[ContextEvent, _Mapping]] = ..., world_update: _Optional[_Union[WorldUpdate, _Mapping]] = ..., abort_backward: _Optional[_Union[AbortBackward, _Mapping]] = ..., call: _Optional[_Union[Call, _Mapping]] = ..., fetch_rref: _Optional[_Union[FetchRRef, _Mapping]] = ..., rref_forks: _Optional[_Union[RRefForks, _Mapping]] = ..., push_gradients: _Optional[_Union[PushGradients, _Mapping]] = ..., release_context: _Optional[_Union[ReleaseContext, _Mapping]] = ..., run_backward: _Optional[_Union[RunBackward, _Mapping]] = ..., pass_finished: _Optional[_Union[PassFinished, _Mapping]] = ..., reach: _Optional[_Union[ReachRequest, _Mapping]] = ..., release_shared: _Optional[_Union[ReleaseShared, _Mapping]] = ...) -> None: ...
+    def __init__(self, timeout: _Optional[float] = ..., attachments: _Optional[_Union[Attachments, _Mapping]] = ..., join: _Optional[_Union[Join, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., leave: _Optional[_Union[Leave, _Mapping]] = ..., barrier: _Optional[_Union[Barrier, _Mapping]] = ..., pass_event: _Optional[_Union[PassEvent, _Mapping]] = ..., context_event: _Optional[_Union[ContextEvent, _Mapping]] = ..., world_update: _Optional[_Union[WorldUpdate, _Mapping]] = ..., abort_backward: _Optional[_Union[AbortBackward, _Mapping]] = ..., call: _Optional[_Union[Call, _Mapping]] = ..., fetch_rref: _Optional[_Union[FetchRRef, _Mapping]] = ..., rref_forks: _Optional[_Union[RRefForks, _Mapping]] = ..., push_gradients: _Optional[_Union[PushGradients, _Mapping]] = ..., release_context: _Optional[_Union[ReleaseContext, _Mapping]] = ..., run_backward: _Optional[_Union[RunBackward, _Mapping]] = ..., pass_finished: _Optional[_Union[PassFinished, _Mapping]] = ..., reach: _Optional[_Union[ReachRequest, _Mapping]] = ..., open_contexts: _Optional[_Union[OpenContexts, _Mapping]] = ..., release_shared: _Optional[_Union[ReleaseShared, _Mapping]] = ...) -> None: ...
 
 class Response(_message.Message):
-    __slots__ = ("error", "attachments", "profiled", "empty", "join", "value", "reach")
+    __slots__ = ("error", "attachments", "profiled", "empty", "join", "value", "reach", "open_contexts")
     ERROR_FIELD_NUMBER: _ClassVar[int]
     ATTACHMENTS_FIELD_NUMBER: _ClassVar[int]
     PROFILED_FIELD_NUMBER: _ClassVar[int]
@@ -104,6 +106,7 @@ class Response(_message.Message):
     JOIN_FIELD_NUMBER: _ClassVar[int]
     VALUE_FIELD_NUMBER: _ClassVar[int]
     REACH_FIELD_NUMBER: _ClassVar[int]
+    OPEN_CONTEXTS_FIELD_NUMBER: _ClassVar[int]
     error: Error
     attachments: Attachments
     profiled: _containers.RepeatedCompositeFieldContainer[ProfiledEvent]
@@ -111,7 +114,8 @@ class Response(_message.Message):
     join: JoinReply
     value: Value
     reach: ReachReply
-    def __init__(self, error: _Optional[_Union[Error, _Mapping]] = ..., attachments: _Optional[_Union[Attachments, _Mapping]] = ..., profiled: _Optional[_Iterable[_Union[ProfiledEvent, _Mapping]]] = ..., empty: _Optional[_Union[Empty, _Mapping]] = ..., join: _Optional[_Union[JoinReply, _Mapping]] = ..., value: _Optional[_Union[Value, _Mapping]] = ..., reach: _Optional[_Union[ReachReply, _Mapping]] = ...) -> None: ...
+    open_contexts: OpenContexts
+    def __init__(self, error: _Optional[_Union[Error, _Mapping]] = ..., attachments: _Optional[_Union[Attachments, _Mapping]] = ..., profiled: _Optional[_Iterable[_Union[ProfiledEvent, _Mapping]]] = ..., empty: _Optional[_Union[Empty, _Mapping]] = ..., join: _Optional[_Union[JoinReply, _Mapping]] = ..., value: _Optional[_Union[Value, _Mapping]] = ..., reach: _Optional[_Union[ReachReply, _Mapping]] = ..., open_contexts: _Optional[_Union[OpenContexts, _Mapping]] = ...) -> None: ...
 
 class Empty(_message.Message):
     __slots__ = ()
@@ -212,7 +216,7 @@ class RRefHandle(_message.Message):
     def __init__(self, rref_id: _Optional[int] = ..., owner: _Optional[int] = ..., fork_id: _Optional[int] = ...) -> None: ...
 
 class WorkerEntry(_message.Message):
-    __slots__ = ("name", "rank", "address", "daemon", "pid", "host", "socket_address", "unix_path", "host_id")
+    __slots__ = ("name", "rank", "address", "daemon", "pid", "host", "socket_address", "unix_path", "host_id", "incarnation", "unreachable")
     NAME_FIELD_NUMBER: _ClassVar[int]
     RANK_FIELD_NUMBER: _ClassVar[int]
     ADDRESS_FIELD_NUMBER: _ClassVar[int]
@@ -222,6 +226,8 @@ class WorkerEntry(_message.Message):
     SOCKET_ADDRESS_FIELD_NUMBER: _ClassVar[int]
     UNIX_PATH_FIELD_NUMBER: _ClassVar[int]
     HOST_ID_FIELD_NUMBER: _ClassVar[int]
+    INCARNATION_FIELD_NUMBER: _ClassVar[int]
+    UNREACHABLE_FIELD_NUMBER: _ClassVar[int]
     name: str
     rank: int
     address: str
@@ -231,10 +237,12 @@ class WorkerEntry(_message.Message):
     socket_address: str
     unix_path: str
     host_id: str
-    def __init__(self, name: _Optional[str] = ..., rank: _Optional[int] = ..., address: _Optional[str] = ..., daemon: _Optional[bool] = ..., pid: _Optional[int] = ..., host: _Optional[str] = ..., socket_address: _Optional[str] = ..., unix_path: _Optional[str] = ..., host_id: _Optional[str] = ...) -> None: ...
+    incarnation: int
+    unreachable: bool
+    def __init__(self, name: _Optional[str] = ..., rank: _Optional[int] = ..., address: _Optional[str] = ..., daemon: _Optional[bool] = ..., pid: _Optional[int] = ..., host: _Optional[str] = ..., socket_address: _Optional[str] = ..., unix_path: _Optional[str] = ..., host_id: _Optional[str] = ..., incarnation: _Optional[int] = ..., unreachable: _Optional[bool] = ...) -> None: ...
 
 class Join(_message.Message):
-    __slots__ = ("name", "rank", "address", "world_size", "daemon", "pid", "host", "version", "socket_address", "unix_path", "host_id")
+    __slots__ = ("name", "rank", "address", "world_size", "daemon", "pid", "host", "version", "socket_address", "unix_path", "host_id", "incarnation")
     NAME_FIELD_NUMBER: _ClassVar[int]
     RANK_FIELD_NUMBER: _ClassVar[int]
     ADDRESS_FIELD_NUMBER: _ClassVar[int]
@@ -246,6 +254,7 @@ class Join(_message.Message):
     SOCKET_ADDRESS_FIELD_NUMBER: _ClassVar[int]
     UNIX_PATH_FIELD_NUMBER: _ClassVar[int]
     HOST_ID_FIELD_NUMBER: _ClassVar[int]
+    INCARNATION_FIELD_NUMBER: _ClassVar[int]
     name: str
     rank: int
     address: str
@@ -257,7 +266,8 @@ class Join(_message.Message):
     socket_address: str
     unix_path: str
     host_id: str
-    def __init__(self, name: _Optional[str] = ..., rank: _Optional[int] = ..., address: _Optional[str] = ..., world_size: _Optional[int] = ..., daemon: _Optional[bool] = ..., pid: _Optional[int] = ..., host: _Optional[str] = ..., version: _Optional[str] = ..., socket_address: _Optional[str] = ..., unix_path: _Optional[str] = ..., host_id: _Optional[str] = ...) -> None: ...
+    incarnation: int
+    def __init__(self, name: _Optional[str] = ..., rank: _Optional[int] = ..., address: _Optional[str] = ..., world_size: _Optional[int] = ..., daemon: _Optional[bool] = ..., pid: _Optional[int] = ..., host: _Optional[str] = ..., version: _Optional[str] = ..., socket_address: _Optional[str] = ..., unix_path: _Optional[str] = ..., host_id: _Optional[str] = ..., incarnation: _Optional[int] = ...) -> None: ...
 
 class JoinReply(_message.Message):
     __slots__ = ("rank", "world", "heartbeat_interval")
@@ -270,16 +280,18 @@ class JoinReply(_message.Message):
     def __init__(self, rank: _Optional[int] = ..., world: _Optional[_Union[WorldUpdate, _Mapping]] = ..., heartbeat_interval: _Optional[float] = ...) -> None: ...
 
 class Departure(_message.Message):
-    __slots__ = ("name", "rank", "reason", "failed")
+    __slots__ = ("name", "rank", "reason", "failed", "incarnation")
     NAME_FIELD_NUMBER: _ClassVar[int]
     RANK_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
     FAILED_FIELD_NUMBER: _ClassVar[int]
+    INCARNATION_FIELD_NUMBER: _ClassVar[int]
     name: str
     rank: int
     reason: str
     failed: bool
-    def __init__(self, name: _Optional[str] = ..., rank: _Optional[int] = ..., reason: _Optional[str] = ..., failed: _Optional[bool] = ...) -> None: ...
+    incarnation: int
+    def __init__(self, name: _Optional[str] = ..., rank: _Optional[int] = ..., reason: _Optional[str] = ..., failed: _Optional[bool] = ..., incarnation: _Optional[int] = ...) -> None: ...
 
 class WorldUpdate(_message.Message):
     __slots__ = ("version", "workers", "departed", "cannot_form")
@@ -555,6 +567,12 @@ class ContextEvent(_message.Message):
     def __init__(self, closed: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class ReleaseContext(_message.Message):
+    __slots__ = ("context_ids",)
+    CONTEXT_IDS_FIELD_NUMBER: _ClassVar[int]
+    context_ids: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, context_ids: _Optional[_Iterable[int]] = ...) -> None: ...
+
+class OpenContexts(_message.Message):
     __slots__ = ("context_ids",)
     CONTEXT_IDS_FIELD_NUMBER: _ClassVar[int]
     context_ids: _containers.RepeatedScalarFieldContainer[int]
