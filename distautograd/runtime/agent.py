@@ -26,9 +26,11 @@ from distautograd.runtime.contexts import ContextStore
 from distautograd.runtime.gil import GilSampler
 from distautograd.views import trace
 from distautograd.runtime import inspection, optimizers, remote_modules  # noqa: F401  (what peers call: loaded)
+from distautograd.runtime.notices import Notices
 from distautograd.runtime.options import BackendOptions
 from distautograd.runtime.peers import Peers
 from distautograd.runtime.pool import WorkerPool
+from distautograd.runtime.reconcile import Reconciler
 from distautograd.runtime.rendezvous import Rendezvous, join_address
 from distautograd.runtime.rrefs import RRefStore
 from distautograd.runtime.world import WorkerInfo, WorldView, name_problem
@@ -59,12 +61,14 @@ class Agent:
         self.security = options.security()
         self.allowlist = Allowlist(options.all_allowed_modules(), program_root() if options.trusts_program() else None)
         self.mint = IdMint()
+        self.incarnation = time.time_ns()  # this life of the process: a restart under the same name is another
         self.world = WorldView()
         self.deadlines = Deadlines()
         self.pool = WorkerPool(options.num_worker_threads)
         self.stopping = threading.Event()
         segments = shm.SegmentPool() if options.shared_memory and shm.available() is None else None
-        self.connector = Connector(self.security, options.transport, segments, Channels(self.security))
+        self.connector = Connector(self.security, options.transport, segments, Channels(self.security),
+                                   silence=options.heartbeat_timeout)
         self.peers = Peers(name, self.world, self.connector, self.deadlines, self.allowlist.resolve_exception,
                            self.stopping, options.max_message_bytes)
         self.contexts = ContextStore(name, self.mint, self.peers.notify, self.deadlines, options.context_ttl,
@@ -77,20 +81,27 @@ class Agent:
         self.rrefs.runtime = self.calls
         self.backward = Backward(name, self.mint, self.peers, self.contexts, self.codec, self.deadlines,
                                  self.world.label, options.call_timeout, self.allowlist.resolve_exception)
+        self.notices = Notices(name, self.incarnation, self.mint, self.world, self.peers, self.rrefs, self.contexts,
+                               self.backward)
+        self.reconciler = Reconciler(self.contexts, self.peers, self.stopping,
+                                     lambda rank: self.world.entry(rank) is not None)
         self.dispatcher = Dispatcher(name, {
             # inline: runs in the thread reading the connection, so in arrival order; the rest on worker threads
             "call": (self.calls.handle_call, True),  # decodes in order, runs on a worker thread
             "fetch_rref": (self.calls.handle_fetch, True),
             "rref_forks": (self.rrefs.handle_forks, True),
             "release_context": (self.contexts.handle_release, True),
-            "world_update": (self._handle_world_update, True),
+            "world_update": (self.notices.handle_world_update, True),
             "push_gradients": (self.backward.handle_push, True),  # runs the engine here: no hand-off
             "run_backward": (self.backward.handle_run, True),
             "pass_finished": (self.backward.handle_finished, True),
             "abort_backward": (self.backward.handle_abort, True),
             "reach": (self.backward.handle_reach, False),
+            "open_contexts": (self.reconciler.handle_open_contexts, True),
         }, submit=self.pool.submit)
         self.peers.deliver = self.dispatcher
+        self.peers.lost.append(self.backward.on_peer_lost)
+        self.peers.lost.append(self.reconciler.on_lost)
         self.rank = -1
         self.address = ""
         self.server: Optional[grpc_server.Server] = None
@@ -123,6 +134,7 @@ class Agent:
             self.coordinator = Coordinator(self.server, Settings(
                 security=self.security, heartbeat_interval=options.heartbeat_interval,
                 heartbeat_timeout=options.heartbeat_timeout, context_ttl=options.context_ttl,
+                unreachable_timeout=options.unreachable_timeout,
                 transport=options.transport, allowed_modules=options.all_allowed_modules(),
             ))
         self.server.add_service(WORKER_SERVICE, {
@@ -131,7 +143,8 @@ class Agent:
         })
         self.server.start()
         self.listener = sockets.Listener.for_options(
-            self.name, self.security, self.peers.accept_socket, listen_host, options.transport
+            self.name, self.security, self.peers.accept_socket, listen_host, options.transport,
+            silence=options.heartbeat_timeout,
         )
         if host_it:
             coordinator = rendezvous.publish(self.server.port)
@@ -154,6 +167,7 @@ class Agent:
             pid=os.getpid(),
             host=socket.gethostname(),
             version=__version__,
+            incarnation=self.incarnation,
         )
         reply = self._join(coordinator, join, deadline)
         self.rank = reply.rank
@@ -236,14 +250,14 @@ class Agent:
                     contexts=self.contexts.count(), passes=len(self.backward.in_flight()))))
 
     def _coordinator_lost(self, error: BaseException) -> None:
-        """Without a coordinator this worker cannot be reached by newcomers: it says NOT_SERVING, stops
-        the passes it drives, and joins again (same name and rank) as soon as one answers there."""
+        """Without a coordinator this worker cannot be reached by newcomers: it says NOT_SERVING and
+        joins again (same name, rank and incarnation) as soon as one answers there. Calls and passes
+        between workers go on: the data plane does not need the coordinator."""
         if self.stopping.is_set() or self.coordinator is not None:
             return
         log.error("%s lost its connection to the coordinator at %s: %s; joining again when it is back",
                   self.name, self._coordinator_address, error)
         self.server.set_serving(False)
-        self.backward.on_coordinator_lost(self._coordinator_address)
         threading.Thread(target=self._rejoin, name="distautograd-rejoin", daemon=True).start()
 
     def _rejoin(self) -> None:
@@ -261,20 +275,6 @@ class Agent:
             self.server.set_serving(True)
             log.info("%s joined the coordinator at %s again as rank %d", self.name, self._coordinator_address, reply.rank)
             return
-
-    # ------------------------------------------------------------------ serving
-
-    def _handle_world_update(self, link, update: pb.WorldUpdate, attachments) -> None:
-        for gone in self.world.update(update):
-            how = "died" if gone.failed else "left"
-            (log.warning if gone.failed else log.info)("worker %s (rank %d) %s: %s", gone.name, gone.rank, how, gone.reason)
-            self.peers.close_peer(
-                gone.rank, errors.Unavailable(f"worker '{gone.name}' (rank {gone.rank}) {how}: {gone.reason}",
-                                              worker=gone.name)
-            )
-            self.rrefs.on_departed(gone.rank)
-            self.contexts.on_departed(gone.rank)
-            self.backward.on_departed(gone)
 
     # ------------------------------------------------------------------ stopping
 

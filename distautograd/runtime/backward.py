@@ -418,12 +418,14 @@ class Backward:
         for part in parts:
             self._close(part)
 
-    def on_coordinator_lost(self, address: str) -> None:
-        """The coordinator went away: who takes part in the world is unknown until it is back."""
+    def on_peer_lost(self, rank: int, error: BaseException) -> None:
+        """A connection to ``rank`` broke: gradients may have been lost with it, so the passes this
+        worker drives that need it stop now, naming it (nothing it holds is released for this)."""
         for drive in self._passes.drives():
-            self._fail(drive, errors.Unavailable(
-                f"the coordinator at {address} went away during the backward pass of context {drive.ctx.id}; "
-                "the pass was stopped: run it again once the coordinator is back"))
+            if rank in drive.participants and rank != self.rank:
+                kind = errors.Unreachable if isinstance(error, errors.Unreachable) else errors.Unavailable
+                self._fail(drive, kind(f"the backward pass of context {drive.ctx.id} lost {self._label(rank)}: "
+                                       f"{error}", worker=self._peers.world.name_of(rank)))
 
     def _context_released(self, context_id: int) -> None:
         for part in self._passes.of_context(context_id):

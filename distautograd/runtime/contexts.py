@@ -30,6 +30,7 @@ log = logging.getLogger("distautograd")
 
 _RELEASED_MEMORY = 100_000
 RELEASE_DELAY = 0.01
+RELEASE_RETRY = 1.0  # seconds between tries to release contexts on a peer that is unreachable for now
 COORDINATOR = -1
 
 Notify = Callable[[int, pb.Request], None]  # (rank, or COORDINATOR, request); raises when it cannot go
@@ -295,7 +296,11 @@ class ContextStore:
             if self._flush_scheduled:
                 return
             self._flush_scheduled = True
-        self._deadlines.schedule(RELEASE_DELAY, self.flush_releases)
+        self._deadlines.schedule(RELEASE_DELAY, self._flush_elsewhere)
+
+    def _flush_elsewhere(self) -> None:
+        """Off the deadlines thread: reaching a peer may mean connecting, which may take a while."""
+        threading.Thread(target=self.flush_releases, name="distautograd-release", daemon=True).start()
 
     def flush_releases(self) -> None:
         with self._lock:
@@ -308,8 +313,20 @@ class ContextStore:
                 request = pb.Request(release_context=pb.ReleaseContext(context_ids=context_ids))
             try:
                 self._notify(peer, request)
-            except Exception as exc:  # a departed peer has nothing left to release
-                log.debug("could not release contexts on rank %d: %s", peer, exc)
+            except Exception as exc:
+                if peer == COORDINATOR or self._is_member(peer):  # unreachable for now: again when it is back
+                    log.debug("releasing contexts on rank %d again in %g s: %s", peer, RELEASE_RETRY, exc)
+                    self._retry_release(peer, context_ids)
+                else:  # a departed peer has nothing left to release
+                    log.debug("could not release contexts on rank %d: %s", peer, exc)
+
+    def _retry_release(self, peer: int, context_ids: List[int]) -> None:
+        with self._lock:
+            self._outgoing.setdefault(peer, []).extend(context_ids)
+            if self._flush_scheduled:
+                return
+            self._flush_scheduled = True
+        self._deadlines.schedule(RELEASE_RETRY, self._flush_elsewhere)
 
     def handle_release(self, link, body: pb.ReleaseContext, attachments) -> None:
         for context_id in body.context_ids:

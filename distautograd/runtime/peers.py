@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from concurrent.futures import Future
-from typing import Callable, Dict, Optional, Set
+from typing import Callable, Dict, List, Optional, Set, Tuple
 
 from distautograd import errors
 from distautograd.protocol import WORKER_SERVICE
@@ -24,6 +25,8 @@ log = logging.getLogger("distautograd")
 
 COORDINATOR = -1  # the rank services use to mean the coordinator
 JOIN_WAIT = 30.0  # seconds a peer's early message waits for this process's join reply
+FIRST_BACKOFF, MAX_BACKOFF = 0.5, 4.0  # seconds calls to a peer whose link timed out fail before reconnecting
+STEADY_LINK = 10.0  # a link that lasted this long resets the backoff
 
 
 class Peers:
@@ -48,10 +51,13 @@ class Peers:
         self._max_message_bytes = max_message_bytes
         self._streams = grpc_server.Slots(grpc_server.MAX_STREAMS, lambda limit: f"{name} has {limit} streams open already")
         self._links: Dict[int, Link] = {}
+        self._connecting: Dict[int, threading.Lock] = {}  # one connection attempt per peer at a time
         self._incoming: Set[Link] = set()
         self._lock = threading.Lock()
         self.coordinator: Optional[Link] = None
         self._joined = threading.Event()
+        self.lost: List[Callable[[int, BaseException], None]] = []  # (rank, error) when a link to a peer breaks
+        self._quiet: Dict[int, Tuple[float, float, BaseException]] = {}  # rank -> (retry at, backoff, why)
 
     # ------------------------------------------------------------------ links
 
@@ -77,7 +83,8 @@ class Peers:
         )
 
     def to(self, rank: int) -> Link:
-        """The open link to ``rank`` (or the coordinator), connecting now if there is none."""
+        """The open link to ``rank`` (or the coordinator), connecting now if there is none. Connecting
+        to one peer (which may take up to the silence limit when it is unreachable) holds up nobody else."""
         if rank == COORDINATOR:
             link = self.coordinator
             if link is None:
@@ -87,21 +94,43 @@ class Peers:
             link = self._links.get(rank)
             if link is not None and not link.closed:
                 return link
-            if self._stopping.is_set():
-                raise errors.Unavailable(f"{self.name} is shut down")
-            entry = self.world.entry(rank)
-            if entry is None:
-                gone = self.world.departure(rank)
-                if gone is not None:
-                    how = "died" if gone.failed else "left"
-                    raise errors.Unavailable(f"worker '{gone.name}' (rank {rank}) {how}: {gone.reason}", worker=gone.name)
-                raise ValueError(f"unknown worker rank {rank}; known workers: {self.world.describe()}")
+            connecting = self._connecting.setdefault(rank, threading.Lock())
+        with connecting:
+            with self._lock:
+                link = self._links.get(rank)
+                if link is not None and not link.closed:
+                    return link
+                entry = self._reachable_entry(rank)
             link = self.new_link(f"worker '{entry.name}' (rank {rank})", rank)
+            self._watch(link, rank)
             endpoint = Endpoint(entry.name, entry.address, WORKER_SERVICE, entry.unix_path, entry.host_id,
                                 entry.socket_address)
-            self.connector.attach(link, endpoint, self.hello(entry.name), self.metadata)
-            self._links[rank] = link
+            try:
+                self.connector.attach(link, endpoint, self.hello(entry.name), self.metadata)
+            except errors.Unreachable as exc:
+                link.close(exc)  # backs calls off for a while (see _watch), then connects again
+                raise
+            with self._lock:
+                self._links[rank] = link
             return link
+
+    def _reachable_entry(self, rank: int) -> pb.WorkerEntry:
+        """``rank``'s entry, if a connection to it may be tried now; else why not, raised."""
+        if self._stopping.is_set():
+            raise errors.Unavailable(f"{self.name} is shut down")
+        entry = self.world.entry(rank)
+        if entry is None:
+            gone = self.world.departure(rank)
+            if gone is not None:
+                how = "died" if gone.failed else "left"
+                raise errors.Unavailable(f"worker '{gone.name}' (rank {rank}) {how}: {gone.reason}", worker=gone.name)
+            raise ValueError(f"unknown worker rank {rank}; known workers: {self.world.describe()}")
+        quiet = self._quiet.get(rank)
+        if quiet is not None and time.monotonic() < quiet[0]:
+            raise errors.Unreachable(
+                f"worker '{entry.name}' (rank {rank}) is unreachable ({quiet[2]}); connecting again in "
+                f"{quiet[0] - time.monotonic():.1f} s", worker=entry.name)
+        return entry
 
     # ------------------------------------------------------------------ the port
 
@@ -154,11 +183,32 @@ class Peers:
             name, rank = grpc_server.peer_identity(context)
             link = self.new_link(f"worker '{name}' (rank {rank})", rank)
             self._incoming.add(link)
+            self._watch(link, rank)
             yield from grpc_stream.serve_stream(raw_frames, context, link, lambda: self._incoming.discard(link))
 
     def _track_incoming(self, link: Link) -> None:
         self._incoming.add(link)
         link.on_close.append(lambda error: self._incoming.discard(link))
+        self._watch(link, link.peer_rank)
+
+    def _watch(self, link: Link, rank: int) -> None:
+        """When ``link`` breaks, those who care hear it; one that timed out makes calls to the peer fail
+        at once for a while (backing off, up to MAX_BACKOFF) instead of each waiting to connect."""
+        opened = time.monotonic()
+
+        def broke(error: BaseException) -> None:
+            if self._stopping.is_set() or rank < 0:
+                return
+            if isinstance(error, errors.Unreachable):
+                with self._lock:
+                    before = self._quiet.get(rank)
+                    backoff = FIRST_BACKOFF if before is None or time.monotonic() - opened > STEADY_LINK else \
+                        min(MAX_BACKOFF, before[1] * 2)
+                    self._quiet[rank] = (time.monotonic() + backoff, backoff, error)
+            for callback in self.lost:
+                callback(rank, error)
+
+        link.on_close.append(broke)
 
     # ------------------------------------------------------------------ closing
 

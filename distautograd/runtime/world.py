@@ -60,6 +60,7 @@ class WorldView:
         self._by_name: Dict[str, pb.WorkerEntry] = {}
         self._by_rank: Dict[int, pb.WorkerEntry] = {}
         self._departed: Dict[int, pb.Departure] = {}
+        self._seen: set = set()  # (rank, name, incarnation) of every departure applied: each is applied once
         self.cannot_form = ""  # why the world of a fixed size this worker waits for will never be complete
         self.most = 0  # the most members seen at once: a world that was complete was, even if some left since
         self.size = 0  # the size of the world while it forms (init_rpc with a world_size), else 0
@@ -75,7 +76,8 @@ class WorldView:
             self._by_name = {w.name: w for w in world.workers}
             self._by_rank = {w.rank: w for w in world.workers}
             self.most = max(self.most, len(self._by_rank))
-            new = [d for d in world.departed if d.rank not in self._departed or d.name != self._departed[d.rank].name]
+            new = [d for d in world.departed if (d.rank, d.name, d.incarnation) not in self._seen]
+            self._seen.update((d.rank, d.name, d.incarnation) for d in new)
             for d in world.departed:
                 if d.rank not in self._by_rank:
                     self._departed[d.rank] = d

@@ -26,6 +26,7 @@ AGENTS: Dict[str, Agent] = {}  # every agent of the worlds alive in this process
 class World:
     def __init__(self, names: List[str], **options) -> None:
         self._threads_before = set(threading.enumerate())
+        self._reading_before = reading.standby.busy()  # other agents of this process (another tier's) read too
         port = free_port()
         options.setdefault("allowed_modules", ["tests"])
         self.agents = [Agent(name, BackendOptions(init_method=f"tcp://127.0.0.1:{port}", **options))
@@ -63,11 +64,11 @@ class World:
         while time.monotonic() < deadline:
             left = [t.name for t in threading.enumerate() if t not in self._threads_before and t.is_alive()
                     and t.name not in _PROCESS_WIDE]
-            if not left and not reading.standby.busy():
+            if not left and reading.standby.busy() <= self._reading_before:
                 return
             time.sleep(0.05)
         raise RuntimeError(f"threads still running {wait:g} s after the world stopped: {left}, "
-                           f"{reading.standby.busy()} reading")
+                           f"{reading.standby.busy() - self._reading_before} more reading than before")
 
 
 def call(src: str, dst: str, func, *args, timeout: Optional[float] = None):

@@ -1,6 +1,7 @@
 """The backward protocol run by real agents in one process: gradients equal single-process torch's
 bit for bit through chains, fan-outs, retained and second-order passes, the big-graph path (the root
-asks the holders, the plan goes ahead), and every failure names its worker (timeouts and departures: test_backward_failures.py)."""
+asks the holders, the plan goes ahead), and every failure names its worker (timeouts and
+departures: test_backward_failures.py)."""
 
 from __future__ import annotations
 
