@@ -75,6 +75,20 @@ class Network:
         """``argv`` to run inside host ``name``."""
         return ["ip", "netns", "exec", self.namespaces[name], *argv]
 
+    # ------------------------------------------------------------------ faults
+
+    def set_link(self, name: str, up: bool) -> None:
+        """Unplugs (or plugs back) host ``name``'s cable: its port on the bridge goes down, so its
+        packets are lost both ways and nothing tells either side (a partition)."""
+        _ip("link", "set", self._veths[self.names.index(name)], "up" if up else "down")
+
+    def drop_outgoing(self, name: str, drop: bool) -> None:
+        """Host ``name``'s own packets out are dropped inside its namespace (one-way loss); what
+        others send it still arrives."""
+        rule = ["OUTPUT", "-o", "eth0", "-j", "DROP"]
+        subprocess.run(self.command(name, ["iptables", "-A" if drop else "-D", *rule]), check=True,
+                       capture_output=True)
+
     def __exit__(self, *exc) -> None:
         for ns in self.namespaces.values():
             for pid in subprocess.run(["ip", "netns", "pids", ns], capture_output=True, text=True).stdout.split():
