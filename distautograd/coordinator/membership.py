@@ -101,6 +101,9 @@ class Membership:
         return f"'{gone.name}' (rank {rank})" if gone else f"rank {rank}"
 
     def _snapshot_locked(self) -> pb.WorldUpdate:
+        now = time.monotonic()
+        for member in self._members.values():  # how long each unreachable one has been silent, as of now
+            member.entry.silent_ms = int((now - member.last_seen) * 1000) if member.unreachable_since is not None else 0
         return pb.WorldUpdate(
             version=self._version,
             workers=[m.entry for m in sorted(self._members.values(), key=lambda m: m.entry.rank)],

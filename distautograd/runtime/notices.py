@@ -17,6 +17,7 @@ from distautograd.runtime.rrefs import RRefStore
 from distautograd.runtime.world import WorldView
 
 log = logging.getLogger("distautograd")
+FRESHER_BY = 1.0  # seconds this worker's news of a peer must beat the coordinator's to outweigh it
 
 
 class Notices:
@@ -37,7 +38,13 @@ class Notices:
         for entry in self._world.members():
             if entry.unreachable and entry.rank not in suspected and entry.rank != self._mint.rank:
                 # The coordinator has not heard from it: what waits on it here fails now, naming it;
-                # nothing it holds is released, and the next call tries it again.
+                # nothing it holds is released, and the next call tries it again. Unless this worker
+                # heard from it since: then the coordinator is the one that was cut off (its verdict is
+                # stale), and the peer's own connections say whether it is silent.
+                if self._peers.silence(entry.rank) + FRESHER_BY < entry.silent_ms / 1000:
+                    log.info("worker %s (rank %d) is unreachable from the coordinator, not from here", entry.name,
+                             entry.rank)
+                    continue
                 log.warning("worker %s (rank %d) is unreachable", entry.name, entry.rank)
                 self._peers.close_peer(entry.rank, errors.Unreachable(
                     f"worker '{entry.name}' (rank {entry.rank}) is unreachable: the coordinator stopped hearing its "

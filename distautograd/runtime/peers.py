@@ -126,7 +126,8 @@ class Peers:
                 raise errors.Unavailable(f"worker '{gone.name}' (rank {rank}) {how}: {gone.reason}", worker=gone.name)
             raise ValueError(f"unknown worker rank {rank}; known workers: {self.world.describe()}")
         quiet = self._quiet.get(rank)
-        if quiet is not None and time.monotonic() < quiet[0]:
+        backing_off = quiet is not None and time.monotonic() < quiet[0]
+        if backing_off and not self._heard_since_locked(rank, quiet[0] - quiet[1]):
             raise errors.Unreachable(
                 f"worker '{entry.name}' (rank {rank}) is unreachable ({quiet[2]}); connecting again in "
                 f"{quiet[0] - time.monotonic():.1f} s", worker=entry.name)
@@ -209,6 +210,17 @@ class Peers:
                 callback(rank, error)
 
         link.on_close.append(broke)
+
+    def _heard_since_locked(self, rank: int, since: float) -> bool:
+        """Whether a connection ``rank`` opened to us brought anything after ``since``: it is back."""
+        return any(link.peer_rank == rank and link.last_heard > since for link in self._incoming)
+
+    def silence(self, rank: int) -> float:
+        """Seconds since a frame last came from ``rank`` on any open link (infinite with none)."""
+        with self._lock:
+            links = [self._links.get(rank)] + [link for link in self._incoming if link.peer_rank == rank]
+        heard = [link.last_heard for link in links if link is not None and not link.closed]
+        return time.monotonic() - max(heard) if heard else float("inf")
 
     # ------------------------------------------------------------------ closing
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import itertools
 import logging
 import threading
+import time
 from concurrent.futures import Future
 from typing import Any, Callable, List, Optional, Protocol, Sequence, Tuple
 
@@ -71,6 +72,7 @@ class Link:
         self._closed: Optional[BaseException] = None
         self.fatal: Optional[errors.RpcError] = None  # set when the peer broke the protocol
         self.on_close: List[Callable[[BaseException], None]] = []
+        self.last_heard = time.monotonic()  # when a frame last came from the peer (or the link was made)
 
     # ------------------------------------------------------------------ sending
 
@@ -138,6 +140,7 @@ class Link:
 
     def deliver(self, frame: pb.Frame, attachments: List[Any]) -> None:
         """Takes one complete incoming frame with its attachments (called by the wire's reader)."""
+        self.last_heard = time.monotonic()
         if frame.WhichOneof("kind") == "request":
             try:
                 self._on_request(self, frame.id, frame.request, attachments)

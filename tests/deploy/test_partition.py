@@ -96,7 +96,8 @@ class Cluster:
 
 
 @pytest.fixture(scope="module")
-def cluster():
+def cluster(tmp_path_factory):
+    logs = tmp_path_factory.mktemp("partition-logs")
     with netns.Network(ROLES) as network, tempfile.TemporaryDirectory() as control:
         cluster = Cluster(network, control)
         try:
@@ -105,6 +106,9 @@ def cluster():
             yield cluster
         finally:
             cluster.stop()
+            for role, process in cluster.processes.items():  # every line each host said, to read after a failure
+                (logs / f"{role}.log").write_text("".join(process.output))
+            print(f"\nthe hosts' output: {logs}")
 
 
 def assert_exact(steps: list) -> None:

@@ -216,7 +216,7 @@ class RRefHandle(_message.Message):
     def __init__(self, rref_id: _Optional[int] = ..., owner: _Optional[int] = ..., fork_id: _Optional[int] = ...) -> None: ...
 
 class WorkerEntry(_message.Message):
-    __slots__ = ("name", "rank", "address", "daemon", "pid", "host", "socket_address", "unix_path", "host_id", "incarnation", "unreachable")
+    __slots__ = ("name", "rank", "address", "daemon", "pid", "host", "socket_address", "unix_path", "host_id", "incarnation", "unreachable", "silent_ms")
     NAME_FIELD_NUMBER: _ClassVar[int]
     RANK_FIELD_NUMBER: _ClassVar[int]
     ADDRESS_FIELD_NUMBER: _ClassVar[int]
@@ -228,6 +228,7 @@ class WorkerEntry(_message.Message):
     HOST_ID_FIELD_NUMBER: _ClassVar[int]
     INCARNATION_FIELD_NUMBER: _ClassVar[int]
     UNREACHABLE_FIELD_NUMBER: _ClassVar[int]
+    SILENT_MS_FIELD_NUMBER: _ClassVar[int]
     name: str
     rank: int
     address: str
@@ -239,7 +240,8 @@ class WorkerEntry(_message.Message):
     host_id: str
     incarnation: int
     unreachable: bool
-    def __init__(self, name: _Optional[str] = ..., rank: _Optional[int] = ..., address: _Optional[str] = ..., daemon: _Optional[bool] = ..., pid: _Optional[int] = ..., host: _Optional[str] = ..., socket_address: _Optional[str] = ..., unix_path: _Optional[str] = ..., host_id: _Optional[str] = ..., incarnation: _Optional[int] = ..., unreachable: _Optional[bool] = ...) -> None: ...
+    silent_ms: int
+    def __init__(self, name: _Optional[str] = ..., rank: _Optional[int] = ..., address: _Optional[str] = ..., daemon: _Optional[bool] = ..., pid: _Optional[int] = ..., host: _Optional[str] = ..., socket_address: _Optional[str] = ..., unix_path: _Optional[str] = ..., host_id: _Optional[str] = ..., incarnation: _Optional[int] = ..., unreachable: _Optional[bool] = ..., silent_ms: _Optional[int] = ...) -> None: ...
 
 class Join(_message.Message):
     __slots__ = ("name", "rank", "address", "world_size", "daemon", "pid", "host", "version", "socket_address", "unix_path", "host_id", "incarnation")

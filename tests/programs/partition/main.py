@@ -41,6 +41,10 @@ def run_stage(stage, x):
     return stage.local_value()(x)
 
 
+def state_of(stage):
+    return stage.local_value().state_dict()
+
+
 def parameters_of(stage):
     return [rpc.RRef(p) for p in stage.local_value().parameters()]
 
@@ -87,12 +91,28 @@ class Pipeline:
             out = rpc.rpc_sync(self.homes["stage2"], run_stage, args=(self.remote["stage2"], h))
             loss = (out * out).sum()
             dist_autograd.backward(context_id, [loss])
-            optimizer.step(context_id)
+            try:
+                optimizer.step(context_id)
+            except Exception:
+                # Not atomic (torch's is not either): one stage may have stepped and the other not. The
+                # replica takes the parameters that are there, so later steps can be compared again.
+                self.resync()
+                raise
         self.local_optimizer.zero_grad()
         local_loss = (self.local["stage2"](self.local["stage1"](x)) ** 2).sum()
         local_loss.backward()
         self.local_optimizer.step()
         return torch.equal(loss.detach(), local_loss.detach())
+
+    def resync(self):
+        for name, stage in self.remote.items():
+            try:
+                there = rpc.rpc_sync(self.homes[name], state_of, args=(stage,), timeout=30)
+            except Exception as exc:  # noqa: BLE001 - its worker is gone: rebuilt on the next failure
+                print(json.dumps({"resync_failed": name, "error": str(exc)[:200]}), flush=True)
+                continue
+            self.local[name].load_state_dict(there)
+        print(json.dumps({"resynced": True}), flush=True)
 
     def rebuild_on_survivor(self, dead):
         """Every stage that lived on ``dead`` is made again on the other worker."""
