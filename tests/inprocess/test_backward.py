@@ -23,9 +23,9 @@ WEIGHTS = {name: torch.randn(4, 4, dtype=torch.float64) for name in NAMES}  # ea
 PARAMS = {name: w.clone().requires_grad_() for name, w in WEIGHTS.items()}
 
 
-@pytest.fixture(scope="module")
-def world():
-    world = World(NAMES, rpc_timeout=20)
+@pytest.fixture
+def world():  # a world per test (they start in 0.1 s): every test runs the agents' construction too
+    world = World(NAMES, rpc_timeout=5)  # a pass that cannot end fails in 5 s, not at mutmut's timeout
     yield world
     world.close()
 
@@ -236,6 +236,31 @@ def test_a_big_graph_asks_the_holders_and_sends_the_plan_ahead(world, monkeypatc
     assert plans == [1, 2], spy.sent
     pushes = [(who, kind) for who, _, kind in spy.sent if kind == "push_gradients"]
     assert pushes, "gradients were pushed"
+
+
+def test_a_big_graph_through_the_root_asks_the_root_itself_without_a_message(world, monkeypatch):
+    """The same, with the hop back through w0: w0 answers its own question about its send point."""
+    xs = [torch.randn(2, dtype=torch.float64, requires_grad=True) for _ in range(codec.ACTIVATES_LIMIT + 76)]
+    spy = Spy(monkeypatch)
+    with context("w0") as ctx:
+        y = call("w0", "w1", chain_sum_then_exp_on, xs, "w1", "w0")
+        backward("w0", ctx, [y.sum()])
+        grads = gradients("w0", ctx.id)
+    xs2 = [x.detach().clone().requires_grad_() for x in xs]
+    want = torch.autograd.grad(torch.exp(chain_sum(xs2)).sum(), xs2)
+    assert all(torch.equal(grads[x], g) for x, g in zip(xs, want))
+    assert spy.asked == [(1, 1), (0, 1), (1, 1)], spy.asked
+    assert not [s for s in spy.sent if s[0] == "w0" and s[1] == 0], "no message from w0 to itself"
+
+
+def test_a_holder_that_cannot_answer_fails_the_pass_before_it_starts(world, monkeypatch):
+    xs = [torch.randn(2, dtype=torch.float64, requires_grad=True) for _ in range(codec.ACTIVATES_LIMIT + 76)]
+    with context("w0") as ctx:
+        y = call("w0", "w1", chain_sum_then_exp_on, xs, "w1", "w2")
+        AGENTS["w1"].contexts.release(ctx.id)  # w1 forgets its send points: it cannot say what they reach
+        with pytest.raises(errors.Internal, match=f"the backward pass of context {ctx.id} cannot start: .*no send "
+                                                  "point"):
+            backward("w0", ctx, [y.sum()])
 
 
 def test_a_small_graph_asks_nobody_and_the_plan_rides_on_the_pushes(world, monkeypatch):
