@@ -67,6 +67,7 @@ class Membership:
         self._barrier_waiters: Dict[str, List[Future]] = {}
         self._changed = threading.Condition(self._lock)
         self._used: Set[int] = set()  # every rank a member has held: ids minted under it may still be about
+        self._replaced_links: list = []  # connections of members that joined again on a new one: to close
 
     # ------------------------------------------------------------------ queries
 
@@ -135,8 +136,11 @@ class Membership:
             else:
                 outcome = "refused"
                 refusal, snapshot = self._refuse_name_locked(join, holder.entry)
+        for old_link in self._take_replaced_links():
+            old_link.close(errors.Unavailable(f"{join.name} joined again on a new connection"))
         if outcome == "replaces":
-            self.depart(holder.entry.rank, f"replaced by a new process (pid {join.pid} on {join.host})", failed=True)
+            self.depart(holder.entry.rank, f"replaced by a new process (pid {join.pid} on {join.host})", failed=True,
+                        if_unreachable=True)
             return self.join(link, join)
         if outcome == "refused":
             if snapshot is not None:
@@ -148,7 +152,9 @@ class Membership:
         return snapshot
 
     def _reattach_locked(self, member: Member, link) -> pb.WorldUpdate:
-        """The member's process is back on a new connection: reachable, same rank, nothing lost."""
+        """The member's process is back on a new connection: reachable, same rank, nothing lost (its
+        old connection, if still open, is closed by the caller)."""
+        self._replaced_links.append(member.link)
         member.link = link
         member.last_seen = time.monotonic()
         member.unreachable_since = None
@@ -255,6 +261,11 @@ class Membership:
         self._broadcast(snapshot)
         return True
 
+    def _take_replaced_links(self) -> list:
+        with self._lock:
+            links, self._replaced_links = self._replaced_links, []
+        return links
+
     def overdue(self, lease: float) -> List[Member]:
         """Members unreachable for longer than ``lease``: dead by then."""
         now = time.monotonic()
@@ -262,12 +273,15 @@ class Membership:
             return [m for m in self._members.values()
                     if m.unreachable_since is not None and now - m.unreachable_since > lease]
 
-    def depart(self, rank: int, reason: str, failed: bool) -> None:
-        """Removes a member that left or died, tells everyone, and lets the rest of the coordinator react."""
+    def depart(self, rank: int, reason: str, failed: bool, if_unreachable: bool = False) -> Optional[Member]:
+        """Removes a member that left or died, tells everyone, and lets the rest of the coordinator react.
+        ``if_unreachable``: only if it still is (it may have come back since it was found overdue).
+        Returns the member removed, if any."""
         with self._lock:
-            member = self._members.pop(rank, None)
-            if member is None:
-                return
+            member = self._members.get(rank)
+            if member is None or (if_unreachable and member.unreachable_since is None):
+                return None
+            del self._members[rank]
             departure = pb.Departure(name=member.entry.name, rank=rank, reason=reason, failed=failed,
                                      incarnation=member.entry.incarnation)
             self._departed.append(departure)
@@ -284,6 +298,7 @@ class Membership:
         self._broadcast(snapshot)
         self._release(completed)
         self._on_departed(departure)
+        return member
 
     def stale(self, timeout: float) -> List[Member]:
         """Reachable members not heard from within ``timeout``."""

@@ -214,8 +214,9 @@ class Coordinator:
                 self._suspect(member, f"no heartbeat for {settings.heartbeat_timeout:g} s")
             for member in self.membership.overdue(settings.unreachable_timeout):
                 reason = f"unreachable for {settings.unreachable_timeout:g} s (unreachable_timeout)"
-                self.membership.depart(member.entry.rank, reason, failed=True)
-                member.link.close(errors.Unavailable(reason))
+                gone = self.membership.depart(member.entry.rank, reason, failed=True, if_unreachable=True)
+                if gone is not None:
+                    gone.link.close(errors.Unavailable(reason))
 
     # ------------------------------------------------------------------ lifecycle
 

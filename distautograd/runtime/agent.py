@@ -216,7 +216,8 @@ class Agent:
                 link.close(errors.Unavailable("join refused"))
                 raise
             self.peers.coordinator = link
-            link.on_close.append(self._coordinator_lost)
+            link.on_close.append(lambda error, link=link: self._coordinator_lost(error)
+                                 if self.peers.coordinator is link else None)  # not an old one closing late
             return response.join
 
     def _coordinator_endpoint(self, coordinator: str, remaining: float) -> Endpoint:

@@ -30,6 +30,8 @@ log = logging.getLogger("distautograd")
 
 _RELEASED_MEMORY = 100_000
 RELEASE_DELAY = 0.01
+FLUSHER_IDLE = 5.0  # seconds the release thread waits for more before it ends
+MAX_WAITING_RELEASES = 10000  # context ids kept per unreachable peer
 RELEASE_RETRY = 1.0  # seconds between tries to release contexts on a peer that is unreachable for now
 COORDINATOR = -1
 
@@ -147,6 +149,8 @@ class ContextStore:
         # Releases go out in batches, a moment later: one message per peer, not one per context.
         self._outgoing: Dict[int, List[int]] = {}
         self._flush_scheduled = False
+        self._flush_wanted = threading.Event()
+        self._flusher: Optional[threading.Thread] = None
         self.on_release: List[Callable[[int], None]] = []  # told the id of every context released here
 
     @property
@@ -299,8 +303,24 @@ class ContextStore:
         self._deadlines.schedule(RELEASE_DELAY, self._flush_elsewhere)
 
     def _flush_elsewhere(self) -> None:
-        """Off the deadlines thread: reaching a peer may mean connecting, which may take a while."""
-        threading.Thread(target=self.flush_releases, name="distautograd-release", daemon=True).start()
+        """Off the deadlines thread, on one thread of its own: reaching a peer may mean connecting,
+        which may take a while, and batches asked for meanwhile wait for it rather than pile up."""
+        with self._lock:
+            self._flush_wanted.set()
+            if self._flusher is not None:
+                return
+            self._flusher = threading.Thread(target=self._flush_loop, name="distautograd-release", daemon=True)
+        self._flusher.start()
+
+    def _flush_loop(self) -> None:
+        while True:
+            if not self._flush_wanted.wait(FLUSHER_IDLE):
+                with self._lock:
+                    if not self._flush_wanted.is_set():
+                        self._flusher = None  # idle: the next batch starts another
+                        return
+            self._flush_wanted.clear()
+            self.flush_releases()
 
     def flush_releases(self) -> None:
         with self._lock:
@@ -322,7 +342,9 @@ class ContextStore:
 
     def _retry_release(self, peer: int, context_ids: List[int]) -> None:
         with self._lock:
-            self._outgoing.setdefault(peer, []).extend(context_ids)
+            waiting = self._outgoing.setdefault(peer, [])
+            waiting.extend(context_ids)
+            del waiting[:-MAX_WAITING_RELEASES]  # a peer away for long: the oldest go (its TTL covers them)
             if self._flush_scheduled:
                 return
             self._flush_scheduled = True

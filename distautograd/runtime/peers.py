@@ -102,14 +102,14 @@ class Peers:
                     return link
                 entry = self._reachable_entry(rank)
             link = self.new_link(f"worker '{entry.name}' (rank {rank})", rank)
-            self._watch(link, rank)
             endpoint = Endpoint(entry.name, entry.address, WORKER_SERVICE, entry.unix_path, entry.host_id,
                                 entry.socket_address)
             try:
                 self.connector.attach(link, endpoint, self.hello(entry.name), self.metadata)
-            except errors.Unreachable as exc:
-                link.close(exc)  # backs calls off for a while (see _watch), then connects again
+            except errors.Unreachable as exc:  # nothing went over this link: only calls back off for a while
+                self._back_off(rank, exc, steady=False)
                 raise
+            self._watch(link, rank)
             with self._lock:
                 self._links[rank] = link
             return link
@@ -201,33 +201,42 @@ class Peers:
             if self._stopping.is_set() or rank < 0:
                 return
             if isinstance(error, errors.Unreachable):
-                with self._lock:
-                    before = self._quiet.get(rank)
-                    backoff = FIRST_BACKOFF if before is None or time.monotonic() - opened > STEADY_LINK else \
-                        min(MAX_BACKOFF, before[1] * 2)
-                    self._quiet[rank] = (time.monotonic() + backoff, backoff, error)
+                self._back_off(rank, error, steady=time.monotonic() - opened > STEADY_LINK)
             for callback in self.lost:
                 callback(rank, error)
 
         link.on_close.append(broke)
+        if link.closed:  # it broke before anyone was watching
+            broke(link.closed_with or errors.Unavailable(f"connection to {link.peer} lost"))
+
+    def _back_off(self, rank: int, error: BaseException, steady: bool) -> None:
+        """Calls to ``rank`` fail at once for a while: twice as long as last time (at most MAX_BACKOFF),
+        or FIRST_BACKOFF after a link that had lasted."""
+        with self._lock:
+            before = self._quiet.get(rank)
+            backoff = FIRST_BACKOFF if before is None or steady else min(MAX_BACKOFF, before[1] * 2)
+            self._quiet[rank] = (time.monotonic() + backoff, backoff, error)
 
     def _heard_since_locked(self, rank: int, since: float) -> bool:
         """Whether a connection ``rank`` opened to us brought anything after ``since``: it is back."""
-        return any(link.peer_rank == rank and link.last_heard > since for link in self._incoming)
+        return any(link.peer_rank == rank and link.last_heard > since for link in list(self._incoming))
 
     def silence(self, rank: int) -> float:
         """Seconds since a frame last came from ``rank`` on any open link (infinite with none)."""
         with self._lock:
-            links = [self._links.get(rank)] + [link for link in self._incoming if link.peer_rank == rank]
+            links = [self._links.get(rank)] + [link for link in list(self._incoming) if link.peer_rank == rank]
         heard = [link.last_heard for link in links if link is not None and not link.closed]
         return time.monotonic() - max(heard) if heard else float("inf")
 
     # ------------------------------------------------------------------ closing
 
     def close_peer(self, rank: int, error: errors.Unavailable) -> None:
-        """Fails everything in flight with a peer that left or died, both directions."""
+        """Fails everything in flight with a peer that left, died or is unreachable, both directions
+        (a departed peer's backoff goes with it: a process that takes its rank starts afresh)."""
         with self._lock:
             link = self._links.pop(rank, None)
+            if not isinstance(error, errors.Unreachable):
+                self._quiet.pop(rank, None)
         if link is not None:
             link.close(error)
         for incoming in list(self._incoming):

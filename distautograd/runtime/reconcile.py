@@ -56,9 +56,12 @@ class Reconciler:
                 try:
                     response, _ = self._peers.request(
                         rank, pb.Request(open_contexts=pb.OpenContexts(context_ids=held)), (), ASK_TIMEOUT).result()
-                except Exception as exc:  # still unreachable: ask again
+                except (errors.Unavailable, errors.DeadlineExceeded) as exc:  # still unreachable: ask again
                     log.debug("asking rank %d about its contexts again in %g s: %s", rank, ASK_EVERY, exc)
                     continue
+                except Exception as exc:  # it answered, with a refusal: asking again would not help
+                    log.info("rank %d could not say which of its contexts are open: %s", rank, exc)
+                    return
                 still_open = set(response.open_contexts.context_ids)
                 closed = [cid for cid in held if cid not in still_open]
                 if closed:

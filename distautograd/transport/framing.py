@@ -30,7 +30,7 @@ def tune(sock: socket.socket, silence: Optional[float] = None) -> None:
     not acknowledged) instead of the kernel's 15 minutes: reads and writes then raise ETIMEDOUT."""
     if sock.family in (socket.AF_INET, socket.AF_INET6):
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        if silence:
+        if silence and hasattr(socket, "TCP_USER_TIMEOUT"):  # Linux: elsewhere the kernel's defaults stay
             probe = max(1, int(silence / 3))
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, probe)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
 from typing import Any, Callable, Iterable, Iterator, List, Optional, Sequence
 
 import grpc
@@ -185,6 +186,19 @@ def open_stream(chan: grpc.Channel, method: str, link: Link, metadata: Iterable)
     return call
 
 
+SILENT_BEFORE_END = 4.0  # seconds without a frame before a served stream ended: keepalive gave up (2 + 3 s)
+
+
+def _ended(link: Link) -> errors.Unavailable:
+    """Why a served stream ended, as far as the server can tell (gRPC says only that it did): a peer
+    that was talking until then went away (its process, or its kernel, closed it); one silent for
+    longer than keepalive allows stopped answering — unreachable, not known dead."""
+    silent = time.monotonic() - link.last_heard
+    if silent > SILENT_BEFORE_END:
+        return errors.Unreachable(f"{link.peer} is unreachable: nothing came for {silent:.1f} s before its stream ended")
+    return errors.Unavailable(f"connection to {link.peer} lost")
+
+
 def serve_stream(raw_frames: Iterable[bytes], context: grpc.ServicerContext, link: Link, on_end: Callable[[], None]):
     """Runs ``link`` over an incoming stream (the handler's response iterator).
 
@@ -207,14 +221,14 @@ def serve_stream(raw_frames: Iterable[bytes], context: grpc.ServicerContext, lin
                 if link.closed:
                     return
             link.close(errors.Unavailable(f"{link.peer} closed the connection"))
-        except grpc.RpcError as exc:
-            link.close(_status_error(exc, link.peer))
+        except grpc.RpcError:
+            link.close(_ended(link))
         except Exception as exc:
             link.close(errors.Unavailable(f"connection to {link.peer} lost: {exc!r}"))
         finally:
             on_end()
 
-    context.add_callback(lambda: link.close(errors.Unavailable(f"connection to {link.peer} lost")))
+    context.add_callback(lambda: link.close(_ended(link)))
     threading.Thread(target=pump, name=f"distautograd-recv-{link.peer}", daemon=True).start()
     for frame in stream.frames():
         yield frame.SerializeToString()

@@ -198,6 +198,11 @@ class Link:
     def closed(self) -> bool:
         return self._closed is not None
 
+    @property
+    def closed_with(self) -> Optional[BaseException]:
+        """The error the link was closed with (None while open)."""
+        return self._closed
+
     def pending_count(self) -> int:
         with self._lock:
             return len(self._pending)

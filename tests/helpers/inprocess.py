@@ -19,7 +19,8 @@ from distautograd.runtime.options import BackendOptions
 from distautograd.runtime.rendezvous import free_port
 from distautograd.transport import reading
 
-_PROCESS_WIDE = {"distautograd-shm-release", "distautograd-reading-watch", "distautograd-recv"}  # idle: harmless
+_PROCESS_WIDE = {"distautograd-shm-release", "distautograd-reading-watch", "distautograd-recv",
+                 "distautograd-release"}  # waiting (for work, or to send releases): never in torch
 AGENTS: Dict[str, Agent] = {}  # every agent of the worlds alive in this process, by name
 
 
