@@ -82,6 +82,14 @@ class Network:
         packets are lost both ways and nothing tells either side (a partition)."""
         _ip("link", "set", self._veths[self.names.index(name)], "up" if up else "down")
 
+    def lose_incoming(self, name: str, probability: float, lose: bool) -> None:
+        """Each packet arriving at host ``name`` is dropped with ``probability`` (iptables' statistic
+        match: random loss without netem), or no longer."""
+        rule = ["INPUT", "-i", "eth0", "-m", "statistic", "--mode", "random", "--probability", f"{probability:g}",
+                "-j", "DROP"]
+        subprocess.run(self.command(name, ["iptables", "-A" if lose else "-D", *rule]), check=True,
+                       capture_output=True)
+
     def drop_outgoing(self, name: str, drop: bool) -> None:
         """Host ``name``'s own packets out are dropped inside its namespace (one-way loss); what
         others send it still arrives."""

@@ -67,7 +67,6 @@ class Membership:
         self._barrier_waiters: Dict[str, List[Future]] = {}
         self._changed = threading.Condition(self._lock)
         self._used: Set[int] = set()  # every rank a member has held: ids minted under it may still be about
-        self._replaced_links: list = []  # connections of members that joined again on a new one: to close
 
     # ------------------------------------------------------------------ queries
 
@@ -136,8 +135,6 @@ class Membership:
             else:
                 outcome = "refused"
                 refusal, snapshot = self._refuse_name_locked(join, holder.entry)
-        for old_link in self._take_replaced_links():
-            old_link.close(errors.Unavailable(f"{join.name} joined again on a new connection"))
         if outcome == "replaces":
             self.depart(holder.entry.rank, f"replaced by a new process (pid {join.pid} on {join.host})", failed=True,
                         if_unreachable=True)
@@ -152,9 +149,8 @@ class Membership:
         return snapshot
 
     def _reattach_locked(self, member: Member, link) -> pb.WorldUpdate:
-        """The member's process is back on a new connection: reachable, same rank, nothing lost (its
-        old connection, if still open, is closed by the caller)."""
-        self._replaced_links.append(member.link)
+        """The member's process is back on a new connection: reachable, same rank, nothing lost. Its old
+        connection is left to time out by itself: closing it here could wait on a send stuck in it."""
         member.link = link
         member.last_seen = time.monotonic()
         member.unreachable_since = None
@@ -260,11 +256,6 @@ class Membership:
         log.warning("worker %s is unreachable: %s", member.label, reason)
         self._broadcast(snapshot)
         return True
-
-    def _take_replaced_links(self) -> list:
-        with self._lock:
-            links, self._replaced_links = self._replaced_links, []
-        return links
 
     def overdue(self, lease: float) -> List[Member]:
         """Members unreachable for longer than ``lease``: dead by then."""

@@ -5,8 +5,9 @@ their own network namespace on one bridge, over TCP, with a 3 s heartbeat timeou
 timeout and a 12 s lease (``unreachable_timeout``). The trainer steps a two-stage pipeline whose
 stages live on worker1 and worker2 as RRefs, and checks every step's loss, bit for bit, against a
 replica trained in its own process. Faults are made the way networks make them: a host's port on
-the bridge goes down (a partition: silence both ways), or iptables drops what a host sends (one
-way). The tests run in order on one cluster, each from the state the last one left.
+the bridge goes down (a partition: silence both ways), iptables drops what a host sends (one
+way), or drops a random share of what every host receives (loss; this kernel has no netem, so no
+delay or reordering). The tests run in order on one cluster, each from the state the last one left.
 """
 
 import json
@@ -120,6 +121,29 @@ def test_clean_steps_equal_one_process_bit_for_bit(cluster):
     assert_exact(steps)
 
 
+def test_random_loss_on_every_link_keeps_every_gradient_exact_and_kills_nobody(cluster):
+    """2% of the packets arriving at every host dropped for 10 s: TCP retransmits, steps slow down, the
+    arithmetic does not change and nobody is declared dead or unreachable."""
+    lines = {role: len(cluster.processes[role].output) for role in ROLES}
+    began = time.time()
+    for role in ROLES:
+        cluster.network.lose_incoming(role, 0.02, True)
+    try:
+        time.sleep(10)
+    finally:
+        for role in ROLES:
+            cluster.network.lose_incoming(role, 0.02, False)
+    during = [r for r in cluster.steps_since(began) if r["t"] < began + 10]
+    good = [r for r in during if r["ok"]]
+    print(f"\n2% loss on every link for 10 s: {len(good)} good steps, {len(during) - len(good)} failed, "
+          f"longest {max(r['seconds'] for r in during):.2f} s")
+    assert len(good) >= 20 and len(good) == len(during), [r for r in during if not r["ok"]][:3]
+    assert_exact(during)
+    for role in ROLES:
+        assert not cluster.logged(role, r"\(rank \d\) (died|is unreachable)", lines[role]), \
+            cluster.processes[role].tail()
+
+
 def test_a_partitioned_worker_is_unreachable_not_dead_and_the_same_model_trains_after(cluster):
     lines = len(cluster.processes["trainer"].output)
     began = time.time()
@@ -141,7 +165,8 @@ def test_a_partitioned_worker_is_unreachable_not_dead_and_the_same_model_trains_
           f"good again {good_again:.1f} s after the link came back")
     assert good_again < 10, after[0]  # good again within seconds
     assert_exact(cluster.steps_since(began))  # the model on worker2 is the one that was there
-    assert cluster.report()["worker2"] == IDLE  # the failed passes left no context or pass behind
+    # The failed passes leave no context or pass behind: their releases come when worker2 answers again.
+    cluster.wait_for("worker2 to hold nothing", lambda: cluster.report()["worker2"] == IDLE, 15)
     assert not cluster.logged("trainer", r"\(rank \d\) died|rebuilt", lines)
     assert not cluster.logged("worker2", r"\(rank \d\) died")
 
@@ -161,7 +186,7 @@ def test_the_coordinators_partition_stops_no_training_and_kills_nobody(cluster):
     time.sleep(HEARTBEAT_TIMEOUT + 2)  # the members join the coordinator again
     cluster.good_steps_after(healed, 10, 30)
     assert_exact(cluster.steps_since(began))
-    assert cluster.report() == {"worker1": IDLE, "worker2": IDLE}
+    cluster.wait_for("the workers to hold nothing", lambda: cluster.report() == {"worker1": IDLE, "worker2": IDLE}, 15)
     for role in ROLES:  # nobody was declared dead, and nobody released anything
         assert not cluster.logged(role, r"\(rank \d\) died|rebuilt", lines[role]), cluster.processes[role].tail()
     assert cluster.logged("worker1", r"joined the coordinator at .* again", lines["worker1"])

@@ -66,6 +66,7 @@ class Pipeline:
         self.seeds = {"stage1": 1, "stage2": 2}
         self.remote = {}
         self.local = {}
+        self.stale = set()  # stages whose replica must be taken from the worker before the next step
         for name in self.homes:
             self.make(name)
 
@@ -73,6 +74,7 @@ class Pipeline:
         self.seeds[name] += 100
         self.remote[name] = rpc.remote(self.homes[name], Stage, args=(self.seeds[name],))
         self.local[name] = Stage(self.seeds[name])
+        self.stale.discard(name)
         self.optimizer = None  # made again (over the new parameters) before the next step
 
     def optimizer_for_step(self):
@@ -85,6 +87,8 @@ class Pipeline:
         return self.optimizer
 
     def step(self, x):
+        if self.stale:
+            self.resync()
         optimizer = self.optimizer_for_step()
         with dist_autograd.context() as context_id:
             h = rpc.rpc_sync(self.homes["stage1"], run_stage, args=(self.remote["stage1"], x))
@@ -96,7 +100,7 @@ class Pipeline:
             except Exception:
                 # Not atomic (torch's is not either): one stage may have stepped and the other not. The
                 # replica takes the parameters that are there, so later steps can be compared again.
-                self.resync()
+                self.stale.update(self.remote)
                 raise
         self.local_optimizer.zero_grad()
         local_loss = (self.local["stage2"](self.local["stage1"](x)) ** 2).sum()
@@ -105,14 +109,14 @@ class Pipeline:
         return torch.equal(loss.detach(), local_loss.detach())
 
     def resync(self):
-        for name, stage in self.remote.items():
-            try:
-                there = rpc.rpc_sync(self.homes[name], state_of, args=(stage,), timeout=30)
-            except Exception as exc:  # noqa: BLE001 - its worker is gone: rebuilt on the next failure
-                print(json.dumps({"resync_failed": name, "error": str(exc)[:200]}), flush=True)
-                continue
+        """The replica takes each stage's parameters from its worker; a stage whose worker cannot be
+        reached now is taken before the next step (which fails until it can be)."""
+        self.stale.update(self.remote)
+        for name in sorted(self.stale):
+            there = rpc.rpc_sync(self.homes[name], state_of, args=(self.remote[name],), timeout=30)
             self.local[name].load_state_dict(there)
-        print(json.dumps({"resynced": True}), flush=True)
+            self.stale.discard(name)
+            print(json.dumps({"resynced": name}), flush=True)
 
     def rebuild_on_survivor(self, dead):
         """Every stage that lived on ``dead`` is made again on the other worker."""
