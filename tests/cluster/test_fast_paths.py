@@ -18,9 +18,8 @@ from distautograd import autograd as dist_autograd
 from distautograd import rpc
 from distautograd.runtime import backward as backward_module
 from distautograd.runtime import codec, current
-from distautograd.runtime.peers import Peers
-from distautograd.runtime.reach import Reach
 from tests.helpers import remote
+from tests.helpers.spies import Spy
 
 pytestmark = pytest.mark.usefixtures("trainer")
 
@@ -118,25 +117,6 @@ def test_a_list_of_tensors_travels_without_a_pickle_and_anything_else_with_one(m
     assert unpickled == [1]
 
 
-class Spy:
-    """Counts what the trainer asks of peers during a pass, and lets it through to the real code."""
-
-    def __init__(self, monkeypatch):
-        self.asked, self.sent = [], []
-        ask, notify = Reach._reach, Peers.notify
-
-        def asking(reach, context_id, rank, ids):
-            self.asked.append((rank, len(ids)))
-            return ask(reach, context_id, rank, ids)
-
-        def notifying(peers, rank, request, *args, **kwargs):
-            self.sent.append((rank, request.WhichOneof("body")))
-            return notify(peers, rank, request, *args, **kwargs)
-
-        monkeypatch.setattr(Reach, "_reach", asking)
-        monkeypatch.setattr(Peers, "notify", notifying)
-
-
 def test_a_big_graph_the_root_asks_the_holders_and_sends_the_plan_ahead(monkeypatch):
     """1100 send points into worker1's sum: what its result sets off is too big to travel, so the trainer
     asks worker1, worker2 and worker1 again, hop by hop; 1103 active sends make a plan too big to ride on
@@ -153,7 +133,7 @@ def test_a_big_graph_the_root_asks_the_holders_and_sends_the_plan_ahead(monkeypa
     assert all(torch.equal(grads[x], g) for x, g in zip(xs, want))
     worker1, worker2 = (rpc.get_worker_info(n).id for n in ("worker1", "worker2"))
     assert spy.asked == [(worker1, 1), (worker2, 1), (worker1, 1)], spy.asked
-    plans = sorted(rank for rank, kind in spy.sent if kind == "run_backward")
+    plans = sorted(rank for _, rank, kind in spy.sent if kind == "run_backward")
     assert plans == sorted([worker1, worker2]), spy.sent
 
 
@@ -166,4 +146,4 @@ def test_a_small_graph_asks_nobody_and_its_plan_rides_on_the_pushes(monkeypatch)
         y = rpc.rpc_sync("worker1", remote.nested_add, args=("worker2", w, 1))
         dist_autograd.backward(context_id, [y.sum()])
         assert torch.equal(dist_autograd.get_gradients(context_id)[w], torch.ones(3))
-    assert spy.asked == [] and not [kind for _, kind in spy.sent if kind == "run_backward"], spy.sent
+    assert spy.asked == [] and not [kind for _, _, kind in spy.sent if kind == "run_backward"], spy.sent

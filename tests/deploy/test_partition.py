@@ -112,6 +112,18 @@ def cluster(tmp_path_factory):
             print(f"\nthe hosts' output: {logs}")
 
 
+def fault(set_up, role: str, seconds: float) -> tuple:
+    """``set_up(role, False)`` for ``seconds``, then ``set_up(role, True)`` (also if interrupted); returns
+    (when it began, when it healed) as time.time()."""
+    began = time.time()
+    set_up(role, False)
+    try:
+        time.sleep(seconds)
+    finally:
+        set_up(role, True)
+    return began, time.time()
+
+
 def assert_exact(steps: list) -> None:
     assert steps and all(r["equal"] for r in steps if r["ok"]), [r for r in steps if r["ok"] and not r["equal"]]
 
@@ -146,11 +158,7 @@ def test_random_loss_on_every_link_keeps_every_gradient_exact_and_kills_nobody(c
 
 def test_a_partitioned_worker_is_unreachable_not_dead_and_the_same_model_trains_after(cluster):
     lines = len(cluster.processes["trainer"].output)
-    began = time.time()
-    cluster.network.set_link("worker2", False)
-    time.sleep(8)
-    cluster.network.set_link("worker2", True)
-    healed = time.time()
+    began, healed = fault(cluster.network.set_link, "worker2", 8)
     after = cluster.good_steps_after(healed, 10, 40)
     during = [r for r in cluster.steps_since(began) if r["t"] < healed]
     failed = [r for r in during if not r["ok"]]
@@ -173,11 +181,7 @@ def test_a_partitioned_worker_is_unreachable_not_dead_and_the_same_model_trains_
 
 def test_the_coordinators_partition_stops_no_training_and_kills_nobody(cluster):
     lines = {role: len(cluster.processes[role].output) for role in ROLES}
-    began = time.time()
-    cluster.network.set_link("coordinator", False)
-    time.sleep(8)
-    cluster.network.set_link("coordinator", True)
-    healed = time.time()
+    began, healed = fault(cluster.network.set_link, "coordinator", 8)
     during = [r for r in cluster.steps_since(began) if r["t"] < healed]
     print(f"\ncoordinator partitioned 8 s: {len([r for r in during if r['ok']])} good steps meanwhile, "
           f"{len([r for r in during if not r['ok']])} failed")
@@ -193,11 +197,7 @@ def test_the_coordinators_partition_stops_no_training_and_kills_nobody(cluster):
 
 
 def test_one_way_loss_fails_steps_only_while_it_lasts(cluster):
-    began = time.time()
-    cluster.network.drop_outgoing("worker1", True)
-    time.sleep(5)
-    cluster.network.drop_outgoing("worker1", False)
-    healed = time.time()
+    began, healed = fault(lambda role, on: cluster.network.drop_outgoing(role, not on), "worker1", 5)
     after = cluster.good_steps_after(healed, 10, 40)
     assert after[0]["t"] + after[0]["seconds"] - healed < 10, after[0]
     steps = cluster.steps_since(began)

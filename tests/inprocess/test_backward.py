@@ -13,8 +13,7 @@ import torch
 from distautograd import errors
 from distautograd.protocol.v1 import messages_pb2 as pb
 from distautograd.runtime import anomaly, backward as backward_module, codec, inspection
-from distautograd.runtime.peers import Peers
-from distautograd.runtime.reach import Reach
+from tests.helpers.spies import Spy
 from tests.helpers.inprocess import AGENTS, World, backward, call, context, gradients
 
 NAMES = ["w0", "w1", "w2"]
@@ -200,37 +199,24 @@ def test_a_root_with_no_participants_runs_here_alone(world):
         assert torch.equal(gradients("w0", ctx.id)[x], 2 * x.detach())
 
 
-class Spy:
-    """Counts what the root asks of peers during a pass, and lets it through to the real code."""
-
-    def __init__(self, monkeypatch):
-        self.asked, self.sent = [], []
-        ask, notify = Reach._reach, Peers.notify
-
-        def asking(reach, context_id, rank, ids):
-            self.asked.append((rank, len(ids)))
-            return ask(reach, context_id, rank, ids)
-
-        def notifying(peers, rank, request, *args, **kwargs):
-            self.sent.append((peers.name, rank, request.WhichOneof("body")))
-            return notify(peers, rank, request, *args, **kwargs)
-
-        monkeypatch.setattr(Reach, "_reach", asking)
-        monkeypatch.setattr(Peers, "notify", notifying)
-
-
-def test_a_big_graph_asks_the_holders_and_sends_the_plan_ahead(world, monkeypatch):
-    count = codec.ACTIVATES_LIMIT + 76
-    assert count > backward_module.PLAN_INLINE_LIMIT
-    xs = [torch.randn(2, dtype=torch.float64, requires_grad=True) for _ in range(count)]
-    spy = Spy(monkeypatch)
+def big_graph_through(there):
+    """ACTIVATES_LIMIT + 76 tensors summed on w1, then exp on ``there``: too many activations to travel,
+    so w0 must ask; the gradients are still single-process torch's."""
+    xs = [torch.randn(2, dtype=torch.float64, requires_grad=True) for _ in range(codec.ACTIVATES_LIMIT + 76)]
     with context("w0") as ctx:
-        y = call("w0", "w1", chain_sum_then_exp_on, xs, "w1", "w2")
+        y = call("w0", "w1", chain_sum_then_exp_on, xs, "w1", there)
         backward("w0", ctx, [y.sum()])
         grads = gradients("w0", ctx.id)
     xs2 = [x.detach().clone().requires_grad_() for x in xs]
     want = torch.autograd.grad(torch.exp(chain_sum(xs2)).sum(), xs2)
     assert all(torch.equal(grads[x], g) for x, g in zip(xs, want))
+
+
+def test_a_big_graph_asks_the_holders_and_sends_the_plan_ahead(world, monkeypatch):
+    count = codec.ACTIVATES_LIMIT + 76
+    assert count > backward_module.PLAN_INLINE_LIMIT
+    spy = Spy(monkeypatch)
+    big_graph_through("w2")
     assert spy.asked == [(1, 1), (2, 1), (1, 1)], spy.asked
     plans = sorted(rank for who, rank, kind in spy.sent if who == "w0" and kind == "run_backward")
     assert plans == [1, 2], spy.sent
@@ -240,15 +226,8 @@ def test_a_big_graph_asks_the_holders_and_sends_the_plan_ahead(world, monkeypatc
 
 def test_a_big_graph_through_the_root_asks_the_root_itself_without_a_message(world, monkeypatch):
     """The same, with the hop back through w0: w0 answers its own question about its send point."""
-    xs = [torch.randn(2, dtype=torch.float64, requires_grad=True) for _ in range(codec.ACTIVATES_LIMIT + 76)]
     spy = Spy(monkeypatch)
-    with context("w0") as ctx:
-        y = call("w0", "w1", chain_sum_then_exp_on, xs, "w1", "w0")
-        backward("w0", ctx, [y.sum()])
-        grads = gradients("w0", ctx.id)
-    xs2 = [x.detach().clone().requires_grad_() for x in xs]
-    want = torch.autograd.grad(torch.exp(chain_sum(xs2)).sum(), xs2)
-    assert all(torch.equal(grads[x], g) for x, g in zip(xs, want))
+    big_graph_through("w0")
     assert spy.asked == [(1, 1), (0, 1), (1, 1)], spy.asked
     assert not [s for s in spy.sent if s[0] == "w0" and s[1] == 0], "no message from w0 to itself"
 

@@ -1,0 +1,25 @@
+"""A spy on a backward pass's control messages: what the root asks holders (Reach) and what every
+agent in this process notifies, let through to the real code."""
+
+from distautograd.runtime.peers import Peers
+from distautograd.runtime.reach import Reach
+
+
+class Spy:
+    """``asked``: (rank, how many send points) per Reach question; ``sent``: (sender's name, rank,
+    request kind) per notification."""
+
+    def __init__(self, monkeypatch):
+        self.asked, self.sent = [], []
+        ask, notify = Reach._reach, Peers.notify
+
+        def asking(reach, context_id, rank, ids):
+            self.asked.append((rank, len(ids)))
+            return ask(reach, context_id, rank, ids)
+
+        def notifying(peers, rank, request, *args, **kwargs):
+            self.sent.append((peers.name, rank, request.WhichOneof("body")))
+            return notify(peers, rank, request, *args, **kwargs)
+
+        monkeypatch.setattr(Reach, "_reach", asking)
+        monkeypatch.setattr(Peers, "notify", notifying)
