@@ -267,7 +267,7 @@ class Allowlist:
         elif isinstance(value, torch.Tensor):
             allowed = is_tensor_op(name) or name in _TENSOR_METHODS
         elif isinstance(value, _MODEL_BASES):
-            allowed = name in _MODEL_METHODS or (name == "forward" and where.startswith("torch."))
+            allowed = name in _MODEL_METHODS
         elif isinstance(value, _DATA_TYPES):
             allowed = not name.startswith("_") and name not in ("format", "format_map")
         else:

@@ -97,7 +97,3 @@ class recording:
 
     def __exit__(self, *exc) -> None:
         _recording.sink = self.previous
-
-
-def edge(node, slot: int = 0) -> GradientEdge:
-    return GradientEdge(node, slot)

@@ -20,7 +20,7 @@ from distautograd.engine import activations, nodes, order
 from distautograd.engine.activations import Activations
 from distautograd.engine.graph import ROOTS, PassGraph
 from distautograd.engine.local_pass import LocalPass
-from distautograd.engine.slots import GradStore
+from distautograd.engine.slots import Captured, GradStore
 
 
 class _Recv:
@@ -33,22 +33,28 @@ class _Recv:
 
 
 class Worker:
-    def __init__(self, world: "World", name: str):
+    def __init__(self, world: "World", name: str, capture: bool = False):
         self.world = world
         self.name = name
         self.sends: Dict[int, tuple] = {}  # message id -> (edge, key)
         self.activations = Activations()
-        self.store = GradStore()
+        self.store = Captured() if capture else GradStore()
 
-    def grads(self) -> Dict[torch.Tensor, torch.Tensor]:
-        return self.store.snapshot()
+    def grads(self, leaves=()) -> Dict[torch.Tensor, torch.Tensor]:
+        """The gradient of each leaf here: accumulated, or (capturing) handed back by its node."""
+        if isinstance(self.store, GradStore):
+            return self.store.snapshot()
+        nodes = {get_gradient_edge(leaf).node: leaf for leaf in leaves}
+        return {nodes[node]: grad for node, grad in self.store.grads.items() if node in nodes}
 
 
 class World:
-    def __init__(self, *names: str, limit: Optional[int] = None, order: str = "fifo", seed: int = 0):
+    def __init__(self, *names: str, limit: Optional[int] = None, order: str = "fifo", seed: int = 0,
+                 capture: bool = False):
         """``limit``: activations bigger than this do not travel; ``order``: how pushes in flight are
-        delivered ("fifo", "lifo" or "random")."""
-        self.workers = {name: Worker(self, name) for name in names}
+        delivered ("fifo", "lifo" or "random"); ``capture``: leaves hand their gradients back
+        (dist_autograd.grad) instead of accumulating them."""
+        self.workers = {name: Worker(self, name, capture) for name in names}
         self.order = order
         self._random = random.Random(seed)
         self._ids = itertools.count(1)

@@ -91,25 +91,26 @@ SCENARIOS = [chain, round_trip_meets_itself, diamond_below_a_send, fan_out_fan_i
              unreached_send_point, multiple_roots]
 
 
-def distributed(scenario, **world_options):
+def distributed(scenario, create_graph=False, **world_options):
     world = World("t", "a", "b", **world_options)
     Count.runs = 0
     roots, leaves = scenario(world.send)
-    world.backward("t", roots)
+    world.leaves = leaves
+    world.backward("t", roots, create_graph=create_graph)
     grads = {}
     for worker in world.workers.values():
-        got = worker.grads()
+        got = worker.grads(leaves.values())
         for name, tensor in leaves.items():
             if tensor in got:
                 grads[name] = got[tensor]
     return grads, Count.runs, world
 
 
-def local(scenario):
+def local(scenario, create_graph=False):
     Count.runs = 0
     roots, leaves = scenario(lambda tensor, src, dest: tensor)
     names = list(leaves)
-    got = torch.autograd.grad(roots, [leaves[n] for n in names], allow_unused=True)
+    got = torch.autograd.grad(roots, [leaves[n] for n in names], allow_unused=True, create_graph=create_graph)
     return {n: g for n, g in zip(names, got) if g is not None}, Count.runs
 
 
@@ -272,3 +273,29 @@ def test_reached_stops_a_holder_that_keeps_naming_new_unknown_ids():
     with pytest.raises(RuntimeError, match="still unknown after 5 rounds"):
         reached(Activation(frozenset({1}), frozenset({1})), lambda ids: [({n := next(fresh)}, {n}) for _ in ids],
                 most_rounds=5)
+
+
+@pytest.mark.parametrize("order", ORDERS)
+@pytest.mark.parametrize("scenario", SCENARIOS, ids=lambda s: s.__name__)
+def test_captured_gradients_equal_autograd_grad_and_no_leaf_accumulates(scenario, order):
+    """dist_autograd.grad: the leaves hand their gradients back, node by node or in waves alike."""
+    got, runs, world = distributed(scenario, order=order, capture=True)
+    want, want_runs = local(scenario)
+    assert set(got) == set(want)
+    for name in want:
+        assert torch.equal(got[name], want[name]), (name, (got[name] - want[name]).abs().max())
+    assert runs == want_runs
+    assert all(leaf.grad is None for leaf in world.leaves.values())
+
+
+@pytest.mark.parametrize("capture", [False, True], ids=["accumulated", "captured"])
+@pytest.mark.parametrize("scenario", SCENARIOS, ids=lambda s: s.__name__)
+def test_with_create_graph_the_gradients_are_the_same_and_carry_a_graph(scenario, capture):
+    """The graph of the gradients (create_graph) is made as local autograd makes it. The simulated sends
+    cut the forward graph, so a second derivative across workers is tested end to end (tests/inprocess)."""
+    got, runs, _ = distributed(scenario, create_graph=True, capture=capture)
+    want, want_runs = local(scenario, create_graph=True)
+    assert set(got) == set(want) and runs == want_runs
+    for name in want:
+        assert torch.equal(got[name].detach(), want[name].detach()), name
+        assert got[name].requires_grad == want[name].requires_grad, name

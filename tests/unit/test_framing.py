@@ -154,3 +154,27 @@ def test_a_tcp_connection_that_goes_silent_fails_within_the_silence_limit():
     finally:
         client.close()
         listener.close()
+
+
+def test_the_writev_limit_is_the_kernels_and_at_least_sixteen(monkeypatch):
+    assert framing._iov_max() == os.sysconf("SC_IOV_MAX") == 1024  # Linux's UIO_MAXIOV
+    monkeypatch.setattr(os, "sysconf", lambda name: 8 if name == "SC_IOV_MAX" else 0)
+    assert framing._iov_max() == 16
+
+    def unknown(name):
+        raise ValueError(f"unrecognized configuration name {name}")
+    monkeypatch.setattr(os, "sysconf", unknown)
+    assert framing._iov_max() == 1024
+
+
+def test_descriptors_a_message_left_unclaimed_are_closed():
+    a, b = socket.socketpair()
+    with a, b:
+        reader = framing.Reader(b)
+        first, second = os.open(os.devnull, os.O_RDONLY), os.open(os.devnull, os.O_RDONLY)
+        os.close(second)  # one already closed: the rest are still closed
+        reader.fds = [second, first]
+        reader.close_stray_fds()
+        assert reader.fds == []
+        with pytest.raises(OSError):
+            os.fstat(first)

@@ -1,0 +1,65 @@
+"""Recv points and gradient edges: the nodes a pass adds to torch's graph and how it finds edges."""
+
+import re
+import types
+
+import pytest
+import torch
+
+from torch.autograd.graph import get_gradient_edge
+
+from distautograd.engine import execution, nodes
+
+
+def point(message_id):
+    return types.SimpleNamespace(message_id=message_id)
+
+
+def test_a_recv_node_hands_each_outputs_gradient_to_its_point_and_none_stays_none():
+    a, b = torch.ones(2, requires_grad=True), torch.ones(3, requires_grad=True)
+    (x, y), anchor = nodes.make_recv([a.detach(), b.detach()], [point(1), point(2)])
+    assert nodes.recv_points(x.grad_fn) == [point(1), point(2)] and nodes.recv_points(anchor.node) is None
+    assert x.grad_fn.name() == nodes.RECV_NAME
+    with nodes.recording() as sink:
+        torch.autograd.backward([(x * 2).sum()], inputs=[anchor])
+    assert torch.equal(sink[1], torch.full((2,), 2.0))
+    assert sink[2] is None  # y took no part: no zeros are made up for it
+
+
+def test_one_received_tensor_is_still_a_tuple_of_outputs():
+    (x,), anchor = nodes.make_recv([torch.ones(2)], [point(5)])
+    assert x.requires_grad and anchor.node is not None
+
+
+def test_received_views_come_out_detached_so_they_can_be_modified_in_place():
+    base = torch.arange(6.0)
+    (x,), _ = nodes.make_recv([base[2:4]], [point(1)])
+    x.mul_(2)  # a custom Function's view output would refuse this
+    assert base.tolist() == [0, 1, 4, 6, 4, 5]
+
+
+def test_a_local_backward_through_a_recv_point_says_what_to_call():
+    (x,), _ = nodes.make_recv([torch.ones(2)], [point(1)])
+    with pytest.raises(RuntimeError, match=re.escape(nodes.LOCAL_BACKWARD_ERROR)):
+        x.sum().backward()
+    assert "distautograd.autograd.backward(context_id, roots)" in nodes.LOCAL_BACKWARD_ERROR
+
+
+def test_recordings_nest_and_the_outer_one_is_back_after_the_inner():
+    with nodes.recording() as outer:
+        with nodes.recording() as inner:
+            assert inner is not outer
+        (x,), anchor = nodes.make_recv([torch.ones(1)], [point(9)])
+        torch.autograd.backward([x.sum()], inputs=[anchor])
+    assert 9 in outer and 9 not in inner
+
+
+@pytest.mark.parametrize("layout", [torch.strided, torch.sparse_coo])
+def test_the_gradient_edge_of_a_tensor_is_where_its_gradient_enters(layout):
+    w = torch.tensor([[1.0, 0.0], [0.0, 2.0]], requires_grad=True)
+    tensor = (w * 3).to_sparse() if layout == torch.sparse_coo else w * 3
+    edge = nodes.gradient_edge(tensor)
+    assert edge.node is tensor.grad_fn and edge.output_nr == 0
+    grad = torch.ones(2, 2).to_sparse() if layout == torch.sparse_coo else torch.ones(2, 2)
+    (got,) = execution._run_engine([edge], [grad], False, False, [get_gradient_edge(w)], accumulate=False)
+    assert torch.equal(got, torch.full((2, 2), 3.0))
