@@ -113,6 +113,8 @@ def cmd_worker(args) -> int:
         transport=args.transport,
         shared_memory=args.shared_memory,
         max_message_bytes=args.max_message_bytes,
+        peer_calls=args.peer_calls,
+        peer_contexts=args.peer_contexts,
         init_timeout=args.init_timeout,
         daemon=True,
     )
@@ -162,6 +164,11 @@ def cmd_status(args) -> int:
             f"  {c.context_id:#x}: participants {list(c.participants)}, passes {c.passes} "
             f"({c.passes_in_flight} in flight), leaves with gradients: {leaves}"
         )
+    shares = [(w.worker.name, s) for w in reply.workers for s in w.shares]
+    if shares:
+        print("\npeer shares (what peers hold on a worker, of their per-peer limit):")
+        for worker, s in shares:
+            print(f"  {_safe(worker)}: {_safe(s.peer)} holds {s.used} of {s.limit} {_safe(s.resource)}")
     if reply.departed:
         print("\ndeparted:")
         for d in reply.departed[-10:]:
@@ -273,6 +280,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--transport", choices=["auto", "tcp", "grpc"], help="DISTAUTOGRAD_TRANSPORT; default auto")
     p.add_argument("--shared-memory", type=_on_off, help="on or off (DISTAUTOGRAD_SHARED_MEMORY; default on)")
     p.add_argument("--max-message-bytes", type=int, help="DISTAUTOGRAD_MAX_MESSAGE_BYTES; default 4 GiB")
+    p.add_argument("--peer-calls", type=int, help="requests one peer may have waiting or running here "
+                   "(DISTAUTOGRAD_PEER_CALLS; default 4096)")
+    p.add_argument("--peer-contexts", type=int, help="autograd contexts one peer may bring here "
+                   "(DISTAUTOGRAD_PEER_CONTEXTS; default 65536)")
     p.add_argument("--init-timeout", type=float, help="seconds to wait for the coordinator; default the rpc timeout")
     _add_security(p)
     p.set_defaults(run=cmd_worker)

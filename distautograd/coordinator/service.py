@@ -47,7 +47,7 @@ class Coordinator:
         self.passes = PassRegistry()
         self.membership = Membership(self._on_departed)
         self._left: Dict[Link, bool] = {}
-        self._streams = grpc_server.Slots(grpc_server.MAX_STREAMS,
+        self._streams = grpc_server.Slots("streams", grpc_server.MAX_STREAMS, grpc_server.PEER_STREAMS,
                                           lambda limit: f"the coordinator has {limit} streams open already")
         self._stopped = threading.Event()
         self._dispatch = Dispatcher(
@@ -170,7 +170,7 @@ class Coordinator:
         return pb.StatusReply(
             workers=[
                 pb.WorkerStatus(worker=m.entry, seconds_since_heartbeat=now - m.last_seen,
-                                contexts=m.load.contexts, passes=m.load.passes)
+                                contexts=m.load.contexts, passes=m.load.passes, shares=m.load.shares)
                 for m in self.membership.members()
             ],
             contexts=self.contexts.status(self.passes.in_flight),

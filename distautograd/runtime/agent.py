@@ -37,6 +37,7 @@ from distautograd.runtime.world import WorkerInfo, WorldView, name_problem
 from distautograd.transport import grpc_server, shm, sockets
 from distautograd.transport.deadlines import Deadlines
 from distautograd.transport.dispatch import Dispatcher
+from distautograd.transport.shares import Shares
 from distautograd.transport import paths
 from distautograd.transport.paths import Channels, Connector, Endpoint
 
@@ -72,7 +73,7 @@ class Agent:
         self.peers = Peers(name, self.world, self.connector, self.deadlines, self.allowlist.resolve_exception,
                            self.stopping, options.max_message_bytes)
         self.contexts = ContextStore(name, self.mint, self.peers.notify, self.deadlines, options.context_ttl,
-                                     lambda rank: self.world.entry(rank) is not None)
+                                     lambda rank: self.world.entry(rank) is not None, options.peer_contexts)
         self.contexts.on_release.append(trace.forget)  # the events of a context nobody gathered
         self.rrefs = RRefStore(name, self.mint, self.peers.notify, self.world)
         self.codec = Codec(self.allowlist, self.rrefs, self.contexts)
@@ -98,7 +99,7 @@ class Agent:
             "abort_backward": (self.backward.handle_abort, True),
             "reach": (self.backward.handle_reach, False),
             "open_contexts": (self.reconciler.handle_open_contexts, True),
-        }, submit=self.pool.submit)
+        }, submit=self.pool.submit, calls=Shares("requests", options.peer_calls, options.peer_calls * 4))
         self.peers.deliver = self.dispatcher
         self.peers.lost.append(self.backward.on_peer_lost)
         self.peers.lost.append(self.reconciler.on_lost)
@@ -223,7 +224,8 @@ class Agent:
     def _coordinator_endpoint(self, coordinator: str, remaining: float) -> Endpoint:
         if self._coordinator_channel is None:
             self._coordinator_channel = grpc_server.channel(coordinator, self.security)
-        return paths.coordinator_endpoint(self._coordinator_channel, coordinator, min(remaining, 5.0))
+        return paths.coordinator_endpoint(self._coordinator_channel, coordinator, min(remaining, 5.0),
+                                          self.security.metadata())
 
     def _wait_for_world(self, world_size: int, deadline: float) -> None:
         complete = self.world.wait_for(lambda: self.world.most >= world_size or self.world.cannot_form,
@@ -248,7 +250,15 @@ class Agent:
             link = self.peers.coordinator
             if link is not None:
                 link.try_notify(pb.Request(heartbeat=pb.Heartbeat(
-                    contexts=self.contexts.count(), passes=len(self.backward.in_flight()))))
+                    contexts=self.contexts.count(), passes=len(self.backward.in_flight()), shares=self._shares())))
+
+    def _shares(self, most: int = 32) -> list:
+        """What peers hold here of each resource counted per peer, the largest first (for status)."""
+        held = [pb.PeerShare(peer=peer, resource=shares.resource, used=used, limit=shares.per_peer)
+                for shares in (self.dispatcher.calls, self.dispatcher.unary_shares, self.peers.stream_shares,
+                               self.contexts.brought)
+                for peer, used in shares.snapshot().items()]
+        return sorted(held, key=lambda share: share.used / share.limit, reverse=True)[:most]
 
     def _coordinator_lost(self, error: BaseException) -> None:
         """Without a coordinator this worker cannot be reached by newcomers: it says NOT_SERVING and

@@ -12,6 +12,7 @@ from __future__ import annotations
 import collections
 import logging
 import threading
+import time
 import weakref
 from typing import Callable, Dict, List, NamedTuple, Optional, Sequence, Set, Tuple
 
@@ -25,6 +26,7 @@ from distautograd.engine.slots import GradStore
 from distautograd.ids import IdMint, rank_of
 from distautograd.protocol.v1 import messages_pb2 as pb
 from distautograd.transport.deadlines import Deadlines
+from distautograd.transport.shares import Shares
 
 log = logging.getLogger("distautograd")
 
@@ -90,6 +92,13 @@ class Context:
         self.pushed: Dict[int, int] = {}  # recv point -> bytes its gradient took to cross, last pass (inspect)
         self.passes = 0  # passes this worker took part in
         self.messages: Dict[str, Dict[int, List[int]]] = {"sent": {}, "received": {}}  # message -> its points
+        self.brought_by: Optional[int] = None  # the rank whose message made it here (its share counts it)
+        self.last_used = 0.0  # when a peer's message last named it (time.monotonic)
+
+    def holds_nothing(self) -> bool:
+        """No tensor was sent or received in it here, no gradient is kept, no call was made in it."""
+        with self.lock:
+            return not (self.sends or self.recvs or self.called or self.store.snapshot() or self.passes)
 
     def met(self, rank: int) -> None:
         """``rank`` heard of this context: it is released there too."""
@@ -134,8 +143,10 @@ class ContextStore:
     send point by message id (a pass may reach send points of another context: second order)."""
 
     def __init__(self, name: str, mint: IdMint, notify: Notify, deadlines: Deadlines, ttl: float,
-                 is_member: Callable[[int], bool]):
+                 is_member: Callable[[int], bool], per_peer: int = 65536):
+        """``per_peer``: contexts one peer may bring here, open at once (the peer_contexts option)."""
         self.name = name
+        self.brought = Shares("autograd contexts", per_peer)
         self._mint = mint
         self._notify = notify
         self._deadlines = deadlines
@@ -255,23 +266,57 @@ class ContextStore:
             return self._contexts.get(context_id)
 
     def for_incoming(self, context_id: int, peer: int) -> Context:
-        """The context a message from ``peer`` names, made on first use. One whose creator is no member
-        of the world (gone, or never there) would never be released by it: it expires after the TTL."""
-        orphan = False
+        """The context a message from ``peer`` names, made on first use and counted against ``peer``'s
+        share. Its creator must be a member (or the sender itself, which may call before this process
+        heard it joined): a context under a rank nobody holds would never be released by anyone."""
         with self._lock:
             ctx = self._contexts.get(context_id)
-            if ctx is None:
+            made = ctx is None
+            if made:
                 if context_id in self._released:
                     raise errors.FailedPrecondition(
                         f"distributed autograd context {context_id} was already released on {self.name}"
                     )
+                creator = rank_of(context_id)
+                if creator != peer and not self._is_member(creator):
+                    raise errors.FailedPrecondition(
+                        f"distributed autograd context {context_id} names rank {creator} as its creator, "
+                        f"which is no member of the world: {self.name} makes no context for it")
+                refused = self.brought.take(_bringer(peer))
+                if refused is not None:
+                    raise errors.ResourceExhausted(f"{self.name}: {refused}")
                 ctx = self._contexts[context_id] = Context(context_id)
-                orphan = not self._is_member(rank_of(context_id))
+                ctx.brought_by = peer
+            ctx.last_used = time.monotonic()
         if peer >= 0:
             ctx.met(peer)
-        if orphan:
-            self._deadlines.schedule(self._ttl, lambda: self.release(context_id))
+        if made:
+            self._deadlines.schedule(self._ttl, lambda: self._check_brought(context_id))
         return ctx
+
+    def _check_brought(self, context_id: int) -> None:
+        """A context a peer brought, a TTL after it came or was last named: one whose creator is (still)
+        no member is released; one that never held anything here (no tensor sent or received, no
+        gradient, no call made in it) is dropped here once idle for the TTL, so made-up ids cannot
+        pile up. Dropped, not released: its creator may still use it, and makes it here again."""
+        with self._lock:
+            ctx = self._contexts.get(context_id)
+            if ctx is None:
+                return
+            if not self._is_member(ctx.creator):
+                orphan, idle_for = True, 0.0
+            else:
+                orphan, idle_for = False, time.monotonic() - ctx.last_used
+                if not ctx.holds_nothing():
+                    return  # it is its creator's to release now
+                if idle_for >= self._ttl:
+                    del self._contexts[context_id]
+        if orphan:
+            self.release(context_id)
+        elif idle_for >= self._ttl:
+            self.brought.give_back(_bringer(ctx.brought_by))
+        else:
+            self._deadlines.schedule(self._ttl - idle_for, lambda: self._check_brought(context_id))
 
     # ------------------------------------------------------------------ release
 
@@ -287,6 +332,8 @@ class ContextStore:
                     self._sends.pop(message_id, None)
         if ctx is None:
             return False
+        if ctx.brought_by is not None:
+            self.brought.give_back(_bringer(ctx.brought_by))
         ctx.activations.clear()
         for callback in self.on_release:
             callback(context_id)
@@ -369,3 +416,7 @@ class ContextStore:
     def ids(self) -> List[int]:
         with self._lock:
             return list(self._contexts)
+
+
+def _bringer(rank: int) -> str:
+    return f"rank {rank}"

@@ -38,6 +38,9 @@ ENVIRONMENT = {
     "DISTAUTOGRAD_TRANSPORT": "how workers reach each other: auto (Unix socket, TCP, gRPC), tcp, or grpc",
     "DISTAUTOGRAD_SHARED_MEMORY": "0 to send big tensors through the socket instead of shared memory",
     "DISTAUTOGRAD_MAX_MESSAGE_BYTES": "the most bytes of tensors one message from a peer may carry",
+    "DISTAUTOGRAD_UNREACHABLE_TIMEOUT": "seconds a worker may stay unreachable before it counts as dead",
+    "DISTAUTOGRAD_PEER_CALLS": "requests one peer may have waiting or running here at once",
+    "DISTAUTOGRAD_PEER_CONTEXTS": "autograd contexts one peer may bring here (open at once)",
     "DISTAUTOGRAD_WORKERS": "comma-separated worker names for the examples (distautograd.launch.workers)",
     "MASTER_ADDR": "host of the coordinator rank 0 hosts (as torch)",
     "MASTER_PORT": "port of the coordinator rank 0 hosts (as torch)",
@@ -115,6 +118,12 @@ class BackendOptions(RpcBackendOptions):
         max_message_bytes: the most bytes of tensors one message from a peer may carry (env
             DISTAUTOGRAD_MAX_MESSAGE_BYTES; 4 GiB). A peer reads one message at a time, so this is also
             what one peer can make this process hold; a bigger message gets RESOURCE_EXHAUSTED at once.
+        peer_calls: requests one peer may have waiting or running here at once (env
+            DISTAUTOGRAD_PEER_CALLS; 4096); one more is answered RESOURCE_EXHAUSTED naming the limit, and
+            every other peer keeps its own share. All peers together: 4 times that.
+        peer_contexts: distributed autograd contexts one peer may bring here, open at once (env
+            DISTAUTOGRAD_PEER_CONTEXTS; 65536): a context counts against the peer whose message
+            first named it here, and is freed when it is released.
         trust_program: whether peers may call this program's own modules (those loaded from the
             folder of its ``__main__``) without naming them in ``allowed_modules``. By default yes
             when rank 0 hosts the coordinator (every rank runs one program), no when joining an
@@ -147,6 +156,8 @@ class BackendOptions(RpcBackendOptions):
     transport: str = field(default_factory=lambda: os.environ.get("DISTAUTOGRAD_TRANSPORT", "auto"))
     shared_memory: bool = field(default_factory=lambda: os.environ.get("DISTAUTOGRAD_SHARED_MEMORY", "1") != "0")
     max_message_bytes: int = field(default_factory=lambda: _env_int("DISTAUTOGRAD_MAX_MESSAGE_BYTES", DEFAULT_MAX_MESSAGE))
+    peer_calls: int = field(default_factory=lambda: _env_int("DISTAUTOGRAD_PEER_CALLS", 4096))
+    peer_contexts: int = field(default_factory=lambda: _env_int("DISTAUTOGRAD_PEER_CONTEXTS", 65536))
     daemon: bool = False
     trust_program: Optional[bool] = None
     device_maps: Optional[Dict[Any, Any]] = None
@@ -164,8 +175,10 @@ class BackendOptions(RpcBackendOptions):
             raise ValueError(f"num_worker_threads must be at least 1, got {self.num_worker_threads}")
         if self.rpc_timeout < 0:
             raise ValueError(f"rpc_timeout must be >= 0 seconds (0 = no limit), got {self.rpc_timeout}")
-        if self.max_message_bytes < 1:
-            raise ValueError(f"max_message_bytes must be positive, got {self.max_message_bytes}")
+        for name in ("max_message_bytes", "peer_calls", "peer_contexts"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive whole number, got {value!r}")
         if self.transport not in ("auto", "tcp", "grpc"):
             raise ValueError(f"transport must be 'auto', 'tcp' or 'grpc', got {self.transport!r}")
         self._apply_tensorpipe_choices()

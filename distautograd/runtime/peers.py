@@ -49,7 +49,8 @@ class Peers:
         self._resolve_type = resolve_type
         self._stopping = stopping
         self._max_message_bytes = max_message_bytes
-        self._streams = grpc_server.Slots(grpc_server.MAX_STREAMS, lambda limit: f"{name} has {limit} streams open already")
+        self._streams = grpc_server.Slots("streams", grpc_server.MAX_STREAMS, grpc_server.PEER_STREAMS,
+                                          lambda limit: f"{name} has {limit} streams open already")
         self._links: Dict[int, Link] = {}
         self._connecting: Dict[int, threading.Lock] = {}  # one connection attempt per peer at a time
         self._incoming: Set[Link] = set()
@@ -170,6 +171,11 @@ class Peers:
         if not self._joined.is_set():
             self._joined.wait(JOIN_WAIT)
         self.deliver(*frame)
+
+    @property
+    def stream_shares(self):
+        """The gRPC streams each peer holds open to this process."""
+        return self._streams.shares
 
     def accept_socket(self, sock, hello: pb.Hello) -> None:
         link = self.new_link(f"worker '{hello.name}' (rank {hello.rank})", hello.rank)

@@ -17,6 +17,7 @@ import grpc
 
 from distautograd import errors
 from distautograd.transport import grpc_server
+from distautograd.transport.shares import Shares
 from distautograd.protocol.v1 import messages_pb2 as pb
 
 log = logging.getLogger("distautograd")
@@ -24,6 +25,7 @@ log = logging.getLogger("distautograd")
 Handler = Callable[[Any, Any, list], Any]
 _UNSET = object()
 MAX_UNARY = 32  # Worker.Call requests waiting at once; gRPC's pool has threads to spare for health and streams
+PEER_UNARY = 8  # of those, what one caller may hold: one caller's waiting fetches cannot lock out the rest
 _FOREVER = 10 ** 6  # a deadline further off than this is no deadline (and overflows a timeout)
 
 
@@ -63,47 +65,66 @@ class Dispatcher:
         handlers: Dict[str, Tuple[Handler, bool]],
         submit: Optional[Callable[..., Future]] = None,
         check: Optional[Callable[[Any, str], None]] = None,
+        calls: Optional[Shares] = None,
     ):
+        """``calls``: the requests each peer may have waiting or running here (None: no limit)."""
         self.owner = owner
         self._handlers = handlers
         self._submit = submit
         self._check = check
+        self.calls = calls
         self._unary_slots = grpc_server.Slots(
-            MAX_UNARY, lambda limit: f"{owner} is answering {limit} Worker.Call requests already; use Worker.Connect")
+            "Worker.Call requests", MAX_UNARY, PEER_UNARY,
+            lambda limit: f"{owner} is answering {limit} Worker.Call requests already; use Worker.Connect")
+
+    @property
+    def unary_shares(self) -> Shares:
+        return self._unary_slots.shares
 
     def __call__(self, link, frame_id: int, request: pb.Request, attachments: list) -> None:
         kind = request.WhichOneof("body")
         handler = self._handlers.get(kind)
+        counted = False
         try:
             if handler is None:
                 raise errors.InvalidArgument(f"{self.owner} does not take {kind or 'empty'} requests")
             if self._check is not None:
                 self._check(link, kind)
+            if frame_id and self.calls is not None:
+                refused = self.calls.take(link.peer)
+                if refused is not None:
+                    raise errors.ResourceExhausted(f"{self.owner}: {refused}")
+                counted = True
         except BaseException as exc:
             self.reply(link, frame_id, exc)
             return
         fn, inline = handler
         body = getattr(request, kind)
         if inline or self._submit is None:
-            self._handle(fn, link, frame_id, body, attachments)
+            self._handle(fn, link, frame_id, body, attachments, counted)
             return
         try:
-            self._submit(self._handle, fn, link, frame_id, body, attachments)
+            self._submit(self._handle, fn, link, frame_id, body, attachments, counted)
         except RuntimeError:
-            self.reply(link, frame_id, errors.Unavailable(f"{self.owner} is shutting down"))
+            self._answer(link, frame_id, errors.Unavailable(f"{self.owner} is shutting down"), counted)
 
-    def _handle(self, fn: Handler, link, frame_id: int, body, attachments) -> None:
+    def _handle(self, fn: Handler, link, frame_id: int, body, attachments, counted: bool = False) -> None:
         try:
             result = fn(link, body, attachments)
         except BaseException as exc:
-            self.reply(link, frame_id, exc)
+            self._answer(link, frame_id, exc, counted)
             return
         if isinstance(result, Deferred):
-            result.then(lambda outcome: self.reply(link, frame_id, outcome))
+            result.then(lambda outcome: self._answer(link, frame_id, outcome, counted))
         elif isinstance(result, Future):
-            result.add_done_callback(lambda f: self.reply(link, frame_id, f.exception() or f.result()))
+            result.add_done_callback(lambda f: self._answer(link, frame_id, f.exception() or f.result(), counted))
         else:
-            self.reply(link, frame_id, result)
+            self._answer(link, frame_id, result, counted)
+
+    def _answer(self, link, frame_id: int, result, counted: bool) -> None:
+        if counted:
+            self.calls.give_back(link.peer)  # before the reply: a caller that sends again at once has room
+        self.reply(link, frame_id, result)
 
     def reply(self, link, frame_id: int, result) -> None:
         if not frame_id:
@@ -125,16 +146,17 @@ class Dispatcher:
         """One request without a stream (Worker.Call): for tools and clients in other languages.
 
         It holds one of the server's threads while it waits, so at most MAX_UNARY wait at once (the
-        health check must always find a thread), and a caller that cancels or goes away frees it."""
-        with self._unary_slots.held(context):
-            return self._serve_unary(raw, context)
+        health check must always find a thread), at most PEER_UNARY of them one caller's, and a caller
+        that cancels or goes away frees it."""
+        caller = grpc_server.caller(context)
+        with self._unary_slots.held(context, caller):
+            return self._serve_unary(raw, context, caller)
 
-    def _serve_unary(self, raw: bytes, context: grpc.ServicerContext) -> bytes:
+    def _serve_unary(self, raw: bytes, context: grpc.ServicerContext, caller: str) -> bytes:
         frame = grpc_server.parse_frame(raw, context)
         if frame.WhichOneof("kind") != "request" or frame.request.attachments.streamed_sizes:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "Worker.Call takes one request frame with inline attachments")
-        name, rank = grpc_server.peer_identity(context)
-        oneshot = _OneShot(f"worker '{name}' (rank {rank})", rank)
+        oneshot = _OneShot(caller, grpc_server.peer_identity(context)[1])
         context.add_callback(oneshot.abandon)  # the call ended (cancelled, or the caller went): stop waiting
         self(oneshot, frame.id or 1, frame.request, list(frame.request.attachments.inline))
         remaining = context.time_remaining()

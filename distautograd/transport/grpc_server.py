@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import threading
 from concurrent import futures
 from typing import Callable, Dict, Iterator, Optional
 
@@ -15,10 +14,12 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from distautograd.protocol.v1 import messages_pb2 as pb
 from distautograd.transport.link import MAX_MESSAGE_BYTES
 from distautograd.transport.security import Security, TokenCheck
+from distautograd.transport.shares import Shares
 
 log = logging.getLogger("distautograd")
 
 MAX_STREAMS = 128  # gRPC streams peers may hold open at once on one server (each holds a server thread)
+PEER_STREAMS = 32  # of those, what one caller may hold (a member opens one per peer and direction)
 
 PEER_NAME_KEY = "x-distautograd-name"
 PEER_RANK_KEY = "x-distautograd-rank"
@@ -47,22 +48,26 @@ _SERVER_OPTIONS = _OPTIONS + [
 
 class Slots:
     """At most ``limit`` at once of something that holds one of a server's threads while it lasts (a
-    stream, a waiting call): one more is answered RESOURCE_EXHAUSTED at once, so the health check
-    always finds a thread."""
+    stream, a waiting call), and at most ``per_peer`` of them for one caller: one more is answered
+    RESOURCE_EXHAUSTED at once, so the health check always finds a thread and no caller takes
+    every slot from the others."""
 
-    def __init__(self, limit: int, refusal: Callable[[int], str]):
+    def __init__(self, resource: str, limit: int, per_peer: int, refusal: Callable[[int], str]):
         self.limit = limit
-        self._refusal = refusal  # the message, given the limit
-        self._free = threading.BoundedSemaphore(limit)
+        self._refusal = refusal  # the message when all are taken, given the limit
+        self.shares = Shares(resource, min(per_peer, limit), limit)
 
     @contextlib.contextmanager
-    def held(self, context: grpc.ServicerContext) -> Iterator[None]:
-        if not self._free.acquire(blocking=False):
-            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, self._refusal(self.limit))
+    def held(self, context: grpc.ServicerContext, peer: Optional[str] = None) -> Iterator[None]:
+        peer = peer or caller(context)
+        refused = self.shares.take(peer)
+        if refused is not None:
+            full = self.shares.held(peer) < self.shares.per_peer
+            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, self._refusal(self.limit) if full else refused)
         try:
             yield
         finally:
-            self._free.release()
+            self.shares.give_back(peer)
 
 
 class Server:
@@ -117,6 +122,12 @@ def channel(address: str, security: Security) -> grpc.Channel:
     if credentials is not None:
         return grpc.secure_channel(address, credentials, options=options)
     return grpc.insecure_channel(address, options=options)
+
+
+def caller(context: grpc.ServicerContext) -> str:
+    """Who a call is from, for its share: the name and rank it gives, or its address if it gives none."""
+    name, rank = peer_identity(context)
+    return f"worker '{name}' (rank {rank})" if name else f"an unnamed caller at {context.peer()}"
 
 
 def peer_identity(context: grpc.ServicerContext) -> tuple:

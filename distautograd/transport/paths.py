@@ -63,12 +63,15 @@ class Channels:
             chan.close()
 
 
-def coordinator_endpoint(chan: grpc.Channel, address: str, timeout: float) -> Endpoint:
+def coordinator_endpoint(chan: grpc.Channel, address: str, timeout: float, metadata: tuple = ()) -> Endpoint:
     """Where the coordinator at ``address`` listens, with the socket paths it offers (its Unix socket is
-    also where the world's token is handed out, when none was configured); Unavailable if it does not answer."""
+    also where the world's token is handed out, when none was configured); Unavailable if it does not
+    answer. ``metadata`` carries the token: beyond loopback the coordinator answers only with it."""
     try:
-        offered = messages_pb2_grpc.CoordinatorStub(chan).GetEndpoints(pb.Empty(), timeout=timeout)
+        offered = messages_pb2_grpc.CoordinatorStub(chan).GetEndpoints(pb.Empty(), timeout=timeout, metadata=metadata)
     except grpc.RpcError as exc:
+        if exc.code() == grpc.StatusCode.UNAUTHENTICATED:
+            raise errors.Unauthenticated(f"the coordinator at {address} refused: {exc.details()}") from None
         raise errors.Unavailable(f"the coordinator at {address} does not answer: {exc.code().name}") from None
     host = address.rpartition(":")[0].strip("[]")
     socket_address = f"[{host}]:{offered.socket_port}" if ":" in host else f"{host}:{offered.socket_port}"

@@ -22,7 +22,9 @@ import grpc
 
 TOKEN_ENV = "DISTAUTOGRAD_TOKEN"
 HEALTH_PREFIX = "/grpc.health.v1.Health/"
-OPEN_METHODS = ("/distautograd.v1.Coordinator/GetEndpoints",)  # where to find the Unix socket: no secret
+# Where to find the coordinator's Unix socket (and, with no token configured, the token it hands out
+# there): open to callers on this host; from elsewhere only with the token.
+LOOPBACK_OPEN_METHODS = ("/distautograd.v1.Coordinator/GetEndpoints",)
 WRONG_TOKEN = f"missing or wrong token: every process of a deployment must share the same {TOKEN_ENV}"
 # Tokens printed in documentation and example files: anyone can read them, so they guard nothing.
 PUBLISHED_TOKENS = frozenset({"change-me-before-you-deploy"})
@@ -163,15 +165,22 @@ class Security:
         return cls(**values)
 
 
+def is_loopback_peer(peer: str) -> bool:
+    """True for a gRPC peer string (``context.peer()``) of a caller on this host's loopback."""
+    kind, _, address = (peer or "").partition(":")
+    host = address.rpartition(":")[0].strip("[]").removeprefix("::ffff:")
+    return kind == "unix" or host.startswith("127.") or (kind == "ipv6" and host == "::1")
+
+
 class TokenCheck(grpc.ServerInterceptor):
-    """Refuses every call without the world's token with UNAUTHENTICATED; health checks and the
-    coordinator's endpoints stay open for probes and for finding the Unix socket."""
+    """Refuses every call without the world's token with UNAUTHENTICATED; health checks stay open for
+    probes, and the coordinator's endpoints for callers on this host (to find the Unix socket)."""
 
     def __init__(self, security: Security):
         self._security = security
 
     def intercept_service(self, continuation, details):
-        if details.method.startswith(HEALTH_PREFIX) or details.method in OPEN_METHODS:
+        if details.method.startswith(HEALTH_PREFIX):
             return continuation(details)
         expected = f"Bearer {self._security.token}" if self._security.token else None
         for key, value in details.invocation_metadata or ():
@@ -180,6 +189,17 @@ class TokenCheck(grpc.ServerInterceptor):
         handler = continuation(details)
         if handler is None:
             return None
+        if details.method in LOOPBACK_OPEN_METHODS and not handler.request_streaming:
+            serve = handler.unary_unary
+
+            def local_only(request, context):
+                if not is_loopback_peer(context.peer()):
+                    context.abort(grpc.StatusCode.UNAUTHENTICATED, WRONG_TOKEN + " (only callers on the "
+                                  "coordinator's host may ask for its endpoints without it)")
+                return serve(request, context)
+
+            return grpc.unary_unary_rpc_method_handler(local_only, handler.request_deserializer,
+                                                       handler.response_serializer)
 
         def deny(request, context):
             context.abort(grpc.StatusCode.UNAUTHENTICATED, WRONG_TOKEN)

@@ -11,12 +11,8 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from distautograd import rpc
-from distautograd.ids import IdMint
 from distautograd.protocol.v1 import messages_pb2 as pb
-from distautograd.transport.dispatch import MAX_UNARY
-from distautograd.transport.grpc_server import MAX_STREAMS
 from tests.helpers import remote, wire_client
-from tests.helpers.processes import poll_for
 
 pytestmark = pytest.mark.usefixtures("trainer")
 MIB = 1 << 20
@@ -153,104 +149,6 @@ def test_a_message_over_the_limit_is_resource_exhausted_at_once(cluster):
     finally:
         call.cancel()
         chan.close()
-
-
-def test_waiting_calls_cannot_starve_the_health_check_and_cancelling_frees_them(cluster):
-    address = cluster.worker("worker1").address
-    token = cluster.client_token()
-    ghost = IdMint(rpc.get_worker_info().id)  # ids of RRefs that will never be created
-    chan = wire_client.channel(address)
-    method = chan.unary_unary("/distautograd.v1.Worker/Call")
-    pending = []
-    try:
-        for _ in range(300):
-            frame = pb.Frame(id=1, request=pb.Request(fetch_rref=pb.FetchRRef(rref_id=ghost())))
-            pending.append(method.future(frame.SerializeToString(), metadata=wire_client.metadata(token), timeout=60))
-        time.sleep(1)
-        assert serving(address)
-        refused = [f for f in pending if f.done() and f.exception() and f.exception().code() == grpc.StatusCode.RESOURCE_EXHAUSTED]
-        assert len(refused) == 300 - MAX_UNARY  # all but the ones it serves at once, refused at once
-        for future in pending:
-            future.cancel()
-        assert poll_for(lambda: rpc.rpc_sync("worker1", remote.add, args=(1, 1)) == 2, timeout=10)
-        reply = wire_client.unary(address, wire_client.call_frame(remote.add, 2, 3).SerializeToString(), token,
-                                  timeout=None)  # no deadline means none, not an overflow
-        assert not pb.Frame.FromString(reply).response.HasField("error")
-    finally:
-        chan.close()
-
-
-def test_streams_are_capped_the_health_check_still_answers_and_closing_frees_them(cluster):
-    address = cluster.worker("worker1").address
-    token = cluster.client_token()
-    stop, stop_again = threading.Event(), threading.Event()
-
-    def silent(until):  # a stream that sends nothing until the test ends it
-        until.wait(60)
-        return
-        yield
-
-    chan = wire_client.channel(address)
-    connect = chan.stream_stream("/distautograd.v1.Worker/Connect")
-    try:
-        streams = [connect(silent(stop), metadata=wire_client.metadata(token), timeout=60)
-                   for _ in range(MAX_STREAMS + 12)]
-        assert poll_for(lambda: sum(s.done() for s in streams) >= 12, timeout=10)
-        time.sleep(0.5)
-        refused = [s for s in streams if s.done()]
-        assert len(refused) == 12 and all(s.code() == grpc.StatusCode.RESOURCE_EXHAUSTED for s in refused)
-        assert f"{MAX_STREAMS} streams open already" in refused[0].details()
-        assert serving(address)
-        stop.set()
-        for s in streams:
-            s.cancel()
-        again = connect(silent(stop_again), metadata=wire_client.metadata(token), timeout=60)
-        time.sleep(1.0)
-        assert not again.done(), again.details()  # a slot was free again
-        again.cancel()
-    finally:
-        stop.set()
-        stop_again.set()
-        chan.close()
-
-
-def test_a_context_under_a_rank_nobody_holds_expires_and_status_counts_contexts_per_worker(capsys):
-    """Contexts are released at their creator's word; a rank nobody holds would keep them forever."""
-    from distautograd.cli import main as cli_main
-    from distautograd.testing import start_cluster
-
-    ttl_cluster = start_cluster(1, allowed_modules=["tests"], worker_args=["--context-ttl", "1"])
-    try:
-        nobody = IdMint(4000)
-        token = ttl_cluster.client_token()
-        address = ttl_cluster.workers[0].address
-        for _ in range(50):
-            call = wire_client.call_frame(remote.debug_info)
-            call.request.call.context_id = nobody()
-            counts = pb.Frame.FromString(wire_client.unary(address, call.SerializeToString(), token)).response
-            assert not counts.HasField("error"), counts.error.message
-        def status_shows_them() -> bool:
-            capsys.readouterr()
-            assert cli_main(["status", "--coordinator", ttl_cluster.coordinator]) == 0
-            row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("worker1 "))
-            return row.split()[-3] == "50"  # NAME RANK ADDRESS HEARTBEAT s CONTEXTS PASSES ROLE
-
-        assert poll_for(status_shows_them, timeout=5, interval=0.2)
-        counted = []
-
-        def contexts_now():
-            call = wire_client.call_frame(remote.debug_info)
-            reply = pb.Frame.FromString(wire_client.unary(address, call.SerializeToString(), token)).response
-            from distautograd.encoding import pickling
-            from distautograd.encoding.allowlist import Allowlist
-
-            counted.append(pickling.loads(reply.value.pickle, Allowlist())["num_autograd_contexts"])
-            return counted[-1] == 0
-
-        assert poll_for(contexts_now, timeout=15), counted[-5:]
-        assert max(counted) <= 50
-    finally:
-        ttl_cluster.stop()
 
 
 def test_joining_with_a_name_or_rank_nobody_could_have_is_refused(cluster):

@@ -24,11 +24,13 @@ def metadata(token: Optional[str]) -> tuple:
     return (("authorization", f"Bearer {token}"),) if token else ()
 
 
-def unary(address: str, payload: bytes, token: Optional[str] = None, timeout: float = 10, credentials=None) -> bytes:
-    """Sends raw bytes to Worker.Call and returns the raw reply (grpc.RpcError on a bad status)."""
+def unary(address: str, payload: bytes, token: Optional[str] = None, timeout: float = 10, credentials=None,
+          metadata_extra: tuple = ()) -> bytes:
+    """Sends raw bytes to Worker.Call and returns the raw reply (grpc.RpcError on a bad status);
+    ``metadata_extra``: more metadata (the name and rank a member's calls carry)."""
     with channel(address, credentials) as chan:
         method = chan.unary_unary("/distautograd.v1.Worker/Call")
-        return method(payload, metadata=metadata(token), timeout=timeout)
+        return method(payload, metadata=metadata(token) + tuple(metadata_extra), timeout=timeout)
 
 
 def call(address: str, func, *args, token: Optional[str] = None, credentials=None) -> pb.Response:

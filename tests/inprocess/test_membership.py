@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 
 import pytest
+import torch
 
 from distautograd.protocol.v1 import messages_pb2 as pb
 from tests.helpers.inprocess import AGENTS, World
@@ -43,6 +44,7 @@ def test_a_notice_of_its_own_death_is_not_applied_to_itself(world):
 def test_the_death_of_an_earlier_life_spares_the_process_that_holds_the_rank_now(world):
     m0, m2 = AGENTS["m0"], AGENTS["m2"]
     ctx = m0.contexts.for_incoming(m2.contexts.detached().id, m2.rank)  # m0 holds a context m2 created
+    ctx.sent_to(m2.rank)  # and called in it: only a release ends it (an idle empty one would go by itself)
     earlier = pb.Departure(name="m2", rank=m2.rank, reason="replaced by a new process", failed=True,
                            incarnation=m2.incarnation - 1)
     update = _notice(m0, [])
@@ -63,12 +65,13 @@ def test_contexts_whose_release_was_lost_in_a_silence_are_released_when_the_crea
     m0, m1 = AGENTS["m0"], AGENTS["m1"]
     notify = m0.contexts._notify
     monkeypatch.setattr(m0.contexts, "_notify", lambda rank, request: None)  # the release is lost
+    grad_input = torch.ones(1, requires_grad=True)  # a recv point: the contexts hold something on m1
     with context("m0") as lost:
-        call("m0", "m1", abs, 1)  # m1 now holds the context m0 created
+        call("m0", "m1", torch.neg, grad_input)  # m1 now holds the context m0 created
     time.sleep(0.3)  # the release batch went (nowhere)
     monkeypatch.setattr(m0.contexts, "_notify", notify)
     with context("m0") as kept:
-        call("m0", "m1", abs, 1)
+        call("m0", "m1", torch.neg, grad_input)
         assert {kept.id, lost.id} <= set(m1.contexts.ids())
         m1.reconciler.on_lost(m0.rank, errors.Unreachable("worker 'm0' (rank 0) is unreachable: timed out"))
         deadline = time.monotonic() + 5

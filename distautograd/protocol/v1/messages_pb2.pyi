@@ -308,12 +308,26 @@ class WorldUpdate(_message.Message):
     def __init__(self, version: _Optional[int] = ..., workers: _Optional[_Iterable[_Union[WorkerEntry, _Mapping]]] = ..., departed: _Optional[_Iterable[_Union[Departure, _Mapping]]] = ..., cannot_form: _Optional[str] = ...) -> None: ...
 
 class Heartbeat(_message.Message):
-    __slots__ = ("contexts", "passes")
+    __slots__ = ("contexts", "passes", "shares")
     CONTEXTS_FIELD_NUMBER: _ClassVar[int]
     PASSES_FIELD_NUMBER: _ClassVar[int]
+    SHARES_FIELD_NUMBER: _ClassVar[int]
     contexts: int
     passes: int
-    def __init__(self, contexts: _Optional[int] = ..., passes: _Optional[int] = ...) -> None: ...
+    shares: _containers.RepeatedCompositeFieldContainer[PeerShare]
+    def __init__(self, contexts: _Optional[int] = ..., passes: _Optional[int] = ..., shares: _Optional[_Iterable[_Union[PeerShare, _Mapping]]] = ...) -> None: ...
+
+class PeerShare(_message.Message):
+    __slots__ = ("peer", "resource", "used", "limit")
+    PEER_FIELD_NUMBER: _ClassVar[int]
+    RESOURCE_FIELD_NUMBER: _ClassVar[int]
+    USED_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    peer: str
+    resource: str
+    used: int
+    limit: int
+    def __init__(self, peer: _Optional[str] = ..., resource: _Optional[str] = ..., used: _Optional[int] = ..., limit: _Optional[int] = ...) -> None: ...
 
 class Leave(_message.Message):
     __slots__ = ("graceful",)
@@ -585,16 +599,18 @@ class StatusRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class WorkerStatus(_message.Message):
-    __slots__ = ("worker", "seconds_since_heartbeat", "contexts", "passes")
+    __slots__ = ("worker", "seconds_since_heartbeat", "contexts", "passes", "shares")
     WORKER_FIELD_NUMBER: _ClassVar[int]
     SECONDS_SINCE_HEARTBEAT_FIELD_NUMBER: _ClassVar[int]
     CONTEXTS_FIELD_NUMBER: _ClassVar[int]
     PASSES_FIELD_NUMBER: _ClassVar[int]
+    SHARES_FIELD_NUMBER: _ClassVar[int]
     worker: WorkerEntry
     seconds_since_heartbeat: float
     contexts: int
     passes: int
-    def __init__(self, worker: _Optional[_Union[WorkerEntry, _Mapping]] = ..., seconds_since_heartbeat: _Optional[float] = ..., contexts: _Optional[int] = ..., passes: _Optional[int] = ...) -> None: ...
+    shares: _containers.RepeatedCompositeFieldContainer[PeerShare]
+    def __init__(self, worker: _Optional[_Union[WorkerEntry, _Mapping]] = ..., seconds_since_heartbeat: _Optional[float] = ..., contexts: _Optional[int] = ..., passes: _Optional[int] = ..., shares: _Optional[_Iterable[_Union[PeerShare, _Mapping]]] = ...) -> None: ...
 
 class ContextStatus(_message.Message):
     __slots__ = ("context_id", "participants", "passes", "passes_in_flight", "leaves_with_gradients")
