@@ -139,9 +139,10 @@ def program_root() -> Optional[str]:
         return None
     path = os.path.abspath(path)
     spec = getattr(main, "__spec__", None)
-    depth = spec.name.count(".") + 1 if spec is not None and spec.name not in _MAIN_MODULES else 1
-    if os.path.basename(path) == "__main__.py":
-        depth += 1
+    if spec is not None and spec.name not in _MAIN_MODULES:
+        depth = spec.name.count(".") + 1  # -m pkg.train (or -m pkg: pkg.__main__): the folder above pkg
+    else:
+        depth = 2 if os.path.basename(path) == "__main__.py" else 1  # a script, or a folder run as one
     root = path
     for _ in range(depth):
         root = os.path.dirname(root)
