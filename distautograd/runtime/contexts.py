@@ -299,23 +299,22 @@ class ContextStore:
         no member is released; one that never held anything here (no tensor sent or received, no
         gradient, no call made in it) is dropped here once idle for the TTL, so made-up ids cannot
         pile up. Dropped, not released: its creator may still use it, and makes it here again."""
-        with self._lock:
-            ctx = self._contexts.get(context_id)
-            if ctx is None:
-                return
-            if not self._is_member(ctx.creator):
-                orphan, idle_for = True, 0.0
-            else:
-                orphan, idle_for = False, time.monotonic() - ctx.last_used
-                if not ctx.holds_nothing():
-                    return  # it is its creator's to release now
-                if idle_for >= self._ttl:
-                    del self._contexts[context_id]
-        if orphan:
+        ctx = self.find(context_id)
+        if ctx is None:
+            return
+        if not self._is_member(ctx.creator):
             self.release(context_id)
-        elif idle_for >= self._ttl:
+            return
+        if not ctx.holds_nothing():
+            return  # it is its creator's to release now
+        with self._lock:
+            idle_for = time.monotonic() - ctx.last_used
+            dropped = idle_for >= self._ttl and self._contexts.get(context_id) is ctx
+            if dropped:
+                del self._contexts[context_id]
+        if dropped:
             self.brought.give_back(_bringer(ctx.brought_by))
-        else:
+        elif idle_for < self._ttl:
             self._deadlines.schedule(self._ttl - idle_for, lambda: self._check_brought(context_id))
 
     # ------------------------------------------------------------------ release

@@ -79,3 +79,26 @@ def test_contexts_whose_release_was_lost_in_a_silence_are_released_when_the_crea
             time.sleep(0.05)
         assert lost.id not in m1.contexts.ids()  # m0 said it was closed
         assert kept.id in m1.contexts.ids()  # still open on m0: kept
+
+
+def test_a_brought_context_that_holds_nothing_goes_when_idle_one_that_holds_something_stays(world):
+    m0, m1 = AGENTS["m0"], AGENTS["m1"]
+    empty = m0.contexts.for_incoming(m1.contexts.detached().id, m1.rank)
+    used = m0.contexts.for_incoming(m1.contexts.detached().id, m1.rank)
+    used.sent_to(m1.rank)  # a call was made in it here: only its creator's release ends it
+    assert m0.contexts.brought.held(f"rank {m1.rank}") == 2
+    assert _contexts_after_ttl(m0, [empty.id, used.id]) == [used.id]
+    assert m0.contexts.brought.held(f"rank {m1.rank}") == 1
+    again = m0.contexts.for_incoming(empty.id, m1.rank)  # its creator uses it again: made again, not refused
+    assert again is not empty and again.id == empty.id
+
+
+def test_a_context_under_a_rank_nobody_holds_is_refused_unless_the_sender_made_it(world):
+    from distautograd import errors
+    from distautograd.ids import IdMint
+
+    m0 = AGENTS["m0"]
+    with pytest.raises(errors.FailedPrecondition, match="names rank 4000 as its creator, which is no member"):
+        m0.contexts.for_incoming(IdMint(4000)(), 1)
+    joining = m0.contexts.for_incoming(IdMint(4001)(), 4001)  # a newcomer's call before its join was heard
+    assert _contexts_after_ttl(m0, [joining.id]) == []  # it never became a member: released after the TTL
