@@ -115,6 +115,8 @@ def cmd_worker(args) -> int:
         max_message_bytes=args.max_message_bytes,
         peer_calls=args.peer_calls,
         peer_contexts=args.peer_contexts,
+        peer_bytes=args.peer_bytes,
+        peer_rrefs=args.peer_rrefs,
         init_timeout=args.init_timeout,
         daemon=True,
     )
@@ -282,6 +284,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-message-bytes", type=int, help="DISTAUTOGRAD_MAX_MESSAGE_BYTES; default 4 GiB")
     p.add_argument("--peer-calls", type=int, help="requests one peer may have waiting or running here "
                    "(DISTAUTOGRAD_PEER_CALLS; default 4096)")
+    p.add_argument("--peer-rrefs", type=int, help="RRefs one peer may hold to values here "
+                   "(DISTAUTOGRAD_PEER_RREFS; default 65536)")
+    p.add_argument("--peer-bytes", type=int, help="bytes of tensors one peer's requests may hold here "
+                   "(DISTAUTOGRAD_PEER_BYTES; default 8 GiB)")
     p.add_argument("--peer-contexts", type=int, help="autograd contexts one peer may bring here "
                    "(DISTAUTOGRAD_PEER_CONTEXTS; default 65536)")
     p.add_argument("--init-timeout", type=float, help="seconds to wait for the coordinator; default the rpc timeout")

@@ -75,7 +75,7 @@ class Agent:
         self.contexts = ContextStore(name, self.mint, self.peers.notify, self.deadlines, options.context_ttl,
                                      lambda rank: self.world.entry(rank) is not None, options.peer_contexts)
         self.contexts.on_release.append(trace.forget)  # the events of a context nobody gathered
-        self.rrefs = RRefStore(name, self.mint, self.peers.notify, self.world)
+        self.rrefs = RRefStore(name, self.mint, self.peers.notify, self.world, options.peer_rrefs)
         self.codec = Codec(self.allowlist, self.rrefs, self.contexts)
         self.calls = Calls(name, self.peers, self.codec, self.contexts, self.rrefs, self.world, self.pool.submit,
                            options.call_timeout, self.deadlines, options.num_worker_threads)
@@ -99,7 +99,8 @@ class Agent:
             "abort_backward": (self.backward.handle_abort, True),
             "reach": (self.backward.handle_reach, False),
             "open_contexts": (self.reconciler.handle_open_contexts, True),
-        }, submit=self.pool.submit, calls=Shares("requests", options.peer_calls, options.peer_calls * 4))
+        }, submit=self.pool.submit, calls=Shares("requests", options.peer_calls, options.peer_calls * 4),
+            data=Shares("bytes of tensors", options.peer_bytes))
         self.peers.deliver = self.dispatcher
         self.peers.lost.append(self.backward.on_peer_lost)
         self.peers.lost.append(self.reconciler.on_lost)
@@ -255,8 +256,8 @@ class Agent:
     def _shares(self, most: int = 32) -> list:
         """What peers hold here of each resource counted per peer, the largest first (for status)."""
         held = [pb.PeerShare(peer=peer, resource=shares.resource, used=used, limit=shares.per_peer)
-                for shares in (self.dispatcher.calls, self.dispatcher.unary_shares, self.peers.stream_shares,
-                               self.contexts.brought)
+                for shares in (self.dispatcher.calls, self.dispatcher.data, self.dispatcher.unary_shares,
+                               self.peers.stream_shares, self.contexts.brought, self.rrefs.held_by_peers)
                 for peer, used in shares.snapshot().items()]
         return sorted(held, key=lambda share: share.used / share.limit, reverse=True)[:most]
 

@@ -249,7 +249,7 @@ class Calls:
         """Registers the RRefs a call carries in stream order (so their forks count before later
         releases), then decodes and runs it on a worker thread: the reader goes on reading."""
         peer = link.peer_rank
-        owned = self._rrefs.create_owned(call.create_rref, call.creator_fork) if call.create_rref else None
+        owned = self._rrefs.create_owned(call.create_rref, call.creator_fork, for_peer=True) if call.create_rref else None
         try:
             ctx = self._contexts.for_incoming(call.context_id, peer) if call.context_id else None
             if ctx is not None and (call.anomaly or call.inspect):

@@ -41,6 +41,8 @@ ENVIRONMENT = {
     "DISTAUTOGRAD_UNREACHABLE_TIMEOUT": "seconds a worker may stay unreachable before it counts as dead",
     "DISTAUTOGRAD_PEER_CALLS": "requests one peer may have waiting or running here at once",
     "DISTAUTOGRAD_PEER_CONTEXTS": "autograd contexts one peer may bring here (open at once)",
+    "DISTAUTOGRAD_PEER_RREFS": "RRefs one peer may hold to values this process owns",
+    "DISTAUTOGRAD_PEER_BYTES": "bytes of tensors one peer's waiting and running requests may hold here",
     "DISTAUTOGRAD_WORKERS": "comma-separated worker names for the examples (distautograd.launch.workers)",
     "MASTER_ADDR": "host of the coordinator rank 0 hosts (as torch)",
     "MASTER_PORT": "port of the coordinator rank 0 hosts (as torch)",
@@ -121,6 +123,11 @@ class BackendOptions(RpcBackendOptions):
         peer_calls: requests one peer may have waiting or running here at once (env
             DISTAUTOGRAD_PEER_CALLS; 4096); one more is answered RESOURCE_EXHAUSTED naming the limit, and
             every other peer keeps its own share. All peers together: 4 times that.
+        peer_rrefs: RRefs one peer may hold to values this process owns (env DISTAUTOGRAD_PEER_RREFS;
+            65536): its remote() calls beyond that are refused RESOURCE_EXHAUSTED (forks it is handed
+            by others count, and are never refused: they exist already).
+        peer_bytes: bytes of tensors one peer's requests may hold here while they wait or run (env
+            DISTAUTOGRAD_PEER_BYTES; 8 GiB; at least max_message_bytes).
         peer_contexts: distributed autograd contexts one peer may bring here, open at once (env
             DISTAUTOGRAD_PEER_CONTEXTS; 65536): a context counts against the peer whose message
             first named it here, and is freed when it is released.
@@ -158,6 +165,8 @@ class BackendOptions(RpcBackendOptions):
     max_message_bytes: int = field(default_factory=lambda: _env_int("DISTAUTOGRAD_MAX_MESSAGE_BYTES", DEFAULT_MAX_MESSAGE))
     peer_calls: int = field(default_factory=lambda: _env_int("DISTAUTOGRAD_PEER_CALLS", 4096))
     peer_contexts: int = field(default_factory=lambda: _env_int("DISTAUTOGRAD_PEER_CONTEXTS", 65536))
+    peer_rrefs: int = field(default_factory=lambda: _env_int("DISTAUTOGRAD_PEER_RREFS", 65536))
+    peer_bytes: int = field(default_factory=lambda: _env_int("DISTAUTOGRAD_PEER_BYTES", 8 << 30))
     daemon: bool = False
     trust_program: Optional[bool] = None
     device_maps: Optional[Dict[Any, Any]] = None
@@ -175,10 +184,13 @@ class BackendOptions(RpcBackendOptions):
             raise ValueError(f"num_worker_threads must be at least 1, got {self.num_worker_threads}")
         if self.rpc_timeout < 0:
             raise ValueError(f"rpc_timeout must be >= 0 seconds (0 = no limit), got {self.rpc_timeout}")
-        for name in ("max_message_bytes", "peer_calls", "peer_contexts"):
+        for name in ("max_message_bytes", "peer_calls", "peer_contexts", "peer_rrefs", "peer_bytes"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive whole number, got {value!r}")
+        if self.peer_bytes < self.max_message_bytes:
+            raise ValueError(f"peer_bytes ({self.peer_bytes}) must be at least max_message_bytes "
+                             f"({self.max_message_bytes}): one message that fits must fit a peer's share")
         if self.transport not in ("auto", "tcp", "grpc"):
             raise ValueError(f"transport must be 'auto', 'tcp' or 'grpc', got {self.transport!r}")
         self._apply_tensorpipe_choices()

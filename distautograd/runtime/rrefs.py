@@ -33,6 +33,7 @@ from distautograd.runtime import current
 from distautograd.runtime.options import UNSET_TIMEOUT
 from distautograd.runtime.world import WorkerInfo, WorldView
 from distautograd.transport import reading
+from distautograd.transport.shares import Shares
 
 log = logging.getLogger("distautograd")
 _FREED_MEMORY = 100_000
@@ -62,8 +63,11 @@ class _Owned:
 class RRefStore:
     """The values this worker owns and the forks that keep them alive."""
 
-    def __init__(self, name: str, mint: IdMint, notify: Callable[[int, pb.Request], None], world: WorldView):
+    def __init__(self, name: str, mint: IdMint, notify: Callable[[int, pb.Request], None], world: WorldView,
+                 per_peer: int = 65536):
+        """``per_peer``: RRefs another worker may hold to values here (the peer_rrefs option)."""
         self.name = name
+        self.held_by_peers = Shares("RRefs", per_peer)
         self.mint = mint
         self.world = world
         self._notify = notify
@@ -78,10 +82,17 @@ class RRefStore:
 
     # ------------------------------------------------------------------ owner side
 
-    def create_owned(self, rref_id: int, fork_id: int) -> _Owned:
+    def create_owned(self, rref_id: int, fork_id: int, for_peer: bool = False) -> _Owned:
+        """The entry of a value made here, with its creator's fork. ``for_peer``: a peer's remote()
+        asked for it, and is refused RESOURCE_EXHAUSTED when it holds its share of RRefs here."""
         with self._lock:
+            holder = rank_of(fork_id)
+            if for_peer and holder != self.mint.rank:
+                refused = self.held_by_peers.take(_holder(holder))
+                if refused is not None:
+                    raise errors.ResourceExhausted(f"{self.name}: {refused}")
             owned = self._entry_locked(rref_id)
-            self._add_fork_locked(rref_id, owned, fork_id)
+            self._add_fork_locked(rref_id, owned, fork_id, counted=for_peer)
             return owned
 
     def _entry_locked(self, rref_id: int) -> _Owned:
@@ -103,20 +114,36 @@ class RRefStore:
         with self._lock:
             return self._entry_locked(rref_id).value
 
-    def _add_fork_locked(self, rref_id: int, owned: _Owned, fork_id: int, holder: Optional[int] = None) -> None:
-        """``holder``: the rank that holds the fork; by default the one that minted it (a creator's own)."""
+    def _add_fork_locked(self, rref_id: int, owned: _Owned, fork_id: int, holder: Optional[int] = None,
+                         counted: bool = False) -> None:
+        """``holder``: the rank that holds the fork; by default the one that minted it (a creator's own).
+        A fork another worker holds counts in its share (``counted``: taken already)."""
+        holder = rank_of(fork_id) if holder is None else holder
+        mine = holder == self.mint.rank
         if fork_id in owned.tombstones:
             owned.tombstones.discard(fork_id)  # its holder let go before we heard it existed
             self._collect_locked(rref_id, owned)
+            if counted and not mine:
+                self.held_by_peers.give_back(_holder(holder))
+        elif fork_id in owned.forks:
+            if counted and not mine:
+                self.held_by_peers.give_back(_holder(holder))  # heard twice: counted once
         else:
-            owned.forks[fork_id] = rank_of(fork_id) if holder is None else holder
+            owned.forks[fork_id] = holder
+            if not counted and not mine:
+                self.held_by_peers.count(_holder(holder))
+
+    def _drop_fork_locked(self, owned: _Owned, fork_id: int) -> None:
+        holder = owned.forks.pop(fork_id)
+        if holder != self.mint.rank:
+            self.held_by_peers.give_back(_holder(holder))
 
     def _remove_fork_locked(self, rref_id: int, fork_id: int) -> None:
         if rref_id in self._freed:
             return
         owned = self._entry_locked(rref_id)
         if fork_id in owned.forks:
-            del owned.forks[fork_id]
+            self._drop_fork_locked(owned, fork_id)
             self._collect_locked(rref_id, owned)
         else:
             owned.tombstones.add(fork_id)
@@ -137,7 +164,8 @@ class RRefStore:
         """Drops the forks a departed worker held, and the releases waiting for an add it was to send."""
         with self._lock:
             for rref_id, owned in list(self._owned.items()):
-                owned.forks = {f: holder for f, holder in owned.forks.items() if holder != rank}
+                for fork_id in [f for f, holder in owned.forks.items() if holder == rank]:
+                    self._drop_fork_locked(owned, fork_id)
                 owned.tombstones = {f for f in owned.tombstones if rank_of(f) != rank}
                 self._collect_locked(rref_id, owned)
 
@@ -477,3 +505,7 @@ class _Proxy:
             return rref._store.runtime.call_method(rref, name, args, kwargs, mode, timeout)
 
         return call
+
+
+def _holder(rank: int) -> str:
+    return f"rank {rank}"

@@ -66,13 +66,16 @@ class Dispatcher:
         submit: Optional[Callable[..., Future]] = None,
         check: Optional[Callable[[Any, str], None]] = None,
         calls: Optional[Shares] = None,
+        data: Optional[Shares] = None,
     ):
-        """``calls``: the requests each peer may have waiting or running here (None: no limit)."""
+        """``calls``: the requests each peer may have waiting or running here; ``data``: the bytes their
+        tensors take while they wait or run (None: no limit)."""
         self.owner = owner
         self._handlers = handlers
         self._submit = submit
         self._check = check
         self.calls = calls
+        self.data = data
         self._unary_slots = grpc_server.Slots(
             "Worker.Call requests", MAX_UNARY, PEER_UNARY,
             lambda limit: f"{owner} is answering {limit} Worker.Call requests already; use Worker.Connect")
@@ -84,17 +87,14 @@ class Dispatcher:
     def __call__(self, link, frame_id: int, request: pb.Request, attachments: list) -> None:
         kind = request.WhichOneof("body")
         handler = self._handlers.get(kind)
-        counted = False
+        counted = None  # or the bytes taken with one request of the peer's shares
         try:
             if handler is None:
                 raise errors.InvalidArgument(f"{self.owner} does not take {kind or 'empty'} requests")
             if self._check is not None:
                 self._check(link, kind)
             if frame_id and self.calls is not None:
-                refused = self.calls.take(link.peer)
-                if refused is not None:
-                    raise errors.ResourceExhausted(f"{self.owner}: {refused}")
-                counted = True
+                counted = self._count(link.peer, sum(memoryview(a).nbytes for a in attachments))
         except BaseException as exc:
             self.reply(link, frame_id, exc)
             return
@@ -108,7 +108,7 @@ class Dispatcher:
         except RuntimeError:
             self._answer(link, frame_id, errors.Unavailable(f"{self.owner} is shutting down"), counted)
 
-    def _handle(self, fn: Handler, link, frame_id: int, body, attachments, counted: bool = False) -> None:
+    def _handle(self, fn: Handler, link, frame_id: int, body, attachments, counted: Optional[int] = None) -> None:
         try:
             result = fn(link, body, attachments)
         except BaseException as exc:
@@ -121,9 +121,23 @@ class Dispatcher:
         else:
             self._answer(link, frame_id, result, counted)
 
-    def _answer(self, link, frame_id: int, result, counted: bool) -> None:
-        if counted:
+    def _count(self, peer: str, size: int) -> int:
+        """Takes one request and ``size`` bytes of the peer's shares; raises RESOURCE_EXHAUSTED if over."""
+        refused = self.calls.take(peer)
+        if refused is None and size and self.data is not None:
+            refused = self.data.take(peer, size)
+            if refused is not None:
+                self.calls.give_back(peer)
+        if refused is not None:
+            raise errors.ResourceExhausted(f"{self.owner}: {refused}")
+        return size if self.data is not None else 0
+
+    def _answer(self, link, frame_id: int, result, counted: Optional[int]) -> None:
+        """``counted``: None, or the bytes (possibly 0) taken with one request of the peer's shares."""
+        if counted is not None:
             self.calls.give_back(link.peer)  # before the reply: a caller that sends again at once has room
+            if counted:
+                self.data.give_back(link.peer, counted)
         self.reply(link, frame_id, result)
 
     def reply(self, link, frame_id: int, result) -> None:

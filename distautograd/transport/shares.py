@@ -23,29 +23,38 @@ class Shares:
         self._sum = 0
         self._lock = threading.Lock()
 
-    def take(self, peer: str) -> Optional[str]:
-        """Takes one unit for ``peer``; returns None, or the refusal (naming the resource and its limit)."""
+    def take(self, peer: str, amount: int = 1) -> Optional[str]:
+        """Takes ``amount`` units for ``peer``; returns None, or the refusal (naming the resource and its
+        limit). One take bigger than the whole share is refused too: it could never fit."""
         with self._lock:
             mine = self._held.get(peer, 0)
-            if mine >= self.per_peer:
-                return (f"{peer} holds {mine} {self.resource} here already, its share (limit {self.per_peer} "
+            if mine + amount > self.per_peer:
+                return (f"{peer} holds {mine} {self.resource} here already and asked for {amount} more; its share "
+                        f"is {self.per_peer} per peer: wait for some to finish" if amount > 1 else
+                        f"{peer} holds {mine} {self.resource} here already, its share (limit {self.per_peer} "
                         f"per peer); wait for some to finish")
-            if self.total is not None and self._sum >= self.total:
+            if self.total is not None and self._sum + amount > self.total:
                 return f"{self._sum} {self.resource} are held here already (limit {self.total} in all)"
-            self._held[peer] = mine + 1
-            self._sum += 1
+            self._held[peer] = mine + amount
+            self._sum += amount
         return None
 
-    def give_back(self, peer: str) -> None:
+    def count(self, peer: str, amount: int = 1) -> None:
+        """Counts ``amount`` for ``peer`` without refusing: for what already exists when this process
+        hears of it (a fork a peer made), which refusing would not undo."""
+        with self._lock:
+            self._held[peer] = self._held.get(peer, 0) + amount
+            self._sum += amount
+
+    def give_back(self, peer: str, amount: int = 1) -> None:
         with self._lock:
             mine = self._held.get(peer, 0)
-            if mine <= 0:
-                return
-            if mine == 1:
-                del self._held[peer]
+            amount = min(amount, mine)  # never below zero, whatever is given back twice
+            if mine - amount <= 0:
+                self._held.pop(peer, None)
             else:
-                self._held[peer] = mine - 1
-            self._sum -= 1
+                self._held[peer] = mine - amount
+            self._sum -= amount
 
     def held(self, peer: str) -> int:
         with self._lock:

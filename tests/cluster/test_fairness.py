@@ -211,3 +211,64 @@ def test_contexts_one_peer_brings_count_against_its_share_and_empty_ones_expire(
         assert contexts_now() == 1
     finally:
         small.stop()
+
+
+def test_rrefs_one_peer_holds_take_its_share_memory_stays_within_it_and_letting_go_frees_it(capsys):
+    import torch
+
+    from distautograd.cli import main as cli_main
+    from distautograd.testing import start_cluster
+
+    share, size = 30, 1 << 18  # 30 RRefs to values of 1 MiB each
+    small = start_cluster(1, allowed_modules=["tests"], worker_args=["--peer-rrefs", str(share)])
+    try:
+        token = small.client_token()
+        worker = small.workers[0]
+        flooder = ((PEER_NAME_KEY, "flooder"), (PEER_RANK_KEY, "70"))
+        mint = IdMint(70)  # the ids the flooder's process makes
+
+        def remote_zeros(metadata, ids):
+            frame = wire_client.call_frame(torch.zeros, size)
+            frame.request.call.create_rref, frame.request.call.creator_fork = ids
+            reply = wire_client.unary(worker.address, frame.SerializeToString(), token, metadata_extra=metadata)
+            return pb.Frame.FromString(reply).response
+
+        before = rss(worker.process.pid)
+        made = []
+        refused = []
+        for _ in range(200):
+            ids = (mint(), mint())
+            answer = remote_zeros(flooder, ids)
+            (refused if answer.HasField("error") else made).append((ids, answer))
+        grown = rss(worker.process.pid) - before
+        with capsys.disabled():
+            print(f"\nworker memory after 200 remote() of 1 MiB from one peer with a share of {share}: "
+                  f"+{grown / (1 << 20):.1f} MiB")
+        assert len(made) == share and len(refused) == 200 - share
+        error = refused[0][1].error
+        assert error.code == grpc.StatusCode.RESOURCE_EXHAUSTED.value[0]
+        assert f"holds {share} RRefs here already, its share (limit {share} per peer)" in error.message
+        assert grown < (share + 40) << 20  # the share's values, not 200 of them
+        other = remote_zeros(((PEER_NAME_KEY, "other"), (PEER_RANK_KEY, "71")), (IdMint(71)(), IdMint(71)()))
+        assert not other.HasField("error"), other.error.message
+
+        def status_shows(text) -> bool:
+            capsys.readouterr()
+            assert cli_main(["status", "--coordinator", small.coordinator]) == 0
+            return text in capsys.readouterr().out
+
+        assert poll_for(lambda: status_shows(f"rank 70 holds {share} of {share} RRefs"), timeout=5)
+        # the flooder lets go of its forks: its share is free again
+        changes = [pb.ForkChange(rref_id=rref_id, fork_id=fork_id, add=False) for (rref_id, fork_id), _ in made]
+        frame = pb.Frame(id=1, request=pb.Request(rref_forks=pb.RRefForks(changes=changes)))
+        reply = pb.Frame.FromString(wire_client.unary(worker.address, frame.SerializeToString(), token,
+                                                      metadata_extra=flooder)).response
+        assert not reply.HasField("error"), reply.error.message
+        assert not remote_zeros(flooder, (mint(), mint())).HasField("error")
+    finally:
+        small.stop()
+
+
+def rss(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmRSS:"))
