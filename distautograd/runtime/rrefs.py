@@ -74,6 +74,7 @@ class RRefStore:
         self.runtime: Optional[RRefRuntime] = None  # bound by the composition root
         self._owned: Dict[int, _Owned] = {}
         self._freed: "collections.OrderedDict[int, None]" = collections.OrderedDict()
+        self._refused: "collections.OrderedDict[int, str]" = collections.OrderedDict()  # remote()s over a share
         self._lock = threading.Lock()
         self._held: "weakref.WeakSet[RRef]" = weakref.WeakSet()  # every RRef object alive here
         self._releases: "queue.SimpleQueue" = queue.SimpleQueue()
@@ -90,7 +91,11 @@ class RRefStore:
             if for_peer and holder != self.mint.rank:
                 refused = self.held_by_peers.take(_holder(holder))
                 if refused is not None:
-                    raise errors.ResourceExhausted(f"{self.name}: {refused}")
+                    # a fetch of it may be on its way already: it gets this answer, not a wait for a value
+                    self._refused[rref_id] = refused = f"{self.name}: {refused}"
+                    while len(self._refused) > _FREED_MEMORY:
+                        self._refused.popitem(last=False)
+                    raise errors.ResourceExhausted(refused)
             owned = self._entry_locked(rref_id)
             self._add_fork_locked(rref_id, owned, fork_id, counted=for_peer)
             return owned
@@ -101,6 +106,8 @@ class RRefStore:
         if owned is None:
             if rref_id in self._freed:
                 raise errors.NotFound(f"RRef {rref_id} owned by {self.name} was already deleted")
+            if rref_id in self._refused:
+                raise errors.ResourceExhausted(self._refused[rref_id])
             owned = self._owned[rref_id] = _Owned()
         return owned
 
@@ -157,7 +164,7 @@ class RRefStore:
 
     def add_fork(self, rref_id: int, fork_id: int, holder: int) -> None:
         with self._lock:
-            if rref_id not in self._freed:
+            if rref_id not in self._freed and rref_id not in self._refused:
                 self._add_fork_locked(rref_id, self._entry_locked(rref_id), fork_id, holder)
 
     def on_departed(self, rank: int) -> None:
@@ -219,8 +226,8 @@ class RRefStore:
     def handle_forks(self, link, body: pb.RRefForks, attachments) -> None:
         with self._lock:
             for change in body.changes:
-                if change.rref_id in self._freed:
-                    continue
+                if change.rref_id in self._freed or change.rref_id in self._refused:
+                    continue  # gone, or never made (a remote() over its share)
                 if change.add:
                     self._add_fork_locked(change.rref_id, self._entry_locked(change.rref_id), change.fork_id,
                                           change.holder)
