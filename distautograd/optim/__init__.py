@@ -8,7 +8,7 @@ from typing import Any, Dict, List
 from distautograd import autograd as dist_autograd
 from distautograd import rpc
 from distautograd.runtime.optimizers import local_optimizer_step, new_local_optimizer
-from distautograd.runtime.rrefs import RRef
+from distautograd.runtime.rref import RRef
 
 
 class DistributedOptimizer:

@@ -21,7 +21,7 @@ from distautograd.rpc.api import (
 )
 from distautograd.rpc.debug import _get_debug_info, _rref_context_get_debug_info, enable_gil_profiling
 from distautograd.rpc.server_process_global_profiler import _server_process_global_profile
-from distautograd.runtime.rrefs import RRef
+from distautograd.runtime.rref import RRef
 from distautograd.runtime.world import WorkerInfo
 
 RpcAgent = TensorPipeAgent

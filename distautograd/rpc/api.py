@@ -24,7 +24,7 @@ from distautograd.rpc import constants
 from distautograd.runtime import current
 from distautograd.runtime.agent import Agent, validate_name, validate_rank
 from distautograd.runtime.options import UNSET_TIMEOUT, BackendOptions, RpcBackendOptions
-from distautograd.runtime.rrefs import RRef
+from distautograd.runtime.rref import RRef
 from distautograd.runtime.world import Destination, WorkerInfo
 
 log = logging.getLogger("distautograd")

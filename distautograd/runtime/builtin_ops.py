@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from distautograd.encoding.pickling import op_name
-from distautograd.runtime.rrefs import RRef
+from distautograd.runtime.rref import RRef
 
 
 def call(func, args: tuple, kwargs: dict) -> Any:

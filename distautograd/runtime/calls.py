@@ -24,7 +24,8 @@ from distautograd.runtime.contexts import ContextStore
 from distautograd.runtime.options import UNSET_TIMEOUT
 from distautograd.runtime.peers import Peers
 from distautograd.runtime.remote_methods import AsyncReturn, is_async
-from distautograd.runtime.rrefs import RRef, RRefStore
+from distautograd.runtime.rref import RRef
+from distautograd.runtime.rrefs import RRefStore
 from distautograd.runtime.world import WorkerInfo, WorldView
 from distautograd.transport import reading
 from distautograd.transport.deadlines import Deadlines

@@ -16,7 +16,8 @@ from distautograd.encoding.allowlist import Allowlist
 from distautograd.errors import InvalidArgument
 from distautograd.protocol.v1 import messages_pb2 as pb
 from distautograd.runtime.contexts import Context, ContextStore
-from distautograd.runtime.rrefs import RRef, RRefStore
+from distautograd.runtime.rref import RRef
+from distautograd.runtime.rrefs import RRefStore
 
 # Activations bigger than this do not travel; the root of a pass asks for them instead.
 ACTIVATES_LIMIT = 1024

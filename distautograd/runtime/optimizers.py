@@ -7,7 +7,7 @@ from typing import List
 from distautograd.encoding.allowlist import trusted_global
 from distautograd.engine import slots
 from distautograd.runtime import current
-from distautograd.runtime.rrefs import RRef
+from distautograd.runtime.rref import RRef
 
 
 class LocalOptimizer:

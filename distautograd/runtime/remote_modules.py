@@ -14,7 +14,7 @@ from torch import nn
 from distautograd.encoding.allowlist import trusted_global
 from distautograd.runtime import current
 from distautograd.runtime.options import UNSET_TIMEOUT
-from distautograd.runtime.rrefs import RRef
+from distautograd.runtime.rref import RRef
 
 
 @trusted_global
