@@ -34,11 +34,20 @@ def as_member(token, name, rank):
 
 
 def step_latency(rounds=50):
-    """Median seconds of the other member's small training call (rpc_sync to worker1)."""
+    """Median seconds of the other member's training step: a forward through worker1, a distributed
+    backward, the gradient read back."""
+    import torch
+
+    from distautograd import autograd as dist_autograd
+
+    w = torch.ones(4, requires_grad=True)
     times = []
-    for i in range(rounds):
+    for _ in range(rounds):
         start = time.perf_counter()
-        assert rpc.rpc_sync("worker1", remote.add, args=(i, 1)) == i + 1
+        with dist_autograd.context() as ctx:
+            loss = rpc.rpc_sync("worker1", torch.mul, args=(w, 2.0)).sum()
+            dist_autograd.backward(ctx, [loss])
+            assert torch.equal(dist_autograd.get_gradients(ctx)[w], torch.full((4,), 2.0))
         times.append(time.perf_counter() - start)
     return statistics.median(times)
 
@@ -66,7 +75,7 @@ def test_one_callers_waiting_fetches_take_its_share_and_every_other_caller_keeps
         reply = wire_client.unary(address, wire_client.call_frame(remote.add, 2, 3).SerializeToString(), token)
         assert not pb.Frame.FromString(reply).response.HasField("error")
         loaded = step_latency()
-        print(f"\nother member's call while one floods fetches: {loaded * 1e3:.2f} ms median "
+        print(f"\nother member's training step while one floods fetches: {loaded * 1e3:.2f} ms median "
               f"(unloaded {unloaded * 1e3:.2f} ms)")
         assert loaded < 2 * unloaded
         assert serving(address)
