@@ -96,7 +96,7 @@ def test_every_wave_is_observed_in_microseconds_and_counted():
 
 def test_without_retain_graph_the_graph_is_freed_and_without_create_graph_gradients_have_none():
     part = Part()
-    part.local.arrive(SENT, [torch.ones(2)])
+    part.local.arrive(SENT, [torch.ones(2, requires_grad=True)])  # with create_graph, x's gradient would need it
     part.local.arrive(ROOTS, [torch.tensor(1.0)])
     assert not part.grad().requires_grad
     with pytest.raises(RuntimeError, match="backward through the graph a second time"):
@@ -109,3 +109,33 @@ def test_with_retain_graph_and_create_graph_as_asked():
     part.local.arrive(ROOTS, [torch.tensor(1.0)])
     assert part.grad().requires_grad
     part.root.backward()  # the graph was kept
+
+
+def _part(sources, keys):
+    store, finished, sent = GradStore(), [], []
+    local = LocalPass(PassGraph(sources), keys, store, send=lambda grads, last: sent.append((grads, last)),
+                      finish=finished.append)
+    return local, store, finished, sent
+
+
+def test_the_root_and_a_send_point_delivering_into_one_node_both_count():
+    x = torch.tensor([1.0, 2.0], requires_grad=True)
+    total = (x * 3).sum()  # the tensor that was sent is the root itself
+    edge = get_gradient_edge(total)
+    local, store, finished, _ = _part({ROOTS: [edge], SENT: [edge]}, {SENT: order.place([edge.node])})
+    local.arrive(SENT, [torch.tensor(0.5)])
+    local.arrive(ROOTS, [torch.tensor(1.0)])
+    assert torch.equal(store.snapshot()[x], torch.tensor([4.5, 4.5])) and finished == [None]
+
+
+def test_leaves_reached_count_across_waves():
+    x, z = torch.tensor([1.0], requires_grad=True), torch.tensor([2.0], requires_grad=True)
+    sent = x * 3 + z * 5  # z is reached from the send point alone: its wave runs first
+    root = (x * x).sum()
+    edges = {ROOTS: [get_gradient_edge(root)], SENT: [get_gradient_edge(sent)]}
+    local, store, finished, _ = _part(edges, {SENT: order.place([edges[SENT][0].node])})
+    local.arrive(SENT, [torch.ones(1)])
+    assert torch.equal(store.snapshot()[z], torch.tensor([5.0])) and x not in store.snapshot()
+    local.arrive(ROOTS, [torch.tensor(1.0)])
+    assert torch.equal(store.snapshot()[x], torch.tensor([5.0])) and finished == [None]
+    assert local.leaves_reached == 2 and local.waves >= 2
