@@ -15,6 +15,7 @@ import os
 import secrets
 import socket
 import struct
+import urllib.parse
 from dataclasses import dataclass
 from typing import Optional
 
@@ -167,7 +168,7 @@ class Security:
 
 def is_loopback_peer(peer: str) -> bool:
     """True for a gRPC peer string (``context.peer()``) of a caller on this host's loopback."""
-    kind, _, address = (peer or "").partition(":")
+    kind, _, address = urllib.parse.unquote(peer or "").partition(":")  # gRPC writes [::1] as %5B::1%5D
     host = address.rpartition(":")[0].strip("[]").removeprefix("::ffff:")
     return kind == "unix" or host.startswith("127.") or (kind == "ipv6" and host == "::1")
 

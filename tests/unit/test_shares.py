@@ -60,7 +60,7 @@ def test_a_share_that_cannot_work_is_refused(per_peer, total):
 
 
 @pytest.mark.parametrize("peer, local", [
-    ("ipv4:127.0.0.1:5555", True), ("ipv4:127.3.2.1:1", True), ("ipv6:[::1]:80", True),
+    ("ipv4:127.0.0.1:5555", True), ("ipv6:%5B::1%5D:40000", True), ("ipv6:%5Bfe80::1%5D:1", False), ("ipv4:127.3.2.1:1", True), ("ipv6:[::1]:80", True),
     ("ipv6:[::ffff:127.0.0.1]:9", True), ("unix:/tmp/s", True), ("ipv4:10.0.0.2:1", False),
     ("ipv6:[fe80::1]:3", False), ("ipv4:128.0.0.1:1", False), ("", False), ("ipv6:[::2]:1", False),
 ])
