@@ -26,7 +26,7 @@ from distautograd.engine.slots import GradStore
 from distautograd.ids import IdMint, rank_of
 from distautograd.protocol.v1 import messages_pb2 as pb
 from distautograd.transport.deadlines import Deadlines
-from distautograd.transport.shares import Shares
+from distautograd.transport.shares import Shares, rank_key
 
 log = logging.getLogger("distautograd")
 
@@ -282,7 +282,7 @@ class ContextStore:
                     raise errors.FailedPrecondition(
                         f"distributed autograd context {context_id} names rank {creator} as its creator, "
                         f"which is no member of the world: {self.name} makes no context for it")
-                refused = self.brought.take(_bringer(peer))
+                refused = self.brought.take(rank_key(peer))
                 if refused is not None:
                     raise errors.ResourceExhausted(f"{self.name}: {refused}")
                 ctx = self._contexts[context_id] = Context(context_id)
@@ -313,7 +313,7 @@ class ContextStore:
             if dropped:
                 del self._contexts[context_id]
         if dropped:
-            self.brought.give_back(_bringer(ctx.brought_by))
+            self.brought.give_back(rank_key(ctx.brought_by))
         elif idle_for < self._ttl:
             self._deadlines.schedule(self._ttl - idle_for, lambda: self._check_brought(context_id))
 
@@ -332,7 +332,7 @@ class ContextStore:
         if ctx is None:
             return False
         if ctx.brought_by is not None:
-            self.brought.give_back(_bringer(ctx.brought_by))
+            self.brought.give_back(rank_key(ctx.brought_by))
         ctx.activations.clear()
         for callback in self.on_release:
             callback(context_id)
@@ -415,7 +415,3 @@ class ContextStore:
     def ids(self) -> List[int]:
         with self._lock:
             return list(self._contexts)
-
-
-def _bringer(rank: int) -> str:
-    return f"rank {rank}"

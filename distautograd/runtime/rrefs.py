@@ -31,7 +31,7 @@ from distautograd.ids import IdMint, rank_of
 from distautograd.protocol.v1 import messages_pb2 as pb
 from distautograd.runtime.rref import RRef, guid_text
 from distautograd.runtime.world import WorldView
-from distautograd.transport.shares import Shares
+from distautograd.transport.shares import Shares, rank_key
 
 log = logging.getLogger("distautograd")
 _FREED_MEMORY = 100_000
@@ -87,7 +87,7 @@ class RRefStore:
         with self._lock:
             holder = rank_of(fork_id)
             if for_peer and holder != self.mint.rank:
-                refused = self.held_by_peers.take(_holder(holder))
+                refused = self.held_by_peers.take(rank_key(holder))
                 if refused is not None:
                     # a fetch of it may be on its way already: it gets this answer, not a wait for a value
                     self._refused[rref_id] = refused = f"{self.name}: {refused}"
@@ -129,19 +129,19 @@ class RRefStore:
             owned.tombstones.discard(fork_id)  # its holder let go before we heard it existed
             self._collect_locked(rref_id, owned)
             if counted and not mine:
-                self.held_by_peers.give_back(_holder(holder))
+                self.held_by_peers.give_back(rank_key(holder))
         elif fork_id in owned.forks:
             if counted and not mine:
-                self.held_by_peers.give_back(_holder(holder))  # heard twice: counted once
+                self.held_by_peers.give_back(rank_key(holder))  # heard twice: counted once
         else:
             owned.forks[fork_id] = holder
             if not counted and not mine:
-                self.held_by_peers.count(_holder(holder))
+                self.held_by_peers.count(rank_key(holder))
 
     def _drop_fork_locked(self, owned: _Owned, fork_id: int) -> None:
         holder = owned.forks.pop(fork_id)
         if holder != self.mint.rank:
-            self.held_by_peers.give_back(_holder(holder))
+            self.held_by_peers.give_back(rank_key(holder))
 
     def _remove_fork_locked(self, rref_id: int, fork_id: int) -> None:
         if rref_id in self._freed:
@@ -306,7 +306,3 @@ class RRefStore:
                     log.debug("could not release RRefs on rank %d: %s", owner, exc)
             if stop:
                 return
-
-
-def _holder(rank: int) -> str:
-    return f"rank {rank}"

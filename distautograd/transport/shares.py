@@ -64,3 +64,8 @@ class Shares:
         """What each peer holds now (peers holding nothing are left out)."""
         with self._lock:
             return dict(self._held)
+
+
+def rank_key(rank: int) -> str:
+    """How a peer known only by its rank (contexts, RRef forks) is named in a share."""
+    return f"rank {rank}"
