@@ -104,14 +104,16 @@ class SocketTransport:
             self.send(0, "request", pb.Request(release_shared=pb.ReleaseShared(leases=leases)), ())
 
     def close(self) -> None:
-        with self._send_lock:
-            if self._closed:
-                return
-            self._closed = True
+        # Shut down before taking the send lock: a send stuck on a peer that reads nothing (cut off by
+        # a partition) holds the lock until the kernel gives up, minutes later; the shutdown ends it now.
         try:
             self.sock.shutdown(socket.SHUT_RDWR)
         except OSError:
             pass
+        with self._send_lock:
+            if self._closed:
+                return
+            self._closed = True
         self.sock.close()
         if self._pool is not None:
             self._pool.forget(self)
