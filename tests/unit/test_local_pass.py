@@ -5,15 +5,18 @@ reaches it through ``x * 3`` (the tensor that "went" to another worker, whose gr
 """
 
 import re
+import threading
 import time
+import types
 
 import pytest
 import torch
-from torch.autograd.graph import get_gradient_edge
+from torch.autograd.graph import GradientEdge, get_gradient_edge
 
 from distautograd.engine import order
 from distautograd.engine.graph import ROOTS, PassGraph
 from distautograd.engine.local_pass import LocalPass, UnknownSource
+from distautograd.engine.nodes import make_recv
 from distautograd.engine.slots import GradStore
 
 SENT = 7  # the send point's message id
@@ -139,3 +142,199 @@ def test_leaves_reached_count_across_waves():
     local.arrive(ROOTS, [torch.tensor(1.0)])
     assert torch.equal(store.snapshot()[x], torch.tensor([5.0])) and finished == [None]
     assert local.leaves_reached == 2 and local.waves >= 2
+
+
+# ---------------------------------------------------------------- the order gradients are summed in
+# In float32, 1e8 + 1 == 1e8: three gradients 1e8, 1 and -1e8 sum to 0 or to 1 depending on order.
+
+BIG = 1e8
+
+
+def test_gradients_from_three_send_points_are_summed_latest_sent_first():
+    x = torch.tensor([1.0], requires_grad=True)
+    y = x * 1.0  # sent three times; each send point's gradient comes back
+    edge = get_gradient_edge(y)
+    keys = {1: order.place([edge.node]), 2: order.seal() + 1, 3: order.seal() + 2}  # sent in this order
+    local, store, finished, _ = _part({1: [edge], 2: [edge], 3: [edge]}, keys)
+    for key, grad in ((1, 1.0), (2, BIG), (3, -BIG)):
+        local.arrive(key, [torch.tensor([grad])])
+    assert finished == [None]
+    latest_first = (torch.tensor([-BIG]) + torch.tensor([BIG])) + torch.tensor([1.0])
+    assert torch.equal(store.snapshot()[x], latest_first) and latest_first.item() == 1.0  # earliest first: 0
+
+
+def test_where_a_wave_would_sum_in_another_order_than_local_autograd_it_runs_node_by_node():
+    """v is sent (its gradient comes back first), then used by p1 and p2, made later. Local autograd
+    sums v's gradient latest-created first: p2's (1e8), p1's (1), the send point's (-1e8): 0. One
+    engine call over the wave would start from the early gradient: (-1e8 + 1e8) + 1 = 1."""
+    def run():
+        x = torch.tensor([1.0], requires_grad=True)
+        v = x * 1.0
+        key = order.place([v.grad_fn])  # v is sent now, before p1 and p2 exist
+        p1, p2 = v * 1.0, v * BIG
+        root = (p1 + p2).sum()
+        order.place([root.grad_fn])
+        return x, v, key, root
+
+    x, v, key, root = run()
+    edges = {ROOTS: [get_gradient_edge(root)], SENT: [get_gradient_edge(v)]}
+    waves = []
+    local = LocalPass(PassGraph(edges), {SENT: key}, GradStore(), send=lambda grads, last: None,
+                      finish=lambda error: None, observe=lambda began, ended, nodes, whole: waves.append(whole))
+    local.arrive(SENT, [torch.tensor([-BIG])])
+    local.arrive(ROOTS, [torch.tensor(1.0)])
+    assert local.done and False in waves
+    assert torch.equal(local.store.snapshot()[x], torch.tensor([0.0]))
+    x2 = x.detach().requires_grad_()  # the oracle: the same graph in one process, the send a third use
+    v2 = x2 * 1.0
+    sent = v2 * 1.0
+    p1, p2 = v2 * 1.0, v2 * BIG
+    torch.autograd.backward([(p1 + p2).sum(), sent], [torch.tensor(1.0), torch.tensor([-BIG])])
+    assert torch.equal(x2.grad, torch.tensor([0.0]))
+
+
+def test_with_fewer_than_three_gradients_meeting_or_the_early_one_latest_the_wave_runs_whole():
+    for late_send in (False, True):
+        x = torch.tensor([1.0], requires_grad=True)
+        v = x * 1.0
+        key = order.place([v.grad_fn])
+        p1 = v * 2.0
+        uses = p1 if not late_send else p1 + v * 3.0
+        root = uses.sum()
+        if late_send:
+            key = order.place([root.grad_fn])  # sent after p1 and the other use were made
+        else:
+            order.place([root.grad_fn])
+        edges = {ROOTS: [get_gradient_edge(root)], SENT: [get_gradient_edge(v)]}
+        waves = []
+        local = LocalPass(PassGraph(edges), {SENT: key}, GradStore(), send=lambda grads, last: None,
+                          finish=lambda error: None, observe=lambda began, ended, nodes, whole: waves.append(whole))
+        local.arrive(SENT, [torch.tensor([1.0])])
+        local.arrive(ROOTS, [torch.tensor(1.0)])
+        assert waves == [True], (late_send, waves)
+        assert torch.equal(local.store.snapshot()[x], torch.tensor([6.0 if late_send else 3.0]))
+
+
+# ---------------------------------------------------------------- finishing once, failing, closing
+
+def test_a_part_with_nothing_to_run_finishes_once_whatever_arrives_after():
+    root = torch.tensor(1.0, requires_grad=True)  # a leaf root on another worker's part: nothing here
+    local, store, finished, sent = _part({ROOTS: []}, {})
+    local.start_if_empty()
+    local.arrive(ROOTS, [])
+    assert finished == [None] and sent == [] and local.waves == 0 and root.grad is None
+
+
+def test_a_send_point_that_reaches_nothing_here_arriving_after_the_end_changes_nothing():
+    """A send point of a tensor without a graph here (its edge has no node) is no source any node
+    waits for: the part ends without it, and its gradient arriving later finds the part closed."""
+    x = torch.tensor([1.0], requires_grad=True)
+    root = (x * 2).sum()
+    edges = {ROOTS: [get_gradient_edge(root)], SENT: [GradientEdge(None, 0)]}
+    local, store, finished, sent = _part(edges, {SENT: order.place([root.grad_fn])})
+    local.arrive(ROOTS, [torch.tensor(1.0)])
+    assert finished == [None]
+    local.arrive(SENT, [torch.ones(1)])
+    assert finished == [None] and local.waves == 1 and torch.equal(store.snapshot()[x], torch.tensor([2.0]))
+
+
+def _failing_part():
+    """Two branches: the send point's fails when it runs; the roots' accumulates into ``y``."""
+    x, y = torch.tensor([1.0], requires_grad=True), torch.tensor([1.0], requires_grad=True)
+    failing = x * 2
+    root = (y * 3).sum()
+    edges = {ROOTS: [get_gradient_edge(root)], SENT: [get_gradient_edge(failing)]}
+    keys = {SENT: order.place([failing.grad_fn, root.grad_fn])}
+    local, store, finished, sent = _part(edges, keys)
+    return local, store, finished, failing, y
+
+
+def test_a_wave_that_fails_finishes_the_part_with_its_error_and_nothing_runs_after():
+    local, store, finished, failing, y = _failing_part()
+
+    def boom(grad):
+        raise RuntimeError("boom")
+
+    failing.register_hook(boom)
+    local.arrive(SENT, [torch.ones(1)])
+    assert len(finished) == 1 and "boom" in str(finished[0])
+    local.arrive(ROOTS, [torch.tensor(1.0)])
+    assert len(finished) == 1 and y not in store.snapshot()  # closed by the failure: the roots' branch never ran
+
+
+def test_a_wave_that_fails_after_the_part_was_closed_reports_nothing():
+    local, store, finished, failing, y = _failing_part()
+
+    def closed_then_boom(grad):
+        local.close()  # the pass was aborted meanwhile
+        raise RuntimeError("boom")
+
+    failing.register_hook(closed_then_boom)
+    local.arrive(SENT, [torch.ones(1)])
+    assert finished == []
+
+
+def test_an_arrival_while_another_thread_runs_a_wave_is_run_by_that_thread():
+    x, y = torch.tensor([1.0], requires_grad=True), torch.tensor([1.0], requires_grad=True)
+    slow = x * 2
+    root = (y * 3).sum()
+    edges = {ROOTS: [get_gradient_edge(root)], SENT: [get_gradient_edge(slow)]}
+    keys = {SENT: order.place([slow.grad_fn, root.grad_fn])}
+    local, store, finished, _ = _part(edges, keys)
+    inside, go_on, ran_on = threading.Event(), threading.Event(), {}
+
+    def hold(grad):
+        inside.set()
+        assert go_on.wait(10)
+
+    slow.register_hook(hold)
+    root.register_hook(lambda grad: ran_on.update(roots=threading.current_thread()))
+    first = threading.Thread(target=local.arrive, args=(SENT, [torch.ones(1)]))
+    first.start()
+    try:
+        assert inside.wait(10)
+        local.arrive(ROOTS, [torch.tensor(1.0)])  # returns at once: the first thread drains it
+        assert "roots" not in ran_on and finished == []
+    finally:
+        go_on.set()
+        first.join(10)
+    assert ran_on["roots"] is first and finished == [None]
+    assert torch.equal(store.snapshot()[y], torch.tensor([3.0]))
+
+
+# ---------------------------------------------------------------- node by node: recv points, leaves
+
+def test_no_leaf_counts_as_reached_when_no_gradient_flowed():
+    part = Part()
+    part.local.arrive(SENT, [None])
+    part.local.arrive(ROOTS, [None])
+    assert part.finished == [None] and part.local.leaves_reached == 0 and part.grad() is None
+
+
+def _point(message_id):
+    """A recv point as contexts.py makes one: its message id, and the edge of its node's anchor."""
+    point = types.SimpleNamespace(message_id=message_id)
+    (point.tensor,), point.anchor = make_recv([torch.tensor([2.0])], [point])
+    return point
+
+
+def test_a_node_by_node_wave_tells_a_recv_point_that_got_nothing_and_runs_the_rest():
+    """The send point delivers into x * 3 (x also waits for the roots: node by node), with no
+    gradient into r * 5, r being what came from another worker (recv point 41), and with one into
+    q * 9 (recv point 42) and into the leaves z and w."""
+    x, z, w = (torch.tensor([1.0], requires_grad=True) for _ in range(3))
+    r, q = _point(41).tensor, _point(42).tensor
+    uses = [r * 5, x * 3, z * 7, w * 11, q * 9]
+    root = (x * 2).sum()
+    edges = {ROOTS: [get_gradient_edge(root)], SENT: [get_gradient_edge(use) for use in uses]}
+    keys = {SENT: order.place([use.grad_fn for use in uses] + [root.grad_fn])}
+    local, store, finished, sent = _part(edges, keys)
+    local.arrive(SENT, [None] + [torch.ones(1)] * 4)
+    assert ({41: None}, False) in sent  # the worker r came from is told: no gradient for it
+    (got,) = [grads for grads, _ in sent if 42 in grads]
+    assert torch.equal(got[42], torch.tensor([9.0]))
+    assert all(last is False for _, last in sent)  # node by node, the part is never sure it is its last
+    assert torch.equal(store.snapshot()[z], torch.tensor([7.0])) and torch.equal(store.snapshot()[w], torch.tensor([11.0]))
+    assert local.leaves_reached == 2
+    local.arrive(ROOTS, [torch.tensor(1.0)])
+    assert finished == [None] and torch.equal(store.snapshot()[x], torch.tensor([5.0]))
