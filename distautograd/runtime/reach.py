@@ -48,24 +48,33 @@ class Reach:
     def _reach(self, context_id: int, rank: int, ids: List[int]) -> Future:
         result: Future = Future()
         if rank == self.rank:
-            result.set_result(self._describe_reach(ids))
+            result.set_result(self._describe_reach(context_id, ids))
             return result
         request = pb.Request(reach=pb.ReachRequest(context_id=context_id, message_ids=ids))
 
         def done(response, attachments, error) -> None:
-            result.set_exception(error) if error is not None else result.set_result(list(response.reach.reaches))
+            if error is None:
+                reaches = list(response.reach.reaches)
+                answered = [reach.message_id for reach in reaches]
+                if answered != ids:  # what it left out would never take part: a pass missing gradients
+                    error = errors.Internal(f"{self._peers.world.name_of(rank)} answered a Reach about send points "
+                                            f"{answered[:8]}, not the {len(ids)} asked ({ids[:8]}...)")
+            result.set_exception(error) if error is not None else result.set_result(reaches)
 
         self._peers.request(rank, request, (), self._timeout(), done)
         return result
 
-    def _describe_reach(self, ids) -> List[pb.Reach]:
+    def _describe_reach(self, context_id: int, ids) -> List[pb.Reach]:
         reaches = []
         for message_id in ids:
             point = self._contexts.send_point(message_id)
+            if point.context_id != context_id:
+                raise errors.InvalidArgument(f"send point {message_id} belongs to context {point.context_id}, not to "
+                                             f"context {context_id} the Reach asked about")
             ctx = self._contexts.get(point.context_id)
             found = ctx.activations.of(point.edge.node, point.edge.output_nr)
             reaches.append(pb.Reach(message_id=message_id, activates=sorted(found.ids), unknown=sorted(found.unknown)))
         return reaches
 
     def handle_reach(self, link, body: pb.ReachRequest, attachments) -> pb.Response:
-        return pb.Response(reach=pb.ReachReply(reaches=self._describe_reach(body.message_ids)))
+        return pb.Response(reach=pb.ReachReply(reaches=self._describe_reach(body.context_id, body.message_ids)))

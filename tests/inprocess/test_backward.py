@@ -13,6 +13,7 @@ import torch
 from distautograd import errors
 from distautograd.protocol.v1 import messages_pb2 as pb
 from distautograd.runtime import anomaly, backward as backward_module, codec, inspection
+from distautograd.runtime.reach import Reach
 from tests.helpers.spies import Spy
 from tests.helpers.inprocess import AGENTS, World, backward, call, context, gradients
 
@@ -94,6 +95,18 @@ def nan_in_backward(x):
     return NanInBackward.apply(x)
 
 
+EXTRA = torch.full((4,), 0.5, dtype=torch.float64, requires_grad=True)  # w2's second parameter
+
+
+def to_w2_and_back(x):
+    """On w1: x (no gradient) times w1's parameter, then on through w2; w2's result goes back."""
+    return call("w1", "w2", two_parameters, x @ PARAMS["w1"])
+
+
+def two_parameters(y):
+    return torch.tanh(y @ PARAMS["w2"]) * EXTRA
+
+
 # ---------------------------------------------------------------- the oracle
 
 def local_chain(x, path):
@@ -123,6 +136,35 @@ def test_a_chain_of_three_workers_gives_torchs_gradients_bit_for_bit(world):
     for name in NAMES:
         assert torch.equal(got[name][PARAMS[name]], params[name].grad), name
     assert all(p.grad is None for p in PARAMS.values()) and x.grad is None  # .grad is never touched
+
+
+def _leaves_heard(context_id):
+    """The coordinator's count of leaves reached per rank in the context, once its pass has ended."""
+    coordinator = AGENTS["w0"].coordinator
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        seen = [c for c in coordinator._status(pb.StatusRequest(), None).contexts if c.context_id == context_id]
+        if seen and seen[0].passes == 1 and seen[0].passes_in_flight == 0:
+            return dict(seen[0].leaves_with_gradients)
+        time.sleep(0.01)
+    raise AssertionError(f"the coordinator never heard pass of context {context_id} end")
+
+
+def test_the_coordinator_hears_how_many_leaves_each_worker_reached(world):
+    """Two ways a part's count reaches the root: a chain, where each part ends with a push that says
+    so (and passes on what it learned); and here w2's part ends with a push to w1 that says it is
+    done (2 leaves), while w1's ends with no push (x needs no gradient), so its PassFinished to the
+    root says so for both; the root counts its own."""
+    x = torch.randn(1, 4, dtype=torch.float64, requires_grad=True)
+    with context("w0") as ctx:
+        y = call("w0", "w1", chain, x, ["w1", "w2"])
+        backward("w0", ctx, [y.sum()])
+        assert _leaves_heard(ctx.id) == {0: 1, 1: 1, 2: 1}
+    with context("w0") as ctx:
+        out = call("w0", "w1", to_w2_and_back, torch.randn(4, dtype=torch.float64))
+        backward("w0", ctx, [(out * PARAMS["w0"][0]).sum()])
+        assert set(the_grads("w2", ctx.id)) == {PARAMS["w2"], EXTRA} and set(the_grads("w1", ctx.id)) == {PARAMS["w1"]}
+        assert _leaves_heard(ctx.id) == {0: 1, 1: 1, 2: 2}
 
 
 def test_the_context_is_released_on_every_worker_it_reached(world):
@@ -240,6 +282,29 @@ def test_a_holder_that_cannot_answer_fails_the_pass_before_it_starts(world, monk
         with pytest.raises(errors.Internal, match=f"the backward pass of context {ctx.id} cannot start: .*no send "
                                                   "point"):
             backward("w0", ctx, [y.sum()])
+
+
+def test_a_holder_answers_a_reach_only_about_the_context_asked(world):
+    x = torch.randn(3, requires_grad=True)
+    with context("w0") as ctx:
+        call("w0", "w1", torch.exp, x)  # w1 holds the send point of what it returns, in ctx
+        (message_id,) = AGENTS["w1"].contexts._sends
+        peers = AGENTS["w0"].peers
+        ask = lambda context_id: peers.request(1, pb.Request(reach=pb.ReachRequest(context_id=context_id,
+                                                                                   message_ids=[message_id])), timeout=5)
+        (reach,) = ask(ctx.id).result()[0].reach.reaches
+        assert reach.message_id == message_id
+        with pytest.raises(errors.InvalidArgument, match=f"send point {message_id} belongs to context {ctx.id}, not "
+                                                         f"to context {ctx.id + 1} the Reach asked about"):
+            ask(ctx.id + 1).result()
+
+
+def test_a_holder_that_answers_about_fewer_send_points_than_asked_fails_the_pass(world, monkeypatch):
+    describe = Reach._describe_reach
+    monkeypatch.setattr(Reach, "_describe_reach", lambda reach, context_id, ids: describe(reach, context_id, ids)[:-1])
+    with pytest.raises(errors.Internal, match=r"cannot start: w1 answered a Reach about send points \[\], not the 1 "
+                                              r"asked"):
+        big_graph_through("w2")
 
 
 def test_a_small_graph_asks_nobody_and_the_plan_rides_on_the_pushes(world, monkeypatch):

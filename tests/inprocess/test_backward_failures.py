@@ -3,6 +3,8 @@ once when a participant leaves. Each test has a world of its own (one world aliv
 
 from __future__ import annotations
 
+import logging
+import re
 import threading
 import time
 
@@ -10,7 +12,9 @@ import pytest
 import torch
 
 from distautograd import errors
+from distautograd.runtime.pass_state import Drive
 from tests.helpers.inprocess import AGENTS, World, backward, call, context
+from tests.helpers.spies import Spy
 
 
 class SlowInBackward(torch.autograd.Function):
@@ -58,5 +62,79 @@ def test_a_participant_that_leaves_mid_pass_fails_it_naming_the_worker():
                                                          r"during the backward"):
                 backward("d0", ctx, [y.sum()])
             assert time.monotonic() - began < 1.4
+    finally:
+        world.close()
+
+
+# ---------------------------------------------------------------- a failure stops every part; exact messages
+
+class FailsInBackward(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx, grad):
+        raise ValueError("Simulate error on backward pass")
+
+
+WEIGHT = torch.ones(3, 3, requires_grad=True)  # the parameter of the slow part
+
+
+def slow_with_a_parameter(x):
+    """A part whose only way out is a leaf (x needs no gradient): it reports by PassFinished."""
+    return SlowInBackward.apply(x @ WEIGHT)
+
+
+def fails(x):
+    return FailsInBackward.apply(x)
+
+
+def test_a_part_that_fails_stops_the_others_at_once_and_the_error_names_it_exactly(monkeypatch, caplog):
+    caplog.set_level(logging.INFO, logger="distautograd")
+    spy = Spy(monkeypatch)
+    names = ["f0", "f1", "f2"]
+    world = World(names, rpc_timeout=30)
+    try:
+        x = torch.randn(3, requires_grad=True)
+        with context("f0") as ctx:
+            a = call("f0", "f1", slow_with_a_parameter, torch.ones(3))
+            b = call("f0", "f2", fails, x)
+            with pytest.raises(RuntimeError) as raised:
+                backward("f0", ctx, [a.sum() + b.sum()])
+            failed_at = time.monotonic()
+            message = str(raised.value)
+            assert message.startswith(
+                "Error on Node 2: Simulate error on backward pass\n\nValueError raised on worker 'f2' (rank 2) "
+                f"during the backward pass of context {ctx.id}; worker 'f2'; remote traceback:\nTraceback")
+            assert message.count("Raised on") == 0 and message.endswith("ValueError: Simulate error on backward pass")
+            assert isinstance(raised.value.__cause__, ValueError)
+            logged = [r.getMessage() for r in caplog.records if "failed on" in r.getMessage()]
+            assert any(re.fullmatch(rf"backward pass \d+ of context {ctx.id} failed on f2: Simulate error on backward "
+                                    r"pass(?s:.*)", m) for m in logged), logged  # the operator's line, on f2
+            # f1 is still inside its slow node (1.5 s): the root's abort ended its part all the same
+            while AGENTS["f1"].backward.in_flight() and time.monotonic() - failed_at < 5:
+                time.sleep(0.01)
+            assert AGENTS["f1"].backward.in_flight() == [] and time.monotonic() - failed_at < 1.0
+            aborts = [rank for sender, rank, kind in spy.sent if sender == "f0" and kind == "abort_backward"]
+            assert sorted(aborts) == [1, 2]  # every participant but the root itself
+            time.sleep(2.0)  # the slow node has returned by now: its closed part reports nothing
+            assert [kind for sender, _, kind in spy.sent if sender == "f1"
+                    and kind in ("pass_finished", "push_gradients")] == []
+    finally:
+        world.close()
+
+
+def test_a_timeout_with_every_part_reported_names_nobody():
+    """The deadline can fire after the last report arrived but before the root woke: it says so."""
+    world = World(["n0"], rpc_timeout=5)
+    try:
+        with context("n0") as ctx:
+            drive = Drive(ctx, 1, {0})
+            drive.waiting.clear()  # every part has reported
+            AGENTS["n0"].backward._expire(drive, 0.5)
+            assert isinstance(drive.result.exception(), errors.DeadlineExceeded)
+            assert str(drive.result.exception()) == (f"the backward pass of context {ctx.id} did not finish within "
+                                                     "0.5 s; still waiting for nobody")
     finally:
         world.close()
