@@ -178,3 +178,52 @@ def test_descriptors_a_message_left_unclaimed_are_closed():
         assert reader.fds == []
         with pytest.raises(OSError):
             os.fstat(first)
+
+
+@pytest.fixture
+def tcp_pair():
+    listener = socket.create_server(("127.0.0.1", 0))
+    a = socket.create_connection(listener.getsockname())
+    b, _ = listener.accept()
+    listener.close()
+    yield a, b
+    a.close()
+    b.close()
+
+
+def test_over_tcp_a_buffer_sent_in_pieces_arrives_whole_then_eof_and_the_deadline_say_so(tcp_pair):
+    a, b = tcp_pair
+    want = os.urandom(1 << 20)
+
+    def dribble():
+        for i in range(0, len(want), 100_000):
+            a.sendall(want[i:i + 100_000])
+            time.sleep(0.005)
+
+    sender = threading.Thread(target=dribble)
+    sender.start()
+    assert framing.Reader(b).exactly(len(want)) == want
+    sender.join(10)
+    a.sendall(b"abc")
+    start = time.monotonic()
+    with pytest.raises(TimeoutError, match="^(the peer took too long|timed out)$"):
+        framing.Reader(b, deadline=time.monotonic() + 0.3).exactly(10)
+    assert 0.25 <= time.monotonic() - start < 2
+    with pytest.raises(TimeoutError, match="^the peer took too long$"):  # a deadline already past
+        framing.Reader(b, deadline=time.monotonic() - 1).exactly(1)
+    a.close()
+    with pytest.raises(EOFError, match="^the peer closed the connection$"):
+        framing.Reader(b).exactly(10)
+
+
+def test_keepalive_probes_add_up_to_the_silence_limit():
+    listener = socket.create_server(("127.0.0.1", 0))
+    client = socket.create_connection(listener.getsockname())
+    try:
+        framing.tune(client, 9.0)
+        idle, interval, count = (client.getsockopt(socket.IPPROTO_TCP, option)
+                                 for option in (socket.TCP_KEEPIDLE, socket.TCP_KEEPINTVL, socket.TCP_KEEPCNT))
+        assert (idle, interval, count) == (3, 3, 2)  # silent 3 s, then two probes 3 s apart: 9 s
+    finally:
+        client.close()
+        listener.close()
