@@ -145,8 +145,10 @@ _PAGE = """<!DOCTYPE html>
 body {{ font-family: Helvetica, Arial, sans-serif; margin: 0; display: flex; }}
 #view {{ flex: 1; overflow: auto; padding: 10px; }}
 #side {{ width: 420px; border-left: 1px solid #ccc; padding: 12px; font-size: 13px; overflow: auto; height: 100vh;
-        box-sizing: border-box; }}
-#side code {{ background: #f3f3f3; padding: 1px 3px; white-space: pre-wrap; word-break: break-all; }}
+        box-sizing: border-box; line-height: 1.6; }}
+/* No vertical padding, lines 1.6 apart: a wrapped line's background must not paint over the line
+   above it (its underscores vanished under it). */
+#side code {{ background: #f3f3f3; padding: 0 3px; white-space: pre-wrap; word-break: break-all; }}
 .node {{ cursor: pointer; }} .node:hover rect {{ stroke-width: 2.5; }}
 h1 {{ font-size: 17px; margin: 4px 0 8px 0; }}
 </style></head>

@@ -5,8 +5,11 @@ parameters and a send whose result is never used; after a pass, every reached no
 the unused one says it was skipped.
 """
 
+import copy
+import html
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -166,3 +169,26 @@ def test_without_asking_nothing_is_recorded():
         assert trace.take(context_id) == []
         assert all(rpc.rpc_sync(w, remote.trace_events, args=(context_id,)) == []
                    for w in ("worker1", "worker2", "worker3"))
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium (the README's test command installs it)")
+def test_a_formula_that_wraps_keeps_every_line_clear_of_the_next(graph, tmp_path):
+    """The formula panel as chromium lays it out: each wrapped line of a formula is a box of its own,
+    and no line's box may reach into the next one's (a later line's background painted over the
+    underscores of the line above: mm_mat1_backward read as "mm mat1 backward")."""
+    shown = copy.deepcopy(graph)
+    node = next(n for n in shown["nodes"] if n.get("formulas"))
+    formula = "mm_mat1_backward(grad, mat2, self.sym_sizes(), self.sym_strides(), self.layout(), alpha) " * 3
+    node["formulas"] = {"self": formula}
+    page = tmp_path / "graph.html"
+    measure = ("<pre id=geometry></pre><script>document.getElementById('geometry').textContent = JSON.stringify("
+               "[...document.querySelectorAll('#detail code')].map(c => [c.textContent, "
+               "[...c.getClientRects()].map(r => [r.top, r.bottom])]));</script></body>")
+    page.write_text(export.to_html(shown).replace("</body>", measure))
+    result = subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--window-size=1400,900",
+                             "--dump-dom", page.as_uri() + "#" + node["id"]], capture_output=True, text=True, timeout=120)
+    geometry = json.loads(html.unescape(re.search(r'<pre id="geometry">(.*?)</pre>', result.stdout, re.S).group(1)))
+    (lines,) = [boxes for text, boxes in geometry if text == formula]
+    assert len(lines) >= 3, lines  # it wraps
+    for (_, bottom), (top, _) in zip(lines, lines[1:]):
+        assert bottom <= top, lines
