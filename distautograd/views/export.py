@@ -220,8 +220,9 @@ def trace_to_html(trace: dict, title: str = "distautograd: one traced step") -> 
         svg.append(f'<g class="span"><rect x="{x:.1f}" y="{top:.0f}" width="{w:.1f}" height="18" rx="2" '
                    f'fill="{colors.get(e.get("cat"), "#aaa")}" stroke="#555" stroke-width="0.4"/>'
                    f'<title>{label}: {e["dur"] / 1000:.3f} ms</title>'
-                   + (f'<text x="{x + 3:.1f}" y="{top + 13:.0f}" font-size="10">{label[: int(w / 6)]}</text>'
-                      if w > 40 else "") + "</g>")
+                   # the label in a viewport of the bar's size: clipped at its end, never over a neighbour
+                   + (f'<svg x="{x:.1f}" y="{top:.0f}" width="{w:.1f}" height="18"><text x="3" y="13" font-size="10">'
+                      f'{label}</text></svg>' if w > 12 else "") + "</g>")
     ends: Dict[Tuple[str, object], dict] = {}
     for e in events:
         if e["ph"] in ("s", "f"):

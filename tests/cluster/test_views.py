@@ -192,3 +192,27 @@ def test_a_formula_that_wraps_keeps_every_line_clear_of_the_next(graph, tmp_path
     assert len(lines) >= 3, lines  # it wraps
     for (_, bottom), (top, _) in zip(lines, lines[1:]):
         assert bottom <= top, lines
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium (the README's test command installs it)")
+def test_a_short_slices_label_stays_inside_its_bar(tmp_path):
+    """Chromium is asked what it painted just past the right end of each bar, on the label's line:
+    never the bar's own label (long names of short slices ran over their neighbours)."""
+    name = "MmBackward0 AddmmBackward0 ViewBackward0 on Worker2"
+    trace = {"traceEvents": [{"ph": "M", "name": "process_name", "pid": 1, "args": {"name": "worker1"}}] + [
+        {"ph": "X", "name": f"{name} {i}", "pid": 1, "tid": 1, "ts": 1000.0 * i, "dur": 900.0, "cat": "backward"}
+        for i in range(20)]}
+    page = tmp_path / "trace.html"
+    probe = ("<pre id=probe></pre><script>document.getElementById('probe').textContent = JSON.stringify("
+             "[...document.querySelectorAll('g.span')].map(g => { const r = g.querySelector('rect')"
+             ".getBoundingClientRect(); const hit = document.elementFromPoint(r.right + 2, r.top + 10); "
+             "return [r.width, g.querySelector('text') ? g.querySelector('text').textContent : null, "
+             "hit ? hit.textContent : null]; }));</script></body>")
+    page.write_text(export.trace_to_html(trace).replace("</body>", probe))
+    result = subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--window-size=1400,400",
+                             "--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=120)
+    spans = json.loads(html.unescape(re.search(r'<pre id="probe">(.*?)</pre>', result.stdout, re.S).group(1)))
+    assert len(spans) == 20 and all(label and label.startswith(name) for _, label, _ in spans), spans
+    assert all(width < 60 for width, _, _ in spans)  # each bar far shorter than its label
+    for width, label, painted_past_it in spans:
+        assert painted_past_it != label, (width, label)
