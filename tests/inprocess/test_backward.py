@@ -14,6 +14,7 @@ from distautograd import errors
 from distautograd.protocol.v1 import messages_pb2 as pb
 from distautograd.runtime import anomaly, backward as backward_module, codec, inspection
 from distautograd.runtime.reach import Reach
+from distautograd.views import trace
 from tests.helpers.spies import Spy
 from tests.helpers.inprocess import AGENTS, World, backward, call, context, gradients
 
@@ -165,6 +166,30 @@ def test_the_coordinator_hears_how_many_leaves_each_worker_reached(world):
         backward("w0", ctx, [(out * PARAMS["w0"][0]).sum()])
         assert set(the_grads("w2", ctx.id)) == {PARAMS["w2"], EXTRA} and set(the_grads("w1", ctx.id)) == {PARAMS["w1"]}
         assert _leaves_heard(ctx.id) == {0: 1, 1: 1, 2: 2}
+    with context("w0") as ctx:  # w1 ends with no push and learned of no other part: it reports alone
+        out = call("w0", "w1", stage, "w1", torch.randn(1, 4, dtype=torch.float64))
+        backward("w0", ctx, [out.sum()])
+        assert _leaves_heard(ctx.id) == {1: 1}
+
+
+def test_a_traced_pass_gives_the_same_gradients_and_pairs_every_push_with_its_arrival(world):
+    x = torch.randn(1, 4, dtype=torch.float64, requires_grad=True)
+    with context("w0", inspect=inspection.TRACE) as ctx:
+        y = call("w0", "w1", chain, x, ["w1", "w2"])
+        backward("w0", ctx, [y.sum()])
+        got = the_grads("w0", ctx.id)[x]
+        events = trace.take(ctx.id)  # every agent's: they share this process
+    x2 = x.detach().clone().requires_grad_()
+    local, _ = local_chain(x2, ["w1", "w2"])
+    local.sum().backward()
+    assert torch.equal(got, x2.grad)
+    sent = {e["id"]: e["name"] for e in events if e["ph"] == "s" and e["name"].startswith("gradients to")}
+    arrived = {e["id"]: e["name"] for e in events if e["ph"] == "f" and e["name"].startswith("gradients from")}
+    # out (w1 -> w0), z (w2 -> w1), y (w1 -> w2), x (w0 -> w1): each gradient goes back the other way
+    assert sorted(sent.values()) == ["gradients to w0", "gradients to w1", "gradients to w1", "gradients to w2"]
+    assert sorted(arrived.values()) == ["gradients from w0", "gradients from w1", "gradients from w1",
+                                        "gradients from w2"]
+    assert set(sent) == set(arrived)  # every arrow has both ends
 
 
 def test_the_context_is_released_on_every_worker_it_reached(world):
