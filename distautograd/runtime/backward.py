@@ -337,7 +337,7 @@ class Backward:
         try:
             self._peers.notify(part.root, pb.Request(pass_finished=finished))
         except Exception as exc:  # the root is gone: nobody waits for this pass
-            log.debug("could not report pass %d to rank %d: %s", part.pass_id, part.root, exc)
+            log.debug("could not report pass %d to rank %d: %s", part.pass_id, part.root, exc)  # pragma: no mutate
 
     def handle_finished(self, link, body: pb.PassFinished, attachments) -> None:
         error = errors.from_proto(body.error, self._resolve_type) if body.HasField("error") else None
@@ -454,4 +454,4 @@ class Backward:
         try:
             self._peers.notify(COORDINATOR, pb.Request(pass_event=event))
         except Exception as exc:  # the coordinator only keeps records; the pass does not depend on it
-            log.debug("could not tell the coordinator about pass %d: %s", event.pass_id, exc)
+            log.debug("could not tell the coordinator about pass %d: %s", event.pass_id, exc)  # pragma: no mutate

@@ -7,10 +7,10 @@ from distautograd.runtime.reach import Reach
 
 class Spy:
     """``asked``: (rank, how many send points) per Reach question; ``sent``: (sender's name, rank,
-    request kind) per notification."""
+    request kind) per notification; ``push_roots``: the root each push names."""
 
     def __init__(self, monkeypatch):
-        self.asked, self.sent = [], []
+        self.asked, self.sent, self.push_roots = [], [], []
         ask, notify = Reach._reach, Peers.notify
 
         def asking(reach, context_id, rank, ids):
@@ -19,6 +19,8 @@ class Spy:
 
         def notifying(peers, rank, request, *args, **kwargs):
             self.sent.append((peers.name, rank, request.WhichOneof("body")))
+            if request.WhichOneof("body") == "push_gradients":
+                self.push_roots.append(request.push_gradients.root)
             return notify(peers, rank, request, *args, **kwargs)
 
         monkeypatch.setattr(Reach, "_reach", asking)

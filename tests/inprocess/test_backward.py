@@ -12,6 +12,7 @@ import torch
 
 from distautograd import errors
 from distautograd.protocol.v1 import messages_pb2 as pb
+from distautograd.engine import nodes
 from distautograd.runtime import anomaly, backward as backward_module, codec, inspection
 from distautograd.runtime.reach import Reach
 from distautograd.views import trace
@@ -86,6 +87,16 @@ class NanInBackward(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         return grad * float("nan")
+
+
+class NoGradient(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx, grad):
+        return None
 
 
 def fails_in_backward(x):
@@ -170,6 +181,8 @@ def test_the_coordinator_hears_how_many_leaves_each_worker_reached(world):
         out = call("w0", "w1", stage, "w1", torch.randn(1, 4, dtype=torch.float64))
         backward("w0", ctx, [out.sum()])
         assert _leaves_heard(ctx.id) == {1: 1}
+        for name in NAMES:  # each part was taken off the passes going on when it finished
+            assert AGENTS[name].backward.in_flight() == [], name
 
 
 def test_a_traced_pass_gives_the_same_gradients_and_pairs_every_push_with_its_arrival(world):
@@ -190,6 +203,31 @@ def test_a_traced_pass_gives_the_same_gradients_and_pairs_every_push_with_its_ar
     assert sorted(arrived.values()) == ["gradients from w0", "gradients from w1", "gradients from w1",
                                         "gradients from w2"]
     assert set(sent) == set(arrived)  # every arrow has both ends
+
+
+def test_an_untraced_pass_leaves_no_trace_behind(world):
+    x = torch.randn(1, 4, dtype=torch.float64, requires_grad=True)
+    with context("w0") as ctx:
+        y = call("w0", "w1", chain, x, ["w1", "w2"])
+        backward("w0", ctx, [y.sum()])
+        assert ctx.id not in trace._events  # nothing kept for a context nobody will take a trace of
+
+
+def test_a_gradient_that_is_none_crosses_as_none(world):
+    """y's send point is reached, but the Function on top of it gives no gradient: w0's recv point
+    pushes None to w1, which runs nothing more, as torch leaves x.grad None."""
+    x = torch.randn(3, requires_grad=True)
+    w = torch.randn(3, requires_grad=True)
+    with context("w0") as ctx:
+        y = call("w0", "w1", torch.exp, x)
+        backward("w0", ctx, [(NoGradient.apply(y) * w).sum()])
+        got = gradients("w0", ctx.id)
+        assert x not in got and torch.equal(got[w], torch.exp(x.detach()))
+    for name in NAMES:  # every part ended: nothing of the pass is left anywhere
+        deadline = time.monotonic() + 2
+        while AGENTS[name].backward.in_flight() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert AGENTS[name].backward.in_flight() == [], name
 
 
 def test_the_context_is_released_on_every_worker_it_reached(world):
@@ -266,14 +304,14 @@ def test_a_root_with_no_participants_runs_here_alone(world):
         assert torch.equal(gradients("w0", ctx.id)[x], 2 * x.detach())
 
 
-def big_graph_through(there):
+def big_graph_through(there, root="w0"):
     """ACTIVATES_LIMIT + 76 tensors summed on w1, then exp on ``there``: too many activations to travel,
-    so w0 must ask; the gradients are still single-process torch's."""
+    so the root must ask; the gradients are still single-process torch's."""
     xs = [torch.randn(2, dtype=torch.float64, requires_grad=True) for _ in range(codec.ACTIVATES_LIMIT + 76)]
-    with context("w0") as ctx:
-        y = call("w0", "w1", chain_sum_then_exp_on, xs, "w1", there)
-        backward("w0", ctx, [y.sum()])
-        grads = gradients("w0", ctx.id)
+    with context(root) as ctx:
+        y = call(root, "w1", chain_sum_then_exp_on, xs, "w1", there)
+        backward(root, ctx, [y.sum()])
+        grads = gradients(root, ctx.id)
     xs2 = [x.detach().clone().requires_grad_() for x in xs]
     want = torch.autograd.grad(torch.exp(chain_sum(xs2)).sum(), xs2)
     assert all(torch.equal(grads[x], g) for x, g in zip(xs, want))
@@ -289,6 +327,13 @@ def test_a_big_graph_asks_the_holders_and_sends_the_plan_ahead(world, monkeypatc
     assert plans == [1, 2], spy.sent
     pushes = [(who, kind) for who, _, kind in spy.sent if kind == "push_gradients"]
     assert pushes, "gradients were pushed"
+
+
+def test_a_big_graph_driven_from_another_rank_than_0_names_its_root_in_every_message(world, monkeypatch):
+    spy = Spy(monkeypatch)
+    big_graph_through("w0", root="w2")  # the plan goes ahead to w0 and w1; their pushes must name w2
+    assert sorted(rank for who, rank, kind in spy.sent if who == "w2" and kind == "run_backward") == [0, 1]
+    assert spy.push_roots and set(spy.push_roots) == {2}
 
 
 def test_a_big_graph_through_the_root_asks_the_root_itself_without_a_message(world, monkeypatch):
@@ -354,6 +399,8 @@ def test_an_error_in_a_backward_function_names_its_node_there_and_here(world):
         with pytest.raises(RuntimeError, match="Error on Node 0: Simulate error") as raised:
             backward("w0", ctx, [y.sum()])
         assert isinstance(raised.value.__cause__, ValueError)
+        assert str(raised.value) == ("Error on Node 0: Simulate error on backward pass\n\nValueError raised on worker "
+                                     f"'w0' (rank 0) during the backward pass of context {ctx.id}")  # nothing after
     for name in NAMES:  # the failed passes ended everywhere
         deadline = time.monotonic() + 5
         while AGENTS[name].backward.in_flight() and time.monotonic() < deadline:
@@ -395,11 +442,12 @@ def test_under_torchs_profiler_the_root_runs_its_part_on_the_callers_thread(worl
         assert torch.equal(gradients("w0", ctx.id)[x], torch.exp(x.detach()))
     names = {e.key for e in prof.key_averages()}
     assert backward_module.BACKWARD_NAME in names
+    assert nodes.SEND_NAME in names  # w1's push to w0 ran on this thread, the one the profiler records
 
 
 def test_malformed_backward_messages_are_refused_and_the_worker_goes_on(world):
     w0 = AGENTS["w0"]
-    with pytest.raises(errors.InvalidArgument, match="must name its distributed autograd context"):
+    with pytest.raises(errors.InvalidArgument, match="^a backward message must name its distributed autograd context"):
         w0.peers.request(1, pb.Request(push_gradients=pb.PushGradients(pass_id=1, root=0)), (), 5).result()
     with pytest.raises(errors.InvalidArgument, match="drives no backward pass"):
         w0.peers.request(1, pb.Request(push_gradients=pb.PushGradients(context_id=7, pass_id=1, root=1)),
@@ -421,3 +469,17 @@ def test_a_push_with_the_wrong_number_of_gradients_fails_the_pass(world, monkeyp
         monkeypatch.setattr(backward_module.Backward, "_send_push", one_id_too_many)
         with pytest.raises(errors.InvalidArgument, match="one per message id"):
             backward("w0", ctx, [y.sum()])
+    sender = {"name": "w0"}  # now the root's push to w1, the first message of w1's part, is the bad one
+
+    def from_the_root(self, dest, request, attachments):
+        if self.name == sender["name"]:
+            request.push_gradients.message_ids.append(request.push_gradients.message_ids[0] + 1)
+        return original(self, dest, request, attachments)
+
+    monkeypatch.setattr(backward_module.Backward, "_send_push", from_the_root)
+    with context("w0") as ctx:
+        y = call("w0", "w1", torch.exp, x)
+        began = time.monotonic()
+        with pytest.raises(errors.InvalidArgument, match="one per message id"):  # reported, not timed out
+            backward("w0", ctx, [y.sum()])
+        assert time.monotonic() - began < 2
