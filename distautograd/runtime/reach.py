@@ -57,8 +57,8 @@ class Reach:
                 reaches = list(response.reach.reaches)
                 answered = [reach.message_id for reach in reaches]
                 if answered != ids:  # what it left out would never take part: a pass missing gradients
-                    error = errors.Internal(f"{self._peers.world.name_of(rank)} answered a Reach about send points "
-                                            f"{answered[:8]}, not the {len(ids)} asked ({ids[:8]}...)")
+                    error = errors.Internal(f"{self._peers.world.name_of(rank)} answered a Reach about "
+                                            f"{len(answered)} send points, not the {len(ids)} asked, in that order")
             result.set_exception(error) if error is not None else result.set_result(reaches)
 
         self._peers.request(rank, request, (), self._timeout(), done)

@@ -65,6 +65,11 @@ def chain_sum(xs):
     return total
 
 
+def sum_all_but_the_last_and_pass_it_on(xs, here, there):
+    """The last of the tensors received (the recv node's last output, not its first) goes on as it came."""
+    return chain_sum(xs[:-1]) + call(here, there, torch.exp, xs[-1])
+
+
 def chain_sum_then_exp_on(xs, here, there):
     return call(here, there, torch.exp, chain_sum(xs))
 
@@ -329,6 +334,19 @@ def test_a_big_graph_asks_the_holders_and_sends_the_plan_ahead(world, monkeypatc
     assert pushes, "gradients were pushed"
 
 
+def test_a_big_graph_where_a_received_tensor_is_passed_on_as_it_came(world):
+    """w1 passes on the last of the tensors it received (its recv node's last output) to w2: the
+    gradients are still single-process torch's."""
+    xs = [torch.randn(2, dtype=torch.float64, requires_grad=True) for _ in range(codec.ACTIVATES_LIMIT + 76)]
+    with context("w0") as ctx:
+        y = call("w0", "w1", sum_all_but_the_last_and_pass_it_on, xs, "w1", "w2")
+        backward("w0", ctx, [y.sum()])
+        grads = gradients("w0", ctx.id)
+    xs2 = [x.detach().clone().requires_grad_() for x in xs]
+    want = torch.autograd.grad((chain_sum(xs2[:-1]) + torch.exp(xs2[-1])).sum(), xs2)
+    assert len(grads) == len(xs) and all(torch.equal(grads[x], g) for x, g in zip(xs, want))
+
+
 def test_a_big_graph_driven_from_another_rank_than_0_names_its_root_in_every_message(world, monkeypatch):
     spy = Spy(monkeypatch)
     big_graph_through("w0", root="w2")  # the plan goes ahead to w0 and w1; their pushes must name w2
@@ -372,8 +390,8 @@ def test_a_holder_answers_a_reach_only_about_the_context_asked(world):
 def test_a_holder_that_answers_about_fewer_send_points_than_asked_fails_the_pass(world, monkeypatch):
     describe = Reach._describe_reach
     monkeypatch.setattr(Reach, "_describe_reach", lambda reach, context_id, ids: describe(reach, context_id, ids)[:-1])
-    with pytest.raises(errors.Internal, match=r"cannot start: w1 answered a Reach about send points \[\], not the 1 "
-                                              r"asked"):
+    with pytest.raises(errors.Internal, match=r"cannot start: w1 answered a Reach about 0 send points, not the 1 "
+                                              r"asked, in that order$"):
         big_graph_through("w2")
 
 
