@@ -268,7 +268,7 @@ class Backward:
         with part.lock:
             part.learned.extend(pb.PartDone(rank=entry.rank, leaves=entry.leaves) for entry in done)
 
-    def _push(self, part: Part, grads: Dict[int, Optional[torch.Tensor]], last: bool = False) -> None:
+    def _push(self, part: Part, grads: Dict[int, Optional[torch.Tensor]], last: bool) -> None:
         """Sends recv points' gradients to the workers their tensors came from, one message each.
         ``last``: nothing more runs here, so the first push also says this part is done (and
         passes on the parts it learned are done), sparing a PassFinished to the root. A recv node

@@ -7,10 +7,11 @@ from distautograd.runtime.reach import Reach
 
 class Spy:
     """``asked``: (rank, how many send points) per Reach question; ``sent``: (sender's name, rank,
-    request kind) per notification; ``push_roots``: the root each push names."""
+    request kind) per notification; ``push_roots``: the root each push names; ``push_plans``: whether
+    each push carries the plan."""
 
     def __init__(self, monkeypatch):
-        self.asked, self.sent, self.push_roots = [], [], []
+        self.asked, self.sent, self.push_roots, self.push_plans = [], [], [], []
         ask, notify = Reach._reach, Peers.notify
 
         def asking(reach, context_id, rank, ids):
@@ -21,6 +22,7 @@ class Spy:
             self.sent.append((peers.name, rank, request.WhichOneof("body")))
             if request.WhichOneof("body") == "push_gradients":
                 self.push_roots.append(request.push_gradients.root)
+                self.push_plans.append(request.push_gradients.HasField("plan"))
             return notify(peers, rank, request, *args, **kwargs)
 
         monkeypatch.setattr(Reach, "_reach", asking)

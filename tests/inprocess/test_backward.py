@@ -208,6 +208,8 @@ def test_a_traced_pass_gives_the_same_gradients_and_pairs_every_push_with_its_ar
     assert sorted(arrived.values()) == ["gradients from w0", "gradients from w1", "gradients from w1",
                                         "gradients from w2"]
     assert set(sent) == set(arrived)  # every arrow has both ends
+    waves = {e["args"]["worker"] for e in events if e["ph"] == "X" and e["name"].startswith("backward: ")}
+    assert waves == set(NAMES)  # every worker's waves are in the trace
 
 
 def test_an_untraced_pass_leaves_no_trace_behind(world):
@@ -233,6 +235,71 @@ def test_a_gradient_that_is_none_crosses_as_none(world):
         while AGENTS[name].backward.in_flight() and time.monotonic() < deadline:
             time.sleep(0.01)
         assert AGENTS[name].backward.in_flight() == [], name
+
+
+def test_a_push_naming_a_send_point_that_takes_no_part_fails_the_pass_at_once(world, monkeypatch):
+    original = backward_module.Backward._send_push
+
+    def wrong_id(self, dest, request, attachments):
+        if self.name == "w1":
+            request.push_gradients.message_ids[0] += 1  # no send point of this pass at w0
+        return original(self, dest, request, attachments)
+
+    monkeypatch.setattr(backward_module.Backward, "_send_push", wrong_id)
+    x = torch.randn(3, requires_grad=True)
+    with context("w0") as ctx:
+        y = call("w0", "w1", torch.exp, x)
+        z = call("w0", "w1", torch.sin, x)  # w0's part waits for w1's push for x's send point
+        began = time.monotonic()
+        with pytest.raises(errors.InvalidArgument, match=r"^gradient arrived for send point \d+, which takes no part "
+                                                         r"in this pass here"):
+            backward("w0", ctx, [(y * z).sum()])
+        assert time.monotonic() - began < 2  # at once, not at the 5 s timeout
+
+
+def test_a_push_that_cannot_go_is_retried_on_a_fresh_connection_and_given_up_on_in_time(world, monkeypatch):
+    from distautograd.runtime.peers import Peers
+    notify, attempts = Peers.notify, []
+
+    def failing(times):
+        def flaky(peers, rank, request, *args, **kwargs):
+            if request.WhichOneof("body") == "push_gradients" and peers.name == "w1":
+                attempts.append(rank)
+                if len(attempts) <= times:
+                    raise errors.Unavailable("the connection broke")
+            return notify(peers, rank, request, *args, **kwargs)
+        return flaky
+
+    x = torch.randn(3, requires_grad=True)
+    for times in (backward_module.PUSH_RETRIES, backward_module.PUSH_RETRIES + 1):
+        attempts.clear()
+        monkeypatch.setattr(Peers, "notify", failing(times))
+        with context("w0") as ctx:
+            y = call("w0", "w1", torch.exp, x)
+            if times == backward_module.PUSH_RETRIES:  # the last retry goes through
+                backward("w0", ctx, [y.sum()])
+                assert torch.equal(gradients("w0", ctx.id)[x], torch.exp(x.detach()))
+            else:
+                with pytest.raises(RuntimeError):
+                    backward("w0", ctx, [y.sum()])
+            assert len(attempts) == backward_module.PUSH_RETRIES + 1
+    attempts.clear()
+    monkeypatch.setattr(Peers, "notify", failing(100))
+    monkeypatch.setattr(AGENTS["w1"].world, "entry", lambda rank: None)  # as if w0 had left
+    with context("w0") as ctx:
+        y = call("w0", "w1", torch.exp, x)
+        with pytest.raises(RuntimeError):
+            backward("w0", ctx, [y.sum()])
+    assert attempts == [0]  # no retry towards a worker that is gone
+
+
+def test_a_gradient_of_zeros_crosses_in_no_bytes_and_a_plain_backward_returns_nothing(world):
+    x = torch.randn(4, dtype=torch.float64, requires_grad=True)
+    with context("w0", inspect=inspection.GRAPH) as ctx:
+        y = call("w0", "w1", torch.exp, x)
+        assert backward("w0", ctx, [(y * 0).sum()]) is None  # as torch's dist_autograd.backward
+        assert list(ctx.pushed.values()) == [0], ctx.pushed  # zeros are said, not sent
+        assert torch.equal(gradients("w0", ctx.id)[x], torch.zeros(4, dtype=torch.float64))
 
 
 def test_the_context_is_released_on_every_worker_it_reached(world):
@@ -332,6 +399,7 @@ def test_a_big_graph_asks_the_holders_and_sends_the_plan_ahead(world, monkeypatc
     assert plans == [1, 2], spy.sent
     pushes = [(who, kind) for who, _, kind in spy.sent if kind == "push_gradients"]
     assert pushes, "gradients were pushed"
+    assert not any(spy.push_plans)  # the plan went ahead: the pushes leave it out
 
 
 def test_a_big_graph_where_a_received_tensor_is_passed_on_as_it_came(world):
@@ -403,6 +471,33 @@ def test_a_small_graph_asks_nobody_and_the_plan_rides_on_the_pushes(world, monke
         backward("w0", ctx, [y.sum()])
     assert spy.asked == [] and not [s for s in spy.sent if s[2] == "run_backward"], spy.sent
     assert not [s for s in spy.sent if s[2] == "pass_finished"], "every part ended with a push that said so"
+    assert spy.push_plans and all(spy.push_plans)
+
+
+def test_at_the_plan_limit_the_plan_still_rides_on_the_pushes_and_one_more_sends_it_ahead(world, monkeypatch):
+    """PLAN_INLINE_LIMIT active send points: the plan travels with the pushes; one more: it goes
+    ahead in RunBackward and the pushes leave it out. Either way every participant gets it."""
+    counted = []
+    active_sends = Reach.active_sends
+    monkeypatch.setattr(Reach, "active_sends", lambda reach, ctx, edges: counted.append(
+        len(found := active_sends(reach, ctx, edges))) or found)
+
+    def a_pass(tensors):
+        spy = Spy(monkeypatch)
+        xs = [torch.randn(2, dtype=torch.float64, requires_grad=True) for _ in range(tensors)]
+        with context("w0") as ctx:
+            y = call("w0", "w1", chain_sum_then_exp_on, xs, "w1", "w2")
+            backward("w0", ctx, [y.sum()])
+            assert set(gradients("w0", ctx.id)) == set(xs)
+        return spy, counted[-1]
+
+    _, sends = a_pass(8)
+    extra = sends - 8  # the send points the chain adds to the tensors'
+    for more in (0, 1):
+        spy, sends = a_pass(backward_module.PLAN_INLINE_LIMIT - extra + more)
+        assert sends == backward_module.PLAN_INLINE_LIMIT + more
+        ahead = [s for s in spy.sent if s[0] == "w0" and s[2] == "run_backward"]
+        assert (bool(ahead), any(spy.push_plans)) == ((False, True) if not more else (True, False)), (more, ahead)
 
 
 def test_an_error_in_a_backward_function_names_its_node_there_and_here(world):
@@ -485,7 +580,8 @@ def test_a_push_with_the_wrong_number_of_gradients_fails_the_pass(world, monkeyp
     with context("w0") as ctx:
         y = call("w0", "w1", torch.exp, x)
         monkeypatch.setattr(backward_module.Backward, "_send_push", one_id_too_many)
-        with pytest.raises(errors.InvalidArgument, match="one per message id"):
+        with pytest.raises(errors.InvalidArgument, match=r"^gradients must be a list of tensors \(or None\), one per "
+                                                         r"message id"):
             backward("w0", ctx, [y.sum()])
     sender = {"name": "w0"}  # now the root's push to w1, the first message of w1's part, is the bad one
 
