@@ -144,6 +144,7 @@ def test_a_chain_of_three_workers_gives_torchs_gradients_bit_for_bit(world):
         y = call("w0", "w1", chain, x, ["w1", "w2", "w0"])
         backward("w0", ctx, [y.sum()])
         got = {name: gradients(name, ctx.id) for name in NAMES}
+        runs = {name: AGENTS[name].contexts.get(ctx.id).runs for name in NAMES}
         assert set(got["w0"]) == {x, PARAMS["w0"]}
     x2 = x.detach().clone().requires_grad_()
     want_y, params = local_chain(x2, ["w1", "w2", "w0"])
@@ -153,6 +154,8 @@ def test_a_chain_of_three_workers_gives_torchs_gradients_bit_for_bit(world):
     for name in NAMES:
         assert torch.equal(got[name][PARAMS[name]], params[name].grad), name
     assert all(p.grad is None for p in PARAMS.values()) and x.grad is None  # .grad is never touched
+    assert not any(g.requires_grad for grads in got.values() for g in grads.values())  # no create_graph unasked
+    assert not any(runs.values()), runs  # nothing recorded for views nobody asked for
 
 
 def _leaves_heard(context_id):
@@ -210,6 +213,8 @@ def test_a_traced_pass_gives_the_same_gradients_and_pairs_every_push_with_its_ar
     assert set(sent) == set(arrived)  # every arrow has both ends
     waves = {e["args"]["worker"] for e in events if e["ph"] == "X" and e["name"].startswith("backward: ")}
     assert waves == set(NAMES)  # every worker's waves are in the trace
+    (root,) = [e for e in events if e["ph"] == "X" and e["name"] == "dist_autograd.backward"]
+    assert root["ts"] > 0 and root["dur"] > 0
 
 
 def test_an_untraced_pass_leaves_no_trace_behind(world):
@@ -293,6 +298,16 @@ def test_a_push_that_cannot_go_is_retried_on_a_fresh_connection_and_given_up_on_
     assert attempts == [0]  # no retry towards a worker that is gone
 
 
+def test_roots_must_be_scalars_unless_their_gradients_are_given(world):
+    x = torch.randn(3, requires_grad=True)
+    with context("w0") as ctx:
+        y = call("w0", "w1", torch.exp, x)
+        with pytest.raises(RuntimeError, match=r"root 0 of shape \(3,\) is not a scalar"):
+            backward("w0", ctx, [y])
+        backward("w0", ctx, [y], grads=[torch.ones(3)])  # with its gradient, any shape
+        assert torch.equal(gradients("w0", ctx.id)[x], torch.exp(x.detach()))
+
+
 def test_a_gradient_of_zeros_crosses_in_no_bytes_and_a_plain_backward_returns_nothing(world):
     x = torch.randn(4, dtype=torch.float64, requires_grad=True)
     with context("w0", inspect=inspection.GRAPH) as ctx:
@@ -335,6 +350,7 @@ def test_retained_passes_accumulate_and_a_reached_output_alone_completes(world):
         for _ in range(3):
             backward("w0", ctx, [a.sum()], retain_graph=True)
         assert torch.equal(gradients("w0", ctx.id)[x], torch.full((3,), 6.0, dtype=torch.float64))
+        assert ctx.passes == 3 and AGENTS["w1"].contexts.get(ctx.id).passes == 3  # counted on every part
         backward("w0", ctx, [(a * b).sum()])  # now both, and the graph may go
         x2 = x.detach().clone().requires_grad_()
         (x2 * 2 * x2.exp()).sum().backward()
@@ -525,7 +541,8 @@ def test_anomaly_mode_stops_at_the_node_that_made_a_nan(world):
     x = torch.randn(3, requires_grad=True)
     with context("w0", anomaly=anomaly.NAN) as ctx:
         y = call("w0", "w1", nan_in_backward, x)
-        with pytest.raises(RuntimeError, match="(?s)Error on Node 1.*NanInBackward.*nan"):
+        with pytest.raises(RuntimeError, match="(?s)Error on Node 1.*NanInBackward.*nan.*On worker 'w1': node "
+                                               "NanInBackward"):
             backward("w0", ctx, [y.sum()])
     with context("w0") as ctx:  # off: the NaN goes through as torch's would
         y = call("w0", "w1", nan_in_backward, x)
