@@ -158,16 +158,36 @@ def test_a_chain_of_three_workers_gives_torchs_gradients_bit_for_bit(world):
     assert not any(runs.values()), runs  # nothing recorded for views nobody asked for
 
 
-def _leaves_heard(context_id):
-    """The coordinator's count of leaves reached per rank in the context, once its pass has ended."""
+def _heard(context_id):
+    """What the coordinator records of the context, once its pass has ended."""
     coordinator = AGENTS["w0"].coordinator
     deadline = time.monotonic() + 5
     while time.monotonic() < deadline:
         seen = [c for c in coordinator._status(pb.StatusRequest(), None).contexts if c.context_id == context_id]
         if seen and seen[0].passes == 1 and seen[0].passes_in_flight == 0:
-            return dict(seen[0].leaves_with_gradients)
+            return seen[0]
         time.sleep(0.01)
     raise AssertionError(f"the coordinator never heard pass of context {context_id} end")
+
+
+def _leaves_heard(context_id):
+    """The coordinator's count of leaves reached per rank in the context."""
+    return dict(_heard(context_id).leaves_with_gradients)
+
+
+def test_the_coordinator_hears_who_took_part_and_forgets_the_context_when_it_ends(world):
+    x = torch.randn(1, 4, dtype=torch.float64, requires_grad=True)
+    pending = AGENTS["w0"].deadlines.pending()
+    with context("w0") as ctx:
+        y = call("w0", "w1", chain, x, ["w1", "w2"])
+        backward("w0", ctx, [y.sum()])
+        assert set(_heard(ctx.id).participants) == {0, 1, 2}
+        assert AGENTS["w0"].deadlines.pending() == pending  # the root's timer for the pass is gone
+    coordinator = AGENTS["w0"].coordinator
+    deadline = time.monotonic() + 5
+    while any(c.context_id == ctx.id for c in coordinator._status(pb.StatusRequest(), None).contexts):
+        assert time.monotonic() < deadline, "the coordinator still lists a context that ended"
+        time.sleep(0.01)
 
 
 def test_the_coordinator_hears_how_many_leaves_each_worker_reached(world):
@@ -214,7 +234,7 @@ def test_a_traced_pass_gives_the_same_gradients_and_pairs_every_push_with_its_ar
     waves = {e["args"]["worker"] for e in events if e["ph"] == "X" and e["name"].startswith("backward: ")}
     assert waves == set(NAMES)  # every worker's waves are in the trace
     (root,) = [e for e in events if e["ph"] == "X" and e["name"] == "dist_autograd.backward"]
-    assert root["ts"] > 0 and root["dur"] > 0
+    assert root["ts"] > 0 and root["dur"] > 0 and root["args"]["participants"] == 3
 
 
 def test_an_untraced_pass_leaves_no_trace_behind(world):

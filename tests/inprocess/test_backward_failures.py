@@ -138,3 +138,17 @@ def test_a_timeout_with_every_part_reported_names_nobody():
                                                      "0.5 s; still waiting for nobody")
     finally:
         world.close()
+
+
+def test_without_a_timeout_a_pass_runs_and_sets_no_timer():
+    world = World(["u0", "u1"], rpc_timeout=0)  # 0: no timeout, as torch's
+    try:
+        x = torch.randn(3, requires_grad=True)
+        pending = AGENTS["u0"].deadlines.pending()
+        with context("u0") as ctx:
+            y = call("u0", "u1", torch.exp, x)
+            backward("u0", ctx, [y.sum()])
+            assert AGENTS["u0"].deadlines.pending() == pending
+            assert torch.equal(AGENTS["u0"].contexts.get(ctx.id).gradients()[x], torch.exp(x.detach()))
+    finally:
+        world.close()
