@@ -152,3 +152,26 @@ def test_without_a_timeout_a_pass_runs_and_sets_no_timer():
             assert torch.equal(AGENTS["u0"].contexts.get(ctx.id).gradients()[x], torch.exp(x.detach()))
     finally:
         world.close()
+
+
+def test_a_connection_to_a_participant_that_breaks_fails_the_pass_naming_it_as_it_broke():
+    """Only the root's connection to p2 breaks (p2 stays a member): the pass fails at once, naming
+    p2, as Unreachable when the connection timed out and as Unavailable when it was closed."""
+    names = ["p0", "p1", "p2"]
+    world = World(names, rpc_timeout=30)
+    try:
+        x = torch.randn(3, requires_grad=True)
+        for kind in (errors.Unreachable, errors.Unavailable):
+            with context("p0") as ctx:
+                y = call("p0", "p2", slow_in_backward, x)
+                threading.Timer(0.3, lambda: AGENTS["p0"].peers.close_peer(2, kind("the test broke it"))).start()
+                began = time.monotonic()
+                with pytest.raises(errors.Unavailable) as raised:
+                    backward("p0", ctx, [y.sum()])
+                assert time.monotonic() - began < 1.4
+                assert str(raised.value) == f"the backward pass of context {ctx.id} lost 'p2' (rank 2): the test broke it"
+                assert isinstance(raised.value, errors.Unreachable) == (kind is errors.Unreachable)
+                assert raised.value.worker == "p2"
+            time.sleep(1.5)  # p2's slow node ends before the next round
+    finally:
+        world.close()
