@@ -104,6 +104,10 @@ class NoGradient(torch.autograd.Function):
         return None
 
 
+def two_sums(x):
+    return x.sum(), (x * 2).sum()
+
+
 def fails_in_backward(x):
     return FailsInBackward.apply(x)
 
@@ -316,6 +320,15 @@ def test_a_push_that_cannot_go_is_retried_on_a_fresh_connection_and_given_up_on_
         with pytest.raises(RuntimeError):
             backward("w0", ctx, [y.sum()])
     assert attempts == [0]  # no retry towards a worker that is gone
+
+
+def test_a_root_that_is_the_second_tensor_a_call_returned_starts_from_that_tensor(world):
+    """The root is output 1 of w0's recv node: what it sets off is its own send point, not output 0's."""
+    x = torch.randn(3, requires_grad=True)
+    with context("w0") as ctx:
+        first, second = call("w0", "w1", two_sums, x)
+        backward("w0", ctx, [second])
+        assert torch.equal(gradients("w0", ctx.id)[x], torch.full((3,), 2.0))
 
 
 def test_roots_must_be_scalars_unless_their_gradients_are_given(world):

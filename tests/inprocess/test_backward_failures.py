@@ -175,3 +175,62 @@ def test_a_connection_to_a_participant_that_breaks_fails_the_pass_naming_it_as_i
             time.sleep(1.5)  # p2's slow node ends before the next round
     finally:
         world.close()
+
+
+def chain_on(x, here, there):
+    """On ``here``: on to ``there``, which is slow in backward; the root never talks to ``there``."""
+    return call(here, there, slow_in_backward, x * 2)
+
+
+@pytest.mark.parametrize("heard_by", ["departure notice", "coordinator's abort"])
+def test_a_participant_the_root_never_talked_to_declared_dead_fails_the_pass_naming_it(heard_by, monkeypatch):
+    """q2 is declared dead while the pass waits on it (it is alive: no connection breaks). The root
+    hears it twice, by the world's departure notice and by the coordinator's abort of the passes q2
+    took part in; each alone fails the pass at once, naming q2 (the other is switched off here)."""
+    from distautograd.runtime.backward import Backward
+    off = "handle_abort" if heard_by == "departure notice" else "on_departed"
+    original = getattr(Backward, off)
+    monkeypatch.setattr(Backward, off, lambda self, *args: None if self.name == "q0" else original(self, *args))
+    names = ["q0", "q1", "q2"]
+    world = World(names, rpc_timeout=30)
+    try:
+        x = torch.randn(3, requires_grad=True)
+        with context("q0") as ctx:
+            y = call("q0", "q1", chain_on, x, "q1", "q2")
+            during = {}
+
+            def declare():
+                during["q0"], during["q1"] = AGENTS["q0"].backward.in_flight(), AGENTS["q1"].backward.in_flight()
+                AGENTS["q0"].coordinator.membership.depart(2, "the test declared it dead", failed=True)
+
+            threading.Timer(0.3, declare).start()
+            began = time.monotonic()
+            with pytest.raises(errors.Unavailable) as raised:
+                backward("q0", ctx, [y.sum()])
+            assert time.monotonic() - began < 1.4
+            assert re.fullmatch(rf"worker 'q2' \(rank 2\) died during the backward pass of context {ctx.id}: .*the "
+                                r"test declared it dead.*", str(raised.value), re.S), str(raised.value)
+            assert raised.value.worker == "q2"
+            ((context_id, _, root),) = during["q0"]  # the root lists the pass it drives, with itself as root
+            assert (context_id, root) == (ctx.id, 0) and [(c, r) for c, _, r in during["q1"]] == [(ctx.id, 0)]
+    finally:
+        world.close()
+
+
+def test_a_context_released_mid_pass_takes_its_parts_off_there():
+    world = World(["c0", "c1"], rpc_timeout=2)
+    try:
+        x = torch.randn(3, requires_grad=True)
+        with context("c0") as ctx:
+            y = call("c0", "c1", slow_in_backward, x)
+            left = {}
+
+            def release():
+                AGENTS["c1"].contexts.release(ctx.id)
+                left["c1"] = AGENTS["c1"].backward.in_flight()
+
+            threading.Timer(0.3, release).start()
+            backward("c0", ctx, [y.sum()])  # the wave already running there still pushes what it made
+            assert left["c1"] == []  # but the part was taken off at once
+    finally:
+        world.close()
