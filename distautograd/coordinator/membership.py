@@ -9,7 +9,6 @@ from concurrent.futures import Future
 from typing import Callable, Dict, List, Optional, Set
 
 from distautograd import errors
-from distautograd.coordinator.announcer import Announcer
 from distautograd.ids import MAX_RANK
 from distautograd.protocol.v1 import messages_pb2 as pb
 
@@ -60,9 +59,9 @@ class Membership:
         self._departed: List[pb.Departure] = []
         self._cannot_form = ""  # why a world of a fixed size will never be complete
         self._asked: Set[int] = set()  # ranks that asked to join, refused or not (for a world that cannot form)
-        # Sends snapshots off this thread: the host's own copy may arrive first, so the coordinator
-        # flushes it before it stops (its host saw the world complete and shut down).
-        self.announcer = Announcer()
+        # Held while a snapshot goes out: the host's own copy may arrive first, and the coordinator
+        # must not stop (its host saw the world complete and shut down) before the others have theirs.
+        self.sending = threading.Lock()
         self._version = 0
         self._barriers: Dict[str, Set[int]] = {}
         self._barrier_waiters: Dict[str, List[Future]] = {}
@@ -299,7 +298,9 @@ class Membership:
             return [m for m in self._members.values() if m.unreachable_since is None and now - m.last_seen > timeout]
 
     def _broadcast(self, snapshot: pb.WorldUpdate) -> None:
-        self.announcer.post([member.link for member in self.members()], snapshot)
+        with self.sending:
+            for member in self.members():
+                member.link.try_notify(pb.Request(world_update=snapshot))
 
     # ------------------------------------------------------------------ barriers
 

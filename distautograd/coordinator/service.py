@@ -25,7 +25,6 @@ from distautograd.transport.link import Link
 from distautograd.transport.security import Security, is_loopback
 
 log = logging.getLogger("distautograd")
-STOP_FLUSH = 5.0  # seconds a stopping coordinator waits for its last snapshot to reach each member
 
 
 @dataclass(frozen=True)
@@ -229,7 +228,7 @@ class Coordinator:
         self._stopped.set()
         if self.listener is not None:
             self.listener.close()
-        self.membership.announcer.flush(STOP_FLUSH)  # the last snapshot reaches every member that reads
-        for member in self.membership.members():
-            member.link.close(errors.Unavailable("the coordinator is shutting down"))
+        with self.membership.sending:  # a snapshot on its way goes out whole
+            for member in self.membership.members():
+                member.link.close(errors.Unavailable("the coordinator is shutting down"))
         self.deadlines.stop()

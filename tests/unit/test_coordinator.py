@@ -1,16 +1,13 @@
-"""The coordinator's logic in one process: members joined over in-process links (and one socket pair), passes recorded, aborted on departures."""
+"""The coordinator's logic in one process: members joined over in-process links, passes recorded, aborted on departures."""
 
 import queue
-import socket
 import time
 
 import pytest
 
 from distautograd import errors
-from distautograd.coordinator import service
 from distautograd.coordinator.service import Coordinator, Settings
 from distautograd.protocol.v1 import messages_pb2 as pb
-from distautograd.transport import framing
 from distautograd.transport.deadlines import Deadlines
 from distautograd.transport.link import Link
 from distautograd.transport.security import Security
@@ -199,38 +196,3 @@ def test_silence_is_unreachable_at_the_heartbeat_timeout_dead_at_the_lease_and_a
         coordinator.stop()
         deadlines.stop()
 
-
-def test_a_member_whose_connection_takes_nothing_delays_no_other_join_and_no_stop():
-    """A partition leaves the coordinator's sends to a cut-off member stuck in a full socket buffer
-    (its peer reads nothing). World snapshots to it must not hold up anyone else: before, a Join
-    waited behind the stuck send for as long as the kernel took to give up (minutes)."""
-    coordinator, deadlines = _lasting()
-    ours, theirs = socket.socketpair()
-    try:
-        for end in (ours, theirs):  # small buffers: a few snapshots fill them
-            end.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
-            end.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-        coordinator._accept_socket(ours, pb.Hello())
-        join = pb.Frame(id=1, request=pb.Request(join=pb.Join(name="cut-off", rank=-1, address="x:1"))).SerializeToString()
-        framing.send_all(theirs, [framing.LENGTH.pack(len(join)), join])
-        reply = framing.Reader(theirs, deadline=time.monotonic() + 5).message(pb.Frame)
-        assert reply.response.join.rank >= 0  # a member; from now on it reads nothing
-        stuck = coordinator.membership.member(reply.response.join.rank).link.transport
-        others = []
-        started = time.monotonic()
-        while not stuck._send_lock.locked() or time.monotonic() - started < 0.2:  # its send blocks
-            assert time.monotonic() - started < 10, "the snapshots never filled the socket's buffers"
-            link, joined = _join(coordinator, deadlines, f"w{len(others)}", incarnation=len(others) + 1)
-            joined.result(timeout=5)
-            others.append(link)
-        link, joined = _join(coordinator, deadlines, "late", incarnation=99)
-        assert joined.result(timeout=5)[0].join.rank >= 0  # answered while the send to cut-off is stuck
-        assert stuck._send_lock.locked()
-        before = time.monotonic()
-        coordinator.stop()  # waits (bounded) for the stuck send, then ends it
-        assert time.monotonic() - before < service.STOP_FLUSH + 2
-        assert not stuck._send_lock.locked()
-    finally:
-        coordinator.stop()
-        deadlines.stop()
-        theirs.close()
