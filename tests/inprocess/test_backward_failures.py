@@ -15,6 +15,7 @@ from distautograd import errors
 from distautograd.runtime.pass_state import Drive
 from tests.helpers.inprocess import AGENTS, World, backward, call, context
 from tests.helpers.spies import Spy
+from tests.inprocess.test_backward import fails_in_backward
 
 
 class SlowInBackward(torch.autograd.Function):
@@ -68,26 +69,12 @@ def test_a_participant_that_leaves_mid_pass_fails_it_naming_the_worker():
 
 # ---------------------------------------------------------------- a failure stops every part; exact messages
 
-class FailsInBackward(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x):
-        return x.clone()
-
-    @staticmethod
-    def backward(ctx, grad):
-        raise ValueError("Simulate error on backward pass")
-
-
 WEIGHT = torch.ones(3, 3, requires_grad=True)  # the parameter of the slow part
 
 
 def slow_with_a_parameter(x):
     """A part whose only way out is a leaf (x needs no gradient): it reports by PassFinished."""
     return SlowInBackward.apply(x @ WEIGHT)
-
-
-def fails(x):
-    return FailsInBackward.apply(x)
 
 
 def test_a_part_that_fails_stops_the_others_at_once_and_the_error_names_it_exactly(monkeypatch, caplog):
@@ -99,7 +86,7 @@ def test_a_part_that_fails_stops_the_others_at_once_and_the_error_names_it_exact
         x = torch.randn(3, requires_grad=True)
         with context("f0") as ctx:
             a = call("f0", "f1", slow_with_a_parameter, torch.ones(3))
-            b = call("f0", "f2", fails, x)
+            b = call("f0", "f2", fails_in_backward, x)
             with pytest.raises(RuntimeError) as raised:
                 backward("f0", ctx, [a.sum() + b.sum()])
             failed_at = time.monotonic()

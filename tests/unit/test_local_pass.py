@@ -238,19 +238,20 @@ def test_a_send_point_that_reaches_nothing_here_arriving_after_the_end_changes_n
     assert finished == [None] and local.waves == 1 and torch.equal(store.snapshot()[x], torch.tensor([2.0]))
 
 
-def _failing_part():
-    """Two branches: the send point's fails when it runs; the roots' accumulates into ``y``."""
+def _two_branches():
+    """A part of two independent branches: the send point's (``branch``, x * 2) and the roots'
+    (``root``, accumulating into ``y``); hooks on them make a wave fail or wait."""
     x, y = torch.tensor([1.0], requires_grad=True), torch.tensor([1.0], requires_grad=True)
-    failing = x * 2
+    branch = x * 2
     root = (y * 3).sum()
-    edges = {ROOTS: [get_gradient_edge(root)], SENT: [get_gradient_edge(failing)]}
-    keys = {SENT: order.place([failing.grad_fn, root.grad_fn])}
-    local, store, finished, sent = _part(edges, keys)
-    return local, store, finished, failing, y
+    edges = {ROOTS: [get_gradient_edge(root)], SENT: [get_gradient_edge(branch)]}
+    keys = {SENT: order.place([branch.grad_fn, root.grad_fn])}
+    local, store, finished, _ = _part(edges, keys)
+    return local, store, finished, branch, root, y
 
 
 def test_a_wave_that_fails_finishes_the_part_with_its_error_and_nothing_runs_after():
-    local, store, finished, failing, y = _failing_part()
+    local, store, finished, failing, _, y = _two_branches()
 
     def boom(grad):
         raise RuntimeError("boom")
@@ -263,7 +264,7 @@ def test_a_wave_that_fails_finishes_the_part_with_its_error_and_nothing_runs_aft
 
 
 def test_a_wave_that_fails_after_the_part_was_closed_reports_nothing():
-    local, store, finished, failing, y = _failing_part()
+    local, store, finished, failing, _, y = _two_branches()
 
     def closed_then_boom(grad):
         local.close()  # the pass was aborted meanwhile
@@ -275,12 +276,7 @@ def test_a_wave_that_fails_after_the_part_was_closed_reports_nothing():
 
 
 def test_an_arrival_while_another_thread_runs_a_wave_is_run_by_that_thread():
-    x, y = torch.tensor([1.0], requires_grad=True), torch.tensor([1.0], requires_grad=True)
-    slow = x * 2
-    root = (y * 3).sum()
-    edges = {ROOTS: [get_gradient_edge(root)], SENT: [get_gradient_edge(slow)]}
-    keys = {SENT: order.place([slow.grad_fn, root.grad_fn])}
-    local, store, finished, _ = _part(edges, keys)
+    local, store, finished, slow, root, y = _two_branches()
     inside, go_on, ran_on = threading.Event(), threading.Event(), {}
 
     def hold(grad):
