@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from distautograd import errors
+from distautograd.runtime.backward import Backward
 from distautograd.runtime.pass_state import Drive
 from tests.helpers.inprocess import AGENTS, World, backward, call, context
 from tests.helpers.spies import Spy
@@ -174,7 +175,6 @@ def test_a_participant_the_root_never_talked_to_declared_dead_fails_the_pass_nam
     """q2 is declared dead while the pass waits on it (it is alive: no connection breaks). The root
     hears it twice, by the world's departure notice and by the coordinator's abort of the passes q2
     took part in; each alone fails the pass at once, naming q2 (the other is switched off here)."""
-    from distautograd.runtime.backward import Backward
     off = "handle_abort" if heard_by == "departure notice" else "on_departed"
     original = getattr(Backward, off)
     monkeypatch.setattr(Backward, off, lambda self, *args: None if self.name == "q0" else original(self, *args))
