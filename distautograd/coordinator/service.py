@@ -108,7 +108,9 @@ class Coordinator:
             yield from grpc_stream.serve_stream(raw_frames, context, self._new_link(), lambda: None)
 
     def _accept_socket(self, sock, hello: pb.Hello) -> None:
-        sockets.SocketTransport(self._new_link(), sock, None).start()
+        # A member that takes no byte of a snapshot for the heartbeat timeout is unreachable: it must not
+        # hold up every Join, verdict and stop behind a send stuck in its full buffers.
+        sockets.SocketTransport(self._new_link(), sock, None, stall=self.settings.heartbeat_timeout).start()
 
     def attach(self, link: Link) -> None:
         """Joins ``link``, of a worker in this process, to a new coordinator-side link. The records

@@ -8,7 +8,9 @@ are made from, collecting any descriptors that came along, within an optional de
 from __future__ import annotations
 
 import array
+import errno
 import os
+import select
 import socket
 import struct
 import time
@@ -54,21 +56,29 @@ def _iov_max() -> int:
 IOV_MAX = _iov_max()  # buffers one sendmsg may take (Linux: 1024; more fail with EMSGSIZE)
 
 
-def send_all(sock: socket.socket, buffers: List[Any], fds: Sequence[int] = ()) -> None:
+def send_all(sock: socket.socket, buffers: List[Any], fds: Sequence[int] = (), stall: Optional[float] = None) -> None:
     """Sends every byte of ``buffers`` (byte-sized views), and ``fds`` along with the first of them, at
     most MAX_FDS descriptors to a message (the receiver's buffer for them holds no more): each group
-    but the last rides on one byte of its own. At most IOV_MAX buffers go to one sendmsg."""
+    but the last rides on one byte of its own. At most IOV_MAX buffers go to one sendmsg. With
+    ``stall`` (seconds), a peer that takes no byte for that long fails the send with ETIMEDOUT (it
+    reads nothing: stopped, or cut off); the frame is then half sent and the connection must end."""
     groups = [list(fds[i:i + MAX_FDS]) for i in range(0, len(fds), MAX_FDS)]
+    flags = 0 if stall is None else socket.MSG_DONTWAIT
     first = 0  # buffers before this one are sent
     while first < len(buffers):
         if groups and not len(buffers[first]):
             first += 1  # descriptors ride on a byte: an empty buffer would drop them
             continue
-        if groups:
-            ancillary = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", groups.pop(0)))]
-            sent = sock.sendmsg([memoryview(buffers[first])[:1]], ancillary)
-        else:
-            sent = sock.sendmsg(buffers[first:first + IOV_MAX])
+        try:
+            if groups:
+                ancillary = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", groups[0]))]
+                sent = sock.sendmsg([memoryview(buffers[first])[:1]], ancillary, flags)
+                groups.pop(0)
+            else:
+                sent = sock.sendmsg(buffers[first:first + IOV_MAX], [], flags)
+        except BlockingIOError:
+            _wait_writable(sock, stall)
+            continue
         while first < len(buffers) and sent >= len(buffers[first]):
             sent -= len(buffers[first])
             first += 1
@@ -76,6 +86,13 @@ def send_all(sock: socket.socket, buffers: List[Any], fds: Sequence[int] = ()) -
             buffers[first] = memoryview(buffers[first])[sent:]
     if groups:
         raise ValueError(f"{sum(map(len, groups))} descriptors had no bytes to ride on")
+
+
+def _wait_writable(sock: socket.socket, stall: float) -> None:
+    poller = select.poll()
+    poller.register(sock, select.POLLOUT)
+    if not poller.poll(int(stall * 1000)):
+        raise OSError(errno.ETIMEDOUT, f"the peer took no byte for {stall:g} s")
 
 
 class Reader:

@@ -56,7 +56,11 @@ def host_id() -> str:
 class SocketTransport:
     """Frames over one connected socket."""
 
-    def __init__(self, link: Link, sock: socket.socket, pool: Optional[shm.SegmentPool]):
+    def __init__(self, link: Link, sock: socket.socket, pool: Optional[shm.SegmentPool],
+                 stall: Optional[float] = None):
+        """``stall``: a peer that takes no byte of a frame for that many seconds is unreachable (the
+        connection ends) instead of holding the sender, and everyone behind it, until the kernel
+        gives up (framing.send_all)."""
         self.link = link
         self.sock = sock
         self.unix = sock.family == socket.AF_UNIX
@@ -65,6 +69,8 @@ class SocketTransport:
         self._shared_with_peer: set = set()
         self._send_lock = threading.Lock()
         self._closed = False
+        self._stall = stall
+        self._stalled: Optional[errors.Unreachable] = None  # why sending ended: the reader closes the link with it
         link.transport = self
 
     @property
@@ -78,8 +84,8 @@ class SocketTransport:
         streamed: List[Any] = []
         fds: List[int] = []
         with self._send_lock:
-            if self._closed:
-                raise errors.Unavailable(f"the connection to {self.link.peer} is closed")
+            if self._closed or self._stalled:
+                raise self._stalled or errors.Unavailable(f"the connection to {self.link.peer} is closed")
             message.attachments.streamed_sizes.extend(len(v) for v in views)
             for index, view in enumerate(views):
                 if self._pool is not None and len(view) >= shm.MIN_BYTES:
@@ -95,9 +101,15 @@ class SocketTransport:
                     streamed.append(view)
             header = pb.Frame(id=frame_id, **{kind: message}).SerializeToString()
             try:
-                framing.send_all(self.sock, [framing.LENGTH.pack(len(header)), header, *streamed], fds)
+                framing.send_all(self.sock, [framing.LENGTH.pack(len(header)), header, *streamed], fds, self._stall)
             except OSError as exc:
-                raise lost(self.link.peer, exc) from None
+                error = lost(self.link.peer, exc)
+                if self._stall is not None and isinstance(error, errors.Unreachable):
+                    # Half a frame went out: the connection ends. The reader, woken by the shutdown,
+                    # closes the link (not here: the caller may hold locks the link's close takes).
+                    self._stalled = error
+                    self._shut_down()
+                raise error from None
 
     def _send_release(self, leases: List[int]) -> None:
         if not self._closed:
@@ -106,10 +118,7 @@ class SocketTransport:
     def close(self) -> None:
         # Shut down before taking the send lock: a send stuck on a peer that reads nothing (cut off by
         # a partition) holds the lock until the kernel gives up, minutes later; the shutdown ends it now.
-        try:
-            self.sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
+        self._shut_down()
         with self._send_lock:
             if self._closed:
                 return
@@ -117,6 +126,12 @@ class SocketTransport:
         self.sock.close()
         if self._pool is not None:
             self._pool.forget(self)
+
+    def _shut_down(self) -> None:
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
 
     # ------------------------------------------------------------------ receiving
 
@@ -137,7 +152,7 @@ class SocketTransport:
         except errors.RpcError as exc:
             link.fail_protocol(str(exc))
         except (EOFError, OSError) as exc:
-            link.close(lost(link.peer, exc))
+            link.close(self._stalled or lost(link.peer, exc))
         except Exception as exc:
             link.close(errors.Internal(f"reading from {link.peer} failed: {exc!r}"))
 

@@ -1,6 +1,7 @@
-"""The coordinator's logic in one process: members joined over in-process links, passes recorded, aborted on departures."""
+"""The coordinator's logic in one process: members joined over in-process links (and one socket pair), passes recorded, aborted on departures."""
 
 import queue
+import socket
 import time
 
 import pytest
@@ -8,6 +9,7 @@ import pytest
 from distautograd import errors
 from distautograd.coordinator.service import Coordinator, Settings
 from distautograd.protocol.v1 import messages_pb2 as pb
+from distautograd.transport import framing
 from distautograd.transport.deadlines import Deadlines
 from distautograd.transport.link import Link
 from distautograd.transport.security import Security
@@ -196,3 +198,44 @@ def test_silence_is_unreachable_at_the_heartbeat_timeout_dead_at_the_lease_and_a
         coordinator.stop()
         deadlines.stop()
 
+
+
+def test_a_member_whose_connection_takes_nothing_is_unreachable_after_the_heartbeat_timeout():
+    """A member that reads nothing (stopped, or cut off with its buffers full) would hold every Join,
+    verdict and stop behind the coordinator's send stuck in its socket until the kernel gave up:
+    minutes. A send that moves no byte for the heartbeat timeout ends that connection instead, and
+    the member is unreachable (it may join again), not dead."""
+    coordinator, deadlines = _lasting(heartbeat_timeout=1.0)
+    ours, theirs = socket.socketpair()
+    try:
+        for end in (ours, theirs):  # small buffers: a few snapshots fill them
+            end.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+            end.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        coordinator._accept_socket(ours, pb.Hello())
+        join = pb.Frame(id=1, request=pb.Request(join=pb.Join(name="cut-off", rank=-1, address="x:1", incarnation=5)))
+        header = join.SerializeToString()
+        framing.send_all(theirs, [framing.LENGTH.pack(len(header)), header])
+        reply = framing.Reader(theirs, deadline=time.monotonic() + 5).message(pb.Frame)
+        rank = reply.response.join.rank
+        assert rank >= 0  # a member; from now on it reads nothing
+        stuck = coordinator.membership.member(rank).link
+        others, started = [], time.monotonic()
+        while not stuck.closed:  # joins go on until a snapshot to it stalls past the timeout
+            assert time.monotonic() - started < 30, "the snapshots never filled the socket's buffers"
+            before = time.monotonic()
+            link, joined = _join(coordinator, deadlines, f"w{len(others)}", incarnation=len(others) + 1)
+            assert joined.result(timeout=5)[0].join.rank >= 0
+            assert time.monotonic() - before < 1.0 + 2  # at most one stall's wait, not the kernel's minutes
+            others.append(link)
+        assert isinstance(stuck.closed_with, errors.Unreachable), stuck.closed_with
+        assert "took no byte for 1 s" in str(stuck.closed_with)
+        assert _entry(coordinator, "cut-off").unreachable and coordinator.membership.departed() == []
+        link, joined = _join(coordinator, deadlines, "late", incarnation=99)
+        assert joined.result(timeout=2)[0].join.rank >= 0  # nothing waits on it any more
+        before = time.monotonic()
+        coordinator.stop()
+        assert time.monotonic() - before < 2
+    finally:
+        coordinator.stop()
+        deadlines.stop()
+        theirs.close()

@@ -1,5 +1,6 @@
 """Frames on a socket pair: every byte and descriptor sent arrives once, in order, whatever the kernel takes per call."""
 
+import errno
 import os
 import socket
 import threading
@@ -82,6 +83,50 @@ def test_descriptors_ride_along_in_groups_the_receiver_can_take(pair):
             assert os.read(r, 1) == b"x"
     finally:
         for fd in read_ends + fds + out.get("fds", []):
+            os.close(fd)
+
+
+def test_a_peer_that_takes_nothing_for_the_stall_limit_fails_the_send_with_etimedout(pair):
+    a, b = pair
+    a.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    started = time.monotonic()
+    with pytest.raises(OSError) as raised:
+        framing.send_all(a, [b"x" * (1 << 20)], stall=0.3)  # b reads nothing
+    took = time.monotonic() - started
+    assert raised.value.errno == errno.ETIMEDOUT and "took no byte for 0.3 s" in str(raised.value)
+    assert 0.3 <= took < 2.5, took
+
+
+def test_a_slow_peer_that_keeps_taking_bytes_is_not_a_stall(pair):
+    """The limit is on a wait with no progress, not on the whole send: a reader that takes a little
+    every 50 ms gets 256 KiB and 150 descriptors through a 0.4 s limit that the whole send outlasts."""
+    a, b = pair
+    for end in (a, b):
+        end.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        end.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    read_ends, fds = zip(*(os.pipe() for _ in range(150)))
+    want = os.urandom(256 << 10)
+    out = {"bytes": bytearray(), "fds": []}
+
+    def read_slowly():
+        reader = framing.Reader(b)
+        while len(out["bytes"]) < len(want):
+            time.sleep(0.05)
+            out["bytes"] += reader.exactly(min(16 << 10, len(want) - len(out["bytes"])))
+        out["fds"] = reader.fds
+
+    thread = threading.Thread(target=read_slowly)
+    thread.start()
+    started = time.monotonic()
+    try:
+        framing.send_all(a, [want[:100], memoryview(want)[100:]], list(fds), stall=0.4)
+        thread.join(20)
+        assert time.monotonic() - started > 0.4  # it did outlast the limit
+        assert bytes(out["bytes"]) == want and len(out["fds"]) == 150
+        os.write(out["fds"][-1], b"y")
+        assert os.read(read_ends[-1], 1) == b"y"
+    finally:
+        for fd in list(read_ends) + list(fds) + out["fds"]:
             os.close(fd)
 
 
