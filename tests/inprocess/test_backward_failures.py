@@ -14,7 +14,7 @@ import torch
 from distautograd import errors
 from distautograd.runtime.backward import Backward
 from distautograd.runtime.pass_state import Drive
-from tests.helpers.inprocess import AGENTS, World, backward, call, context
+from tests.helpers.inprocess import AGENTS, World, backward, call, context, gradients
 from tests.helpers.spies import Spy
 from tests.inprocess.test_backward import fails_in_backward
 
@@ -165,6 +165,33 @@ def test_a_connection_to_a_participant_that_breaks_fails_the_pass_naming_it_as_i
         world.close()
 
 
+def test_a_broken_connection_fails_only_the_passes_that_need_that_peer():
+    """Two passes in flight at n0: one waits on n2, one on n1 only. n0's connection to n2 breaks: the
+    first fails at once, naming n2; the second goes on and gives its gradient."""
+    world = World(["n0", "n1", "n2"], rpc_timeout=30)
+    try:
+        x = torch.randn(3, requires_grad=True)
+        other = {}
+
+        def through_n1():
+            with context("n0") as ctx:
+                y = call("n0", "n1", slow_in_backward, x * 3)
+                backward("n0", ctx, [y.sum()])
+                other["grad"] = gradients("n0", ctx.id)[x]
+
+        with context("n0") as ctx:
+            y = call("n0", "n2", slow_in_backward, x)
+            thread = threading.Thread(target=through_n1)
+            thread.start()
+            threading.Timer(0.3, lambda: AGENTS["n0"].peers.close_peer(2, errors.Unreachable("the test broke it"))).start()
+            with pytest.raises(errors.Unreachable, match=rf"context {ctx.id} lost 'n2' \(rank 2\)"):
+                backward("n0", ctx, [y.sum()])
+            thread.join(10)
+        assert torch.equal(other["grad"], torch.full((3,), 3.0))
+    finally:
+        world.close()
+
+
 def chain_on(x, here, there):
     """On ``here``: on to ``there``, which is slow in backward; the root never talks to ``there``."""
     return call(here, there, slow_in_backward, x * 2)
@@ -200,6 +227,59 @@ def test_a_participant_the_root_never_talked_to_declared_dead_fails_the_pass_nam
             assert raised.value.worker == "q2"
             ((context_id, _, root),) = during["q0"]  # the root lists the pass it drives, with itself as root
             assert (context_id, root) == (ctx.id, 0) and [(c, r) for c, _, r in during["q1"]] == [(ctx.id, 0)]
+    finally:
+        world.close()
+
+
+def test_a_graceful_departure_mid_pass_says_left(monkeypatch):
+    """Heard by the departure notice alone (the coordinator's abort is switched off at the root): a
+    participant that left, not died, is named as having left."""
+    monkeypatch.setattr(Backward, "handle_abort", lambda self, *args: None)
+    world = World(["g0", "g1", "g2"], rpc_timeout=30)
+    try:
+        x = torch.randn(3, requires_grad=True)
+        with context("g0") as ctx:
+            y = call("g0", "g1", chain_on, x, "g1", "g2")
+            threading.Timer(0.3, lambda: AGENTS["g0"].coordinator.membership.depart(
+                2, "the test made it leave", failed=False)).start()
+            with pytest.raises(errors.Unavailable, match=rf"^worker 'g2' \(rank 2\) left during the backward pass "
+                                                         rf"of context {ctx.id}: the test made it leave$"):
+                backward("g0", ctx, [y.sum()])
+    finally:
+        world.close()
+
+
+def test_a_participant_whose_root_departs_takes_its_parts_off_at_once(monkeypatch):
+    """h1 is the root, h2 waits in a slow node of its part; h1 is declared dead. h2 hears it by the
+    departure notice alone (the coordinator's abort is switched off) and takes the part off there
+    and then, not when its node ends (the wave already running still pushes what it makes)."""
+    monkeypatch.setattr(Backward, "handle_abort", lambda self, *args: None)
+    world = World(["h0", "h1", "h2"], rpc_timeout=3)
+    try:
+        x = torch.randn(3, requires_grad=True)
+        with context("h1") as ctx:
+            y = call("h1", "h2", slow_in_backward, x)
+            outcome = {}
+
+            def drive():
+                try:
+                    backward("h1", ctx, [y.sum()])
+                except Exception as exc:
+                    outcome["error"] = exc
+
+            root = threading.Thread(target=drive)
+            root.start()
+            deadline = time.monotonic() + 5
+            while not AGENTS["h2"].backward.in_flight():
+                assert time.monotonic() < deadline, "h2's part never started"
+                time.sleep(0.01)
+            AGENTS["h0"].coordinator.membership.depart(1, "the test declared it dead", failed=True)
+            deadline = time.monotonic() + 1  # the slow node runs 1.5 s: only the notice ends the part before
+            while AGENTS["h2"].backward.in_flight():
+                assert time.monotonic() < deadline, AGENTS["h2"].backward.in_flight()
+                time.sleep(0.01)
+            root.join(10)
+            assert isinstance(outcome.get("error"), errors.Unavailable), outcome  # h1 lost h2 as h2 let it go
     finally:
         world.close()
 
