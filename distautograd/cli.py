@@ -78,6 +78,7 @@ def cmd_coordinator(args) -> int:
     options = _options(
         args, heartbeat_interval=args.heartbeat_interval, heartbeat_timeout=args.heartbeat_timeout,
         context_ttl=args.context_ttl, allowed_modules=args.allow_module, unreachable_timeout=args.unreachable_timeout,
+        metrics_port=args.metrics_port,
     )
     security = _security(args)
     server = Server(args.host, args.port, security)
@@ -87,10 +88,18 @@ def cmd_coordinator(args) -> int:
         unreachable_timeout=options.unreachable_timeout,
     ))
     server.start()
+    http = None
+    if options.metrics_port is not None:
+        from distautograd.runtime import monitoring
+
+        http = monitoring.serve(args.host, options.metrics_port, security.token, coordinator=coordinator)
+        print(f"status page at http://{args.host}:{http.port}/ (metrics at /metrics)", flush=True)
     print(f"coordinator ready at {args.host}:{server.port}", flush=True)
     _wait(stop)
     log.info("coordinator stopping")
     coordinator.stop()
+    if http is not None:
+        http.close()
     server.stop(grace=1.0)
     return 0
 
@@ -118,6 +127,7 @@ def cmd_worker(args) -> int:
         peer_bytes=args.peer_bytes,
         peer_rrefs=args.peer_rrefs,
         init_timeout=args.init_timeout,
+        metrics_port=args.metrics_port,
         daemon=True,
     )
     rpc.init_rpc(args.name, rank=args.rank, rpc_backend_options=options)
@@ -247,6 +257,12 @@ def cmd_demo(args) -> int:
     return demo_main(steps=args.steps, check_every=args.check_every, trace=args.trace or "", graph=args.graph or "")
 
 
+def _add_metrics_port(p, what: str) -> None:
+    p.add_argument("--metrics-port", type=int, help=f"serve {what} over HTTP on this port, on the listen address "
+                   "(0 = any free port; DISTAUTOGRAD_METRICS_PORT; default off). Beyond loopback it needs the token "
+                   "as a bearer token")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="distautograd", description=__doc__)
     parser.add_argument("--log-level", default=_env("DISTAUTOGRAD_LOG_LEVEL", "INFO"))
@@ -261,6 +277,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="seconds a worker may stay unreachable before it is dead (DISTAUTOGRAD_UNREACHABLE_TIMEOUT; 300)")
     p.add_argument("--context-ttl", type=float, help="DISTAUTOGRAD_CONTEXT_TTL; default 30 s")
     p.add_argument("--allow-module", action="append", default=[], help="module whose exception types may be rebuilt")
+    _add_metrics_port(p, "metrics and the live status page")
     _add_security(p)
     p.set_defaults(run=cmd_coordinator)
 
@@ -291,6 +308,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--peer-contexts", type=int, help="autograd contexts one peer may bring here "
                    "(DISTAUTOGRAD_PEER_CONTEXTS; default 65536)")
     p.add_argument("--init-timeout", type=float, help="seconds to wait for the coordinator; default the rpc timeout")
+    _add_metrics_port(p, "metrics")
     _add_security(p)
     p.set_defaults(run=cmd_worker)
 

@@ -70,13 +70,16 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small sizes and few steps, to check that it runs")
     parser.add_argument("--rounds", type=int, default=None, help="alternations per benchmark (default 3, quick 1)")
-    parser.add_argument("--only", nargs="*", help="run only these: latency transfer netns pipeline ps chain memory")
+    parser.add_argument("--only", nargs="*",
+                        help="run only these: latency transfer netns pipeline ps chain hops memory")
     args = parser.parse_args(argv)
     quick = args.quick
     rounds = args.rounds or (1 if quick else 3)
-    selected = set(args.only or ["latency", "transfer", "netns", "pipeline", "ps", "chain", "memory"])
-    from distautograd import netns
+    selected = set(args.only or ["latency", "transfer", "netns", "pipeline", "ps", "chain", "hops", "memory"])
+    from distautograd import native, netns
     from distautograd.bench import workloads
+
+    print(f"distautograd: {native.built()}", file=sys.stderr)
 
     rows = []
     traced = []  # (step ms without a trace, with one), distautograd only
@@ -143,6 +146,13 @@ def main(argv=None) -> int:
                       for fw in FRAMEWORKS}
             row(f"  cost of each worker added, {first} to {last}", {fw: {"ms": g} for fw, g in growth.items()}, "ms",
                 "ms", False, ("<=", 1.0))
+    hop_rounds = []
+    if "hops" in selected:  # distautograd only: torch's hop is C++ that cannot be stamped from here
+        names = ["trainer"] + [f"worker{i + 1}" for i in range(4)]
+        for round_ in range(rounds):
+            print(f"  one backward hop, stage by stage (round {round_ + 1}/{rounds})", file=sys.stderr, flush=True)
+            hop_rounds.append(run_world("distautograd", "hop_breakdown", names,
+                                        {"workers": names[1:], "repeats": 20 if quick else 100}))
     memory_report = []
     if "memory" in selected:
         steps = 300 if quick else 10_000
@@ -168,6 +178,8 @@ def main(argv=None) -> int:
         off, on = traced[0]
         print(f"\nrecording a trace of every step (context(trace=True)), distautograd: {off:.2f} ms without, "
               f"{on:.2f} ms with ({(on - off) / off * 100:+.0f}%); off, tracing costs one flag test per call")
+    if hop_rounds:
+        _print_hops(hop_rounds, chain)
     if memory_report:
         print(f"\nresident memory (MiB) at step {first} and step {steps}:\n")
         print("| framework | process | first | last | growth |")
@@ -177,6 +189,24 @@ def main(argv=None) -> int:
         print(f"\ntarget: distautograd's resident memory flat (within 5%) from step {first} on: "
               f"{'met' if flat else 'not met'}")
     return 0
+
+
+def _print_hops(hop_rounds: List[Dict[str, float]], chain: dict) -> None:
+    from distautograd.bench import breakdown
+
+    stages = [name for name, _, _ in breakdown.STAGES] + [breakdown.HANDED_OVER, "per hop", breakdown.SENDING]
+    hops = sum(int(r["hops"]) for r in hop_rounds)
+    print(f"\none backward hop through a chain of 4 workers, distautograd's Python path (us, medians of "
+          f"{len(hop_rounds)} round(s), {hops} hops):\n")
+    print("| stage | us |")
+    print("|---|---|")
+    for stage in stages:
+        print(f"| {stage} | {statistics.median(r[stage] for r in hop_rounds):.0f} |")
+    if len(chain) > 1:  # a hop is half a worker added: each worker is reached, and answers, once per pass
+        first, last = min(chain), max(chain)
+        per_worker = (chain[last]["torch"]["backward_ms"] - chain[first]["torch"]["backward_ms"]) / (last - first)
+        print(f"\ntorch's, from the chain rows: {per_worker * 1e3 / 2:.0f} us per hop (half the cost of a worker "
+              "added: each worker takes two hops per pass)")
 
 
 def _judge(target, ratio: float, value: float, memcpy: float):

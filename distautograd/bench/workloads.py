@@ -213,6 +213,29 @@ def backward_chain(fw, workers: List[str], repeats: int) -> Dict[str, float]:
     return {"backward_ms": statistics.median(times[5:]) * 1e3}
 
 
+def hop_breakdown(fw, workers: List[str], repeats: int) -> Dict[str, float]:
+    """Backward through the chain with every worker stamping each hop (transport.hops); distautograd only."""
+    from distautograd.bench import breakdown
+
+    everyone = workers + [fw.rpc.get_worker_info().name]
+    for name in everyone:
+        fw.rpc.rpc_sync(name, start_hops)
+    backward_chain(fw, workers, repeats)
+    return breakdown.summarize([h for name in everyone for h in fw.rpc.rpc_sync(name, stop_hops)])
+
+
+def start_hops() -> None:
+    from distautograd.transport import hops
+
+    hops.start()
+
+
+def stop_hops() -> list:
+    from distautograd.transport import hops
+
+    return hops.stop()
+
+
 def memory_over_steps(fw, steps: int, checkpoints: List[int]) -> Dict[str, float]:
     """The resident memory of every process at each checkpoint of a long training run."""
     stages, optimizer, forward = _pipeline(fw)

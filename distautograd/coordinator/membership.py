@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
+import collections
 import logging
 import threading
 import time
 from concurrent.futures import Future
-from typing import Callable, Dict, List, Optional, Set
+from typing import Callable, Deque, Dict, List, Optional, Set
 
-from distautograd import errors
+from distautograd import errors, metrics
 from distautograd.ids import MAX_RANK
 from distautograd.protocol.v1 import messages_pb2 as pb
 
 log = logging.getLogger("distautograd")
 _DEPARTED_MEMORY = 1000
+_EVENT_MEMORY = 100  # what the status page shows of the world's recent history
 
 
 NAME_CHARACTERS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-.:")
@@ -67,8 +69,19 @@ class Membership:
         self._barrier_waiters: Dict[str, List[Future]] = {}
         self._changed = threading.Condition(self._lock)
         self._used: Set[int] = set()  # every rank a member has held: ids minted under it may still be about
+        self.events: Deque[dict] = collections.deque(maxlen=_EVENT_MEMORY)  # joins, rejoins, deaths (wall time)
+        for state in ("reachable", "unreachable"):
+            metrics.watch(metrics.MEMBERS.labels(state), lambda state=state: self._count(state))
 
     # ------------------------------------------------------------------ queries
+
+    def _count(self, state: str) -> int:
+        with self._lock:
+            return sum((m.unreachable_since is None) == (state == "reachable") for m in self._members.values())
+
+    def _event(self, what: str, entry: pb.WorkerEntry, reason: str = "") -> None:
+        self.events.append({"time": time.time(), "what": what, "name": entry.name, "rank": entry.rank,
+                            "reason": reason})
 
     def member(self, rank: int) -> Optional[Member]:
         with self._lock:
@@ -145,6 +158,9 @@ class Membership:
             raise refusal
         log.info("worker %s %s as rank %d at %s (pid %d on %s)", join.name, outcome, rank, join.address, join.pid,
                  join.host)
+        if outcome == "joined again":
+            metrics.REJOINS.inc()
+        self._event(outcome, pb.WorkerEntry(name=join.name, rank=rank))
         self._broadcast(snapshot)
         return snapshot
 
@@ -240,6 +256,7 @@ class Membership:
             self._version += 1
             snapshot = self._snapshot_locked()
         log.warning("worker %s is reachable again", member.label)
+        self._event("reachable again", member.entry)
         self._broadcast(snapshot)
 
     def suspect(self, rank: int, reason: str) -> bool:
@@ -254,6 +271,7 @@ class Membership:
             self._version += 1
             snapshot = self._snapshot_locked()
         log.warning("worker %s is unreachable: %s", member.label, reason)
+        self._event("unreachable", member.entry, reason)
         self._broadcast(snapshot)
         return True
 
@@ -286,6 +304,8 @@ class Membership:
         (log.warning if failed else log.info)(
             "worker %s (rank %d) %s: %s", member.entry.name, rank, "failed" if failed else "left", reason
         )
+        metrics.DEPARTURES.labels("died" if failed else "left").inc()
+        self._event("died" if failed else "left", member.entry, reason)
         self._broadcast(snapshot)
         self._release(completed)
         self._on_departed(departure)

@@ -11,7 +11,7 @@ from typing import Dict, Optional, Sequence
 
 import grpc
 
-from distautograd import errors
+from distautograd import errors, metrics
 from distautograd.coordinator.context_registry import ContextRegistry
 from distautograd.coordinator.membership import Membership
 from distautograd.coordinator.passes import PassRegistry
@@ -213,6 +213,7 @@ class Coordinator:
         interval = max(0.05, min(settings.heartbeat_interval, settings.heartbeat_timeout / 4))
         while not self._stopped.wait(interval):
             for member in self.membership.stale(settings.heartbeat_timeout):
+                metrics.HEARTBEATS_MISSED.inc()
                 self._suspect(member, f"no heartbeat for {settings.heartbeat_timeout:g} s")
             for member in self.membership.overdue(settings.unreachable_timeout):
                 reason = f"unreachable for {settings.unreachable_timeout:g} s (unreachable_timeout)"

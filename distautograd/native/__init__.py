@@ -22,9 +22,10 @@ else:
 _said = False
 
 
-def path() -> str:
-    """Which path this process runs: "native" or "python"."""
-    return "native" if core is not None else "python"
+def built() -> str:
+    """What the bench and tools say of the core: it is built or not, and carries no message yet."""
+    return ("compiled core built (futures, profiler events, thread state)" if core is not None
+            else f"compiled core not built ({_missing})") + "; every message takes the Python path"
 
 
 def say_which_once() -> None:

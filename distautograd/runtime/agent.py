@@ -13,7 +13,7 @@ from typing import Any, Dict, List, Optional
 import grpc
 import torch
 
-from distautograd import __version__, errors
+from distautograd import __version__, errors, metrics
 from distautograd.coordinator.service import Coordinator, Settings
 from distautograd.encoding.allowlist import Allowlist, program_root
 from distautograd.ids import MAX_RANK, IdMint
@@ -25,7 +25,7 @@ from distautograd.runtime.codec import Codec
 from distautograd.runtime.contexts import ContextStore
 from distautograd.runtime.gil import GilSampler
 from distautograd.views import trace
-from distautograd.runtime import inspection, optimizers, remote_modules  # noqa: F401  (what peers call: loaded)
+from distautograd.runtime import inspection, monitoring, optimizers, remote_modules  # noqa: F401  (peers call some)
 from distautograd.runtime.notices import Notices
 from distautograd.runtime.options import BackendOptions
 from distautograd.runtime.peers import Peers
@@ -36,6 +36,7 @@ from distautograd.runtime.rrefs import RRefStore
 from distautograd.runtime.world import WorkerInfo, WorldView, name_problem
 from distautograd.transport import grpc_server, shm, sockets
 from distautograd.transport.deadlines import Deadlines
+from distautograd.transport.http import HttpServer
 from distautograd.transport.dispatch import Dispatcher
 from distautograd.transport.shares import Shares
 from distautograd.transport import paths
@@ -109,6 +110,7 @@ class Agent:
         self.server: Optional[grpc_server.Server] = None
         self.listener: Optional[sockets.Listener] = None
         self.coordinator: Optional[Coordinator] = None
+        self.http: Optional[HttpServer] = None  # metrics (and the coordinator's pages), if metrics_port asks
         self.gil = GilSampler()
         self.is_static_group = True  # torch's attribute: a world of a known size
         self._joins = 0
@@ -148,6 +150,9 @@ class Agent:
             self.name, self.security, self.peers.accept_socket, listen_host, options.transport,
             silence=options.heartbeat_timeout,
         )
+        if options.metrics_port is not None:
+            self.http = monitoring.serve(listen_host, options.metrics_port, self.security.token, agent=self,
+                                         coordinator=self.coordinator)
         if host_it:
             coordinator = rendezvous.publish(self.server.port)
         else:
@@ -249,9 +254,9 @@ class Agent:
     def _heartbeat(self, interval: float) -> None:
         while not self.stopping.wait(interval):
             link = self.peers.coordinator
-            if link is not None:
-                link.try_notify(pb.Request(heartbeat=pb.Heartbeat(
-                    contexts=self.contexts.count(), passes=len(self.backward.in_flight()), shares=self._shares())))
+            if link is not None and not link.try_notify(pb.Request(heartbeat=pb.Heartbeat(
+                    contexts=self.contexts.count(), passes=len(self.backward.in_flight()), shares=self._shares()))):
+                metrics.HEARTBEATS_MISSED.inc()
 
     def _shares(self, most: int = 32) -> list:
         """What peers hold here of each resource counted per peer, the largest first (for status)."""
@@ -366,6 +371,8 @@ class Agent:
             self.coordinator.stop()
         if self.listener is not None:
             self.listener.close()
+        if self.http is not None:
+            self.http.close()
         if self.server is not None:
             self.server.stop(grace=0.5)
         if self._coordinator_channel is not None:

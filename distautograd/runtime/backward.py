@@ -16,11 +16,12 @@ from __future__ import annotations
 import contextlib
 import logging
 import queue
+import time
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
-from distautograd import errors
+from distautograd import errors, metrics
 from distautograd.engine.roots import validate_roots
 from distautograd.engine.graph import ROOTS, PassGraph
 from distautograd.engine import nodes, order
@@ -34,7 +35,7 @@ from distautograd.runtime.pass_state import Drive, Part, Passes, PassKey
 from distautograd.runtime.peers import COORDINATOR, Peers
 from distautograd.runtime.reach import Reach
 from distautograd.runtime import anomaly, inspection, profiling, tracing
-from distautograd.transport import reading
+from distautograd.transport import hops, reading
 from distautograd.views import trace
 from distautograd.transport.deadlines import Deadlines
 
@@ -89,6 +90,7 @@ class Backward:
         roots' gradients (ones, for scalars, if not given). ``capture``: leaves hand their gradients
         back instead of accumulating them; returns those of this worker's leaves."""
         began = trace.now_us() if tracing.on(ctx) else 0.0
+        called = time.monotonic()
         roots = validate_roots(roots, scalars=grads is None)
         grads = list(grads) if grads is not None else [
             torch.ones_like(root, memory_format=torch.contiguous_format) for root in roots]
@@ -107,6 +109,9 @@ class Backward:
         drive = Drive(ctx, pass_id, participants | {self.rank}, queue.SimpleQueue() if profiled else None)
         part = Part(ctx, pass_id, self.rank)
         self._passes.begin(drive, part)
+        if metrics.ON:
+            metrics.PASSES_STARTED.inc()
+            metrics.PASS_PARTICIPANTS.observe(len(drive.participants))
         ctx.reported = True
         with ctx.lock:
             ctx.peers.update(participants)  # released on them when the context ends
@@ -136,6 +141,9 @@ class Backward:
                 self._deadlines.cancel(expiry)
             if began:
                 tracing.root_pass(ctx, began, len(drive.participants))
+            if metrics.ON:
+                metrics.PASSES_ENDED.labels(metrics.outcome(drive.result.exception())).inc()
+                metrics.PASS_SECONDS.observe(time.monotonic() - called)
             self._passes.end(key, driven=True)
             self._tell_coordinator(pb.PassEvent(context_id=ctx.id, pass_id=pass_id, ended=True,
                                                 failed=drive.result.exception() is not None, leaves=drive.leaves))
@@ -232,6 +240,8 @@ class Backward:
             self._learn_done(part, body.done)
         try:
             grads = self._codec.decode(body.gradients, attachments, link.peer_rank, part.ctx)
+            if hops.ON and body.message_ids:
+                hops.received((part.ctx.id, part.pass_id, body.message_ids[0]))
             if not isinstance(grads, list) or len(grads) != len(body.message_ids) or not all(
                     g is None or isinstance(g, torch.Tensor) for g in grads):
                 raise errors.InvalidArgument("gradients must be a list of tensors (or None), one per message id")
@@ -280,6 +290,8 @@ class Backward:
             if message_id in part.active:
                 by_dest.setdefault(rank_of(message_id), []).append((message_id, grad))
         plan = part.plan if len(part.plan.active_sends) <= PLAN_INLINE_LIMIT else None
+        if hops.ON:
+            hops.at("engine")
         for dest, items in by_dest.items():
             value, attachments = self._codec.encode([g for _, g in items], dest, ctx, compact_zeros=True)
             if ctx.inspect & inspection.GRAPH:
@@ -297,7 +309,11 @@ class Backward:
                 body.done.extend(learned)
             if tracing.on(ctx):
                 tracing.pushed(ctx, items[0][0], self._peers.world.name_of(dest))
+            if hops.ON:
+                hops.at("encoded")
             self._send_push(dest, pb.Request(push_gradients=body), attachments)
+            if hops.ON:
+                hops.sent((ctx.id, part.pass_id, body.message_ids[0]))
 
     def _send_push(self, dest: int, request: pb.Request, attachments) -> None:
         """A push is a notification: the pass ends when everyone reports, and the receiver cannot

@@ -14,7 +14,7 @@ from typing import Any, Callable, List, Optional
 
 import torch
 
-from distautograd import errors, native
+from distautograd import errors, metrics, native
 from distautograd.engine import order
 from distautograd.errors import failure
 from distautograd.protocol.v1 import messages_pb2 as pb
@@ -49,6 +49,18 @@ def _named(decode: Callable, run) -> Callable:
         run.func = tracing.name(func)
         return func, args, kwargs
     return decoded
+
+
+def _counted(complete, result: "Answer", function: str, peer: str):
+    """``complete``, then the call counted (metrics): its outcome is the answer's, decoding included."""
+    began = time.monotonic()
+
+    def counted(response, attachments, error) -> None:
+        complete(response, attachments, error)
+        metrics.CALLS_MADE.labels(function, peer, metrics.outcome(failure(result))).inc()
+        metrics.CALL_SECONDS.labels(function, peer).observe(time.monotonic() - began)
+
+    return counted
 
 
 def _then(first: Callable, after: Callable[[], None]) -> Callable:
@@ -169,6 +181,8 @@ class Calls:
                        profile=profile)
         result = Answer()
         complete = self._completion(result, to.id, ctx)
+        if metrics.ON:
+            complete = _counted(complete, result, profiling.function_name(func), to.name)
         if tracing.on(ctx):
             call.trace_id = self._rrefs.mint()
             record = tracing.Call(ctx, call.trace_id, func, to.name, len(value.pickle) + sum(
@@ -331,6 +345,7 @@ class Calls:
         ``profile``: (what the caller's profiler records, the list its events go into), or None."""
         with self._lock:
             self._running += 1
+        served = metrics.Served(self._world.name_of(peer)) if metrics.ON else None
 
         def finish(outcome) -> None:
             try:
@@ -340,6 +355,8 @@ class Calls:
             finally:
                 with self._lock:
                     self._running -= 1
+                if served is not None:
+                    served.done(outcome if isinstance(outcome, BaseException) else None)
 
         contexts = self._contexts
 
@@ -347,6 +364,8 @@ class Calls:
             func = None
             try:
                 func, args, kwargs = decode()
+                if served is not None:
+                    served.function = profiling.function_name(func)
                 previous = contexts.swap(ctx)
                 try:
                     with anomaly.recording(ctx.anomaly if ctx is not None else 0), \

@@ -38,6 +38,7 @@ ENVIRONMENT = {
     "DISTAUTOGRAD_TRANSPORT": "how workers reach each other: auto (Unix socket, TCP, gRPC), tcp, or grpc",
     "DISTAUTOGRAD_SHARED_MEMORY": "0 to send big tensors through the socket instead of shared memory",
     "DISTAUTOGRAD_MAX_MESSAGE_BYTES": "the most bytes of tensors one message from a peer may carry",
+    "DISTAUTOGRAD_METRICS_PORT": "serve Prometheus metrics (and, on the coordinator, its status page) on this port (0 = any free port; unset = off)",
     "DISTAUTOGRAD_UNREACHABLE_TIMEOUT": "seconds a worker may stay unreachable before it counts as dead",
     "DISTAUTOGRAD_PEER_CALLS": "requests one peer may have waiting or running here at once",
     "DISTAUTOGRAD_PEER_CONTEXTS": "autograd contexts one peer may bring here (open at once)",
@@ -71,6 +72,16 @@ def _env_float(name: str, default: float) -> float:
 
 def _env_int(name: str, default: int) -> int:
     return int(os.environ.get(name, default))
+
+
+def _env_port(name: str) -> Optional[int]:
+    value = os.environ.get(name, "").strip()
+    if not value:
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        raise ValueError(f"{name} must be a port number (0 = any free port), got {value!r}") from None
 
 
 class RpcBackendOptions:
@@ -167,6 +178,7 @@ class BackendOptions(RpcBackendOptions):
     peer_contexts: int = field(default_factory=lambda: _env_int("DISTAUTOGRAD_PEER_CONTEXTS", 65536))
     peer_rrefs: int = field(default_factory=lambda: _env_int("DISTAUTOGRAD_PEER_RREFS", 65536))
     peer_bytes: int = field(default_factory=lambda: _env_int("DISTAUTOGRAD_PEER_BYTES", 8 << 30))
+    metrics_port: Optional[int] = field(default_factory=lambda: _env_port("DISTAUTOGRAD_METRICS_PORT"))
     daemon: bool = False
     trust_program: Optional[bool] = None
     device_maps: Optional[Dict[Any, Any]] = None
@@ -191,6 +203,9 @@ class BackendOptions(RpcBackendOptions):
         if self.peer_bytes < self.max_message_bytes:
             raise ValueError(f"peer_bytes ({self.peer_bytes}) must be at least max_message_bytes "
                              f"({self.max_message_bytes}): one message that fits must fit a peer's share")
+        if self.metrics_port is not None and (isinstance(self.metrics_port, bool) or not isinstance(
+                self.metrics_port, int) or not 0 <= self.metrics_port <= 65535):
+            raise ValueError(f"metrics_port must be a port number (0 = any free port), got {self.metrics_port!r}")
         if self.transport not in ("auto", "tcp", "grpc"):
             raise ValueError(f"transport must be 'auto', 'tcp' or 'grpc', got {self.transport!r}")
         self._apply_tensorpipe_choices()

@@ -33,11 +33,15 @@ def on() -> bool:
 
 def key(mode: str, func, src: str, dst: str) -> str:
     """torch's name for a call's range: ``rpc_{sync|async|remote}#{function}({src} -> {dst})``."""
+    return f"rpc_{mode}#{function_name(func)}({src} -> {dst})"
+
+
+def function_name(func) -> str:
+    """A called function as torch's profiler names it: ``aten::add`` for torch's operators, else its
+    qualified name (also the metrics' ``function`` label)."""
     if isinstance(func, torch.jit.ScriptFunction):
-        name = torch._jit_internal._qualified_name(func)
-    else:
-        name = torch.jit._builtins._find_builtin(func) or getattr(func, "__qualname__", None) or repr(func)
-    return f"rpc_{mode}#{name}({src} -> {dst})"
+        return torch._jit_internal._qualified_name(func)
+    return torch.jit._builtins._find_builtin(func) or getattr(func, "__qualname__", None) or repr(func)
 
 
 def requested() -> Optional[pb.Profile]:

@@ -248,6 +248,11 @@ class RRefStore:
                 raise RuntimeError(f"Leaking RRef {guid_text(rref._id)} with fork Id {guid_text(rref._fork)}: it was still "
                                    "held at shutdown (set rpc.api._ignore_rref_leak = True to release it silently)")
 
+    def owned_count(self) -> int:
+        """RRef values owned here (metrics)."""
+        with self._lock:
+            return len(self._owned)
+
     def debug_info(self) -> Dict[str, str]:
         """torch's RRef counters: values owned here that others know of, forks of them held
         elsewhere, values announced but not made yet, and RRefs made here by remote() whose owner

@@ -12,7 +12,7 @@ import grpc
 import numpy as np
 from google.protobuf.message import DecodeError
 
-from distautograd import errors
+from distautograd import errors, metrics
 from distautograd.protocol.v1 import messages_pb2 as pb
 from distautograd.transport.link import Link
 
@@ -61,13 +61,15 @@ class GrpcStreamTransport:
             item = self._outbox.get()
             if item is _STOP:
                 return
-            if isinstance(item, pb.Frame):
-                yield item
-            else:
-                yield from item
+            for frame in (item,) if isinstance(item, pb.Frame) else item:  # a frame, or a big one's chunks
+                if metrics.ON:
+                    metrics.SENT_BYTES.labels("grpc").inc(frame.ByteSize())
+                yield frame
 
     def receive(self, frame: pb.Frame) -> None:
         """Takes one incoming frame (called by the thread that reads the stream)."""
+        if metrics.ON:
+            metrics.RECEIVED_BYTES.labels("grpc").inc(frame.ByteSize())
         link = self.link
         incoming = self._incoming
         if incoming is not None:

@@ -191,6 +191,11 @@ class SegmentPool:
         with self._lock:
             return len(self._lent)
 
+    def lent_bytes(self) -> int:
+        """Bytes of the segments lent and not had back (metrics)."""
+        with self._lock:
+            return sum(segment.size for _, segment in self._lent.values())
+
 
 class ReceiveBuffers:
     """Warm buffers to receive big attachments into: fresh pages cost more than the copy itself.

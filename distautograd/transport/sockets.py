@@ -20,8 +20,8 @@ import threading
 import time
 from typing import Any, Callable, List, Optional, Sequence, Tuple
 
-from distautograd import errors
-from distautograd.transport import framing, reading, security, shm
+from distautograd import errors, metrics
+from distautograd.transport import framing, hops, reading, security, shm
 from distautograd.transport.link import Link
 from distautograd.protocol.v1 import messages_pb2 as pb
 
@@ -102,6 +102,9 @@ class SocketTransport:
             header = pb.Frame(id=frame_id, **{kind: message}).SerializeToString()
             try:
                 framing.send_all(self.sock, [framing.LENGTH.pack(len(header)), header, *streamed], fds, self._stall)
+                if metrics.ON:
+                    _count(metrics.SENT_BYTES, self.kind, framing.LENGTH.size + len(header) + sum(map(len, streamed)),
+                           sum(map(len, views)) - sum(map(len, streamed)))
             except OSError as exc:
                 error = lost(self.link.peer, exc)
                 if self._stall is not None and isinstance(error, errors.Unreachable):
@@ -160,6 +163,8 @@ class SocketTransport:
         # One frame per call, so nothing of it (a big buffer, a shared segment) outlives its delivery
         # while the thread waits for the next one.
         frame = reader.message(pb.Frame)
+        if hops.ON:
+            hops.arrived()
         kind = frame.WhichOneof("kind")
         if kind not in ("request", "response"):
             raise errors.InvalidArgument("a frame arrived with neither a request nor a response")
@@ -193,6 +198,9 @@ class SocketTransport:
         finally:
             reader.close_stray_fds()  # any the frame did not claim: never kept, never leaked
         total = sum(size for i, size in enumerate(sizes) if i not in shared)
+        if metrics.ON:
+            _count(metrics.RECEIVED_BYTES, self.kind, framing.LENGTH.size + frame.ByteSize() + total,
+                   sum(sizes) - total)
         if total > self.link.max_attachment_bytes:
             self.link.refuse_oversized(frame, total)  # answered at once; then its bytes are read past
             reader.skip(total)
@@ -211,6 +219,12 @@ class SocketTransport:
             else:
                 attachments.append(reader.exactly(size))
         return attachments
+
+
+def _count(counter, kind: str, streamed: int, shared: int) -> None:
+    counter.labels(kind).inc(streamed)
+    if shared:
+        counter.labels("shm").inc(shared)
 
 
 SOCKET_DIR_PREFIX = "distautograd-"

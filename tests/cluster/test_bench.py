@@ -11,7 +11,7 @@ pytestmark = pytest.mark.slow
 
 def test_quick_benchmark_prints_a_row_per_measurement():
     result = subprocess.run(
-        [sys.executable, "-m", "distautograd.bench", "--quick", "--only", "latency", "transfer", "chain"],
+        [sys.executable, "-m", "distautograd.bench", "--quick", "--only", "latency", "transfer", "chain", "hops"],
         capture_output=True, text=True, timeout=600, env=dict(os.environ, PYTHONPATH=os.getcwd()),
     )
     assert result.returncode == 0, result.stderr[-3000:]
@@ -20,3 +20,8 @@ def test_quick_benchmark_prints_a_row_per_measurement():
                 "backward through a chain of 2 workers"):
         assert row in out, out
     assert "ratio = distautograd / torch.distributed.rpc" in out
+    assert "every message takes the Python path" in result.stderr
+    for stage in ("arrival to decoded", "engine", "encoded", "encoded to read by the next worker", "per hop",
+                  "the send call, on the sender (overlaps the above)"):
+        assert f"| {stage} | " in out, out  # one backward hop, stage by stage
+    assert "us per hop (half the cost of a worker added" not in out  # one chain length: no slope to take

@@ -19,7 +19,7 @@ LAYERS = [
     ("compiled core", {"native"}),
     ("engine and coordinator", {"engine", "coordinator"}),
     ("transport and encoding", {"transport", "encoding"}),
-    ("errors and ids", {"errors", "ids", "protocol", ""}),
+    ("errors, ids and metrics", {"errors", "ids", "protocol", "metrics", ""}),
 ]
 RANK = {part: len(LAYERS) - i for i, (_, parts) in enumerate(LAYERS) for part in parts}
 NAME = {part: name for name, parts in LAYERS for part in parts}

@@ -1,0 +1,44 @@
+"""Where one backward hop's time goes, from the stamps every worker of a chain took (transport.hops).
+
+A hop: a push of gradients arrives at a worker (its frame read), is decoded, runs through the
+worker's part of the graph (the engine), the push it sets off is encoded and handed to the socket;
+the next worker wakes and reads it. The stages are medians over every hop of a run, in
+microseconds. The hand-over pairs each hop's ``encoded`` with the ``arrived`` of the push it sent,
+on the worker that read it (one clock for every process of a host): the next worker may read the
+push before the sender's send call has returned, so the sender's own ``sent`` time is shown beside
+the hop, not added to it.
+"""
+
+from __future__ import annotations
+
+import statistics
+from typing import Dict, Iterable, List
+
+STAGES = [  # (name, from stamp, to stamp): one after the other on the worker's thread
+    ("arrival to decoded", "arrived", "decoded"),
+    ("engine", "decoded", "engine"),
+    ("encoded", "engine", "encoded"),
+]
+HANDED_OVER = "encoded to read by the next worker"
+SENDING = "the send call, on the sender (overlaps the above)"
+
+
+def summarize(hops: Iterable[dict]) -> Dict[str, float]:
+    """Median microseconds per stage, the hand-over, their sum per hop, the send call's own time, and
+    how many hops were seen. Hops that did not start with a frame read (the root's first push) are
+    left out."""
+    hops = [h for h in hops if "arrived" in h and "in" in h and "sent" in h]
+    if not hops:
+        raise ValueError("no hop was recorded: was the recording on in every worker, over sockets?")
+    arrivals = {tuple(h["in"]): h["arrived"] for h in hops}
+    out = {name: _median_us(h[b] - h[a] for h in hops) for name, a, b in STAGES}
+    out[HANDED_OVER] = _median_us(arrivals[tuple(h["out"])] - h["encoded"] for h in hops if tuple(h["out"]) in arrivals)
+    out["per hop"] = sum(out[name] for name, _, _ in STAGES) + out[HANDED_OVER]
+    out[SENDING] = _median_us(h["sent"] - h["encoded"] for h in hops)
+    out["hops"] = len(hops)
+    return out
+
+
+def _median_us(seconds: Iterable[float]) -> float:
+    values: List[float] = list(seconds)
+    return statistics.median(values) * 1e6 if values else float("nan")
