@@ -13,7 +13,7 @@ from typing import Any, Dict, List, Optional
 import grpc
 import torch
 
-from distautograd import __version__, errors, metrics
+from distautograd import __version__, errors, metrics, native
 from distautograd.coordinator.service import Coordinator, Settings
 from distautograd.encoding.allowlist import Allowlist, program_root
 from distautograd.ids import MAX_RANK, IdMint
@@ -58,6 +58,7 @@ def _route_to(host: str) -> str:
 
 class Agent:
     def __init__(self, name: str, options: BackendOptions):
+        native.say_which_once()  # where the compiled core was not built: one line, once per process
         self.name = name
         self.options = options
         self.security = options.security()

@@ -44,7 +44,7 @@ def _status(coordinator, graphs: bool) -> Page:
 def _graph(agent, rest: str) -> Page:
     if agent is None:
         raise errors.NotFound("this coordinator runs no worker, so it cannot gather a graph: draw it with "
-                              f"`distautograd graph {rest}`")
+                              f"`distautograd graph --context {rest} --out graph.html`")
     try:
         context_id = int(rest)
     except ValueError:

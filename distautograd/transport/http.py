@@ -1,13 +1,15 @@
 """The process's HTTP port for operators: Prometheus metrics at /metrics, and pages the owner adds (the coordinator's status).
 
 Off unless asked (``metrics_port``). Bound to loopback it answers anyone on this host; bound beyond
-loopback it answers only a request carrying the deployment's token as a bearer token
+loopback it answers only a request carrying the deployment's token: as a bearer token
 (``Authorization: Bearer <token>``, which Prometheus's scrape config sends with ``authorization``),
-and refuses to start without a token: the security model's rule for every port this package opens.
+or as the password of basic auth (a browser asks for it), and it refuses to start without a token:
+the security model's rule for every port this package opens.
 """
 
 from __future__ import annotations
 
+import base64
 import logging
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -60,8 +62,9 @@ class HttpServer:
         path = request.path.split("?", 1)[0]
         if self.needs_token and not self._authorized(request.headers.get("Authorization", "")):
             self._send(request, (401, "text/plain; charset=utf-8",
-                                 b"send the deployment's token: Authorization: Bearer <DISTAUTOGRAD_TOKEN>\n"),
-                       {"WWW-Authenticate": 'Bearer realm="distautograd"'})
+                                 b"send the deployment's token: Authorization: Bearer <DISTAUTOGRAD_TOKEN>, or in a "
+                                 b"browser any user name with the token as the password\n"),
+                       {"WWW-Authenticate": 'Basic realm="distautograd: any user name, the token as password"'})
             return
         prefix = path if path in self._routes else next(
             (p for p in sorted(self._routes, key=len, reverse=True) if p != "/" and p.endswith("/") and
@@ -80,8 +83,17 @@ class HttpServer:
         self._send(request, page)
 
     def _authorized(self, header: str) -> bool:
+        """The token as a bearer token (scrapers), or as the password of basic auth (a browser asks for
+        it; any user name)."""
         scheme, _, given = header.partition(" ")
-        return scheme.lower() == "bearer" and token_matches(given.strip(), self._token)
+        if scheme.lower() == "basic":
+            try:
+                given = base64.b64decode(given.strip(), validate=True).decode().partition(":")[2]
+            except (ValueError, UnicodeDecodeError):
+                return False
+        elif scheme.lower() != "bearer":
+            return False
+        return token_matches(given.strip(), self._token)
 
     @staticmethod
     def _send(request: BaseHTTPRequestHandler, page: Page, headers: Optional[Dict[str, str]] = None) -> None:

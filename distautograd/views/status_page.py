@@ -105,7 +105,8 @@ async function refresh() {
       if (s.graphs) {
         const a = document.createElement("a"); a.href = "graph/" + c.id; a.textContent = "graph"; graph.appendChild(a);
       } else {
-        const code = document.createElement("code"); code.textContent = "distautograd graph " + c.id;
+        const code = document.createElement("code");
+        code.textContent = "distautograd graph --context " + c.id + " --out graph.html";
         graph.appendChild(code);
       }
     });

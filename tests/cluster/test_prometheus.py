@@ -11,6 +11,7 @@ import subprocess
 import time
 import urllib.parse
 import urllib.request
+from pathlib import Path
 
 import pytest
 
@@ -20,12 +21,13 @@ from tests.helpers.processes import run_python
 
 pytestmark = pytest.mark.slow
 PROMETHEUS = shutil.which("prometheus")
+ROOT = Path(__file__).resolve().parents[2]
 
 TRAIN = """
 import sys, time, torch
 from distautograd import autograd as dist_autograd, rpc
 rpc.init_rpc("trainer", rpc_backend_options=rpc.TensorPipeRpcBackendOptions(
-    coordinator=sys.argv[1], token=sys.argv[2], rpc_timeout=30))
+    coordinator=sys.argv[1], token=sys.argv[2], rpc_timeout=30, metrics_port=int(sys.argv[4])))
 w = torch.randn(8, 8, requires_grad=True)
 end = time.monotonic() + float(sys.argv[3])
 steps = 0
@@ -67,6 +69,8 @@ def test_prometheus_scrapes_a_training_cluster_with_the_token_and_answers_for_co
             assert "bearer token required" in line
             port = re.search(r"metrics at http://[^:]+:(\d+)/", line).group(1)
             targets.append(f"127.0.0.1:{port}")
+        trainer_port = free_port()  # the trainer listens on loopback: its port needs no token (it gets it anyway)
+        targets.append(f"127.0.0.1:{trainer_port}")
         config = tmp_path / "prometheus.yml"
         config.write_text(json.dumps({  # YAML is a superset of JSON
             "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
@@ -89,10 +93,11 @@ def test_prometheus_scrapes_a_training_cluster_with_the_token_and_answers_for_co
             assert prometheus.poll() is None and time.monotonic() < deadline, "prometheus did not start"
             time.sleep(0.2)
         trained = run_python(TRAIN.replace("sys.argv[1]", repr(cluster.coordinator)).replace(
-            "sys.argv[2]", repr(token)).replace("float(sys.argv[3])", "8.0"), timeout=120)
+            "sys.argv[2]", repr(token)).replace("float(sys.argv[3])", "8.0").replace("int(sys.argv[4])", str(trainer_port)),
+            timeout=120)
         assert trained.returncode == 0, trained.stdout + trained.stderr
         time.sleep(3)  # the last scrapes
-        up = query(base, "up")
+        up = query(base, "max_over_time(up[1m])")  # the trainer has left by now; it was up while it trained
         assert sorted(r["metric"]["instance"] for r in up if r["value"][1] == "1") == sorted(targets), up
         served = query(base, 'sum(increase(distautograd_calls_served_total{function="aten::mm",outcome="ok"}[1m]))')
         assert served and float(served[0]["value"][1]) > 10, served
@@ -104,6 +109,15 @@ def test_prometheus_scrapes_a_training_cluster_with_the_token_and_answers_for_co
         assert quantile and 0 < float(quantile[0]["value"][1]) < 5, quantile
         members = query(base, 'distautograd_members{state="reachable"}')
         assert [float(r["value"][1]) for r in members] == [2.0], members  # the trainer left; the workers stay
+        dashboard = json.loads((ROOT / "deploy" / "grafana" / "distautograd.json").read_text())
+        answered = {t["expr"]: query(base, t["expr"]) for p in dashboard["panels"] for t in p["targets"]}
+        assert len(answered) >= 10  # every query of the Grafana dashboard is valid PromQL on these metrics
+        calls = answered["sum by (function, outcome) (rate(distautograd_calls_made_total[1m]))"]
+        assert {(r["metric"]["function"], r["metric"]["outcome"]) for r in calls} >= {("aten::mm", "ok"),
+                                                                                        ("aten::tanh", "ok")}, calls
+        passes = query(base, "sum(increase(distautograd_backward_passes_started_total[1m]))")
+        assert passes and float(passes[0]["value"][1]) > 10, passes
+        assert answered["sum by (transport) (rate(distautograd_sent_bytes_total[1m]))"]
     finally:
         if prometheus is not None:
             prometheus.terminate()

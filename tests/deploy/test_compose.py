@@ -5,9 +5,11 @@ inside its own Linux network namespace, with its own address and an /etc/hosts t
 every service name, in ``depends_on`` order, waiting for health where the file says so.
 """
 
+import json
 import os
 import re
 import secrets
+import shutil
 import signal
 import subprocess
 import sys
@@ -41,11 +43,14 @@ def interpolate(value: str, variables: dict) -> str:
     return re.sub(r"\$\{([^}]+)\}", replace, str(value))
 
 
-def load_services() -> dict:
+def load_services(profiles=()) -> dict:
+    """The services ``docker compose up`` starts, and those of ``profiles`` (``--profile NAME``)."""
     compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
     variables = {"DISTAUTOGRAD_TOKEN": TOKEN}
     services = {}
     for name, spec in compose["services"].items():
+        if spec.get("profiles") and not set(spec["profiles"]) & set(profiles):
+            continue
         services[name] = {
             "command": list(spec["command"]),
             "environment": {k: interpolate(v, variables) for k, v in (spec.get("environment") or {}).items()},
@@ -142,3 +147,57 @@ def test_killing_worker2_mid_training_fails_the_trainer_naming_it(compose):
     assert code != 0, out
     assert "worker2" in out and "training failed" in out, out
     assert elapsed < 30, f"the trainer took {elapsed:.1f} s to notice"
+
+
+PROMETHEUS = shutil.which("prometheus")
+
+
+@pytest.mark.skipif(PROMETHEUS is None, reason="needs Debian's prometheus (the README's test command installs it)")
+def test_the_monitoring_profile_scrapes_every_process_with_the_token(tmp_path):
+    """``--profile monitoring``: the prometheus service's command, run with Debian's binary in a
+    namespace of its own, its config file, secret and storage where compose mounts them (here: files
+    of this test), scrapes every process by service name with the token while the trainer trains."""
+    services = load_services(profiles=["monitoring"])
+    prometheus = services.pop("prometheus")
+    spec = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    mounted = spec["services"]["prometheus"]["volumes"][0].split(":")
+    assert mounted[1] == "/etc/prometheus/prometheus.yml" and spec["services"]["prometheus"]["secrets"] == [
+        "distautograd_token"] and spec["secrets"]["distautograd_token"] == {"environment": "DISTAUTOGRAD_TOKEN"}
+    secret = tmp_path / "token"
+    secret.write_text(TOKEN)
+    config = (ROOT / mounted[0]).read_text().replace("/run/secrets/distautograd_token", str(secret))
+    (tmp_path / "prometheus.yml").write_text(config)
+    paths = {"/etc/prometheus/prometheus.yml": str(tmp_path / "prometheus.yml"), "/prometheus": str(tmp_path / "data")}
+    argv = [PROMETHEUS] + [re.sub(r"=(/\S+)", lambda m: "=" + paths.get(m.group(1), m.group(1)), a)
+                           for a in prometheus["command"][1:]]
+    with netns.Network(list(services) + ["prometheus"]) as network:
+        run = None
+        scraper = Process(network.command("prometheus", argv), dict(os.environ), "prometheus")
+        try:
+            run = ComposeRun(network, services)
+            trainer = run.processes["trainer"]
+            assert trainer.popen.wait(300) == 0, run.logs()
+            ask = ("import json, sys, urllib.parse, urllib.request\n"
+                   "q = urllib.parse.urlencode({'query': sys.argv[1]})\n"
+                   "print(json.dumps(json.load(urllib.request.urlopen('http://127.0.0.1:9090/api/v1/query?' + q, "
+                   "timeout=10))['data']['result']))")
+
+            def query(promql):
+                out = subprocess.run(network.command("prometheus", [sys.executable, "-c", ask, promql]),
+                                     capture_output=True, text=True, timeout=30)
+                assert out.returncode == 0, out.stderr + scraper.tail()
+                return json.loads(out.stdout)
+
+            deadline = time.monotonic() + 30
+            while True:  # the workers stay up; the trainer is gone by now but was scraped while it trained
+                up = {r["metric"]["instance"]: r["value"][1] for r in query("max_over_time(up[5m])")}
+                if all(up.get(f"{name}:9100") == "1" for name in ("coordinator", "worker1", "worker2", "trainer")):
+                    break
+                assert time.monotonic() < deadline, (up, scraper.tail())
+                time.sleep(1)
+            served = query('sum(max_over_time(distautograd_calls_served_total{outcome="ok"}[5m]))')
+            assert served and float(served[0]["value"][1]) > 30, served  # the trainer's calls, on the workers
+        finally:
+            if run is not None:
+                run.stop()
+            scraper.stop()

@@ -59,7 +59,21 @@ def test_every_manifest_parses_and_every_kind_is_there():
     for kind, name in [*ROLES.values(), ("Service", "coordinator"), ("Service", "worker"), ("Secret", "distautograd-token")]:
         assert (kind, name) in docs, f"missing {kind}/{name}"
     kustomization = yaml.safe_load((K8S / "kustomization.yaml").read_text())
-    assert sorted(kustomization["resources"]) == sorted(p.name for p in K8S.glob("*.yaml") if p.name != "kustomization.yaml")
+    # monitoring.yaml needs the Prometheus Operator's CRDs: applied on its own, where they are installed
+    assert sorted(kustomization["resources"]) == sorted(
+        p.name for p in K8S.glob("*.yaml") if p.name not in ("kustomization.yaml", "monitoring.yaml"))
+
+
+def test_the_service_monitor_scrapes_every_metrics_port_with_the_token():
+    docs = manifests()
+    monitor = docs[("ServiceMonitor", "distautograd")]
+    (endpoint,) = monitor["spec"]["endpoints"]
+    assert endpoint["authorization"] == {"type": "Bearer", "credentials": {"name": "distautograd-token", "key": "token"}}
+    for name in ("coordinator", "worker"):
+        service = docs[("Service", name)]
+        assert monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
+        (port,) = [p for p in service["spec"]["ports"] if p["name"] == endpoint["port"]]
+        assert port["port"] == int(env_of(container(docs[ROLES[name]]))["DISTAUTOGRAD_METRICS_PORT"])
 
 
 @pytest.mark.parametrize("role", ROLES)
@@ -74,7 +88,7 @@ def test_containers_are_complete_and_use_only_known_settings(role):
     assert c["resources"]["requests"]["cpu"] and c["resources"]["requests"]["memory"]
     assert doc["spec"]["template"]["spec"]["securityContext"]["runAsNonRoot"] is True
     port = int(env["DISTAUTOGRAD_PORT"])
-    assert [p["containerPort"] for p in c["ports"]] == [port]
+    assert [p["containerPort"] for p in c["ports"]] == [port, int(env["DISTAUTOGRAD_METRICS_PORT"])]
     if role != "trainer":
         for probe in ("readinessProbe", "livenessProbe"):
             assert c[probe]["grpc"]["port"] == port, f"{role} {probe} checks another port"
@@ -85,7 +99,7 @@ def test_services_route_to_the_ports_the_processes_listen_on():
     coordinator = container(docs[ROLES["coordinator"]])
     service = docs[("Service", "coordinator")]
     assert service["spec"]["selector"] == docs[ROLES["coordinator"]]["spec"]["template"]["metadata"]["labels"]
-    (port,) = service["spec"]["ports"]
+    (port,) = [p for p in service["spec"]["ports"] if p["name"] == "grpc"]
     assert port["port"] == int(env_of(coordinator)["DISTAUTOGRAD_PORT"]) and port["targetPort"] == "grpc"
     address = f"{service['metadata']['name']}:{port['port']}"
     for role in ("worker", "trainer"):
@@ -116,8 +130,13 @@ def test_kubernetes_and_compose_run_the_same_programs_with_the_same_settings():
 
 
 def test_compose_services_are_complete():
-    services = compose()
+    services = {name: s for name, s in compose().items() if not s.get("profiles")}
     assert set(services) == {"coordinator", "worker1", "worker2", "trainer"}
+    monitoring = yaml.safe_load((ROOT / "deploy" / "prometheus" / "prometheus.yml").read_text())
+    (job,) = monitoring["scrape_configs"]
+    (targets,) = [c["targets"] for c in job["static_configs"]]
+    assert sorted(targets) == sorted(f"{n}:{s['environment']['DISTAUTOGRAD_METRICS_PORT']}" for n, s in services.items())
+    assert job["authorization"]["credentials_file"] == "/run/secrets/distautograd_token"
     for name, service in services.items():
         env = service["environment"]
         check_command(service["command"], env)

@@ -4,6 +4,7 @@ strangers beyond loopback, and bad paths get a page saying what exists."""
 
 from __future__ import annotations
 
+import base64
 import json
 import urllib.error
 import urllib.request
@@ -27,9 +28,10 @@ def world():
     world.close()
 
 
-def get(port: int, path: str, token: str = "") -> tuple:
+def get(port: int, path: str, token: str = "", authorization: str = "") -> tuple:
+    authorization = authorization or (f"Bearer {token}" if token else "")
     request = urllib.request.Request(f"http://127.0.0.1:{port}{path}",
-                                     headers={"Authorization": f"Bearer {token}"} if token else {})
+                                     headers={"Authorization": authorization} if authorization else {})
     try:
         with urllib.request.urlopen(request, timeout=5) as answer:
             return answer.status, answer.headers.get("Content-Type"), answer.read()
@@ -121,6 +123,9 @@ def test_beyond_loopback_the_port_needs_the_token_and_will_not_start_without_one
         assert get(server.port, "/metrics", token="wrong")[0] == 401
         status, _, body = get(server.port, "/metrics", token="s3cret")
         assert status == 200 and b"distautograd_calls_made_total" in body
+        assert get(server.port, "/metrics", authorization="Basic " + base64.b64encode(b"me:s3cret").decode())[0] == 200
+        assert get(server.port, "/metrics", authorization="Basic " + base64.b64encode(b"me:wrong").decode())[0] == 401
+        assert get(server.port, "/metrics", authorization="Basic !!!")[0] == 401
     finally:
         server.close()
 
