@@ -86,8 +86,10 @@ def backward(context_id: int, roots: List[torch.Tensor], retain_graph: Optional[
     agent.backward.backward(agent.contexts.get(context_id), roots, retain_graph, create_graph)
 
 
-def grad(context_id: int, outputs, inputs, grad_outputs=None, retain_graph: Optional[bool] = None,
-         create_graph: bool = False, allow_unused: bool = False) -> tuple:
+def grad(context_id: int, outputs: Union[torch.Tensor, Sequence[torch.Tensor]],
+         inputs: Union[torch.Tensor, Sequence[torch.Tensor]],
+         grad_outputs: Optional[Union[torch.Tensor, Sequence[Optional[torch.Tensor]]]] = None,
+         retain_graph: Optional[bool] = None, create_graph: bool = False, allow_unused: bool = False) -> tuple:
     """As ``torch.autograd.grad``, across workers: the gradients of ``outputs`` with respect to
     ``inputs`` (leaf tensors on this worker), returned and accumulated nowhere. ``outputs`` reach
     back through the context's calls as ``backward`` does; ``create_graph=True`` makes the result

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import itertools
 import warnings
-from typing import Callable, List, Sequence, Tuple
+from typing import Callable, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch.autograd.gradcheck import GradcheckError
@@ -24,7 +24,7 @@ _UNSUPPORTED = ("check_batched_grad", "check_batched_forward_grad", "check_forwa
                 "check_fwd_over_rev", "gen_non_contig_grad_outputs")
 
 
-def gradcheck(func: Callable, inputs, *, eps: float = 1e-6, atol: float = 1e-5, rtol: float = 1e-3,
+def gradcheck(func: Callable, inputs: Union[torch.Tensor, Sequence[torch.Tensor]], *, eps: float = 1e-6, atol: float = 1e-5, rtol: float = 1e-3,
               raise_exception: bool = True, nondet_tol: float = 0.0, check_undefined_grad: bool = True,
               check_grad_dtypes: bool = False, check_backward_ad: bool = True, **unsupported) -> bool:
     """As ``torch.autograd.gradcheck``, where ``func`` may call other workers (inside no context of
@@ -43,7 +43,8 @@ def gradcheck(func: Callable, inputs, *, eps: float = 1e-6, atol: float = 1e-5, 
         return False
 
 
-def gradgradcheck(func: Callable, inputs, grad_outputs=None, *, eps: float = 1e-6, atol: float = 1e-5,
+def gradgradcheck(func: Callable, inputs: Union[torch.Tensor, Sequence[torch.Tensor]],
+                  grad_outputs: Optional[Union[torch.Tensor, Sequence[torch.Tensor]]] = None, *, eps: float = 1e-6, atol: float = 1e-5,
                   rtol: float = 1e-3, raise_exception: bool = True, nondet_tol: float = 0.0,
                   check_undefined_grad: bool = True, check_grad_dtypes: bool = False,
                   check_rev_over_rev: bool = True, **unsupported) -> bool:
