@@ -2,7 +2,8 @@
 
 A view that is not contiguous keeps its strides, as torch's RPC keeps them, unless copying it is
 worth it (torch's rule: the memory it reaches is at least 8 KiB and twice its elements): then it
-travels compact, in C order.
+travels compact, in C order. A conjugate or negative view keeps its bit, as in torch: its memory
+travels as it lies and the receiver views it the same way.
 """
 
 from __future__ import annotations
@@ -140,6 +141,10 @@ def encode(tensor: torch.Tensor, attachments: MutableSequence[Any], compact_zero
         meta.quantization.CopyFrom(_encode_quantization(tensor, attachments))
         tensor = tensor.int_repr()
         meta.dtype = dtype_name(tensor.dtype)
+    if tensor.is_conj():  # the bits travel, as torch's RPC keeps them; the memory goes as it lies
+        meta.conj, tensor = True, tensor.conj()
+    if tensor.is_neg():
+        meta.neg, tensor = True, torch._neg_view(tensor)
     meta.attachment = len(attachments)
     span = _kept_span(tensor)
     if span:
@@ -155,7 +160,7 @@ RECOPY_MULTIPLE = 2  # ... and at least this many times the bytes of its element
 
 def _kept_span(tensor: torch.Tensor) -> int:
     """How many elements from its first one a view that keeps its strides must send; 0 to send it compact."""
-    if tensor.is_contiguous() or not tensor.numel() or tensor.is_conj() or tensor.is_neg() or tensor.is_quantized:
+    if tensor.is_contiguous() or not tensor.numel() or tensor.is_quantized:
         return 0
     span = _span(tensor.shape, tensor.stride())
     size = tensor.element_size()
@@ -213,6 +218,14 @@ def decode(meta: pb.TensorMeta, attachments: Sequence[Any]) -> torch.Tensor:
         tensor = _as_uint8(data).view(dtype).reshape(shape)
     if meta.HasField("quantization"):
         tensor = _decode_quantization(tensor, shape, meta.quantization, attachments)
+    if meta.conj:
+        if not dtype.is_complex:
+            raise InvalidArgument(f"a {meta.dtype} tensor cannot carry the conjugate bit: only complex ones do")
+        tensor = tensor.conj()
+    if meta.neg:
+        if meta.HasField("quantization") or dtype == torch.bool:
+            raise InvalidArgument(f"a {meta.quantization.dtype or meta.dtype} tensor cannot carry the negative bit")
+        tensor = torch._neg_view(tensor)
     return tensor
 
 

@@ -86,10 +86,10 @@ def test_received_tensors_are_writable_and_independent():
     assert torch.equal(t, torch.arange(6.0))
 
 
-def test_conjugate_and_negative_views_resolve():
+def test_conjugate_and_negative_views_arrive_equal_with_their_bits():
     c = torch.randn(5, dtype=torch.complex64)
-    assert torch.equal(through_the_wire(c.conj()), c.conj())
-    assert torch.equal(through_the_wire(torch._neg_view(c)), -c)
+    assert torch.equal(through_the_wire(c.conj()), c.conj()) and through_the_wire(c.conj()).is_conj()
+    assert torch.equal(through_the_wire(torch._neg_view(c)), -c) and through_the_wire(torch._neg_view(c)).is_neg()
 
 
 def test_quantized_per_tensor_and_per_channel():

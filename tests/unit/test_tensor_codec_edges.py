@@ -169,12 +169,34 @@ def test_views_keep_their_strides_unless_torch_would_copy_them(name):
         assert out.stride() == t.stride()
 
 
-def test_non_contiguous_conjugate_and_negative_views_arrive_resolved():
+def test_conjugate_and_negative_views_keep_their_bits_and_strides_as_torchs_rpc():
+    """torch's RPC (checked with 2.13 between two processes) keeps a view's conj and neg bits and, under
+    its recopy rule, its strides: ``c.conj()[:, ::2]`` arrives conj, with strides (6, 2)."""
     c = torch.randn(4, 6, dtype=torch.complex64)
-    for t in (c.conj()[:, ::2], c.t().conj(), torch._neg_view(c)[::2], torch._neg_view(c).t()):
+    for t in (c.conj(), c.conj()[:, ::2], c.t().conj(), torch._neg_view(c)[::2], torch._neg_view(c).t(),
+              torch._neg_view(torch.randn(3, 4)), c.conj().imag):
         out = through_the_wire(t)
-        assert not out.is_conj() and not out.is_neg()
-        assert torch.equal(out, t.resolve_conj().resolve_neg())
+        assert (out.is_conj(), out.is_neg()) == (t.is_conj(), t.is_neg()), t
+        assert out.stride() == t.stride() and torch.equal(out, t)
+
+
+def test_a_conjugate_bit_on_a_real_tensor_or_a_negative_one_on_bools_is_refused():
+    meta = wire(tensors.encode(torch.randn(3), attachments := []))
+    meta.conj = True
+    with pytest.raises(InvalidArgument, match="only complex ones do"):
+        tensors.decode(meta, attachments)
+    meta = wire(tensors.encode(torch.ones(3, dtype=torch.bool), attachments := []))
+    meta.neg = True
+    with pytest.raises(InvalidArgument, match="cannot carry the negative bit"):
+        tensors.decode(meta, attachments)
+
+
+def test_a_plain_tensor_marked_a_parameter_by_hand_arrives_plain_as_torchs_rpc_sends_it():
+    t = torch.ones(2)
+    t._is_param = True  # isinstance(t, Parameter) now says yes; torch's RPC still sends a plain tensor
+    assert isinstance(t, torch.nn.Parameter)
+    out = through_the_wire(t)
+    assert type(out) is torch.Tensor and not isinstance(out, torch.nn.Parameter)
 
 
 # decode: zeros sent as a shape, and malformed messages.

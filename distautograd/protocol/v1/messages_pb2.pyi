@@ -150,7 +150,7 @@ class Value(_message.Message):
     def __init__(self, pickle: _Optional[bytes] = ..., tensors: _Optional[_Iterable[_Union[TensorMeta, _Mapping]]] = ..., rrefs: _Optional[_Iterable[_Union[RRefHandle, _Mapping]]] = ..., tensor_list: _Optional[bool] = ..., none_at: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class TensorMeta(_message.Message):
-    __slots__ = ("dtype", "shape", "attachment", "requires_grad", "parameter", "autograd_message_id", "quantization", "activates", "activates_unknown", "zeros", "sparse", "strides")
+    __slots__ = ("dtype", "shape", "attachment", "requires_grad", "parameter", "autograd_message_id", "quantization", "activates", "activates_unknown", "zeros", "sparse", "strides", "conj", "neg")
     DTYPE_FIELD_NUMBER: _ClassVar[int]
     SHAPE_FIELD_NUMBER: _ClassVar[int]
     ATTACHMENT_FIELD_NUMBER: _ClassVar[int]
@@ -163,6 +163,8 @@ class TensorMeta(_message.Message):
     ZEROS_FIELD_NUMBER: _ClassVar[int]
     SPARSE_FIELD_NUMBER: _ClassVar[int]
     STRIDES_FIELD_NUMBER: _ClassVar[int]
+    CONJ_FIELD_NUMBER: _ClassVar[int]
+    NEG_FIELD_NUMBER: _ClassVar[int]
     dtype: str
     shape: _containers.RepeatedScalarFieldContainer[int]
     attachment: int
@@ -175,7 +177,9 @@ class TensorMeta(_message.Message):
     zeros: bool
     sparse: Sparse
     strides: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, dtype: _Optional[str] = ..., shape: _Optional[_Iterable[int]] = ..., attachment: _Optional[int] = ..., requires_grad: _Optional[bool] = ..., parameter: _Optional[bool] = ..., autograd_message_id: _Optional[int] = ..., quantization: _Optional[_Union[Quantization, _Mapping]] = ..., activates: _Optional[_Iterable[int]] = ..., activates_unknown: _Optional[bool] = ..., zeros: _Optional[bool] = ..., sparse: _Optional[_Union[Sparse, _Mapping]] = ..., strides: _Optional[_Iterable[int]] = ...) -> None: ...
+    conj: bool
+    neg: bool
+    def __init__(self, dtype: _Optional[str] = ..., shape: _Optional[_Iterable[int]] = ..., attachment: _Optional[int] = ..., requires_grad: _Optional[bool] = ..., parameter: _Optional[bool] = ..., autograd_message_id: _Optional[int] = ..., quantization: _Optional[_Union[Quantization, _Mapping]] = ..., activates: _Optional[_Iterable[int]] = ..., activates_unknown: _Optional[bool] = ..., zeros: _Optional[bool] = ..., sparse: _Optional[_Union[Sparse, _Mapping]] = ..., strides: _Optional[_Iterable[int]] = ..., conj: _Optional[bool] = ..., neg: _Optional[bool] = ...) -> None: ...
 
 class Sparse(_message.Message):
     __slots__ = ("layout", "parts", "coalesced")
