@@ -34,8 +34,10 @@ class Reach:
         found = activations.union(ctx.activations.of(edge.node, edge.output_nr) for edge in edges)
         try:
             return activations.reached(found, lambda ids: self._ask(ctx.id, ids))
-        except RuntimeError as exc:
-            raise errors.Internal(f"the backward pass of context {ctx.id} cannot start: {exc}") from None
+        except RuntimeError as exc:  # a holder timed out, is gone, or answered wrong: said as what it is
+            kind = type(exc) if isinstance(exc, errors.RpcError) else errors.Internal
+            raise kind(f"the backward pass of context {ctx.id} cannot start: {exc}",
+                       worker=getattr(exc, "worker", None)) from None
 
     def _ask(self, context_id: int, ids: List[int]) -> List[tuple]:
         """(activates, unknown) for each of ``ids``, asked of their holders at once."""

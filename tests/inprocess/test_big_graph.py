@@ -84,7 +84,7 @@ def test_a_holder_that_cannot_answer_fails_the_pass_before_it_starts(world, monk
     with context("w0") as ctx:
         y = call("w0", "w1", chain_sum_then_exp_on, xs, "w1", "w2")
         AGENTS["w1"].contexts.release(ctx.id)  # w1 forgets its send points: it cannot say what they reach
-        with pytest.raises(errors.Internal, match=f"the backward pass of context {ctx.id} cannot start: .*no send "
+        with pytest.raises(errors.FailedPrecondition, match=f"the backward pass of context {ctx.id} cannot start: .*no send "
                                                   "point"):
             backward("w0", ctx, [y.sum()])
 
@@ -147,3 +147,33 @@ def test_at_the_plan_limit_the_plan_still_rides_on_the_pushes_and_one_more_sends
         assert sends == backward_module.PLAN_INLINE_LIMIT + more
         ahead = [s for s in spy.sent if s[0] == "w0" and s[2] == "run_backward"]
         assert (bool(ahead), any(spy.push_plans)) == ((False, True) if not more else (True, False)), (more, ahead)
+
+
+def test_a_holder_that_never_answers_the_reach_fails_the_pass_at_the_timeout(monkeypatch):
+    """The root asks w1 what its send points set off, and w1 never answers: the pass fails with the
+    rpc timeout's DeadlineExceeded (the question has the calls' timeout), instead of waiting forever."""
+    import threading
+
+    from distautograd.transport.dispatch import Deferred
+
+    monkeypatch.setattr(Reach, "handle_reach", lambda self, link, body, attachments: Deferred())
+    world = World(NAMES, rpc_timeout=1)
+    try:
+        xs = [torch.randn(2, dtype=torch.float64, requires_grad=True) for _ in range(codec.ACTIVATES_LIMIT + 76)]
+        outcome = {}
+        with context("w0") as ctx:
+            y = call("w0", "w1", chain_sum_then_exp_on, xs, "w1", "w2", timeout=30)
+
+            def run():
+                try:
+                    backward("w0", ctx, [y.sum()])
+                except Exception as exc:
+                    outcome["error"] = exc
+
+            thread = threading.Thread(target=run)
+            thread.start()
+            thread.join(10)
+            assert not thread.is_alive(), "the pass waited on the holder's answer past the timeout"
+        assert isinstance(outcome.get("error"), errors.DeadlineExceeded), outcome
+    finally:
+        world.close()
