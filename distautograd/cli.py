@@ -87,13 +87,13 @@ def cmd_coordinator(args) -> int:
         context_ttl=options.context_ttl, transport=options.transport, allowed_modules=options.all_allowed_modules(),
         unreachable_timeout=options.unreachable_timeout,
     ))
-    server.start()
     http = None
-    if options.metrics_port is not None:
+    if options.metrics_port is not None:  # before the gRPC server starts: a port it refuses stops nothing running
         from distautograd.runtime import monitoring
 
-        http = monitoring.serve(args.host, options.metrics_port, security.token, coordinator=coordinator)
+        http = monitoring.serve(args.host, options.metrics_port, security, coordinator=coordinator)
         print(f"status page at http://{args.host}:{http.port}/ (metrics at /metrics)", flush=True)
+    server.start()
     print(f"coordinator ready at {args.host}:{server.port}", flush=True)
     _wait(stop)
     log.info("coordinator stopping")

@@ -2,19 +2,26 @@
 
 One registry per process, not the client's global one, so a program's own metrics stay its own.
 Names and units follow Prometheus's conventions: base units (seconds, bytes), ``_total`` on
-counters. Labels stay bounded: a function's qualified name, a worker's name, an outcome (``ok`` or
-the exception's type name), a transport (unix, tcp, grpc, local, shm).
+counters. Labels stay bounded: a function's name (at most MAX_FUNCTIONS of them), a worker's name, an
+outcome (``ok`` or the exception's type name), a transport (unix, tcp, grpc, shm).
 """
 
 from __future__ import annotations
 
+import functools
+import threading
 import time
 from typing import Callable, Optional
 
+import torch.jit._builtins
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-ON = False  # counted only while served (transport/http.py turns it on): off, each call costs one flag test
+ON = False  # per-message counting, only while a port serves them (serving()): off, a message costs a flag test
 REGISTRY = CollectorRegistry()
+MAX_FUNCTIONS = 200  # distinct function labels; calls of any further function count as "(other)"
+_servers = 0
+_functions: set = set()
+_lock = threading.Lock()
 _LATENCY = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 
 CALLS_MADE = Counter("distautograd_calls_made_total", "Calls this process made (rpc_sync, rpc_async, remote), "
@@ -44,15 +51,50 @@ OPEN_CONTEXTS = Gauge("distautograd_open_contexts", "Distributed autograd contex
 LIVE_RREFS = Gauge("distautograd_owned_rrefs", "RRef values this process owns", registry=REGISTRY)
 SHARED_MEMORY = Gauge("distautograd_shared_memory_lent_bytes", "Shared-memory segments this process has lent to "
                       "peers and not had back", registry=REGISTRY)
-HEARTBEATS_MISSED = Counter("distautograd_heartbeats_missed_total", "Heartbeats this worker could not send to the "
-                            "coordinator; on the coordinator, members found silent past the heartbeat timeout",
-                            registry=REGISTRY)
+HEARTBEATS_UNSENT = Counter("distautograd_heartbeats_unsent_total", "Heartbeats this worker could not send to the "
+                            "coordinator", registry=REGISTRY)
+SILENT_MEMBERS = Counter("distautograd_silent_members_total", "On the coordinator: members found silent past the "
+                         "heartbeat timeout (then unreachable)", registry=REGISTRY)
 MEMBERS = Gauge("distautograd_members", "On the coordinator: members of the world, by state", ["state"],
                 registry=REGISTRY)
 DEPARTURES = Counter("distautograd_departures_total", "On the coordinator: members gone, by how (died, left)",
                      ["how"], registry=REGISTRY)
 REJOINS = Counter("distautograd_rejoins_total", "On the coordinator: members that joined again after their "
                   "connection broke", registry=REGISTRY)
+
+
+def serving(change: int) -> None:
+    """A port starts (+1) or stops (-1) serving the metrics: per-message counting is on while any does."""
+    global ON, _servers
+    with _lock:
+        _servers += change
+        ON = _servers > 0
+
+
+def function_label(func) -> str:
+    """A called function's label: torch's name for its operators (``aten::add``), else its qualified
+    name (the function a ``functools.partial`` wraps, the class of a callable object); never a repr,
+    which could carry a tensor's values. At most MAX_FUNCTIONS distinct ones."""
+    while isinstance(func, functools.partial):
+        func = func.func
+    builtin = _builtin_name(func)
+    name = builtin or getattr(func, "__qualname__", None) or type(func).__qualname__
+    module = getattr(func, "__module__", None) if builtin is None else None
+    label = f"{module}.{name}" if module and not builtin else name
+    with _lock:
+        if label in _functions:
+            return label
+        if len(_functions) >= MAX_FUNCTIONS:
+            return "(other)"
+        _functions.add(label)
+    return label
+
+
+def _builtin_name(func) -> Optional[str]:
+    try:
+        return torch.jit._builtins._find_builtin(func)
+    except Exception:  # an object torch's table cannot even look up (unhashable): not one of its operators
+        return None
 
 
 def outcome(error) -> str:
@@ -74,5 +116,5 @@ class Served:
 
 
 def watch(gauge: Gauge, read: Callable[[], float]) -> None:
-    """``gauge`` reads ``read()`` at each scrape (the last process part to ask wins: one per process)."""
+    """``gauge`` reads ``read()`` at each scrape (the last port started wins: one per process)."""
     gauge.set_function(read)

@@ -194,7 +194,8 @@ def main(argv=None) -> int:
 def _print_hops(hop_rounds: List[Dict[str, float]], chain: dict) -> None:
     from distautograd.bench import breakdown
 
-    stages = [name for name, _, _ in breakdown.STAGES] + [breakdown.HANDED_OVER, "per hop", breakdown.SENDING]
+    stages = [name for name, _, _ in breakdown.STAGES] + [breakdown.HANDED_OVER, "per hop", breakdown.WHOLE_MEDIAN,
+                                                           breakdown.WHOLE_MEAN, breakdown.SENDING]
     hops = sum(int(r["hops"]) for r in hop_rounds)
     print(f"\none backward hop through a chain of 4 workers, distautograd's Python path (us, medians of "
           f"{len(hop_rounds)} round(s), {hops} hops):\n")
@@ -204,9 +205,10 @@ def _print_hops(hop_rounds: List[Dict[str, float]], chain: dict) -> None:
         print(f"| {stage} | {statistics.median(r[stage] for r in hop_rounds):.0f} |")
     if len(chain) > 1:  # a hop is half a worker added: each worker is reached, and answers, once per pass
         first, last = min(chain), max(chain)
-        per_worker = (chain[last]["torch"]["backward_ms"] - chain[first]["torch"]["backward_ms"]) / (last - first)
-        print(f"\ntorch's, from the chain rows: {per_worker * 1e3 / 2:.0f} us per hop (half the cost of a worker "
-              "added: each worker takes two hops per pass)")
+        for fw in FRAMEWORKS:
+            per_worker = (chain[last][fw]["backward_ms"] - chain[first][fw]["backward_ms"]) / (last - first)
+            print(f"{fw}, from the chain rows: {per_worker * 1e3 / 2:.0f} us per hop (half the cost of a worker added: "
+                  "each worker takes two hops per pass)")
 
 
 def _judge(target, ratio: float, value: float, memcpy: float):

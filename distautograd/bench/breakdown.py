@@ -21,6 +21,8 @@ STAGES = [  # (name, from stamp, to stamp): one after the other on the worker's 
 ]
 HANDED_OVER = "encoded to read by the next worker"
 SENDING = "the send call, on the sender (overlaps the above)"
+WHOLE_MEDIAN = "a whole hop, read to next read: median"  # the slow hops the stage medians leave out
+WHOLE_MEAN = "a whole hop, read to next read: mean"
 
 
 def summarize(hops: Iterable[dict]) -> Dict[str, float]:
@@ -34,6 +36,9 @@ def summarize(hops: Iterable[dict]) -> Dict[str, float]:
     out = {name: _median_us(h[b] - h[a] for h in hops) for name, a, b in STAGES}
     out[HANDED_OVER] = _median_us(arrivals[tuple(h["out"])] - h["encoded"] for h in hops if tuple(h["out"]) in arrivals)
     out["per hop"] = sum(out[name] for name, _, _ in STAGES) + out[HANDED_OVER]
+    whole = [arrivals[tuple(h["out"])] - h["arrived"] for h in hops if tuple(h["out"]) in arrivals]
+    out[WHOLE_MEDIAN] = _median_us(whole)
+    out[WHOLE_MEAN] = statistics.fmean(whole) * 1e6 if whole else float("nan")
     out[SENDING] = _median_us(h["sent"] - h["encoded"] for h in hops)
     out["hops"] = len(hops)
     return out

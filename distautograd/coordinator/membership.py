@@ -70,12 +70,11 @@ class Membership:
         self._changed = threading.Condition(self._lock)
         self._used: Set[int] = set()  # every rank a member has held: ids minted under it may still be about
         self.events: Deque[dict] = collections.deque(maxlen=_EVENT_MEMORY)  # joins, rejoins, deaths (wall time)
-        for state in ("reachable", "unreachable"):
-            metrics.watch(metrics.MEMBERS.labels(state), lambda state=state: self._count(state))
 
     # ------------------------------------------------------------------ queries
 
-    def _count(self, state: str) -> int:
+    def count(self, state: str) -> int:
+        """Members that are ``reachable`` or ``unreachable`` now (metrics)."""
         with self._lock:
             return sum((m.unreachable_since is None) == (state == "reachable") for m in self._members.values())
 

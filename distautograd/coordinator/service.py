@@ -118,8 +118,14 @@ class Coordinator:
         local.connect(link, self._new_link(), inline_from_a=("pass_event", "context_event"))
 
     def _closed(self, link: Link, error: BaseException) -> None:
-        """A member's connection ended: timed out, it is unreachable (it may come back and join again);
-        closed or reset by its kernel, it is dead."""
+        """A member's connection ended. Handled on the deadlines thread, never on the closing one: a
+        send that fails inside a broadcast closes its link while the broadcast holds the send lock,
+        and the verdict is a broadcast of its own."""
+        self.deadlines.schedule(0, lambda: self._judge_closed(link, error))
+
+    def _judge_closed(self, link: Link, error: BaseException) -> None:
+        """Timed out, it is unreachable (it may come back and join again); closed or reset by its
+        kernel, it is dead."""
         left = self._left.pop(link, False)
         if link.peer_rank >= 0 and not left and not self._stopped.is_set():
             member = self.membership.member(link.peer_rank)
@@ -168,6 +174,10 @@ class Coordinator:
             self.contexts.closed(context_id)
 
     def _status(self, request: pb.StatusRequest, context) -> pb.StatusReply:
+        return self.status()
+
+    def status(self) -> pb.StatusReply:
+        """The world now: each member with its heartbeat's age and load, open contexts, departures."""
         now = time.monotonic()
         return pb.StatusReply(
             workers=[
@@ -213,7 +223,7 @@ class Coordinator:
         interval = max(0.05, min(settings.heartbeat_interval, settings.heartbeat_timeout / 4))
         while not self._stopped.wait(interval):
             for member in self.membership.stale(settings.heartbeat_timeout):
-                metrics.HEARTBEATS_MISSED.inc()
+                metrics.SILENT_MEMBERS.inc()
                 self._suspect(member, f"no heartbeat for {settings.heartbeat_timeout:g} s")
             for member in self.membership.overdue(settings.unreachable_timeout):
                 reason = f"unreachable for {settings.unreachable_timeout:g} s (unreachable_timeout)"

@@ -152,7 +152,7 @@ class Agent:
             silence=options.heartbeat_timeout,
         )
         if options.metrics_port is not None:
-            self.http = monitoring.serve(listen_host, options.metrics_port, self.security.token, agent=self,
+            self.http = monitoring.serve(listen_host, options.metrics_port, self.security, agent=self,
                                          coordinator=self.coordinator)
         if host_it:
             coordinator = rendezvous.publish(self.server.port)
@@ -257,7 +257,7 @@ class Agent:
             link = self.peers.coordinator
             if link is not None and not link.try_notify(pb.Request(heartbeat=pb.Heartbeat(
                     contexts=self.contexts.count(), passes=len(self.backward.in_flight()), shares=self._shares()))):
-                metrics.HEARTBEATS_MISSED.inc()
+                metrics.HEARTBEATS_UNSENT.inc()
 
     def _shares(self, most: int = 32) -> list:
         """What peers hold here of each resource counted per peer, the largest first (for status)."""

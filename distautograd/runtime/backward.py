@@ -96,7 +96,14 @@ class Backward:
             torch.ones_like(root, memory_format=torch.contiguous_format) for root in roots]
         edges = [nodes.gradient_edge(root) for root in roots]
         order.place(edge.node for edge in edges)  # made on this thread: their places before any sum
-        active = self._reach.active_sends(ctx, edges)
+        if metrics.ON:
+            metrics.PASSES_STARTED.inc()
+        try:
+            active = self._reach.active_sends(ctx, edges)
+        except BaseException as exc:  # it could not start: a holder did not answer, or answered wrong
+            if metrics.ON:
+                metrics.PASSES_ENDED.labels(metrics.outcome(exc)).inc()
+            raise
         pass_id = self._mint()
         key = (ctx.id, pass_id)
         plan = pb.PassPlan(root=self.rank, active_sends=sorted(active), retain_graph=retain_graph,
@@ -110,7 +117,6 @@ class Backward:
         part = Part(ctx, pass_id, self.rank)
         self._passes.begin(drive, part)
         if metrics.ON:
-            metrics.PASSES_STARTED.inc()
             metrics.PASS_PARTICIPANTS.observe(len(drive.participants))
         ctx.reported = True
         with ctx.lock:

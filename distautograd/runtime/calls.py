@@ -51,14 +51,15 @@ def _named(decode: Callable, run) -> Callable:
     return decoded
 
 
-def _counted(complete, result: "Answer", function: str, peer: str):
-    """``complete``, then the call counted (metrics): its outcome is the answer's, decoding included."""
+def _counted(complete, function: str, peer: str):
+    """The call counted (metrics) as its answer arrives, then ``complete``: counted before the caller
+    can see the answer. Its outcome is the callee's (an answer that then fails to decode counts ok)."""
     began = time.monotonic()
 
     def counted(response, attachments, error) -> None:
-        complete(response, attachments, error)
-        metrics.CALLS_MADE.labels(function, peer, metrics.outcome(failure(result))).inc()
+        metrics.CALLS_MADE.labels(function, peer, metrics.outcome(error)).inc()
         metrics.CALL_SECONDS.labels(function, peer).observe(time.monotonic() - began)
+        complete(response, attachments, error)
 
     return counted
 
@@ -182,7 +183,7 @@ class Calls:
         result = Answer()
         complete = self._completion(result, to.id, ctx)
         if metrics.ON:
-            complete = _counted(complete, result, profiling.function_name(func), to.name)
+            complete = _counted(complete, metrics.function_label(func), to.name)
         if tracing.on(ctx):
             call.trace_id = self._rrefs.mint()
             record = tracing.Call(ctx, call.trace_id, func, to.name, len(value.pickle) + sum(
@@ -348,6 +349,8 @@ class Calls:
         served = metrics.Served(self._world.name_of(peer)) if metrics.ON else None
 
         def finish(outcome) -> None:
+            if served is not None:  # counted before the caller can see the answer
+                served.done(outcome if isinstance(outcome, BaseException) else None)
             try:
                 if not isinstance(outcome, BaseException):
                     order.place_tensors(outcome)  # what the call made, placed before another thread meets it
@@ -355,8 +358,6 @@ class Calls:
             finally:
                 with self._lock:
                     self._running -= 1
-                if served is not None:
-                    served.done(outcome if isinstance(outcome, BaseException) else None)
 
         contexts = self._contexts
 
@@ -365,7 +366,7 @@ class Calls:
             try:
                 func, args, kwargs = decode()
                 if served is not None:
-                    served.function = profiling.function_name(func)
+                    served.function = metrics.function_label(func)
                 previous = contexts.swap(ctx)
                 try:
                     with anomaly.recording(ctx.anomaly if ctx is not None else 0), \

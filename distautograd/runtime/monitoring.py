@@ -8,26 +8,27 @@ from its participants — /graph/<context id>, the graph page drawn live.
 from __future__ import annotations
 
 import json
-from typing import Optional
-
 from distautograd import errors, ids, metrics
 from distautograd.runtime import inspection
 from distautograd.runtime.options import UNSET_TIMEOUT
 from distautograd.transport.http import HttpServer, Page
+from distautograd.transport.security import Security
 from distautograd.views import export, status_page
 
 _HTML = "text/html; charset=utf-8"
 
 
-def serve(host: str, port: int, token: Optional[str], agent=None, coordinator=None) -> HttpServer:
+def serve(host: str, port: int, security: Security, agent=None, coordinator=None) -> HttpServer:
     """Starts the port on ``host`` (``port`` 0: any free one; see transport.http for who may read it)."""
-    server = HttpServer(host, port, token)
+    server = HttpServer(host, port, security)
     if agent is not None:
         metrics.watch(metrics.OPEN_CONTEXTS, agent.contexts.count)
         metrics.watch(metrics.LIVE_RREFS, agent.rrefs.owned_count)
         pool = agent.connector.pool
         metrics.watch(metrics.SHARED_MEMORY, pool.lent_bytes if pool is not None else lambda: 0)
     if coordinator is not None:
+        for state in ("reachable", "unreachable"):
+            metrics.watch(metrics.MEMBERS.labels(state), lambda state=state: coordinator.membership.count(state))
         server.route("/", lambda _: (200, _HTML, status_page.PAGE.encode()))
         server.route("/status.json", lambda _: _status(coordinator, graphs=agent is not None))
         server.route("/graph/", lambda rest: _graph(agent, rest))
@@ -35,7 +36,7 @@ def serve(host: str, port: int, token: Optional[str], agent=None, coordinator=No
 
 
 def _status(coordinator, graphs: bool) -> Page:
-    reply = coordinator._status(None, None)
+    reply = coordinator.status()
     data = status_page.status_json(reply, list(coordinator.membership.events), coordinator.settings.heartbeat_timeout,
                                    graphs)
     return 200, "application/json", json.dumps(data).encode()

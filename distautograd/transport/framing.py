@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import array
 import errno
+import math
 import os
 import select
 import socket
@@ -91,7 +92,7 @@ def send_all(sock: socket.socket, buffers: List[Any], fds: Sequence[int] = (), s
 def _wait_writable(sock: socket.socket, stall: float) -> None:
     poller = select.poll()
     poller.register(sock, select.POLLOUT)
-    if not poller.poll(int(stall * 1000)):
+    if not poller.poll(math.ceil(stall * 1000)):
         raise OSError(errno.ETIMEDOUT, f"the peer took no byte for {stall:g} s")
 
 

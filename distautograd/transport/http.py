@@ -1,10 +1,12 @@
 """The process's HTTP port for operators: Prometheus metrics at /metrics, and pages the owner adds (the coordinator's status).
 
-Off unless asked (``metrics_port``). Bound to loopback it answers anyone on this host; bound beyond
-loopback it answers only a request carrying the deployment's token: as a bearer token
-(``Authorization: Bearer <token>``, which Prometheus's scrape config sends with ``authorization``),
-or as the password of basic auth (a browser asks for it), and it refuses to start without a token:
-the security model's rule for every port this package opens.
+Off unless asked (``metrics_port``). With a configured token, or bound beyond loopback, it answers
+only requests carrying the token: as a bearer token (``Authorization: Bearer <token>``, which
+Prometheus's scrape config sends with ``authorization``) or as the password of basic auth (a
+browser asks for it). On loopback without a configured token (the embedded default) it answers any
+process of this host — other users' too — that names it as localhost (a web page elsewhere cannot
+reach it by DNS rebinding). Beyond loopback it will not start without a token, nor while the RPC
+ports use TLS (this plain HTTP would carry the token in the clear).
 """
 
 from __future__ import annotations
@@ -18,10 +20,11 @@ from typing import Callable, Dict, Optional, Tuple
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from distautograd import errors, metrics
-from distautograd.transport.security import is_loopback, token_matches
+from distautograd.transport.security import Security, is_loopback, token_matches
 
 log = logging.getLogger("distautograd")
 
+HANDLER_SECONDS = 10.0
 Page = Tuple[int, str, bytes]  # status, content type, body
 Route = Callable[[str], Page]  # called with the path after the route's prefix
 
@@ -29,17 +32,24 @@ Route = Callable[[str], Page]  # called with the path after the route's prefix
 class HttpServer:
     """Serves /metrics and the routes added with ``route``; each request on a thread of its own."""
 
-    def __init__(self, host: str, port: int, token: Optional[str]):
-        self.needs_token = not is_loopback(host)
-        if self.needs_token and not token:
+    def __init__(self, host: str, port: int, security: Security):
+        self.loopback = is_loopback(host)
+        self.needs_token = not self.loopback or security.configured_token
+        if not self.loopback and not security.token:
             raise errors.InvalidArgument(
                 f"the metrics port would listen on {host}, beyond loopback, without a token: set DISTAUTOGRAD_TOKEN "
                 "(scrapers send it as a bearer token), or listen on 127.0.0.1")
-        self._token = token
+        if not self.loopback and security.tls:
+            raise errors.InvalidArgument(
+                f"the metrics port would send the token in the clear on {host} while the RPC ports use TLS: listen on "
+                "127.0.0.1 (and scrape from this host), or run without TLS")
+        self._token = security.token
         self._routes: Dict[str, Route] = {"/metrics": _metrics}
         server = self
 
         class Handler(BaseHTTPRequestHandler):
+            timeout = HANDLER_SECONDS  # a client that sends nothing does not keep its thread
+
             def do_GET(self) -> None:  # noqa: N802 (the standard library's name)
                 server._answer(self)
 
@@ -51,7 +61,7 @@ class HttpServer:
         self.host, self.port = host, self._http.server_address[1]
         self._thread = threading.Thread(target=self._http.serve_forever, name="distautograd-http", daemon=True)
         self._thread.start()
-        metrics.ON = True
+        metrics.serving(+1)
         log.info("metrics at http://%s:%d/metrics%s", host, self.port, " (bearer token required)" if self.needs_token else "")
 
     def route(self, prefix: str, handler: Route) -> None:
@@ -60,6 +70,10 @@ class HttpServer:
 
     def _answer(self, request: BaseHTTPRequestHandler) -> None:
         path = request.path.split("?", 1)[0]
+        if self.loopback and not _loopback_name(request.headers.get("Host", "")):
+            # a page elsewhere whose name now points here (DNS rebinding) reads nothing
+            self._send(request, (403, "text/plain; charset=utf-8", b"ask for this port as localhost or 127.0.0.1\n"))
+            return
         if self.needs_token and not self._authorized(request.headers.get("Authorization", "")):
             self._send(request, (401, "text/plain; charset=utf-8",
                                  b"send the deployment's token: Authorization: Bearer <DISTAUTOGRAD_TOKEN>, or in a "
@@ -111,9 +125,14 @@ class HttpServer:
             pass  # the client went away
 
     def close(self) -> None:
-        metrics.ON = False
+        metrics.serving(-1)
         self._http.shutdown()
         self._http.server_close()
+
+
+def _loopback_name(host_header: str) -> bool:
+    host = host_header.rsplit(":", 1)[0] if not host_header.endswith("]") else host_header
+    return host.strip("[]").lower() in ("localhost", "127.0.0.1", "::1", "")
 
 
 def _metrics(_: str) -> Page:

@@ -84,8 +84,10 @@ class SocketTransport:
         streamed: List[Any] = []
         fds: List[int] = []
         with self._send_lock:
-            if self._closed or self._stalled:
-                raise self._stalled or errors.Unavailable(f"the connection to {self.link.peer} is closed")
+            if self._stalled:
+                raise errors.Unreachable(str(self._stalled))
+            if self._closed:
+                raise errors.Unavailable(f"the connection to {self.link.peer} is closed")
             message.attachments.streamed_sizes.extend(len(v) for v in views)
             for index, view in enumerate(views):
                 if self._pool is not None and len(view) >= shm.MIN_BYTES:

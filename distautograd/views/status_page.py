@@ -1,4 +1,4 @@
-"""The coordinator's live status page: the world now (workers, open contexts, recent deaths and rejoins), as JSON and as one self-refreshing HTML page.
+"""The coordinator's live status page: its workers, open contexts and recent deaths, as JSON and as HTML.
 
 The page is static: it fetches ``status.json`` every second and draws it, with no network beyond
 this server and no build step. Each open context links to its graph page (views.export) where the
@@ -41,7 +41,7 @@ def status_json(reply: pb.StatusReply, events: Iterable[dict], heartbeat_timeout
     contexts = [{"id": str(c.context_id), "participants": [names.get(r, f"rank {r}") for r in c.participants],
                  "passes": c.passes, "in_flight": c.passes_in_flight} for c in reply.contexts]
     return {"time": time.time(), "heartbeat_timeout": heartbeat_timeout, "graphs": graphs, "workers": workers,
-            "contexts": contexts, "events": list(events)[-30:][::-1]}
+            "contexts": contexts, "events": [e for e in events if e["what"] != "joined"][-30:][::-1]}
 
 
 PAGE = """<!doctype html>
@@ -66,7 +66,7 @@ code { font-size: .95em; }
 <h2>Open contexts</h2>
 <table id="contexts"><thead><tr><th>context</th><th>participants</th><th>passes</th><th>in flight</th>
 <th>graph</th></tr></thead><tbody></tbody></table>
-<h2>Recent deaths and rejoins</h2>
+<h2>Recent deaths, rejoins and silences</h2>
 <table id="events"><thead><tr><th>when</th><th>worker</th><th>what</th><th>why</th></tr></thead><tbody></tbody></table>
 <script>
 "use strict";

@@ -24,4 +24,5 @@ def test_quick_benchmark_prints_a_row_per_measurement():
     for stage in ("arrival to decoded", "engine", "encoded", "encoded to read by the next worker", "per hop",
                   "the send call, on the sender (overlaps the above)"):
         assert f"| {stage} | " in out, out  # one backward hop, stage by stage
+    assert "a whole hop, read to next read: mean" in out
     assert "us per hop (half the cost of a worker added" not in out  # one chain length: no slope to take

@@ -74,6 +74,13 @@ def test_the_service_monitor_scrapes_every_metrics_port_with_the_token():
         assert monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
         (port,) = [p for p in service["spec"]["ports"] if p["name"] == endpoint["port"]]
         assert port["port"] == int(env_of(container(docs[ROLES[name]]))["DISTAUTOGRAD_METRICS_PORT"])
+    pods = docs[("PodMonitor", "distautograd-trainer")]  # the trainer, a Job without a Service
+    (endpoint,) = pods["spec"]["podMetricsEndpoints"]
+    assert endpoint["authorization"] == monitor["spec"]["endpoints"][0]["authorization"]
+    trainer = docs[ROLES["trainer"]]
+    assert pods["spec"]["selector"]["matchLabels"].items() <= trainer["spec"]["template"]["metadata"]["labels"].items()
+    (port,) = [p for p in container(trainer)["ports"] if p["name"] == endpoint["port"]]
+    assert port["containerPort"] == int(env_of(container(trainer))["DISTAUTOGRAD_METRICS_PORT"])
 
 
 @pytest.mark.parametrize("role", ROLES)

@@ -183,10 +183,20 @@ def test_a_broken_connection_fails_only_the_passes_that_need_that_peer():
             y = call("n0", "n2", slow_in_backward, x)
             thread = threading.Thread(target=through_n1)
             thread.start()
-            threading.Timer(0.3, lambda: AGENTS["n0"].peers.close_peer(2, errors.Unreachable("the test broke it"))).start()
+
+            def break_it_with_both_in_flight():
+                deadline = time.monotonic() + 5
+                while len(AGENTS["n0"].backward.in_flight()) < 2 and time.monotonic() < deadline:
+                    time.sleep(0.01)
+                both["in flight"] = len(AGENTS["n0"].backward.in_flight())
+                AGENTS["n0"].peers.close_peer(2, errors.Unreachable("the test broke it"))
+
+            both = {}
+            threading.Thread(target=break_it_with_both_in_flight).start()
             with pytest.raises(errors.Unreachable, match=rf"context {ctx.id} lost 'n2' \(rank 2\)"):
                 backward("n0", ctx, [y.sum()])
             thread.join(10)
+        assert both["in flight"] == 2, both  # the break came while both passes waited
         assert torch.equal(other["grad"], torch.full((3,), 3.0))
     finally:
         world.close()
@@ -249,6 +259,21 @@ def test_a_graceful_departure_mid_pass_says_left(monkeypatch):
         world.close()
 
 
+class VerySlowInBackward(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx, grad):
+        time.sleep(4)
+        return grad
+
+
+def very_slow_in_backward(x):
+    return VerySlowInBackward.apply(x)
+
+
 def test_a_participant_whose_root_departs_takes_its_parts_off_at_once(monkeypatch):
     """h1 is the root, h2 waits in a slow node of its part; h1 is declared dead. h2 hears it by the
     departure notice alone (the coordinator's abort is switched off) and takes the part off there
@@ -258,7 +283,7 @@ def test_a_participant_whose_root_departs_takes_its_parts_off_at_once(monkeypatc
     try:
         x = torch.randn(3, requires_grad=True)
         with context("h1") as ctx:
-            y = call("h1", "h2", slow_in_backward, x)
+            y = call("h1", "h2", very_slow_in_backward, x)
             outcome = {}
 
             def drive():
@@ -274,7 +299,7 @@ def test_a_participant_whose_root_departs_takes_its_parts_off_at_once(monkeypatc
                 assert time.monotonic() < deadline, "h2's part never started"
                 time.sleep(0.01)
             AGENTS["h0"].coordinator.membership.depart(1, "the test declared it dead", failed=True)
-            deadline = time.monotonic() + 1  # the slow node runs 1.5 s: only the notice ends the part before
+            deadline = time.monotonic() + 2.5  # the node runs 4 s: only the notice ends the part before
             while AGENTS["h2"].backward.in_flight():
                 assert time.monotonic() < deadline, AGENTS["h2"].backward.in_flight()
                 time.sleep(0.01)

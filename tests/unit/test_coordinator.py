@@ -2,6 +2,7 @@
 
 import queue
 import socket
+import threading
 import time
 
 import pytest
@@ -118,8 +119,18 @@ def _lasting(heartbeat_timeout=60.0, lease=300.0):
 
 
 def _time_out(coordinator, rank):
-    """The coordinator's end of a member's connection times out (keepalive), as a partition makes it."""
-    coordinator.membership.member(rank).link.close(errors.Unreachable("its connection timed out"))
+    """The coordinator's end of a member's connection times out (keepalive), as a partition makes it;
+    returns once the coordinator has judged it (on its deadlines thread)."""
+    member = coordinator.membership.member(rank)
+    member.link.close(errors.Unreachable("its connection timed out"))
+    _until(lambda: member.entry.unreachable, "the member was marked unreachable")
+
+
+def _until(predicate, what: str, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"never: {what}"
+        time.sleep(0.01)
 
 
 def _entry(coordinator, name):
@@ -148,6 +159,7 @@ def test_a_connection_closed_by_the_kernel_is_a_death():
         link, joined = _join(coordinator, deadlines, "w0", incarnation=11)
         joined.result()
         link.close(errors.Unavailable("connection to w0 lost: the peer closed the connection"))
+        _until(lambda: coordinator.membership.departed(), "the member was declared dead")
         (gone,) = coordinator.membership.departed()
         assert (gone.name, gone.failed, gone.incarnation) == ("w0", True, 11)
     finally:
@@ -204,9 +216,21 @@ def test_a_member_whose_connection_takes_nothing_is_unreachable_after_the_heartb
     """A member that reads nothing (stopped, or cut off with its buffers full) would hold every Join,
     verdict and stop behind the coordinator's send stuck in its socket until the kernel gave up:
     minutes. A send that moves no byte for the heartbeat timeout ends that connection instead, and
-    the member is unreachable (it may join again), not dead."""
+    the member is unreachable (it may join again), not dead. It keeps sending heartbeats, so only the
+    stalled send can find it out: the verdict is a broadcast of its own, made while the stalled
+    broadcast held the send lock (it deadlocked the coordinator once)."""
     coordinator, deadlines = _lasting(heartbeat_timeout=1.0)
     ours, theirs = socket.socketpair()
+    beating = threading.Event()
+
+    def heartbeats():
+        frame = pb.Frame(request=pb.Request(heartbeat=pb.Heartbeat())).SerializeToString()
+        while not beating.wait(0.2):
+            try:
+                framing.send_all(theirs, [framing.LENGTH.pack(len(frame)), frame])
+            except OSError:
+                return
+
     try:
         for end in (ours, theirs):  # small buffers: a few snapshots fill them
             end.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
@@ -217,25 +241,31 @@ def test_a_member_whose_connection_takes_nothing_is_unreachable_after_the_heartb
         framing.send_all(theirs, [framing.LENGTH.pack(len(header)), header])
         reply = framing.Reader(theirs, deadline=time.monotonic() + 5).message(pb.Frame)
         rank = reply.response.join.rank
-        assert rank >= 0  # a member; from now on it reads nothing
+        assert rank >= 0  # a member; from now on it reads nothing, and beats
+        threading.Thread(target=heartbeats, daemon=True).start()
         stuck = coordinator.membership.member(rank).link
         others, started = [], time.monotonic()
         while not stuck.closed:  # joins go on until a snapshot to it stalls past the timeout
             assert time.monotonic() - started < 30, "the snapshots never filled the socket's buffers"
             before = time.monotonic()
             link, joined = _join(coordinator, deadlines, f"w{len(others)}", incarnation=len(others) + 1)
-            assert joined.result(timeout=5)[0].join.rank >= 0
-            assert time.monotonic() - before < 1.0 + 2  # at most one stall's wait, not the kernel's minutes
+            assert joined.result(timeout=10)[0].join.rank >= 0
+            assert time.monotonic() - before < 1.0 + 5  # at most one stall's wait, not the kernel's minutes
             others.append(link)
         assert isinstance(stuck.closed_with, errors.Unreachable), stuck.closed_with
         assert "took no byte for 1 s" in str(stuck.closed_with)
-        assert _entry(coordinator, "cut-off").unreachable and coordinator.membership.departed() == []
+        deadline = time.monotonic() + 5
+        while not (_entry(coordinator, "cut-off") or pb.WorkerEntry()).unreachable:
+            assert time.monotonic() < deadline, "the stalled member was never marked unreachable"
+            time.sleep(0.02)
+        assert coordinator.membership.departed() == []
         link, joined = _join(coordinator, deadlines, "late", incarnation=99)
-        assert joined.result(timeout=2)[0].join.rank >= 0  # nothing waits on it any more
+        assert joined.result(timeout=5)[0].join.rank >= 0  # nothing waits on it any more
         before = time.monotonic()
         coordinator.stop()
-        assert time.monotonic() - before < 2
+        assert time.monotonic() - before < 5
     finally:
+        beating.set()
         coordinator.stop()
         deadlines.stop()
         theirs.close()
