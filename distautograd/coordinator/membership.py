@@ -9,7 +9,7 @@ import time
 from concurrent.futures import Future
 from typing import Callable, Deque, Dict, List, Optional, Set
 
-from distautograd import errors, metrics
+from distautograd import __version__, errors, metrics
 from distautograd.ids import MAX_RANK
 from distautograd.protocol.v1 import messages_pb2 as pb
 
@@ -24,7 +24,8 @@ MAX_ADDRESS = 512
 
 
 def validate_join(join: pb.Join) -> None:
-    """What a member may claim about itself: names printable and short, ranks that fit in an id."""
+    """What a member may claim about itself: names printable and short, ranks that fit in an id, the
+    package version of the world."""
     if not join.name or len(join.name) > MAX_NAME or not set(join.name) <= NAME_CHARACTERS:
         raise errors.InvalidArgument(
             f"a worker name must be 1 to {MAX_NAME} letters, digits or _ - . : characters; got {join.name[:MAX_NAME]!r}")
@@ -37,6 +38,10 @@ def validate_join(join: pb.Join) -> None:
         if len(value) > MAX_ADDRESS or not value.isprintable():
             raise errors.InvalidArgument(f"the {field} a worker joins with must be printable and at most "
                                          f"{MAX_ADDRESS} characters")
+    if join.version and join.version != __version__:  # the wire changes between versions (conj bits in 0.2)
+        raise errors.FailedPrecondition(
+            f"worker '{join.name}' runs distautograd {join.version}, this world {__version__}: every process of a "
+            "world must run the same version")
 
 
 class Member:

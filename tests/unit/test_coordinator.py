@@ -269,3 +269,17 @@ def test_a_member_whose_connection_takes_nothing_is_unreachable_after_the_heartb
         coordinator.stop()
         deadlines.stop()
         theirs.close()
+
+
+def test_a_process_of_another_version_is_refused_naming_both():
+    coordinator, deadlines = _lasting()
+    try:
+        received = queue.Queue()
+        link = Link("old", lambda link, frame_id, request, attachments: received.put(request), deadlines)
+        coordinator.attach(link)
+        joined = link.request(pb.Request(join=pb.Join(name="old", rank=-1, address="x:1", version="0.0.1")), timeout=5)
+        with pytest.raises(errors.FailedPrecondition, match=r"'old' runs distautograd 0\.0\.1, this world 0\.2\.0"):
+            joined.result()
+    finally:
+        coordinator.stop()
+        deadlines.stop()
