@@ -34,10 +34,8 @@ class Reach:
         found = activations.union(ctx.activations.of(edge.node, edge.output_nr) for edge in edges)
         try:
             return activations.reached(found, lambda ids: self._ask(ctx.id, ids))
-        except RuntimeError as exc:  # a holder timed out, is gone, or answered wrong: said as what it is
-            kind = type(exc) if isinstance(exc, errors.RpcError) else errors.Internal
-            raise kind(f"the backward pass of context {ctx.id} cannot start: {exc}",
-                       worker=getattr(exc, "worker", None)) from None
+        except errors.RpcError as exc:  # a holder timed out, is gone, or answered wrong: said as what it is
+            raise type(exc)(f"the backward pass of context {ctx.id} cannot start: {exc}", worker=exc.worker) from None
 
     def _ask(self, context_id: int, ids: List[int]) -> List[tuple]:
         """(activates, unknown) for each of ``ids``, asked of their holders at once."""
@@ -61,6 +59,8 @@ class Reach:
                 if answered != ids:  # what it left out would never take part: a pass missing gradients
                     error = errors.Internal(f"{self._peers.world.name_of(rank)} answered a Reach about "
                                             f"{len(answered)} send points, not the {len(ids)} asked, in that order")
+            if isinstance(error, errors.RpcError) and error.worker is None:  # a timeout, a lost link: it was this one
+                error.worker = self._peers.world.name_of(rank)
             result.set_exception(error) if error is not None else result.set_result(reaches)
 
         self._peers.request(rank, request, (), self._timeout(), done)

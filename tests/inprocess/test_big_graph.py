@@ -85,8 +85,9 @@ def test_a_holder_that_cannot_answer_fails_the_pass_before_it_starts(world, monk
         y = call("w0", "w1", chain_sum_then_exp_on, xs, "w1", "w2")
         AGENTS["w1"].contexts.release(ctx.id)  # w1 forgets its send points: it cannot say what they reach
         with pytest.raises(errors.FailedPrecondition, match=f"the backward pass of context {ctx.id} cannot start: .*no send "
-                                                  "point"):
+                                                  "point") as raised:
             backward("w0", ctx, [y.sum()])
+        assert raised.value.worker == "w1"
 
 
 def test_a_holder_answers_a_reach_only_about_the_context_asked(world):
@@ -175,5 +176,6 @@ def test_a_holder_that_never_answers_the_reach_fails_the_pass_at_the_timeout(mon
             thread.join(10)
             assert not thread.is_alive(), "the pass waited on the holder's answer past the timeout"
         assert isinstance(outcome.get("error"), errors.DeadlineExceeded), outcome
+        assert outcome["error"].worker == "w1"  # who did not answer
     finally:
         world.close()
