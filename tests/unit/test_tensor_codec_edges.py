@@ -187,7 +187,11 @@ def test_a_conjugate_bit_on_a_real_tensor_or_a_negative_one_on_bools_is_refused(
         tensors.decode(meta, attachments)
     meta = wire(tensors.encode(torch.ones(3, dtype=torch.bool), attachments := []))
     meta.neg = True
-    with pytest.raises(InvalidArgument, match="cannot carry the negative bit"):
+    with pytest.raises(InvalidArgument, match="a bool tensor cannot carry the negative bit"):
+        tensors.decode(meta, attachments)
+    meta = wire(tensors.encode(torch.quantize_per_tensor(torch.randn(3), 0.1, 0, torch.quint8), attachments := []))
+    meta.neg = True
+    with pytest.raises(InvalidArgument, match="a quint8 tensor cannot carry the negative bit"):
         tensors.decode(meta, attachments)
 
 
