@@ -94,6 +94,22 @@ def backward(name: str, ctx: Context, roots, **kwargs):
     return AGENTS[name].backward.backward(ctx, roots, **kwargs)
 
 
+def backward_in_thread(name: str, ctx: Context, roots, **kwargs):
+    """``backward`` on a thread of its own, started: (the thread, a dict that gets the pass's error
+    under "error" if it raises), for a test that acts while the pass runs."""
+    outcome: dict = {}
+
+    def run() -> None:
+        try:
+            backward(name, ctx, roots, **kwargs)
+        except Exception as exc:
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    return thread, outcome
+
+
 def gradients(name: str, context_id: int) -> Dict[torch.Tensor, torch.Tensor]:
     """The leaf gradients agent ``name`` holds in the context (it must have heard of it)."""
     return AGENTS[name].contexts.get(context_id).gradients()

@@ -14,24 +14,25 @@ import torch
 from distautograd import errors
 from distautograd.runtime.backward import Backward
 from distautograd.runtime.pass_state import Drive
-from tests.helpers.inprocess import AGENTS, World, backward, call, context, gradients
+from tests.helpers.inprocess import AGENTS, World, backward, backward_in_thread, call, context, gradients
 from tests.helpers.spies import Spy
 from tests.inprocess.test_backward import fails_in_backward
 
 
 class SlowInBackward(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x):
+    def forward(ctx, x, seconds):
+        ctx.seconds = seconds
         return x.clone()
 
     @staticmethod
     def backward(ctx, grad):
-        time.sleep(1.5)
-        return grad
+        time.sleep(ctx.seconds)
+        return grad, None
 
 
-def slow_in_backward(x):
-    return SlowInBackward.apply(x)
+def slow_in_backward(x, seconds=1.5):
+    return SlowInBackward.apply(x, seconds)
 
 
 def test_a_slow_backward_fails_by_the_timeout_naming_who_is_late():
@@ -75,7 +76,7 @@ WEIGHT = torch.ones(3, 3, requires_grad=True)  # the parameter of the slow part
 
 def slow_with_a_parameter(x):
     """A part whose only way out is a leaf (x needs no gradient): it reports by PassFinished."""
-    return SlowInBackward.apply(x @ WEIGHT)
+    return SlowInBackward.apply(x @ WEIGHT, 1.5)
 
 
 def test_a_part_that_fails_stops_the_others_at_once_and_the_error_names_it_exactly(monkeypatch, caplog):
@@ -259,21 +260,6 @@ def test_a_graceful_departure_mid_pass_says_left(monkeypatch):
         world.close()
 
 
-class VerySlowInBackward(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x):
-        return x.clone()
-
-    @staticmethod
-    def backward(ctx, grad):
-        time.sleep(4)
-        return grad
-
-
-def very_slow_in_backward(x):
-    return VerySlowInBackward.apply(x)
-
-
 def test_a_participant_whose_root_departs_takes_its_parts_off_at_once(monkeypatch):
     """h1 is the root, h2 waits in a slow node of its part; h1 is declared dead. h2 hears it by the
     departure notice alone (the coordinator's abort is switched off) and takes the part off there
@@ -283,17 +269,8 @@ def test_a_participant_whose_root_departs_takes_its_parts_off_at_once(monkeypatc
     try:
         x = torch.randn(3, requires_grad=True)
         with context("h1") as ctx:
-            y = call("h1", "h2", very_slow_in_backward, x)
-            outcome = {}
-
-            def drive():
-                try:
-                    backward("h1", ctx, [y.sum()])
-                except Exception as exc:
-                    outcome["error"] = exc
-
-            root = threading.Thread(target=drive)
-            root.start()
+            y = call("h1", "h2", slow_in_backward, x, 4)
+            root, outcome = backward_in_thread("h1", ctx, [y.sum()])
             deadline = time.monotonic() + 5
             while not AGENTS["h2"].backward.in_flight():
                 assert time.monotonic() < deadline, "h2's part never started"

@@ -12,7 +12,7 @@ from distautograd import errors
 from distautograd.protocol.v1 import messages_pb2 as pb
 from distautograd.runtime import backward as backward_module, codec
 from distautograd.runtime.reach import Reach
-from tests.helpers.inprocess import AGENTS, World, backward, call, context, gradients
+from tests.helpers.inprocess import AGENTS, World, backward, backward_in_thread, call, context, gradients
 from tests.helpers.spies import Spy
 from tests.inprocess.test_backward import (NAMES, chain, chain_sum, chain_sum_then_exp_on,
                                            sum_all_but_the_last_and_pass_it_on)
@@ -153,26 +153,15 @@ def test_at_the_plan_limit_the_plan_still_rides_on_the_pushes_and_one_more_sends
 def test_a_holder_that_never_answers_the_reach_fails_the_pass_at_the_timeout(monkeypatch):
     """The root asks w1 what its send points set off, and w1 never answers: the pass fails with the
     rpc timeout's DeadlineExceeded (the question has the calls' timeout), instead of waiting forever."""
-    import threading
-
     from distautograd.transport.dispatch import Deferred
 
     monkeypatch.setattr(Reach, "handle_reach", lambda self, link, body, attachments: Deferred())
     world = World(NAMES, rpc_timeout=1)
     try:
         xs = [torch.randn(2, dtype=torch.float64, requires_grad=True) for _ in range(codec.ACTIVATES_LIMIT + 76)]
-        outcome = {}
         with context("w0") as ctx:
             y = call("w0", "w1", chain_sum_then_exp_on, xs, "w1", "w2", timeout=30)
-
-            def run():
-                try:
-                    backward("w0", ctx, [y.sum()])
-                except Exception as exc:
-                    outcome["error"] = exc
-
-            thread = threading.Thread(target=run)
-            thread.start()
+            thread, outcome = backward_in_thread("w0", ctx, [y.sum()])
             thread.join(10)
             assert not thread.is_alive(), "the pass waited on the holder's answer past the timeout"
         assert isinstance(outcome.get("error"), errors.DeadlineExceeded), outcome
