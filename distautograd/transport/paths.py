@@ -19,7 +19,7 @@ from distautograd import errors
 from distautograd.protocol import COORDINATOR_SERVICE
 from distautograd.protocol.v1 import messages_pb2 as pb
 from distautograd.protocol.v1 import messages_pb2_grpc
-from distautograd.transport import grpc_server, grpc_stream, sockets
+from distautograd.transport import ending, grpc_server, grpc_stream, sockets
 from distautograd.transport.link import Link
 from distautograd.transport.security import TOKEN_ENV, Security
 from distautograd.transport.shm import SegmentPool
@@ -134,7 +134,7 @@ class Connector:
                 return sock
             except (OSError, EOFError) as exc:  # not reachable this way (another host, a firewall, busy): next
                 if address in self._worked and isinstance(exc, OSError) and (
-                        isinstance(exc, TimeoutError) or exc.errno in sockets.SILENT):
+                        isinstance(exc, TimeoutError) or exc.errno in ending.SILENT):
                     # This path worked before: a firewall did not start dropping it, the host went silent.
                     raise errors.Unreachable(f"worker '{endpoint.name}' is unreachable: no answer at {address} "
                                              f"({exc})", worker=endpoint.name) from None

@@ -10,7 +10,6 @@ Any thread sends (under a lock, without a hand-off); one thread at a time reads 
 
 from __future__ import annotations
 
-import errno
 import logging
 import os
 import shutil
@@ -21,7 +20,7 @@ import time
 from typing import Any, Callable, List, Optional, Sequence, Tuple
 
 from distautograd import errors, metrics
-from distautograd.transport import framing, hops, reading, security, shm
+from distautograd.transport import ending, framing, hops, reading, security, shm
 from distautograd.transport.link import Link
 from distautograd.protocol.v1 import messages_pb2 as pb
 
@@ -31,17 +30,6 @@ MAX_HELLO_BYTES = 4096  # all a peer may make us read before it has shown who it
 HANDSHAKE_SECONDS = 10.0  # for the whole handshake, however slowly its bytes come
 MAX_HANDSHAKES = 32  # connections still showing who they are, at once; more are closed at once
 _receive_buffers = shm.ReceiveBuffers()
-
-
-SILENT = {errno.ETIMEDOUT, errno.EHOSTUNREACH, errno.ENETUNREACH, errno.EHOSTDOWN, errno.ENETDOWN}
-
-
-def lost(peer: str, exc: BaseException) -> errors.Unavailable:
-    """What a broken connection means: a peer that stopped answering (timed out, no route) is
-    unreachable and may come back; one whose kernel closed or reset the connection is gone."""
-    if isinstance(exc, OSError) and exc.errno in SILENT:
-        return errors.Unreachable(f"{peer} is unreachable: its connection timed out ({exc})")
-    return errors.Unavailable(f"connection to {peer} lost: {exc}")
 
 
 def host_id() -> str:
@@ -68,6 +56,7 @@ class SocketTransport:
         self._mappings = shm.Mappings(self._send_release) if self.unix else None
         self._shared_with_peer: set = set()
         self._send_lock = threading.Lock()
+        self._ending = ending.Ending(link.peer, sock)
         self._closed = False
         self._stall = stall
         self._stalled: Optional[errors.Unreachable] = None  # why sending ended: the reader closes the link with it
@@ -108,7 +97,7 @@ class SocketTransport:
                     _count(metrics.SENT_BYTES, self.kind, framing.LENGTH.size + len(header) + sum(map(len, streamed)),
                            sum(map(len, views)) - sum(map(len, streamed)))
             except OSError as exc:
-                error = lost(self.link.peer, exc)
+                error = self._ending.judge(exc)
                 if self._stall is not None and isinstance(error, errors.Unreachable):
                     # Half a frame went out: the connection ends. The reader, woken by the shutdown,
                     # closes the link (not here: the caller may hold locks the link's close takes).
@@ -157,7 +146,7 @@ class SocketTransport:
         except errors.RpcError as exc:
             link.fail_protocol(str(exc))
         except (EOFError, OSError) as exc:
-            link.close(self._stalled or lost(link.peer, exc))
+            link.close(self._stalled or self._ending.judge(exc))
         except Exception as exc:
             link.close(errors.Internal(f"reading from {link.peer} failed: {exc!r}"))
 
