@@ -64,6 +64,32 @@ def test_a_big_graph_where_a_received_tensor_is_passed_on_as_it_came(world):
     assert len(grads) == len(xs) and all(torch.equal(grads[x], g) for x, g in zip(xs, want))
 
 
+def double_each(xs):
+    return [x * 2 for x in xs]
+
+
+def pass_the_second_on(a, b, here, there):
+    """``b`` is the second tensor of the message (its recv node's output 1) and goes on as it came."""
+    return a + call(here, there, torch.exp, b)
+
+
+def test_a_received_tensor_whose_reach_is_unknown_passed_on_as_a_second_output(world, monkeypatch):
+    """b sums more send points than an activation may carry, so w1 cannot say what the b it passes
+    on reaches: the root asks w1 about that send point, whose edge is output 1 of w1's recv node,
+    and w1 must answer for output 1 (b), not output 0 (a), or b's gradient never goes back."""
+    spy = Spy(monkeypatch)
+    xs = [torch.randn(2, dtype=torch.float64, requires_grad=True) for _ in range(codec.ACTIVATES_LIMIT + 76)]
+    with context("w0") as ctx:
+        b = chain_sum(call("w0", "w2", double_each, xs))
+        y = call("w0", "w1", pass_the_second_on, xs[0] * 3, b, "w1", "w2")
+        backward("w0", ctx, [y.sum()])
+        grads = gradients("w0", ctx.id)
+    assert (1, 1) in spy.asked, spy.asked  # the root did ask w1 about the send point that passes b on
+    xs2 = [x.detach().clone().requires_grad_() for x in xs]
+    want = torch.autograd.grad((xs2[0] * 3 + torch.exp(chain_sum([x * 2 for x in xs2]))).sum(), xs2)
+    assert len(grads) == len(xs) and all(torch.equal(grads[x], g) for x, g in zip(xs, want))
+
+
 def test_a_big_graph_driven_from_another_rank_than_0_names_its_root_in_every_message(world, monkeypatch):
     spy = Spy(monkeypatch)
     big_graph_through("w0", root="w2")  # the plan goes ahead to w0 and w1; their pushes must name w2
