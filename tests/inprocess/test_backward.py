@@ -416,6 +416,45 @@ def test_second_order_crosses_workers_as_the_first(world):
     assert torch.equal(dx, dx2) and torch.equal(got, x2.grad)
 
 
+KEPT: dict = {}
+
+
+def keep(x):
+    KEPT["x"] = x
+
+
+def sin_of_kept():
+    return torch.sin(KEPT["x"])
+
+
+def sin_of_kept_on(here, there):
+    return call(here, there, sin_of_kept)
+
+
+def test_a_gradient_that_requires_grad_is_a_send_point_to_where_it_goes(world):
+    """w1 got x from w0 and never sent w0 anything; its sin(x) reaches w0 through w2. Under
+    create_graph, the gradient w1 pushes to w0 requires grad: a send point of w1's to w0, so w0 is
+    now a worker w1 knows in the context (torch's _known_worker_ids), and the second pass goes back
+    through it."""
+    KEPT.clear()
+    x = torch.randn(5, dtype=torch.float64, requires_grad=True)
+    with context("w0") as ctx:
+        call("w0", "w1", keep, x)
+        y = call("w0", "w2", sin_of_kept_on, "w2", "w1")
+        on_w1 = AGENTS["w1"].contexts.get(ctx.id)
+        assert on_w1._known_worker_ids() == {2}
+        captured = backward("w0", ctx, [y.sum()], capture=True, create_graph=True, retain_graph=True)
+        assert on_w1._known_worker_ids() == {0, 2}
+        dx = captured.grads[torch.autograd.graph.get_gradient_edge(x).node]
+        backward("w0", ctx, [dx.sum()])
+        got = gradients("w0", ctx.id)[x]
+    x2 = x.detach().clone().requires_grad_()
+    (dx2,) = torch.autograd.grad(torch.sin(x2).sum(), x2, create_graph=True)
+    dx2.sum().backward()
+    assert torch.equal(dx, dx2) and torch.equal(got, x2.grad)
+    KEPT.clear()
+
+
 def test_a_root_with_no_participants_runs_here_alone(world):
     x = torch.randn(3, requires_grad=True)
     with context("w0") as ctx:
