@@ -1,13 +1,15 @@
 """The compiled core (distautograd._core, C++ against libtorch), or None where it was not built.
 
-What it offers the runtime: failing torch futures as torch's RPC fails them, and adding a remote
-call's profiled events to the caller's profiler. Without it the package runs its Python path,
-and says so once, in one line, when it starts.
+What it offers the runtime: reading frames off a socket (length, header, attachments) without the
+GIL, failing torch futures as torch's RPC fails them, and adding a remote call's profiled events to
+the caller's profiler. Without it the package runs its Python path, and says so once, in one line,
+when it starts.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 
 log = logging.getLogger("distautograd")
 
@@ -22,10 +24,17 @@ else:
 _said = False
 
 
+def frames_on() -> bool:
+    """Sockets' frames are read by the core: it is built, and DISTAUTOGRAD_NATIVE_FRAMES is not 0."""
+    return core is not None and os.environ.get("DISTAUTOGRAD_NATIVE_FRAMES", "1") != "0"
+
+
 def built() -> str:
-    """What the bench and tools say of the core: it is built or not, and carries no message yet."""
-    return ("compiled core built (futures, profiler events, thread state)" if core is not None
-            else f"compiled core not built ({_missing})") + "; every message takes the Python path"
+    """What the bench and tools say of the core: built or not, and which part of a message's path it runs."""
+    if core is None:
+        return f"compiled core not built ({_missing}); every message takes the Python path"
+    frames = "frames read by the core" if frames_on() else "frames read by Python (DISTAUTOGRAD_NATIVE_FRAMES=0)"
+    return f"compiled core built: {frames}; decoding, the engine's push loop and sending take the Python path"
 
 
 def say_which_once() -> None:

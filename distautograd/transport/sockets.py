@@ -20,7 +20,7 @@ import time
 from typing import Any, Callable, List, Optional, Sequence, Tuple
 
 from distautograd import errors, metrics
-from distautograd.transport import ending, framing, hops, reading, security, shm
+from distautograd.transport import ending, frames, framing, hops, reading, security, shm
 from distautograd.transport.link import Link
 from distautograd.protocol.v1 import messages_pb2 as pb
 
@@ -29,7 +29,6 @@ log = logging.getLogger("distautograd")
 MAX_HELLO_BYTES = 4096  # all a peer may make us read before it has shown who it is
 HANDSHAKE_SECONDS = 10.0  # for the whole handshake, however slowly its bytes come
 MAX_HANDSHAKES = 32  # connections still showing who they are, at once; more are closed at once
-_receive_buffers = shm.ReceiveBuffers()
 
 
 def host_id() -> str:
@@ -130,11 +129,11 @@ class SocketTransport:
     # ------------------------------------------------------------------ receiving
 
     def start(self) -> None:
-        reader = framing.Reader(self.sock)
+        reader = frames.reader_for(self.sock)
         threading.Thread(target=self._read, args=(reader,), name=f"distautograd-recv-{self.link.peer}",
                          daemon=True).start()
 
-    def _read(self, reader: framing.Reader) -> None:
+    def _read(self, reader: frames.PythonReader) -> None:
         """Reads frames until the connection ends, or until reading is given away while this thread
         runs a call it read (see reading.py): a standby thread then goes on from the next frame."""
         link = self.link
@@ -150,10 +149,10 @@ class SocketTransport:
         except Exception as exc:
             link.close(errors.Internal(f"reading from {link.peer} failed: {exc!r}"))
 
-    def _read_one(self, reader: framing.Reader) -> None:
+    def _read_one(self, reader: frames.PythonReader) -> None:
         # One frame per call, so nothing of it (a big buffer, a shared segment) outlives its delivery
         # while the thread waits for the next one.
-        frame = reader.message(pb.Frame)
+        frame, streamed, following = reader.read_frame(self.link.max_attachment_bytes)
         if hops.ON:
             hops.arrived()
         kind = frame.WhichOneof("kind")
@@ -165,12 +164,15 @@ class SocketTransport:
             if self._pool is not None:
                 self._pool.release(self, message.release_shared.leases)
             return
-        attachments = self._attachments(reader, frame, message.attachments)
+        attachments = self._attachments(reader, frame, message.attachments, streamed, following)
         reader.close_stray_fds()  # descriptors sent along with the bytes after the header belong to nothing
         if attachments is not None:
             self.link.deliver(frame, attachments)
 
-    def _attachments(self, reader: framing.Reader, frame: pb.Frame, described: pb.Attachments) -> Optional[List[Any]]:
+    def _attachments(self, reader: frames.PythonReader, frame: pb.Frame, described: pb.Attachments,
+                     streamed: Optional[List[Any]], following: int) -> Optional[List[Any]]:
+        """The frame's attachments: those read from the stream (``streamed``, None when together
+        they were over the limit and are still in it) with the shared segments in their places."""
         sizes = list(described.streamed_sizes)
         shared = described.shared
         try:
@@ -188,28 +190,19 @@ class SocketTransport:
                         raise errors.InvalidArgument(str(exc)) from None
         finally:
             reader.close_stray_fds()  # any the frame did not claim: never kept, never leaked
-        total = sum(size for i, size in enumerate(sizes) if i not in shared)
         if metrics.ON:
-            _count(metrics.RECEIVED_BYTES, self.kind, framing.LENGTH.size + frame.ByteSize() + total,
-                   sum(sizes) - total)
-        if total > self.link.max_attachment_bytes:
-            self.link.refuse_oversized(frame, total)  # answered at once; then its bytes are read past
-            reader.skip(total)
+            _count(metrics.RECEIVED_BYTES, self.kind, framing.LENGTH.size + frame.ByteSize() + following,
+                   sum(sizes) - following)
+        if streamed is None:
+            self.link.refuse_oversized(frame, following)  # answered at once; then its bytes are read past
+            reader.skip(following)
             return None
-        attachments: List[Any] = []
-        for index, size in enumerate(sizes):
-            if index in shared:
-                try:
-                    attachments.append(self._mappings.buffer(shared[index].segment, shared[index].lease, size))
-                except ValueError as exc:
-                    raise errors.InvalidArgument(str(exc)) from None
-            elif size >= shm.MIN_BYTES:
-                buffer = _receive_buffers.get(size)
-                reader.into(memoryview(buffer))
-                attachments.append(buffer)
-            else:
-                attachments.append(reader.exactly(size))
-        return attachments
+        for index, lent in shared.items():
+            try:
+                streamed[index] = self._mappings.buffer(lent.segment, lent.lease, sizes[index])
+            except ValueError as exc:
+                raise errors.InvalidArgument(str(exc)) from None
+        return streamed
 
 
 def _count(counter, kind: str, streamed: int, shared: int) -> None:

@@ -1,12 +1,98 @@
 // The one binding module of the compiled core (distautograd._core): what Python may call.
 #include <torch/extension.h>
 
+#include <cerrno>
+#include <cstring>
+
+#include "envelope.h"
+#include "frame_reader.h"
 #include "futures.h"
 #include "remote_events.h"
 #include "thread_state.h"
+#include "wire.h"
+
+namespace {
+
+using distautograd::native::Envelope;
+using distautograd::native::FrameReader;
+
+pybind11::tuple envelope_tuple(const Envelope& envelope) {
+  pybind11::list sizes, shared;
+  for (uint64_t size : envelope.streamed_sizes) sizes.append(size);
+  for (uint32_t key : envelope.shared) shared.append(key);
+  return pybind11::make_tuple(envelope.kind, sizes, shared);
+}
+
+// One frame: (header bytes, (kind, streamed sizes, shared keys), the streamed attachments with None
+// where one is in shared memory -- or None when together they are over `following_limit` and are still
+// in the stream -- and their total). `allocate(size)` gives the writable buffer for each; the reads
+// themselves run without the GIL.
+pybind11::tuple read_frame(FrameReader& reader, uint64_t header_limit, uint64_t following_limit,
+                           const pybind11::function& allocate) {
+  Envelope envelope;
+  std::string header;
+  {
+    pybind11::gil_scoped_release released;
+    header = reader.read_header(header_limit, &envelope);
+  }
+  uint64_t following = envelope.following();
+  pybind11::bytes header_bytes(header);
+  if (following > following_limit) {
+    return pybind11::make_tuple(header_bytes, envelope_tuple(envelope), pybind11::none(), following);
+  }
+  pybind11::list buffers;
+  std::vector<pybind11::buffer_info> into;
+  for (size_t i = 0; i < envelope.streamed_sizes.size(); ++i) {
+    if (envelope.shared.count(static_cast<uint32_t>(i))) {
+      buffers.append(pybind11::none());
+      continue;
+    }
+    pybind11::object buffer = allocate(envelope.streamed_sizes[i]);
+    pybind11::buffer_info info = pybind11::reinterpret_borrow<pybind11::buffer>(buffer).request(true);
+    if (static_cast<uint64_t>(info.size * info.itemsize) != envelope.streamed_sizes[i]) {
+      throw pybind11::value_error("allocate(size) returned a buffer of another size");
+    }
+    into.push_back(std::move(info));
+    buffers.append(buffer);
+  }
+  {
+    pybind11::gil_scoped_release released;
+    for (const pybind11::buffer_info& info : into) {
+      reader.read_into(static_cast<uint8_t*>(info.ptr), static_cast<size_t>(info.size * info.itemsize));
+    }
+  }
+  return pybind11::make_tuple(header_bytes, envelope_tuple(envelope), buffers, following);
+}
+
+}  // namespace
 
 PYBIND11_MODULE(_core, m) {
   m.doc() = "distautograd's compiled core";
+  pybind11::register_exception<distautograd::native::wire::Malformed>(m, "MalformedFrame", PyExc_ValueError);
+  pybind11::register_exception<distautograd::native::HeaderTooLarge>(m, "FrameTooLarge", PyExc_ValueError);
+  pybind11::register_exception_translator([](std::exception_ptr raised) {
+    try {
+      if (raised) std::rethrow_exception(raised);
+    } catch (const distautograd::native::ReadError& e) {  // OSError(errno, text): Python picks the subclass
+      pybind11::object error = pybind11::reinterpret_borrow<pybind11::object>(PyExc_OSError)(e.error, e.what());
+      PyErr_SetObject(PyExc_OSError, error.ptr());
+    } catch (const distautograd::native::EndOfStream& e) {
+      PyErr_SetString(PyExc_EOFError, e.what());
+    }
+  });
+  m.def("read_envelope", [](const pybind11::bytes& header) {
+    std::string data = header;
+    return envelope_tuple(distautograd::native::read_envelope(reinterpret_cast<const uint8_t*>(data.data()), data.size()));
+  }, pybind11::arg("header"), "(kind, streamed sizes, shared keys) of a serialized Frame; raises MalformedFrame.");
+  pybind11::class_<FrameReader>(m, "FrameReader", "Frames read from a connected socket, without the GIL.")
+      .def(pybind11::init<int, bool>(), pybind11::arg("fd"), pybind11::arg("unix_socket"))
+      .def("read_frame", &read_frame, pybind11::arg("header_limit"), pybind11::arg("following_limit"),
+           pybind11::arg("allocate"), "(header, (kind, sizes, shared keys), attachments or None, their total)")
+      .def("skip", [](FrameReader& reader, uint64_t size) {
+        pybind11::gil_scoped_release released;
+        reader.skip(size);
+      }, pybind11::arg("size"), "Reads past `size` bytes.")
+      .def("take_fds", &FrameReader::take_fds, "The descriptors that arrived since the last call, now the caller's.");
   m.def("fail_future", &distautograd::native::fail_future, pybind11::arg("future"), pybind11::arg("exception"),
         "Fails a torch Future with a Python exception, as torch's RPC fails its own.");
   m.def("legacy_profiler_config", &distautograd::native::legacy_profiler_config,

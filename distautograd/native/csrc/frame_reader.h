@@ -1,0 +1,63 @@
+// Reads a peer's frames from a connected stream socket with no Python in between: the length
+// prefix, the header, and the attachments that follow it. Knows nothing of Python; bindings.cpp
+// releases the GIL around it.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "envelope.h"
+
+namespace distautograd::native {
+
+// The connection failed: `error` is the errno of the call that failed.
+struct ReadError : std::runtime_error {
+  ReadError(int error, const std::string& what) : std::runtime_error(what), error(error) {}
+  int error;
+};
+
+// The peer closed the connection (between frames or in the middle of one).
+struct EndOfStream : std::runtime_error {
+  EndOfStream() : std::runtime_error("the peer closed the connection") {}
+};
+
+// A header longer than the reader's limit: nothing of it was read past its length.
+struct HeaderTooLarge : std::runtime_error {
+  HeaderTooLarge(uint64_t size, uint64_t limit)
+      : std::runtime_error("a Frame of " + std::to_string(size) + " bytes is over the limit of " +
+                           std::to_string(limit)) {}
+};
+
+class FrameReader {
+ public:
+  // `fd` stays the caller's (it closes it); over a Unix socket, descriptors that arrive are kept
+  // until taken. Over TCP, reads go through a read-ahead buffer: a small frame costs one recv.
+  FrameReader(int fd, bool unix_socket);
+  ~FrameReader();
+  FrameReader(const FrameReader&) = delete;
+  FrameReader& operator=(const FrameReader&) = delete;
+
+  // The next header's bytes (at most `limit`), and its envelope in `envelope`.
+  std::string read_header(uint64_t limit, Envelope* envelope);
+  // Exactly `size` bytes into `into`.
+  void read_into(uint8_t* into, size_t size);
+  // Reads past `size` bytes.
+  void skip(uint64_t size);
+  // The descriptors that arrived since the last call, now the caller's to close.
+  std::vector<int> take_fds();
+
+ private:
+  size_t receive(uint8_t* into, size_t size, bool all);
+  void wait_readable();
+
+  int fd_;
+  bool unix_;
+  std::vector<uint8_t> ahead_;  // TCP: bytes read past what was asked, [ahead_start_, ahead_end_)
+  size_t ahead_start_ = 0, ahead_end_ = 0;
+  std::vector<int> fds_;
+};
+
+}  // namespace distautograd::native

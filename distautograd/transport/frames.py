@@ -1,0 +1,109 @@
+"""One frame and the attachments after it, read by the compiled core's reader or by framing.Reader.
+
+The compiled reader (native/csrc/frame_reader.cpp) takes a frame's length, header and streamed
+attachments in one call without the GIL, reading the header's envelope (the attachments' sizes)
+with a protobuf reader of its own; the header is then parsed here as on the Python path, and a frame
+whose envelope and parse disagree is refused. ``DISTAUTOGRAD_NATIVE_FRAMES=0`` keeps the Python path.
+"""
+
+from __future__ import annotations
+
+import socket
+from typing import Any, List, Optional, Tuple
+
+from google.protobuf.message import DecodeError
+
+from distautograd import errors, native
+from distautograd.protocol.v1 import messages_pb2 as pb
+from distautograd.transport import framing, shm
+
+_receive_buffers = shm.ReceiveBuffers()
+KINDS = {0: None, 2: "request", 3: "response", 4: "chunk"}  # Frame's oneof, by field number
+
+# (the frame, its streamed attachments with None where one is in shared memory -- or None when
+# together they were over the limit and are still in the stream -- and their total)
+Read = Tuple[pb.Frame, Optional[List[Any]], int]
+
+
+def allocate(size: int) -> Any:
+    """Where an attachment of ``size`` bytes is read into: a warm pooled buffer when it is big."""
+    return _receive_buffers.get(size) if size >= shm.MIN_BYTES else bytearray(size)
+
+
+def reader_for(sock: socket.socket) -> "PythonReader | NativeReader":
+    return NativeReader(sock) if native.frames_on() else PythonReader(sock)
+
+
+class PythonReader(framing.Reader):
+    """The reference path: the header parsed, then each attachment read with its own recv."""
+
+    native = False
+
+    def read_frame(self, following_limit: int) -> Read:
+        frame = self.message(pb.Frame)
+        kind = frame.WhichOneof("kind")
+        if kind not in ("request", "response"):
+            return frame, [], 0
+        described = getattr(frame, kind).attachments
+        sizes, shared = list(described.streamed_sizes), described.shared
+        following = sum(size for index, size in enumerate(sizes) if index not in shared)
+        if following > following_limit:
+            return frame, None, following
+        streamed: List[Any] = []
+        for index, size in enumerate(sizes):
+            if index in shared:
+                streamed.append(None)
+                continue
+            buffer = allocate(size)
+            if size:
+                self.into(memoryview(buffer).cast("B"))
+            streamed.append(buffer)
+        return frame, streamed, following
+
+
+class NativeReader:
+    """The compiled reader; the socket stays the caller's (it shuts it down and closes it)."""
+
+    native = True
+
+    def __init__(self, sock: socket.socket):
+        self._sock = sock
+        self._reader = native.core.FrameReader(sock.fileno(), sock.family == socket.AF_UNIX)
+        self.fds: List[int] = []
+
+    def read_frame(self, following_limit: int) -> Read:
+        core = native.core
+        try:
+            header, envelope, streamed, following = self._reader.read_frame(
+                framing.MAX_HEADER_BYTES, following_limit, allocate)
+        except core.FrameTooLarge as exc:
+            raise errors.InvalidArgument(str(exc)) from None
+        except core.MalformedFrame as exc:
+            raise errors.InvalidArgument(f"undecodable Frame ({exc})") from None
+        finally:
+            self.fds.extend(self._reader.take_fds())
+        try:
+            frame = pb.Frame.FromString(header)
+        except DecodeError as exc:
+            raise errors.InvalidArgument(f"undecodable Frame ({exc})") from None
+        agree(frame, envelope)
+        return frame, streamed, following
+
+    def skip(self, size: int) -> None:
+        try:
+            self._reader.skip(size)
+        finally:
+            self.fds.extend(self._reader.take_fds())
+
+    close_stray_fds = framing.Reader.close_stray_fds
+
+
+def agree(frame: pb.Frame, envelope: tuple) -> None:
+    """The attachments the stream was read by (the native envelope) are those the header says."""
+    kind_number, sizes, shared = envelope
+    kind = frame.WhichOneof("kind")
+    described = getattr(frame, kind).attachments if kind in ("request", "response") else None
+    parsed = (kind, list(described.streamed_sizes) if described else [], sorted(described.shared) if described else [])
+    if parsed != (KINDS.get(kind_number), sizes, sorted(shared)):
+        raise errors.InvalidArgument(f"a frame whose attachments read as {(KINDS.get(kind_number), sizes, shared)} "
+                                     f"but parse as {parsed}")
