@@ -2,7 +2,8 @@
 
 The tiers: unit/ (one process, no sockets), inprocess/ (real agents and sockets in one process),
 cluster/ (real processes and sockets), deploy/ (the compose file and the deployment files),
-torch_suite/ (torch's own RPC tests from the installed wheel). Helpers live in tests/helpers/.
+torch_suite/ (torch's own RPC tests from the installed wheel), native/ (the compiled core's sources
+built with the sanitizers). Helpers live in tests/helpers/.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import pytest
 
 # Per test, by tier; the global limit in pyproject.toml bounds them all. A test that waits longer for
 # its processes says so with its own @pytest.mark.timeout.
-TIER_TIMEOUTS = {"unit": 60, "inprocess": 60, "cluster": 300, "deploy": 900, "torch_suite": 150}
+TIER_TIMEOUTS = {"unit": 60, "inprocess": 60, "cluster": 300, "deploy": 900, "torch_suite": 150, "native": 300}
 
 
 def pytest_collection_modifyitems(config, items) -> None:

@@ -9,6 +9,7 @@ import shutil
 
 import pytest
 
+from distautograd import native
 from distautograd.testing import start_cluster
 from tests.helpers import processes
 
@@ -47,5 +48,23 @@ def test_an_unreachable_unix_socket_falls_back_to_tcp(tmp_path):
         out = run_driver({"DISTAUTOGRAD_TOKEN": "shared-secret"}, "every_path_works", cluster.coordinator, "tcp",
                          "either", "unix")
         assert "all calls over tcp" in out
+    finally:
+        cluster.stop()
+
+
+@pytest.mark.skipif(not native.frames_on(), reason="the compiled core is not built")
+@pytest.mark.parametrize("python_side", ["workers", "driver"])
+@pytest.mark.parametrize("transport, wire", [("auto", "unix"), ("tcp", "tcp")], ids=["unix", "tcp"])
+def test_a_world_where_some_read_frames_in_python_and_some_natively(python_side, transport, wire):
+    """A mixed world: the workers or the driver read with the Python path (DISTAUTOGRAD_NATIVE_FRAMES=0),
+    the others with the compiled reader; calls, 64 MiB both ways, RRefs, shared memory and a
+    bit-identical gradient all go through as in a world of one kind."""
+    python = {"DISTAUTOGRAD_NATIVE_FRAMES": "0"}
+    base = {"DISTAUTOGRAD_TRANSPORT": transport, "DISTAUTOGRAD_SHARED_MEMORY": "1"}
+    cluster = start_cluster(2, allowed_modules=["tests"], env={**base, **(python if python_side == "workers" else {})})
+    try:
+        driver_env = {**base, **(python if python_side == "driver" else {})}
+        out = run_driver(driver_env, "every_path_works", cluster.coordinator, wire, "1" if wire == "unix" else "0")
+        assert f"all calls over {wire}" in out
     finally:
         cluster.stop()

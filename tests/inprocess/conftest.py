@@ -1,0 +1,25 @@
+"""The oracle tests of this tier (gradients bit for bit, every node once, unused sends, faults naming
+the worker) run on both frame readers: the compiled one and the Python path it replaces
+(DISTAUTOGRAD_NATIVE_FRAMES=0). The rest of the tier runs on the default, the compiled one."""
+
+from __future__ import annotations
+
+import pytest
+
+from distautograd import native
+
+BOTH_PATHS = {"test_backward", "test_backward_failures", "test_big_graph", "test_backward_races"}
+
+
+def pytest_generate_tests(metafunc) -> None:
+    if "frames" in metafunc.fixturenames:
+        both = native.core is not None and metafunc.module.__name__.rsplit(".", 1)[-1] in BOTH_PATHS
+        metafunc.parametrize("frames", ["native", "python"] if both else ["default"], indirect=True)
+
+
+@pytest.fixture(autouse=True)
+def frames(request, monkeypatch):
+    """Which reader this test's agents read frames with."""
+    if request.param == "python":
+        monkeypatch.setenv("DISTAUTOGRAD_NATIVE_FRAMES", "0")
+    return request.param
