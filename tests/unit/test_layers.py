@@ -16,9 +16,9 @@ LAYERS = [
     ("public faces", {"rpc", "autograd", "optim", "nn"}),
     ("runtime", {"runtime"}),
     ("views of the gradient", {"views"}),
-    ("compiled core", {"native"}),
     ("engine and coordinator", {"engine", "coordinator"}),
     ("transport and encoding", {"transport", "encoding"}),
+    ("compiled core", {"native"}),  # what the transport (and, later, the engine) runs in C++
     ("errors, ids and metrics", {"errors", "ids", "protocol", "metrics", ""}),
 ]
 RANK = {part: len(LAYERS) - i for i, (_, parts) in enumerate(LAYERS) for part in parts}
