@@ -162,13 +162,15 @@ def cmd_status(args) -> int:
         except Exception as exc:
             print(f"error: {args.coordinator}: {exc}", file=sys.stderr)
             return 1
-    print(f"{'NAME':<20} {'RANK':>5}  {'ADDRESS':<28} {'LAST HEARTBEAT':>14}  {'CONTEXTS':>8} {'PASSES':>6}  ROLE")
+    print(f"{'NAME':<20} {'RANK':>5}  {'ADDRESS':<28} {'LAST HEARTBEAT':>14}  {'CONTEXTS':>8} {'PASSES':>6}  "
+          f"{'MESSAGES':<13}  ROLE")
     for w in reply.workers:
         role = "daemon" if w.worker.daemon else "member"
         if w.worker.unreachable:
             role += ", unreachable"
         print(f"{_safe(w.worker.name):<20} {w.worker.rank:>5}  {_safe(w.worker.address):<28} "
-              f"{w.seconds_since_heartbeat:>12.1f} s  {w.contexts:>8} {w.passes:>6}  {role}")
+              f"{w.seconds_since_heartbeat:>12.1f} s  {w.contexts:>8} {w.passes:>6}  "
+              f"{_safe(w.worker.message_path) or '?':<13}  {role}")
     print(f"\nopen contexts: {len(reply.contexts)}")
     for c in reply.contexts:
         leaves = ", ".join(f"rank {r}: {n}" for r, n in sorted(c.leaves_with_gradients.items())) or "none"

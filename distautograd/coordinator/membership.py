@@ -33,7 +33,7 @@ def validate_join(join: pb.Join) -> None:
         raise errors.InvalidArgument(f"rank {join.rank} is out of range: ranks go from 0 to {MAX_RANK} (-1: any)")
     if join.world_size > MAX_RANK + 1:
         raise errors.InvalidArgument(f"world_size {join.world_size} is over the largest world, {MAX_RANK + 1}")
-    for field in ("address", "socket_address", "unix_path", "host_id", "host", "version"):
+    for field in ("address", "socket_address", "unix_path", "host_id", "host", "version", "message_path"):
         value = getattr(join, field)
         if len(value) > MAX_ADDRESS or not value.isprintable():
             raise errors.InvalidArgument(f"the {field} a worker joins with must be printable and at most "
@@ -209,7 +209,7 @@ class Membership:
         entry = pb.WorkerEntry(
             name=join.name, rank=rank, address=join.address, daemon=join.daemon, pid=join.pid, host=join.host,
             socket_address=join.socket_address, unix_path=join.unix_path, host_id=join.host_id,
-            incarnation=join.incarnation,
+            incarnation=join.incarnation, message_path=join.message_path,
         )
         member = Member(entry, link, join.world_size)
         self._members[rank] = member

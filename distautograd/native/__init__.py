@@ -37,6 +37,11 @@ def built() -> str:
     return f"compiled core built: {frames}; decoding, the engine's push loop and sending take the Python path"
 
 
+def message_path() -> str:
+    """In a word, what ``distautograd status`` shows of this process: "native frames" or "python"."""
+    return "native frames" if frames_on() else "python"
+
+
 def say_which_once() -> None:
     """One line, once per process, when the compiled core is missing."""
     global _said

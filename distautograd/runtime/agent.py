@@ -176,6 +176,7 @@ class Agent:
             host=socket.gethostname(),
             version=__version__,
             incarnation=self.incarnation,
+            message_path=native.message_path(),
         )
         reply = self._join(coordinator, join, deadline)
         self.rank = reply.rank

@@ -30,13 +30,13 @@ def status_json(reply: pb.StatusReply, events: Iterable[dict], heartbeat_timeout
         age = status.seconds_since_heartbeat
         state = "unreachable" if entry.unreachable else ("late" if age > heartbeat_timeout / 2 else "alive")
         workers.append({"name": entry.name, "rank": entry.rank, "address": entry.address,
-                        "transport": transport_of(entry), "heartbeat_age": round(age, 2), "state": state,
+                        "transport": transport_of(entry), "messages": entry.message_path, "heartbeat_age": round(age, 2), "state": state,
                         "daemon": entry.daemon, "pid": entry.pid, "host": entry.host, "contexts": status.contexts,
                         "passes": status.passes})
     for departure in reply.departed:
         if departure.rank not in {w["rank"] for w in workers}:
             workers.append({"name": departure.name, "rank": departure.rank, "address": "", "transport": "",
-                            "heartbeat_age": None, "state": "dead" if departure.failed else "left",
+                            "messages": "", "heartbeat_age": None, "state": "dead" if departure.failed else "left",
                             "reason": departure.reason})
     contexts = [{"id": str(c.context_id), "participants": [names.get(r, f"rank {r}") for r in c.participants],
                  "passes": c.passes, "in_flight": c.passes_in_flight} for c in reply.contexts]
@@ -62,7 +62,7 @@ code { font-size: .95em; }
 <div id="when">loading…</div><div id="error"></div>
 <h2>Workers</h2>
 <table id="workers"><thead><tr><th>name</th><th>rank</th><th>address</th><th>transport</th>
-<th>heartbeat</th><th>state</th><th>contexts</th><th>passes</th></tr></thead><tbody></tbody></table>
+<th>messages</th><th>heartbeat</th><th>state</th><th>contexts</th><th>passes</th></tr></thead><tbody></tbody></table>
 <h2>Open contexts</h2>
 <table id="contexts"><thead><tr><th>context</th><th>participants</th><th>passes</th><th>in flight</th>
 <th>graph</th></tr></thead><tbody></tbody></table>
@@ -94,7 +94,7 @@ async function refresh() {
       + s.heartbeat_timeout + " s is unreachable";
     fill("workers", s.workers, (row, w) => {
       row.dataset.worker = w.name;
-      cell(row, w.name); cell(row, w.rank); cell(row, w.address); cell(row, w.transport);
+      cell(row, w.name); cell(row, w.rank); cell(row, w.address); cell(row, w.transport); cell(row, w.messages);
       cell(row, w.heartbeat_age === null ? "" : w.heartbeat_age.toFixed(1) + " s ago");
       cell(row, w.state + (w.reason ? ": " + w.reason : ""), w.state).className += " state";
       cell(row, w.contexts); cell(row, w.passes);

@@ -186,6 +186,10 @@ def test_status_command_lists_workers(cluster, capsys):
     for name in ("worker1", "worker2", "trainer"):
         assert name in out
     assert "open contexts" in out
+    from distautograd import native
+
+    lines = [line for line in out.splitlines() if line.startswith(("worker1 ", "worker2 "))]
+    assert len(lines) == 2 and all(f" {native.message_path()} " in line for line in lines), out  # which path each runs
 
 
 def test_health_of_every_process(cluster, capsys):

@@ -13,6 +13,7 @@ import urllib.request
 import pytest
 import torch
 
+from distautograd import native
 from distautograd.testing import start_cluster
 from tests.helpers.processes import run_spawned
 
@@ -44,6 +45,7 @@ def test_the_status_page_lists_the_workers_and_shows_a_killed_one_dead_within_th
         dom, log = rendered(url)
         assert states(dom) == {"worker1": "alive", "worker2": "alive"}, dom[-3000:]
         assert "Uncaught" not in log and "CONSOLE" not in log, log[-3000:]
+        assert len(re.findall(rf"grpc</td><td>{native.message_path()}</td>", dom)) == 2, dom[-3000:]  # each one's path
         assert re.search(r'<table id="contexts">.*?<tbody><tr><td>none</td></tr></tbody>', dom, re.S)  # none open
         killed = time.monotonic()
         cluster.kill("worker2")

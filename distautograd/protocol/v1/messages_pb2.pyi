@@ -220,7 +220,7 @@ class RRefHandle(_message.Message):
     def __init__(self, rref_id: _Optional[int] = ..., owner: _Optional[int] = ..., fork_id: _Optional[int] = ...) -> None: ...
 
 class WorkerEntry(_message.Message):
-    __slots__ = ("name", "rank", "address", "daemon", "pid", "host", "socket_address", "unix_path", "host_id", "incarnation", "unreachable", "silent_ms")
+    __slots__ = ("name", "rank", "address", "daemon", "pid", "host", "socket_address", "unix_path", "host_id", "incarnation", "unreachable", "silent_ms", "message_path")
     NAME_FIELD_NUMBER: _ClassVar[int]
     RANK_FIELD_NUMBER: _ClassVar[int]
     ADDRESS_FIELD_NUMBER: _ClassVar[int]
@@ -233,6 +233,7 @@ class WorkerEntry(_message.Message):
     INCARNATION_FIELD_NUMBER: _ClassVar[int]
     UNREACHABLE_FIELD_NUMBER: _ClassVar[int]
     SILENT_MS_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_PATH_FIELD_NUMBER: _ClassVar[int]
     name: str
     rank: int
     address: str
@@ -245,10 +246,11 @@ class WorkerEntry(_message.Message):
     incarnation: int
     unreachable: bool
     silent_ms: int
-    def __init__(self, name: _Optional[str] = ..., rank: _Optional[int] = ..., address: _Optional[str] = ..., daemon: _Optional[bool] = ..., pid: _Optional[int] = ..., host: _Optional[str] = ..., socket_address: _Optional[str] = ..., unix_path: _Optional[str] = ..., host_id: _Optional[str] = ..., incarnation: _Optional[int] = ..., unreachable: _Optional[bool] = ..., silent_ms: _Optional[int] = ...) -> None: ...
+    message_path: str
+    def __init__(self, name: _Optional[str] = ..., rank: _Optional[int] = ..., address: _Optional[str] = ..., daemon: _Optional[bool] = ..., pid: _Optional[int] = ..., host: _Optional[str] = ..., socket_address: _Optional[str] = ..., unix_path: _Optional[str] = ..., host_id: _Optional[str] = ..., incarnation: _Optional[int] = ..., unreachable: _Optional[bool] = ..., silent_ms: _Optional[int] = ..., message_path: _Optional[str] = ...) -> None: ...
 
 class Join(_message.Message):
-    __slots__ = ("name", "rank", "address", "world_size", "daemon", "pid", "host", "version", "socket_address", "unix_path", "host_id", "incarnation")
+    __slots__ = ("name", "rank", "address", "world_size", "daemon", "pid", "host", "version", "socket_address", "unix_path", "host_id", "incarnation", "message_path")
     NAME_FIELD_NUMBER: _ClassVar[int]
     RANK_FIELD_NUMBER: _ClassVar[int]
     ADDRESS_FIELD_NUMBER: _ClassVar[int]
@@ -261,6 +263,7 @@ class Join(_message.Message):
     UNIX_PATH_FIELD_NUMBER: _ClassVar[int]
     HOST_ID_FIELD_NUMBER: _ClassVar[int]
     INCARNATION_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_PATH_FIELD_NUMBER: _ClassVar[int]
     name: str
     rank: int
     address: str
@@ -273,7 +276,8 @@ class Join(_message.Message):
     unix_path: str
     host_id: str
     incarnation: int
-    def __init__(self, name: _Optional[str] = ..., rank: _Optional[int] = ..., address: _Optional[str] = ..., world_size: _Optional[int] = ..., daemon: _Optional[bool] = ..., pid: _Optional[int] = ..., host: _Optional[str] = ..., version: _Optional[str] = ..., socket_address: _Optional[str] = ..., unix_path: _Optional[str] = ..., host_id: _Optional[str] = ..., incarnation: _Optional[int] = ...) -> None: ...
+    message_path: str
+    def __init__(self, name: _Optional[str] = ..., rank: _Optional[int] = ..., address: _Optional[str] = ..., world_size: _Optional[int] = ..., daemon: _Optional[bool] = ..., pid: _Optional[int] = ..., host: _Optional[str] = ..., version: _Optional[str] = ..., socket_address: _Optional[str] = ..., unix_path: _Optional[str] = ..., host_id: _Optional[str] = ..., incarnation: _Optional[int] = ..., message_path: _Optional[str] = ...) -> None: ...
 
 class JoinReply(_message.Message):
     __slots__ = ("rank", "world", "heartbeat_interval")
