@@ -8,6 +8,7 @@ whose envelope and parse disagree is refused. ``DISTAUTOGRAD_NATIVE_FRAMES=0`` k
 
 from __future__ import annotations
 
+import os
 import socket
 from typing import Any, List, Optional, Tuple
 
@@ -62,13 +63,14 @@ class PythonReader(framing.Reader):
 
 
 class NativeReader:
-    """The compiled reader; the socket stays the caller's (it shuts it down and closes it)."""
+    """The compiled reader, on a descriptor of its own for the caller's socket: the caller shuts the
+    socket down to end the reads, and may close it while this thread is elsewhere without this reader
+    ever reading a connection that reused the number."""
 
     native = True
 
     def __init__(self, sock: socket.socket):
-        self._sock = sock
-        self._reader = native.core.FrameReader(sock.fileno(), sock.family == socket.AF_UNIX)
+        self._reader = native.core.FrameReader(os.dup(sock.fileno()), sock.family == socket.AF_UNIX)
         self.fds: List[int] = []
 
     def read_frame(self, following_limit: int) -> Read:

@@ -139,7 +139,7 @@ void one_stream(int writer, int reader_fd, bool unix_socket) {
     write_all(writer, stream, passed);
     ::shutdown(writer, SHUT_WR);
   });
-  FrameReader reader(reader_fd, unix_socket);
+  FrameReader reader(::dup(reader_fd), unix_socket);  // it owns the descriptor it is given
   try {
     for (;;) {
       Envelope envelope;

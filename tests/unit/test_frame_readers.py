@@ -226,3 +226,25 @@ def test_the_runtime_reads_frames_natively_unless_told_not_to(monkeypatch):
         assert type(frames.reader_for(b)) is frames.PythonReader
     finally:
         a.close(), b.close()
+
+
+def test_a_socket_closed_under_the_compiled_reader_never_has_it_read_another_connection():
+    """The reader reads its own duplicate of the descriptor: after the socket is shut down and closed,
+    and a new connection takes the number, it sees the end of its own connection, not the new one's."""
+    a, b = pair("unix")
+    reader = frames.NativeReader(b)
+    number = b.fileno()
+    b.shutdown(socket.SHUT_RDWR)
+    b.close()
+    c, d = pair("unix")
+    try:
+        assert number in (c.fileno(), d.fileno())
+        framing.send_all(c, [frame_bytes(request([2]), [b"ok"])])
+        framing.send_all(d, [frame_bytes(request([2]), [b"ok"])])
+        with pytest.raises(EOFError):
+            reader.read_frame(1 << 30)
+        assert [bytes(x) for x in frames.PythonReader(d).read_frame(1 << 30)[1]] == [b"ok"]
+        assert [bytes(x) for x in frames.PythonReader(c).read_frame(1 << 30)[1]] == [b"ok"]
+    finally:
+        for s in (a, c, d):
+            s.close()

@@ -28,6 +28,7 @@ FrameReader::FrameReader(int fd, bool unix_socket) : fd_(fd), unix_(unix_socket)
 
 FrameReader::~FrameReader() {
   for (int fd : fds_) ::close(fd);
+  ::close(fd_);
 }
 
 std::vector<int> FrameReader::take_fds() {

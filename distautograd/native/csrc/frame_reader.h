@@ -33,8 +33,10 @@ struct HeaderTooLarge : std::runtime_error {
 
 class FrameReader {
  public:
-  // `fd` stays the caller's (it closes it); over a Unix socket, descriptors that arrive are kept
-  // until taken. Over TCP, reads go through a read-ahead buffer: a small frame costs one recv.
+  // Takes `fd` (a dup of the caller's socket: closing the socket there cannot leave this reader on
+  // a number reused by another connection; shutting it down ends the reads here). Over a Unix
+  // socket, descriptors that arrive are kept until taken. Over TCP, reads go through a read-ahead
+  // buffer: a small frame costs one recv.
   FrameReader(int fd, bool unix_socket);
   ~FrameReader();
   FrameReader(const FrameReader&) = delete;
