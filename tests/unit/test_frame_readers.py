@@ -248,3 +248,12 @@ def test_a_socket_closed_under_the_compiled_reader_never_has_it_read_another_con
     finally:
         for s in (a, c, d):
             s.close()
+
+
+def test_a_frame_whose_envelope_and_parse_disagree_is_refused():
+    frame = request([3, 4], {1: pb.SharedBuffer(segment=1)})
+    frames.agree(frame, (2, [3, 4], [1]))  # as the envelope reader reads it
+    for envelope in [(3, [3, 4], [1]), (2, [3], [1]), (2, [3, 4], [])]:
+        with pytest.raises(errors.InvalidArgument, match=r"^a frame whose attachments read as .* but parse as "
+                                                         r"\('request', \[3, 4\], \[1\]\)$"):
+            frames.agree(frame, envelope)
