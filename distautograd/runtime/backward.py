@@ -140,6 +140,8 @@ class Backward:
             return part.captured
         except BaseException as exc:
             self._fail(drive, exc)
+            if not isinstance(exc, Exception):
+                raise  # Ctrl-C, SystemExit: the pass stops everywhere and they go on as they are
             raised = self._as_raised(drive, exc)
             raise raised from raised.__cause__
         finally:

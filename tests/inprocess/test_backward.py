@@ -445,6 +445,7 @@ def test_a_gradient_that_requires_grad_is_a_send_point_to_where_it_goes(world):
         assert on_w1._known_worker_ids() == {2}
         captured = backward("w0", ctx, [y.sum()], capture=True, create_graph=True, retain_graph=True)
         assert on_w1._known_worker_ids() == {0, 2}
+        assert AGENTS["w0"].contexts.get(ctx.id).peers == {1, 2}  # w1's gradients came from w1: released there
         dx = captured.grads[torch.autograd.graph.get_gradient_edge(x).node]
         backward("w0", ctx, [dx.sum()])
         got = gradients("w0", ctx.id)[x]

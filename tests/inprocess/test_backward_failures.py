@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import re
+import signal
 import threading
 import time
 
@@ -301,5 +302,26 @@ def test_a_context_released_mid_pass_takes_its_parts_off_there():
             threading.Timer(0.3, release).start()
             backward("c0", ctx, [y.sum()])  # the wave already running there still pushes what it made
             assert left["c1"] == []  # but the part was taken off at once
+    finally:
+        world.close()
+
+
+def test_ctrl_c_during_a_pass_stops_it_everywhere_and_stays_a_keyboard_interrupt():
+    """SIGINT reaches the caller's (main) thread while a participant is slow in its node: the caller
+    gets KeyboardInterrupt itself, not a RuntimeError, and the participant is told to stop at once
+    (its part is off well before the node ends and far before the pass's timeout)."""
+    world = World(["k0", "k1"], rpc_timeout=30)
+    try:
+        assert threading.current_thread() is threading.main_thread()
+        x = torch.randn(3, requires_grad=True)
+        with context("k0") as ctx:
+            y = call("k0", "k1", slow_in_backward, x, 4)
+            threading.Timer(0.5, signal.pthread_kill, (threading.main_thread().ident, signal.SIGINT)).start()
+            with pytest.raises(KeyboardInterrupt):
+                backward("k0", ctx, [y.sum()])
+            deadline = time.monotonic() + 2  # the slow node runs 4 s
+            while AGENTS["k1"].backward.in_flight():
+                assert time.monotonic() < deadline, "k1 was not told to stop"
+                time.sleep(0.01)
     finally:
         world.close()

@@ -17,7 +17,8 @@ from distautograd import errors
 from distautograd.transport.http import HttpServer
 from distautograd.transport.security import Security
 from tests.helpers.inprocess import AGENTS, World, backward, call, context, gradients
-from tests.inprocess.test_backward import fails_in_backward
+from distautograd.runtime import codec
+from tests.inprocess.test_backward import chain_sum_then_exp_on, fails_in_backward
 
 NAMES = ["m0", "m1", "m2"]
 
@@ -89,8 +90,24 @@ def test_backward_passes_count_started_finished_failed_and_their_participants(wo
     assert grew(before, after, "distautograd_backward_passes_total", outcome="ok") == 1
     assert grew(before, after, "distautograd_backward_passes_total", outcome="ValueError") == 1
     assert grew(before, after, "distautograd_backward_duration_seconds_count") == 2
+    assert 0 < grew(before, after, "distautograd_backward_duration_seconds_sum") < 10  # seconds each took, added
     assert grew(before, after, "distautograd_backward_participants_sum") == 4  # two workers in each
     assert after[("distautograd_members", (("state", "reachable"),))] == 3
+
+
+def test_a_pass_that_cannot_start_counts_as_started_and_ended_with_its_error(world):
+    """Over ACTIVATES_LIMIT send points the root asks the holders; one that forgot its send points
+    fails the pass before it starts: counted, with the error's type as its outcome."""
+    before = samples("m0")
+    xs = [torch.randn(2, requires_grad=True) for _ in range(codec.ACTIVATES_LIMIT + 1)]
+    with context("m0") as ctx:
+        y = call("m0", "m1", chain_sum_then_exp_on, xs, "m1", "m2")
+        AGENTS["m1"].contexts.release(ctx.id)
+        with pytest.raises(errors.FailedPrecondition):
+            backward("m0", ctx, [y.sum()])
+    after = samples("m0")
+    assert grew(before, after, "distautograd_backward_passes_started_total") == 1
+    assert grew(before, after, "distautograd_backward_passes_total", outcome="FailedPrecondition") == 1
 
 
 def test_the_coordinator_serves_its_status_as_json_and_a_page(world):
