@@ -192,12 +192,14 @@ def main(argv=None) -> int:
 
 
 def _print_hops(hop_rounds: List[Dict[str, float]], chain: dict) -> None:
+    from distautograd import native
     from distautograd.bench import breakdown
 
     stages = [name for name, _, _ in breakdown.STAGES] + [breakdown.HANDED_OVER, "per hop", breakdown.WHOLE_MEDIAN,
                                                            breakdown.WHOLE_MEAN, breakdown.SENDING]
     hops = sum(int(r["hops"]) for r in hop_rounds)
-    print(f"\none backward hop through a chain of 4 workers, distautograd's Python path (us, medians of "
+    print(f"\none backward hop through a chain of 4 workers, distautograd with {native.message_path()} "
+          f"(us, medians of "
           f"{len(hop_rounds)} round(s), {hops} hops):\n")
     print("| stage | us |")
     print("|---|---|")
