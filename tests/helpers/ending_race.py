@@ -13,16 +13,9 @@ from distautograd.transport import ending, framing
 from distautograd.transport.deadlines import Deadlines
 from distautograd.transport.link import Link
 from distautograd.transport.sockets import SocketTransport
+from tests.helpers.socket_pairs import tcp_pair
 
 NOTE = pb.Request(release_shared=pb.ReleaseShared(leases=[1]))
-
-
-def connected():
-    listener = socket.create_server(("127.0.0.1", 0))
-    client = socket.create_connection(listener.getsockname())
-    server, _ = listener.accept()
-    listener.close()
-    return client, server
 
 
 def cut(port: int, on: bool) -> None:
@@ -43,7 +36,7 @@ def hold_the_gil_until_ended(client: socket.socket, seconds: float = 10) -> None
 
 
 def one_round(how: str, deadlines: Deadlines) -> str:
-    client, server = connected()
+    client, server = tcp_pair()
     framing.tune(client, silence=1.0)
     link = Link("peer", lambda *a: None, deadlines)
     link.transport = SocketTransport(link, client, None)

@@ -402,18 +402,24 @@ def test_capture_hands_back_the_roots_leaves_and_accumulates_nothing(world):
     assert torch.equal(captured.grads[torch.autograd.graph.get_gradient_edge(x).node], x2.grad)
 
 
-def test_second_order_crosses_workers_as_the_first(world):
-    x = torch.randn(5, dtype=torch.float64, requires_grad=True)
-    with context("w0") as ctx:
-        y = call("w0", "w1", torch.sin, x)
-        captured = backward("w0", ctx, [y.sum()], capture=True, create_graph=True, retain_graph=True)
-        dx = captured.grads[torch.autograd.graph.get_gradient_edge(x).node]
-        backward("w0", ctx, [dx.sum()])
-        got = gradients("w0", ctx.id)[x]
+def second_order_of_sin(ctx, x, y, between=lambda: None) -> None:
+    """y = sin(x) computed across workers: its gradient with create_graph, then the gradient of that
+    gradient's sum, each equal to one process's (``between`` checks what the first pass left)."""
+    captured = backward("w0", ctx, [y.sum()], capture=True, create_graph=True, retain_graph=True)
+    between()
+    dx = captured.grads[torch.autograd.graph.get_gradient_edge(x).node]
+    backward("w0", ctx, [dx.sum()])
+    got = gradients("w0", ctx.id)[x]
     x2 = x.detach().clone().requires_grad_()
     (dx2,) = torch.autograd.grad(torch.sin(x2).sum(), x2, create_graph=True)
     dx2.sum().backward()
     assert torch.equal(dx, dx2) and torch.equal(got, x2.grad)
+
+
+def test_second_order_crosses_workers_as_the_first(world):
+    x = torch.randn(5, dtype=torch.float64, requires_grad=True)
+    with context("w0") as ctx:
+        second_order_of_sin(ctx, x, call("w0", "w1", torch.sin, x))
 
 
 KEPT: dict = {}
@@ -443,16 +449,12 @@ def test_a_gradient_that_requires_grad_is_a_send_point_to_where_it_goes(world):
         y = call("w0", "w2", sin_of_kept_on, "w2", "w1")
         on_w1 = AGENTS["w1"].contexts.get(ctx.id)
         assert on_w1._known_worker_ids() == {2}
-        captured = backward("w0", ctx, [y.sum()], capture=True, create_graph=True, retain_graph=True)
-        assert on_w1._known_worker_ids() == {0, 2}
-        assert AGENTS["w0"].contexts.get(ctx.id).peers == {1, 2}  # w1's gradients came from w1: released there
-        dx = captured.grads[torch.autograd.graph.get_gradient_edge(x).node]
-        backward("w0", ctx, [dx.sum()])
-        got = gradients("w0", ctx.id)[x]
-    x2 = x.detach().clone().requires_grad_()
-    (dx2,) = torch.autograd.grad(torch.sin(x2).sum(), x2, create_graph=True)
-    dx2.sum().backward()
-    assert torch.equal(dx, dx2) and torch.equal(got, x2.grad)
+
+        def known_after_the_first_pass():
+            assert on_w1._known_worker_ids() == {0, 2}
+            assert AGENTS["w0"].contexts.get(ctx.id).peers == {1, 2}  # w1's gradients came from w1: released there
+
+        second_order_of_sin(ctx, x, y, known_after_the_first_pass)
     KEPT.clear()
 
 

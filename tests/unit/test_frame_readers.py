@@ -16,20 +16,11 @@ import torch  # noqa: F401  (the core needs torch's libraries loaded)
 from distautograd import errors, native
 from distautograd.protocol.v1 import messages_pb2 as pb
 from distautograd.transport import frames, framing
+from tests.helpers.socket_pairs import pair
 
 pytestmark = pytest.mark.skipif(native.core is None, reason="the compiled core is not built")
 SEED = int(os.environ.get("DISTAUTOGRAD_FUZZ_SEED", random.randrange(1 << 32)))
 READERS = {"python": frames.PythonReader, "native": frames.NativeReader}
-
-
-def pair(family: str):
-    if family == "unix":
-        return socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-    listener = socket.create_server(("127.0.0.1", 0))
-    a = socket.create_connection(listener.getsockname())
-    b, _ = listener.accept()
-    listener.close()
-    return a, b
 
 
 @pytest.fixture(params=[(r, f) for r in READERS for f in ("unix", "tcp")], ids=lambda p: f"{p[0]}-{p[1]}")

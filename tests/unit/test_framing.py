@@ -11,6 +11,7 @@ import pytest
 from distautograd import errors
 from distautograd.protocol.v1 import messages_pb2 as pb
 from distautograd.transport import framing
+from tests.helpers import socket_pairs
 
 
 @pytest.fixture
@@ -227,10 +228,7 @@ def test_descriptors_a_message_left_unclaimed_are_closed():
 
 @pytest.fixture
 def tcp_pair():
-    listener = socket.create_server(("127.0.0.1", 0))
-    a = socket.create_connection(listener.getsockname())
-    b, _ = listener.accept()
-    listener.close()
+    a, b = socket_pairs.tcp_pair()
     yield a, b
     a.close()
     b.close()
