@@ -1,5 +1,6 @@
-"""Two threads in one part of a pass at once: the orders a race can take, forced with a barrier in
-the real code's path, so each is run every time rather than when the scheduler happens to."""
+"""Two threads in one part of a pass at once: the orders a race can take, forced (a barrier in the
+real code's path, nodes that wait for events) so each runs every time, not when the scheduler
+happens to."""
 
 from __future__ import annotations
 
@@ -10,7 +11,6 @@ import pytest
 import torch
 
 from distautograd import errors
-
 from distautograd.ids import rank_of
 from distautograd.runtime import backward as backward_module, inspection
 from distautograd.runtime.backward import Backward
