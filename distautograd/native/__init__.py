@@ -38,8 +38,9 @@ def built() -> str:
 
 
 def message_path() -> str:
-    """In a word, what ``distautograd status`` shows of this process: "native frames" or "python"."""
-    return "native frames" if frames_on() else "python"
+    """In a word, what ``distautograd status`` shows of this process: "native-reader" (the core reads
+    its frames) or "python"."""
+    return "native-reader" if frames_on() else "python"
 
 
 def say_which_once() -> None:

@@ -202,7 +202,7 @@ def test_contexts_one_peer_brings_count_against_its_share_and_empty_ones_expire(
             capsys.readouterr()
             assert cli_main(["status", "--coordinator", small.coordinator]) == 0
             row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("worker1 "))
-            return row.split()[-3] == str(n)  # NAME RANK ADDRESS HEARTBEAT s CONTEXTS PASSES ROLE
+            return row.split()[-4] == str(n)  # NAME RANK ADDRESS HEARTBEAT s CONTEXTS PASSES MESSAGES ROLE
 
         assert poll_for(lambda: status_counts(share + 1), timeout=5, interval=0.2)
         capsys.readouterr()

@@ -314,11 +314,16 @@ def test_ctrl_c_during_a_pass_stops_it_everywhere_and_stays_a_keyboard_interrupt
     try:
         assert threading.current_thread() is threading.main_thread()
         x = torch.randn(3, requires_grad=True)
+        # Python's own Ctrl-C handler, as in a terminal (a process started in the background ignores SIGINT)
+        interrupting = signal.signal(signal.SIGINT, signal.default_int_handler)
         with context("k0") as ctx:
             y = call("k0", "k1", slow_in_backward, x, 4)
             threading.Timer(0.5, signal.pthread_kill, (threading.main_thread().ident, signal.SIGINT)).start()
-            with pytest.raises(KeyboardInterrupt):
-                backward("k0", ctx, [y.sum()])
+            try:
+                with pytest.raises(KeyboardInterrupt):
+                    backward("k0", ctx, [y.sum()])
+            finally:
+                signal.signal(signal.SIGINT, interrupting)
             deadline = time.monotonic() + 2  # the slow node runs 4 s
             while AGENTS["k1"].backward.in_flight():
                 assert time.monotonic() < deadline, "k1 was not told to stop"
