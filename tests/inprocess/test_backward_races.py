@@ -60,48 +60,36 @@ ENTERED, RELEASE = threading.Event(), threading.Event()
 RAN_AFTER: list = []
 
 
-class WaitsInBackward(torch.autograd.Function):
+class InBackward(torch.autograd.Function):
+    """x as it is, and in backward ``act(grad)`` before the gradient goes on."""
+
     @staticmethod
-    def forward(ctx, x):
+    def forward(ctx, x, act):
+        ctx.act = act
         return x.clone()
 
     @staticmethod
     def backward(ctx, grad):
-        ENTERED.set()
-        assert RELEASE.wait(10), "the test never let the node go"
-        return grad
+        ctx.act(grad)
+        return grad, None
 
 
-class CountsInBackward(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x):
-        return x.clone()
+def wait_for_release(grad):
+    ENTERED.set()
+    assert RELEASE.wait(10), "the test never let the node go"
 
-    @staticmethod
-    def backward(ctx, grad):
-        RAN_AFTER.append(grad)
-        return grad
+
+def wait_for_the_waiting_node(grad):
+    """Holds a gradient back until the waiting node runs, so it reaches r2 after, not before."""
+    assert ENTERED.wait(10), "the waiting node never ran"
 
 
 def waits(x):
-    return WaitsInBackward.apply(x)
+    return InBackward.apply(x, wait_for_release)
 
 
 def counts(x):
-    return CountsInBackward.apply(x)
-
-
-class AfterTheWaitingNode(torch.autograd.Function):
-    """Holds a gradient back until the waiting node runs, so it reaches r2 after, not before."""
-
-    @staticmethod
-    def forward(ctx, x):
-        return x.clone()
-
-    @staticmethod
-    def backward(ctx, grad):
-        assert ENTERED.wait(10), "the waiting node never ran"
-        return grad
+    return InBackward.apply(x, RAN_AFTER.append)
 
 
 def waits_on(x, here, there):
@@ -109,7 +97,7 @@ def waits_on(x, here, there):
 
 
 def counts_on(x, here, there):
-    return AfterTheWaitingNode.apply(call(here, there, counts, x))
+    return InBackward.apply(call(here, there, counts, x), wait_for_the_waiting_node)
 
 
 def wait_until(what, predicate, seconds=5.0):
