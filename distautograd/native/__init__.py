@@ -1,8 +1,8 @@
 """The compiled core (distautograd._core, C++ against libtorch), or None where it was not built.
 
 What it offers the runtime: reading frames off a socket (length, header, attachments) without the
-GIL, failing torch futures as torch's RPC fails them, and adding a remote call's profiled events to
-the caller's profiler. Without it the package runs its Python path, and says so once, in one line,
+GIL, coding lists of plain tensors (gradients) in one call each, failing torch futures as torch's
+RPC fails them, and adding a remote call's profiled events to the caller's profiler. Without it the package runs its Python path, and says so once, in one line,
 when it starts.
 """
 
@@ -24,23 +24,26 @@ else:
 _said = False
 
 
-def frames_on() -> bool:
-    """Sockets' frames are read by the core: it is built, and DISTAUTOGRAD_NATIVE_FRAMES is not 0."""
-    return core is not None and os.environ.get("DISTAUTOGRAD_NATIVE_FRAMES", "1") != "0"
+def path_on() -> bool:
+    """Messages take the core's path (it reads sockets' frames and codes tensor lists): it is built,
+    and DISTAUTOGRAD_NATIVE_PATH is not 0."""
+    return core is not None and os.environ.get("DISTAUTOGRAD_NATIVE_PATH", "1") != "0"
 
 
 def built() -> str:
     """What the bench and tools say of the core: built or not, and which part of a message's path it runs."""
     if core is None:
         return f"compiled core not built ({_missing}); every message takes the Python path"
-    frames = "frames read by the core" if frames_on() else "frames read by Python (DISTAUTOGRAD_NATIVE_FRAMES=0)"
-    return f"compiled core built: {frames}; decoding, the engine's push loop and sending take the Python path"
+    if not path_on():
+        return "compiled core built, not used for messages (DISTAUTOGRAD_NATIVE_PATH=0): they take the Python path"
+    return ("compiled core built: it reads frames and codes tensor lists; the rest of a message's decoding, "
+            "the engine's push loop and sending take the Python path")
 
 
 def message_path() -> str:
-    """In a word, what ``distautograd status`` shows of this process: "native-reader" (the core reads
-    its frames) or "python"."""
-    return "native-reader" if frames_on() else "python"
+    """In a word, what ``distautograd status`` shows of this process: "native" (the core reads its
+    frames and codes its tensor lists) or "python"."""
+    return "native" if path_on() else "python"
 
 
 def say_which_once() -> None:

@@ -11,7 +11,7 @@ from typing import Any, List, Optional, Tuple
 
 import torch
 
-from distautograd.encoding import pickling, tensors
+from distautograd.encoding import pickling, tensor_lists, tensors
 from distautograd.encoding.allowlist import Allowlist
 from distautograd.errors import InvalidArgument
 from distautograd.protocol.v1 import messages_pb2 as pb
@@ -76,6 +76,9 @@ class Codec:
     def _encode_tensor_list(self, items: list, dest: int, ctx: Optional[Context],
                             compact_zeros: bool) -> Tuple[pb.Value, List[Any]]:
         """A list of distinct tensors (and Nones) without pickling it: the common case of gradients."""
+        coded = tensor_lists.encode(items, compact_zeros)  # no tensor of it requires grad: no send points
+        if coded is not None:
+            return coded
         value = pb.Value(tensor_list=True)
         attachments: List[Any] = []
         first_send: List[int] = []
@@ -107,6 +110,10 @@ class Codec:
                rrefs: Optional[List[RRef]] = None) -> Any:
         """The value worker ``src`` sent; tensors with a message id become recv points of ``ctx``.
         ``rrefs``: from rrefs_of, when the RRefs were registered earlier than the value is decoded."""
+        if value.tensor_list and not value.rrefs:
+            plain = tensor_lists.decode(value, attachments)  # no tensor of it has a recv point
+            if plain is not None:
+                return plain
         if rrefs is None:
             rrefs = self.rrefs_of(value)
         decoded = self._tensors(value.tensors, attachments, src, ctx)

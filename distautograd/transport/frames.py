@@ -3,7 +3,7 @@
 The compiled reader (native/csrc/frame_reader.cpp) takes a frame's length, header and streamed
 attachments in one call without the GIL, reading the header's envelope (the attachments' sizes)
 with a protobuf reader of its own; the header is then parsed here as on the Python path, and a frame
-whose envelope and parse disagree is refused. ``DISTAUTOGRAD_NATIVE_FRAMES=0`` keeps the Python path.
+whose envelope and parse disagree is refused. ``DISTAUTOGRAD_NATIVE_PATH=0`` keeps the Python path.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ def allocate(size: int) -> Any:
 
 
 def reader_for(sock: socket.socket) -> "PythonReader | NativeReader":
-    return NativeReader(sock) if native.frames_on() else PythonReader(sock)
+    return NativeReader(sock) if native.path_on() else PythonReader(sock)
 
 
 class PythonReader(framing.Reader):

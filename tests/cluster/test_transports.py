@@ -52,14 +52,14 @@ def test_an_unreachable_unix_socket_falls_back_to_tcp(tmp_path):
         cluster.stop()
 
 
-@pytest.mark.skipif(not native.frames_on(), reason="the compiled core is not built")
+@pytest.mark.skipif(not native.path_on(), reason="the compiled core is not built")
 @pytest.mark.parametrize("python_side", ["workers", "driver"])
 @pytest.mark.parametrize("transport, wire", [("auto", "unix"), ("tcp", "tcp")], ids=["unix", "tcp"])
-def test_a_world_where_some_read_frames_in_python_and_some_natively(python_side, transport, wire):
-    """A mixed world: the workers or the driver read with the Python path (DISTAUTOGRAD_NATIVE_FRAMES=0),
-    the others with the compiled reader; calls, 64 MiB both ways, RRefs, shared memory and a
+def test_a_world_where_some_take_the_python_path_and_some_the_native_one(python_side, transport, wire):
+    """A mixed world: the workers or the driver take the Python path (DISTAUTOGRAD_NATIVE_PATH=0), the
+    others the compiled one (frames read, tensor lists coded by the core); calls, 64 MiB both ways, RRefs, shared memory and a
     bit-identical gradient all go through as in a world of one kind."""
-    python = {"DISTAUTOGRAD_NATIVE_FRAMES": "0"}
+    python = {"DISTAUTOGRAD_NATIVE_PATH": "0"}
     base = {"DISTAUTOGRAD_TRANSPORT": transport, "DISTAUTOGRAD_SHARED_MEMORY": "1"}
     cluster = start_cluster(2, allowed_modules=["tests"], env={**base, **(python if python_side == "workers" else {})})
     try:

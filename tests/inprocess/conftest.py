@@ -1,6 +1,6 @@
 """The oracle tests of this tier (gradients bit for bit, every node once, unused sends, faults naming
-the worker) run on both frame readers: the compiled one and the Python path it replaces
-(DISTAUTOGRAD_NATIVE_FRAMES=0). The rest of the tier runs on the default, the compiled one."""
+the worker) run on both message paths: the compiled one (the core reads frames and codes tensor
+lists) and the Python path it replaces (DISTAUTOGRAD_NATIVE_PATH=0). The rest of the tier runs on the default, the compiled one."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ def pytest_generate_tests(metafunc) -> None:
 
 @pytest.fixture(autouse=True)
 def frames(request, monkeypatch):
-    """Which reader this test's agents read frames with."""
+    """Which path this test's agents' messages take."""
     if request.param == "python":
-        monkeypatch.setenv("DISTAUTOGRAD_NATIVE_FRAMES", "0")
+        monkeypatch.setenv("DISTAUTOGRAD_NATIVE_PATH", "0")
     return request.param

@@ -1,7 +1,8 @@
-"""The compiled frame reader under AddressSanitizer and UBSan: tests/native/sanitized_frames.cpp,
-built here from the core's own sources (no Python, no torch in the binary), fed hostile envelopes and
-streams; any read outside a buffer or undefined behaviour fails it. The seed varies per run and is
-printed; DISTAUTOGRAD_FUZZ_SEED replays one."""
+"""The compiled core's pure C++ parts under AddressSanitizer and UBSan: each harness in tests/native is
+built here from the core's own sources (no Python, no torch in the binary) and fed hostile input --
+envelopes and streams for the frame reader, Values for the tensor-list reader; any read outside a
+buffer or undefined behaviour fails it. The seed varies per run and is printed;
+DISTAUTOGRAD_FUZZ_SEED replays one."""
 
 import os
 import random
@@ -12,27 +13,39 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-SOURCES = ["wire.cpp", "envelope.cpp", "frame_reader.cpp"]
+CSRC = ROOT / "distautograd" / "native" / "csrc"
+HARNESSES = {  # harness -> the core's sources it tests
+    "sanitized_frames": ["wire.cpp", "envelope.cpp", "frame_reader.cpp"],
+    "sanitized_tensor_lists": ["wire.cpp", "tensor_list.cpp"],
+}
 pytestmark = pytest.mark.skipif(shutil.which("g++") is None, reason="needs g++")
 
 
-@pytest.fixture(scope="module")
-def sanitized(tmp_path_factory):
-    binary = tmp_path_factory.mktemp("sanitized") / "sanitized_frames"
-    csrc = ROOT / "distautograd" / "native" / "csrc"
-    build = subprocess.run(
+def build(name: str, into: Path) -> Path:
+    binary = into / name
+    done = subprocess.run(
         ["g++", "-std=c++17", "-g", "-O1", "-fsanitize=address,undefined", "-fno-sanitize-recover=all",
-         "-fno-omit-frame-pointer", f"-I{csrc}", str(ROOT / "tests" / "native" / "sanitized_frames.cpp"),
-         *[str(csrc / name) for name in SOURCES], "-lpthread", "-o", str(binary)],
+         "-fno-omit-frame-pointer", f"-I{CSRC}", str(ROOT / "tests" / "native" / f"{name}.cpp"),
+         *[str(CSRC / source) for source in HARNESSES[name]], "-lpthread", "-o", str(binary)],
         capture_output=True, text=True, timeout=300)
-    assert build.returncode == 0, build.stderr
+    assert done.returncode == 0, done.stderr
     return binary
 
 
-def test_hostile_envelopes_and_streams_under_the_sanitizers(sanitized):
+def run(binary: Path, rounds: int) -> str:
     seed = int(os.environ.get("DISTAUTOGRAD_FUZZ_SEED", random.randrange(1 << 63)))
     print(f"seed {seed}")
-    run = subprocess.run([str(sanitized), str(seed), "40000"], capture_output=True, text=True, timeout=300,
-                         env={**os.environ, "ASAN_OPTIONS": "detect_leaks=1:abort_on_error=0"})
-    assert run.returncode == 0 and "Sanitizer" not in run.stderr, (seed, run.stderr[-4000:])
-    assert run.stdout.startswith(f"seed {seed}: 40000 envelopes"), run.stdout
+    done = subprocess.run([str(binary), str(seed), str(rounds)], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "ASAN_OPTIONS": "detect_leaks=1:abort_on_error=0"})
+    assert done.returncode == 0 and "Sanitizer" not in done.stderr, (seed, done.stdout[-2000:], done.stderr[-4000:])
+    assert done.stdout.startswith(f"seed {seed}: {rounds} "), done.stdout
+    return done.stdout
+
+
+def test_hostile_envelopes_and_streams_under_the_sanitizers(tmp_path):
+    run(build("sanitized_frames", tmp_path), 40000)
+
+
+def test_hostile_tensor_lists_under_the_sanitizers(tmp_path):
+    out = run(build("sanitized_tensor_lists", tmp_path), 40000)
+    assert " 0 read as lists" not in out, out  # the mutations left some lists whole, so both ways were read

@@ -213,7 +213,7 @@ def test_the_runtime_reads_frames_natively_unless_told_not_to(monkeypatch):
     a, b = pair("unix")
     try:
         assert type(frames.reader_for(b)) is frames.NativeReader
-        monkeypatch.setenv("DISTAUTOGRAD_NATIVE_FRAMES", "0")
+        monkeypatch.setenv("DISTAUTOGRAD_NATIVE_PATH", "0")
         assert type(frames.reader_for(b)) is frames.PythonReader
     finally:
         a.close(), b.close()

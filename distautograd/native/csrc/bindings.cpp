@@ -8,6 +8,7 @@
 #include "frame_reader.h"
 #include "futures.h"
 #include "remote_events.h"
+#include "tensor_codec.h"
 #include "thread_state.h"
 #include "wire.h"
 
@@ -93,6 +94,19 @@ PYBIND11_MODULE(_core, m) {
         reader.skip(size);
       }, pybind11::arg("size"), "Reads past `size` bytes.")
       .def("take_fds", &FrameReader::take_fds, "The descriptors that arrived since the last call, now the caller's.");
+  pybind11::class_<distautograd::native::TensorBytes>(m, "TensorBytes", pybind11::buffer_protocol(),
+                                                     "A tensor's bytes, for a socket to send: the tensor stays alive.")
+      .def_buffer([](distautograd::native::TensorBytes& bytes) {
+        const at::Tensor& tensor = bytes.tensor;
+        return pybind11::buffer_info(tensor.data_ptr(), 1, pybind11::format_descriptor<uint8_t>::format(), 1,
+                                     {static_cast<pybind11::ssize_t>(tensor.nbytes())}, {1}, /*readonly=*/true);
+      });
+  m.def("encode_tensor_list", &distautograd::native::encode_tensor_list, pybind11::arg("items"),
+        pybind11::arg("compact_zeros"),
+        "(serialized Value, attachments) of a list of plain tensors and Nones; None when it is not one.");
+  m.def("decode_tensor_list", &distautograd::native::decode_tensor_list, pybind11::arg("value"),
+        pybind11::arg("attachments"),
+        "The list of tensors and Nones a serialized Value describes; None when it is not the common case.");
   m.def("fail_future", &distautograd::native::fail_future, pybind11::arg("future"), pybind11::arg("exception"),
         "Fails a torch Future with a Python exception, as torch's RPC fails its own.");
   m.def("legacy_profiler_config", &distautograd::native::legacy_profiler_config,

@@ -1,5 +1,5 @@
-// Protobuf's wire format, read defensively: a varint longer than ten bytes, a length past the end,
-// field number 0 and groups are Malformed; nothing reads outside the span.
+// Protobuf's wire format, read defensively (a varint longer than ten bytes, a length past the end,
+// field number 0 and groups are Malformed; nothing reads outside the span) and written.
 #include "wire.h"
 
 namespace distautograd::native::wire {
@@ -51,6 +51,33 @@ void Cursor::skip(uint32_t type) {
   }
   if (width > static_cast<size_t>(end_ - at_)) throw Malformed("a fixed-width field runs past the end");
   at_ += width;
+}
+
+void Writer::varint(uint64_t value) {
+  while (value >= 0x80) {
+    out_.push_back(static_cast<char>((value & 0x7f) | 0x80));
+    value >>= 7;
+  }
+  out_.push_back(static_cast<char>(value));
+}
+
+void Writer::varint_field(uint32_t field, uint64_t value) {
+  tag(field, kVarint);
+  varint(value);
+}
+
+void Writer::bytes_field(uint32_t field, const std::string& value) {
+  tag(field, kLengthDelimited);
+  varint(value.size());
+  out_ += value;
+}
+
+void Writer::packed_field(uint32_t field, const uint64_t* values, size_t count) {
+  if (!count) return;
+  std::string packed;
+  Writer inner(packed);
+  for (size_t i = 0; i < count; ++i) inner.varint(values[i]);
+  bytes_field(field, packed);
 }
 
 }  // namespace distautograd::native::wire

@@ -1,5 +1,6 @@
-// Reads protobuf's wire format from bytes a peer chose: varints, tags and length-delimited fields,
-// every length checked against the bytes that are there. Knows no message; envelope.cpp does.
+// Protobuf's wire format: read from bytes a peer chose (varints, tags and length-delimited fields,
+// every length checked against the bytes that are there), and written. Knows no message;
+// envelope.cpp and tensor_list.cpp do.
 #pragma once
 
 #include <cstddef>
@@ -27,6 +28,8 @@ class Cursor {
   Cursor(const uint8_t* data, size_t size) : at_(data), end_(data + size) {}
 
   bool done() const { return at_ == end_; }
+  // What is left to read, as bytes (a string field's contents, once `delimited` gave its cursor).
+  std::string rest() const { return std::string(reinterpret_cast<const char*>(at_), static_cast<size_t>(end_ - at_)); }
   uint64_t varint();
   Tag tag();
   // The contents of a length-delimited field (its tag already read); the cursor moves past them.
@@ -37,6 +40,23 @@ class Cursor {
  private:
   const uint8_t* at_;
   const uint8_t* end_;
+};
+
+// Appends fields to a message being written, in the order they are given (protobuf's own
+// serializers write them by field number; so do the callers, so the bytes are the same).
+class Writer {
+ public:
+  explicit Writer(std::string& out) : out_(out) {}
+
+  void varint(uint64_t value);
+  void tag(uint32_t field, uint32_t type) { varint((static_cast<uint64_t>(field) << 3) | type); }
+  void varint_field(uint32_t field, uint64_t value);
+  void bytes_field(uint32_t field, const std::string& value);
+  // A repeated integer field, packed as proto3 packs it (nothing at all when it is empty).
+  void packed_field(uint32_t field, const uint64_t* values, size_t count);
+
+ private:
+  std::string& out_;
 };
 
 }  // namespace distautograd::native::wire

@@ -1,0 +1,34 @@
+"""Lists of plain tensors and Nones (gradients, mostly) coded by the compiled core in one call each; None where the Python codec must do it.
+
+The common case is a list of exactly-``torch.Tensor`` tensors, dense, in C order, of the usual
+dtypes, with no autograd, Parameter, conjugate or negative bit (native/csrc/tensor_list.h). The core
+writes the same bytes as ``tensors.encode`` would and reads a Value as ``tensors.decode`` does; a
+list it does not take, and anything malformed, goes to the Python codec, which says what is wrong.
+``DISTAUTOGRAD_NATIVE_PATH=0`` leaves every list to Python.
+"""
+
+from __future__ import annotations
+
+from typing import Any, List, Optional, Sequence, Tuple
+
+from distautograd import native
+from distautograd.protocol.v1 import messages_pb2 as pb
+
+
+def encode(items: list, compact_zeros: bool) -> Optional[Tuple[pb.Value, List[Any]]]:
+    """(the Value, its attachments) for ``items``, or None when it is not the common case."""
+    if not native.path_on():
+        return None
+    coded = native.core.encode_tensor_list(items, compact_zeros)
+    if coded is None:
+        return None
+    value, attachments = coded
+    return pb.Value.FromString(value), attachments
+
+
+def decode(value: pb.Value, attachments: Sequence[Any]) -> Optional[list]:
+    """The list ``value`` describes, its tensors over the attachments' memory; None when it is not
+    the common case (or is malformed)."""
+    if not native.path_on():
+        return None
+    return native.core.decode_tensor_list(value.SerializeToString(), list(attachments))

@@ -1,0 +1,159 @@
+// The tensor side of tensor_list.h: a plain CPU tensor (exactly torch.Tensor, dense, C order, one of
+// the common dtypes, no autograd, conj or neg bit) becomes its description and its bytes without a
+// copy; an attachment becomes a tensor over its memory. All-zero tensors travel as their shape when
+// asked (compact_zeros), as in the Python codec: -0.0 counts as zero there too.
+#include "tensor_codec.h"
+
+#include <ATen/TensorSubclassLikeUtils.h>
+#include <torch/csrc/autograd/python_variable.h>
+
+#include "tensor_list.h"
+#include "wire.h"
+
+namespace distautograd::native {
+
+namespace {
+
+struct Kind {
+  Dtype dtype;
+  at::ScalarType scalar;
+};
+
+constexpr Kind kKinds[] = {
+    {Dtype::kFloat32, at::kFloat},  {Dtype::kFloat64, at::kDouble},      {Dtype::kFloat16, at::kHalf},
+    {Dtype::kBFloat16, at::kBFloat16}, {Dtype::kComplex64, at::kComplexFloat}, {Dtype::kComplex128, at::kComplexDouble},
+    {Dtype::kInt64, at::kLong},     {Dtype::kInt32, at::kInt},           {Dtype::kInt16, at::kShort},
+    {Dtype::kInt8, at::kChar},      {Dtype::kUInt8, at::kByte},          {Dtype::kBool, at::kBool},
+};
+
+std::optional<Dtype> dtype_of(at::ScalarType scalar) {
+  for (const Kind& kind : kKinds) {
+    if (kind.scalar == scalar) return kind.dtype;
+  }
+  return std::nullopt;
+}
+
+at::ScalarType scalar_of(Dtype dtype) { return kKinds[static_cast<size_t>(dtype)].scalar; }
+
+// The tensor a plain-tensor fast path may take: exactly torch.Tensor (no Parameter, no subclass),
+// strided CPU memory of its own, C order, no lazy bit, not requiring grad.
+bool plain(PyObject* item, at::Tensor* out) {
+  if (!THPVariable_CheckExact(item)) return false;
+  const at::Tensor& tensor = THPVariable_Unpack(item);
+  if (tensor.layout() != at::kStrided || !tensor.device().is_cpu() || !tensor.has_storage() ||
+      at::isTensorSubclassLike(tensor) || tensor.requires_grad() || tensor.is_conj() || tensor.is_neg() ||
+      !tensor.is_contiguous() || !dtype_of(tensor.scalar_type())) {
+    return false;
+  }
+  *out = tensor;
+  return true;
+}
+
+// Every element compares equal to zero (-0.0 does; NaN does not), looking no further than the
+// first that does not: usually the first.
+bool all_zeros(const at::Tensor& tensor) {
+  if (!tensor.numel()) return false;
+  bool zeros = true;
+  AT_DISPATCH_ALL_TYPES_AND_COMPLEX_AND3(at::kHalf, at::kBFloat16, at::kBool, tensor.scalar_type(), "all_zeros", [&] {
+    const scalar_t* data = tensor.const_data_ptr<scalar_t>();
+    for (int64_t i = 0, n = tensor.numel(); i < n; ++i) {
+      if (data[i] != scalar_t(0)) {
+        zeros = false;
+        return;
+      }
+    }
+  });
+  return zeros;
+}
+
+// A tensor over the bytearray's memory, holding an export of its buffer while it lives (so the
+// bytearray can neither be freed nor resized under it; torch.frombuffer holds only a reference).
+at::Tensor over(PyObject* owner, const DenseMeta& meta, const at::TensorOptions& options) {
+  auto view = std::make_unique<Py_buffer>();
+  if (PyObject_GetBuffer(owner, view.get(), PyBUF_WRITABLE) != 0) throw pybind11::error_already_set();
+  void* data = view->buf;
+  Py_buffer* held = view.release();
+  auto release = [held](void*) {
+    pybind11::gil_scoped_acquire gil;
+    PyBuffer_Release(held);
+    delete held;
+  };
+  try {
+    return at::from_blob(data, meta.shape, release, options);
+  } catch (...) {
+    release(nullptr);
+    throw;
+  }
+}
+
+}  // namespace
+
+pybind11::object encode_tensor_list(const pybind11::list& items, bool compact_zeros) {
+  TensorList list;
+  pybind11::list attachments;
+  for (size_t place = 0; place < items.size(); ++place) {
+    PyObject* item = items[place].ptr();
+    if (item == Py_None) {
+      list.none_at.push_back(static_cast<uint32_t>(place));
+      continue;
+    }
+    at::Tensor tensor;
+    if (!plain(item, &tensor)) return pybind11::none();
+    DenseMeta meta;
+    meta.dtype = *dtype_of(tensor.scalar_type());
+    meta.shape.assign(tensor.sizes().begin(), tensor.sizes().end());
+    if (compact_zeros && all_zeros(tensor)) {
+      meta.zeros = true;
+    } else {
+      meta.attachment = static_cast<uint32_t>(attachments.size());
+      attachments.append(pybind11::cast(TensorBytes{tensor}));
+    }
+    list.tensors.push_back(std::move(meta));
+  }
+  return pybind11::make_tuple(pybind11::bytes(write_tensor_list(list)), attachments);
+}
+
+pybind11::object decode_tensor_list(const pybind11::bytes& value, const pybind11::list& attachments) {
+  char* data = nullptr;
+  Py_ssize_t size = 0;
+  if (PyBytes_AsStringAndSize(value.ptr(), &data, &size) != 0) throw pybind11::error_already_set();
+  std::optional<TensorList> list;
+  try {
+    list = read_tensor_list(reinterpret_cast<const uint8_t*>(data), static_cast<size_t>(size));
+  } catch (const wire::Malformed&) {
+    return pybind11::none();  // protobuf's own parser reads more (groups, in unknown fields): it decides
+  }
+  if (!list) return pybind11::none();
+  std::vector<at::Tensor> tensors;
+  try {
+    for (const DenseMeta& meta : list->tensors) {
+      at::TensorOptions options = at::TensorOptions().dtype(scalar_of(meta.dtype));
+      if (meta.zeros) {
+        tensors.push_back(at::zeros(meta.shape, options));
+        continue;
+      }
+      if (meta.attachment >= attachments.size()) return pybind11::none();
+      PyObject* owner = attachments[meta.attachment].ptr();
+      if (!PyByteArray_CheckExact(owner) || static_cast<uint64_t>(PyByteArray_GET_SIZE(owner)) != meta.nbytes) {
+        return pybind11::none();
+      }
+      if (!meta.nbytes) {
+        tensors.push_back(at::empty(meta.shape, options));
+        continue;
+      }
+      tensors.push_back(over(owner, meta, options));
+    }
+  } catch (const c10::Error&) {
+    return pybind11::none();  // out of memory for a shape, say: the Python codec says what went wrong
+  }
+  pybind11::list out(list->size());
+  size_t next = 0;
+  std::vector<bool> none(list->size(), false);
+  for (uint32_t place : list->none_at) none[place] = true;
+  for (size_t place = 0; place < list->size(); ++place) {
+    out[place] = none[place] ? pybind11::none() : pybind11::cast(tensors[next++]);
+  }
+  return out;
+}
+
+}  // namespace distautograd::native

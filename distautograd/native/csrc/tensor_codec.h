@@ -1,0 +1,22 @@
+// Gradient lists between torch tensors and the wire in one call each (the common case tensor_list.h
+// describes), where the Python codec (encoding/tensors.py) takes a dozen calls into torch per tensor.
+// Either returns None when the list is not the common case: the Python codec then does it all.
+#pragma once
+
+#include <torch/extension.h>
+
+namespace distautograd::native {
+
+// A tensor's bytes for the socket: the buffer protocol over a contiguous tensor it keeps alive.
+struct TensorBytes {
+  at::Tensor tensor;
+};
+
+// (serialized Value, [attachments]) for a list of tensors and Nones, or None.
+pybind11::object encode_tensor_list(const pybind11::list& items, bool compact_zeros);
+
+// The list a serialized Value and its attachments describe, or None. A tensor shares the memory
+// of its attachment (a bytearray), which it keeps alive, as torch.frombuffer does.
+pybind11::object decode_tensor_list(const pybind11::bytes& value, const pybind11::list& attachments);
+
+}  // namespace distautograd::native

@@ -1,0 +1,151 @@
+// A gradient list's Value read and written without a protobuf library: Value{tensors=2, tensor_list=4,
+// none_at=5 (packed or not)}, TensorMeta{dtype=1, shape=2 (packed or not), attachment=3, zeros=10}.
+// A field that makes a tensor other than plain (requires_grad, parameter, a message id, quantization,
+// activates, sparse, strides, conj, neg), a pickle or RRefs, a known field with another wire type, and
+// any value the Python decoder would refuse: the list is not the common case.
+#include "tensor_list.h"
+
+#include <set>
+
+#include "wire.h"
+
+namespace distautograd::native {
+
+namespace {
+
+using wire::Cursor;
+
+constexpr uint32_t kPickle = 1, kTensors = 2, kRRefs = 3, kTensorList = 4, kNoneAt = 5;  // Value
+constexpr uint32_t kDtype = 1, kShape = 2, kAttachment = 3, kZeros = 10;                  // TensorMeta
+constexpr uint32_t kLastField = 14;  // TensorMeta's fields are 1..14; 4-9 and 11-14 leave the common case
+
+struct Named {
+  Dtype dtype;
+  const char* name;
+  size_t size;
+};
+
+constexpr Named kDtypes[] = {
+    {Dtype::kFloat32, "float32", 4},     {Dtype::kFloat64, "float64", 8},       {Dtype::kFloat16, "float16", 2},
+    {Dtype::kBFloat16, "bfloat16", 2},   {Dtype::kComplex64, "complex64", 8},   {Dtype::kComplex128, "complex128", 16},
+    {Dtype::kInt64, "int64", 8},         {Dtype::kInt32, "int32", 4},           {Dtype::kInt16, "int16", 2},
+    {Dtype::kInt8, "int8", 1},           {Dtype::kUInt8, "uint8", 1},           {Dtype::kBool, "bool", 1},
+};
+
+const Named& named(Dtype dtype) { return kDtypes[static_cast<size_t>(dtype)]; }
+
+// Appends a repeated integer field's values, packed or one by one; false for another wire type.
+template <typename T>
+bool read_repeated(Cursor& message, uint32_t type, std::vector<T>& into) {
+  if (type == wire::kVarint) {
+    into.push_back(static_cast<T>(message.varint()));  // int64 and uint32 keep the low bits, as protobuf does
+    return true;
+  }
+  if (type != wire::kLengthDelimited) return false;
+  Cursor packed = message.delimited();
+  while (!packed.done()) into.push_back(static_cast<T>(packed.varint()));
+  return true;
+}
+
+std::optional<DenseMeta> read_meta(Cursor meta) {
+  DenseMeta out;
+  std::string dtype;  // proto3: a string never set is empty
+  while (!meta.done()) {
+    wire::Tag tag = meta.tag();
+    if (tag.field == kDtype) {
+      if (tag.type != wire::kLengthDelimited) return std::nullopt;
+      dtype = meta.delimited().rest();  // set twice: the last one counts
+    } else if (tag.field == kShape) {
+      if (!read_repeated(meta, tag.type, out.shape)) return std::nullopt;
+    } else if (tag.field == kAttachment || tag.field == kZeros) {
+      if (tag.type != wire::kVarint) return std::nullopt;
+      uint64_t value = meta.varint();
+      if (tag.field == kAttachment) {
+        out.attachment = static_cast<uint32_t>(value);
+      } else {
+        out.zeros = value != 0;
+      }
+    } else if (tag.field <= kLastField) {
+      return std::nullopt;  // any other field of TensorMeta: not a plain tensor
+    } else {
+      meta.skip(tag.type);  // unknown to this protocol: protobuf skips it too
+    }
+  }
+  std::optional<Dtype> known = dtype_named(dtype);
+  if (!known) return std::nullopt;
+  out.dtype = *known;
+  uint64_t count = 1;
+  for (int64_t size : out.shape) {
+    if (size < 0) return std::nullopt;
+    uint64_t n = static_cast<uint64_t>(size);
+    if (n && count > kMaxTensorBytes / n) return std::nullopt;
+    count *= n;
+  }
+  if (count > kMaxTensorBytes / dtype_size(out.dtype)) return std::nullopt;
+  out.nbytes = count * dtype_size(out.dtype);
+  return out;
+}
+
+}  // namespace
+
+std::optional<Dtype> dtype_named(const std::string& name) {
+  for (const Named& entry : kDtypes) {
+    if (name == entry.name) return entry.dtype;
+  }
+  return std::nullopt;
+}
+
+const char* dtype_name(Dtype dtype) { return named(dtype).name; }
+
+size_t dtype_size(Dtype dtype) { return named(dtype).size; }
+
+std::optional<TensorList> read_tensor_list(const uint8_t* data, size_t size) {
+  TensorList list;
+  bool tensor_list = false;
+  Cursor value(data, size);
+  while (!value.done()) {
+    wire::Tag tag = value.tag();
+    if (tag.field == kTensors) {
+      if (tag.type != wire::kLengthDelimited) return std::nullopt;
+      std::optional<DenseMeta> meta = read_meta(value.delimited());
+      if (!meta) return std::nullopt;
+      list.tensors.push_back(std::move(*meta));
+    } else if (tag.field == kTensorList) {
+      if (tag.type != wire::kVarint) return std::nullopt;
+      tensor_list = value.varint() != 0;
+    } else if (tag.field == kNoneAt) {
+      if (!read_repeated(value, tag.type, list.none_at)) return std::nullopt;
+    } else if (tag.field == kPickle || tag.field == kRRefs) {
+      if (tag.type != wire::kLengthDelimited || !value.delimited().done() || tag.field == kRRefs) return std::nullopt;
+    } else {
+      value.skip(tag.type);
+    }
+  }
+  if (!tensor_list) return std::nullopt;
+  std::set<uint32_t> places;
+  for (uint32_t place : list.none_at) {
+    if (place >= list.size() || !places.insert(place).second) return std::nullopt;
+  }
+  return list;
+}
+
+std::string write_tensor_list(const TensorList& list) {
+  std::string out;
+  wire::Writer value(out);
+  for (const DenseMeta& meta : list.tensors) {
+    std::string bytes;
+    wire::Writer writer(bytes);
+    writer.bytes_field(kDtype, dtype_name(meta.dtype));
+    std::vector<uint64_t> shape(meta.shape.begin(), meta.shape.end());
+    writer.packed_field(kShape, shape.data(), shape.size());
+    if (meta.attachment) writer.varint_field(kAttachment, meta.attachment);
+    if (meta.zeros) writer.varint_field(kZeros, 1);
+    value.bytes_field(kTensors, bytes);
+  }
+  value.varint_field(kTensorList, 1);
+  std::vector<uint64_t> none_at(list.none_at.begin(), list.none_at.end());
+  value.packed_field(kNoneAt, none_at.data(), none_at.size());
+  return out;
+}
+
+}  // namespace distautograd::native

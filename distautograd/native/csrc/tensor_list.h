@@ -1,0 +1,48 @@
+// A list of gradients as a Value describes it (protos: Value{tensor_list, tensors, none_at}), in the
+// common case only: plain dense tensors in C order, or all-zero ones that travel without bytes, with
+// no autograd or Parameter bits. Anything else, and anything wrong, is left to the Python decoder
+// (encoding/tensors.py), which knows every case and says what is wrong. Knows nothing of torch.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace distautograd::native {
+
+// The dtypes of the common case, by the names the protocol gives them (torch's, without "torch.").
+enum class Dtype { kFloat32, kFloat64, kFloat16, kBFloat16, kComplex64, kComplex128, kInt64, kInt32, kInt16, kInt8,
+                   kUInt8, kBool };
+
+std::optional<Dtype> dtype_named(const std::string& name);
+const char* dtype_name(Dtype dtype);
+size_t dtype_size(Dtype dtype);
+
+struct DenseMeta {
+  Dtype dtype = Dtype::kFloat32;
+  std::vector<int64_t> shape;  // every size >= 0
+  uint32_t attachment = 0;     // where its bytes are (unless zeros)
+  bool zeros = false;          // all zeros: no bytes travel
+  uint64_t nbytes = 0;         // what the attachment must hold: elements x element size (no overflow)
+};
+
+struct TensorList {
+  std::vector<DenseMeta> tensors;
+  std::vector<uint32_t> none_at;  // places of the list that hold None; each below the list's size, none twice
+
+  size_t size() const { return tensors.size() + none_at.size(); }
+};
+
+// Above this a tensor's bytes are not the common case (they could not have arrived anyway).
+constexpr uint64_t kMaxTensorBytes = uint64_t{1} << 62;
+
+// The list a serialized Value describes, or nothing when it is not the common case (or is not
+// well-formed protobuf: the frame it came in was parsed before, so that never reaches here).
+std::optional<TensorList> read_tensor_list(const uint8_t* data, size_t size);
+
+// The serialized Value of a list, the bytes protobuf's own serializer writes for it.
+std::string write_tensor_list(const TensorList& list);
+
+}  // namespace distautograd::native

@@ -1,0 +1,125 @@
+// The compiled tensor-list reader's hostile-input test, built with AddressSanitizer and UBSan by
+// test_sanitized.py: lists written by write_tensor_list read back exactly; then those bytes, and
+// Values of random fields, mutated at random, through read_tensor_list. Any read outside a buffer,
+// overflow or other undefined behaviour aborts the run.
+#include <cstdio>
+#include <cstdlib>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "tensor_list.h"
+#include "wire.h"
+
+using distautograd::native::DenseMeta;
+using distautograd::native::Dtype;
+using distautograd::native::TensorList;
+
+namespace {
+
+std::mt19937_64 rng;
+
+uint64_t below(uint64_t n) { return n ? rng() % n : 0; }
+
+TensorList random_list() {
+  TensorList list;
+  size_t size = below(6);
+  for (size_t place = 0; place < size; ++place) {
+    if (below(4) == 0) {
+      list.none_at.push_back(static_cast<uint32_t>(place));
+      continue;
+    }
+    DenseMeta meta;
+    meta.dtype = static_cast<Dtype>(below(12));
+    for (uint64_t d = 0, n = below(4); d < n; ++d) meta.shape.push_back(static_cast<int64_t>(below(9)));
+    meta.zeros = below(3) == 0;
+    meta.attachment = meta.zeros ? 0 : static_cast<uint32_t>(list.tensors.size());
+    uint64_t count = 1;
+    for (int64_t s : meta.shape) count *= static_cast<uint64_t>(s);
+    meta.nbytes = count * distautograd::native::dtype_size(meta.dtype);
+    list.tensors.push_back(meta);
+  }
+  return list;
+}
+
+bool equal(const TensorList& a, const TensorList& b) {
+  if (a.none_at != b.none_at || a.tensors.size() != b.tensors.size()) return false;
+  for (size_t i = 0; i < a.tensors.size(); ++i) {
+    const DenseMeta &x = a.tensors[i], &y = b.tensors[i];
+    if (x.dtype != y.dtype || x.shape != y.shape || x.attachment != y.attachment || x.zeros != y.zeros ||
+        x.nbytes != y.nbytes) {
+      return false;
+    }
+  }
+  return true;
+}
+
+// A Value of random fields: any field number of Value and TensorMeta, any wire type, any value.
+std::string random_value() {
+  std::string out;
+  distautograd::native::wire::Writer value(out);
+  for (uint64_t i = 0, n = below(6); i < n; ++i) {
+    uint32_t field = static_cast<uint32_t>(1 + below(7));
+    if (field == 2 || below(3) == 0) {
+      std::string meta;
+      distautograd::native::wire::Writer writer(meta);
+      for (uint64_t j = 0, m = below(6); j < m; ++j) {
+        uint32_t inner = static_cast<uint32_t>(1 + below(16));
+        if (below(2)) {
+          writer.varint_field(inner, below(3) == 0 ? rng() : below(70));
+        } else {
+          writer.bytes_field(inner, below(2) ? std::string("float32") : std::string(below(12), static_cast<char>(rng())));
+        }
+      }
+      value.bytes_field(field, meta);
+    } else {
+      value.varint_field(field, below(2) ? rng() : below(8));
+    }
+  }
+  return out;
+}
+
+std::string mutate(std::string data) {
+  for (uint64_t i = 0, n = below(4); i < n && !data.empty(); ++i) {
+    switch (below(4)) {
+      case 0: data[below(data.size())] = static_cast<char>(rng()); break;
+      case 1: data.resize(below(data.size())); break;
+      case 2: data.insert(below(data.size() + 1), std::string(1 + below(5), static_cast<char>(rng()))); break;
+      default: data.insert(below(data.size() + 1), std::string(1 + below(11), '\xff'));
+    }
+  }
+  return data;
+}
+
+// Reads `data`; true when it was a list. Malformed bytes throw, as the reader promises.
+bool read(const std::string& data) {
+  try {
+    return distautograd::native::read_tensor_list(reinterpret_cast<const uint8_t*>(data.data()), data.size())
+        .has_value();
+  } catch (const distautograd::native::wire::Malformed&) {
+    return false;
+  }
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  uint64_t seed = argc > 1 ? std::strtoull(argv[1], nullptr, 10) : 1;
+  int rounds = argc > 2 ? std::atoi(argv[2]) : 20000;
+  rng.seed(seed);
+  int lists = 0;
+  for (int i = 0; i < rounds; ++i) {
+    TensorList list = random_list();
+    std::string bytes = distautograd::native::write_tensor_list(list);
+    auto back = distautograd::native::read_tensor_list(reinterpret_cast<const uint8_t*>(bytes.data()), bytes.size());
+    if (!back || !equal(*back, list)) {
+      std::printf("seed %llu: a written list did not read back\n", static_cast<unsigned long long>(seed));
+      return 1;
+    }
+    lists += read(mutate(bytes));
+    lists += read(mutate(random_value()));
+  }
+  std::printf("seed %llu: %d lists written and read back, %d hostile values (%d read as lists)\n",
+              static_cast<unsigned long long>(seed), rounds, 2 * rounds, lists);
+  return 0;
+}
