@@ -1,9 +1,11 @@
-"""One frame and the attachments after it, read by the compiled core's reader or by framing.Reader.
+"""One frame read off a socket or written to it: by the compiled core, or by framing's Python path.
 
 The compiled reader (native/csrc/frame_reader.cpp) takes a frame's length, header and streamed
 attachments in one call without the GIL, reading the header's envelope (the attachments' sizes)
 with a protobuf reader of its own; the header is then parsed here as on the Python path, and a frame
-whose envelope and parse disagree is refused. ``DISTAUTOGRAD_NATIVE_PATH=0`` keeps the Python path.
+whose envelope and parse disagree is refused. The compiled writer (frame_writer.cpp) sends the
+length, the header and the attachments (and shared segments' descriptors) without the GIL, as
+framing.send_all does. ``DISTAUTOGRAD_NATIVE_PATH=0`` keeps the Python path.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from distautograd.transport import framing, shm
 
 _receive_buffers = shm.ReceiveBuffers()
 KINDS = {0: None, 2: "request", 3: "response", 4: "chunk"}  # Frame's oneof, by field number
+NUMBERS = {"request": 2, "response": 3}
 
 # (the frame, its streamed attachments with None where one is in shared memory -- or None when
 # together they were over the limit and are still in the stream -- and their total)
@@ -33,6 +36,18 @@ def allocate(size: int) -> Any:
 
 def reader_for(sock: socket.socket) -> "PythonReader | NativeReader":
     return NativeReader(sock) if native.path_on() else PythonReader(sock)
+
+
+def write_frame(sock: socket.socket, frame_id: int, kind: str, message, streamed: List[Any], fds: List[int],
+                stall: Optional[float]) -> int:
+    """Sends Frame{id, <kind>: message} with ``streamed`` after it, as framing.send_all sends (``fds``
+    along with the first bytes; ``stall``: seconds a peer may take no byte); returns the header's size."""
+    if native.path_on():
+        return native.core.write_frame(sock.fileno(), frame_id, NUMBERS[kind], message.SerializeToString(), streamed,
+                                       fds, stall)
+    header = pb.Frame(id=frame_id, **{kind: message}).SerializeToString()
+    framing.send_all(sock, [framing.LENGTH.pack(len(header)), header, *streamed], fds, stall)
+    return len(header)
 
 
 class PythonReader(framing.Reader):

@@ -89,11 +89,10 @@ class SocketTransport:
                     ))
                 elif len(view):
                     streamed.append(view)
-            header = pb.Frame(id=frame_id, **{kind: message}).SerializeToString()
             try:
-                framing.send_all(self.sock, [framing.LENGTH.pack(len(header)), header, *streamed], fds, self._stall)
+                header_size = frames.write_frame(self.sock, frame_id, kind, message, streamed, fds, self._stall)
                 if metrics.ON:
-                    _count(metrics.SENT_BYTES, self.kind, framing.LENGTH.size + len(header) + sum(map(len, streamed)),
+                    _count(metrics.SENT_BYTES, self.kind, framing.LENGTH.size + header_size + sum(map(len, streamed)),
                            sum(map(len, views)) - sum(map(len, streamed)))
             except OSError as exc:
                 error = self._ending.judge(exc)

@@ -1,6 +1,7 @@
 // The compiled frame reader's hostile-input test, built with AddressSanitizer and UBSan by
 // test_sanitized.py: random and mutated protobuf through read_envelope, and random streams (frames,
-// junk, truncation, descriptors) through FrameReader on a Unix socket pair and a TCP connection.
+// junk, truncation, descriptors) through FrameReader on a Unix socket pair and a TCP connection; then
+// frames the compiled writer sends (attachments of every size, descriptors in groups) read back whole.
 // Any read outside a buffer, leak of a descriptor's slot, or undefined behaviour aborts the run.
 #include <arpa/inet.h>
 #include <netinet/in.h>
@@ -17,6 +18,7 @@
 
 #include "envelope.h"
 #include "frame_reader.h"
+#include "frame_writer.h"
 #include "wire.h"
 
 using distautograd::native::Envelope;
@@ -164,6 +166,62 @@ void one_stream(int writer, int reader_fd, bool unix_socket) {
   if (passed >= 0) ::close(passed);
 }
 
+// Frames from write_frame, read back by FrameReader: every attachment as it was sent, every
+// descriptor received. False when anything differs.
+bool written_stream(int writer, int reader_fd, bool unix_socket) {
+  struct Sent {
+    std::vector<std::string> attachments;
+    size_t fds;
+  };
+  std::vector<Sent> frames(1 + below(8));
+  for (Sent& frame : frames) {
+    for (uint64_t i = 0, n = below(5); i < n; ++i) {
+      frame.attachments.emplace_back(below(4) == 0 ? below(300000) : below(50), static_cast<char>('a' + below(26)));
+    }
+    frame.fds = unix_socket && below(3) == 0 ? below(150) : 0;
+    if (frame.fds && frame.attachments.empty()) frame.attachments.emplace_back(1, 'x');  // they ride on bytes
+  }
+  std::thread write([&] {
+    try {
+      for (const Sent& frame : frames) {
+        std::string sizes, attachments, message;
+        std::vector<distautograd::native::Span> spans;
+        for (const std::string& a : frame.attachments) {
+          put_varint(sizes, a.size());
+          spans.push_back({reinterpret_cast<const uint8_t*>(a.data()), a.size()});
+        }
+        put_field(attachments, 2, sizes);
+        put_field(message, 2, attachments);
+        std::vector<int> fds(frame.fds, 0);  // stdin, passed again and again
+        distautograd::native::write_frame(writer, distautograd::native::frame_header(rng() | 1, 2 + below(2), message),
+                                          spans, fds, -1, [] {});
+      }
+    } catch (const std::exception& e) {
+      std::printf("write failed: %s\n", e.what());
+    }
+    ::shutdown(writer, SHUT_WR);
+  });
+  bool same = true;
+  FrameReader reader(::dup(reader_fd), unix_socket);
+  for (const Sent& frame : frames) {
+    Envelope envelope;
+    reader.read_header(1 << 20, &envelope);
+    same = same && envelope.streamed_sizes.size() == frame.attachments.size();
+    for (size_t i = 0; same && i < frame.attachments.size(); ++i) {
+      std::string into(envelope.streamed_sizes[i], '\0');
+      reader.read_into(reinterpret_cast<uint8_t*>(into.data()), into.size());
+      same = into == frame.attachments[i];
+    }
+    std::vector<int> fds = reader.take_fds();
+    same = same && fds.size() == frame.fds;
+    for (int fd : fds) ::close(fd);
+    if (!same) break;
+  }
+  ::shutdown(reader_fd, SHUT_RDWR);
+  write.join();
+  return same;
+}
+
 void tcp_pair(int* a, int* b) {
   int listener = ::socket(AF_INET, SOCK_STREAM, 0);
   sockaddr_in address{};
@@ -197,8 +255,20 @@ int main(int argc, char** argv) {
     one_stream(pair[0], pair[1], unix_socket);
     ::close(pair[0]);
     ::close(pair[1]);
+    if (unix_socket) {
+      ::socketpair(AF_UNIX, SOCK_STREAM, 0, pair);
+    } else {
+      tcp_pair(&pair[0], &pair[1]);
+    }
+    bool same = written_stream(pair[0], pair[1], unix_socket);
+    ::close(pair[0]);
+    ::close(pair[1]);
+    if (!same) {
+      std::printf("seed %llu: a written frame read back differently\n", static_cast<unsigned long long>(seed));
+      return 1;
+    }
   }
-  std::printf("seed %llu: %d envelopes (%d refused), %d streams\n", static_cast<unsigned long long>(seed), rounds,
-              refused, rounds / 100);
+  std::printf("seed %llu: %d envelopes (%d refused), %d streams, %d written streams read back\n",
+              static_cast<unsigned long long>(seed), rounds, refused, rounds / 100, rounds / 100);
   return 0;
 }

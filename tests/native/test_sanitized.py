@@ -1,6 +1,6 @@
 """The compiled core's pure C++ parts under AddressSanitizer and UBSan: each harness in tests/native is
 built here from the core's own sources (no Python, no torch in the binary) and fed hostile input --
-envelopes and streams for the frame reader, Values for the tensor-list reader; any read outside a
+envelopes and streams for the frame reader, frames the writer sends read back, Values for the tensor-list reader; any read outside a
 buffer or undefined behaviour fails it. The seed varies per run and is printed;
 DISTAUTOGRAD_FUZZ_SEED replays one."""
 
@@ -15,7 +15,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 CSRC = ROOT / "distautograd" / "native" / "csrc"
 HARNESSES = {  # harness -> the core's sources it tests
-    "sanitized_frames": ["wire.cpp", "envelope.cpp", "frame_reader.cpp"],
+    "sanitized_frames": ["wire.cpp", "envelope.cpp", "frame_reader.cpp", "frame_writer.cpp"],
     "sanitized_tensor_lists": ["wire.cpp", "tensor_list.cpp"],
 }
 pytestmark = pytest.mark.skipif(shutil.which("g++") is None, reason="needs g++")

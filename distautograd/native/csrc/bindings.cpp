@@ -2,10 +2,13 @@
 #include <torch/extension.h>
 
 #include <cerrno>
+#include <cmath>
+#include <optional>
 #include <cstring>
 
 #include "envelope.h"
 #include "frame_reader.h"
+#include "frame_writer.h"
 #include "futures.h"
 #include "remote_events.h"
 #include "tensor_codec.h"
@@ -65,6 +68,49 @@ pybind11::tuple read_frame(FrameReader& reader, uint64_t header_limit, uint64_t 
   return pybind11::make_tuple(header_bytes, envelope_tuple(envelope), buffers, following);
 }
 
+// Buffers held for a write: each attachment's memory, exported for as long as the write lasts.
+class Held {
+ public:
+  explicit Held(const pybind11::list& attachments) {
+    views_.reserve(attachments.size());
+    for (const pybind11::handle& attachment : attachments) {
+      views_.emplace_back();
+      if (PyObject_GetBuffer(attachment.ptr(), &views_.back(), PyBUF_C_CONTIGUOUS) != 0) {
+        views_.pop_back();
+        throw pybind11::error_already_set();
+      }
+      spans.push_back({static_cast<const uint8_t*>(views_.back().buf), static_cast<size_t>(views_.back().len)});
+    }
+  }
+  ~Held() {
+    for (Py_buffer& view : views_) PyBuffer_Release(&view);
+  }
+  Held(const Held&) = delete;
+  Held& operator=(const Held&) = delete;
+
+  std::vector<distautograd::native::Span> spans;
+
+ private:
+  std::vector<Py_buffer> views_;
+};
+
+// Sends Frame{id, <kind>: message} (message serialized, kind 2 request or 3 response) with its length
+// and attachments on `fd`, without the GIL; returns the header's size. A signal during a wait runs
+// Python's handlers (Ctrl-C stops the send as it would stop socket.sendmsg).
+size_t write_frame(int fd, uint64_t frame_id, uint32_t kind, const pybind11::bytes& message,
+                   const pybind11::list& attachments, const std::vector<int>& fds, std::optional<double> stall) {
+  if (kind != 2 && kind != 3) throw pybind11::value_error("a frame carries a request (2) or a response (3)");
+  std::string header = distautograd::native::frame_header(frame_id, kind, message);
+  Held held(attachments);
+  int stall_ms = stall ? static_cast<int>(std::ceil(*stall * 1000)) : -1;
+  pybind11::gil_scoped_release released;
+  distautograd::native::write_frame(fd, header, held.spans, fds, stall_ms, [] {
+    pybind11::gil_scoped_acquire gil;
+    if (PyErr_CheckSignals() != 0) throw pybind11::error_already_set();
+  });
+  return header.size();
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_core, m) {
@@ -75,6 +121,9 @@ PYBIND11_MODULE(_core, m) {
     try {
       if (raised) std::rethrow_exception(raised);
     } catch (const distautograd::native::ReadError& e) {  // OSError(errno, text): Python picks the subclass
+      pybind11::object error = pybind11::reinterpret_borrow<pybind11::object>(PyExc_OSError)(e.error, e.what());
+      PyErr_SetObject(PyExc_OSError, error.ptr());
+    } catch (const distautograd::native::WriteError& e) {
       pybind11::object error = pybind11::reinterpret_borrow<pybind11::object>(PyExc_OSError)(e.error, e.what());
       PyErr_SetObject(PyExc_OSError, error.ptr());
     } catch (const distautograd::native::EndOfStream& e) {
@@ -101,6 +150,9 @@ PYBIND11_MODULE(_core, m) {
         return pybind11::buffer_info(tensor.data_ptr(), 1, pybind11::format_descriptor<uint8_t>::format(), 1,
                                      {static_cast<pybind11::ssize_t>(tensor.nbytes())}, {1}, /*readonly=*/true);
       });
+  m.def("write_frame", &write_frame, pybind11::arg("fd"), pybind11::arg("frame_id"), pybind11::arg("kind"),
+        pybind11::arg("message"), pybind11::arg("attachments"), pybind11::arg("fds"), pybind11::arg("stall"),
+        "Sends a frame (length, Frame header, attachments, descriptors) without the GIL; returns the header's size.");
   m.def("encode_tensor_list", &distautograd::native::encode_tensor_list, pybind11::arg("items"),
         pybind11::arg("compact_zeros"),
         "(serialized Value, attachments) of a list of plain tensors and Nones; None when it is not one.");
