@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
@@ -146,13 +147,17 @@ def main(argv=None) -> int:
                       for fw in FRAMEWORKS}
             row(f"  cost of each worker added, {first} to {last}", {fw: {"ms": g} for fw, g in growth.items()}, "ms",
                 "ms", False, ("<=", 1.0))
-    hop_rounds = []
+    hop_rounds: Dict[str, List[Dict[str, float]]] = {}
     if "hops" in selected:  # distautograd only: torch's hop is C++ that cannot be stamped from here
         names = ["trainer"] + [f"worker{i + 1}" for i in range(4)]
+        paths = _paths()
         for round_ in range(rounds):
-            print(f"  one backward hop, stage by stage (round {round_ + 1}/{rounds})", file=sys.stderr, flush=True)
-            hop_rounds.append(run_world("distautograd", "hop_breakdown", names,
-                                        {"workers": names[1:], "repeats": 20 if quick else 100}))
+            for path in paths if round_ % 2 == 0 else paths[::-1]:
+                print(f"  one backward hop, stage by stage, {path} path (round {round_ + 1}/{rounds})", file=sys.stderr,
+                      flush=True)
+                with _on_path(path):
+                    hop_rounds.setdefault(path, []).append(run_world(
+                        "distautograd", "hop_breakdown", names, {"workers": names[1:], "repeats": 20 if quick else 100}))
     memory_report = []
     if "memory" in selected:
         steps = 300 if quick else 10_000
@@ -191,20 +196,41 @@ def main(argv=None) -> int:
     return 0
 
 
-def _print_hops(hop_rounds: List[Dict[str, float]], chain: dict) -> None:
+def _paths() -> List[str]:
+    """The message paths this process can run: the native one (when the core is built) and Python's."""
     from distautograd import native
+
+    return ["native", "python"] if native.path_on() else ["python"]
+
+
+@contextlib.contextmanager
+def _on_path(path: str):
+    """The worlds started inside take ``path`` (the processes inherit DISTAUTOGRAD_NATIVE_PATH)."""
+    before = os.environ.get("DISTAUTOGRAD_NATIVE_PATH")
+    os.environ["DISTAUTOGRAD_NATIVE_PATH"] = "1" if path == "native" else "0"
+    try:
+        yield
+    finally:
+        if before is None:
+            del os.environ["DISTAUTOGRAD_NATIVE_PATH"]
+        else:
+            os.environ["DISTAUTOGRAD_NATIVE_PATH"] = before
+
+
+def _print_hops(hop_rounds: Dict[str, List[Dict[str, float]]], chain: dict) -> None:
     from distautograd.bench import breakdown
 
     stages = [name for name, _, _ in breakdown.STAGES] + [breakdown.HANDED_OVER, "per hop", breakdown.WHOLE_MEDIAN,
                                                            breakdown.WHOLE_MEAN, breakdown.SENDING]
-    hops = sum(int(r["hops"]) for r in hop_rounds)
-    print(f"\none backward hop through a chain of 4 workers, distautograd with {native.message_path()} "
-          f"(us, medians of "
-          f"{len(hop_rounds)} round(s), {hops} hops):\n")
-    print("| stage | us |")
-    print("|---|---|")
+    paths = list(hop_rounds)
+    counts = ", ".join(f"{sum(int(r['hops']) for r in hop_rounds[p])} hops on the {p} path" for p in paths)
+    print(f"\none backward hop through a chain of 4 workers, distautograd (us, medians of "
+          f"{len(hop_rounds[paths[0]])} round(s) per path, alternating; {counts}):\n")
+    print("| stage | " + " | ".join(paths) + " |")
+    print("|---|" + "---|" * len(paths))
     for stage in stages:
-        print(f"| {stage} | {statistics.median(r[stage] for r in hop_rounds):.0f} |")
+        print(f"| {stage} | " + " | ".join(f"{statistics.median(r[stage] for r in hop_rounds[p]):.0f}" for p in paths)
+              + " |")
     if len(chain) > 1:  # a hop is half a worker added: each worker is reached, and answers, once per pass
         first, last = min(chain), max(chain)
         for fw in FRAMEWORKS:

@@ -26,9 +26,9 @@ def encode(items: list, compact_zeros: bool) -> Optional[Tuple[pb.Value, List[An
     return pb.Value.FromString(value), attachments
 
 
-def decode(value: pb.Value, attachments: Sequence[Any]) -> Optional[list]:
+def decode(value: pb.Value, attachments: Sequence[Any], zeros_limit: int) -> Optional[list]:
     """The list ``value`` describes, its tensors over the attachments' memory; None when it is not
-    the common case (or is malformed)."""
+    the common case, is malformed, or its all-zero tensors together take over ``zeros_limit`` bytes."""
     if not native.path_on():
         return None
-    return native.core.decode_tensor_list(value.SerializeToString(), list(attachments))
+    return native.core.decode_tensor_list(value.SerializeToString(), list(attachments), zeros_limit)

@@ -9,7 +9,7 @@ travels as it lies and the receiver views it the same way.
 from __future__ import annotations
 
 import math
-from typing import Any, List, MutableSequence, Sequence
+from typing import Any, List, MutableSequence, Optional, Sequence
 
 import torch
 
@@ -101,12 +101,12 @@ def _encode_sparse(tensor: torch.Tensor, attachments: MutableSequence[Any]) -> p
                          sparse=sparse)
 
 
-def _decode_sparse(meta: pb.TensorMeta, attachments: Sequence[Any]) -> torch.Tensor:
+def _decode_sparse(meta: pb.TensorMeta, attachments: Sequence[Any], zeros: Optional[ZerosBudget]) -> torch.Tensor:
     """Rebuilds a sparse tensor, checking its indices against its size: they come from a peer."""
     layout = _SPARSE_LAYOUTS.get(meta.sparse.layout)
     if any(part.HasField("sparse") or part.HasField("quantization") for part in meta.sparse.parts):
         raise InvalidArgument("malformed sparse tensor: its parts must be plain dense tensors")
-    parts = [decode(part, attachments) for part in meta.sparse.parts]
+    parts = [decode(part, attachments, zeros) for part in meta.sparse.parts]
     if layout is None or len(parts) != (2 if layout == torch.sparse_coo else 3):
         raise InvalidArgument(f"malformed sparse tensor (layout {meta.sparse.layout!r}, {len(parts)} parts)")
     size = list(meta.shape)
@@ -184,15 +184,32 @@ def _all_zeros(tensor: torch.Tensor) -> bool:
     return not tensor.any()
 
 
-def decode(meta: pb.TensorMeta, attachments: Sequence[Any]) -> torch.Tensor:
-    """Rebuilds a tensor from its description and the received attachments (requires_grad is left off)."""
+class ZerosBudget:
+    """The bytes of all-zero tensors one message may still make: they travel as a shape alone, so
+    without a bound a few bytes from a peer could ask for any amount of memory."""
+
+    def __init__(self, limit: int):
+        self.left = limit
+
+    def take(self, nbytes: int) -> None:
+        if nbytes > self.left:
+            raise InvalidArgument(f"a message's all-zero tensors would take more than the {self.left} bytes this "
+                                  "process still allows it (max_message_bytes)")
+        self.left -= nbytes
+
+
+def decode(meta: pb.TensorMeta, attachments: Sequence[Any], zeros: Optional[ZerosBudget] = None) -> torch.Tensor:
+    """Rebuilds a tensor from its description and the received attachments (requires_grad is left off);
+    all-zero tensors are made only within ``zeros``, where given (a peer's message)."""
     if meta.HasField("sparse"):
-        return _decode_sparse(meta, attachments)
+        return _decode_sparse(meta, attachments, zeros)
     dtype = dtype_from_name(meta.dtype)
     shape = list(meta.shape)
     if any(size < 0 for size in shape):
         raise InvalidArgument(f"tensor shape {shape} has a negative size")
     if meta.zeros:
+        if zeros is not None:
+            zeros.take(math.prod(shape) * _element_size(dtype))
         return torch.zeros(shape, dtype=dtype)
     data = _attachment(attachments, meta.attachment)
     strides = list(meta.strides)

@@ -1,8 +1,9 @@
 """The compiled core (distautograd._core, C++ against libtorch), or None where it was not built.
 
-What it offers the runtime: reading frames off a socket (length, header, attachments) without the
-GIL, coding lists of plain tensors (gradients) in one call each, failing torch futures as torch's
-RPC fails them, and adding a remote call's profiled events to the caller's profiler. Without it the package runs its Python path, and says so once, in one line,
+What it offers the runtime: reading frames off a socket and writing them to it (length, header,
+attachments) without the GIL, coding lists of plain tensors (gradients) in one call each, failing
+torch futures as torch's RPC fails them, and adding a remote call's profiled events to the caller's
+profiler. Without it the package runs its Python path, and says so once, in one line,
 when it starts.
 """
 
@@ -25,8 +26,8 @@ _said = False
 
 
 def path_on() -> bool:
-    """Messages take the core's path (it reads sockets' frames and codes tensor lists): it is built,
-    and DISTAUTOGRAD_NATIVE_PATH is not 0."""
+    """Messages take the core's path (it reads and writes sockets' frames and codes tensor lists): it
+    is built, and DISTAUTOGRAD_NATIVE_PATH is not 0."""
     return core is not None and os.environ.get("DISTAUTOGRAD_NATIVE_PATH", "1") != "0"
 
 
@@ -36,13 +37,13 @@ def built() -> str:
         return f"compiled core not built ({_missing}); every message takes the Python path"
     if not path_on():
         return "compiled core built, not used for messages (DISTAUTOGRAD_NATIVE_PATH=0): they take the Python path"
-    return ("compiled core built: it reads frames and codes tensor lists; the rest of a message's decoding, "
-            "the engine's push loop and sending take the Python path")
+    return ("compiled core built: it reads and writes frames and codes tensor lists; the rest of a message's "
+            "decoding and encoding, and the engine's push loop, take the Python path")
 
 
 def message_path() -> str:
-    """In a word, what ``distautograd status`` shows of this process: "native" (the core reads its
-    frames and codes its tensor lists) or "python"."""
+    """In a word, what ``distautograd status`` shows of this process: "native" (the core reads and
+    writes its frames and codes its tensor lists) or "python"."""
     return "native" if path_on() else "python"
 
 

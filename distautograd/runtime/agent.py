@@ -78,7 +78,7 @@ class Agent:
                                      lambda rank: self.world.entry(rank) is not None, options.peer_contexts)
         self.contexts.on_release.append(trace.forget)  # the events of a context nobody gathered
         self.rrefs = RRefStore(name, self.mint, self.peers.notify, self.world, options.peer_rrefs)
-        self.codec = Codec(self.allowlist, self.rrefs, self.contexts)
+        self.codec = Codec(self.allowlist, self.rrefs, self.contexts, options.max_message_bytes)
         self.calls = Calls(name, self.peers, self.codec, self.contexts, self.rrefs, self.world, self.pool.submit,
                            options.call_timeout, self.deadlines, options.num_worker_threads)
         self.rrefs.runtime = self.calls

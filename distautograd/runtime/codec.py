@@ -16,6 +16,7 @@ from distautograd.encoding.allowlist import Allowlist
 from distautograd.errors import InvalidArgument
 from distautograd.protocol.v1 import messages_pb2 as pb
 from distautograd.runtime.contexts import Context, ContextStore
+from distautograd.runtime.options import DEFAULT_MAX_MESSAGE
 from distautograd.runtime.rref import RRef
 from distautograd.runtime.rrefs import RRefStore
 
@@ -38,7 +39,10 @@ def _is_tensor_list(obj: Any) -> bool:
 
 
 class Codec:
-    def __init__(self, allowlist: Allowlist, rrefs: RRefStore, contexts: ContextStore):
+    def __init__(self, allowlist: Allowlist, rrefs: RRefStore, contexts: ContextStore,
+                 max_message_bytes: int = DEFAULT_MAX_MESSAGE):
+        """``max_message_bytes``: also the most bytes the all-zero tensors of one message may make."""
+        self.max_message_bytes = max_message_bytes
         self.allowlist = allowlist
         self._rrefs = rrefs
         self._contexts = contexts
@@ -111,7 +115,7 @@ class Codec:
         """The value worker ``src`` sent; tensors with a message id become recv points of ``ctx``.
         ``rrefs``: from rrefs_of, when the RRefs were registered earlier than the value is decoded."""
         if value.tensor_list and not value.rrefs:
-            plain = tensor_lists.decode(value, attachments)  # no tensor of it has a recv point
+            plain = tensor_lists.decode(value, attachments, self.max_message_bytes)  # no tensor has a recv point
             if plain is not None:
                 return plain
         if rrefs is None:
@@ -141,8 +145,9 @@ class Codec:
         """Every tensor of a message; those with a message id become the outputs of its one recv node."""
         decoded: List[torch.Tensor] = []
         arrived: List[tuple] = []  # (index, (tensor, message id, what its send point activates))
+        zeros = tensors.ZerosBudget(self.max_message_bytes)
         for meta in metas:
-            tensor = tensors.decode(meta, attachments)
+            tensor = tensors.decode(meta, attachments, zeros)
             if meta.autograd_message_id and ctx is not None:
                 sent = None if meta.activates_unknown else meta.activates
                 arrived.append((len(decoded), (tensor, meta.autograd_message_id, sent)))

@@ -27,4 +27,5 @@ def test_quick_benchmark_prints_a_row_per_measurement():
                   "the send call, on the sender (overlaps the above)"):
         assert f"| {stage} | " in out, out  # one backward hop, stage by stage
     assert "a whole hop, read to next read: mean" in out
+    assert ("| stage | native | python |" if native.path_on() else "| stage | python |") in out  # each path's hop
     assert "us per hop (half the cost of a worker added" not in out  # one chain length: no slope to take

@@ -22,6 +22,7 @@ pytestmark = pytest.mark.skipif(native.core is None, reason="the compiled core i
 SEED = int(os.environ.get("DISTAUTOGRAD_FUZZ_SEED", random.randrange(1 << 32)))
 COMMON = [torch.float32, torch.float64, torch.float16, torch.bfloat16, torch.complex64, torch.complex128,
           torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8, torch.bool]
+LIMIT = 4 << 30  # the bytes of all-zero tensors a message may make (the default max_message_bytes)
 SHAPES = [(), (0,), (1,), (5,), (3, 4), (2, 0, 3), (64, 512), (1, 1, 1, 7)]
 
 
@@ -38,7 +39,7 @@ def python_encode(items, compact_zeros):
 def python_decode(value, attachments, monkeypatch):
     with monkeypatch.context() as patch:
         patch.setenv("DISTAUTOGRAD_NATIVE_PATH", "0")
-        return Codec(None, None, None).decode(value, attachments, 0, None, rrefs=[])
+        return Codec(None, None, None, LIMIT).decode(value, attachments, 0, None, rrefs=[])
 
 
 def as_bytes(tensor):
@@ -74,7 +75,7 @@ def test_the_core_writes_the_bytes_the_python_codec_writes_and_reads_them_back_b
     assert value.SerializeToString() == want.SerializeToString()
     assert [bytes(memoryview(a)) for a in attachments] == [bytes(memoryview(a).cast("B")) for a in want_attachments]
     received = [bytearray(memoryview(a)) for a in attachments]
-    decoded = tensor_lists.decode(value, received)
+    decoded = tensor_lists.decode(value, received, LIMIT)
     assert decoded is not None and same(decoded, python_decode(want, received, monkeypatch))
     if not compact_zeros:
         assert same(decoded, items)
@@ -83,7 +84,7 @@ def test_the_core_writes_the_bytes_the_python_codec_writes_and_reads_them_back_b
 def test_a_decoded_tensor_holds_its_bytes_until_it_is_gone():
     value, attachments = tensor_lists.encode([torch.arange(6.0)], False)
     received = bytearray(memoryview(attachments[0]))
-    (tensor,) = tensor_lists.decode(value, [received])
+    (tensor,) = tensor_lists.decode(value, [received], LIMIT)
     tensor[0] = 7.0  # writable, and over the received memory: no copy
     assert torch.frombuffer(received, dtype=torch.float32)[0] == 7.0
     with pytest.raises(BufferError):
@@ -95,6 +96,28 @@ def test_a_decoded_tensor_holds_its_bytes_until_it_is_gone():
 def test_the_attachments_keep_the_sent_tensor_alive():
     value, attachments = tensor_lists.encode([torch.arange(4.0) * 2], False)
     assert bytes(memoryview(attachments[0])) == bytes(torch.arange(4.0).mul(2).numpy())
+
+
+@pytest.mark.parametrize("path", ["native", "python"])
+def test_all_zero_tensors_a_message_asks_for_stay_within_max_message_bytes(path, monkeypatch):
+    """They travel as a shape alone: a few bytes from a peer must not make gigabytes. The limit is
+    on their sum, so many small ones are held to it as one big one."""
+    if path == "python":
+        monkeypatch.setenv("DISTAUTOGRAD_NATIVE_PATH", "0")
+    codec = Codec(None, None, None, 4096)
+    fits, _ = python_encode([torch.zeros(512, dtype=torch.float64)], True)  # 4096 bytes
+    assert same(codec.decode(fits, [], 0, None, rrefs=[]), [torch.zeros(512, dtype=torch.float64)])
+    for shapes in ([[1 << 40]], [[600], [600]], [[400, 3]], [[1 << 31, 1 << 31, 1 << 31]]):
+        value = pb.Value(tensor_list=True)
+        for shape in shapes:
+            value.tensors.add(dtype="float32", shape=shape, zeros=True)
+        with pytest.raises(errors.InvalidArgument, match="all-zero tensors would take more than"):
+            codec.decode(value, [], 0, None, rrefs=[])
+    sparse = pb.Value(tensor_list=True)
+    sparse.tensors.add(dtype="float32", shape=[10], sparse=pb.Sparse(layout="sparse_coo", parts=[
+        pb.TensorMeta(dtype="int64", shape=[1, 1 << 40], zeros=True), pb.TensorMeta(dtype="float32", shape=[1 << 40], zeros=True)]))
+    with pytest.raises(errors.InvalidArgument, match="all-zero tensors would take more than"):
+        codec.decode(sparse, [], 0, None, rrefs=[])  # the parts of a sparse tensor too
 
 
 def _others():
@@ -122,7 +145,7 @@ def test_told_not_to_the_core_codes_nothing(monkeypatch):
     monkeypatch.setenv("DISTAUTOGRAD_NATIVE_PATH", "0")
     assert tensor_lists.encode([torch.ones(1)], False) is None
     value, attachments = python_encode([torch.ones(1)], False)
-    assert tensor_lists.decode(value, [bytearray(memoryview(a).cast("B")) for a in attachments]) is None
+    assert tensor_lists.decode(value, [bytearray(memoryview(a).cast("B")) for a in attachments], LIMIT) is None
 
 
 def _hostile(rng: random.Random):
@@ -181,7 +204,7 @@ def test_on_hostile_values_the_core_takes_only_what_the_python_codec_reads_the_s
             value = pb.Value.FromString(data)
         except DecodeError:
             continue  # the frame it came in would not have parsed: it never gets here
-        got = native.core.decode_tensor_list(value.SerializeToString(), received)
+        got = native.core.decode_tensor_list(value.SerializeToString(), received, LIMIT)
         try:
             want = python_decode(value, received, monkeypatch)
         except (errors.InvalidArgument, RuntimeError, ValueError, TypeError, OverflowError):

@@ -10,6 +10,7 @@
 #include "frame_reader.h"
 #include "frame_writer.h"
 #include "futures.h"
+#include "gil.h"
 #include "remote_events.h"
 #include "tensor_codec.h"
 #include "thread_state.h"
@@ -36,7 +37,7 @@ pybind11::tuple read_frame(FrameReader& reader, uint64_t header_limit, uint64_t 
   Envelope envelope;
   std::string header;
   {
-    pybind11::gil_scoped_release released;
+    distautograd::native::gil::Released released;
     header = reader.read_header(header_limit, &envelope);
   }
   uint64_t following = envelope.following();
@@ -60,7 +61,7 @@ pybind11::tuple read_frame(FrameReader& reader, uint64_t header_limit, uint64_t 
     buffers.append(buffer);
   }
   {
-    pybind11::gil_scoped_release released;
+    distautograd::native::gil::Released released;
     for (const pybind11::buffer_info& info : into) {
       reader.read_into(static_cast<uint8_t*>(info.ptr), static_cast<size_t>(info.size * info.itemsize));
     }
@@ -103,8 +104,9 @@ size_t write_frame(int fd, uint64_t frame_id, uint32_t kind, const pybind11::byt
   std::string header = distautograd::native::frame_header(frame_id, kind, message);
   Held held(attachments);
   int stall_ms = stall ? static_cast<int>(std::ceil(*stall * 1000)) : -1;
-  pybind11::gil_scoped_release released;
+  distautograd::native::gil::Released released;
   distautograd::native::write_frame(fd, header, held.spans, fds, stall_ms, [] {
+    if (distautograd::native::gil::finalizing()) distautograd::native::gil::park();
     pybind11::gil_scoped_acquire gil;
     if (PyErr_CheckSignals() != 0) throw pybind11::error_already_set();
   });
@@ -139,7 +141,7 @@ PYBIND11_MODULE(_core, m) {
       .def("read_frame", &read_frame, pybind11::arg("header_limit"), pybind11::arg("following_limit"),
            pybind11::arg("allocate"), "(header, (kind, sizes, shared keys), attachments or None, their total)")
       .def("skip", [](FrameReader& reader, uint64_t size) {
-        pybind11::gil_scoped_release released;
+        distautograd::native::gil::Released released;
         reader.skip(size);
       }, pybind11::arg("size"), "Reads past `size` bytes.")
       .def("take_fds", &FrameReader::take_fds, "The descriptors that arrived since the last call, now the caller's.");
@@ -157,7 +159,7 @@ PYBIND11_MODULE(_core, m) {
         pybind11::arg("compact_zeros"),
         "(serialized Value, attachments) of a list of plain tensors and Nones; None when it is not one.");
   m.def("decode_tensor_list", &distautograd::native::decode_tensor_list, pybind11::arg("value"),
-        pybind11::arg("attachments"),
+        pybind11::arg("attachments"), pybind11::arg("zeros_limit"),
         "The list of tensors and Nones a serialized Value describes; None when it is not the common case.");
   m.def("fail_future", &distautograd::native::fail_future, pybind11::arg("future"), pybind11::arg("exception"),
         "Fails a torch Future with a Python exception, as torch's RPC fails its own.");

@@ -5,6 +5,8 @@
 // (a future may be waited for many times), so the caller gets the original exception.
 #include "futures.h"
 
+#include "gil.h"
+
 #include <torch/csrc/Exceptions.h>
 #include <torch/csrc/jit/python/pybind_utils.h>
 
@@ -20,7 +22,7 @@ void fail_future(const pybind11::handle& future, const pybind11::object& excepti
   python_error held;
   held.persist();  // takes the error just set
   std::exception_ptr error = std::make_exception_ptr(std::move(held));
-  pybind11::gil_scoped_release release;  // callbacks of the future may take the GIL themselves
+  gil::Released released;  // callbacks of the future may take the GIL themselves
   fut->setErrorIfNeeded(std::move(error));
 }
 

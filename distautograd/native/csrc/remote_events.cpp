@@ -5,6 +5,8 @@
 // the events carries the calling thread's state with it (at::wrapPropagateTLSState), as torch's do.
 #include "remote_events.h"
 
+#include "gil.h"
+
 #include <torch/csrc/autograd/profiler_legacy.h>
 #include <torch/csrc/jit/python/pybind_utils.h>
 #include <torch/csrc/profiler/api.h>
@@ -50,16 +52,12 @@ pybind11::object with_remote_events(const pybind11::object& answer, const std::s
   auto fut = torch::jit::toIValue(answer, c10::FutureType::create(c10::PyObjectType::get())).toFuture();
   // The answer object outlives the callback; it is released with the GIL held.
   std::shared_ptr<pybind11::object> held(new pybind11::object(answer), [](pybind11::object* object) {
-    pybind11::gil_scoped_acquire gil;
-    delete object;
+    gil::unless_finalizing([object] { delete object; });
   });
   auto added = fut->then(
       at::wrapPropagateTLSState([held, prefix](c10::ivalue::Future& parent) -> c10::IValue {
         std::vector<LegacyEvent> events;
-        {
-          pybind11::gil_scoped_acquire gil;
-          events = events_of(*held, prefix);
-        }
+        gil::unless_finalizing([&] { events = events_of(*held, prefix); });
         if (!events.empty()) torch::autograd::profiler::addEventList(std::move(events));
         if (parent.hasError()) std::rethrow_exception(parent.exception_ptr());
         return parent.value();

@@ -7,6 +7,7 @@
 #include <ATen/TensorSubclassLikeUtils.h>
 #include <torch/csrc/autograd/python_variable.h>
 
+#include "gil.h"
 #include "tensor_list.h"
 #include "wire.h"
 
@@ -74,9 +75,10 @@ at::Tensor over(PyObject* owner, const DenseMeta& meta, const at::TensorOptions&
   void* data = view->buf;
   Py_buffer* held = view.release();
   auto release = [held](void*) {
-    pybind11::gil_scoped_acquire gil;
-    PyBuffer_Release(held);
-    delete held;
+    gil::unless_finalizing([held] {
+      PyBuffer_Release(held);
+      delete held;
+    });
   };
   try {
     return at::from_blob(data, meta.shape, release, options);
@@ -113,7 +115,8 @@ pybind11::object encode_tensor_list(const pybind11::list& items, bool compact_ze
   return pybind11::make_tuple(pybind11::bytes(write_tensor_list(list)), attachments);
 }
 
-pybind11::object decode_tensor_list(const pybind11::bytes& value, const pybind11::list& attachments) {
+pybind11::object decode_tensor_list(const pybind11::bytes& value, const pybind11::list& attachments,
+                                    uint64_t zeros_limit) {
   char* data = nullptr;
   Py_ssize_t size = 0;
   if (PyBytes_AsStringAndSize(value.ptr(), &data, &size) != 0) throw pybind11::error_already_set();
@@ -124,6 +127,12 @@ pybind11::object decode_tensor_list(const pybind11::bytes& value, const pybind11
     return pybind11::none();  // protobuf's own parser reads more (groups, in unknown fields): it decides
   }
   if (!list) return pybind11::none();
+  uint64_t zeros = 0;  // never above zeros_limit: the sum cannot wrap
+  for (const DenseMeta& meta : list->tensors) {
+    if (!meta.zeros) continue;
+    if (meta.nbytes > zeros_limit - zeros) return pybind11::none();  // the Python codec says why
+    zeros += meta.nbytes;
+  }
   std::vector<at::Tensor> tensors;
   try {
     for (const DenseMeta& meta : list->tensors) {
