@@ -19,6 +19,7 @@
 #include "envelope.h"
 #include "frame_reader.h"
 #include "frame_writer.h"
+#include "hostile.h"
 #include "wire.h"
 
 using distautograd::native::Envelope;
@@ -26,9 +27,9 @@ using distautograd::native::FrameReader;
 
 namespace {
 
-std::mt19937_64 rng;
-
-uint64_t below(uint64_t n) { return n ? rng() % n : 0; }
+using hostile::below;
+using hostile::mutate;
+using hostile::rng;
 
 void put_varint(std::string& out, uint64_t value) {
   while (value >= 0x80) {
@@ -68,18 +69,6 @@ std::string frame_header(std::vector<uint64_t>* sizes_out) {
   put_varint(frame, rng());
   put_field(frame, below(2) ? 2 : 3, message);
   return frame;
-}
-
-std::string mutate(std::string data) {
-  for (uint64_t i = 0, n = below(4); i < n && !data.empty(); ++i) {
-    switch (below(4)) {
-      case 0: data[below(data.size())] = static_cast<char>(rng()); break;
-      case 1: data.resize(below(data.size())); break;
-      case 2: data.insert(below(data.size() + 1), std::string(1 + below(5), static_cast<char>(rng()))); break;
-      default: data.insert(below(data.size() + 1), std::string(1 + below(11), '\xff'));
-    }
-  }
-  return data;
 }
 
 int fuzz_envelopes(int rounds) {

@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "tensor_list.h"
+#include "hostile.h"
 #include "wire.h"
 
 using distautograd::native::DenseMeta;
@@ -17,9 +18,9 @@ using distautograd::native::TensorList;
 
 namespace {
 
-std::mt19937_64 rng;
-
-uint64_t below(uint64_t n) { return n ? rng() % n : 0; }
+using hostile::below;
+using hostile::mutate;
+using hostile::rng;
 
 TensorList random_list() {
   TensorList list;
@@ -77,18 +78,6 @@ std::string random_value() {
     }
   }
   return out;
-}
-
-std::string mutate(std::string data) {
-  for (uint64_t i = 0, n = below(4); i < n && !data.empty(); ++i) {
-    switch (below(4)) {
-      case 0: data[below(data.size())] = static_cast<char>(rng()); break;
-      case 1: data.resize(below(data.size())); break;
-      case 2: data.insert(below(data.size() + 1), std::string(1 + below(5), static_cast<char>(rng()))); break;
-      default: data.insert(below(data.size() + 1), std::string(1 + below(11), '\xff'));
-    }
-  }
-  return data;
 }
 
 // Reads `data`; true when it was a list. Malformed bytes throw, as the reader promises.
