@@ -22,7 +22,7 @@ from distautograd.transport import framing, shm
 
 _receive_buffers = shm.ReceiveBuffers()
 KINDS = {0: None, 2: "request", 3: "response", 4: "chunk"}  # Frame's oneof, by field number
-NUMBERS = {"request": 2, "response": 3}
+NUMBERS = {kind: number for number, kind in KINDS.items() if kind in ("request", "response")}  # what a frame sends
 
 # (the frame, its streamed attachments with None where one is in shared memory -- or None when
 # together they were over the limit and are still in the stream -- and their total)

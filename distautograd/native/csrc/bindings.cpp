@@ -106,8 +106,7 @@ size_t write_frame(int fd, uint64_t frame_id, uint32_t kind, const pybind11::byt
   int stall_ms = stall ? static_cast<int>(std::ceil(*stall * 1000)) : -1;
   distautograd::native::gil::Released released;
   distautograd::native::write_frame(fd, header, held.spans, fds, stall_ms, [] {
-    if (distautograd::native::gil::finalizing()) distautograd::native::gil::park();
-    pybind11::gil_scoped_acquire gil;
+    distautograd::native::gil::Taken gil;
     if (PyErr_CheckSignals() != 0) throw pybind11::error_already_set();
   });
   return header.size();
@@ -122,10 +121,7 @@ PYBIND11_MODULE(_core, m) {
   pybind11::register_exception_translator([](std::exception_ptr raised) {
     try {
       if (raised) std::rethrow_exception(raised);
-    } catch (const distautograd::native::ReadError& e) {  // OSError(errno, text): Python picks the subclass
-      pybind11::object error = pybind11::reinterpret_borrow<pybind11::object>(PyExc_OSError)(e.error, e.what());
-      PyErr_SetObject(PyExc_OSError, error.ptr());
-    } catch (const distautograd::native::WriteError& e) {
+    } catch (const distautograd::native::SocketError& e) {  // OSError(errno, text): Python picks the subclass
       pybind11::object error = pybind11::reinterpret_borrow<pybind11::object>(PyExc_OSError)(e.error, e.what());
       PyErr_SetObject(PyExc_OSError, error.ptr());
     } catch (const distautograd::native::EndOfStream& e) {

@@ -18,7 +18,6 @@ namespace distautograd::native {
 namespace {
 
 constexpr size_t kAheadBytes = 64 << 10;
-constexpr size_t kMaxFds = 64;  // descriptors one recvmsg may carry (framing.MAX_FDS)
 
 }  // namespace
 
@@ -40,7 +39,7 @@ std::vector<int> FrameReader::take_fds() {
 void FrameReader::wait_readable() {
   pollfd want{fd_, POLLIN, 0};
   while (::poll(&want, 1, -1) < 0) {
-    if (errno != EINTR) throw ReadError(errno, std::strerror(errno));
+    if (errno != EINTR) throw SocketError(errno, std::strerror(errno));
   }
 }
 
@@ -79,7 +78,7 @@ size_t FrameReader::receive(uint8_t* into, size_t size, bool all) {
       wait_readable();
       continue;
     }
-    throw ReadError(errno, std::strerror(errno));
+    throw SocketError(errno, std::strerror(errno));
   }
 }
 

@@ -10,14 +10,9 @@
 #include <vector>
 
 #include "envelope.h"
+#include "socket_calls.h"
 
 namespace distautograd::native {
-
-// The connection failed: `error` is the errno of the call that failed.
-struct ReadError : std::runtime_error {
-  ReadError(int error, const std::string& what) : std::runtime_error(what), error(error) {}
-  int error;
-};
 
 // The peer closed the connection (between frames or in the middle of one).
 struct EndOfStream : std::runtime_error {

@@ -20,7 +20,6 @@ namespace distautograd::native {
 
 namespace {
 
-constexpr size_t kMaxFds = 64;  // framing.MAX_FDS
 constexpr uint32_t kFrameId = 1;
 
 size_t iov_max() {
@@ -37,9 +36,9 @@ void wait_writable(int fd, int stall_ms, const std::function<void()>& interrupte
     if (ready == 0) {
       char text[64];
       std::snprintf(text, sizeof(text), "the peer took no byte for %g s", stall_ms / 1000.0);
-      throw WriteError(ETIMEDOUT, text);
+      throw SocketError(ETIMEDOUT, text);
     }
-    if (errno != EINTR) throw WriteError(errno, std::strerror(errno));
+    if (errno != EINTR) throw SocketError(errno, std::strerror(errno));
     interrupted();
   }
 }
@@ -65,7 +64,7 @@ size_t send_some(int fd, const iovec* first, size_t count, const std::vector<int
     ssize_t sent = ::sendmsg(fd, &message, MSG_NOSIGNAL | (dont_wait ? MSG_DONTWAIT : 0));
     if (sent >= 0) return static_cast<size_t>(sent);
     if (errno == EAGAIN || errno == EWOULDBLOCK) return 0;
-    if (errno != EINTR) throw WriteError(errno, std::strerror(errno));
+    if (errno != EINTR) throw SocketError(errno, std::strerror(errno));
     interrupted();
   }
 }

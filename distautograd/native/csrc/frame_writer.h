@@ -10,13 +10,9 @@
 #include <string>
 #include <vector>
 
-namespace distautograd::native {
+#include "socket_calls.h"
 
-// The send failed: `error` is the errno (ETIMEDOUT when the peer took no byte for the stall time).
-struct WriteError : std::runtime_error {
-  WriteError(int error, const std::string& what) : std::runtime_error(what), error(error) {}
-  int error;
-};
+namespace distautograd::native {
 
 struct Span {
   const uint8_t* data;

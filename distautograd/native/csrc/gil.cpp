@@ -17,6 +17,11 @@ void park() {
   for (;;) ::pause();
 }
 
+Taken::Taken() {
+  if (finalizing()) park();
+  gil_.emplace();
+}
+
 Released::Released() : state_(PyEval_SaveThread()) {}
 
 Released::~Released() {

@@ -7,6 +7,8 @@
 
 #include <torch/extension.h>
 
+#include <optional>
+
 namespace distautograd::native::gil {
 
 bool finalizing();
@@ -24,6 +26,18 @@ class Released {
 
  private:
   PyThreadState* state_;
+};
+
+// pybind11::gil_scoped_acquire for a thread that let the GIL go (inside Released), except that it
+// parks rather than take it during shutdown.
+class Taken {
+ public:
+  Taken();
+  Taken(const Taken&) = delete;
+  Taken& operator=(const Taken&) = delete;
+
+ private:
+  std::optional<pybind11::gil_scoped_acquire> gil_;
 };
 
 // Runs `fn` holding the GIL, or not at all during shutdown: for deleters and callbacks that only
