@@ -2,6 +2,7 @@
 kernel told: the reading thread, or a sender that was told only EPIPE (the partition test's coordinator
 once called a partitioned worker dead this way)."""
 
+import shutil
 import subprocess
 import sys
 
@@ -24,6 +25,7 @@ def rounds(how: str) -> list:
     return lines
 
 
+@pytest.mark.skipif(shutil.which("iptables") is None, reason="needs Debian's iptables (the README's test command installs it)")
 def test_a_cut_connection_is_unreachable_though_a_sender_saw_epipe_first():
     for line in rounds("cut"):
         assert line.startswith("Unreachable: peer is unreachable: its connection timed out"), line

@@ -4,6 +4,7 @@ over the gRPC stream instead, with torch's gradient."""
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -20,6 +21,7 @@ pytestmark = [pytest.mark.netns, pytest.mark.skipif(REASON is not None, reason=f
 GRPC_PORT = "29600"
 
 
+@pytest.mark.skipif(shutil.which("iptables") is None, reason="needs Debian's iptables (the README's test command installs it)")
 def test_a_firewalled_socket_port_falls_back_to_grpc():
     with netns.Network(["alpha", "beta"]) as network:
         firewall = ["iptables", "-A", "INPUT", "-p", "tcp", "--syn", "!", "--dport", GRPC_PORT, "-j", "DROP"]

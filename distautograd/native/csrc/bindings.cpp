@@ -11,6 +11,7 @@
 #include "frame_writer.h"
 #include "futures.h"
 #include "gil.h"
+#include "pass_graph.h"
 #include "remote_events.h"
 #include "tensor_codec.h"
 #include "thread_state.h"
@@ -157,6 +158,10 @@ PYBIND11_MODULE(_core, m) {
   m.def("decode_tensor_list", &distautograd::native::decode_tensor_list, pybind11::arg("value"),
         pybind11::arg("attachments"), pybind11::arg("zeros_limit"),
         "The list of tensors and Nones a serialized Value describes; None when it is not the common case.");
+  m.def("plan_pass_graph", &distautograd::native::plan_pass_graph, pybind11::arg("sources"),
+        pybind11::arg("leaf_type"), pybind11::arg("recv_type"),
+        "(children, order, index, parents, bit, mask, reach, leaves) of a pass's graph over torch's Nodes, as "
+        "engine/graph.py plans it; None when a node is not torch's.");
   m.def("fail_future", &distautograd::native::fail_future, pybind11::arg("future"), pybind11::arg("exception"),
         "Fails a torch Future with a Python exception, as torch's RPC fails its own.");
   m.def("legacy_profiler_config", &distautograd::native::legacy_profiler_config,

@@ -1,0 +1,206 @@
+// Plans a worker's part of a pass over torch's Nodes: collect, order, parents, masks, reach, leaves --
+// engine/graph.py's algorithm step for step, so the dicts it returns are PassGraph's, order included.
+#include "pass_graph.h"
+
+#include <torch/csrc/autograd/python_cpp_function.h>
+#include <torch/csrc/autograd/python_function.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <string>
+#include <unordered_map>
+#include <utility>
+#include <vector>
+
+namespace distautograd::native {
+namespace {
+
+namespace py = pybind11;
+using torch::autograd::Node;
+using NodePtr = c10::intrusive_ptr<Node>;
+
+// A node met while walking, and its Python object when one is already at hand.
+struct Pending {
+  NodePtr node;
+  py::object object;
+};
+
+// A collected node: its Python object (the key of every dict of the plan) and its children as
+// (the node, its input slot, the index among this node's next edges), resolved to indices afterwards.
+struct Vertex {
+  NodePtr node;
+  py::object object;
+  std::vector<std::pair<Node*, std::pair<uint32_t, size_t>>> next;
+  std::vector<size_t> children;  // indices of `next`'s nodes among the collected ones
+};
+
+// The Node behind a grad_fn object, or null when it is not one of torch's.
+NodePtr node_of(PyObject* object) {
+  if (torch::autograd::THPCppFunction_Check(object)) {
+    return reinterpret_cast<torch::autograd::THPCppFunction*>(object)->cdata;
+  }
+  int is_function = PyObject_IsInstance(object, reinterpret_cast<PyObject*>(&THPFunctionType));
+  if (is_function < 0) {
+    PyErr_Clear();
+    return {};
+  }
+  return is_function ? reinterpret_cast<THPFunction*>(object)->cdata : NodePtr();
+}
+
+py::object object_of(const NodePtr& node) {
+  PyObject* object = torch::autograd::functionToPyObject(node);
+  if (object == nullptr) throw py::error_already_set();
+  return py::reinterpret_steal<py::object>(object);
+}
+
+// The sources' reach of one node as bits, one per source, in as many 64-bit words as sources need.
+using Mask = std::vector<uint64_t>;
+
+py::object mask_int(const Mask& mask) {
+  if (mask.size() == 1) return py::reinterpret_steal<py::object>(PyLong_FromUnsignedLongLong(mask[0]));
+  std::string bytes(mask.size() * 8, '\0');
+  for (size_t w = 0; w < mask.size(); ++w) {
+    for (size_t b = 0; b < 8; ++b) bytes[w * 8 + b] = static_cast<char>((mask[w] >> (8 * b)) & 0xff);
+  }
+  return py::reinterpret_borrow<py::object>(reinterpret_cast<PyObject*>(&PyLong_Type))
+      .attr("from_bytes")(py::bytes(bytes), "little");
+}
+
+// Every node the sources reach, in the order engine/graph.py's _collect inserts them.
+std::vector<Vertex> collect(const std::vector<Pending>& starts, PyObject* leaf_type, PyObject* recv_type,
+                            std::unordered_map<Node*, size_t>* where) {
+  std::vector<Vertex> vertices;
+  std::vector<Pending> stack(starts);
+  while (!stack.empty()) {
+    Pending pending = std::move(stack.back());
+    stack.pop_back();
+    if (where->count(pending.node.get())) continue;
+    Vertex vertex{pending.node, pending.object ? std::move(pending.object) : object_of(pending.node), {}, {}};
+    PyObject* type = reinterpret_cast<PyObject*>(Py_TYPE(vertex.object.ptr()));
+    bool stops = type == leaf_type || type == recv_type;
+    if (!stops) {
+      const auto& edges = vertex.node->next_edges();
+      for (size_t i = 0; i < edges.size(); ++i) {
+        if (edges[i].function) vertex.next.push_back({edges[i].function.get(), {edges[i].input_nr, i}});
+      }
+    }
+    where->emplace(vertex.node.get(), vertices.size());
+    const auto& edges = vertex.node->next_edges();
+    for (const auto& kid : vertex.next) {
+      if (!where->count(kid.first)) {
+        stack.push_back({edges[kid.second.second].function, py::object()});
+      }
+    }
+    vertices.push_back(std::move(vertex));
+  }
+  for (auto& vertex : vertices) {
+    for (const auto& kid : vertex.next) vertex.children.push_back(where->at(kid.first));
+  }
+  return vertices;
+}
+
+// Latest-created first among the ready ones, as torch's engine would run them (graph.py's _topological).
+std::vector<size_t> topological(const std::vector<Vertex>& vertices) {
+  std::vector<size_t> indegree(vertices.size(), 0);
+  for (const auto& vertex : vertices) {
+    for (size_t child : vertex.children) ++indegree[child];
+  }
+  std::vector<size_t> ready;
+  for (size_t v = 0; v < vertices.size(); ++v) {
+    if (indegree[v] == 0) ready.push_back(v);
+  }
+  std::stable_sort(ready.begin(), ready.end(), [&](size_t a, size_t b) {
+    return vertices[a].node->sequence_nr() < vertices[b].node->sequence_nr();
+  });
+  std::vector<size_t> order;
+  order.reserve(vertices.size());
+  while (!ready.empty()) {
+    size_t v = ready.back();
+    ready.pop_back();
+    order.push_back(v);
+    for (size_t child : vertices[v].children) {
+      if (--indegree[child] == 0) ready.push_back(child);
+    }
+  }
+  return order;
+}
+
+}  // namespace
+
+py::object plan_pass_graph(const py::list& sources, const py::handle& leaf_type, const py::handle& recv_type) {
+  std::vector<py::object> keys;
+  std::vector<std::vector<Node*>> source_nodes;
+  std::vector<Pending> starts;
+  for (const auto& item : sources) {
+    py::tuple pair = py::reinterpret_borrow<py::tuple>(item);
+    keys.push_back(py::reinterpret_borrow<py::object>(pair[0]));
+    source_nodes.emplace_back();
+    for (const auto& entry : py::reinterpret_borrow<py::list>(pair[1])) {
+      if (entry.is_none()) continue;
+      NodePtr node = node_of(entry.ptr());
+      if (!node) return py::none();
+      source_nodes.back().push_back(node.get());
+      starts.push_back({node, py::reinterpret_borrow<py::object>(entry)});
+    }
+  }
+  std::unordered_map<Node*, size_t> where;
+  std::vector<Vertex> vertices = collect(starts, leaf_type.ptr(), recv_type.ptr(), &where);
+  std::vector<size_t> order = topological(vertices);
+
+  size_t words = std::max<size_t>(1, (keys.size() + 63) / 64);
+  std::vector<Mask> masks(vertices.size(), Mask(words, 0));
+  for (size_t k = 0; k < source_nodes.size(); ++k) {
+    for (Node* node : source_nodes[k]) masks[where.at(node)][k / 64] |= uint64_t{1} << (k % 64);
+  }
+  for (size_t v : order) {
+    for (size_t child : vertices[v].children) {
+      for (size_t w = 0; w < words; ++w) masks[child][w] |= masks[v][w];
+    }
+  }
+
+  py::dict children, index, parents, bit, mask, reach;
+  py::list order_list, leaves;
+  for (const auto& vertex : vertices) {
+    py::list kids;
+    for (size_t j = 0; j < vertex.children.size(); ++j) {
+      const auto& slot_and_index = vertex.next[j].second;
+      kids.append(py::make_tuple(vertices[vertex.children[j]].object, slot_and_index.first, slot_and_index.second));
+    }
+    children[vertex.object] = kids;
+  }
+  for (size_t i = 0; i < order.size(); ++i) {
+    const py::object& object = vertices[order[i]].object;
+    order_list.append(object);
+    index[object] = i;
+    parents[object] = py::list();
+  }
+  for (size_t v : order) {
+    const Vertex& vertex = vertices[v];
+    for (size_t j = 0; j < vertex.children.size(); ++j) {
+      const auto& slot_and_index = vertex.next[j].second;
+      parents[vertices[vertex.children[j]].object].cast<py::list>().append(
+          py::make_tuple(vertex.object, slot_and_index.second, slot_and_index.first));
+    }
+  }
+  std::vector<py::list> reached(keys.size());
+  for (size_t k = 0; k < keys.size(); ++k) {
+    Mask one(words, 0);
+    one[k / 64] = uint64_t{1} << (k % 64);
+    bit[keys[k]] = mask_int(one);
+    reach[keys[k]] = reached[k];
+  }
+  PyObject* leaf = leaf_type.ptr();
+  for (size_t v : order) {
+    const Vertex& vertex = vertices[v];
+    mask[vertex.object] = mask_int(masks[v]);
+    for (size_t w = 0; w < words; ++w) {
+      for (uint64_t bits = masks[v][w]; bits; bits &= bits - 1) {
+        reached[w * 64 + __builtin_ctzll(bits)].append(vertex.object);
+      }
+    }
+    if (reinterpret_cast<PyObject*>(Py_TYPE(vertex.object.ptr())) == leaf) leaves.append(vertex.object);
+  }
+  return py::make_tuple(children, order_list, index, parents, bit, mask, reach, leaves);
+}
+
+}  // namespace distautograd::native
