@@ -98,6 +98,9 @@ def test_the_attachments_keep_the_sent_tensor_alive():
     assert bytes(memoryview(attachments[0])) == bytes(torch.arange(4.0).mul(2).numpy())
 
 
+ZEROS_REFUSED = r"all-zero tensors would take more than the \d+ bytes this process still allows it \(max_message_bytes\)"
+
+
 @pytest.mark.parametrize("path", ["native", "python"])
 def test_all_zero_tensors_a_message_asks_for_stay_within_max_message_bytes(path, monkeypatch):
     """They travel as a shape alone: a few bytes from a peer must not make gigabytes. The limit is
@@ -111,12 +114,12 @@ def test_all_zero_tensors_a_message_asks_for_stay_within_max_message_bytes(path,
         value = pb.Value(tensor_list=True)
         for shape in shapes:
             value.tensors.add(dtype="float32", shape=shape, zeros=True)
-        with pytest.raises(errors.InvalidArgument, match="all-zero tensors would take more than"):
+        with pytest.raises(errors.InvalidArgument, match=ZEROS_REFUSED):
             codec.decode(value, [], 0, None, rrefs=[])
     sparse = pb.Value(tensor_list=True)
     sparse.tensors.add(dtype="float32", shape=[10], sparse=pb.Sparse(layout="sparse_coo", parts=[
         pb.TensorMeta(dtype="int64", shape=[1, 1 << 40], zeros=True), pb.TensorMeta(dtype="float32", shape=[1 << 40], zeros=True)]))
-    with pytest.raises(errors.InvalidArgument, match="all-zero tensors would take more than"):
+    with pytest.raises(errors.InvalidArgument, match=ZEROS_REFUSED):
         codec.decode(sparse, [], 0, None, rrefs=[])  # the parts of a sparse tensor too
 
 
