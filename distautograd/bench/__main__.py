@@ -148,6 +148,8 @@ def main(argv=None) -> int:
                 fw, "backward_chain", names, {"workers": names[1:], "repeats": 20 if quick else 100}))
             row(f"backward through a chain of {n} workers", r, "backward_ms", "ms", False,
                 ("<=", 0.8) if n == 6 else None)
+            if n == lengths[-1]:
+                row(f"  CPU per worker per step, chain of {n}", r, "worker_cpu_ms", "ms", False)
         if len(lengths) > 1:
             first, last = lengths[0], lengths[-1]
             growth = {fw: (chain[last][fw]["backward_ms"] - chain[first][fw]["backward_ms"]) / (last - first)
