@@ -13,9 +13,9 @@ from __future__ import annotations
 import logging
 import os
 
-log = logging.getLogger("distautograd")
-
 import torch  # noqa: F401  (loads libtorch and libc10, which the core links against, before the core)
+
+log = logging.getLogger("distautograd")
 
 try:
     from distautograd import _core as core

@@ -25,14 +25,30 @@ struct Pending {
   py::object object;
 };
 
-// A collected node: its Python object (the key of every dict of the plan) and its children as
-// (the node, its input slot, the index among this node's next edges), resolved to indices afterwards.
+// An edge to a child: the child, its input slot, and the edge's index among the parent's next edges.
+struct Next {
+  NodePtr node;
+  uint32_t slot;
+  size_t index;
+};
+
+// A collected node: its Python object (the key of every dict of the plan), the edges to its
+// children, and the children's indices among the collected nodes (`next` in the same order).
 struct Vertex {
   NodePtr node;
   py::object object;
-  std::vector<std::pair<Node*, std::pair<uint32_t, size_t>>> next;
-  std::vector<size_t> children;  // indices of `next`'s nodes among the collected ones
+  std::vector<Next> next;
+  std::vector<size_t> children;
 };
+
+// What the walk found: the nodes in the order graph.py's _collect inserts them, and each node's index.
+struct Walk {
+  std::vector<Vertex> vertices;
+  std::unordered_map<Node*, size_t> where;
+};
+
+// The sources' reach of one node as bits, one per source, in as many 64-bit words as sources need.
+using Mask = std::vector<uint64_t>;
 
 // The Node behind a grad_fn object, or null when it is not one of torch's.
 NodePtr node_of(PyObject* object) {
@@ -53,9 +69,6 @@ py::object object_of(const NodePtr& node) {
   return py::reinterpret_steal<py::object>(object);
 }
 
-// The sources' reach of one node as bits, one per source, in as many 64-bit words as sources need.
-using Mask = std::vector<uint64_t>;
-
 py::object mask_int(const Mask& mask) {
   if (mask.size() == 1) return py::reinterpret_steal<py::object>(PyLong_FromUnsignedLongLong(mask[0]));
   std::string bytes(mask.size() * 8, '\0');
@@ -66,37 +79,32 @@ py::object mask_int(const Mask& mask) {
       .attr("from_bytes")(py::bytes(bytes), "little");
 }
 
-// Every node the sources reach, in the order engine/graph.py's _collect inserts them.
-std::vector<Vertex> collect(const std::vector<Pending>& starts, PyObject* leaf_type, PyObject* recv_type,
-                            std::unordered_map<Node*, size_t>* where) {
-  std::vector<Vertex> vertices;
+// Every node the sources reach, stopping at leaves and recv points (graph.py's _collect).
+Walk collect(const std::vector<Pending>& starts, PyObject* leaf_type, PyObject* recv_type) {
+  Walk walk;
   std::vector<Pending> stack(starts);
   while (!stack.empty()) {
     Pending pending = std::move(stack.back());
     stack.pop_back();
-    if (where->count(pending.node.get())) continue;
+    if (walk.where.count(pending.node.get())) continue;
     Vertex vertex{pending.node, pending.object ? std::move(pending.object) : object_of(pending.node), {}, {}};
     PyObject* type = reinterpret_cast<PyObject*>(Py_TYPE(vertex.object.ptr()));
-    bool stops = type == leaf_type || type == recv_type;
-    if (!stops) {
+    if (type != leaf_type && type != recv_type) {
       const auto& edges = vertex.node->next_edges();
       for (size_t i = 0; i < edges.size(); ++i) {
-        if (edges[i].function) vertex.next.push_back({edges[i].function.get(), {edges[i].input_nr, i}});
+        if (edges[i].function) vertex.next.push_back({edges[i].function, edges[i].input_nr, i});
       }
     }
-    where->emplace(vertex.node.get(), vertices.size());
-    const auto& edges = vertex.node->next_edges();
-    for (const auto& kid : vertex.next) {
-      if (!where->count(kid.first)) {
-        stack.push_back({edges[kid.second.second].function, py::object()});
-      }
+    walk.where.emplace(vertex.node.get(), walk.vertices.size());
+    for (const Next& kid : vertex.next) {
+      if (!walk.where.count(kid.node.get())) stack.push_back({kid.node, py::object()});
     }
-    vertices.push_back(std::move(vertex));
+    walk.vertices.push_back(std::move(vertex));
   }
-  for (auto& vertex : vertices) {
-    for (const auto& kid : vertex.next) vertex.children.push_back(where->at(kid.first));
+  for (Vertex& vertex : walk.vertices) {
+    for (const Next& kid : vertex.next) vertex.children.push_back(walk.where.at(kid.node.get()));
   }
-  return vertices;
+  return walk;
 }
 
 // Latest-created first among the ready ones, as torch's engine would run them (graph.py's _topological).
@@ -125,63 +133,48 @@ std::vector<size_t> topological(const std::vector<Vertex>& vertices) {
   return order;
 }
 
-}  // namespace
-
-py::object plan_pass_graph(const py::list& sources, const py::handle& leaf_type, const py::handle& recv_type) {
-  std::vector<py::object> keys;
-  std::vector<std::vector<Node*>> source_nodes;
-  std::vector<Pending> starts;
-  for (const auto& item : sources) {
-    py::tuple pair = py::reinterpret_borrow<py::tuple>(item);
-    keys.push_back(py::reinterpret_borrow<py::object>(pair[0]));
-    source_nodes.emplace_back();
-    for (const auto& entry : py::reinterpret_borrow<py::list>(pair[1])) {
-      if (entry.is_none()) continue;
-      NodePtr node = node_of(entry.ptr());
-      if (!node) return py::none();
-      source_nodes.back().push_back(node.get());
-      starts.push_back({node, py::reinterpret_borrow<py::object>(entry)});
-    }
-  }
-  std::unordered_map<Node*, size_t> where;
-  std::vector<Vertex> vertices = collect(starts, leaf_type.ptr(), recv_type.ptr(), &where);
-  std::vector<size_t> order = topological(vertices);
-
-  size_t words = std::max<size_t>(1, (keys.size() + 63) / 64);
-  std::vector<Mask> masks(vertices.size(), Mask(words, 0));
+// Each node's sources: the ones whose edges start at it, and every source of a node above it.
+std::vector<Mask> masks_of(const Walk& walk, const std::vector<size_t>& order,
+                           const std::vector<std::vector<Node*>>& source_nodes, size_t words) {
+  std::vector<Mask> masks(walk.vertices.size(), Mask(words, 0));
   for (size_t k = 0; k < source_nodes.size(); ++k) {
-    for (Node* node : source_nodes[k]) masks[where.at(node)][k / 64] |= uint64_t{1} << (k % 64);
+    for (Node* node : source_nodes[k]) masks[walk.where.at(node)][k / 64] |= uint64_t{1} << (k % 64);
   }
   for (size_t v : order) {
-    for (size_t child : vertices[v].children) {
+    for (size_t child : walk.vertices[v].children) {
       for (size_t w = 0; w < words; ++w) masks[child][w] |= masks[v][w];
     }
   }
+  return masks;
+}
 
+// The plan as PassGraph's attributes, each dict filled in the order graph.py fills it.
+py::tuple as_plan(const Walk& walk, const std::vector<size_t>& order, const std::vector<Mask>& masks,
+                  const std::vector<py::object>& keys, PyObject* leaf_type) {
+  const std::vector<Vertex>& vertices = walk.vertices;
   py::dict children, index, parents, bit, mask, reach;
   py::list order_list, leaves;
-  for (const auto& vertex : vertices) {
+  for (const Vertex& vertex : vertices) {
     py::list kids;
     for (size_t j = 0; j < vertex.children.size(); ++j) {
-      const auto& slot_and_index = vertex.next[j].second;
-      kids.append(py::make_tuple(vertices[vertex.children[j]].object, slot_and_index.first, slot_and_index.second));
+      kids.append(py::make_tuple(vertices[vertex.children[j]].object, vertex.next[j].slot, vertex.next[j].index));
     }
     children[vertex.object] = kids;
   }
+  std::vector<py::list> parents_of(vertices.size());
   for (size_t i = 0; i < order.size(); ++i) {
     const py::object& object = vertices[order[i]].object;
     order_list.append(object);
     index[object] = i;
-    parents[object] = py::list();
+    parents[object] = parents_of[order[i]];
   }
   for (size_t v : order) {
     const Vertex& vertex = vertices[v];
     for (size_t j = 0; j < vertex.children.size(); ++j) {
-      const auto& slot_and_index = vertex.next[j].second;
-      parents[vertices[vertex.children[j]].object].cast<py::list>().append(
-          py::make_tuple(vertex.object, slot_and_index.second, slot_and_index.first));
+      parents_of[vertex.children[j]].append(py::make_tuple(vertex.object, vertex.next[j].index, vertex.next[j].slot));
     }
   }
+  size_t words = masks.empty() ? 1 : masks[0].size();
   std::vector<py::list> reached(keys.size());
   for (size_t k = 0; k < keys.size(); ++k) {
     Mask one(words, 0);
@@ -189,7 +182,6 @@ py::object plan_pass_graph(const py::list& sources, const py::handle& leaf_type,
     bit[keys[k]] = mask_int(one);
     reach[keys[k]] = reached[k];
   }
-  PyObject* leaf = leaf_type.ptr();
   for (size_t v : order) {
     const Vertex& vertex = vertices[v];
     mask[vertex.object] = mask_int(masks[v]);
@@ -198,9 +190,34 @@ py::object plan_pass_graph(const py::list& sources, const py::handle& leaf_type,
         reached[w * 64 + __builtin_ctzll(bits)].append(vertex.object);
       }
     }
-    if (reinterpret_cast<PyObject*>(Py_TYPE(vertex.object.ptr())) == leaf) leaves.append(vertex.object);
+    if (reinterpret_cast<PyObject*>(Py_TYPE(vertex.object.ptr())) == leaf_type) leaves.append(vertex.object);
   }
   return py::make_tuple(children, order_list, index, parents, bit, mask, reach, leaves);
+}
+
+}  // namespace
+
+py::object plan_pass_graph(const py::list& sources, const py::handle& leaf_type, const py::handle& recv_type) {
+  std::vector<py::object> keys;
+  std::vector<std::vector<Node*>> source_nodes;
+  std::vector<Pending> starts;
+  for (const auto& item : sources) {
+    py::tuple pair = item.cast<py::tuple>();
+    keys.push_back(pair[0]);
+    source_nodes.emplace_back();
+    for (const auto& entry : pair[1].cast<py::list>()) {
+      if (entry.is_none()) continue;
+      NodePtr node = node_of(entry.ptr());
+      if (!node) return py::none();
+      source_nodes.back().push_back(node.get());
+      starts.push_back({node, py::reinterpret_borrow<py::object>(entry)});
+    }
+  }
+  Walk walk = collect(starts, leaf_type.ptr(), recv_type.ptr());
+  std::vector<size_t> order = topological(walk.vertices);
+  size_t words = std::max<size_t>(1, (keys.size() + 63) / 64);
+  std::vector<Mask> masks = masks_of(walk, order, source_nodes, words);
+  return as_plan(walk, order, masks, keys, leaf_type.ptr());
 }
 
 }  // namespace distautograd::native
