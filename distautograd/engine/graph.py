@@ -7,8 +7,8 @@ reaches it has delivered: only then has it all its gradient, and only then may i
 node runs exactly once however many sources meet in it.
 
 Where the compiled core is built, it plans the same graph over torch's Nodes directly
-(native/csrc/pass_graph.cpp: the walk 4x faster warm, the whole PassGraph 2x); the Python planner here is the reference it is
-tested against and the fallback.
+(native/csrc/pass_graph.cpp: the walk 4x faster warm, the whole PassGraph 2x); the Python planner
+here is the reference it is tested against and the fallback.
 """
 
 from __future__ import annotations

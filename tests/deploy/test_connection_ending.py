@@ -2,13 +2,13 @@
 kernel told: the reading thread, or a sender that was told only EPIPE (the partition test's coordinator
 once called a partitioned worker dead this way)."""
 
-import shutil
 import subprocess
 import sys
 
 import pytest
 
 from distautograd import netns
+from tests.helpers.programs import NEEDS_IPTABLES
 
 REASON = netns.available()
 pytestmark = [pytest.mark.netns, pytest.mark.skipif(REASON is not None, reason=f"{REASON}")]
@@ -25,7 +25,7 @@ def rounds(how: str) -> list:
     return lines
 
 
-@pytest.mark.skipif(shutil.which("iptables") is None, reason="needs Debian's iptables (the README's test command installs it)")
+@NEEDS_IPTABLES
 def test_a_cut_connection_is_unreachable_though_a_sender_saw_epipe_first():
     for line in rounds("cut"):
         assert line.startswith("Unreachable: peer is unreachable: its connection timed out"), line

@@ -4,7 +4,6 @@ over the gRPC stream instead, with torch's gradient."""
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +12,7 @@ import pytest
 
 from distautograd import netns
 from distautograd.testing import run_together
+from tests.helpers.programs import NEEDS_IPTABLES
 
 ROOT = Path(__file__).resolve().parents[2]
 PROGRAM = ROOT / "tests" / "programs" / "fallback" / "main.py"
@@ -21,7 +21,7 @@ pytestmark = [pytest.mark.netns, pytest.mark.skipif(REASON is not None, reason=f
 GRPC_PORT = "29600"
 
 
-@pytest.mark.skipif(shutil.which("iptables") is None, reason="needs Debian's iptables (the README's test command installs it)")
+@NEEDS_IPTABLES
 def test_a_firewalled_socket_port_falls_back_to_grpc():
     with netns.Network(["alpha", "beta"]) as network:
         firewall = ["iptables", "-A", "INPUT", "-p", "tcp", "--syn", "!", "--dport", GRPC_PORT, "-j", "DROP"]

@@ -14,7 +14,6 @@ import json
 import os
 import re
 import secrets
-import shutil
 import sys
 import tempfile
 import time
@@ -24,6 +23,7 @@ import pytest
 
 from distautograd import netns
 from distautograd.testing import Process
+from tests.helpers.programs import NEEDS_IPTABLES
 
 ROOT = Path(__file__).resolve().parents[2]
 PROGRAM = ROOT / "tests" / "programs" / "partition" / "main.py"
@@ -134,7 +134,7 @@ def test_clean_steps_equal_one_process_bit_for_bit(cluster):
     assert_exact(steps)
 
 
-@pytest.mark.skipif(shutil.which("iptables") is None, reason="needs Debian's iptables (the README's test command installs it)")
+@NEEDS_IPTABLES
 def test_random_loss_on_every_link_keeps_every_gradient_exact_and_kills_nobody(cluster):
     """2% of the packets arriving at every host dropped for 10 s: TCP retransmits, steps slow down, the
     arithmetic does not change and nobody is declared dead or unreachable."""
@@ -201,7 +201,7 @@ def test_the_coordinators_partition_stops_no_training_and_kills_nobody(cluster):
     print(f"worker1 joined again {time.monotonic() - joined:.1f} s after the checks above")
 
 
-@pytest.mark.skipif(shutil.which("iptables") is None, reason="needs Debian's iptables (the README's test command installs it)")
+@NEEDS_IPTABLES
 def test_one_way_loss_fails_steps_only_while_it_lasts(cluster):
     began, healed = fault(lambda role, on: cluster.network.drop_outgoing(role, not on), "worker1", 5)
     after = cluster.good_steps_after(healed, 10, 40)
