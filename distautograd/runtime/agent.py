@@ -98,13 +98,13 @@ class Agent:
             "push_gradients": (self.backward.handle_push, True),  # runs the engine here: no hand-off
             "run_backward": (self.backward.handle_run, True),
             "pass_finished": (self.backward.handle_finished, True),
-            "abort_backward": (self.backward.handle_abort, True),
+            "abort_backward": (self.backward.failures.handle_abort, True),
             "reach": (self.backward.handle_reach, False),
             "open_contexts": (self.reconciler.handle_open_contexts, True),
         }, submit=self.pool.submit, calls=Shares("requests", options.peer_calls, options.peer_calls * 4),
             data=Shares("bytes of tensors", options.peer_bytes))
         self.peers.deliver = self.dispatcher
-        self.peers.lost.append(self.backward.on_peer_lost)
+        self.peers.lost.append(self.backward.failures.on_peer_lost)
         self.peers.lost.append(self.reconciler.on_lost)
         self.rank = -1
         self.address = ""

@@ -7,8 +7,8 @@ receives, every participant runs its part as gradients arrive (engine.local_pass
 gradients of its recv points straight to the workers that sent those tensors, and reports to the
 root when its part is done. The pass ends when every participant has reported. Any error there,
 a worker that dies (the root hears it from the coordinator), or the time running out, aborts the
-pass everywhere and fails the caller naming the worker. The coordinator hears of every pass's
-start and end, and aborts passes whose participants die.
+pass everywhere and fails the caller naming the worker (runtime.pass_failures). The coordinator
+hears of every pass's start and end, and aborts passes whose participants die.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ from distautograd.ids import IdMint, rank_of
 from distautograd.protocol.v1 import messages_pb2 as pb
 from distautograd.runtime.codec import Codec
 from distautograd.runtime.contexts import Context, ContextStore
+from distautograd.runtime.pass_failures import PassFailures
 from distautograd.runtime.pass_state import Drive, Part, Passes, PassKey
 from distautograd.runtime.peers import COORDINATOR, Peers
 from distautograd.runtime.reach import Reach
@@ -65,13 +66,13 @@ class Backward:
         self._contexts = contexts
         self._codec = codec
         self._deadlines = deadlines
-        self._label = label
         self._timeout = timeout
         self._resolve_type = resolve_type
         self._reach = Reach(mint, peers, contexts, timeout)
         self.handle_reach = self._reach.handle_reach
         self._passes = Passes(lambda: mint.rank)
-        contexts.on_release.append(self._context_released)
+        self.failures = PassFailures(name, mint, peers, self._passes, label, resolve_type)
+        contexts.on_release.append(self.failures.context_released)
 
     @property
     def rank(self) -> int:
@@ -125,7 +126,7 @@ class Backward:
         self._tell_coordinator(pb.PassEvent(context_id=ctx.id, pass_id=pass_id,
                                             participants=sorted(drive.participants)))
         timeout = self._timeout()
-        expiry = self._deadlines.schedule(timeout, lambda: self._expire(drive, timeout)) if timeout else None
+        expiry = self._deadlines.schedule(timeout, lambda: self.failures.expire(drive, timeout)) if timeout else None
         try:
             with torch.autograd.profiler.record_function(BACKWARD_NAME) if profiled else contextlib.nullcontext():
                 if len(active) > PLAN_INLINE_LIMIT:
@@ -139,10 +140,10 @@ class Backward:
                 drive.result.result()
             return part.captured
         except BaseException as exc:
-            self._fail(drive, exc)
+            self.failures.fail(drive, exc)
             if not isinstance(exc, Exception):
                 raise  # Ctrl-C, SystemExit: the pass stops everywhere and they go on as they are
-            raised = self._as_raised(drive, exc)
+            raised = self.failures.as_raised(drive, exc)
             raise raised from raised.__cause__
         finally:
             if expiry is not None:
@@ -375,7 +376,7 @@ class Backward:
         if drive is None:
             return
         if error is not None:
-            self._fail(drive, error)
+            self.failures.fail(drive, error)
             return
         with drive.lock:
             drive.waiting.discard(rank)
@@ -384,95 +385,6 @@ class Backward:
             done = not drive.waiting
         if done and not drive.result.done():
             drive.result.set_result(None)
-
-    # ------------------------------------------------------------------ failures
-
-    def _fail(self, drive: Drive, error: BaseException) -> None:
-        with drive.lock:
-            if drive.result.done():
-                return
-            drive.result.set_exception(error)
-        key = (drive.ctx.id, drive.pass_id)
-        part = self._passes.part(key)
-        if part is not None:
-            self._close(part)
-        abort = pb.Request(abort_backward=pb.AbortBackward(
-            context_id=drive.ctx.id, pass_id=drive.pass_id, error=errors.to_proto(error, self.name)))
-        for rank in drive.participants - {self.rank}:
-            try:
-                self._peers.notify(rank, abort)
-            except Exception:  # a participant that is gone has nothing to stop
-                pass
-
-    def _close(self, part: Part) -> None:
-        with part.lock:
-            part.closed = True
-            local = part.local
-        part.unwatch()
-        if local is not None:
-            local.close()
-
-    def handle_abort(self, link, body: pb.AbortBackward, attachments) -> None:
-        key = (body.context_id, body.pass_id)
-        drive = self._passes.drive(key)
-        if drive is not None:  # the coordinator says a participant died
-            self._fail(drive, errors.from_proto(body.error, self._resolve_type))
-            return
-        part = self._passes.end(key)
-        if part is not None:
-            self._close(part)
-
-    def _expire(self, drive: Drive, timeout: float) -> None:
-        with drive.lock:
-            waiting = sorted(drive.waiting)
-        names = ", ".join(self._label(rank) for rank in waiting) or "nobody"
-        self._fail(drive, errors.DeadlineExceeded(
-            f"the backward pass of context {drive.ctx.id} did not finish within {timeout:g} s; "
-            f"still waiting for {names}"))
-
-    def on_departed(self, departure: pb.Departure) -> None:
-        """A worker left or died: passes it takes part in fail, passes it drives stop here."""
-        drives = [d for d in self._passes.drives() if departure.rank in d.participants]
-        parts = self._passes.of_root(departure.rank)
-        how = "died" if departure.failed else "left"
-        for drive in drives:
-            self._fail(drive, errors.Unavailable(
-                f"worker '{departure.name}' (rank {departure.rank}) {how} during the backward pass of context "
-                f"{drive.ctx.id}: {departure.reason}", worker=departure.name))
-        for part in parts:
-            self._close(part)
-
-    def on_peer_lost(self, rank: int, error: BaseException) -> None:
-        """A connection to ``rank`` broke: gradients may have been lost with it, so the passes this
-        worker drives that need it stop now, naming it (nothing it holds is released for this)."""
-        for drive in self._passes.drives():
-            if rank in drive.participants and rank != self.rank:
-                kind = errors.Unreachable if isinstance(error, errors.Unreachable) else errors.Unavailable
-                self._fail(drive, kind(f"the backward pass of context {drive.ctx.id} lost {self._label(rank)}: "
-                                       f"{error}", worker=self._peers.world.name_of(rank)))
-
-    def _context_released(self, context_id: int) -> None:
-        for part in self._passes.of_context(context_id):
-            self._close(part)
-
-    def _as_raised(self, drive: Drive, exc: BaseException) -> BaseException:
-        """What the caller of backward gets: an exception a backward function raised, on any worker
-        (this one too), becomes RuntimeError("Error on Node N: ...") as torch's, naming the worker,
-        with the original as its cause; the runtime's own errors (a worker died, a timeout) are
-        RuntimeErrors already."""
-        if isinstance(exc, errors.RpcError):
-            return exc
-        worker = getattr(exc, "worker", None)
-        if worker is None:  # raised by a backward function here, on the root
-            worker, rank = self.name, self.rank
-        else:
-            rank = self._peers.world.rank_of(worker)
-        message, _, rest = str(exc).partition("\n\nRaised on ")
-        raised = RuntimeError(
-            f"Error on Node {rank}: {message}\n\n{type(exc).__name__} raised on worker '{worker}' (rank {rank}) "
-            f"during the backward pass of context {drive.ctx.id}" + (f"; {rest}" if rest else ""))
-        raised.__cause__ = exc
-        return raised
 
     def _tell_coordinator(self, event: pb.PassEvent) -> None:
         try:

@@ -70,4 +70,4 @@ class Notices:
             )
             self._rrefs.on_departed(gone.rank)
             self._contexts.on_departed(gone.rank)
-            self._backward.on_departed(gone)
+            self._backward.failures.on_departed(gone)

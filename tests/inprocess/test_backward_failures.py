@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from distautograd import errors
-from distautograd.runtime.backward import Backward
+from distautograd.runtime.pass_failures import PassFailures
 from distautograd.runtime.pass_state import Drive
 from tests.helpers.inprocess import AGENTS, World, backward, backward_in_thread, call, context, gradients
 from tests.helpers.spies import Spy
@@ -122,7 +122,7 @@ def test_a_timeout_with_every_part_reported_names_nobody():
         with context("n0") as ctx:
             drive = Drive(ctx, 1, {0})
             drive.waiting.clear()  # every part has reported
-            AGENTS["n0"].backward._expire(drive, 0.5)
+            AGENTS["n0"].backward.failures.expire(drive, 0.5)
             assert isinstance(drive.result.exception(), errors.DeadlineExceeded)
             assert str(drive.result.exception()) == (f"the backward pass of context {ctx.id} did not finish within "
                                                      "0.5 s; still waiting for nobody")
@@ -215,8 +215,8 @@ def test_a_participant_the_root_never_talked_to_declared_dead_fails_the_pass_nam
     hears it twice, by the world's departure notice and by the coordinator's abort of the passes q2
     took part in; each alone fails the pass at once, naming q2 (the other is switched off here)."""
     off = "handle_abort" if heard_by == "departure notice" else "on_departed"
-    original = getattr(Backward, off)
-    monkeypatch.setattr(Backward, off, lambda self, *args: None if self.name == "q0" else original(self, *args))
+    original = getattr(PassFailures, off)
+    monkeypatch.setattr(PassFailures, off, lambda self, *args: None if self.name == "q0" else original(self, *args))
     names = ["q0", "q1", "q2"]
     world = World(names, rpc_timeout=30)
     try:
@@ -246,7 +246,7 @@ def test_a_participant_the_root_never_talked_to_declared_dead_fails_the_pass_nam
 def test_a_graceful_departure_mid_pass_says_left(monkeypatch):
     """Heard by the departure notice alone (the coordinator's abort is switched off at the root): a
     participant that left, not died, is named as having left."""
-    monkeypatch.setattr(Backward, "handle_abort", lambda self, *args: None)
+    monkeypatch.setattr(PassFailures, "handle_abort", lambda self, *args: None)
     world = World(["g0", "g1", "g2"], rpc_timeout=30)
     try:
         x = torch.randn(3, requires_grad=True)
@@ -265,7 +265,7 @@ def test_a_participant_whose_root_departs_takes_its_parts_off_at_once(monkeypatc
     """h1 is the root, h2 waits in a slow node of its part; h1 is declared dead. h2 hears it by the
     departure notice alone (the coordinator's abort is switched off) and takes the part off there
     and then, not when its node ends (the wave already running still pushes what it makes)."""
-    monkeypatch.setattr(Backward, "handle_abort", lambda self, *args: None)
+    monkeypatch.setattr(PassFailures, "handle_abort", lambda self, *args: None)
     world = World(["h0", "h1", "h2"], rpc_timeout=3)
     try:
         x = torch.randn(3, requires_grad=True)

@@ -13,7 +13,7 @@ import torch
 from distautograd import errors
 from distautograd.ids import rank_of
 from distautograd.runtime import backward as backward_module, inspection
-from distautograd.runtime.backward import Backward
+from distautograd.runtime.pass_failures import PassFailures
 from tests.helpers.inprocess import AGENTS, World, backward, backward_in_thread, call, context, gradients
 
 NAMES = ["r0", "r1", "r2"]
@@ -120,8 +120,8 @@ def test_a_part_whose_root_departs_runs_nothing_more_not_even_what_already_arriv
     off, and when the waiting node returns (its gradient goes to r0, alive) the part stops there; the
     second node never runs. Heard by the departure notice alone or by the coordinator's abort alone."""
     off = "handle_abort" if heard_by == "departure notice" else "on_departed"
-    original = getattr(Backward, off)
-    monkeypatch.setattr(Backward, off, lambda self, *args: None if self.name == "r2" else original(self, *args))
+    original = getattr(PassFailures, off)
+    monkeypatch.setattr(PassFailures, off, lambda self, *args: None if self.name == "r2" else original(self, *args))
     ENTERED.clear(), RELEASE.clear(), RAN_AFTER.clear()
     world = World(NAMES + ["r3"], rpc_timeout=2)
     try:
