@@ -78,7 +78,7 @@ def main(argv=None) -> int:
     rounds = args.rounds or (1 if quick else 3)
     selected = set(args.only or ["latency", "transfer", "netns", "pipeline", "ps", "chain", "hops", "memory"])
     from distautograd import native, netns
-    from distautograd.bench import iperf, workloads
+    from distautograd.bench import iperf, memory, workloads
 
     print(f"distautograd: {native.built()}", file=sys.stderr)
 
@@ -167,18 +167,12 @@ def main(argv=None) -> int:
                 with _on_path(path):
                     hop_rounds.setdefault(path, []).append(run_world(
                         "distautograd", "hop_breakdown", names, {"workers": names[1:], "repeats": 20 if quick else 100}))
-    memory_report = []
+    memory_run = None  # (results, processes, checkpoints)
     if "memory" in selected:
-        steps = 300 if quick else 10_000
-        first = 30 if quick else 1_000
+        steps = memory.checkpoints(30, 300) if quick else memory.checkpoints(1_000, 10_000)
         names = ["trainer", "worker1", "worker2", "worker3"]
-        r = measure("memory over a long run", 1, lambda fw: run_world(
-            fw, "memory_over_steps", names, {"steps": steps, "checkpoints": [first, steps]}))
-        for fw in FRAMEWORKS:
-            for name in names:
-                a, b = r[fw][f"{name}@{first}"], r[fw][f"{name}@{steps}"]
-                memory_report.append((fw, name, a, b, (b - a) / a * 100))
-        flat = all(abs(growth) <= 5 for fw, _, _, _, growth in memory_report if fw == "distautograd")
+        memory_run = (measure("memory over a long run", 1, lambda fw: run_world(
+            fw, "memory_over_steps", names, {"steps": steps[-1], "checkpoints": steps})), names, steps)
 
     print(f"\nmedians of {rounds} alternating round(s), {time.monotonic() - started:.0f} s in all; "
           f"ratio = distautograd / torch.distributed.rpc\n")
@@ -194,14 +188,8 @@ def main(argv=None) -> int:
               f"{on:.2f} ms with ({(on - off) / off * 100:+.0f}%); off, tracing costs one flag test per call")
     if hop_rounds:
         _print_hops(hop_rounds, chain)
-    if memory_report:
-        print(f"\nresident memory (MiB) at step {first} and step {steps}:\n")
-        print("| framework | process | first | last | growth |")
-        print("|---|---|---|---|---|")
-        for fw, name, a, b, growth in memory_report:
-            print(f"| {fw} | {name} | {a:.0f} | {b:.0f} | {growth:+.1f}% |")
-        print(f"\ntarget: distautograd's resident memory flat (within 5%) from step {first} on: "
-              f"{'met' if flat else 'not met'}")
+    if memory_run:
+        memory.report(memory_run[0], FRAMEWORKS, memory_run[1], memory_run[2])
     return 0
 
 

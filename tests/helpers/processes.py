@@ -14,7 +14,10 @@ from distautograd.runtime.rendezvous import free_port  # noqa: F401  (one helper
 
 
 def child_env(extra: Optional[dict] = None) -> dict:
-    return dict(os.environ, PYTHONPATH=os.getcwd(), **(extra or {}))
+    """This environment, with the repository first on PYTHONPATH (what was there stays after it, as
+    distautograd.testing does for the cluster's processes: the sanitized tier puts its start-up hook there)."""
+    path = os.pathsep.join(p for p in (os.getcwd(), os.environ.get("PYTHONPATH", "")) if p)
+    return dict(os.environ, PYTHONPATH=path, **(extra or {}))
 
 
 def run_python(code: str, timeout: float = 60, env: Optional[dict] = None) -> subprocess.CompletedProcess:
