@@ -18,7 +18,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 from torch.autograd.graph import GradientEdge
 
 from distautograd import native
-from distautograd.engine.nodes import LEAF_NODE, RECV_NODE, is_leaf, recv_points
+from distautograd.engine.nodes import LEAF_NODE, RECV_TYPES, is_leaf, recv_points
 
 ROOTS = 0
 
@@ -34,7 +34,7 @@ class PassGraph:
         planned = None
         if native_plan if native_plan is not None else native.path_on():
             planned = native.core.plan_pass_graph(
-                [(key, [edge.node for edge in edges]) for key, edges in self.sources.items()], LEAF_NODE, RECV_NODE)
+                [(key, [edge.node for edge in edges]) for key, edges in self.sources.items()], LEAF_NODE, RECV_TYPES)
         if planned is not None:
             (self.children, self.order, self.index, self.parents, self.bit, self.mask, self.reach,
              self.leaves) = planned

@@ -4,6 +4,8 @@ A recv point is a tensor that arrived from another worker inside a context. As i
 tensors that requiring grad arrived in one message share one RecvRpcBackward node, output i
 being tensor i's recv point. Its backward records the gradient each got (after the tensors'
 hooks) for the pass to send back; run by plain local autograd, it explains what to do instead.
+On the native path the node is C++ (native/csrc/recv_node.cpp: torch's engine runs it without
+the GIL); on the Python path it is the autograd.Function below. A recording collects from both.
 Each such node hangs off an anchor of its own: capturing that anchor is how a pass asks torch to
 run exactly the recv nodes that are complete, and no other. No recv node can wait on gradient
 that only its own pushes set off: whatever a message's tensors were made from was made before
@@ -13,11 +15,13 @@ it was sent, so gradient pushed for one of them never comes back to another.
 from __future__ import annotations
 
 import threading
-from typing import Any, Dict, List, Optional, Sequence
+import weakref
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import torch
 from torch.autograd.graph import GradientEdge, get_gradient_edge
 
+from distautograd import native
 from distautograd.engine import order
 
 _recording = threading.local()
@@ -52,8 +56,12 @@ class RecvRpc(torch.autograd.Function):
 
 RECV_NODE = RecvRpc._backward_cls
 RECV_NODE.__name__ = RECV_NODE.__qualname__ = RECV_NAME = "torch::distributed::autograd::RecvRpcBackward"
+NATIVE_RECV_NODE = native.core.RecvNode if native.core is not None else None
+RECV_TYPES = (RECV_NODE,) if NATIVE_RECV_NODE is None else (RECV_NODE, NATIVE_RECV_NODE)
 SEND_NAME = "torch::distributed::autograd::SendRpcBackward"
 LEAF_NODE = type(get_gradient_edge(torch.empty(0, requires_grad=True)).node)
+if native.core is not None:
+    native.core.set_local_backward_error(LOCAL_BACKWARD_ERROR)
 
 
 def is_leaf(node) -> bool:
@@ -62,17 +70,27 @@ def is_leaf(node) -> bool:
 
 def recv_points(node) -> Optional[List[Any]]:
     """The recv points of a RecvRpcBackward node (one per output), or None for any other node."""
-    return node.points if type(node) is RECV_NODE else None
+    return node.points if type(node) in RECV_TYPES else None
 
 
 def make_recv(tensors: Sequence[torch.Tensor], points: Sequence) -> tuple:
     """``tensors`` as the outputs of one new RecvRpcBackward node, output i being ``points[i]``;
     returns them and the edge of the node's anchor."""
-    anchor = torch.empty(0, requires_grad=True)
-    outs = RecvRpc.apply(anchor, [list(tensors), list(points)])
-    outs = outs if isinstance(outs, tuple) else (outs,)
+    if native.path_on():
+        outs, accumulate = native.core.make_recv_node(list(tensors), [p.message_id for p in points], list(points))
+        anchor = GradientEdge(accumulate, 0)
+    else:
+        leaf = torch.empty(0, requires_grad=True)
+        outs = RecvRpc.apply(leaf, [list(tensors), list(points)])
+        outs = outs if isinstance(outs, tuple) else (outs,)
+        anchor = get_gradient_edge(leaf)
     order.place([outs[0].grad_fn])  # made on this thread, which may not be the one that uses it
-    return outs, get_gradient_edge(anchor)
+    return outs, anchor
+
+
+def weak_ref(node) -> Callable[[], Any]:
+    """A weak reference to a recv node: weakref's for the Python one, the core's for the C++ one."""
+    return weakref.ref(node) if type(node) is RECV_NODE else native.core.WeakNode(node)
 
 
 def gradient_edge(tensor: torch.Tensor) -> GradientEdge:
@@ -88,12 +106,18 @@ def gradient_edge(tensor: torch.Tensor) -> GradientEdge:
 
 
 class recording:
-    """Collects, in this thread, the gradients recv points get while torch's engine runs them."""
+    """Collects, in this thread, the gradients recv points get while torch's engine runs them
+    (the C++ ones' are added when the block ends)."""
 
     def __enter__(self) -> Dict[int, Any]:
         self.previous = getattr(_recording, "sink", None)
-        _recording.sink = {}
-        return _recording.sink
+        self.sink = _recording.sink = {}
+        self.native = native.core.Recording() if native.core is not None else None
+        if self.native is not None:
+            self.native.open()
+        return self.sink
 
     def __exit__(self, *exc) -> None:
+        if self.native is not None:
+            self.sink.update(self.native.close())
         _recording.sink = self.previous

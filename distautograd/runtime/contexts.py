@@ -13,8 +13,7 @@ import collections
 import logging
 import threading
 import time
-import weakref
-from typing import Callable, Dict, List, NamedTuple, Optional, Sequence, Set, Tuple
+from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence, Set, Tuple
 
 import torch
 from torch.autograd.graph import GradientEdge
@@ -58,7 +57,7 @@ class RecvPoint:
         self.activation = activation
         self.context_id = context_id
         self.anchor: Optional[GradientEdge] = None
-        self.node: Optional[weakref.ref] = None  # its message's RecvRpcBackward, while the graph holds it
+        self.node: Optional[Callable[[], Any]] = None  # its message's RecvRpcBackward, while the graph holds it
 
 
 class SendFunction:
@@ -233,7 +232,7 @@ class ContextStore:
         points = [RecvPoint(message_id, src, activations.of_recv(message_id, sent), ctx.id)
                   for _, message_id, sent in arrived]
         outs, anchor = nodes.make_recv([tensor for tensor, _, _ in arrived], points)
-        node = weakref.ref(outs[0].grad_fn)
+        node = nodes.weak_ref(outs[0].grad_fn)
         for point in points:
             point.anchor, point.node = anchor, node
         with ctx.lock:

@@ -1,6 +1,11 @@
-"""Recv points and gradient edges: the nodes a pass adds to torch's graph and how it finds edges."""
+"""Recv points and gradient edges: the nodes a pass adds to torch's graph and how it finds edges.
 
+Every test runs with both recv nodes: the core's C++ node (the native path) and the Python autograd.Function."""
+
+import gc
 import re
+import sys
+import threading
 import types
 
 import pytest
@@ -8,11 +13,72 @@ import torch
 
 from torch.autograd.graph import get_gradient_edge
 
-from distautograd.engine import execution, nodes
+from distautograd import native
+from distautograd.engine import execution, nodes, order
+
+PATHS = ["native", "python"] if native.core is not None else ["python"]
+
+
+@pytest.fixture(autouse=True, params=PATHS)
+def path(request, monkeypatch):
+    monkeypatch.setenv("DISTAUTOGRAD_NATIVE_PATH", "1" if request.param == "native" else "0")
+    return request.param
 
 
 def point(message_id):
     return types.SimpleNamespace(message_id=message_id)
+
+
+def test_each_path_makes_its_own_recv_node_and_both_are_recv_nodes(path):
+    (x,), anchor = nodes.make_recv([torch.ones(2)], [point(1)])
+    expected = nodes.NATIVE_RECV_NODE if path == "native" else nodes.RECV_NODE
+    assert type(x.grad_fn) is expected and type(x.grad_fn) in nodes.RECV_TYPES
+    assert type(x.grad_fn).__name__ == nodes.RECV_NAME
+    assert x.grad_fn.next_functions[0] == (anchor.node, 0) and nodes.is_leaf(anchor.node)
+    assert x.grad_fn._sequence_nr() >= order.BASE  # placed: it was made on this thread
+
+
+def test_tensor_hooks_on_a_received_tensor_run_before_its_gradient_is_recorded():
+    (x,), anchor = nodes.make_recv([torch.ones(2)], [point(3)])
+    x.register_hook(lambda grad: grad * 10)
+    with nodes.recording() as sink:
+        torch.autograd.backward([(x * 2).sum()], inputs=[anchor])
+    assert torch.equal(sink[3], torch.full((2,), 20.0))
+
+
+def test_one_recording_collects_from_both_kinds_of_recv_node_in_one_graph(monkeypatch):
+    if native.core is None:
+        pytest.skip("the compiled core is not built")
+    monkeypatch.setenv("DISTAUTOGRAD_NATIVE_PATH", "1")
+    (a,), anchor_a = nodes.make_recv([torch.ones(2)], [point(1)])
+    monkeypatch.setenv("DISTAUTOGRAD_NATIVE_PATH", "0")
+    (b,), anchor_b = nodes.make_recv([torch.ones(2)], [point(2)])
+    assert type(a.grad_fn) is not type(b.grad_fn)
+    with nodes.recording() as sink:
+        torch.autograd.backward([(a * 3 + b * 5).sum()], inputs=[anchor_a, anchor_b])
+    assert torch.equal(sink[1], torch.full((2,), 3.0)) and torch.equal(sink[2], torch.full((2,), 5.0))
+
+
+def test_a_weak_reference_to_a_recv_node_lets_it_go_with_its_graph():
+    (x,), _ = nodes.make_recv([torch.ones(2)], [point(1)])
+    ref = nodes.weak_ref(x.grad_fn)
+    assert ref() is x.grad_fn and nodes.recv_points(ref()) == [point(1)]
+    del x
+    gc.collect()
+    assert ref() is None
+
+
+def test_a_recv_node_lets_its_points_go_when_it_goes_on_another_thread():
+    held = point(1)
+    alone = sys.getrefcount(held)
+    (x,), _ = nodes.make_recv([torch.ones(2)], [held])
+    assert sys.getrefcount(held) == alone + 1  # the node's list of points
+    box = [x]
+    del x
+    thread = threading.Thread(target=box.clear)  # the last reference to the graph goes on that thread
+    thread.start()
+    thread.join(10)
+    assert sys.getrefcount(held) == alone
 
 
 def test_a_recv_node_hands_each_outputs_gradient_to_its_point_and_none_stays_none():

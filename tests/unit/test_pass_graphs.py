@@ -129,8 +129,8 @@ def test_leaves_and_recv_points_stop_the_walk():
 
 
 def test_an_object_torch_did_not_make_is_left_to_python():
-    assert native.core.plan_pass_graph([(1, [object()])], nodes.LEAF_NODE, nodes.RECV_NODE) is None
-    assert native.core.plan_pass_graph([(1, [None])], nodes.LEAF_NODE, nodes.RECV_NODE) is not None
+    assert native.core.plan_pass_graph([(1, [object()])], nodes.LEAF_NODE, nodes.RECV_TYPES) is None
+    assert native.core.plan_pass_graph([(1, [None])], nodes.LEAF_NODE, nodes.RECV_TYPES) is not None
 
 
 def test_the_native_planner_is_the_default_on_the_native_path(monkeypatch):

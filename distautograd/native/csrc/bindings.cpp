@@ -12,6 +12,7 @@
 #include "futures.h"
 #include "gil.h"
 #include "pass_graph.h"
+#include "recv_node.h"
 #include "remote_events.h"
 #include "tensor_codec.h"
 #include "thread_state.h"
@@ -159,9 +160,24 @@ PYBIND11_MODULE(_core, m) {
         pybind11::arg("attachments"), pybind11::arg("zeros_limit"),
         "The list of tensors and Nones a serialized Value describes; None when it is not the common case.");
   m.def("plan_pass_graph", &distautograd::native::plan_pass_graph, pybind11::arg("sources"),
-        pybind11::arg("leaf_type"), pybind11::arg("recv_type"),
+        pybind11::arg("leaf_type"), pybind11::arg("recv_types"),
         "(children, order, index, parents, bit, mask, reach, leaves) of a pass's graph over torch's Nodes, as "
         "engine/graph.py plans it; None when a node is not torch's.");
+  distautograd::native::add_recv_node_type(m);
+  m.def("make_recv_node", &distautograd::native::make_recv_node, pybind11::arg("tensors"), pybind11::arg("message_ids"),
+        pybind11::arg("points"),
+        "(the tensors as outputs of one new RecvNode, its anchor's AccumulateGrad); output i is points[i].");
+  m.def("set_local_backward_error", &distautograd::native::set_local_backward_error, pybind11::arg("message"),
+        "What a RecvNode raises when a backward runs it with no recording open.");
+  pybind11::class_<distautograd::native::Recording>(m, "Recording",
+                                                   "Gradients RecvNodes get on this thread while it is open.")
+      .def(pybind11::init<>())
+      .def("open", &distautograd::native::Recording::open, "Opens it on this thread (inside any open before).")
+      .def("close", &distautograd::native::Recording::close, "Closes it; {message id: gradient or None}.");
+  pybind11::class_<distautograd::native::WeakNode>(m, "WeakNode",
+                                                  "A weak reference to an autograd node, which weakref cannot make.")
+      .def(pybind11::init<const pybind11::handle&>(), pybind11::arg("grad_fn"))
+      .def("__call__", &distautograd::native::WeakNode::operator(), "The node, or None once it is gone.");
   m.def("fail_future", &distautograd::native::fail_future, pybind11::arg("future"), pybind11::arg("exception"),
         "Fails a torch Future with a Python exception, as torch's RPC fails its own.");
   m.def("legacy_profiler_config", &distautograd::native::legacy_profiler_config,

@@ -2,8 +2,7 @@
 // engine/graph.py's algorithm step for step, so the dicts it returns are PassGraph's, order included.
 #include "pass_graph.h"
 
-#include <torch/csrc/autograd/python_cpp_function.h>
-#include <torch/csrc/autograd/python_function.h>
+#include "torch_nodes.h"
 
 #include <algorithm>
 #include <cstdint>
@@ -17,7 +16,6 @@ namespace {
 
 namespace py = pybind11;
 using torch::autograd::Node;
-using NodePtr = c10::intrusive_ptr<Node>;
 
 // A node met while walking, and its Python object when one is already at hand.
 struct Pending {
@@ -50,25 +48,6 @@ struct Walk {
 // The sources' reach of one node as bits, one per source, in as many 64-bit words as sources need.
 using Mask = std::vector<uint64_t>;
 
-// The Node behind a grad_fn object, or null when it is not one of torch's.
-NodePtr node_of(PyObject* object) {
-  if (torch::autograd::THPCppFunction_Check(object)) {
-    return reinterpret_cast<torch::autograd::THPCppFunction*>(object)->cdata;
-  }
-  int is_function = PyObject_IsInstance(object, reinterpret_cast<PyObject*>(&THPFunctionType));
-  if (is_function < 0) {
-    PyErr_Clear();
-    return {};
-  }
-  return is_function ? reinterpret_cast<THPFunction*>(object)->cdata : NodePtr();
-}
-
-py::object object_of(const NodePtr& node) {
-  PyObject* object = torch::autograd::functionToPyObject(node);
-  if (object == nullptr) throw py::error_already_set();
-  return py::reinterpret_steal<py::object>(object);
-}
-
 py::object mask_int(const Mask& mask) {
   if (mask.size() == 1) return py::reinterpret_steal<py::object>(PyLong_FromUnsignedLongLong(mask[0]));
   std::string bytes(mask.size() * 8, '\0');
@@ -80,7 +59,7 @@ py::object mask_int(const Mask& mask) {
 }
 
 // Every node the sources reach, stopping at leaves and recv points (graph.py's _collect).
-Walk collect(const std::vector<Pending>& starts, PyObject* leaf_type, PyObject* recv_type) {
+Walk collect(const std::vector<Pending>& starts, PyObject* leaf_type, const std::vector<PyObject*>& recv_types) {
   Walk walk;
   std::vector<Pending> stack(starts);
   while (!stack.empty()) {
@@ -89,7 +68,8 @@ Walk collect(const std::vector<Pending>& starts, PyObject* leaf_type, PyObject* 
     if (walk.where.count(pending.node.get())) continue;
     Vertex vertex{pending.node, pending.object ? std::move(pending.object) : object_of(pending.node), {}, {}};
     PyObject* type = reinterpret_cast<PyObject*>(Py_TYPE(vertex.object.ptr()));
-    if (type != leaf_type && type != recv_type) {
+    bool ends = type == leaf_type || std::find(recv_types.begin(), recv_types.end(), type) != recv_types.end();
+    if (!ends) {
       const auto& edges = vertex.node->next_edges();
       for (size_t i = 0; i < edges.size(); ++i) {
         if (edges[i].function) vertex.next.push_back({edges[i].function, edges[i].input_nr, i});
@@ -197,7 +177,9 @@ py::tuple as_plan(const Walk& walk, const std::vector<size_t>& order, const std:
 
 }  // namespace
 
-py::object plan_pass_graph(const py::list& sources, const py::handle& leaf_type, const py::handle& recv_type) {
+py::object plan_pass_graph(const py::list& sources, const py::handle& leaf_type, const py::tuple& recv_types) {
+  std::vector<PyObject*> recvs;
+  for (const auto& type : recv_types) recvs.push_back(type.ptr());
   std::vector<py::object> keys;
   std::vector<std::vector<Node*>> source_nodes;
   std::vector<Pending> starts;
@@ -213,7 +195,7 @@ py::object plan_pass_graph(const py::list& sources, const py::handle& leaf_type,
       starts.push_back({node, py::reinterpret_borrow<py::object>(entry)});
     }
   }
-  Walk walk = collect(starts, leaf_type.ptr(), recv_type.ptr());
+  Walk walk = collect(starts, leaf_type.ptr(), recvs);
   std::vector<size_t> order = topological(walk.vertices);
   size_t words = std::max<size_t>(1, (keys.size() + 63) / 64);
   std::vector<Mask> masks = masks_of(walk, order, source_nodes, words);

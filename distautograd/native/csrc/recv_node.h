@@ -1,0 +1,78 @@
+// The recv points of one message's tensors as a C++ autograd Node (torch's RecvRpcBackward, which
+// engine/nodes.py also makes as a Python autograd.Function on the Python path): torch's engine runs
+// it without the GIL, and it hands each output's gradient to the recording open on its thread.
+#pragma once
+
+#include <torch/extension.h>
+
+#include <torch/csrc/autograd/function.h>
+
+#include <cstdint>
+#include <string>
+#include <utility>
+#include <vector>
+
+namespace distautograd::native {
+
+// The gradients recv nodes got on this thread while it was open: (message id, gradient, undefined
+// where none reached it). Opened and closed on one thread; recordings nest.
+class Recording {
+ public:
+  Recording() = default;
+  ~Recording();
+  Recording(const Recording&) = delete;
+  Recording& operator=(const Recording&) = delete;
+
+  void open();
+  // Closes it (the one open before is again) and gives {message id: gradient or None}.
+  pybind11::dict close();
+
+  // The recording open on this thread, or null.
+  static Recording* current();
+
+  std::vector<std::pair<int64_t, at::Tensor>> got;
+
+ private:
+  Recording* previous_ = nullptr;
+  bool open_ = false;
+};
+
+class RecvNode : public torch::autograd::Node {
+ public:
+  // `points`: a Python list, one recv point per output, which `node.points` gives back.
+  RecvNode(std::vector<int64_t> message_ids, PyObject* points);
+  ~RecvNode() override;
+
+  std::string name() const override;
+  torch::autograd::variable_list apply(torch::autograd::variable_list&& grads) override;
+
+  PyObject* points() const { return points_; }
+
+ private:
+  std::vector<int64_t> message_ids_;
+  PyObject* points_;  // owned; released holding the GIL
+};
+
+// What a backward run with no recording open raises (engine/nodes.py's LOCAL_BACKWARD_ERROR).
+void set_local_backward_error(std::string message);
+
+// `tensors` as the outputs of one new RecvNode, output i being `message_ids[i]` / `points[i]`, its one
+// next edge a new anchor's (an empty leaf): returns (outputs, the anchor's AccumulateGrad).
+pybind11::tuple make_recv_node(const std::vector<at::Tensor>& tensors, const std::vector<int64_t>& message_ids,
+                               const pybind11::list& points);
+
+// Registers the Python type of RecvNode's objects as `module.RecvNode`.
+void add_recv_node_type(pybind11::module_& module);
+
+// A weak reference to a node that weakref cannot make (torch's C++ nodes' Python objects refuse it):
+// calling it gives the node's Python object, or None once the graph let the node go.
+class WeakNode {
+ public:
+  explicit WeakNode(const pybind11::handle& grad_fn);
+  pybind11::object operator()() const;
+
+ private:
+  c10::weak_intrusive_ptr<torch::autograd::Node> node_;
+};
+
+}  // namespace distautograd::native
