@@ -50,15 +50,19 @@ def sanitized_env(core: Path, logs: Path) -> dict:
 
 @pytest.fixture(scope="module")
 def core(tmp_path_factory) -> Path:
-    """The core built with the sanitizers (about 2 minutes on two cores: 117-124 s measured)."""
+    """The core built with the sanitizers, as one translation unit that includes every source: torch's
+    headers are parsed once, 47 s instead of 117-124 s as separate files on two cores (a clash between
+    two files' internal names would fail this build, not pass unnoticed)."""
     into = tmp_path_factory.mktemp("sanitized_core")
+    unity = into / "core_unity.cpp"
+    unity.write_text("".join(f'#include "{source}"\n' for source in sorted(CSRC.glob("*.cpp"))))
     build = (
-        "import glob, sys\n"
+        "import sys\n"
         "from torch.utils import cpp_extension\n"
-        "cpp_extension.load(name='_core', sources=sorted(glob.glob(sys.argv[1] + '/*.cpp')), build_directory=sys.argv[2],"
+        "cpp_extension.load(name='_core', sources=[sys.argv[1]], build_directory=sys.argv[2],"
         " extra_cflags=sys.argv[3:], extra_ldflags=['-fsanitize=address,undefined'], is_python_module=False)\n")
     env = dict(os.environ, LD_PRELOAD=":".join(RUNTIMES), ASAN_OPTIONS="detect_leaks=0")  # it loads what it built
-    done = subprocess.run([sys.executable, "-c", build, str(CSRC), str(into), "-std=c++17", *FLAGS],
+    done = subprocess.run([sys.executable, "-c", build, str(unity), str(into), "-std=c++17", *FLAGS],
                           capture_output=True, text=True, timeout=900, env=env, cwd=ROOT)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-6000:]
     return into / "_core.so"
