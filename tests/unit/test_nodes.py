@@ -7,6 +7,7 @@ import re
 import sys
 import threading
 import types
+import weakref
 
 import pytest
 import torch
@@ -66,6 +67,26 @@ def test_a_weak_reference_to_a_recv_node_lets_it_go_with_its_graph():
     del x
     gc.collect()
     assert ref() is None
+
+
+class Held:
+    """A recv point as contexts keep one: it holds a weak handle to its own node."""
+
+    def __init__(self, message_id):
+        self.message_id = message_id
+        self.node = None
+
+
+def test_a_recv_node_and_its_points_go_with_the_graph_though_each_point_holds_a_weak_handle_to_it():
+    held = Held(1)
+    (x,), anchor = nodes.make_recv([torch.ones(2)], [held])
+    held.node = nodes.weak_ref(x.grad_fn)
+    with nodes.recording():
+        torch.autograd.backward([(x * 2).sum()], inputs=[anchor])
+    gone = weakref.ref(held)
+    del held, x, anchor
+    gc.collect()
+    assert gone() is None  # a node that kept its points until its weak handles went would keep both forever
 
 
 def test_a_recv_node_lets_its_points_go_when_it_goes_on_another_thread():

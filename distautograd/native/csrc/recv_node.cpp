@@ -87,9 +87,13 @@ RecvNode::RecvNode(std::vector<int64_t> message_ids, PyObject* points)
   Py_INCREF(points_);
 }
 
-RecvNode::~RecvNode() {
+RecvNode::~RecvNode() { RecvNode::release_resources(); }
+
+void RecvNode::release_resources() {
   PyObject* points = points_;
-  gil::unless_finalizing([points] { Py_DECREF(points); });
+  points_ = nullptr;
+  if (points != nullptr) gil::unless_finalizing([points] { Py_DECREF(points); });
+  torch::autograd::Node::release_resources();
 }
 
 std::string RecvNode::name() const { return "torch::distributed::autograd::RecvRpcBackward"; }

@@ -43,14 +43,19 @@ class RecvNode : public torch::autograd::Node {
   RecvNode(std::vector<int64_t> message_ids, PyObject* points);
   ~RecvNode() override;
 
+  // Lets the points go as soon as the last strong reference does: a WeakNode (which the points
+  // themselves hold) keeps the node's memory, and would keep its points, until it goes.
+  void release_resources() override;
+
   std::string name() const override;
   torch::autograd::variable_list apply(torch::autograd::variable_list&& grads) override;
 
-  PyObject* points() const { return points_; }
+  // The points (a Python list), or None once released.
+  PyObject* points() const { return points_ != nullptr ? points_ : Py_None; }
 
  private:
   std::vector<int64_t> message_ids_;
-  PyObject* points_;  // owned; released holding the GIL
+  PyObject* points_;  // owned until release_resources, which drops it holding the GIL
 };
 
 // What a backward run with no recording open raises (engine/nodes.py's LOCAL_BACKWARD_ERROR).
