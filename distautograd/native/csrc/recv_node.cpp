@@ -15,6 +15,8 @@ namespace {
 namespace py = pybind11;
 using torch::autograd::THPCppFunction;
 
+constexpr const char* kRecvNodeName = "torch::distributed::autograd::RecvRpcBackward";  // torch's name
+
 thread_local Recording* open_recording = nullptr;
 std::string local_backward_error = "a recv node's backward ran outside a distributed backward pass";
 
@@ -80,8 +82,6 @@ py::dict Recording::close() {
   return gradients;
 }
 
-Recording* Recording::current() { return open_recording; }
-
 RecvNode::RecvNode(std::vector<int64_t> message_ids, PyObject* points)
     : message_ids_(std::move(message_ids)), points_(points) {
   Py_INCREF(points_);
@@ -96,10 +96,10 @@ void RecvNode::release_resources() {
   torch::autograd::Node::release_resources();
 }
 
-std::string RecvNode::name() const { return "torch::distributed::autograd::RecvRpcBackward"; }
+std::string RecvNode::name() const { return kRecvNodeName; }
 
 torch::autograd::variable_list RecvNode::apply(torch::autograd::variable_list&& grads) {
-  Recording* recording = Recording::current();
+  Recording* recording = open_recording;
   TORCH_CHECK(recording != nullptr, local_backward_error);
   for (size_t i = 0; i < grads.size() && i < message_ids_.size(); ++i) {
     recording->got.emplace_back(message_ids_[i], std::move(grads[i]));
@@ -128,8 +128,8 @@ py::tuple make_recv_node(const std::vector<at::Tensor>& tensors, const std::vect
 }
 
 void add_recv_node_type(py::module_& module) {
-  torch::autograd::_initFunctionPyTypeObject(recv_node_type, "torch::distributed::autograd::RecvRpcBackward",
-                                             recv_node_properties, recv_node_methods);
+  torch::autograd::_initFunctionPyTypeObject(recv_node_type, kRecvNodeName, recv_node_properties,
+                                             recv_node_methods);
   torch::autograd::registerCppFunction(typeid(RecvNode), &recv_node_type);
   module.attr("RecvNode") = py::handle(reinterpret_cast<PyObject*>(&recv_node_type));
 }

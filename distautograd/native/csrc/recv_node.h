@@ -27,9 +27,6 @@ class Recording {
   // Closes it (the one open before is again) and gives {message id: gradient or None}.
   pybind11::dict close();
 
-  // The recording open on this thread, or null.
-  static Recording* current();
-
   std::vector<std::pair<int64_t, at::Tensor>> got;
 
  private:
@@ -50,8 +47,9 @@ class RecvNode : public torch::autograd::Node {
   std::string name() const override;
   torch::autograd::variable_list apply(torch::autograd::variable_list&& grads) override;
 
-  // The points (a Python list), or None once released.
-  PyObject* points() const { return points_ != nullptr ? points_ : Py_None; }
+  // The points (a Python list). Only a live node's Python object asks, and it holds a strong
+  // reference, so they are never released yet.
+  PyObject* points() const { return points_; }
 
  private:
   std::vector<int64_t> message_ids_;
