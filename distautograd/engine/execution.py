@@ -6,7 +6,7 @@ The inputs are the leaves and the anchors of the recv points among those nodes, 
 exactly the nodes on the way to them, each with all its gradient: tensor hooks, node hooks,
 AccumulateGrad and DistributedDataParallel's reducer behave as in a local backward.
 
-``run_node``: one node alone, when a wave cannot run as a whole (a node it reaches still waits
+``run_node``: one node alone (a leaf or a recv node as a wave of one), when a wave cannot run as a whole (a node it reaches still waits
 for a gradient from another worker, or contributions must be summed in an order the engine would
 not use). A node that is neither a leaf nor a recv point runs as ``torch.autograd.grad`` would
 run it towards its children; a post-hook, registered after the user's own, records what it produced
@@ -21,8 +21,9 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import torch
 from torch.autograd.graph import GradientEdge, _engine_run_backward
 
+from distautograd import native
 from distautograd.engine import order, slots
-from distautograd.engine.nodes import is_leaf, recording, recv_points
+from distautograd.engine.nodes import NATIVE_RECV_NODE, is_leaf, recording, recv_points
 
 Contribution = Tuple[GradientEdge, torch.Tensor]
 
@@ -37,11 +38,14 @@ def run_wave(
 ) -> Dict[int, Optional[torch.Tensor]]:
     """Runs one wave; returns the gradient each of ``recvs`` got (None where none reached it).
     Leaves accumulate into ``store``, or, if it is a slots.Captured, hand their gradients to it."""
-    inputs = [GradientEdge(leaf, 0) for leaf in leaves] + [recv_points(node)[0].anchor for node in recvs]
     sink: Dict[int, Optional[torch.Tensor]] = {}
-    if roots and inputs:
+    if roots and (leaves or recvs):
         edges, grads = [edge for edge, _ in roots], [grad for _, grad in roots]
-        if store.accumulates:
+        inputs = [GradientEdge(leaf, 0) for leaf in leaves] + [recv_points(node)[0].anchor for node in recvs]
+        if store.accumulates and not create_graph and _native(recvs):  # as the next branch, in one call of the core
+            sink = native.core.run_wave(edges, grads, list(leaves), [edge.node for edge in inputs[len(leaves):]],
+                                        store.grads, slots.LOCK, retain_graph)
+        elif store.accumulates:
             with slots.swapped(leaves, store), recording() as sink:
                 _run_engine(edges, grads, retain_graph, create_graph, inputs)
             got = [store.grads.get(leaf.variable) for leaf in leaves] if create_graph else ()
@@ -65,26 +69,11 @@ def run_node(
 
     Returns (what it produced for each of its next edges, or None for a leaf or recv point;
     the gradient a recv point got)."""
-    edges = [edge for edge, _ in contributions]
-    grads = [grad for _, grad in contributions]
     points = recv_points(node)
     if points is not None:
-        with recording() as sink:
-            _run_engine(edges, grads, retain_graph, create_graph, [points[0].anchor])
-        if create_graph:
-            order.place_tensors(sink)
-        return None, {point.message_id: sink.get(point.message_id) for point in points}
+        return None, run_wave(contributions, [], [node], store, retain_graph, create_graph)
     if is_leaf(node):
-        if store.accumulates:
-            with slots.swapped([node], store):
-                _run_engine(edges, grads, retain_graph, create_graph, [GradientEdge(node, 0)])
-            got = [store.grads.get(node.variable)]
-        else:
-            got = _run_engine(edges, grads, retain_graph, create_graph, [GradientEdge(node, 0)], accumulate=False)
-            store.take([node], got)
-        if create_graph:
-            order.place_tensors(got)
-        return None, {}
+        return None, run_wave(contributions, [node], [], store, retain_graph, create_graph)
     children = list(dict.fromkeys((child, slot) for child, slot in node.next_functions if child is not None))
     if not children:
         return (), {}
@@ -96,8 +85,8 @@ def run_node(
 
     handle = node.register_hook(record_and_stop)
     try:
-        _run_engine(edges, grads, retain_graph, create_graph, [GradientEdge(child, slot) for child, slot in children],
-                    accumulate=False)
+        _run_engine([edge for edge, _ in contributions], [grad for _, grad in contributions], retain_graph,
+                    create_graph, [GradientEdge(child, slot) for child, slot in children], accumulate=False)
     except _Stop:
         pass
     finally:
@@ -105,6 +94,11 @@ def run_node(
     if create_graph and produced:
         order.place_tensors(produced[0])  # its children may run on another thread
     return (produced[0] if produced else ()), {}
+
+
+def _native(recvs: Sequence) -> bool:
+    """The compiled core can run the wave: the message path is native and every recv node is the core's."""
+    return native.path_on() and all(type(node) is NATIVE_RECV_NODE for node in recvs)
 
 
 def _run_engine(roots: Sequence, grads: Sequence[torch.Tensor], retain_graph: bool, create_graph: bool,

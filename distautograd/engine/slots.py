@@ -6,6 +6,9 @@ is or must be copied. To get exactly that, a pass lets AccumulateGrad run for re
 leaf's ``.grad`` swapped for the context's gradient for the duration of the engine call, and
 swapped back after. One lock serialises those windows in this process (and the local optimizer
 steps that use the same slots), so concurrent passes never see each other's gradients.
+On the native path the compiled core swaps the slots itself, inside its one call of the engine for a
+wave (native/csrc/leaf_slots.cpp, wave_run.cpp), under the same lock; ``swapped`` here is the
+reference it is tested against and the Python path's.
 """
 
 from __future__ import annotations

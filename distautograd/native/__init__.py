@@ -3,7 +3,8 @@
 What it offers the runtime: reading frames off a socket and writing them to it (length, header,
 attachments) without the GIL, coding lists of plain tensors (gradients) in one call each, planning a
 worker's part of a backward pass over torch's autograd Nodes (engine/graph.py), the recv node as a C++
-autograd Node that torch's engine runs without the GIL (engine/nodes.py), failing
+autograd Node that torch's engine runs without the GIL (engine/nodes.py), a wave's engine call with the
+leaves' slots swapped and the recv nodes recorded in one call (engine/execution.py), failing
 torch futures as torch's RPC fails them, and adding a remote call's profiled events to the caller's
 profiler. Without it the package runs its Python path, and says so once, in one line,
 when it starts.
@@ -31,7 +32,7 @@ _said = False
 
 def path_on() -> bool:
     """Messages take the core's path (it reads and writes sockets' frames, codes tensor lists, plans
-    a pass's part and makes recv nodes): it is built, and DISTAUTOGRAD_NATIVE_PATH is not 0."""
+    a pass's part, makes recv nodes and runs waves): it is built, and DISTAUTOGRAD_NATIVE_PATH is not 0."""
     return core is not None and os.environ.get("DISTAUTOGRAD_NATIVE_PATH", "1") != "0"
 
 
@@ -41,9 +42,9 @@ def built() -> str:
         return f"compiled core not built ({_missing}); every message takes the Python path"
     if not path_on():
         return "compiled core built, not used for messages (DISTAUTOGRAD_NATIVE_PATH=0): they take the Python path"
-    return ("compiled core built: it reads and writes frames, codes tensor lists, plans each pass's part and "
-            "makes recv nodes (C++, run without the GIL); the rest of a message's decoding and encoding, and the "
-            "engine's push loop, take the Python path")
+    return ("compiled core built: it reads and writes frames, codes tensor lists, plans each pass's part, "
+            "makes recv nodes (C++, run without the GIL) and runs each wave's engine call; the rest of a message's "
+            "decoding and encoding, and the engine's push loop, take the Python path")
 
 
 def message_path() -> str:

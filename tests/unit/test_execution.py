@@ -7,6 +7,8 @@ from torch.autograd.graph import get_gradient_edge
 from distautograd.engine import execution
 from distautograd.engine.slots import Captured, GradStore
 
+pytestmark = pytest.mark.usefixtures("path")  # tests/unit/conftest.py: every test on both paths
+
 
 def leaf_and_edge():
     x = torch.tensor([1.0, 2.0], requires_grad=True)

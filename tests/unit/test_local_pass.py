@@ -19,6 +19,8 @@ from distautograd.engine.local_pass import LocalPass, UnknownSource
 from distautograd.engine.nodes import make_recv
 from distautograd.engine.slots import GradStore
 
+pytestmark = pytest.mark.usefixtures("path")  # tests/unit/conftest.py: every test on both paths
+
 SENT = 7  # the send point's message id
 
 

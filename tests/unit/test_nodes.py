@@ -17,13 +17,7 @@ from torch.autograd.graph import get_gradient_edge
 from distautograd import native
 from distautograd.engine import execution, nodes, order
 
-PATHS = ["native", "python"] if native.core is not None else ["python"]
-
-
-@pytest.fixture(autouse=True, params=PATHS)
-def path(request, monkeypatch):
-    monkeypatch.setenv("DISTAUTOGRAD_NATIVE_PATH", "1" if request.param == "native" else "0")
-    return request.param
+pytestmark = pytest.mark.usefixtures("path")  # tests/unit/conftest.py: every test on both paths
 
 
 def point(message_id):

@@ -16,6 +16,7 @@
 #include "remote_events.h"
 #include "tensor_codec.h"
 #include "thread_state.h"
+#include "wave_run.h"
 #include "wire.h"
 
 namespace {
@@ -167,6 +168,11 @@ PYBIND11_MODULE(_core, m) {
   m.def("make_recv_node", &distautograd::native::make_recv_node, pybind11::arg("tensors"), pybind11::arg("message_ids"),
         pybind11::arg("points"),
         "(the tensors as outputs of one new RecvNode, its anchor's AccumulateGrad); output i is points[i].");
+  m.def("run_wave", &distautograd::native::run_wave, pybind11::arg("roots"), pybind11::arg("grads"),
+        pybind11::arg("leaves"), pybind11::arg("anchors"), pybind11::arg("store"), pybind11::arg("lock"),
+        pybind11::arg("retain_graph"),
+        "Runs one wave through torch's engine, the leaves accumulating into store under lock; "
+        "{message id: gradient or None} of the recv nodes it ran.");
   m.def("set_local_backward_error", &distautograd::native::set_local_backward_error, pybind11::arg("message"),
         "What a RecvNode raises when a backward runs it with no recording open.");
   pybind11::class_<distautograd::native::Recording>(m, "Recording",
