@@ -28,12 +28,16 @@ else:
     _missing = ""
 
 _said = False
+PATH_ENV = "DISTAUTOGRAD_NATIVE_PATH"
+# Read once: every message asks several times, and a read of os.environ costs a microsecond or two.
+_on = core is not None and os.environ.get(PATH_ENV, "1") != "0"
 
 
 def path_on() -> bool:
     """Messages take the core's path (it reads and writes sockets' frames, codes tensor lists, plans
-    a pass's part, makes recv nodes and runs waves): it is built, and DISTAUTOGRAD_NATIVE_PATH is not 0."""
-    return core is not None and os.environ.get("DISTAUTOGRAD_NATIVE_PATH", "1") != "0"
+    a pass's part, makes recv nodes and runs waves): it is built, and DISTAUTOGRAD_NATIVE_PATH was not
+    0 when the package was imported (tests switch a process with tests/helpers/paths.py)."""
+    return _on
 
 
 def built() -> str:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 
 from distautograd import native
+from tests.helpers.paths import take_path
 
 BOTH_PATHS = {"test_backward", "test_backward_failures", "test_big_graph", "test_backward_races"}
 
@@ -21,5 +22,5 @@ def pytest_generate_tests(metafunc) -> None:
 def frames(request, monkeypatch):
     """Which path this test's agents' messages take."""
     if request.param == "python":
-        monkeypatch.setenv("DISTAUTOGRAD_NATIVE_PATH", "0")
+        take_path(monkeypatch, "0")
     return request.param

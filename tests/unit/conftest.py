@@ -4,11 +4,12 @@ one it replaces); modules whose every test should, mark themselves ``usefixtures
 import pytest
 
 from distautograd import native
+from tests.helpers.paths import take_path
 
 PATHS = ["native", "python"] if native.core is not None else ["python"]
 
 
 @pytest.fixture(params=PATHS)
 def path(request, monkeypatch):
-    monkeypatch.setenv("DISTAUTOGRAD_NATIVE_PATH", "1" if request.param == "native" else "0")
+    take_path(monkeypatch, "1" if request.param == "native" else "0")
     return request.param

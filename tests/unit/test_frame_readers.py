@@ -17,6 +17,7 @@ from distautograd import errors, native
 from distautograd.protocol.v1 import messages_pb2 as pb
 from distautograd.transport import frames, framing
 from tests.helpers.socket_pairs import pair
+from tests.helpers.paths import take_path
 
 pytestmark = pytest.mark.skipif(native.core is None, reason="the compiled core is not built")
 SEED = int(os.environ.get("DISTAUTOGRAD_FUZZ_SEED", random.randrange(1 << 32)))
@@ -213,7 +214,7 @@ def test_the_runtime_reads_frames_natively_unless_told_not_to(monkeypatch):
     a, b = pair("unix")
     try:
         assert type(frames.reader_for(b)) is frames.NativeReader
-        monkeypatch.setenv("DISTAUTOGRAD_NATIVE_PATH", "0")
+        take_path(monkeypatch, "0")
         assert type(frames.reader_for(b)) is frames.PythonReader
     finally:
         a.close(), b.close()

@@ -20,6 +20,7 @@ from distautograd import native
 from distautograd.protocol.v1 import messages_pb2 as pb
 from distautograd.transport import frames, framing
 from tests.helpers.socket_pairs import pair
+from tests.helpers.paths import take_path
 
 pytestmark = pytest.mark.skipif(native.core is None, reason="the compiled core is not built")
 PATHS = ["native", "python"]
@@ -28,7 +29,7 @@ PATHS = ["native", "python"]
 @pytest.fixture(params=PATHS)
 def path(request, monkeypatch):
     if request.param == "python":
-        monkeypatch.setenv("DISTAUTOGRAD_NATIVE_PATH", "0")
+        take_path(monkeypatch, "0")
     return request.param
 
 
@@ -82,7 +83,7 @@ def test_both_writers_send_the_same_bytes(family, frame_id, kind, monkeypatch):
     for path in PATHS:
         with monkeypatch.context() as patch:
             if path == "python":
-                patch.setenv("DISTAUTOGRAD_NATIVE_PATH", "0")
+                take_path(patch, "0")
             out[path] = sent(family, frame_id, kind, message, attachments)
     assert out["native"] == out["python"]
     data, _, size = out["native"]

@@ -16,6 +16,7 @@ from torch.autograd.graph import get_gradient_edge
 
 from distautograd import native
 from distautograd.engine import execution, nodes, order
+from tests.helpers.paths import take_path
 
 pytestmark = pytest.mark.usefixtures("path")  # tests/unit/conftest.py: every test on both paths
 
@@ -44,9 +45,9 @@ def test_tensor_hooks_on_a_received_tensor_run_before_its_gradient_is_recorded()
 def test_one_recording_collects_from_both_kinds_of_recv_node_in_one_graph(monkeypatch):
     if native.core is None:
         pytest.skip("the compiled core is not built")
-    monkeypatch.setenv("DISTAUTOGRAD_NATIVE_PATH", "1")
+    take_path(monkeypatch, "1")
     (a,), anchor_a = nodes.make_recv([torch.ones(2)], [point(1)])
-    monkeypatch.setenv("DISTAUTOGRAD_NATIVE_PATH", "0")
+    take_path(monkeypatch, "0")
     (b,), anchor_b = nodes.make_recv([torch.ones(2)], [point(2)])
     assert type(a.grad_fn) is not type(b.grad_fn)
     with nodes.recording() as sink:

@@ -15,6 +15,7 @@ from torch.autograd.graph import GradientEdge, get_gradient_edge
 from distautograd import native
 from distautograd.engine import nodes
 from distautograd.engine.graph import ROOTS, PassGraph
+from tests.helpers.paths import take_path
 
 pytestmark = pytest.mark.skipif(native.core is None, reason="the compiled core is not built")
 
@@ -136,8 +137,8 @@ def test_an_object_torch_did_not_make_is_left_to_python():
 def test_the_native_planner_is_the_default_on_the_native_path(monkeypatch):
     y = (torch.randn(2, requires_grad=True) * 3).sum()
     monkeypatch.setattr(PassGraph, "_plan", lambda self: pytest.fail("the Python planner ran"))
-    monkeypatch.setenv("DISTAUTOGRAD_NATIVE_PATH", "1")
+    take_path(monkeypatch, "1")
     assert len(PassGraph({ROOTS: [get_gradient_edge(y)]})) == 3
-    monkeypatch.setenv("DISTAUTOGRAD_NATIVE_PATH", "0")
+    take_path(monkeypatch, "0")
     with pytest.raises(pytest.fail.Exception):
         PassGraph({ROOTS: [get_gradient_edge(y)]})

@@ -17,6 +17,7 @@ from distautograd import errors, native
 from distautograd.encoding import tensor_lists, tensors
 from distautograd.protocol.v1 import messages_pb2 as pb
 from distautograd.runtime.codec import Codec
+from tests.helpers.paths import take_path
 
 pytestmark = pytest.mark.skipif(native.core is None, reason="the compiled core is not built")
 SEED = int(os.environ.get("DISTAUTOGRAD_FUZZ_SEED", random.randrange(1 << 32)))
@@ -38,7 +39,7 @@ def python_encode(items, compact_zeros):
 
 def python_decode(value, attachments, monkeypatch):
     with monkeypatch.context() as patch:
-        patch.setenv("DISTAUTOGRAD_NATIVE_PATH", "0")
+        take_path(patch, "0")
         return Codec(None, None, None, LIMIT).decode(value, attachments, 0, None, rrefs=[])
 
 
@@ -106,7 +107,7 @@ def test_all_zero_tensors_a_message_asks_for_stay_within_max_message_bytes(path,
     """They travel as a shape alone: a few bytes from a peer must not make gigabytes. The limit is
     on their sum, so many small ones are held to it as one big one."""
     if path == "python":
-        monkeypatch.setenv("DISTAUTOGRAD_NATIVE_PATH", "0")
+        take_path(monkeypatch, "0")
     codec = Codec(None, None, None, 4096)
     fits, _ = python_encode([torch.zeros(512, dtype=torch.float64)], True)  # 4096 bytes
     assert same(codec.decode(fits, [], 0, None, rrefs=[]), [torch.zeros(512, dtype=torch.float64)])
@@ -145,7 +146,7 @@ def test_anything_but_a_plain_tensor_is_left_to_the_python_codec(case):
 
 
 def test_told_not_to_the_core_codes_nothing(monkeypatch):
-    monkeypatch.setenv("DISTAUTOGRAD_NATIVE_PATH", "0")
+    take_path(monkeypatch, "0")
     assert tensor_lists.encode([torch.ones(1)], False) is None
     value, attachments = python_encode([torch.ones(1)], False)
     assert tensor_lists.decode(value, [bytearray(memoryview(a).cast("B")) for a in attachments], LIMIT) is None
