@@ -25,6 +25,25 @@ def test_deadlines_fire_in_order_and_cancelled_ones_never():
         clock.stop()
 
 
+def test_a_deadline_earlier_than_the_one_the_clock_sleeps_for_wakes_it_and_a_later_one_fires_after_it():
+    """The clock's thread is woken only for a deadline earlier than the one it sleeps until: one
+    scheduled while it sleeps for an hour fires on time, and one scheduled after the deadline it
+    sleeps for was cancelled fires when it wakes for that one and sees it."""
+    clock, fired = Deadlines("test-deadlines"), []
+    soon, later = threading.Event(), threading.Event()
+    try:
+        clock.schedule(3600, lambda: fired.append("an hour"))
+        time.sleep(0.05)  # the thread sleeps for the hour now
+        clock.schedule(0.01, soon.set)
+        assert soon.wait(5)
+        clock.cancel(clock.schedule(0.2, lambda: fired.append("cancelled")))
+        clock.schedule(0.3, later.set)
+        assert later.wait(5) and fired == []
+        assert clock.pending() == 1  # the hour's, still waiting
+    finally:
+        clock.stop()
+
+
 def test_a_cancelled_deadline_lets_go_of_its_callback_at_once():
     """A call answered in time must not keep what its timeout callback refers to until the deadline."""
 
