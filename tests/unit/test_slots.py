@@ -3,13 +3,14 @@ leaf_slots.cpp on the native path): the context gets the gradient, the user's ``
 hooks see what a local backward would, and an error in the engine puts everything back."""
 
 import threading
+import types
 
 import pytest
 import torch
 from torch.autograd.graph import get_gradient_edge
 
 from distautograd import native
-from distautograd.engine import execution, slots
+from distautograd.engine import execution, nodes, slots
 from distautograd.engine.slots import GradStore
 
 pytestmark = pytest.mark.usefixtures("path")  # tests/unit/conftest.py: every test on both paths
@@ -117,12 +118,39 @@ def test_waves_of_two_threads_on_the_same_leaves_each_fill_their_own_store():
     assert torch.equal(stores[1].grads[w], torch.full((2,), 400.0))
 
 
-def test_on_the_native_path_the_core_runs_the_wave(path, monkeypatch):
-    if path != "native":
-        pytest.skip("the Python path runs the wave in Python")
+def test_the_core_runs_every_wave_on_the_native_path_and_none_on_the_python_path(path, monkeypatch):
+    """Leaves alone, a recv node alone, both: the same results either way, so only the calls tell."""
+    if native.core is None:
+        pytest.skip("the compiled core is not built")
     calls = []
     run_wave = native.core.run_wave
     monkeypatch.setattr(native.core, "run_wave", lambda *args: calls.append(1) or run_wave(*args))
     w = torch.tensor([1.0], requires_grad=True)
     wave(w * 2, torch.ones(1), [w], GradStore())
-    assert calls == [1]
+    (x,), anchor = nodes.make_recv([torch.ones(1)], [types.SimpleNamespace(message_id=5, anchor=None)])
+    x.grad_fn.points[0].anchor = anchor
+    y = x * w
+    got = execution.run_wave([(get_gradient_edge(y), torch.ones(1))], [], [x.grad_fn], GradStore(), True, False)
+    assert torch.equal(got[5], w.detach())
+    store = GradStore()
+    got = execution.run_wave([(get_gradient_edge(y), torch.ones(1))], [get_gradient_edge(w).node], [x.grad_fn], store,
+                             False, False)
+    assert torch.equal(got[5], w.detach()) and torch.equal(store.grads[w], torch.ones(1))
+    assert calls == ([1, 1, 1] if path == "native" else [])
+
+
+def test_the_cores_wave_refuses_what_is_not_a_wave_and_says_what(path):
+    if path != "native":
+        pytest.skip("the core's own entry")
+    w = torch.tensor([1.0], requires_grad=True)
+    y = w * 2
+    root, leaf = get_gradient_edge(y), get_gradient_edge(w).node
+    with pytest.raises(ValueError, match="one gradient per root"):
+        native.core.run_wave([root], [], [leaf], [], {}, slots.LOCK, False)
+    with pytest.raises(TypeError, match="a leaf must be an autograd node"):
+        native.core.run_wave([root], [torch.ones(1)], [object()], [], {}, slots.LOCK, False)
+    with pytest.raises(TypeError, match="a leaf of a wave must be an AccumulateGrad node"):
+        native.core.run_wave([root], [torch.ones(1)], [y.grad_fn], [], {}, slots.LOCK, False)
+    store = GradStore()
+    wave(w * 2, torch.ones(1), [w], store)  # and a wave runs after them as before
+    assert torch.equal(store.grads[w], torch.full((1,), 2.0)) and not slots.LOCK._is_owned()

@@ -134,17 +134,7 @@ void add_recv_node_type(py::module_& module) {
   module.attr("RecvNode") = py::handle(reinterpret_cast<PyObject*>(&recv_node_type));
 }
 
-namespace {
-
-NodePtr node_or_raise(const py::handle& grad_fn) {
-  NodePtr node = node_of(grad_fn.ptr());
-  if (!node) throw py::type_error("WeakNode takes an autograd node (a tensor's grad_fn)");
-  return node;
-}
-
-}  // namespace
-
-WeakNode::WeakNode(const py::handle& grad_fn) : node_(node_or_raise(grad_fn)) {}
+WeakNode::WeakNode(const py::handle& grad_fn) : node_(node_or_raise(grad_fn, "WeakNode's argument")) {}
 
 py::object WeakNode::operator()() const {
   NodePtr node = node_.lock();

@@ -4,6 +4,8 @@
 #include <torch/csrc/autograd/python_cpp_function.h>
 #include <torch/csrc/autograd/python_function.h>
 
+#include <string>
+
 namespace distautograd::native {
 
 NodePtr node_of(PyObject* object) {
@@ -16,6 +18,12 @@ NodePtr node_of(PyObject* object) {
     return {};
   }
   return is_function ? reinterpret_cast<THPFunction*>(object)->cdata : NodePtr();
+}
+
+NodePtr node_or_raise(const pybind11::handle& object, const char* what) {
+  NodePtr node = node_of(object.ptr());
+  if (!node) throw pybind11::type_error(std::string(what) + " must be an autograd node (a tensor's grad_fn)");
+  return node;
 }
 
 pybind11::object object_of(const NodePtr& node) {

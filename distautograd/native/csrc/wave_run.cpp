@@ -18,16 +18,9 @@
 namespace distautograd::native {
 
 namespace py = pybind11;
-using torch::autograd::Edge;
 using torch::autograd::edge_list;
 
 namespace {
-
-NodePtr node_or_raise(const py::handle& object, const char* what) {
-  NodePtr node = node_of(object.ptr());
-  if (!node) throw py::type_error(std::string(what) + " must be an autograd node");
-  return node;
-}
 
 std::vector<NodePtr> nodes_of(const py::list& objects, const char* what) {
   std::vector<NodePtr> nodes;
