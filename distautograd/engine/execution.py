@@ -1,17 +1,17 @@
 """Calls into torch's engine, the two ways a pass uses it.
 
 ``run_wave``: everything that became complete at once, in one call of torch's engine (as
-``torch.autograd.backward`` makes it).
+``torch.autograd.backward`` makes it; on the native path one call of the core, native/csrc/wave_run.cpp).
 The inputs are the leaves and the anchors of the recv points among those nodes, so torch runs
 exactly the nodes on the way to them, each with all its gradient: tensor hooks, node hooks,
 AccumulateGrad and DistributedDataParallel's reducer behave as in a local backward.
 
-``run_node``: one node alone (a leaf or a recv node as a wave of one), when a wave cannot run as a whole (a node it reaches still waits
+``run_node``: one node alone, when a wave cannot run as a whole (a node it reaches still waits
 for a gradient from another worker, or contributions must be summed in an order the engine would
-not use). A node that is neither a leaf nor a recv point runs as ``torch.autograd.grad`` would
-run it towards its children; a post-hook, registered after the user's own, records what it produced
-for each child and ends the engine call right there, so no child runs and no child's tensor
-hooks see a gradient that is not yet whole.
+not use); a leaf or a recv node runs as a wave of one. A node that is neither runs as
+``torch.autograd.grad`` would run it towards its children; a post-hook, registered after the
+user's own, records what it produced for each child and ends the engine call right there, so no
+child runs and no child's tensor hooks see a gradient that is not yet whole.
 """
 
 from __future__ import annotations
