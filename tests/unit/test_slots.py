@@ -96,6 +96,25 @@ def test_a_gradient_of_the_wrong_shape_fails_with_torchs_message_and_changes_not
     assert len(store) == 0 and w.grad is None
 
 
+def test_a_stored_gradient_that_no_longer_fits_its_tensor_fails_as_dot_grad_would():
+    """A context's gradient of another dtype than its tensor (changed between two passes): torch's
+    own check of ``.grad`` refuses it, on both paths, and the wave changes nothing."""
+    w = torch.tensor([1.0, 2.0], requires_grad=True)
+    store = GradStore()
+    store.grads[w] = torch.zeros(2, dtype=torch.float64)
+    with pytest.raises(RuntimeError, match="assign a gradient with dtype 'double'"):
+        wave(w * 2, torch.ones(2), [w], store)
+    assert w.grad is None and store.grads[w].dtype == torch.float64
+    assert not slots.LOCK._is_owned()
+
+
+def test_a_warning_torch_raises_inside_the_engine_is_a_python_warning():
+    w = torch.tensor([1.0, 2.0], requires_grad=True)
+    y = torch.ops.aten._test_warn_in_autograd(w * 1.0)  # its backward warns in C++ (TORCH_WARN)
+    with pytest.warns(UserWarning, match="Warn from backward"):
+        wave(y, torch.ones(2), [w], GradStore())
+
+
 def test_waves_of_two_threads_on_the_same_leaves_each_fill_their_own_store():
     w = torch.tensor([1.0, 2.0], requires_grad=True)
     stores = [GradStore(), GradStore()]

@@ -1,5 +1,6 @@
 // The one binding module of the compiled core (distautograd._core): what Python may call.
 #include <torch/extension.h>
+#include <torch/csrc/Exceptions.h>
 
 #include <cerrno>
 #include <cmath>
@@ -168,7 +169,8 @@ PYBIND11_MODULE(_core, m) {
   m.def("make_recv_node", &distautograd::native::make_recv_node, pybind11::arg("tensors"), pybind11::arg("message_ids"),
         pybind11::arg("points"),
         "(the tensors as outputs of one new RecvNode, its anchor's AccumulateGrad); output i is points[i].");
-  m.def("run_wave", &distautograd::native::run_wave, pybind11::arg("roots"), pybind11::arg("grads"),
+  // wrapped as torch wraps its own: the C++ warnings of a backward (TORCH_WARN) become Python warnings
+  m.def("run_wave", torch::wrap_pybind_function(&distautograd::native::run_wave), pybind11::arg("roots"), pybind11::arg("grads"),
         pybind11::arg("leaves"), pybind11::arg("anchors"), pybind11::arg("store"), pybind11::arg("lock"),
         pybind11::arg("retain_graph"),
         "Runs one wave through torch's engine, the leaves accumulating into store under lock; "

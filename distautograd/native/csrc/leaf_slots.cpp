@@ -65,14 +65,16 @@ SwappedSlots::SwappedSlots(const std::vector<NodePtr>& leaves, py::dict store) :
     for (Slot& slot : slots_) {
       PyObject* stored = PyDict_GetItemWithError(store_.ptr(), slot.key.ptr());
       if (stored == nullptr && PyErr_Occurred()) throw py::error_already_set();
-      // The store only ever holds what AccumulateGrad made for this very variable (see slots.py).
-      at::Tensor grad = stored != nullptr ? py::cast<at::Tensor>(stored) : at::Tensor();
       if (seen_) {
         auto hook = std::make_unique<CopyIfSeen>(seen_);
         slot.copying = hook.get();
         slot.leaf->add_pre_hook(std::move(hook));
       }
-      slot.variable.mutable_grad() = std::move(grad);
+      // Through .grad's own setter, as slots.py does: a gradient that no longer fits the tensor (its
+      // dtype or device changed between two passes of one context) fails with torch's message.
+      if (PyObject_SetAttrString(slot.key.ptr(), "grad", stored != nullptr ? stored : Py_None) != 0) {
+        throw py::error_already_set();
+      }
       slot.swapped = true;
     }
   } catch (...) {
