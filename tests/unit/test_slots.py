@@ -18,8 +18,8 @@ pytestmark = pytest.mark.usefixtures("path")  # tests/unit/conftest.py: every te
 
 def wave(root, grad, leaves, store, retain_graph=False):
     """One wave from ``root`` (a tensor) with ``grad`` to ``leaves`` (tensors)."""
-    nodes = [get_gradient_edge(leaf).node for leaf in leaves]
-    return execution.run_wave([(get_gradient_edge(root), grad)], nodes, [], store, retain_graph, False)
+    accumulators = [get_gradient_edge(leaf).node for leaf in leaves]
+    return execution.run_wave([(get_gradient_edge(root), grad)], accumulators, [], store, retain_graph, False)
 
 
 def test_leaves_accumulate_into_the_store_across_waves_and_keep_their_own_grad():
