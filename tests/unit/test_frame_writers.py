@@ -23,14 +23,7 @@ from tests.helpers.socket_pairs import pair
 from tests.helpers.paths import take_path
 
 pytestmark = pytest.mark.skipif(native.core is None, reason="the compiled core is not built")
-PATHS = ["native", "python"]
-
-
-@pytest.fixture(params=PATHS)
-def path(request, monkeypatch):
-    if request.param == "python":
-        take_path(monkeypatch, "0")
-    return request.param
+PATHS = ["native", "python"]  # every test taking ``path`` runs on each (tests/unit/conftest.py)
 
 
 def drain(sock: socket.socket, into: bytearray, fds: list) -> threading.Thread:
