@@ -41,10 +41,11 @@ def run_wave(
     sink: Dict[int, Optional[torch.Tensor]] = {}
     if roots and (leaves or recvs):
         edges, grads = [edge for edge, _ in roots], [grad for _, grad in roots]
-        inputs = [GradientEdge(leaf, 0) for leaf in leaves] + [recv_points(node)[0].anchor for node in recvs]
+        anchors = [recv_points(node)[0].anchor for node in recvs]
+        inputs = [GradientEdge(leaf, 0) for leaf in leaves] + anchors
         if store.accumulates and not create_graph and _native(recvs):  # as the next branch, in one call of the core
-            sink = native.core.run_wave(edges, grads, list(leaves), [edge.node for edge in inputs[len(leaves):]],
-                                        store.grads, slots.LOCK, retain_graph)
+            sink = native.core.run_wave(edges, grads, list(leaves), [anchor.node for anchor in anchors], store.grads,
+                                        slots.LOCK, retain_graph)
         elif store.accumulates:
             with slots.swapped(leaves, store), recording() as sink:
                 _run_engine(edges, grads, retain_graph, create_graph, inputs)

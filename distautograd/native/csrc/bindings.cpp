@@ -170,9 +170,9 @@ PYBIND11_MODULE(_core, m) {
         pybind11::arg("points"),
         "(the tensors as outputs of one new RecvNode, its anchor's AccumulateGrad); output i is points[i].");
   // wrapped as torch wraps its own: the C++ warnings of a backward (TORCH_WARN) become Python warnings
-  m.def("run_wave", torch::wrap_pybind_function(&distautograd::native::run_wave), pybind11::arg("roots"), pybind11::arg("grads"),
-        pybind11::arg("leaves"), pybind11::arg("anchors"), pybind11::arg("store"), pybind11::arg("lock"),
-        pybind11::arg("retain_graph"),
+  m.def("run_wave", torch::wrap_pybind_function(&distautograd::native::run_wave), pybind11::arg("roots"),
+        pybind11::arg("grads"), pybind11::arg("leaves"), pybind11::arg("anchors"), pybind11::arg("store"),
+        pybind11::arg("lock"), pybind11::arg("retain_graph"),
         "Runs one wave through torch's engine, the leaves accumulating into store under lock; "
         "{message id: gradient or None} of the recv nodes it ran.");
   m.def("set_local_backward_error", &distautograd::native::set_local_backward_error, pybind11::arg("message"),
