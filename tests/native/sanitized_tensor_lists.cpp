@@ -37,6 +37,14 @@ TensorList random_list() {
     meta.attachment = meta.zeros ? 0 : static_cast<uint32_t>(list.tensors.size());
     uint64_t count = 1;
     for (int64_t s : meta.shape) count *= static_cast<uint64_t>(s);
+    if (!meta.zeros && count && below(2) == 0) {  // a view that keeps its strides: its span travels
+      uint64_t span = 1;
+      for (int64_t s : meta.shape) {
+        meta.strides.push_back(static_cast<int64_t>(below(5)));
+        span += static_cast<uint64_t>(s - 1) * static_cast<uint64_t>(meta.strides.back());
+      }
+      count = span;
+    }
     meta.nbytes = count * distautograd::native::dtype_size(meta.dtype);
     list.tensors.push_back(meta);
   }
@@ -47,8 +55,8 @@ bool equal(const TensorList& a, const TensorList& b) {
   if (a.none_at != b.none_at || a.tensors.size() != b.tensors.size()) return false;
   for (size_t i = 0; i < a.tensors.size(); ++i) {
     const DenseMeta &x = a.tensors[i], &y = b.tensors[i];
-    if (x.dtype != y.dtype || x.shape != y.shape || x.attachment != y.attachment || x.zeros != y.zeros ||
-        x.nbytes != y.nbytes) {
+    if (x.dtype != y.dtype || x.shape != y.shape || x.strides != y.strides || x.attachment != y.attachment ||
+        x.zeros != y.zeros || x.nbytes != y.nbytes) {
       return false;
     }
   }

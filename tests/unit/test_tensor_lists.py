@@ -1,6 +1,7 @@
 """The compiled tensor-list codec (encoding/tensor_lists.py, native/csrc/tensor_codec.cpp) against the
-Python codec it stands in for: the same bytes out, the same tensors in, bit for bit, on every common
-dtype and shape; every list it does not take left to Python; and, on hostile Values, it never
+Python codec it stands in for: the same bytes out, the same tensors in (strides too), bit for bit, on
+every common dtype and shape, and on views that keep their strides or go compact; every list it does
+not take left to Python; and, on hostile Values, it never
 returns what the Python codec would refuse or read differently. The inputs vary per run: the seed
 is printed, and DISTAUTOGRAD_FUZZ_SEED replays one."""
 
@@ -44,9 +45,10 @@ def python_decode(value, attachments, monkeypatch):
 
 
 def as_bytes(tensor):
-    """What a tensor holds, bit for bit (NaN and -0.0 included), with its dtype and shape."""
-    flat = tensor.detach().contiguous().reshape(-1)
-    return tensor.dtype, tuple(tensor.shape), bytes(flat.view(torch.uint8).numpy()) if flat.numel() else b""
+    """What a tensor holds, bit for bit (NaN and -0.0 included), with its dtype, shape and strides."""
+    flat = torch.empty(tensor.numel(), dtype=tensor.dtype).copy_(tensor.detach().reshape(-1))  # stride 1
+    held = bytes(flat.view(torch.uint8).numpy()) if flat.numel() else b""
+    return tensor.dtype, tuple(tensor.shape), tensor.stride(), held
 
 
 def same(a, b):
@@ -80,6 +82,64 @@ def test_the_core_writes_the_bytes_the_python_codec_writes_and_reads_them_back_b
     assert decoded is not None and same(decoded, python_decode(want, received, monkeypatch))
     if not compact_zeros:
         assert same(decoded, items)
+
+
+def _views(dtype, rng):
+    """Views that are not contiguous, as gradients often are: an expanded one (the gradient of a sum),
+    transposed, sliced with an offset, a column, a permuted one, a 0-element one, and two that reach
+    so much memory beyond their elements that torch's rule sends them compact."""
+    base = sample(dtype, (40, 30), rng)
+    return [
+        torch.ones((), dtype=dtype).expand(64, 512),
+        sample(dtype, (1, 7), rng).expand(3, 7),
+        base.t(),
+        base[2:9, 3:20],
+        base[:, 5],
+        sample(dtype, (2, 3, 4), rng).permute(2, 0, 1),
+        base[:, :0],
+        sample(dtype, (300, 300), rng)[::3, ::7],  # reaches 89,394 elements for its 4,300
+        sample(dtype, (4096, 4), rng)[:, 0],  # 16,381 for 4,096
+    ]
+
+
+@pytest.mark.parametrize("dtype", COMMON, ids=str)
+@pytest.mark.parametrize("compact_zeros", [False, True])
+def test_views_keep_their_strides_or_go_compact_as_in_the_python_codec(dtype, compact_zeros, monkeypatch):
+    rng = torch.Generator().manual_seed(SEED)
+    items = _views(dtype, rng) + [torch.zeros((), dtype=dtype).expand(5, 6), torch.zeros(6, 4, dtype=dtype).t()]
+    coded = tensor_lists.encode(items, compact_zeros)
+    assert coded is not None, "the core left views to the Python codec"
+    value, attachments = coded
+    want, want_attachments = python_encode(items, compact_zeros)
+    assert value.SerializeToString() == want.SerializeToString()
+    assert [bytes(memoryview(a)) for a in attachments] == [bytes(memoryview(a).cast("B")) for a in want_attachments]
+    assert len(memoryview(attachments[0])) == dtype.itemsize  # an expanded gradient travels as its one element
+    assert list(value.tensors[0].strides) == [0, 0] and not value.tensors[7].strides  # kept; compact
+    received = [bytearray(memoryview(a)) for a in attachments]
+    decoded = tensor_lists.decode(value, received, LIMIT)
+    assert decoded is not None and same(decoded, python_decode(want, received, monkeypatch))
+    assert decoded[0].stride() == (0, 0) and decoded[2].stride() == (1, 30)
+    for got, sent in zip(decoded, items):
+        assert torch.equal(got, sent) or (got.is_floating_point() and torch.equal(got.isnan(), sent.isnan()))
+
+
+@pytest.mark.parametrize("shape,strides,nbytes", [
+    ([3, 4], [4], 48),  # a stride short
+    ([3], [1, 1], 12),  # one too many
+    ([3, 4], [-4, 1], 48),  # negative
+    ([2, 0], [1, 1], 8),  # no elements: strides mean nothing, and the Python codec refuses them
+    ([3, 4], [1 << 62, 1], 48),  # a span past any memory
+    ([1 << 40, 1 << 40], [1 << 40, 1], 4),  # a span that wraps 64 bits
+    ([3, 4], [4, 1], 44),  # the span's 48 bytes, less one element
+    ([3, 4], [0, 1], 48),  # an expanded row, with more bytes than it reaches
+])
+def test_strides_that_do_not_fit_are_left_to_the_python_codec_which_refuses_them(shape, strides, nbytes, monkeypatch):
+    value = pb.Value(tensor_list=True)
+    value.tensors.add(dtype="float32", shape=shape, strides=strides)
+    received = [bytearray(nbytes)]
+    assert native.core.decode_tensor_list(value.SerializeToString(), received, LIMIT) is None
+    with pytest.raises(errors.InvalidArgument, match="strides"):
+        python_decode(value, received, monkeypatch)
 
 
 def test_a_decoded_tensor_holds_its_bytes_until_it_is_gone():
@@ -127,7 +187,6 @@ def _others():
         "requires grad": torch.ones(2, requires_grad=True),
         "a Parameter": torch.nn.Parameter(torch.ones(2)),
         "a subclass": torch.ones(2).as_subclass(type("Sub", (torch.Tensor,), {})),
-        "a strided view": torch.ones(4, 4)[:, 1],
         "a conjugate view": complex_.conj(),
         "a negative view": torch._neg_view(complex_),
         "sparse": torch.ones(2).to_sparse(),
@@ -169,7 +228,8 @@ def _hostile(rng: random.Random):
         elif meta is not None and change == 3:
             setattr(meta, rng.choice(["requires_grad", "parameter", "zeros", "conj", "neg", "activates_unknown"]), True)
         elif meta is not None and change == 4:
-            meta.strides.extend([1] * len(meta.shape))
+            count = len(meta.shape) + rng.choice([0, 0, 0, -1, 1])
+            meta.strides.extend(rng.choice([0, 1, 2, 3, -1, 1 << 40, 1 << 62]) for _ in range(max(count, 0)))
         elif meta is not None and change == 5:
             meta.autograd_message_id = rng.randrange(1, 1 << 40)
         elif change == 6:

@@ -1,7 +1,8 @@
-// The tensor side of tensor_list.h: a plain CPU tensor (exactly torch.Tensor, dense, C order, one of
-// the common dtypes, no autograd, conj or neg bit) becomes its description and its bytes without a
-// copy; an attachment becomes a tensor over its memory. All-zero tensors travel as their shape when
-// asked (compact_zeros), as in the Python codec: -0.0 counts as zero there too.
+// The tensor side of tensor_list.h: a plain CPU tensor (exactly torch.Tensor, dense, one of the common
+// dtypes, no autograd, conj or neg bit) becomes its description and its bytes without a copy; an
+// attachment becomes a tensor over its memory. A view that is not contiguous keeps its strides, or
+// goes compact by torch's rule, as in the Python codec (encoding/tensors.py). All-zero tensors travel
+// as their shape when asked (compact_zeros), as in the Python codec: -0.0 counts as zero there too.
 #include "tensor_codec.h"
 
 #include <ATen/TensorSubclassLikeUtils.h>
@@ -37,23 +38,48 @@ std::optional<Dtype> dtype_of(at::ScalarType scalar) {
 at::ScalarType scalar_of(Dtype dtype) { return kKinds[static_cast<size_t>(dtype)].scalar; }
 
 // The tensor a plain-tensor fast path may take: exactly torch.Tensor (no Parameter, no subclass),
-// strided CPU memory of its own, C order, no lazy bit, not requiring grad.
+// strided CPU memory of its own, no lazy bit, not requiring grad.
 bool plain(PyObject* item, at::Tensor* out) {
   if (!THPVariable_CheckExact(item)) return false;
   const at::Tensor& tensor = THPVariable_Unpack(item);
   if (tensor.layout() != at::kStrided || !tensor.device().is_cpu() || !tensor.has_storage() ||
       at::isTensorSubclassLike(tensor) || tensor.requires_grad() || tensor.is_conj() || tensor.is_neg() ||
-      !tensor.is_contiguous() || !dtype_of(tensor.scalar_type())) {
+      !dtype_of(tensor.scalar_type())) {
     return false;
   }
   *out = tensor;
   return true;
 }
 
+// torch's rule for a view (and the Python codec's, tensors.py): one that reaches at least this much
+// memory and at least twice its elements travels compact, in C order; any other keeps its strides.
+constexpr uint64_t kRecopyBytes = 8 * 1024;
+constexpr uint64_t kRecopyMultiple = 2;
+
+// How many elements from its first one a view that keeps its strides sends; 0 to send it compact.
+uint64_t kept_span(const at::Tensor& tensor) {
+  if (tensor.is_contiguous() || !tensor.numel()) return 0;
+  uint64_t span = 1;
+  for (int64_t dim = 0; dim < tensor.dim(); ++dim) {
+    span += static_cast<uint64_t>(tensor.size(dim) - 1) * static_cast<uint64_t>(tensor.stride(dim));
+  }
+  uint64_t elements = static_cast<uint64_t>(tensor.numel());
+  bool recopy = span * tensor.element_size() >= kRecopyBytes && span >= kRecopyMultiple * elements;
+  return recopy ? 0 : span;
+}
+
 // Every element compares equal to zero (-0.0 does; NaN does not), looking no further than the
-// first that does not: usually the first.
+// first that does not: usually the first. A view is asked of torch after its first element (an
+// expanded one would be scanned over memory it does not reach twice).
 bool all_zeros(const at::Tensor& tensor) {
   if (!tensor.numel()) return false;
+  if (!tensor.is_contiguous()) {
+    bool first_zero = true;
+    AT_DISPATCH_ALL_TYPES_AND_COMPLEX_AND3(at::kHalf, at::kBFloat16, at::kBool, tensor.scalar_type(), "first", [&] {
+      first_zero = *tensor.const_data_ptr<scalar_t>() == scalar_t(0);
+    });
+    return first_zero && !tensor.any().item<bool>();
+  }
   bool zeros = true;
   AT_DISPATCH_ALL_TYPES_AND_COMPLEX_AND3(at::kHalf, at::kBFloat16, at::kBool, tensor.scalar_type(), "all_zeros", [&] {
     const scalar_t* data = tensor.const_data_ptr<scalar_t>();
@@ -81,6 +107,7 @@ at::Tensor over(PyObject* owner, const DenseMeta& meta, const at::TensorOptions&
     });
   };
   try {
+    if (!meta.strides.empty()) return at::from_blob(data, meta.shape, meta.strides, release, options);
     return at::from_blob(data, meta.shape, release, options);
   } catch (...) {
     release(nullptr);
@@ -107,6 +134,12 @@ pybind11::object encode_tensor_list(const pybind11::list& items, bool compact_ze
     if (compact_zeros && all_zeros(tensor)) {
       meta.zeros = true;
     } else {
+      if (uint64_t span = kept_span(tensor)) {
+        meta.strides.assign(tensor.strides().begin(), tensor.strides().end());
+        tensor = tensor.as_strided({static_cast<int64_t>(span)}, {1}, tensor.storage_offset());
+      } else if (!tensor.is_contiguous()) {
+        tensor = tensor.contiguous();
+      }
       meta.attachment = static_cast<uint32_t>(attachments.size());
       attachments.append(pybind11::cast(TensorBytes{tensor}));
     }

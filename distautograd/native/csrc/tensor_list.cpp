@@ -1,8 +1,8 @@
 // A gradient list's Value read and written without a protobuf library: Value{tensors=2, tensor_list=4,
-// none_at=5 (packed or not)}, TensorMeta{dtype=1, shape=2 (packed or not), attachment=3, zeros=10}.
-// A field that makes a tensor other than plain (requires_grad, parameter, a message id, quantization,
-// activates, sparse, strides, conj, neg), a pickle or RRefs, a known field with another wire type, and
-// any value the Python decoder would refuse: the list is not the common case.
+// none_at=5 (packed or not)}, TensorMeta{dtype=1, shape=2 (packed or not), attachment=3, zeros=10,
+// strides=12 (packed or not)}. A field that makes a tensor other than plain (requires_grad, parameter,
+// a message id, quantization, activates, sparse, conj, neg), a pickle or RRefs, a known field with
+// another wire type, and any value the Python decoder would refuse: the list is not the common case.
 #include "tensor_list.h"
 
 #include <set>
@@ -16,8 +16,8 @@ namespace {
 using wire::Cursor;
 
 constexpr uint32_t kPickle = 1, kTensors = 2, kRRefs = 3, kTensorList = 4, kNoneAt = 5;  // Value
-constexpr uint32_t kDtype = 1, kShape = 2, kAttachment = 3, kZeros = 10;                  // TensorMeta
-constexpr uint32_t kLastField = 14;  // TensorMeta's fields are 1..14; 4-9 and 11-14 leave the common case
+constexpr uint32_t kDtype = 1, kShape = 2, kAttachment = 3, kZeros = 10, kStrides = 12;   // TensorMeta
+constexpr uint32_t kLastField = 14;  // TensorMeta's fields are 1..14; 4-9, 11, 13 and 14 leave the common case
 
 struct Named {
   Dtype dtype;
@@ -47,6 +47,21 @@ bool read_repeated(Cursor& message, uint32_t type, std::vector<T>& into) {
   return true;
 }
 
+// The elements a strided layout reaches from its first one, or nothing when the strides do not fit
+// the shape (another count, a negative one) or the span would pass kMaxTensorBytes elements.
+std::optional<uint64_t> span_of(const std::vector<int64_t>& shape, const std::vector<int64_t>& strides) {
+  if (strides.size() != shape.size()) return std::nullopt;
+  uint64_t span = 1;
+  for (size_t dim = 0; dim < shape.size(); ++dim) {
+    if (strides[dim] < 0) return std::nullopt;
+    if (shape[dim] == 0) continue;  // no elements at all: the caller refuses it
+    uint64_t steps = static_cast<uint64_t>(shape[dim] - 1), stride = static_cast<uint64_t>(strides[dim]);
+    if (steps && stride > (kMaxTensorBytes - span) / steps) return std::nullopt;
+    span += steps * stride;
+  }
+  return span;
+}
+
 std::optional<DenseMeta> read_meta(Cursor meta) {
   DenseMeta out;
   std::string dtype;  // proto3: a string never set is empty
@@ -57,6 +72,8 @@ std::optional<DenseMeta> read_meta(Cursor meta) {
       dtype = meta.delimited().rest();  // set twice: the last one counts
     } else if (tag.field == kShape) {
       if (!read_repeated(meta, tag.type, out.shape)) return std::nullopt;
+    } else if (tag.field == kStrides) {
+      if (!read_repeated(meta, tag.type, out.strides)) return std::nullopt;
     } else if (tag.field == kAttachment || tag.field == kZeros) {
       if (tag.type != wire::kVarint) return std::nullopt;
       uint64_t value = meta.varint();
@@ -80,6 +97,12 @@ std::optional<DenseMeta> read_meta(Cursor meta) {
     uint64_t n = static_cast<uint64_t>(size);
     if (n && count > kMaxTensorBytes / n) return std::nullopt;
     count *= n;
+  }
+  if (out.zeros) out.strides.clear();  // the Python decoder makes zeros before it looks at strides
+  if (!out.strides.empty()) {
+    std::optional<uint64_t> span = span_of(out.shape, out.strides);
+    if (!span || count == 0) return std::nullopt;  // strides that do not fit: the Python decoder says so
+    count = *span;
   }
   if (count > kMaxTensorBytes / dtype_size(out.dtype)) return std::nullopt;
   out.nbytes = count * dtype_size(out.dtype);
@@ -140,6 +163,8 @@ std::string write_tensor_list(const TensorList& list) {
     writer.packed_field(kShape, shape.data(), shape.size());
     if (meta.attachment) writer.varint_field(kAttachment, meta.attachment);
     if (meta.zeros) writer.varint_field(kZeros, 1);
+    std::vector<uint64_t> strides(meta.strides.begin(), meta.strides.end());
+    writer.packed_field(kStrides, strides.data(), strides.size());
     value.bytes_field(kTensors, bytes);
   }
   value.varint_field(kTensorList, 1);

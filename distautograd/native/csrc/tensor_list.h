@@ -1,6 +1,7 @@
 // A list of gradients as a Value describes it (protos: Value{tensor_list, tensors, none_at}), in the
-// common case only: plain dense tensors in C order, or all-zero ones that travel without bytes, with
-// no autograd or Parameter bits. Anything else, and anything wrong, is left to the Python decoder
+// common case only: plain dense tensors, in C order or as views that keep their strides (an expanded
+// gradient travels as its one element), or all-zero ones that travel without bytes, with no autograd
+// or Parameter bits. Anything else, and anything wrong, is left to the Python decoder
 // (encoding/tensors.py), which knows every case and says what is wrong. Knows nothing of torch.
 #pragma once
 
@@ -22,10 +23,13 @@ size_t dtype_size(Dtype dtype);
 
 struct DenseMeta {
   Dtype dtype = Dtype::kFloat32;
-  std::vector<int64_t> shape;  // every size >= 0
-  uint32_t attachment = 0;     // where its bytes are (unless zeros)
-  bool zeros = false;          // all zeros: no bytes travel
-  uint64_t nbytes = 0;         // what the attachment must hold: elements x element size (no overflow)
+  std::vector<int64_t> shape;    // every size >= 0
+  std::vector<int64_t> strides;  // empty: C order; else one per size, each >= 0, over elements that exist
+  uint32_t attachment = 0;       // where its bytes are (unless zeros)
+  bool zeros = false;            // all zeros: no bytes travel (and strides mean nothing)
+  // What the attachment must hold, without overflow: the elements (C order) or the span the strides
+  // reach from the first element (1 + the sum of (size - 1) x stride), times the element size.
+  uint64_t nbytes = 0;
 };
 
 struct TensorList {
