@@ -42,21 +42,29 @@ def run_wave(
     if roots and (leaves or recvs):
         edges, grads = [edge for edge, _ in roots], [grad for _, grad in roots]
         anchors = [recv_points(node)[0].anchor for node in recvs]
-        inputs = [GradientEdge(leaf, 0) for leaf in leaves] + anchors
         if store.accumulates and not create_graph and _native(recvs):  # as the next branch, in one call of the core
             sink = native.core.run_wave(edges, grads, list(leaves), [anchor.node for anchor in anchors], store.grads,
                                         slots.LOCK, retain_graph)
-        elif store.accumulates:
-            with slots.swapped(leaves, store), recording() as sink:
-                _run_engine(edges, grads, retain_graph, create_graph, inputs)
-            got = [store.grads.get(leaf.variable) for leaf in leaves] if create_graph else ()
         else:
-            with recording() as sink:
-                got = _run_engine(edges, grads, retain_graph, create_graph, inputs, accumulate=False)
-            store.take(leaves, got[:len(leaves)])
-        if create_graph:
-            order.place_tensors([got, sink])  # the graph this call made, placed on the thread that made it
+            sink = _run_wave_in_python(edges, grads, leaves, anchors, store, retain_graph, create_graph)
     return {point.message_id: sink.get(point.message_id) for node in recvs for point in recv_points(node)}
+
+
+def _run_wave_in_python(edges, grads, leaves, anchors, store: slots.GradStore, retain_graph: bool,
+                        create_graph: bool) -> Dict[int, Optional[torch.Tensor]]:
+    """run_wave's reference path (and its only one for a capture or a graph made): the gradient each recv point got."""
+    inputs = [GradientEdge(leaf, 0) for leaf in leaves] + anchors
+    if store.accumulates:
+        with slots.swapped(leaves, store), recording() as sink:
+            _run_engine(edges, grads, retain_graph, create_graph, inputs)
+        got = [store.grads.get(leaf.variable) for leaf in leaves] if create_graph else ()
+    else:
+        with recording() as sink:
+            got = _run_engine(edges, grads, retain_graph, create_graph, inputs, accumulate=False)
+        store.take(leaves, got[:len(leaves)])
+    if create_graph:
+        order.place_tensors([got, sink])  # the graph this call made, placed on the thread that made it
+    return sink
 
 
 def run_node(
