@@ -26,9 +26,10 @@ def encode(items: list, compact_zeros: bool) -> Optional[Tuple[pb.Value, List[An
     return pb.Value.FromString(value), attachments
 
 
-def decode(value: pb.Value, attachments: Sequence[Any], zeros_limit: int) -> Optional[list]:
+def decode(value: pb.Value, attachments: Sequence[Any], unsent_limit: int) -> Optional[list]:
     """The list ``value`` describes, its tensors over the attachments' memory; None when it is not
-    the common case, is malformed, or its all-zero tensors together take over ``zeros_limit`` bytes."""
+    the common case, is malformed, or its all-zero tensors and expanded views together would take over
+    ``unsent_limit`` bytes beyond those that came."""
     if not native.path_on():
         return None
-    return native.core.decode_tensor_list(value.SerializeToString(), list(attachments), zeros_limit)
+    return native.core.decode_tensor_list(value.SerializeToString(), list(attachments), unsent_limit)

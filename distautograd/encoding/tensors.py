@@ -101,12 +101,12 @@ def _encode_sparse(tensor: torch.Tensor, attachments: MutableSequence[Any]) -> p
                          sparse=sparse)
 
 
-def _decode_sparse(meta: pb.TensorMeta, attachments: Sequence[Any], zeros: Optional[ZerosBudget]) -> torch.Tensor:
+def _decode_sparse(meta: pb.TensorMeta, attachments: Sequence[Any], unsent: Optional[UnsentBudget]) -> torch.Tensor:
     """Rebuilds a sparse tensor, checking its indices against its size: they come from a peer."""
     layout = _SPARSE_LAYOUTS.get(meta.sparse.layout)
     if any(part.HasField("sparse") or part.HasField("quantization") for part in meta.sparse.parts):
         raise InvalidArgument("malformed sparse tensor: its parts must be plain dense tensors")
-    parts = [decode(part, attachments, zeros) for part in meta.sparse.parts]
+    parts = [decode(part, attachments, unsent) for part in meta.sparse.parts]
     if layout is None or len(parts) != (2 if layout == torch.sparse_coo else 3):
         raise InvalidArgument(f"malformed sparse tensor (layout {meta.sparse.layout!r}, {len(parts)} parts)")
     size = list(meta.shape)
@@ -184,32 +184,34 @@ def _all_zeros(tensor: torch.Tensor) -> bool:
     return not tensor.any()
 
 
-class ZerosBudget:
-    """The bytes of all-zero tensors one message may still make: they travel as a shape alone, so
-    without a bound a few bytes from a peer could ask for any amount of memory."""
+class UnsentBudget:
+    """The bytes one message may still describe without sending them: all-zero tensors travel as a
+    shape alone, and an expanded view as the few elements it reaches, so without a bound a few bytes
+    from a peer could ask for any amount of memory (or of work, once torch sums an expanded
+    gradient down to its tensor's shape)."""
 
     def __init__(self, limit: int):
         self.left = limit
 
     def take(self, nbytes: int) -> None:
         if nbytes > self.left:
-            raise InvalidArgument(f"a message's all-zero tensors would take more than the {self.left} bytes this "
-                                  "process still allows it (max_message_bytes)")
+            raise InvalidArgument(f"a message's all-zero tensors and expanded views would take more than the "
+                                  f"{self.left} bytes this process still allows it (max_message_bytes)")
         self.left -= nbytes
 
 
-def decode(meta: pb.TensorMeta, attachments: Sequence[Any], zeros: Optional[ZerosBudget] = None) -> torch.Tensor:
+def decode(meta: pb.TensorMeta, attachments: Sequence[Any], unsent: Optional[UnsentBudget] = None) -> torch.Tensor:
     """Rebuilds a tensor from its description and the received attachments (requires_grad is left off);
-    all-zero tensors are made only within ``zeros``, where given (a peer's message)."""
+    all-zero tensors and expanded views are made only within ``unsent``, where given (a peer's message)."""
     if meta.HasField("sparse"):
-        return _decode_sparse(meta, attachments, zeros)
+        return _decode_sparse(meta, attachments, unsent)
     dtype = dtype_from_name(meta.dtype)
     shape = list(meta.shape)
     if any(size < 0 for size in shape):
         raise InvalidArgument(f"tensor shape {shape} has a negative size")
     if meta.zeros:
-        if zeros is not None:
-            zeros.take(math.prod(shape) * _element_size(dtype))
+        if unsent is not None:
+            unsent.take(math.prod(shape) * _element_size(dtype))
         return torch.zeros(shape, dtype=dtype)
     data = _attachment(attachments, meta.attachment)
     strides = list(meta.strides)
@@ -225,6 +227,8 @@ def decode(meta: pb.TensorMeta, attachments: Sequence[Any], zeros: Optional[Zero
             f"tensor of dtype {meta.dtype}, shape {shape} and strides {strides or 'C order'} needs {expected} bytes "
             f"but {len(data)} arrived"
         )
+    if strides and unsent is not None and math.prod(shape) > count:  # an expanded view: more elements than bytes
+        unsent.take((math.prod(shape) - count) * _element_size(dtype))
     if packed:
         tensor = _as_uint8(data) if expected else torch.empty(0, dtype=torch.uint8)
     elif expected == 0:

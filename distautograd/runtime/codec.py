@@ -145,9 +145,9 @@ class Codec:
         """Every tensor of a message; those with a message id become the outputs of its one recv node."""
         decoded: List[torch.Tensor] = []
         arrived: List[tuple] = []  # (index, (tensor, message id, what its send point activates))
-        zeros = tensors.ZerosBudget(self.max_message_bytes)
+        unsent = tensors.UnsentBudget(self.max_message_bytes)
         for meta in metas:
-            tensor = tensors.decode(meta, attachments, zeros)
+            tensor = tensors.decode(meta, attachments, unsent)
             if meta.autograd_message_id and ctx is not None:
                 sent = None if meta.activates_unknown else meta.activates
                 arrived.append((len(decoded), (tensor, meta.autograd_message_id, sent)))

@@ -159,7 +159,8 @@ def test_the_attachments_keep_the_sent_tensor_alive():
     assert bytes(memoryview(attachments[0])) == bytes(torch.arange(4.0).mul(2).numpy())
 
 
-ZEROS_REFUSED = r"all-zero tensors would take more than the \d+ bytes this process still allows it \(max_message_bytes\)"
+UNSENT_REFUSED = (r"all-zero tensors and expanded views would take more than the \d+ bytes this process still allows it "
+                  r"\(max_message_bytes\)")
 
 
 def test_all_zero_tensors_a_message_asks_for_stay_within_max_message_bytes(path):
@@ -172,13 +173,38 @@ def test_all_zero_tensors_a_message_asks_for_stay_within_max_message_bytes(path)
         value = pb.Value(tensor_list=True)
         for shape in shapes:
             value.tensors.add(dtype="float32", shape=shape, zeros=True)
-        with pytest.raises(errors.InvalidArgument, match=ZEROS_REFUSED):
+        with pytest.raises(errors.InvalidArgument, match=UNSENT_REFUSED):
             codec.decode(value, [], 0, None, rrefs=[])
     sparse = pb.Value(tensor_list=True)
     sparse.tensors.add(dtype="float32", shape=[10], sparse=pb.Sparse(layout="sparse_coo", parts=[
         pb.TensorMeta(dtype="int64", shape=[1, 1 << 40], zeros=True), pb.TensorMeta(dtype="float32", shape=[1 << 40], zeros=True)]))
-    with pytest.raises(errors.InvalidArgument, match=ZEROS_REFUSED):
+    with pytest.raises(errors.InvalidArgument, match=UNSENT_REFUSED):
         codec.decode(sparse, [], 0, None, rrefs=[])  # the parts of a sparse tensor too
+
+
+def test_expanded_views_a_message_asks_for_stay_within_max_message_bytes_with_its_zeros(path):
+    """An expanded view travels as the elements it reaches: 4 bytes could describe 2^62 elements,
+    which torch would then sum down to the tensor's shape. What its elements take beyond the bytes
+    that came counts against the same limit as all-zero tensors; a view whose elements all came (a
+    transposed one) takes nothing from it."""
+    codec = Codec(None, None, None, 4096)
+    expanded = torch.tensor(2.0).expand(32, 32)  # 4,096 bytes of elements, 4 sent: 4,092 unsent
+    transposed = torch.arange(4096.0).reshape(64, 64).t()  # 16 KiB, all of it sent
+    value, attachments = python_encode([expanded, transposed], False)
+    received = [bytearray(memoryview(a).cast("B")) for a in attachments]
+    assert list(value.tensors[0].strides) == [0, 0] and list(value.tensors[1].strides) == [1, 64]
+    assert same(codec.decode(value, received, 0, None, rrefs=[]), [expanded, transposed])
+    for extra in (pb.TensorMeta(dtype="float32", shape=[2], zeros=True),  # 8 bytes more: 4,100 in all
+                  pb.TensorMeta(dtype="float32", shape=[3], strides=[0], attachment=2)):  # 8 unsent
+        more = pb.Value()
+        more.CopyFrom(value)
+        more.tensors.append(extra)
+        with pytest.raises(errors.InvalidArgument, match=UNSENT_REFUSED):
+            codec.decode(more, received + [bytearray(4)], 0, None, rrefs=[])
+    huge = pb.Value(tensor_list=True)
+    huge.tensors.add(dtype="float32", shape=[1 << 31, 1 << 31], strides=[0, 0])
+    with pytest.raises(errors.InvalidArgument, match=UNSENT_REFUSED):
+        codec.decode(huge, [bytearray(4)], 0, None, rrefs=[])
 
 
 def _others():

@@ -159,7 +159,7 @@ PYBIND11_MODULE(_core, m) {
         pybind11::arg("compact_zeros"),
         "(serialized Value, attachments) of a list of plain tensors and Nones; None when it is not one.");
   m.def("decode_tensor_list", &distautograd::native::decode_tensor_list, pybind11::arg("value"),
-        pybind11::arg("attachments"), pybind11::arg("zeros_limit"),
+        pybind11::arg("attachments"), pybind11::arg("unsent_limit"),
         "The list of tensors and Nones a serialized Value describes; None when it is not the common case.");
   m.def("plan_pass_graph", &distautograd::native::plan_pass_graph, pybind11::arg("sources"),
         pybind11::arg("leaf_type"), pybind11::arg("recv_types"),

@@ -78,7 +78,9 @@ bool all_zeros(const at::Tensor& tensor) {
     AT_DISPATCH_ALL_TYPES_AND_COMPLEX_AND3(at::kHalf, at::kBFloat16, at::kBool, tensor.scalar_type(), "first", [&] {
       first_zero = *tensor.const_data_ptr<scalar_t>() == scalar_t(0);
     });
-    return first_zero && !tensor.any().item<bool>();
+    if (!first_zero) return false;
+    gil::Released released;  // a scan of a big view: other threads run meanwhile, as around torch's own
+    return !tensor.any().item<bool>();
   }
   bool zeros = true;
   AT_DISPATCH_ALL_TYPES_AND_COMPLEX_AND3(at::kHalf, at::kBFloat16, at::kBool, tensor.scalar_type(), "all_zeros", [&] {
@@ -99,20 +101,17 @@ at::Tensor over(PyObject* owner, const DenseMeta& meta, const at::TensorOptions&
   auto view = std::make_unique<Py_buffer>();
   if (PyObject_GetBuffer(owner, view.get(), PyBUF_WRITABLE) != 0) throw pybind11::error_already_set();
   void* data = view->buf;
-  Py_buffer* held = view.release();
-  auto release = [held](void*) {
-    gil::unless_finalizing([held] {
-      PyBuffer_Release(held);
-      delete held;
+  // The export is let go when the last copy of the deleter goes: with the tensor's storage, or at
+  // once if from_blob fails (whether before or after it took the deleter: never twice).
+  std::shared_ptr<Py_buffer> held(view.release(), [](Py_buffer* buffer) {
+    gil::unless_finalizing([buffer] {
+      PyBuffer_Release(buffer);
+      delete buffer;
     });
-  };
-  try {
-    if (!meta.strides.empty()) return at::from_blob(data, meta.shape, meta.strides, release, options);
-    return at::from_blob(data, meta.shape, release, options);
-  } catch (...) {
-    release(nullptr);
-    throw;
-  }
+  });
+  auto keep = [held](void*) {};
+  if (!meta.strides.empty()) return at::from_blob(data, meta.shape, meta.strides, keep, options);
+  return at::from_blob(data, meta.shape, keep, options);
 }
 
 }  // namespace
@@ -138,6 +137,7 @@ pybind11::object encode_tensor_list(const pybind11::list& items, bool compact_ze
         meta.strides.assign(tensor.strides().begin(), tensor.strides().end());
         tensor = tensor.as_strided({static_cast<int64_t>(span)}, {1}, tensor.storage_offset());
       } else if (!tensor.is_contiguous()) {
+        gil::Released released;  // the copy of a big view: other threads run meanwhile
         tensor = tensor.contiguous();
       }
       meta.attachment = static_cast<uint32_t>(attachments.size());
@@ -149,7 +149,7 @@ pybind11::object encode_tensor_list(const pybind11::list& items, bool compact_ze
 }
 
 pybind11::object decode_tensor_list(const pybind11::bytes& value, const pybind11::list& attachments,
-                                    uint64_t zeros_limit) {
+                                    uint64_t unsent_limit) {
   char* data = nullptr;
   Py_ssize_t size = 0;
   if (PyBytes_AsStringAndSize(value.ptr(), &data, &size) != 0) throw pybind11::error_already_set();
@@ -160,11 +160,10 @@ pybind11::object decode_tensor_list(const pybind11::bytes& value, const pybind11
     return pybind11::none();  // protobuf's own parser reads more (groups, in unknown fields): it decides
   }
   if (!list) return pybind11::none();
-  uint64_t zeros = 0;  // never above zeros_limit: the sum cannot wrap
+  uint64_t unsent = 0;  // never above unsent_limit: the sum cannot wrap
   for (const DenseMeta& meta : list->tensors) {
-    if (!meta.zeros) continue;
-    if (meta.nbytes > zeros_limit - zeros) return pybind11::none();  // the Python codec says why
-    zeros += meta.nbytes;
+    if (meta.unsent > unsent_limit - unsent) return pybind11::none();  // the Python codec says why
+    unsent += meta.unsent;
   }
   std::vector<at::Tensor> tensors;
   try {

@@ -16,9 +16,9 @@ struct TensorBytes {
 pybind11::object encode_tensor_list(const pybind11::list& items, bool compact_zeros);
 
 // The list a serialized Value and its attachments describe, or None (also when its all-zero tensors
-// together would take over `zeros_limit` bytes). A tensor shares the memory of its attachment (a
-// bytearray), which it keeps alive, as torch.frombuffer does.
+// and expanded views together would take over `unsent_limit` bytes beyond those that came). A tensor
+// shares the memory of its attachment (a bytearray), which it keeps alive, as torch.frombuffer does.
 pybind11::object decode_tensor_list(const pybind11::bytes& value, const pybind11::list& attachments,
-                                    uint64_t zeros_limit);
+                                    uint64_t unsent_limit);
 
 }  // namespace distautograd::native

@@ -98,14 +98,20 @@ std::optional<DenseMeta> read_meta(Cursor meta) {
     if (n && count > kMaxTensorBytes / n) return std::nullopt;
     count *= n;
   }
-  if (out.zeros) out.strides.clear();  // the Python decoder makes zeros before it looks at strides
-  if (!out.strides.empty()) {
+  uint64_t size = dtype_size(out.dtype);
+  if (count > kMaxTensorBytes / size) return std::nullopt;  // past any budget: the Python decoder says so
+  uint64_t elements = count * size;
+  out.nbytes = elements;
+  if (out.zeros) {
+    out.strides.clear();  // the Python decoder makes zeros before it looks at strides
+    out.unsent = elements;
+  } else if (!out.strides.empty()) {
     std::optional<uint64_t> span = span_of(out.shape, out.strides);
     if (!span || count == 0) return std::nullopt;  // strides that do not fit: the Python decoder says so
-    count = *span;
+    if (*span > kMaxTensorBytes / size) return std::nullopt;
+    out.nbytes = *span * size;
+    out.unsent = elements > out.nbytes ? elements - out.nbytes : 0;
   }
-  if (count > kMaxTensorBytes / dtype_size(out.dtype)) return std::nullopt;
-  out.nbytes = count * dtype_size(out.dtype);
   return out;
 }
 

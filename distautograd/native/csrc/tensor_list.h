@@ -30,6 +30,9 @@ struct DenseMeta {
   // What the attachment must hold, without overflow: the elements (C order) or the span the strides
   // reach from the first element (1 + the sum of (size - 1) x stride), times the element size.
   uint64_t nbytes = 0;
+  // What its elements take beyond the bytes that travel (all zeros: all of it; an expanded view: the
+  // elements its span does not hold), which a message may ask for only within a budget.
+  uint64_t unsent = 0;
 };
 
 struct TensorList {
