@@ -206,6 +206,22 @@ class Backward:
 
         return self._passes.join((context_id, pass_id), make)
 
+    def _joined(self, context_id: int, pass_id: int, root: int, src: int) -> Optional[Part]:
+        """``_part``, for a message a peer sent: where this worker cannot take part (its context was
+        released here, or the peer has no share left for another), the root hears it at once and the
+        pass fails naming this worker, as torch's fails when a worker no longer knows the context,
+        rather than waiting for its timeout."""
+        try:
+            return self._part(context_id, pass_id, root, src)
+        except errors.RpcError as exc:
+            if root != self.rank and context_id:
+                finished = pb.PassFinished(context_id=context_id, pass_id=pass_id, error=errors.to_proto(exc, self.name))
+                try:
+                    self._peers.notify(root, pb.Request(pass_finished=finished))
+                except Exception as lost:  # the root is gone: nobody waits for this pass
+                    log.debug("could not report pass %d to rank %d: %s", pass_id, root, lost)  # pragma: no mutate
+            raise
+
     def _run_arrivals(self, drive: Drive, part: Part) -> None:
         """The caller's thread runs the pushes to its part as they come, until the pass ends."""
         drive.result.add_done_callback(lambda _: drive.inbox.put(None))
@@ -220,7 +236,7 @@ class Backward:
         function wait for another worker, or run long, reading goes on elsewhere (transport.reading)."""
         role = reading.lend()
         try:
-            part = self._part(body.context_id, body.pass_id, body.root, link.peer_rank)
+            part = self._joined(body.context_id, body.pass_id, body.root, link.peer_rank)
             if part is None:
                 return  # its pass ended here
             drive = self._passes.drive((body.context_id, body.pass_id)) if part.root == self.rank else None
@@ -274,7 +290,7 @@ class Backward:
             raise errors.InvalidArgument(str(exc)) from None
 
     def handle_run(self, link, body: pb.RunBackward, attachments) -> None:
-        part = self._part(body.context_id, body.pass_id, body.plan.root, link.peer_rank)
+        part = self._joined(body.context_id, body.pass_id, body.plan.root, link.peer_rank)
         if part is not None:
             self._start_part(part, body.plan)
 

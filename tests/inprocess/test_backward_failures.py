@@ -287,21 +287,65 @@ def test_a_participant_whose_root_departs_takes_its_parts_off_at_once(monkeypatc
         world.close()
 
 
+class TellsWhenInBackward(torch.autograd.Function):
+    """Sets ``STARTED`` when its backward begins, then sleeps: a part certainly running."""
+
+    @staticmethod
+    def forward(ctx, x, seconds):
+        ctx.seconds = seconds
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx, grad):
+        STARTED.set()
+        time.sleep(ctx.seconds)
+        return grad, None
+
+
+STARTED = threading.Event()
+
+
+def tells_when_in_backward(x, seconds=1.5):
+    return TellsWhenInBackward.apply(x, seconds)
+
+
 def test_a_context_released_mid_pass_takes_its_parts_off_there():
-    world = World(["c0", "c1"], rpc_timeout=2)
+    world = World(["c0", "c1"], rpc_timeout=5)
     try:
         x = torch.randn(3, requires_grad=True)
         with context("c0") as ctx:
-            y = call("c0", "c1", slow_in_backward, x)
+            y = call("c0", "c1", tells_when_in_backward, x)
             left = {}
 
             def release():
+                assert STARTED.wait(5), "c1's part never began"
                 AGENTS["c1"].contexts.release(ctx.id)
                 left["c1"] = AGENTS["c1"].backward.in_flight()
 
-            threading.Timer(0.3, release).start()
+            STARTED.clear()
+            releasing = threading.Thread(target=release)
+            releasing.start()
             backward("c0", ctx, [y.sum()])  # the wave already running there still pushes what it made
+            releasing.join(5)
             assert left["c1"] == []  # but the part was taken off at once
+    finally:
+        world.close()
+
+
+def test_a_pass_reaching_a_worker_that_released_its_context_fails_at_once_naming_it():
+    """As torch's fails when a worker no longer knows the context: the worker tells the root, which
+    fails the pass then, not at its timeout (a push is a notification: the sender hears nothing)."""
+    world = World(["r0", "r1"], rpc_timeout=30)
+    try:
+        x = torch.randn(3, requires_grad=True)
+        with context("r0") as ctx:
+            y = call("r0", "r1", torch.mul, x, 2.0)
+            AGENTS["r1"].contexts.release(ctx.id, sender=0)  # r1 alone lets it go (r0 is not told)
+            began = time.monotonic()
+            with pytest.raises(errors.FailedPrecondition, match=f"context {ctx.id} was already released on r1"):
+                backward("r0", ctx, [y.sum()])
+            assert time.monotonic() - began < 5  # not the 30 s timeout
+            assert AGENTS["r0"].backward.in_flight() == []
     finally:
         world.close()
 
