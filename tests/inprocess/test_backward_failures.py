@@ -20,6 +20,9 @@ from tests.helpers.spies import Spy
 from tests.inprocess.test_backward import fails_in_backward
 
 
+STARTED = threading.Event()  # set by every SlowInBackward node as it begins: a part certainly running
+
+
 class SlowInBackward(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, seconds):
@@ -28,6 +31,7 @@ class SlowInBackward(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad):
+        STARTED.set()
         time.sleep(ctx.seconds)
         return grad, None
 
@@ -287,34 +291,12 @@ def test_a_participant_whose_root_departs_takes_its_parts_off_at_once(monkeypatc
         world.close()
 
 
-class TellsWhenInBackward(torch.autograd.Function):
-    """Sets ``STARTED`` when its backward begins, then sleeps: a part certainly running."""
-
-    @staticmethod
-    def forward(ctx, x, seconds):
-        ctx.seconds = seconds
-        return x.clone()
-
-    @staticmethod
-    def backward(ctx, grad):
-        STARTED.set()
-        time.sleep(ctx.seconds)
-        return grad, None
-
-
-STARTED = threading.Event()
-
-
-def tells_when_in_backward(x, seconds=1.5):
-    return TellsWhenInBackward.apply(x, seconds)
-
-
 def test_a_context_released_mid_pass_takes_its_parts_off_there():
     world = World(["c0", "c1"], rpc_timeout=5)
     try:
         x = torch.randn(3, requires_grad=True)
         with context("c0") as ctx:
-            y = call("c0", "c1", tells_when_in_backward, x)
+            y = call("c0", "c1", slow_in_backward, x)
             left = {}
 
             def release():
