@@ -324,8 +324,9 @@ def test_a_pass_reaching_a_worker_that_released_its_context_fails_at_once_naming
             y = call("r0", "r1", torch.mul, x, 2.0)
             AGENTS["r1"].contexts.release(ctx.id, sender=0)  # r1 alone lets it go (r0 is not told)
             began = time.monotonic()
-            with pytest.raises(errors.FailedPrecondition, match=f"context {ctx.id} was already released on r1"):
+            with pytest.raises(errors.FailedPrecondition, match=f"context {ctx.id} was already released on r1") as raised:
                 backward("r0", ctx, [y.sum()])
+            assert raised.value.worker == "r1"
             assert time.monotonic() - began < 5  # not the 30 s timeout
             assert AGENTS["r0"].backward.in_flight() == []
     finally:
