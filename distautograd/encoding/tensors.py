@@ -209,26 +209,27 @@ def decode(meta: pb.TensorMeta, attachments: Sequence[Any], unsent: Optional[Uns
     shape = list(meta.shape)
     if any(size < 0 for size in shape):
         raise InvalidArgument(f"tensor shape {shape} has a negative size")
+    elements = math.prod(shape)
     if meta.zeros:
         if unsent is not None:
-            unsent.take(math.prod(shape) * _element_size(dtype))
+            unsent.take(elements * _element_size(dtype))
         return torch.zeros(shape, dtype=dtype)
     data = _attachment(attachments, meta.attachment)
     strides = list(meta.strides)
-    if strides and (len(strides) != len(shape) or any(s < 0 for s in strides) or not math.prod(shape)):
+    if strides and (len(strides) != len(shape) or any(s < 0 for s in strides) or not elements):
         raise InvalidArgument(f"tensor strides {strides} do not fit its shape {shape}")
     packed = _packed_per_byte(meta, dtype)
     if packed and strides:
         raise InvalidArgument(f"a packed {meta.quantization.dtype} tensor cannot have strides")
-    count = _span(shape, strides) if strides else math.prod(shape)
+    count = _span(shape, strides) if strides else elements
     expected = -(-count // packed) if packed else count * _element_size(dtype)
     if len(data) != expected:
         raise InvalidArgument(
             f"tensor of dtype {meta.dtype}, shape {shape} and strides {strides or 'C order'} needs {expected} bytes "
             f"but {len(data)} arrived"
         )
-    if strides and unsent is not None and math.prod(shape) > count:  # an expanded view: more elements than bytes
-        unsent.take((math.prod(shape) - count) * _element_size(dtype))
+    if strides and unsent is not None and elements > count:  # an expanded view: more elements than bytes
+        unsent.take((elements - count) * _element_size(dtype))
     if packed:
         tensor = _as_uint8(data) if expected else torch.empty(0, dtype=torch.uint8)
     elif expected == 0:
