@@ -59,10 +59,7 @@ constexpr uint64_t kRecopyMultiple = 2;
 // How many elements from its first one a view that keeps its strides sends; 0 to send it compact.
 uint64_t kept_span(const at::Tensor& tensor) {
   if (tensor.is_contiguous() || !tensor.numel()) return 0;
-  uint64_t span = 1;
-  for (int64_t dim = 0; dim < tensor.dim(); ++dim) {
-    span += static_cast<uint64_t>(tensor.size(dim) - 1) * static_cast<uint64_t>(tensor.stride(dim));
-  }
+  uint64_t span = *span_of(tensor.sizes().vec(), tensor.strides().vec());  // a tensor's own layout always fits
   uint64_t elements = static_cast<uint64_t>(tensor.numel());
   bool recopy = span * tensor.element_size() >= kRecopyBytes && span >= kRecopyMultiple * elements;
   return recopy ? 0 : span;

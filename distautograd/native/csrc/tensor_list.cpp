@@ -47,21 +47,6 @@ bool read_repeated(Cursor& message, uint32_t type, std::vector<T>& into) {
   return true;
 }
 
-// The elements a strided layout reaches from its first one, or nothing when the strides do not fit
-// the shape (another count, a negative one) or the span would pass kMaxTensorBytes elements.
-std::optional<uint64_t> span_of(const std::vector<int64_t>& shape, const std::vector<int64_t>& strides) {
-  if (strides.size() != shape.size()) return std::nullopt;
-  uint64_t span = 1;
-  for (size_t dim = 0; dim < shape.size(); ++dim) {
-    if (strides[dim] < 0) return std::nullopt;
-    if (shape[dim] == 0) continue;  // no elements at all: the caller refuses it
-    uint64_t steps = static_cast<uint64_t>(shape[dim] - 1), stride = static_cast<uint64_t>(strides[dim]);
-    if (steps && stride > (kMaxTensorBytes - span) / steps) return std::nullopt;
-    span += steps * stride;
-  }
-  return span;
-}
-
 std::optional<DenseMeta> read_meta(Cursor meta) {
   DenseMeta out;
   std::string dtype;  // proto3: a string never set is empty
@@ -116,6 +101,19 @@ std::optional<DenseMeta> read_meta(Cursor meta) {
 }
 
 }  // namespace
+
+std::optional<uint64_t> span_of(const std::vector<int64_t>& shape, const std::vector<int64_t>& strides) {
+  if (strides.size() != shape.size()) return std::nullopt;
+  uint64_t span = 1;
+  for (size_t dim = 0; dim < shape.size(); ++dim) {
+    if (strides[dim] < 0) return std::nullopt;
+    if (shape[dim] == 0) continue;  // no elements at all: the caller refuses it
+    uint64_t steps = static_cast<uint64_t>(shape[dim] - 1), stride = static_cast<uint64_t>(strides[dim]);
+    if (steps && stride > (kMaxTensorBytes - span) / steps) return std::nullopt;
+    span += steps * stride;
+  }
+  return span;
+}
 
 std::optional<Dtype> dtype_named(const std::string& name) {
   for (const Named& entry : kDtypes) {

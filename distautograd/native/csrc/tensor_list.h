@@ -45,6 +45,11 @@ struct TensorList {
 // Above this a tensor's bytes are not the common case (they could not have arrived anyway).
 constexpr uint64_t kMaxTensorBytes = uint64_t{1} << 62;
 
+// The elements a strided layout reaches from its first one (1 + the sum of (size - 1) x stride), or
+// nothing when the strides do not fit the shape (another count, a negative one) or the span would
+// pass kMaxTensorBytes elements.
+std::optional<uint64_t> span_of(const std::vector<int64_t>& shape, const std::vector<int64_t>& strides);
+
 // The list a serialized Value describes, or nothing when it is not the common case (or is not
 // well-formed protobuf: the frame it came in was parsed before, so that never reaches here).
 std::optional<TensorList> read_tensor_list(const uint8_t* data, size_t size);
