@@ -71,14 +71,19 @@ void Recording::open() {
   open_ = true;
 }
 
-py::dict Recording::close() {
+std::vector<std::pair<int64_t, at::Tensor>> Recording::take() {
   if (open_recording == this) open_recording = previous_;
   open_ = false;
+  return std::move(got);
+}
+
+py::dict Recording::close() { return as_dict(take()); }
+
+py::dict as_dict(std::vector<std::pair<int64_t, at::Tensor>> got) {
   py::dict gradients;
   for (auto& [message_id, grad] : got) {
     gradients[py::int_(message_id)] = grad.defined() ? py::cast(std::move(grad)) : py::none();
   }
-  got.clear();
   return gradients;
 }
 

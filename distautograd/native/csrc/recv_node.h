@@ -26,6 +26,8 @@ class Recording {
   void open();
   // Closes it (the one open before is again) and gives {message id: gradient or None}.
   pybind11::dict close();
+  // Closes it and gives what it got, (message id, gradient or undefined) in the order the nodes ran.
+  std::vector<std::pair<int64_t, at::Tensor>> take();
 
   std::vector<std::pair<int64_t, at::Tensor>> got;
 
@@ -33,6 +35,9 @@ class Recording {
   Recording* previous_ = nullptr;
   bool open_ = false;
 };
+
+// What a recording took, as {message id: gradient or None} (a later gradient for an id replaces one before).
+pybind11::dict as_dict(std::vector<std::pair<int64_t, at::Tensor>> got);
 
 class RecvNode : public torch::autograd::Node {
  public:
@@ -46,6 +51,8 @@ class RecvNode : public torch::autograd::Node {
 
   std::string name() const override;
   torch::autograd::variable_list apply(torch::autograd::variable_list&& grads) override;
+
+  const std::vector<int64_t>& message_ids() const { return message_ids_; }
 
   // The points (a Python list). Only a live node's Python object asks, and it holds a strong
   // reference, so they are never released yet.

@@ -49,30 +49,25 @@ class Held {
 
 }  // namespace
 
-py::dict run_wave(const py::list& roots, const std::vector<at::Tensor>& grads, const py::list& leaves,
-                  const py::list& anchors, const py::dict& store, const py::object& lock, bool retain_graph) {
-  if (roots.size() != grads.size()) throw py::value_error("run_wave takes one gradient per root");
-  edge_list root_edges;
-  root_edges.reserve(roots.size());
-  for (const auto& root : roots) {
-    py::tuple edge = root.cast<py::tuple>();  // a GradientEdge: (node, output_nr)
-    root_edges.emplace_back(node_or_raise(edge[0], "a root's node"), edge[1].cast<uint32_t>());
-  }
-  std::vector<NodePtr> leaf_nodes = nodes_of(leaves, "a leaf");
+std::vector<std::pair<int64_t, at::Tensor>> run_wave_nodes(const edge_list& roots, const std::vector<at::Tensor>& grads,
+                                                           const std::vector<NodePtr>& leaves,
+                                                           const std::vector<NodePtr>& anchors, const py::dict& store,
+                                                           const py::object& lock, bool retain_graph) {
   edge_list ends;
-  for (const NodePtr& leaf : leaf_nodes) ends.emplace_back(leaf, 0);
-  for (const NodePtr& anchor : nodes_of(anchors, "an anchor")) ends.emplace_back(anchor, 0);
+  ends.reserve(leaves.size() + anchors.size());
+  for (const NodePtr& leaf : leaves) ends.emplace_back(leaf, 0);
+  for (const NodePtr& anchor : anchors) ends.emplace_back(anchor, 0);
 
   std::optional<Held> held;  // as slots.swapped: only a wave with leaves waits for (and holds) the lock
-  if (!leaf_nodes.empty()) held.emplace(lock);
-  SwappedSlots slots(leaf_nodes, store);
+  if (!leaves.empty()) held.emplace(lock);
+  SwappedSlots slots(leaves, store);
   Recording recording;
   recording.open();
   std::exception_ptr failed;
   {
     gil::Released released;
     try {
-      torch::autograd::Engine::get_default_engine().execute(root_edges, grads, retain_graph,
+      torch::autograd::Engine::get_default_engine().execute(roots, grads, retain_graph,
                                                             /*create_graph=*/false, /*accumulate_grad=*/true, ends);
     } catch (...) {
       failed = std::current_exception();
@@ -85,10 +80,23 @@ py::dict run_wave(const py::list& roots, const std::vector<at::Tensor>& grads, c
     torch::translate_exception_to_python(failed);
     raised.emplace();
   }
-  py::dict got = recording.close();
+  std::vector<std::pair<int64_t, at::Tensor>> got = recording.take();
   slots.restore();
   if (raised) throw *raised;
   return got;
+}
+
+py::dict run_wave(const py::list& roots, const std::vector<at::Tensor>& grads, const py::list& leaves,
+                  const py::list& anchors, const py::dict& store, const py::object& lock, bool retain_graph) {
+  if (roots.size() != grads.size()) throw py::value_error("run_wave takes one gradient per root");
+  edge_list root_edges;
+  root_edges.reserve(roots.size());
+  for (const auto& root : roots) {
+    py::tuple edge = root.cast<py::tuple>();  // a GradientEdge: (node, output_nr)
+    root_edges.emplace_back(node_or_raise(edge[0], "a root's node"), edge[1].cast<uint32_t>());
+  }
+  return as_dict(run_wave_nodes(root_edges, grads, nodes_of(leaves, "a leaf"), nodes_of(anchors, "an anchor"), store,
+                                lock, retain_graph));
 }
 
 }  // namespace distautograd::native

@@ -7,7 +7,11 @@
 
 #include <torch/extension.h>
 
+#include <cstdint>
+#include <utility>
 #include <vector>
+
+#include "torch_nodes.h"
 
 namespace distautograd::native {
 
@@ -19,5 +23,14 @@ namespace distautograd::native {
 pybind11::dict run_wave(const pybind11::list& roots, const std::vector<at::Tensor>& grads,
                         const pybind11::list& leaves, const pybind11::list& anchors, const pybind11::dict& store,
                         const pybind11::object& lock, bool retain_graph);
+
+// The same for a caller in C++ (local_pass.cpp): the roots as torch's edges, the leaves and the anchors
+// as nodes; gives what the recv nodes recorded, (message id, gradient or undefined), in the order they ran.
+std::vector<std::pair<int64_t, at::Tensor>> run_wave_nodes(const torch::autograd::edge_list& roots,
+                                                           const std::vector<at::Tensor>& grads,
+                                                           const std::vector<NodePtr>& leaves,
+                                                           const std::vector<NodePtr>& anchors,
+                                                           const pybind11::dict& store, const pybind11::object& lock,
+                                                           bool retain_graph);
 
 }  // namespace distautograd::native
