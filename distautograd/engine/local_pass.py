@@ -8,6 +8,11 @@ node by node instead. Gradients that meet are summed in one fixed order, the ord
 backward would sum them in: the roots first, then producers latest-created first, a gradient
 from another worker counting as made when its tensor was sent. So every result is reproducible,
 and equal bit for bit to single-process autograd where the arithmetic is the same.
+
+On the native path the compiled core keeps this bookkeeping (native/csrc/local_pass.cpp, the same
+algorithm step for step) wherever it can run every wave: leaves accumulating into the context, no
+graph made, every recv node the core's (``start``). This class is the reference it is tested
+against, and the path for a capture, ``create_graph`` and the Python recv node.
 """
 
 from __future__ import annotations
@@ -15,14 +20,15 @@ from __future__ import annotations
 import math
 import threading
 import time
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch.autograd.graph import GradientEdge
 
-from distautograd.engine import execution
+from distautograd import native
+from distautograd.engine import execution, slots
 from distautograd.engine.graph import ROOTS, PassGraph
-from distautograd.engine.nodes import is_leaf, recv_points
+from distautograd.engine.nodes import RECV_NODE, is_leaf, recv_points
 from distautograd.engine.slots import GradStore
 
 ROOT_KEY = math.inf
@@ -30,6 +36,34 @@ ROOT_KEY = math.inf
 # (gradients by recv point, whether they are this part's last work: nothing more runs here after)
 Send = Callable[[Dict[int, Optional[torch.Tensor]], bool], None]
 Finish = Callable[[Optional[BaseException]], None]
+
+
+Part = Union["LocalPass", Any]  # LocalPass, or native.core.LocalPass (the same methods and attributes)
+
+
+def start(
+    graph: PassGraph,
+    keys: Dict[int, float],
+    store: GradStore,
+    *,
+    send: Send,
+    finish: Finish,
+    retain_graph: bool = False,
+    create_graph: bool = False,
+    observe: Optional[Callable[[float, float, int, bool], None]] = None,
+) -> Part:
+    """The part's bookkeeping, as LocalPass takes it: the core's where it can run the part (the message
+    path native, leaves accumulating, no graph made, every recv node the core's), else LocalPass."""
+    if native.path_on() and store.accumulates and not create_graph and all(
+            type(node) is not RECV_NODE for node in graph.order):
+        def run_node(node, entries):
+            contributions = [(GradientEdge(node, slot), grad) for slot, grad in entries]
+            return execution.run_node(node, contributions, store, retain_graph, False)
+
+        return native.core.LocalPass(graph, keys, store.grads, slots.LOCK, send, finish, run_node, observe,
+                                     UnknownSource, retain_graph)
+    return LocalPass(graph, keys, store, send=send, finish=finish, retain_graph=retain_graph,
+                     create_graph=create_graph, observe=observe)
 
 
 class LocalPass:
@@ -73,6 +107,11 @@ class LocalPass:
     @property
     def done(self) -> bool:
         return self._executed == len(self.graph)
+
+    @property
+    def arrived(self) -> int:
+        """How many sources have delivered."""
+        return len(self._arrived)
 
     def start_if_empty(self) -> None:
         """A part with nothing to run is done at once."""

@@ -24,8 +24,8 @@ import torch
 from distautograd import errors, metrics
 from distautograd.engine.roots import validate_roots
 from distautograd.engine.graph import ROOTS, PassGraph
-from distautograd.engine import nodes, order
-from distautograd.engine.local_pass import LocalPass, UnknownSource
+from distautograd.engine import local_pass, nodes, order
+from distautograd.engine.local_pass import UnknownSource
 from distautograd.engine.slots import Captured
 from distautograd.ids import IdMint, rank_of
 from distautograd.protocol.v1 import messages_pb2 as pb
@@ -168,7 +168,7 @@ class Backward:
             sources[ROOTS] = list(roots_edges)
         graph = PassGraph(sources)
         part.captured = Captured() if plan.capture else None
-        local = LocalPass(
+        local = local_pass.start(
             graph, keys, part.captured if plan.capture else part.ctx.store,
             send=lambda grads, last: self._push(part, grads, last),
             finish=lambda error: self._part_finished(part, error),

@@ -10,7 +10,7 @@ from typing import Callable, Dict, List, Optional, Set, Tuple
 
 import torch
 
-from distautograd.engine.local_pass import LocalPass
+from distautograd.engine.local_pass import Part as LocalPart
 from distautograd.engine.slots import Captured
 from distautograd.protocol.v1 import messages_pb2 as pb
 from distautograd.runtime.contexts import Context
@@ -27,7 +27,7 @@ class Part:
         self.root = root
         self.plan: Optional[pb.PassPlan] = None
         self.active: frozenset = frozenset()  # the plan's send points (message ids), to look up
-        self.local: Optional[LocalPass] = None
+        self.local: Optional[LocalPart] = None  # LocalPass, or the core's on the native path
         self.early: List[Tuple[int, Optional[torch.Tensor]]] = []  # pushes that came before the plan
         self.lock = threading.Lock()
         self.closed = False

@@ -16,10 +16,9 @@ from typing import Dict, List, Optional
 import torch
 from torch.autograd.graph import get_gradient_edge
 
-from distautograd.engine import activations, nodes, order
+from distautograd.engine import activations, local_pass, nodes, order
 from distautograd.engine.activations import Activations
 from distautograd.engine.graph import ROOTS, PassGraph
-from distautograd.engine.local_pass import LocalPass
 from distautograd.engine.slots import Captured, GradStore
 
 
@@ -97,7 +96,7 @@ class World:
         queue: collections.deque = collections.deque()
         errors: List[BaseException] = []
         finished = set()
-        parts: Dict[str, LocalPass] = {}
+        parts: Dict[str, local_pass.Part] = {}
         for name, worker in self.workers.items():
             mine = [m for m in active if self.owner[m] == name]
             sources = {m: [worker.sends[m][0]] for m in mine}
@@ -116,8 +115,9 @@ class World:
                     errors.append(error)
                 finished.add(name)
 
-            parts[name] = LocalPass(PassGraph(sources), {m: worker.sends[m][1] for m in mine}, worker.store,
-                                    send=send, finish=finish, retain_graph=retain_graph, create_graph=create_graph)
+            parts[name] = local_pass.start(PassGraph(sources), {m: worker.sends[m][1] for m in mine}, worker.store,
+                                           send=send, finish=finish, retain_graph=retain_graph,
+                                           create_graph=create_graph)
         for part in parts.values():
             part.start_if_empty()
         parts[root].arrive(ROOTS, [torch.ones_like(r) for r in roots])

@@ -110,7 +110,7 @@ def wait_until(what, predicate, seconds=5.0):
 def arrived_at(name: str) -> int:
     """How many sources of the one part ``name`` holds have delivered."""
     parts = list(AGENTS[name].backward._passes._parts.values())
-    return len(parts[0].local._arrived) if len(parts) == 1 and parts[0].local is not None else 0
+    return parts[0].local.arrived if len(parts) == 1 and parts[0].local is not None else 0
 
 
 @pytest.mark.parametrize("heard_by", ["departure notice", "coordinator's abort"])

@@ -2,13 +2,17 @@
 
 Every scenario runs twice: across virtual workers, and as plain single-process autograd with the
 same tensors. Gradients must be equal bit for bit, every node must run once, whatever order the
-gradients in flight arrive in, and whether or not what a send sets off travelled with it.
+gradients in flight arrive in, and whether or not what a send sets off travelled with it. On both
+paths: on the native one each part is the core's (native/csrc/local_pass.cpp) unless it captures or
+makes a graph.
 """
 
 import pytest
 import torch
 
 from tests.helpers.engine_sim import World
+
+pytestmark = pytest.mark.usefixtures("path")  # tests/unit/conftest.py: every test on both paths
 
 ORDERS = ("fifo", "lifo", "random")
 

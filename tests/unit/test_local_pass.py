@@ -2,6 +2,8 @@
 
 One worker here: ``x`` is a leaf; the roots reach it through ``(x * 2).sum()`` and a send point
 reaches it through ``x * 3`` (the tensor that "went" to another worker, whose gradient comes back).
+Every test runs on both paths: on the native one, the part is the core's (native/csrc/local_pass.cpp)
+wherever it can run it, which ``_start`` checks, so both implementations meet the same tests.
 """
 
 import re
@@ -13,15 +15,24 @@ import pytest
 import torch
 from torch.autograd.graph import GradientEdge, get_gradient_edge
 
+from distautograd import native
 from distautograd.engine import order
 from distautograd.engine.graph import ROOTS, PassGraph
-from distautograd.engine.local_pass import LocalPass, UnknownSource
+from distautograd.engine.local_pass import LocalPass, UnknownSource, start
 from distautograd.engine.nodes import make_recv
 from distautograd.engine.slots import GradStore
 
 pytestmark = pytest.mark.usefixtures("path")  # tests/unit/conftest.py: every test on both paths
 
 SENT = 7  # the send point's message id
+
+
+def _start(graph, keys, store, **options):
+    """local_pass.start, checked to give the core's part on the native path unless a graph is made."""
+    local = start(graph, keys, store, **options)
+    native_part = native.path_on() and not options.get("create_graph")
+    assert isinstance(local, native.core.LocalPass if native_part else LocalPass), type(local)
+    return local
 
 
 class Part:
@@ -36,8 +47,8 @@ class Part:
         order.place([edges[ROOTS][0].node])
         self.store = GradStore()
         self.finished, self.waves = [], []
-        self.local = LocalPass(PassGraph(edges), keys, self.store, send=lambda grads, last: None,
-                               finish=self.finished.append, observe=self._observe, **options)
+        self.local = _start(PassGraph(edges), keys, self.store, send=lambda grads, last: None,
+                            finish=self.finished.append, observe=self._observe, **options)
 
     def _observe(self, began, ended, nodes, whole):
         self.waves.append((began, ended, nodes, whole))
@@ -118,8 +129,8 @@ def test_with_retain_graph_and_create_graph_as_asked():
 
 def _part(sources, keys):
     store, finished, sent = GradStore(), [], []
-    local = LocalPass(PassGraph(sources), keys, store, send=lambda grads, last: sent.append((grads, last)),
-                      finish=finished.append)
+    local = _start(PassGraph(sources), keys, store, send=lambda grads, last: sent.append((grads, last)),
+                   finish=finished.append)
     return local, store, finished, sent
 
 
@@ -180,13 +191,13 @@ def test_where_a_wave_would_sum_in_another_order_than_local_autograd_it_runs_nod
 
     x, v, key, root = run()
     edges = {ROOTS: [get_gradient_edge(root)], SENT: [get_gradient_edge(v)]}
-    waves = []
-    local = LocalPass(PassGraph(edges), {SENT: key}, GradStore(), send=lambda grads, last: None,
-                      finish=lambda error: None, observe=lambda began, ended, nodes, whole: waves.append(whole))
+    waves, store = [], GradStore()
+    local = _start(PassGraph(edges), {SENT: key}, store, send=lambda grads, last: None,
+                   finish=lambda error: None, observe=lambda began, ended, nodes, whole: waves.append(whole))
     local.arrive(SENT, [torch.tensor([-BIG])])
     local.arrive(ROOTS, [torch.tensor(1.0)])
     assert local.done and False in waves
-    assert torch.equal(local.store.snapshot()[x], torch.tensor([0.0]))
+    assert torch.equal(store.snapshot()[x], torch.tensor([0.0]))
     x2 = x.detach().requires_grad_()  # the oracle: the same graph in one process, the send a third use
     v2 = x2 * 1.0
     sent = v2 * 1.0
@@ -208,13 +219,13 @@ def test_with_fewer_than_three_gradients_meeting_or_the_early_one_latest_the_wav
         else:
             order.place([root.grad_fn])
         edges = {ROOTS: [get_gradient_edge(root)], SENT: [get_gradient_edge(v)]}
-        waves = []
-        local = LocalPass(PassGraph(edges), {SENT: key}, GradStore(), send=lambda grads, last: None,
-                          finish=lambda error: None, observe=lambda began, ended, nodes, whole: waves.append(whole))
+        waves, store = [], GradStore()
+        local = _start(PassGraph(edges), {SENT: key}, store, send=lambda grads, last: None,
+                       finish=lambda error: None, observe=lambda began, ended, nodes, whole: waves.append(whole))
         local.arrive(SENT, [torch.tensor([1.0])])
         local.arrive(ROOTS, [torch.tensor(1.0)])
         assert waves == [True], (late_send, waves)
-        assert torch.equal(local.store.snapshot()[x], torch.tensor([6.0 if late_send else 3.0]))
+        assert torch.equal(store.snapshot()[x], torch.tensor([6.0 if late_send else 3.0]))
 
 
 # ---------------------------------------------------------------- finishing once, failing, closing

@@ -12,6 +12,7 @@
 #include "frame_writer.h"
 #include "futures.h"
 #include "gil.h"
+#include "local_pass.h"
 #include "pass_graph.h"
 #include "recv_node.h"
 #include "remote_events.h"
@@ -166,6 +167,7 @@ PYBIND11_MODULE(_core, m) {
         "(children, order, index, parents, bit, mask, reach, leaves) of a pass's graph over torch's Nodes, as "
         "engine/graph.py plans it; None when a node is not torch's.");
   distautograd::native::add_recv_node_type(m);
+  distautograd::native::add_local_pass_type(m);
   m.def("make_recv_node", &distautograd::native::make_recv_node, pybind11::arg("tensors"), pybind11::arg("message_ids"),
         pybind11::arg("points"),
         "(the tensors as outputs of one new RecvNode, its anchor's AccumulateGrad); output i is points[i].");

@@ -1,0 +1,304 @@
+// See local_pass.h. Each method mirrors the LocalPass method of the same name; the comments say only
+// where C++ does it another way.
+#include "local_pass.h"
+
+#include <torch/csrc/autograd/functions/accumulate_grad.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <exception>
+#include <limits>
+#include <string>
+
+#include "recv_node.h"
+#include "wave_run.h"
+
+namespace distautograd::native {
+
+namespace py = pybind11;
+
+namespace {
+
+constexpr int64_t kRoots = 0;  // engine/graph.py's ROOTS
+constexpr double kRootKey = std::numeric_limits<double>::infinity();
+
+double now_us() {
+  using namespace std::chrono;
+  return static_cast<double>(duration_cast<nanoseconds>(system_clock::now().time_since_epoch()).count()) / 1000.0;
+}
+
+// The exception in flight as a Python exception object, for `finish`, with its traceback (a hook's frames).
+py::object raised_now() {
+  try {
+    throw;
+  } catch (py::error_already_set& error) {
+    py::object value = error.value();
+    if (error.trace()) PyException_SetTraceback(value.ptr(), error.trace().ptr());
+    return value;
+  } catch (const std::exception& error) {
+    return py::reinterpret_borrow<py::object>(PyExc_RuntimeError)(error.what());
+  }
+}
+
+}  // namespace
+
+LocalPass::LocalPass(py::object graph, const py::dict& keys, py::dict store, py::object lock, py::object send,
+                     py::object finish, py::object run_node, py::object observe, py::object unknown, bool retain_graph)
+    : graph_(std::move(graph)), store_(std::move(store)), lock_(std::move(lock)), send_(std::move(send)),
+      finish_(std::move(finish)), run_node_(std::move(run_node)), observe_(std::move(observe)),
+      unknown_(std::move(unknown)), retain_graph_(retain_graph) {
+  // The plan's order, children, sources and reach; a node's parents and how many sources it waits for
+  // follow from them as PassGraph derives its parents and masks.
+  py::list order = graph_.attr("order");
+  py::dict children = graph_.attr("children");
+  std::unordered_map<PyObject*, size_t> index;  // the plan's nodes are its dicts' keys: one object each
+  for (size_t i = 0; i < order.size(); ++i) index.emplace(order[i].ptr(), i);
+  auto where = [&index](const py::handle& node) {
+    auto found = index.find(node.ptr());
+    if (found == index.end()) throw py::value_error("the plan names a node outside its order");
+    return found->second;
+  };
+  nodes_.resize(order.size());
+  for (size_t i = 0; i < order.size(); ++i) {
+    Vertex& vertex = nodes_[i];
+    vertex.object = order[i];
+    vertex.node = node_or_raise(vertex.object, "a node of the part");
+    vertex.leaf = dynamic_cast<torch::autograd::AccumulateGrad*>(vertex.node.get()) != nullptr;
+    vertex.recv = dynamic_cast<RecvNode*>(vertex.node.get()) != nullptr;
+    if (vertex.recv && vertex.node->next_edges().empty()) throw py::value_error("a recv node without its anchor");
+    for (const auto& kid : children[vertex.object].cast<py::list>()) {
+      py::tuple edge = kid.cast<py::tuple>();  // (child, slot, index)
+      vertex.children.push_back({where(edge[0]), edge[1].cast<uint32_t>(), edge[2].cast<size_t>()});
+    }
+  }
+  for (size_t i = 0; i < nodes_.size(); ++i) {
+    for (const Child& child : nodes_[i].children) nodes_[child.node].parents.push_back({i, child.slot});
+  }
+  py::dict sources = graph_.attr("sources");
+  py::dict reach = graph_.attr("reach");
+  for (const auto& [key, value] : keys) sources_[key.cast<int64_t>()].key = value.cast<double>();
+  sources_[kRoots].key = kRootKey;
+  for (const auto& [key, edges] : sources) {
+    std::vector<size_t> reached;
+    for (const auto& node : reach[key].cast<py::list>()) {
+      reached.push_back(where(node));
+      ++nodes_[reached.back()].remaining;
+    }
+    auto known = sources_.find(key.cast<int64_t>());
+    if (known == sources_.end()) continue;  // arriving, it is refused as unknown (LocalPass: the same)
+    Source& source = known->second;
+    for (const auto& edge : edges.cast<py::list>()) {  // GradientEdge(node or None, output_nr)
+      py::tuple pair = edge.cast<py::tuple>();
+      std::optional<size_t> node;
+      if (!pair[0].is_none()) node = where(pair[0]);
+      source.edges.emplace_back(node, pair[1].cast<uint32_t>());
+    }
+    source.reach = std::move(reached);
+  }
+  ready_.assign(nodes_.size(), false);
+  if (nodes_.empty()) closed_ = true;
+}
+
+void LocalPass::start_if_empty() {
+  if (nodes_.empty()) finish_(py::none());
+}
+
+void LocalPass::arrive(int64_t key, const std::vector<std::optional<at::Tensor>>& grads) {
+  auto found = sources_.find(key);
+  if (found == sources_.end()) {
+    std::string message = "gradient arrived for send point " + std::to_string(key) +
+                          ", which takes no part in this pass here";
+    PyErr_SetObject(unknown_.ptr(), py::str(message).ptr());
+    throw py::error_already_set();
+  }
+  Source& source = found->second;
+  if (closed_ || source.arrived) return;  // a retried push: it already counted
+  source.arrived = true;
+  ++arrived_;
+  for (size_t i = 0; i < source.edges.size() && i < grads.size(); ++i) {
+    const auto& [node, slot] = source.edges[i];
+    if (grads[i] && node) nodes_[*node].stash[slot].push_back({source.key, *grads[i]});
+  }
+  for (size_t node : source.reach) {
+    if (--nodes_[node].remaining == 0) {
+      ready_[node] = true;
+      ++ready_count_;
+    }
+  }
+  if (draining_) return;
+  draining_ = true;
+  drain();
+}
+
+void LocalPass::drain() {
+  bool finished = false;
+  try {
+    while (true) {
+      if (closed_ || ready_count_ == 0) {
+        draining_ = false;
+        finished = !closed_ && done();
+        if (finished) closed_ = true;
+        break;
+      }
+      std::vector<size_t> wave;  // in the plan's order, as sorted(ready, key=index)
+      for (size_t node = 0; node < ready_.size(); ++node) {
+        if (ready_[node]) wave.push_back(node);
+      }
+      std::fill(ready_.begin(), ready_.end(), false);
+      ready_count_ = 0;
+      bool whole = runs_whole(wave);
+      bool last = executed_ + wave.size() == nodes_.size();
+      double began = observe_.is_none() ? 0.0 : now_us();
+      if (whole) {
+        run_whole(wave, last);
+      } else {
+        run_node_by_node(wave);
+      }
+      if (!observe_.is_none()) observe_(began, now_us(), wave.size(), whole);
+      executed_ += wave.size();
+      ++waves;
+    }
+  } catch (...) {
+    py::object error = raised_now();
+    bool already = closed_;
+    closed_ = true;
+    draining_ = false;
+    if (!already) finish_(error);
+    return;
+  }
+  if (finished) finish_(py::none());
+}
+
+bool LocalPass::runs_whole(const std::vector<size_t>& wave) const {
+  std::vector<bool> members(nodes_.size(), false);
+  for (size_t node : wave) members[node] = true;
+  for (size_t node : wave) {
+    for (const Child& child : nodes_[node].children) {
+      if (!members[child.node]) return false;
+    }
+  }
+  for (size_t node : wave) {
+    const Vertex& vertex = nodes_[node];
+    std::map<uint32_t, double> latest_inside;  // slot -> the latest-made parent in the wave feeding it
+    std::map<uint32_t, size_t> count_inside;
+    for (const Parent& parent : vertex.parents) {
+      if (!members[parent.node]) continue;
+      double seq = static_cast<double>(nodes_[parent.node].node->sequence_nr());
+      auto [at, fresh] = latest_inside.emplace(parent.slot, seq);
+      if (!fresh) at->second = std::max(at->second, seq);
+      ++count_inside[parent.slot];
+    }
+    for (const auto& [slot, latest] : latest_inside) {
+      auto early = vertex.stash.find(slot);
+      if (early == vertex.stash.end() || early->second.empty()) continue;
+      double first = early->second.front().key;
+      for (const Entry& entry : early->second) first = std::min(first, entry.key);
+      if (early->second.size() + count_inside[slot] >= 3 && first < latest) return false;
+    }
+  }
+  return true;
+}
+
+std::vector<std::pair<size_t, std::vector<LocalPass::Entry>>> LocalPass::take(size_t node) {
+  std::vector<std::pair<size_t, std::vector<Entry>>> taken;
+  for (auto& [slot, entries] : nodes_[node].stash) {
+    // latest first, as a local backward sums them; stable, so ties keep arrival order
+    std::stable_sort(entries.begin(), entries.end(), [](const Entry& a, const Entry& b) { return a.key > b.key; });
+    taken.emplace_back(slot, std::move(entries));
+  }
+  nodes_[node].stash.clear();
+  return taken;
+}
+
+py::dict LocalPass::recv_gradients(const std::vector<size_t>& recvs,
+                                   const std::vector<std::pair<int64_t, at::Tensor>>& got) const {
+  py::dict gradients;
+  for (size_t node : recvs) {
+    for (int64_t message_id : static_cast<RecvNode*>(nodes_[node].node.get())->message_ids()) {
+      gradients[py::int_(message_id)] = py::none();
+    }
+  }
+  for (const auto& [message_id, grad] : got) {  // in the order they ran: a later one replaces one before
+    py::int_ key(message_id);
+    if (gradients.contains(key)) gradients[key] = grad.defined() ? py::cast(grad) : py::none();
+  }
+  return gradients;
+}
+
+void LocalPass::run_whole(const std::vector<size_t>& wave, bool last) {
+  torch::autograd::edge_list roots;
+  std::vector<at::Tensor> grads;
+  std::vector<NodePtr> leaves, anchors;
+  std::vector<size_t> recvs;
+  for (size_t node : wave) {
+    for (auto& [slot, entries] : take(node)) {
+      for (Entry& entry : entries) {
+        roots.emplace_back(nodes_[node].node, static_cast<uint32_t>(slot));
+        grads.push_back(std::move(entry.grad));
+      }
+    }
+    if (nodes_[node].leaf) leaves.push_back(nodes_[node].node);
+    if (nodes_[node].recv) {
+      recvs.push_back(node);
+      anchors.push_back(nodes_[node].node->next_edge(0).function);
+    }
+  }
+  std::vector<std::pair<int64_t, at::Tensor>> got;
+  if (!roots.empty() && (!leaves.empty() || !recvs.empty())) {
+    got = run_wave_nodes(roots, grads, leaves, anchors, store_, lock_, retain_graph_);
+  }
+  if (!roots.empty()) leaves_reached += static_cast<int64_t>(leaves.size());
+  if (!recvs.empty()) send_(recv_gradients(recvs, got), last);
+}
+
+void LocalPass::run_node_by_node(const std::vector<size_t>& wave) {
+  for (size_t node : wave) {
+    if (closed_) return;
+    Vertex& vertex = nodes_[node];
+    py::list contributions;
+    for (auto& [slot, entries] : take(node)) {
+      for (Entry& entry : entries) contributions.append(py::make_tuple(slot, std::move(entry.grad)));
+    }
+    if (contributions.empty()) {
+      if (vertex.recv) send_(recv_gradients({node}, {}), false);
+      continue;
+    }
+    py::tuple ran = run_node_(vertex.object, contributions);  // (produced or None, {message id: gradient})
+    py::object produced = ran[0];
+    py::dict got = ran[1];
+    if (vertex.leaf) ++leaves_reached;
+    if (!got.empty()) send_(got, false);
+    if (produced.is_none()) continue;
+    py::tuple outputs = produced.cast<py::tuple>();
+    for (const Child& child : vertex.children) {
+      if (child.index >= outputs.size() || outputs[child.index].is_none()) continue;
+      double key = static_cast<double>(vertex.node->sequence_nr());
+      nodes_[child.node].stash[child.slot].push_back({key, outputs[child.index].cast<at::Tensor>()});
+    }
+  }
+}
+
+void add_local_pass_type(py::module_& module) {
+  py::class_<LocalPass>(module, "LocalPass",
+                        "One worker's part of a pass, run as engine/local_pass.py's LocalPass runs it.")
+      .def(py::init<py::object, const py::dict&, py::dict, py::object, py::object, py::object, py::object, py::object,
+                    py::object, bool>(),
+           py::arg("graph"), py::arg("keys"), py::arg("store"), py::arg("lock"), py::arg("send"), py::arg("finish"),
+           py::arg("run_node"), py::arg("observe"), py::arg("unknown"), py::arg("retain_graph"))
+      // wrapped as torch wraps its own: the C++ warnings of a backward (TORCH_WARN) become Python warnings
+      .def("arrive", torch::wrap_pybind_function(
+                         [](LocalPass& local, int64_t key, const std::vector<std::optional<at::Tensor>>& grads) {
+                           local.arrive(key, grads);
+                         }),
+           py::arg("key"), py::arg("grads"))
+      .def("close", &LocalPass::close)
+      .def("start_if_empty", &LocalPass::start_if_empty)
+      .def_property_readonly("done", &LocalPass::done)
+      .def_property_readonly("arrived", &LocalPass::arrived)
+      .def_property_readonly("graph", &LocalPass::graph)
+      .def_readonly("leaves_reached", &LocalPass::leaves_reached)
+      .def_readonly("waves", &LocalPass::waves);
+}
+
+}  // namespace distautograd::native
