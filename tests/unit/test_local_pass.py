@@ -347,3 +347,32 @@ def test_a_node_by_node_wave_tells_a_recv_point_that_got_nothing_and_runs_the_re
     assert local.leaves_reached == 2
     local.arrive(ROOTS, [torch.tensor(1.0)])
     assert finished == [None] and torch.equal(store.snapshot()[x], torch.tensor([5.0]))
+
+
+def test_only_the_push_of_the_last_wave_says_nothing_more_runs_here():
+    r, q = _point(41).tensor, _point(42).tensor
+    root = (q * 2).sum()
+    edges = {ROOTS: [get_gradient_edge(root)], SENT: [get_gradient_edge(r * 5)]}
+    local, store, finished, sent = _part(edges, {SENT: order.place([edges[SENT][0].node, root.grad_fn])})
+    local.arrive(SENT, [torch.ones(1)])
+    local.arrive(ROOTS, [torch.tensor(1.0)])
+    assert [(sorted(grads), last) for grads, last in sent] == [([41], False), ([42], True)]
+    assert torch.equal(sent[0][0][41], torch.tensor([5.0])) and torch.equal(sent[1][0][42], torch.tensor([2.0]))
+    assert finished == [None]
+
+
+def test_a_part_closed_while_a_node_runs_runs_no_more_nodes_of_its_wave():
+    """As in the test above, node by node (x waits for the roots); the first node to run, q * 9 (the
+    latest made), finds the pass aborted: nothing after it runs, nothing is sent, nothing reported."""
+    x, z = (torch.tensor([1.0], requires_grad=True) for _ in range(2))
+    r, q = _point(41).tensor, _point(42).tensor
+    uses = [r * 5, x * 3, z * 7, q * 9]
+    root = (x * 2).sum()
+    edges = {ROOTS: [get_gradient_edge(root)], SENT: [get_gradient_edge(use) for use in uses]}
+    keys = {SENT: order.place([use.grad_fn for use in uses] + [root.grad_fn])}
+    local, store, finished, sent = _part(edges, keys)
+    ran = []
+    uses[3].register_hook(lambda grad: (ran.append("q * 9"), local.close()) and None)
+    uses[2].register_hook(lambda grad: ran.append("z * 7"))
+    local.arrive(SENT, [torch.ones(1)] * 4)
+    assert ran == ["q * 9"] and sent == [] and finished == [] and z not in store.snapshot()
