@@ -41,29 +41,20 @@ Finish = Callable[[Optional[BaseException]], None]
 Part = Union["LocalPass", Any]  # LocalPass, or native.core.LocalPass (the same methods and attributes)
 
 
-def start(
-    graph: PassGraph,
-    keys: Dict[int, float],
-    store: GradStore,
-    *,
-    send: Send,
-    finish: Finish,
-    retain_graph: bool = False,
-    create_graph: bool = False,
-    observe: Optional[Callable[[float, float, int, bool], None]] = None,
-) -> Part:
-    """The part's bookkeeping, as LocalPass takes it: the core's where it can run the part (the message
-    path native, leaves accumulating, no graph made, every recv node the core's), else LocalPass."""
-    if native.path_on() and store.accumulates and not create_graph and all(
+def start(graph: PassGraph, keys: Dict[int, float], store: GradStore, **options) -> Part:
+    """The part's bookkeeping, given what LocalPass takes: the core's where it can run the part (the
+    message path native, leaves accumulating, no graph made, every recv node the core's), else LocalPass."""
+    if native.path_on() and store.accumulates and not options.get("create_graph") and all(
             type(node) is not RECV_NODE for node in graph.order):
+        retain_graph = options.get("retain_graph", False)
+
         def run_node(node, entries):
             contributions = [(GradientEdge(node, slot), grad) for slot, grad in entries]
             return execution.run_node(node, contributions, store, retain_graph, False)
 
-        return native.core.LocalPass(graph, keys, store.grads, slots.LOCK, send, finish, run_node, observe,
-                                     UnknownSource, retain_graph)
-    return LocalPass(graph, keys, store, send=send, finish=finish, retain_graph=retain_graph,
-                     create_graph=create_graph, observe=observe)
+        return native.core.LocalPass(graph, keys, store.grads, slots.LOCK, options["send"], options["finish"], run_node,
+                                     options.get("observe"), UnknownSource, retain_graph)
+    return LocalPass(graph, keys, store, **options)
 
 
 class LocalPass:
