@@ -115,7 +115,7 @@ class LocalPass:
         """Source ``key`` delivers (one gradient per edge of the source; None where none flowed).
         Runs whatever became complete, in this thread, unless another thread is already at it."""
         graph = self.graph
-        if key not in self.keys:
+        if key not in self.keys or key not in graph.sources:
             raise UnknownSource(f"gradient arrived for send point {key}, which takes no part in this pass here")
         with self._lock:
             if self._closed or key in self._arrived:
@@ -138,6 +138,7 @@ class LocalPass:
         """Stops the pass here (it was aborted): nothing more runs, nothing more is sent."""
         with self._lock:
             self._closed = True
+            self._stash.clear()  # nothing runs any more: let its gradients go now
 
     # ------------------------------------------------------------------ running
 

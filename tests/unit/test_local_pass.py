@@ -6,10 +6,13 @@ Every test runs on both paths: on the native one, the part is the core's (native
 wherever it can run it, which ``_start`` checks, so both implementations meet the same tests.
 """
 
+import gc
 import re
 import threading
 import time
 import types
+import warnings
+import weakref
 
 import pytest
 import torch
@@ -96,6 +99,18 @@ def test_an_unknown_source_is_a_peers_mistake_named_in_the_error():
     with pytest.raises(UnknownSource, match=re.escape(
             "gradient arrived for send point 999, which takes no part in this pass here")):
         part.local.arrive(999, [torch.ones(2)])
+
+
+@pytest.mark.parametrize("key", [2**64 + SENT, -1, str(SENT), 1.5, ROOTS])
+def test_what_is_no_source_of_the_part_is_refused_as_unknown_whatever_it_is(key):
+    """Not an id of 64 bits, not an int, or the roots at a part that has none."""
+    x = torch.tensor([1.0], requires_grad=True)
+    edge = get_gradient_edge(x * 3)
+    local, _, finished, _ = _part({SENT: [edge]}, {SENT: order.place([edge.node])})
+    with pytest.raises(UnknownSource, match=re.escape(f"gradient arrived for send point {key}, which takes no part")):
+        local.arrive(key, [torch.ones(1)])
+    local.arrive(SENT, [torch.ones(1)])
+    assert finished == [None]
 
 
 def test_every_wave_is_observed_in_microseconds_and_counted():
@@ -376,3 +391,36 @@ def test_a_part_closed_while_a_node_runs_runs_no_more_nodes_of_its_wave():
     uses[2].register_hook(lambda grad: ran.append("z * 7"))
     local.arrive(SENT, [torch.ones(1)] * 4)
     assert ran == ["q * 9"] and sent == [] and finished == [] and z not in store.snapshot()
+
+
+def test_a_warning_torch_raises_in_a_wave_is_a_python_warning_and_under_w_error_fails_the_part():
+    def part():
+        x = torch.tensor([1.0, 2.0], requires_grad=True)
+        root = torch.ops.aten._test_warn_in_autograd(x * 1.0).sum()  # its backward warns in C++ (TORCH_WARN)
+        return _part({ROOTS: [get_gradient_edge(root)]}, {})
+
+    local, _, finished, _ = part()
+    with pytest.warns(UserWarning, match="Warn from backward"):
+        local.arrive(ROOTS, [torch.tensor(1.0)])
+    assert finished == [None]
+    local, store, finished, _ = part()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        local.arrive(ROOTS, [torch.tensor(1.0)])  # the part fails; arrive itself does not raise
+    assert len(finished) == 1 and isinstance(finished[0], UserWarning) and "Warn from backward" in str(finished[0])
+
+
+def test_a_part_whose_callbacks_hold_it_is_collected_once_nothing_else_does():
+    """The runtime's callbacks close over the Part that holds the part: a cycle the garbage collector
+    must be able to see through on both sides."""
+    class Holder:
+        pass
+
+    x = torch.tensor([1.0], requires_grad=True)
+    holder = Holder()
+    holder.local = _start(PassGraph({ROOTS: [get_gradient_edge((x * 2).sum())]}), {}, GradStore(),
+                          send=lambda grads, last, held=holder: None, finish=lambda error, held=holder: None)
+    gone = weakref.ref(holder)
+    del holder
+    gc.collect()
+    assert gone() is None

@@ -20,7 +20,7 @@ namespace py = pybind11;
 
 namespace {
 
-constexpr int64_t kRoots = 0;  // engine/graph.py's ROOTS
+constexpr MessageId kRoots = 0;  // engine/graph.py's ROOTS
 constexpr double kRootKey = std::numeric_limits<double>::infinity();
 
 double now_us() {
@@ -28,16 +28,24 @@ double now_us() {
   return static_cast<double>(duration_cast<nanoseconds>(system_clock::now().time_since_epoch()).count()) / 1000.0;
 }
 
-// The exception in flight as a Python exception object, for `finish`, with its traceback (a hook's frames).
+// The exception in flight as the Python exception it would be raised as, for `finish`, with its
+// traceback (a hook's frames): pybind's own as pybind raises them, torch's (and any other) as torch does.
 py::object raised_now() {
   try {
-    throw;
+    try {
+      throw;
+    } catch (py::error_already_set&) {
+      throw;
+    } catch (py::builtin_exception& error) {
+      error.set_error();
+    } catch (...) {
+      torch::translate_exception_to_python(std::current_exception());
+    }
+    throw py::error_already_set();
   } catch (py::error_already_set& error) {
     py::object value = error.value();
     if (error.trace()) PyException_SetTraceback(value.ptr(), error.trace().ptr());
     return value;
-  } catch (const std::exception& error) {
-    return py::reinterpret_borrow<py::object>(PyExc_RuntimeError)(error.what());
   }
 }
 
@@ -77,17 +85,19 @@ LocalPass::LocalPass(py::object graph, const py::dict& keys, py::dict store, py:
   }
   py::dict sources = graph_.attr("sources");
   py::dict reach = graph_.attr("reach");
-  for (const auto& [key, value] : keys) sources_[key.cast<int64_t>()].key = value.cast<double>();
-  sources_[kRoots].key = kRootKey;
+  std::unordered_map<MessageId, double> sorting;  // as LocalPass's keys: a source arrives only if it has one
+  for (const auto& [key, value] : keys) sorting[key.cast<MessageId>()] = value.cast<double>();
+  sorting[kRoots] = kRootKey;
   for (const auto& [key, edges] : sources) {
     std::vector<size_t> reached;
     for (const auto& node : reach[key].cast<py::list>()) {
       reached.push_back(where(node));
       ++nodes_[reached.back()].remaining;
     }
-    auto known = sources_.find(key.cast<int64_t>());
-    if (known == sources_.end()) continue;  // arriving, it is refused as unknown (LocalPass: the same)
-    Source& source = known->second;
+    auto known = sorting.find(key.cast<MessageId>());
+    if (known == sorting.end()) continue;  // arriving, it is refused as unknown (LocalPass: the same)
+    Source& source = sources_[known->first];
+    source.key = known->second;
     for (const auto& edge : edges.cast<py::list>()) {  // GradientEdge(node or None, output_nr)
       py::tuple pair = edge.cast<py::tuple>();
       std::optional<size_t> node;
@@ -97,17 +107,46 @@ LocalPass::LocalPass(py::object graph, const py::dict& keys, py::dict store, py:
     source.reach = std::move(reached);
   }
   ready_.assign(nodes_.size(), false);
+  if (!PyExceptionClass_Check(unknown_.ptr())) throw py::type_error("LocalPass's `unknown` must be an exception class");
   if (nodes_.empty()) closed_ = true;
+}
+
+void LocalPass::close() {
+  closed_ = true;
+  for (Vertex& vertex : nodes_) vertex.stash.clear();  // nothing runs any more: let its gradients go now
+}
+
+int LocalPass::traverse(visitproc visit, void* arg) const {
+  for (const py::object* object : {&graph_, &store_, &lock_, &send_, &finish_, &run_node_, &observe_, &unknown_}) {
+    Py_VISIT(object->ptr());
+  }
+  for (const Vertex& vertex : nodes_) Py_VISIT(vertex.object.ptr());
+  return 0;
+}
+
+void LocalPass::clear() {
+  for (py::object* object : {&graph_, &store_, &lock_, &send_, &finish_, &run_node_, &observe_}) *object = py::none();
+  for (Vertex& vertex : nodes_) vertex.object = py::none();
+  closed_ = true;
 }
 
 void LocalPass::start_if_empty() {
   if (nodes_.empty()) finish_(py::none());
 }
 
-void LocalPass::arrive(int64_t key, const std::vector<std::optional<at::Tensor>>& grads) {
-  auto found = sources_.find(key);
+void LocalPass::arrive(const py::handle& key, const std::vector<std::optional<at::Tensor>>& grads) {
+  std::optional<MessageId> id;  // none for what is no id of 64 bits: no source of this part either
+  if (PyLong_Check(key.ptr())) {
+    MessageId value = PyLong_AsUnsignedLongLong(key.ptr());
+    if (PyErr_Occurred()) {
+      PyErr_Clear();
+    } else {
+      id = value;
+    }
+  }
+  auto found = id ? sources_.find(*id) : sources_.end();
   if (found == sources_.end()) {
-    std::string message = "gradient arrived for send point " + std::to_string(key) +
+    std::string message = "gradient arrived for send point " + py::str(key).cast<std::string>() +
                           ", which takes no part in this pass here";
     PyErr_SetObject(unknown_.ptr(), py::str(message).ptr());
     throw py::error_already_set();
@@ -160,10 +199,10 @@ void LocalPass::drain() {
       ++waves;
     }
   } catch (...) {
-    py::object error = raised_now();
     bool already = closed_;
     closed_ = true;
     draining_ = false;
+    py::object error = raised_now();
     if (!already) finish_(error);
     return;
   }
@@ -212,10 +251,10 @@ std::vector<std::pair<size_t, std::vector<LocalPass::Entry>>> LocalPass::take(si
 }
 
 py::dict LocalPass::recv_gradients(const std::vector<size_t>& recvs,
-                                   const std::vector<std::pair<int64_t, at::Tensor>>& got) const {
+                                   const std::vector<std::pair<MessageId, at::Tensor>>& got) const {
   py::dict gradients;
   for (size_t node : recvs) {
-    for (int64_t message_id : static_cast<RecvNode*>(nodes_[node].node.get())->message_ids()) {
+    for (MessageId message_id : static_cast<RecvNode*>(nodes_[node].node.get())->message_ids()) {
       gradients[py::int_(message_id)] = py::none();
     }
   }
@@ -244,12 +283,13 @@ void LocalPass::run_whole(const std::vector<size_t>& wave, bool last) {
       anchors.push_back(nodes_[node].node->next_edge(0).function);
     }
   }
-  std::vector<std::pair<int64_t, at::Tensor>> got;
+  std::vector<std::pair<MessageId, at::Tensor>> got;
   if (!roots.empty() && (!leaves.empty() || !recvs.empty())) {
     got = run_wave_nodes(roots, grads, leaves, anchors, store_, lock_, retain_graph_);
   }
   if (!roots.empty()) leaves_reached += static_cast<int64_t>(leaves.size());
-  if (!recvs.empty()) send_(recv_gradients(recvs, got), last);
+  py::dict gradients = recv_gradients(recvs, got);
+  if (!gradients.empty()) send_(gradients, last);
 }
 
 void LocalPass::run_node_by_node(const std::vector<size_t>& wave) {
@@ -280,15 +320,30 @@ void LocalPass::run_node_by_node(const std::vector<size_t>& wave) {
 }
 
 void add_local_pass_type(py::module_& module) {
+  // The callbacks it holds close over the Part that holds it: the garbage collector must see both sides.
+  auto collectable = py::custom_type_setup([](PyHeapTypeObject* heap_type) {
+    PyTypeObject* type = &heap_type->ht_type;
+    type->tp_flags |= Py_TPFLAGS_HAVE_GC;
+    type->tp_traverse = [](PyObject* self, visitproc visit, void* arg) -> int {
+      Py_VISIT(Py_TYPE(self));
+      if (!py::detail::is_holder_constructed(self)) return 0;
+      return py::cast<const LocalPass&>(py::handle(self)).traverse(visit, arg);
+    };
+    type->tp_clear = [](PyObject* self) -> int {
+      if (py::detail::is_holder_constructed(self)) py::cast<LocalPass&>(py::handle(self)).clear();
+      return 0;
+    };
+  });
   py::class_<LocalPass>(module, "LocalPass",
-                        "One worker's part of a pass, run as engine/local_pass.py's LocalPass runs it.")
+                        "One worker's part of a pass, run as engine/local_pass.py's LocalPass runs it.", collectable)
       .def(py::init<py::object, const py::dict&, py::dict, py::object, py::object, py::object, py::object, py::object,
                     py::object, bool>(),
            py::arg("graph"), py::arg("keys"), py::arg("store"), py::arg("lock"), py::arg("send"), py::arg("finish"),
            py::arg("run_node"), py::arg("observe"), py::arg("unknown"), py::arg("retain_graph"))
       // wrapped as torch wraps its own: the C++ warnings of a backward (TORCH_WARN) become Python warnings
       .def("arrive", torch::wrap_pybind_function(
-                         [](LocalPass& local, int64_t key, const std::vector<std::optional<at::Tensor>>& grads) {
+                         [](LocalPass& local, const py::handle& key,
+                            const std::vector<std::optional<at::Tensor>>& grads) {
                            local.arrive(key, grads);
                          }),
            py::arg("key"), py::arg("grads"))

@@ -16,6 +16,7 @@
 #include <utility>
 #include <vector>
 
+#include "recv_node.h"
 #include "torch_nodes.h"
 
 namespace distautograd::native {
@@ -33,9 +34,16 @@ class __attribute__((visibility("hidden"))) LocalPass {  // hidden: it holds Pyt
             pybind11::object unknown, bool retain_graph);
 
   // Source `key` delivers, one gradient (or None) per edge of the source; runs what became complete.
-  void arrive(int64_t key, const std::vector<std::optional<at::Tensor>>& grads);
-  void close() { closed_ = true; }
+  // A key that is no source of the part (or no id at all) raises `unknown`.
+  void arrive(const pybind11::handle& key, const std::vector<std::optional<at::Tensor>>& grads);
+  // Nothing more runs or is sent (the pass was aborted); what reached the nodes goes.
+  void close();
   void start_if_empty();
+
+  // For the garbage collector (its callbacks close over the Part that holds it): every Python object
+  // it holds, and letting them go.
+  int traverse(visitproc visit, void* arg) const;
+  void clear();
 
   bool done() const { return executed_ == nodes_.size(); }
   size_t arrived() const { return arrived_; }
@@ -80,12 +88,12 @@ class __attribute__((visibility("hidden"))) LocalPass {  // hidden: it holds Pyt
   void run_whole(const std::vector<size_t>& wave, bool last);
   void run_node_by_node(const std::vector<size_t>& wave);
   pybind11::dict recv_gradients(const std::vector<size_t>& recvs,
-                                const std::vector<std::pair<int64_t, at::Tensor>>& got) const;
+                                const std::vector<std::pair<MessageId, at::Tensor>>& got) const;
 
   pybind11::object graph_, store_, lock_, send_, finish_, run_node_, observe_, unknown_;
   bool retain_graph_;
   std::vector<Vertex> nodes_;  // in the plan's order
-  std::unordered_map<int64_t, Source> sources_;
+  std::unordered_map<MessageId, Source> sources_;
   std::vector<bool> ready_;
   size_t ready_count_ = 0;
   size_t executed_ = 0;

@@ -71,7 +71,7 @@ void Recording::open() {
   open_ = true;
 }
 
-std::vector<std::pair<int64_t, at::Tensor>> Recording::take() {
+std::vector<std::pair<MessageId, at::Tensor>> Recording::take() {
   if (open_recording == this) open_recording = previous_;
   open_ = false;
   return std::move(got);
@@ -79,7 +79,7 @@ std::vector<std::pair<int64_t, at::Tensor>> Recording::take() {
 
 py::dict Recording::close() { return as_dict(take()); }
 
-py::dict as_dict(std::vector<std::pair<int64_t, at::Tensor>> got) {
+py::dict as_dict(std::vector<std::pair<MessageId, at::Tensor>> got) {
   py::dict gradients;
   for (auto& [message_id, grad] : got) {
     gradients[py::int_(message_id)] = grad.defined() ? py::cast(std::move(grad)) : py::none();
@@ -87,7 +87,7 @@ py::dict as_dict(std::vector<std::pair<int64_t, at::Tensor>> got) {
   return gradients;
 }
 
-RecvNode::RecvNode(std::vector<int64_t> message_ids, PyObject* points)
+RecvNode::RecvNode(std::vector<MessageId> message_ids, PyObject* points)
     : message_ids_(std::move(message_ids)), points_(points) {
   Py_INCREF(points_);
 }
@@ -114,7 +114,7 @@ torch::autograd::variable_list RecvNode::apply(torch::autograd::variable_list&& 
 
 void set_local_backward_error(std::string message) { local_backward_error = std::move(message); }
 
-py::tuple make_recv_node(const std::vector<at::Tensor>& tensors, const std::vector<int64_t>& message_ids,
+py::tuple make_recv_node(const std::vector<at::Tensor>& tensors, const std::vector<MessageId>& message_ids,
                          const py::list& points) {
   if (tensors.size() != message_ids.size() || tensors.size() != points.size()) {
     throw py::value_error("make_recv_node takes one message id and one point per tensor");

@@ -14,6 +14,9 @@
 
 namespace distautograd::native {
 
+// A message's id as the protocol carries it (uint64: the sender's rank in its top 16 bits).
+using MessageId = uint64_t;
+
 // The gradients recv nodes got on this thread while it was open: (message id, gradient, undefined
 // where none reached it). Opened and closed on one thread; recordings nest.
 class Recording {
@@ -27,9 +30,9 @@ class Recording {
   // Closes it (the one open before is again) and gives {message id: gradient or None}.
   pybind11::dict close();
   // Closes it and gives what it got, (message id, gradient or undefined) in the order the nodes ran.
-  std::vector<std::pair<int64_t, at::Tensor>> take();
+  std::vector<std::pair<MessageId, at::Tensor>> take();
 
-  std::vector<std::pair<int64_t, at::Tensor>> got;
+  std::vector<std::pair<MessageId, at::Tensor>> got;
 
  private:
   Recording* previous_ = nullptr;
@@ -37,12 +40,12 @@ class Recording {
 };
 
 // What a recording took, as {message id: gradient or None} (a later gradient for an id replaces one before).
-pybind11::dict as_dict(std::vector<std::pair<int64_t, at::Tensor>> got);
+pybind11::dict as_dict(std::vector<std::pair<MessageId, at::Tensor>> got);
 
 class RecvNode : public torch::autograd::Node {
  public:
   // `points`: a Python list, one recv point per output, which `node.points` gives back.
-  RecvNode(std::vector<int64_t> message_ids, PyObject* points);
+  RecvNode(std::vector<MessageId> message_ids, PyObject* points);
   ~RecvNode() override;
 
   // Lets the points go as soon as the last strong reference does: a WeakNode (which the points
@@ -52,14 +55,14 @@ class RecvNode : public torch::autograd::Node {
   std::string name() const override;
   torch::autograd::variable_list apply(torch::autograd::variable_list&& grads) override;
 
-  const std::vector<int64_t>& message_ids() const { return message_ids_; }
+  const std::vector<MessageId>& message_ids() const { return message_ids_; }
 
   // The points (a Python list). Only a live node's Python object asks, and it holds a strong
   // reference, so they are never released yet.
   PyObject* points() const { return points_; }
 
  private:
-  std::vector<int64_t> message_ids_;
+  std::vector<MessageId> message_ids_;
   PyObject* points_;  // owned until release_resources, which drops it holding the GIL
 };
 
@@ -68,7 +71,7 @@ void set_local_backward_error(std::string message);
 
 // `tensors` as the outputs of one new RecvNode, output i being `message_ids[i]` / `points[i]`, its one
 // next edge a new anchor's (an empty leaf): returns (outputs, the anchor's AccumulateGrad).
-pybind11::tuple make_recv_node(const std::vector<at::Tensor>& tensors, const std::vector<int64_t>& message_ids,
+pybind11::tuple make_recv_node(const std::vector<at::Tensor>& tensors, const std::vector<MessageId>& message_ids,
                                const pybind11::list& points);
 
 // Registers the Python type of RecvNode's objects as `module.RecvNode`.

@@ -47,12 +47,11 @@ class Held {
   py::object lock_;
 };
 
-}  // namespace
-
-std::vector<std::pair<int64_t, at::Tensor>> run_wave_nodes(const edge_list& roots, const std::vector<at::Tensor>& grads,
-                                                           const std::vector<NodePtr>& leaves,
-                                                           const std::vector<NodePtr>& anchors, const py::dict& store,
-                                                           const py::object& lock, bool retain_graph) {
+// The wave's engine call with the leaves' slots swapped in and the recv nodes recorded.
+std::vector<std::pair<MessageId, at::Tensor>> run_engine(const edge_list& roots, const std::vector<at::Tensor>& grads,
+                                                         const std::vector<NodePtr>& leaves,
+                                                         const std::vector<NodePtr>& anchors, const py::dict& store,
+                                                         const py::object& lock, bool retain_graph) {
   edge_list ends;
   ends.reserve(leaves.size() + anchors.size());
   for (const NodePtr& leaf : leaves) ends.emplace_back(leaf, 0);
@@ -80,10 +79,25 @@ std::vector<std::pair<int64_t, at::Tensor>> run_wave_nodes(const edge_list& root
     torch::translate_exception_to_python(failed);
     raised.emplace();
   }
-  std::vector<std::pair<int64_t, at::Tensor>> got = recording.take();
+  std::vector<std::pair<MessageId, at::Tensor>> got = recording.take();
   slots.restore();
   if (raised) throw *raised;
   return got;
+}
+
+}  // namespace
+
+std::vector<std::pair<MessageId, at::Tensor>> run_wave_nodes(const edge_list& roots, const std::vector<at::Tensor>& grads,
+                                                             const std::vector<NodePtr>& leaves,
+                                                             const std::vector<NodePtr>& anchors, const py::dict& store,
+                                                             const py::object& lock, bool retain_graph) {
+  torch::PyWarningHandler warnings;  // as torch's HANDLE_TH_ERRORS: flushed (or raised, under -W error) at the end
+  try {
+    return run_engine(roots, grads, leaves, anchors, store, lock, retain_graph);
+  } catch (...) {
+    warnings.set_in_exception();
+    throw;
+  }
 }
 
 py::dict run_wave(const py::list& roots, const std::vector<at::Tensor>& grads, const py::list& leaves,

@@ -11,6 +11,7 @@
 #include <utility>
 #include <vector>
 
+#include "recv_node.h"
 #include "torch_nodes.h"
 
 namespace distautograd::native {
@@ -26,7 +27,8 @@ pybind11::dict run_wave(const pybind11::list& roots, const std::vector<at::Tenso
 
 // The same for a caller in C++ (local_pass.cpp): the roots as torch's edges, the leaves and the anchors
 // as nodes; gives what the recv nodes recorded, (message id, gradient or undefined), in the order they ran.
-std::vector<std::pair<int64_t, at::Tensor>> run_wave_nodes(const torch::autograd::edge_list& roots,
+// The engine's warnings become Python's as the wave ends, as they do after torch's own Python entry.
+std::vector<std::pair<MessageId, at::Tensor>> run_wave_nodes(const torch::autograd::edge_list& roots,
                                                            const std::vector<at::Tensor>& grads,
                                                            const std::vector<NodePtr>& leaves,
                                                            const std::vector<NodePtr>& anchors,
