@@ -38,10 +38,10 @@ Send = Callable[[Dict[int, Optional[torch.Tensor]], bool], None]
 Finish = Callable[[Optional[BaseException]], None]
 
 
-Part = Union["LocalPass", Any]  # LocalPass, or native.core.LocalPass (the same methods and attributes)
+LocalPart = Union["LocalPass", Any]  # LocalPass, or native.core.LocalPass (the same methods and attributes)
 
 
-def start(graph: PassGraph, keys: Dict[int, float], store: GradStore, **options) -> Part:
+def start(graph: PassGraph, keys: Dict[int, float], store: GradStore, **options) -> LocalPart:
     """The part's bookkeeping, given what LocalPass takes: the core's where it can run the part (the
     message path native, leaves accumulating, no graph made, every recv node the core's), else LocalPass."""
     if native.path_on() and store.accumulates and not options.get("create_graph") and all(

@@ -10,7 +10,7 @@ from typing import Callable, Dict, List, Optional, Set, Tuple
 
 import torch
 
-from distautograd.engine.local_pass import Part as LocalPart
+from distautograd.engine.local_pass import LocalPart
 from distautograd.engine.slots import Captured
 from distautograd.protocol.v1 import messages_pb2 as pb
 from distautograd.runtime.contexts import Context

@@ -96,7 +96,7 @@ class World:
         queue: collections.deque = collections.deque()
         errors: List[BaseException] = []
         finished = set()
-        parts: Dict[str, local_pass.Part] = {}
+        parts: Dict[str, local_pass.LocalPart] = {}
         for name, worker in self.workers.items():
             mine = [m for m in active if self.owner[m] == name]
             sources = {m: [worker.sends[m][0]] for m in mine}
