@@ -46,9 +46,9 @@ def built() -> str:
         return f"compiled core not built ({_missing}); every message takes the Python path"
     if not path_on():
         return "compiled core built, not used for messages (DISTAUTOGRAD_NATIVE_PATH=0): they take the Python path"
-    return ("compiled core built: it reads and writes frames, codes tensor lists, plans each pass's part, "
-            "makes recv nodes (C++, run without the GIL) and runs each wave's engine call; the rest of a message's "
-            "decoding and encoding, and the engine's push loop, take the Python path")
+    return ("compiled core built: it reads and writes frames, codes tensor lists, plans and runs each pass's part "
+            "(its bookkeeping and each wave's engine call) and makes recv nodes (C++, run without the GIL); the rest "
+            "of a message's decoding and encoding, and the dispatch of pushes to parts, take the Python path")
 
 
 def message_path() -> str:
