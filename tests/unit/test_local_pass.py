@@ -377,8 +377,8 @@ def test_only_the_push_of_the_last_wave_says_nothing_more_runs_here():
 
 
 def test_a_part_closed_while_a_node_runs_runs_no_more_nodes_of_its_wave():
-    """As in the test above, node by node (x waits for the roots); the first node to run, q * 9 (the
-    latest made), finds the pass aborted: nothing after it runs, nothing is sent, nothing reported."""
+    """A node-by-node wave as two tests above (x waits for the roots); the first node to run, q * 9
+    (the latest made), finds the pass aborted: nothing after it runs, nothing is sent or reported."""
     x, z = (torch.tensor([1.0], requires_grad=True) for _ in range(2))
     r, q = _point(41).tensor, _point(42).tensor
     uses = [r * 5, x * 3, z * 7, q * 9]
