@@ -1,4 +1,4 @@
-"""Lists of plain tensors and Nones (gradients, mostly) coded by the compiled core in one call each; None where the Python codec must do it.
+"""Lists of plain tensors and Nones (gradients, mostly), and a backward's pushes of them, coded by the compiled core in one call each; None where the Python codec must do it.
 
 The common case is a list of exactly-``torch.Tensor`` tensors, dense, in C order, of the usual
 dtypes, with no autograd, Parameter, conjugate or negative bit (native/csrc/tensor_list.h). The core
@@ -24,6 +24,17 @@ def encode(items: list, compact_zeros: bool) -> Optional[Tuple[pb.Value, List[An
         return None
     value, attachments = coded
     return pb.Value.FromString(value), attachments
+
+
+def encode_push(context_id: int, pass_id: int, plan: Optional[bytes], message_ids: List[int], grads: list, root: int,
+                done: List[Tuple[int, int]]) -> Optional[Tuple[bytes, List[Any]]]:
+    """(the serialized Request{push_gradients}, its attachments), the bytes protobuf writes for the
+    push (native/csrc/push_request.h), with all-zero gradients compact; None when the gradients are
+    not the common case. ``plan``: the serialized PassPlan, or None when it does not ride along;
+    ``done``: (rank, leaves) of each part the push says is done."""
+    if not native.path_on():
+        return None
+    return native.core.encode_push_request(context_id, pass_id, plan, message_ids, grads, root, done, True)
 
 
 def decode(value: pb.Value, attachments: Sequence[Any], unsent_limit: int) -> Optional[list]:

@@ -4,7 +4,9 @@ What it offers the runtime: reading frames off a socket and writing them to it (
 attachments) without the GIL, coding lists of plain tensors (gradients) in one call each, planning a
 worker's part of a backward pass over torch's autograd Nodes (engine/graph.py), the recv node as a C++
 autograd Node that torch's engine runs without the GIL (engine/nodes.py), a wave's engine call with the
-leaves' slots swapped and the recv nodes recorded in one call (engine/execution.py), failing
+leaves' slots swapped and the recv nodes recorded in one call (engine/execution.py), a pass's part from
+an arrival to its pushes (engine/local_pass.py), each push's request written in one call
+(runtime/codec.py), failing
 torch futures as torch's RPC fails them, and adding a remote call's profiled events to the caller's
 profiler. Without it the package runs its Python path, and says so once, in one line,
 when it starts.
@@ -47,8 +49,9 @@ def built() -> str:
     if not path_on():
         return "compiled core built, not used for messages (DISTAUTOGRAD_NATIVE_PATH=0): they take the Python path"
     return ("compiled core built: it reads and writes frames, codes tensor lists, plans and runs each pass's part "
-            "(its bookkeeping and each wave's engine call) and makes recv nodes (C++, run without the GIL); the rest "
-            "of a message's decoding and encoding, and the dispatch of pushes to parts, take the Python path")
+            "(its bookkeeping and each wave's engine call), writes each push's request and makes recv nodes (C++, run "
+            "without the GIL); the rest of a message's decoding and encoding, and the dispatch of pushes to parts, "
+            "take the Python path")
 
 
 def message_path() -> str:

@@ -17,7 +17,7 @@ import contextlib
 import logging
 import queue
 import time
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 
@@ -37,6 +37,7 @@ from distautograd.runtime.peers import COORDINATOR, Peers
 from distautograd.runtime.reach import Reach
 from distautograd.runtime import anomaly, inspection, profiling, tracing
 from distautograd.transport import hops, reading
+from distautograd.transport.link import Serialized
 from distautograd.views import trace
 from distautograd.transport.deadlines import Deadlines
 
@@ -179,6 +180,7 @@ class Backward:
             if part.closed or part.local is not None:
                 return
             part.plan = plan
+            part.plan_bytes = plan.SerializeToString()
             part.active = frozenset(plan.active_sends)
             part.local = local
             part.watches = anomaly.watch(graph.order, plan.anomaly, self.name)
@@ -314,33 +316,52 @@ class Backward:
         for message_id, grad in grads.items():
             if message_id in part.active:
                 by_dest.setdefault(rank_of(message_id), []).append((message_id, grad))
-        plan = part.plan if len(part.plan.active_sends) <= PLAN_INLINE_LIMIT else None
+        inline = len(part.plan.active_sends) <= PLAN_INLINE_LIMIT  # the plan rides along
         if hops.ON:
             hops.at("engine")
         for dest, items in by_dest.items():
-            value, attachments = self._codec.encode([g for _, g in items], dest, ctx, compact_zeros=True)
-            if ctx.inspect & inspection.GRAPH:
-                inspection.pushed(ctx, [m for m, _ in items], value, attachments)
-            body = pb.PushGradients(context_id=ctx.id, pass_id=part.pass_id, message_ids=[m for m, _ in items],
-                                    gradients=value, root=part.root)
-            if plan is not None:
-                body.plan.CopyFrom(plan)
-            if last and part.root != self.rank and not part.told:
-                with part.lock:
-                    learned, part.learned = part.learned, []
-                    part.told = True
-                leaves = part.local.leaves_reached if part.local is not None else 0
-                body.done.add(rank=self.rank, leaves=leaves)
-                body.done.extend(learned)
+            message_ids = [m for m, _ in items]
+            done = self._done_to_tell(part) if last else []
+            request, attachments = self._push_request(part, dest, message_ids, [g for _, g in items], inline, done)
             if tracing.on(ctx):
-                tracing.pushed(ctx, items[0][0], self._peers.world.name_of(dest))
+                tracing.pushed(ctx, message_ids[0], self._peers.world.name_of(dest))
             if hops.ON:
                 hops.at("encoded")
-            self._send_push(dest, pb.Request(push_gradients=body), attachments)
+            self._send_push(dest, request, attachments)
             if hops.ON:
-                hops.sent((ctx.id, part.pass_id, body.message_ids[0]))
+                hops.sent((ctx.id, part.pass_id, message_ids[0]))
 
-    def _send_push(self, dest: int, request: pb.Request, attachments) -> None:
+    def _done_to_tell(self, part: Part) -> List[pb.PartDone]:
+        """For a part's last push (its first, where it sends several): the part is done, and so are
+        those it learned of. Once; nothing at the root, which counts them itself."""
+        if part.root == self.rank or part.told:
+            return []
+        with part.lock:
+            learned, part.learned = part.learned, []
+            part.told = True
+        leaves = part.local.leaves_reached if part.local is not None else 0
+        return [pb.PartDone(rank=self.rank, leaves=leaves), *learned]
+
+    def _push_request(self, part: Part, dest: int, message_ids: List[int], grads: list, inline: bool,
+                      done: List[pb.PartDone]) -> Tuple[Union[pb.Request, Serialized], list]:
+        """(the request, its attachments) of a push to ``dest``: serialized by the core in one call where
+        it can, else built as protobuf messages around the codec's value."""
+        ctx = part.ctx
+        if not ctx.inspect & inspection.GRAPH:  # the graph view records the value itself
+            coded = self._codec.encode_push(ctx.id, part.pass_id, part.plan_bytes if inline else None, message_ids,
+                                            grads, part.root, [(entry.rank, entry.leaves) for entry in done])
+            if coded is not None:
+                return Serialized(coded[0]), coded[1]
+        value, attachments = self._codec.encode(grads, dest, ctx, compact_zeros=True)
+        if ctx.inspect & inspection.GRAPH:
+            inspection.pushed(ctx, message_ids, value, attachments)
+        body = pb.PushGradients(context_id=ctx.id, pass_id=part.pass_id, message_ids=message_ids, gradients=value,
+                                root=part.root, done=done)
+        if inline:
+            body.plan.CopyFrom(part.plan)
+        return pb.Request(push_gradients=body), attachments
+
+    def _send_push(self, dest: int, request, attachments) -> None:
         """A push is a notification: the pass ends when everyone reports, and the receiver cannot
         report before it has it. One that cannot be sent is retried on a fresh connection; the
         receiver drops duplicates."""

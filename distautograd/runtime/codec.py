@@ -77,6 +77,15 @@ class Codec:
         pickle = pickling.dumps(obj, persistent)
         return pb.Value(pickle=pickle, tensors=metas, rrefs=handles), attachments
 
+    def encode_push(self, context_id: int, pass_id: int, plan: Optional[bytes], message_ids: List[int], grads: list,
+                    root: int, done: List[Tuple[int, int]]) -> Optional[Tuple[bytes, List[Any]]]:
+        """A backward's push of plain gradients as one serialized Request written by the core (see
+        tensor_lists.encode_push); None where ``encode`` must code the gradients (and a PushGradients
+        be built around them): no core, a tensor that requires grad (a send point), or one twice."""
+        if not _is_tensor_list(grads):
+            return None
+        return tensor_lists.encode_push(context_id, pass_id, plan, message_ids, grads, root, done)
+
     def _encode_tensor_list(self, items: list, dest: int, ctx: Optional[Context],
                             compact_zeros: bool) -> Tuple[pb.Value, List[Any]]:
         """A list of distinct tensors (and Nones) without pickling it: the common case of gradients."""

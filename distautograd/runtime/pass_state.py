@@ -26,6 +26,7 @@ class Part:
         self.pass_id = pass_id
         self.root = root
         self.plan: Optional[pb.PassPlan] = None
+        self.plan_bytes = b""  # the plan serialized once, for the pushes it rides along with
         self.active: frozenset = frozenset()  # the plan's send points (message ids), to look up
         self.local: Optional[LocalPart] = None  # LocalPass, or the core's on the native path
         self.early: List[Tuple[int, Optional[torch.Tensor]]] = []  # pushes that came before the plan

@@ -41,10 +41,13 @@ def reader_for(sock: socket.socket) -> "PythonReader | NativeReader":
 def write_frame(sock: socket.socket, frame_id: int, kind: str, message, streamed: List[Any], fds: List[int],
                 stall: Optional[float]) -> int:
     """Sends Frame{id, <kind>: message} with ``streamed`` after it, as framing.send_all sends (``fds``
-    along with the first bytes; ``stall``: seconds a peer may take no byte); returns the header's size."""
+    along with the first bytes; ``stall``: seconds a peer may take no byte); returns the header's size.
+    ``message``: a protobuf message, or a request already serialized (bytes)."""
     if native.path_on():
-        return native.core.write_frame(sock.fileno(), frame_id, NUMBERS[kind], message.SerializeToString(), streamed,
-                                       fds, stall)
+        serialized = message if isinstance(message, bytes) else message.SerializeToString()
+        return native.core.write_frame(sock.fileno(), frame_id, NUMBERS[kind], serialized, streamed, fds, stall)
+    if isinstance(message, bytes):
+        message = pb.Request.FromString(message)
     header = pb.Frame(id=frame_id, **{kind: message}).SerializeToString()
     framing.send_all(sock, [framing.LENGTH.pack(len(header)), header, *streamed], fds, stall)
     return len(header)

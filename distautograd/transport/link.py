@@ -28,8 +28,20 @@ RequestHandler = Callable[["Link", int, pb.Request, List[Any]], None]
 Completion = Callable[[Optional[pb.Response], Optional[List[Any]], Optional[BaseException]], None]
 
 
+class Serialized(bytes):
+    """A Request already serialized (by the compiled core: encoding/tensor_lists.encode_push) and
+    without its attachments' description, which the transport adds as it sends; a Link sends it as it
+    sends a pb.Request."""
+
+    def parsed(self) -> pb.Request:
+        return pb.Request.FromString(self)
+
+
 class Transport(Protocol):
-    """What moves a Link's frames. ``send`` raises errors.Unavailable when the frame cannot go."""
+    """What moves a Link's frames. ``send`` raises errors.Unavailable when the frame cannot go;
+    ``message`` is a pb.Request or pb.Response, or a Serialized request. The transport describes
+    the attachments in the message it sends (replacing any description it held: a message sent again
+    is described once)."""
 
     kind: str  # "unix", "tcp", "grpc" or "local"
 

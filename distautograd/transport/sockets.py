@@ -21,7 +21,7 @@ from typing import Any, Callable, List, Optional, Sequence, Tuple
 
 from distautograd import errors, metrics
 from distautograd.transport import ending, frames, framing, hops, reading, security, shm
-from distautograd.transport.link import Link
+from distautograd.transport.link import Link, Serialized
 from distautograd.protocol.v1 import messages_pb2 as pb
 
 log = logging.getLogger("distautograd")
@@ -76,6 +76,11 @@ class SocketTransport:
                 raise errors.Unreachable(str(self._stalled))
             if self._closed:
                 raise errors.Unavailable(f"the connection to {self.link.peer} is closed")
+            if isinstance(message, Serialized):  # its description goes in front, as Request's field 2
+                serialized, message = message, pb.Request()
+            else:
+                serialized = None
+                message.ClearField("attachments")  # a push sent again (on a fresh connection) is described once
             message.attachments.streamed_sizes.extend(len(v) for v in views)
             for index, view in enumerate(views):
                 if self._pool is not None and len(view) >= shm.MIN_BYTES:
@@ -90,6 +95,8 @@ class SocketTransport:
                 elif len(view):
                     streamed.append(view)
             try:
+                if serialized is not None:
+                    message = Serialized(message.SerializeToString() + serialized)
                 header_size = frames.write_frame(self.sock, frame_id, kind, message, streamed, fds, self._stall)
                 if metrics.ON:
                     _count(metrics.SENT_BYTES, self.kind, framing.LENGTH.size + header_size + sum(map(len, streamed)),

@@ -3,6 +3,7 @@ agent in this process notifies, let through to the real code."""
 
 from distautograd.runtime.peers import Peers
 from distautograd.runtime.reach import Reach
+from distautograd.transport.link import Serialized
 
 
 class Spy:
@@ -19,10 +20,11 @@ class Spy:
             return ask(reach, context_id, rank, ids)
 
         def notifying(peers, rank, request, *args, **kwargs):
-            self.sent.append((peers.name, rank, request.WhichOneof("body")))
-            if request.WhichOneof("body") == "push_gradients":
-                self.push_roots.append(request.push_gradients.root)
-                self.push_plans.append(request.push_gradients.HasField("plan"))
+            message = request.parsed() if isinstance(request, Serialized) else request  # the core wrote a push
+            self.sent.append((peers.name, rank, message.WhichOneof("body")))
+            if message.WhichOneof("body") == "push_gradients":
+                self.push_roots.append(message.push_gradients.root)
+                self.push_plans.append(message.push_gradients.HasField("plan"))
             return notify(peers, rank, request, *args, **kwargs)
 
         monkeypatch.setattr(Reach, "_reach", asking)

@@ -14,6 +14,7 @@
 #include "gil.h"
 #include "local_pass.h"
 #include "pass_graph.h"
+#include "push_request.h"
 #include "recv_node.h"
 #include "remote_events.h"
 #include "tensor_codec.h"
@@ -162,6 +163,10 @@ PYBIND11_MODULE(_core, m) {
   m.def("decode_tensor_list", &distautograd::native::decode_tensor_list, pybind11::arg("value"),
         pybind11::arg("attachments"), pybind11::arg("unsent_limit"),
         "The list of tensors and Nones a serialized Value describes; None when it is not the common case.");
+  m.def("encode_push_request", &distautograd::native::encode_push_request, pybind11::arg("context_id"),
+        pybind11::arg("pass_id"), pybind11::arg("plan"), pybind11::arg("message_ids"), pybind11::arg("gradients"),
+        pybind11::arg("root"), pybind11::arg("done"), pybind11::arg("compact_zeros"),
+        "(serialized Request{push_gradients}, attachments) of a push; None when its gradients are not the common case.");
   m.def("plan_pass_graph", &distautograd::native::plan_pass_graph, pybind11::arg("sources"),
         pybind11::arg("leaf_type"), pybind11::arg("recv_types"),
         "(children, order, index, parents, bit, mask, reach, leaves) of a pass's graph over torch's Nodes, as "

@@ -1,0 +1,139 @@
+"""A backward's push written by the compiled core in one call (native/csrc/push_request.cpp, through
+Codec.encode_push) against the protobuf messages the Python path builds: the same bytes, whatever the
+ids, plan, gradients and parts done; every list of gradients the core does not take left to the
+Python path; and, on real socket pairs, the frame a socket transport sends of the core's push is the
+frame it sends of the protobuf one. The inputs vary per run: the seed is printed, and
+DISTAUTOGRAD_FUZZ_SEED replays one."""
+
+from __future__ import annotations
+
+import os
+import random
+import socket
+
+import pytest
+import torch
+
+from distautograd import native
+from distautograd.encoding import tensor_lists
+from distautograd.protocol.v1 import messages_pb2 as pb
+from distautograd.runtime.codec import Codec
+from distautograd.transport import framing
+from distautograd.transport.deadlines import Deadlines
+from distautograd.transport.link import Link, Serialized
+from distautograd.transport.sockets import SocketTransport
+from tests.helpers.paths import take_path
+from tests.helpers.socket_pairs import pair
+
+pytestmark = pytest.mark.skipif(native.core is None, reason="the compiled core is not built")
+SEED = int(os.environ.get("DISTAUTOGRAD_FUZZ_SEED", random.randrange(1 << 32)))
+BIG = (1 << 64) - 1  # ids are uint64; message ids of high ranks pass 2**63
+
+
+def codec() -> Codec:
+    return Codec(allowlist=None, rrefs=None, contexts=None)
+
+
+def protobuf_push(context_id, pass_id, plan, message_ids, grads, root, done) -> pb.Request:
+    """The push as backward.py builds it where the core does not: the codec's value in protobuf messages."""
+    value, _ = codec().encode(grads, 0, None, compact_zeros=True)
+    body = pb.PushGradients(context_id=context_id, pass_id=pass_id, message_ids=message_ids, gradients=value, root=root,
+                            done=[pb.PartDone(rank=r, leaves=n) for r, n in done])
+    if plan is not None:
+        body.plan.CopyFrom(plan)
+    return pb.Request(push_gradients=body)
+
+
+def gradient(rng: random.Random):
+    kind = rng.randrange(6)
+    if kind == 0:
+        return None
+    if kind == 1:
+        return torch.zeros(rng.randrange(1, 5), 3)  # travels as its shape
+    if kind == 2:
+        return torch.randn(6, 4).t()  # a view that keeps its strides
+    if kind == 3:
+        return torch.randn(3).expand(4, 3)  # an expanded view: its one row travels
+    return torch.randn([rng.randrange(0, 4) for _ in range(rng.randrange(0, 3))]).to(
+        rng.choice([torch.float32, torch.float64, torch.int64, torch.bool, torch.complex64]))
+
+
+def test_the_core_writes_a_push_as_protobuf_does(capsys):
+    print(f"DISTAUTOGRAD_FUZZ_SEED={SEED}")
+    rng = random.Random(SEED)
+    for _ in range(300):
+        count = rng.randrange(1, 6)
+        ids = [rng.choice([0, 1, 1 << 48 | rng.randrange(1 << 20), BIG - rng.randrange(10)]) for _ in range(count)]
+        grads = [gradient(rng) for _ in range(count)]
+        plan = rng.choice([None, pb.PassPlan(root=rng.randrange(3), active_sends=ids, retain_graph=rng.random() < .5,
+                                             anomaly=rng.randrange(3), inspect=rng.randrange(2))])
+        done = [(rng.randrange(0, 1 << 32), rng.randrange(0, 1 << 32)) for _ in range(rng.randrange(3))]
+        args = (rng.choice([0, 7, BIG]), rng.choice([0, 3, BIG]), plan, ids, grads, rng.choice([0, 1, (1 << 32) - 1]),
+                done)
+        coded = codec().encode_push(*args[:2], None if plan is None else plan.SerializeToString(), *args[3:])
+        assert coded is not None
+        request, attachments = coded
+        expected = protobuf_push(*args)
+        assert request == expected.SerializeToString(), args
+        assert [bytes(memoryview(a).cast("B")) for a in attachments] == [
+            bytes(memoryview(a).cast("B")) for a in codec().encode(grads, 0, None, compact_zeros=True)[1]]
+
+
+def test_a_plan_that_serializes_to_nothing_still_rides_along():
+    request, _ = codec().encode_push(1, 2, b"", [5], [torch.ones(2)], 0, [])
+    assert pb.Request.FromString(request).push_gradients.HasField("plan")
+    request, _ = codec().encode_push(1, 2, None, [5], [torch.ones(2)], 0, [])
+    assert not pb.Request.FromString(request).push_gradients.HasField("plan")
+
+
+@pytest.mark.parametrize("grads", [
+    [torch.ones(2, requires_grad=True)],  # a send point (create_graph): the codec makes it
+    [torch.nn.Parameter(torch.ones(2))],
+    [torch.ones(2), "not a tensor"],
+    [torch.ones(2).to_sparse()],
+], ids=["requires-grad", "parameter", "not-a-tensor", "sparse"])
+def test_gradients_the_core_does_not_take_are_left_to_the_python_path(grads):
+    assert codec().encode_push(1, 2, None, list(range(len(grads))), grads, 0, []) is None
+
+
+def test_the_same_tensor_twice_is_left_to_the_python_path_as_the_codec_leaves_it():
+    g = torch.ones(2)
+    assert codec().encode_push(1, 2, None, [5, 6], [g, g], 0, []) is None
+
+
+def test_a_push_with_more_ids_than_gradients_is_refused():
+    with pytest.raises(ValueError, match="one gradient per message id: 2 ids, 1 gradients"):
+        codec().encode_push(1, 2, None, [5, 6], [torch.ones(2)], 0, [])
+
+
+def test_without_the_core_path_no_push_is_written_by_it(monkeypatch):
+    take_path(monkeypatch, "0")
+    assert tensor_lists.encode_push(1, 2, None, [5], [torch.ones(2)], 0, []) is None
+
+
+def read_frame_bytes(sock: socket.socket) -> bytes:
+    header_size = framing.LENGTH.unpack(sock.recv(framing.LENGTH.size, socket.MSG_WAITALL))[0]
+    return sock.recv(header_size, socket.MSG_WAITALL)
+
+
+@pytest.mark.parametrize("family", ["unix", "tcp"])
+def test_a_socket_transport_sends_the_cores_push_as_the_protobuf_one_and_describes_a_resent_one_once(family):
+    grads = [torch.randn(3, 4), None, torch.randn(5)]
+    args = (9, 4, pb.PassPlan(root=1, active_sends=[1, 2, 3]), [1, 2, 3], grads, 1, [(2, 1)])
+    serialized, attachments = codec().encode_push(*args[:2], args[2].SerializeToString(), *args[3:])
+    message = protobuf_push(*args)
+    a, b = pair(family)
+    try:
+        transport = SocketTransport(Link("peer", lambda *frame: None, Deadlines()), a, None)
+        headers = []
+        for request in (Serialized(serialized), message, message):  # the last: sent again, as a retried push is
+            transport.send(0, "request", request, attachments)
+            headers.append(read_frame_bytes(b))
+            for view in attachments:
+                b.recv(memoryview(view).nbytes, socket.MSG_WAITALL)
+        assert headers[0] == headers[1] == headers[2]
+        frame = pb.Frame.FromString(headers[0])
+        assert list(frame.request.attachments.streamed_sizes) == [48, 20]
+        assert frame.request.push_gradients.done[0].rank == 2
+    finally:
+        a.close(), b.close()
