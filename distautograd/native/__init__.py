@@ -6,7 +6,7 @@ worker's part of a backward pass over torch's autograd Nodes (engine/graph.py), 
 autograd Node that torch's engine runs without the GIL (engine/nodes.py), a wave's engine call with the
 leaves' slots swapped and the recv nodes recorded in one call (engine/execution.py), a pass's part from
 an arrival to its pushes (engine/local_pass.py), each push's request written in one call
-(runtime/codec.py), failing
+(encoding/tensor_lists.py), failing
 torch futures as torch's RPC fails them, and adding a remote call's profiled events to the caller's
 profiler. Without it the package runs its Python path, and says so once, in one line,
 when it starts.

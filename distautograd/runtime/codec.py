@@ -82,8 +82,8 @@ class Codec:
         """A backward's push of plain gradients as one serialized Request written by the core (see
         tensor_lists.encode_push); None where ``encode`` must code the gradients (and a PushGradients
         be built around them): no core, a tensor that requires grad (a send point), or one twice."""
-        if not _is_tensor_list(grads):
-            return None
+        if not _is_tensor_list(grads) or any(g is not None and g.requires_grad for g in grads):
+            return None  # (without asking the core, which would refuse it only after coding the tensors before it)
         return tensor_lists.encode_push(context_id, pass_id, plan, message_ids, grads, root, done)
 
     def _encode_tensor_list(self, items: list, dest: int, ctx: Optional[Context],

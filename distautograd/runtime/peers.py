@@ -17,7 +17,7 @@ from distautograd.protocol import WORKER_SERVICE
 from distautograd.protocol.v1 import messages_pb2 as pb
 from distautograd.transport import grpc_server, grpc_stream, sockets
 from distautograd.transport.deadlines import Deadlines
-from distautograd.transport.link import Completion, Link
+from distautograd.transport.link import Completion, Link, Serialized
 from distautograd.transport.paths import Connector, Endpoint
 from distautograd.runtime.world import WorldView
 
@@ -156,7 +156,7 @@ class Peers:
         link.send_request(request, attachments, timeout, complete)
         return None
 
-    def notify(self, rank: int, request: pb.Request, attachments=()) -> None:
+    def notify(self, rank: int, request: pb.Request | Serialized, attachments=()) -> None:
         """Sends a request that gets no response; raises if it cannot be sent."""
         self.to(rank).notify(request, attachments)
 

@@ -119,7 +119,7 @@ class Link:
             self._fail_pending(frame_id, exc if isinstance(exc, errors.RpcError) else errors.Unavailable(
                 f"could not send to {self.peer}: {exc}"))
 
-    def notify(self, request: pb.Request, attachments: Sequence[Any] = ()) -> None:
+    def notify(self, request: pb.Request | Serialized, attachments: Sequence[Any] = ()) -> None:
         """Sends a request that gets no response; raises errors.Unavailable if it cannot go (the
         link is then closed, so whoever retries opens a fresh connection)."""
         closed = self._closed
@@ -132,7 +132,7 @@ class Link:
             self.close(exc)
             raise
 
-    def try_notify(self, request: pb.Request, attachments: Sequence[Any] = ()) -> bool:
+    def try_notify(self, request: pb.Request | Serialized, attachments: Sequence[Any] = ()) -> bool:
         """notify() for messages whose loss only matters to a peer that is gone anyway."""
         try:
             self.notify(request, attachments)

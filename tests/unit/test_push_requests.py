@@ -2,11 +2,12 @@
 Codec.encode_push) against the protobuf messages the Python path builds: the same bytes, whatever the
 ids, plan, gradients and parts done; every list of gradients the core does not take left to the
 Python path; and, on real socket pairs, the frame a socket transport sends of the core's push is the
-frame it sends of the protobuf one. The inputs vary per run: the seed is printed, and
+frame it sends of the protobuf one (a gradient in shared memory too). The inputs vary per run: the seed is printed, and
 DISTAUTOGRAD_FUZZ_SEED replays one."""
 
 from __future__ import annotations
 
+import array
 import os
 import random
 import socket
@@ -18,7 +19,7 @@ from distautograd import native
 from distautograd.encoding import tensor_lists
 from distautograd.protocol.v1 import messages_pb2 as pb
 from distautograd.runtime.codec import Codec
-from distautograd.transport import framing
+from distautograd.transport import framing, shm
 from distautograd.transport.deadlines import Deadlines
 from distautograd.transport.link import Link, Serialized
 from distautograd.transport.sockets import SocketTransport
@@ -111,9 +112,21 @@ def test_without_the_core_path_no_push_is_written_by_it(monkeypatch):
     assert tensor_lists.encode_push(1, 2, None, [5], [torch.ones(2)], 0, []) is None
 
 
+def receive(sock: socket.socket, size: int) -> bytes:
+    """Exactly ``size`` bytes; descriptors that come along (a shared segment's) are closed."""
+    data = b""
+    while len(data) < size:
+        chunk, ancillary, _, _ = sock.recvmsg(size - len(data), socket.CMSG_SPACE(framing.MAX_FDS * 4))
+        for _, _, fds in ancillary:
+            for fd in array.array("i", fds[: len(fds) - len(fds) % 4]):
+                os.close(fd)
+        assert chunk, "the peer closed the connection"
+        data += chunk
+    return data
+
+
 def read_frame_bytes(sock: socket.socket) -> bytes:
-    header_size = framing.LENGTH.unpack(sock.recv(framing.LENGTH.size, socket.MSG_WAITALL))[0]
-    return sock.recv(header_size, socket.MSG_WAITALL)
+    return receive(sock, framing.LENGTH.unpack(receive(sock, framing.LENGTH.size))[0])
 
 
 @pytest.mark.parametrize("family", ["unix", "tcp"])
@@ -130,10 +143,36 @@ def test_a_socket_transport_sends_the_cores_push_as_the_protobuf_one_and_describ
             transport.send(0, "request", request, attachments)
             headers.append(read_frame_bytes(b))
             for view in attachments:
-                b.recv(memoryview(view).nbytes, socket.MSG_WAITALL)
+                receive(b, memoryview(view).nbytes)
         assert headers[0] == headers[1] == headers[2]
         frame = pb.Frame.FromString(headers[0])
         assert list(frame.request.attachments.streamed_sizes) == [48, 20]
         assert frame.request.push_gradients.done[0].rank == 2
     finally:
         a.close(), b.close()
+
+
+@pytest.mark.skipif(shm.available() is not None, reason="no shared memory here")
+def test_a_push_whose_gradient_goes_through_shared_memory_is_described_as_the_protobuf_one():
+    """A gradient of 1 MiB or more goes through a shared segment: the description put in front of the
+    core's push names it as it names it in front of the protobuf push."""
+    grads = [torch.randn(shm.MIN_BYTES // 4 + 1), torch.randn(3)]
+    args = (9, 4, None, [1, 2], grads, 0, [])
+    serialized, attachments = codec().encode_push(*args)
+    pool = shm.SegmentPool()
+    a, b = pair("unix")
+    try:
+        transport = SocketTransport(Link("peer", lambda *frame: None, Deadlines()), a, pool)
+        frames = []
+        for request in (Serialized(serialized), protobuf_push(*args)):
+            transport.send(0, "request", request, attachments)
+            frames.append(pb.Frame.FromString(read_frame_bytes(b)))
+            receive(b, memoryview(attachments[1]).nbytes)  # the small one streams
+        for frame in frames:
+            assert list(frame.request.attachments.streamed_sizes) == [memoryview(v).nbytes for v in attachments]
+            assert list(frame.request.attachments.shared) == [0]
+            assert frame.request.push_gradients == protobuf_push(*args).push_gradients
+        assert frames[0].request.attachments.shared[0].descriptor_attached  # the segment's first loan to this peer
+    finally:
+        transport.close()
+        b.close()
