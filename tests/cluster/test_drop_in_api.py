@@ -43,6 +43,30 @@ def test_bound_methods_classmethods_and_staticmethods_as_targets():
     assert rpc.rpc_async("worker2", remote.Shape(3, 5).area).wait() == 15
 
 
+def test_a_reply_read_under_no_grad_records_no_recv_as_torchs_does():
+    """torch 2.13 (checked with torch.distributed.rpc, two processes, the same calls): a call made under
+    no_grad still records its send (the callee's argument has a recv node there), but torch reads the
+    reply under the caller's grad mode, so its tensors come back requiring grad with no grad_fn, from
+    rpc_sync, rpc_async and to_here alike; an RRef made under no_grad and fetched outside it records
+    the recv, and one made outside and fetched under it does not."""
+    x = torch.ones(3, requires_grad=True)
+    with dist_autograd.context():
+        with torch.no_grad():
+            seen = rpc.rpc_sync("worker1", remote.what_the_callee_sees, args=(x,))
+            replies = [rpc.rpc_sync("worker1", torch.exp, args=(x,)), rpc.rpc_async("worker1", torch.exp, args=(x,)).wait(),
+                       rpc.remote("worker1", torch.exp, args=(x,)).to_here()]
+            made_here = rpc.remote("worker1", torch.exp, args=(x,))
+        made_outside = rpc.remote("worker1", torch.exp, args=(x,))
+        with torch.no_grad():
+            replies.append(made_outside.to_here())
+        fetched_outside = made_here.to_here()
+        recorded = rpc.rpc_sync("worker1", torch.exp, args=(x,))
+    assert seen == (True, True, True)
+    for reply in replies:
+        assert reply.requires_grad and reply.grad_fn is None and torch.equal(reply, torch.exp(x.detach()))
+    assert fetched_outside.grad_fn is not None and recorded.grad_fn is not None
+
+
 def sparse_examples():
     coo = torch.sparse_coo_tensor(torch.tensor([[0, 2, 0, 3], [1, 0, 1, 2]]), torch.tensor([1.5, -2.0, 4.0, 0.25]),
                                   (4, 3))  # uncoalesced: (0, 1) twice

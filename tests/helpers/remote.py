@@ -422,3 +422,8 @@ def chain_sum(xs):
 def chain_sum_then_exp_on(xs, other):
     """The sum here, its exp on ``other``: what the sum's gradient sets off is too big to travel along."""
     return rpc.rpc_sync(other, torch.exp, args=(chain_sum(xs),))
+
+
+def what_the_callee_sees(x):
+    """(grad mode on here, x requires grad, x has a grad_fn: a recv node)."""
+    return torch.is_grad_enabled(), x.requires_grad, x.grad_fn is not None
