@@ -181,7 +181,7 @@ class Calls:
                        anomaly=anomaly.requested(ctx.anomaly) if ctx else 0, inspect=ctx.inspect if ctx else 0,
                        profile=profile)
         result = Answer()
-        complete = self._completion(result, to.id, ctx if torch.is_grad_enabled() else None)
+        complete = self._completion(result, to.id, ctx)
         if metrics.ON:
             complete = _counted(complete, metrics.function_label(func), to.name)
         if tracing.on(ctx):
@@ -219,7 +219,7 @@ class Calls:
             ctx.sent_to(rref._owner)
         body = pb.FetchRRef(rref_id=rref._id, context_id=ctx.id if ctx else 0)
         result = Answer()
-        complete = self._completion(result, rref._owner, ctx if torch.is_grad_enabled() else None, rref)
+        complete = self._completion(result, rref._owner, ctx, rref)
         self._peers.request(rref._owner, pb.Request(fetch_rref=body), (), self._timeout(timeout), complete)
         return result
 
@@ -239,10 +239,12 @@ class Calls:
                     UNSET_TIMEOUT).wait()
 
     def _completion(self, result: Answer, src: int, ctx, rref: Optional[RRef] = None):
-        """Decodes a response into ``result``, in the thread that reads it. ``ctx``: where its tensors'
-        recv points go; None when the call was made under no_grad, whose reply torch reads under the
-        caller's grad mode: its tensors require grad, as sent, and record no recv (the request's send
-        points are recorded either way, as torch records them)."""
+        """Decodes a response into ``result``, in the thread that reads it; made on the caller's thread
+        as it sends. ``ctx``: where the reply's tensors get recv points, unless the call is made under
+        no_grad: torch reads the reply under the caller's grad mode, so its tensors require grad, as
+        sent, and record no recv (the request's send points are recorded either way, as torch's are)."""
+        if not torch.is_grad_enabled():
+            ctx = None
 
         def complete(response, attachments, error) -> None:
             if error is not None:

@@ -14,7 +14,7 @@ from google.protobuf.message import DecodeError
 
 from distautograd import errors, metrics
 from distautograd.protocol.v1 import messages_pb2 as pb
-from distautograd.transport.link import Link, Serialized
+from distautograd.transport.link import Link, as_protobuf
 
 log = logging.getLogger("distautograd")
 
@@ -40,8 +40,7 @@ class GrpcStreamTransport:
     def send(self, frame_id: int, kind: str, message, attachments: Sequence[Any]) -> None:
         if self._closed:
             raise errors.Unavailable(f"the connection to {self.link.peer} is closed")
-        if isinstance(message, Serialized):
-            message = message.parsed()
+        message = as_protobuf(message)
         message.ClearField("attachments")
         views = [a if isinstance(a, bytes) else memoryview(a).cast("B") for a in attachments]
         total = sum(len(v) for v in views)

@@ -33,8 +33,10 @@ class Serialized(bytes):
     without its attachments' description, which the transport adds as it sends; a Link sends it as it
     sends a pb.Request."""
 
-    def parsed(self) -> pb.Request:
-        return pb.Request.FromString(self)
+
+def as_protobuf(message):
+    """The message as protobuf: a Serialized request parsed, any other message as it is."""
+    return pb.Request.FromString(message) if isinstance(message, Serialized) else message
 
 
 class Transport(Protocol):

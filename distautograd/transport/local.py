@@ -13,7 +13,7 @@ import threading
 from typing import Any, Collection, Sequence
 
 from distautograd import errors
-from distautograd.transport.link import Link, Serialized
+from distautograd.transport.link import Link, as_protobuf
 from distautograd.protocol.v1 import messages_pb2 as pb
 
 _STOP = object()
@@ -34,8 +34,7 @@ class LocalTransport:
     def send(self, frame_id: int, kind: str, message, attachments: Sequence[Any]) -> None:
         if self._closed:
             raise errors.Unavailable(f"the connection to {self.link.peer} is closed")
-        if isinstance(message, Serialized):
-            message = message.parsed()
+        message = as_protobuf(message)
         frame = pb.Frame(id=frame_id, **{kind: message})
         if not frame_id and kind == "request" and message.WhichOneof("body") in self._inline:
             self._peer.deliver(frame, list(attachments))

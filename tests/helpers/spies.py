@@ -3,7 +3,7 @@ agent in this process notifies, let through to the real code."""
 
 from distautograd.runtime.peers import Peers
 from distautograd.runtime.reach import Reach
-from distautograd.transport.link import Serialized
+from distautograd.transport.link import as_protobuf
 
 
 class Spy:
@@ -20,7 +20,7 @@ class Spy:
             return ask(reach, context_id, rank, ids)
 
         def notifying(peers, rank, request, *args, **kwargs):
-            message = request.parsed() if isinstance(request, Serialized) else request  # the core wrote a push
+            message = as_protobuf(request)  # the core may have serialized a push
             self.sent.append((peers.name, rank, message.WhichOneof("body")))
             if message.WhichOneof("body") == "push_gradients":
                 self.push_roots.append(message.push_gradients.root)

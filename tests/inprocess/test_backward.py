@@ -14,7 +14,7 @@ from distautograd import errors
 from distautograd.protocol.v1 import messages_pb2 as pb
 from distautograd.engine import nodes
 from distautograd.runtime import anomaly, backward as backward_module, inspection
-from distautograd.transport.link import Serialized
+from distautograd.transport.link import as_protobuf  # a push the core serialized, as protobuf to change
 from distautograd.views import trace
 from tests.helpers.inprocess import AGENTS, World, backward, call, context, gradients
 
@@ -22,11 +22,6 @@ NAMES = ["w0", "w1", "w2"]
 torch.manual_seed(0)
 WEIGHTS = {name: torch.randn(4, 4, dtype=torch.float64) for name in NAMES}  # each worker's parameter
 PARAMS = {name: w.clone().requires_grad_() for name, w in WEIGHTS.items()}
-
-
-def as_message(request):
-    """A push as protobuf, to change: on the native path the core serialized it."""
-    return request.parsed() if isinstance(request, Serialized) else request
 
 
 @pytest.fixture
@@ -275,7 +270,7 @@ def test_a_push_naming_a_send_point_that_takes_no_part_fails_the_pass_at_once(wo
 
     def wrong_id(self, dest, request, attachments):
         if self.name == "w1":
-            request = as_message(request)
+            request = as_protobuf(request)
             request.push_gradients.message_ids[0] += 1  # no send point of this pass at w0
         return original(self, dest, request, attachments)
 
@@ -297,7 +292,7 @@ def test_a_push_that_cannot_go_is_retried_on_a_fresh_connection_and_given_up_on_
 
     def failing(times):
         def flaky(peers, rank, request, *args, **kwargs):
-            if as_message(request).WhichOneof("body") == "push_gradients" and peers.name == "w1":
+            if as_protobuf(request).WhichOneof("body") == "push_gradients" and peers.name == "w1":
                 attempts.append(rank)
                 if len(attempts) <= times:
                     raise errors.Unavailable("the connection broke")
@@ -546,7 +541,7 @@ def test_a_push_with_the_wrong_number_of_gradients_fails_the_pass(world, monkeyp
 
     def one_id_too_many(self, dest, request, attachments):
         if self.name == "w1":
-            request = as_message(request)
+            request = as_protobuf(request)
             request.push_gradients.message_ids.append(request.push_gradients.message_ids[0] + 1)
         return original(self, dest, request, attachments)
 
@@ -561,7 +556,7 @@ def test_a_push_with_the_wrong_number_of_gradients_fails_the_pass(world, monkeyp
 
     def from_the_root(self, dest, request, attachments):
         if self.name == sender["name"]:
-            request = as_message(request)
+            request = as_protobuf(request)
             request.push_gradients.message_ids.append(request.push_gradients.message_ids[0] + 1)
         return original(self, dest, request, attachments)
 
