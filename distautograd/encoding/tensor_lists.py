@@ -37,10 +37,11 @@ def encode_push(context_id: int, pass_id: int, plan: Optional[bytes], message_id
     return native.core.encode_push_request(context_id, pass_id, plan, message_ids, grads, root, done, True)
 
 
-def decode(value: pb.Value, attachments: Sequence[Any], unsent_limit: int) -> Optional[list]:
-    """The list ``value`` describes, its tensors over the attachments' memory; None when it is not
-    the common case, is malformed, or its all-zero tensors and expanded views together would take over
-    ``unsent_limit`` bytes beyond those that came."""
+def decode(value: pb.Value | bytes, attachments: Sequence[Any], unsent_limit: int) -> Optional[list]:
+    """The list ``value`` (or its serialized bytes) describes, its tensors over the attachments' memory;
+    None when it is not the common case, is malformed, or its all-zero tensors and expanded views
+    together would take over ``unsent_limit`` bytes beyond those that came."""
     if not native.path_on():
         return None
-    return native.core.decode_tensor_list(value.SerializeToString(), list(attachments), unsent_limit)
+    serialized = value if isinstance(value, bytes) else value.SerializeToString()
+    return native.core.decode_tensor_list(serialized, list(attachments), unsent_limit)

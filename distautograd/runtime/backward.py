@@ -38,6 +38,7 @@ from distautograd.runtime.reach import Reach
 from distautograd.runtime import anomaly, inspection, profiling, tracing
 from distautograd.transport import hops, reading
 from distautograd.transport.link import Serialized
+from distautograd.transport.pushes import ArrivedPush
 from distautograd.views import trace
 from distautograd.transport.deadlines import Deadlines
 
@@ -46,6 +47,13 @@ log = logging.getLogger("distautograd")
 PUSH_RETRIES = 2
 BACKWARD_NAME = "torch::distributed::autograd::backward"  # torch's name for a distributed backward's range
 PLAN_INLINE_LIMIT = 512  # active sends a plan may hold and still ride along with every push
+
+
+def _plan_of(body: "pb.PushGradients | ArrivedPush") -> Optional[pb.PassPlan]:
+    """The plan a push carries, or None (the root sent, or will send, RunBackward)."""
+    if isinstance(body, ArrivedPush):
+        return body.plan()
+    return body.plan if body.HasField("plan") else None
 
 
 class Backward:
@@ -233,7 +241,7 @@ class Backward:
                 return
             self._take_push(part, *arrived)
 
-    def handle_push(self, link, body: pb.PushGradients, attachments) -> None:
+    def handle_push(self, link, body: "pb.PushGradients | ArrivedPush", attachments) -> None:
         """Runs what the gradients complete, on the thread that read them; should a backward
         function wait for another worker, or run long, reading goes on elsewhere (transport.reading)."""
         role = reading.lend()
@@ -255,14 +263,14 @@ class Backward:
             if role is not None:
                 reading.reclaim(role)
 
-    def _take_push(self, part: Part, link, body: pb.PushGradients, attachments) -> None:
+    def _take_push(self, part: Part, link, body: "pb.PushGradients | ArrivedPush", attachments) -> None:
         if profiling.on():  # as torch's profile shows a send point's work: one range per message
             with torch.autograd.profiler.record_function(nodes.SEND_NAME):
                 self._take_push_now(part, link, body, attachments)
             return
         self._take_push_now(part, link, body, attachments)
 
-    def _take_push_now(self, part: Part, link, body: pb.PushGradients, attachments) -> None:
+    def _take_push_now(self, part: Part, link, body: "pb.PushGradients | ArrivedPush", attachments) -> None:
         if body.done:
             self._learn_done(part, body.done)
         try:
@@ -282,8 +290,9 @@ class Backward:
             if local is None:
                 part.early.extend(zip(body.message_ids, grads))
         try:
-            if local is None and body.HasField("plan"):
-                self._start_part(part, body.plan)
+            plan = None if local is not None else _plan_of(body)
+            if plan is not None:
+                self._start_part(part, plan)
             elif local is not None:
                 for message_id, grad in zip(body.message_ids, grads):
                     local.arrive(message_id, [grad])

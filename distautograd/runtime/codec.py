@@ -119,10 +119,17 @@ class Codec:
         """The RRefs a value carries, registered now: forks must register in the order messages came."""
         return [self._rrefs.from_handle(handle) for handle in value.rrefs]
 
-    def decode(self, value: pb.Value, attachments: List[Any], src: int, ctx: Optional[Context],
+    def decode(self, value: pb.Value | bytes, attachments: List[Any], src: int, ctx: Optional[Context],
                rrefs: Optional[List[RRef]] = None) -> Any:
         """The value worker ``src`` sent; tensors with a message id become recv points of ``ctx``.
-        ``rrefs``: from rrefs_of, when the RRefs were registered earlier than the value is decoded."""
+        ``rrefs``: from rrefs_of, when the RRefs were registered earlier than the value is decoded.
+        ``value`` serialized: a push's gradients the core read (transport.pushes), parsed only when the
+        core's decoder does not take them."""
+        if isinstance(value, bytes):
+            plain = tensor_lists.decode(value, attachments, self.max_message_bytes)
+            if plain is not None:
+                return plain
+            value = pb.Value.FromString(value)  # the Python codec reads it, or says what is wrong
         if value.tensor_list and not value.rrefs:
             plain = tensor_lists.decode(value, attachments, self.max_message_bytes)  # no tensor has a recv point
             if plain is not None:

@@ -17,6 +17,7 @@ import grpc
 
 from distautograd import errors
 from distautograd.transport import grpc_server
+from distautograd.transport.pushes import ArrivedPush
 from distautograd.transport.shares import Shares
 from distautograd.protocol.v1 import messages_pb2 as pb
 
@@ -86,6 +87,19 @@ class Dispatcher:
 
     def __call__(self, link, frame_id: int, request: pb.Request, attachments: list) -> None:
         kind = request.WhichOneof("body")
+        admitted = self._admit(link, frame_id, kind, attachments)
+        if admitted is not None:
+            self._run(*admitted, link, frame_id, getattr(request, kind), attachments)
+
+    def take_push(self, link, push: ArrivedPush) -> None:
+        """A push the core read (a notification): the push_gradients handler takes it for its body."""
+        admitted = self._admit(link, 0, "push_gradients", push.attachments)
+        if admitted is not None:
+            self._run(*admitted, link, 0, push, push.attachments)
+
+    def _admit(self, link, frame_id: int, kind: Optional[str], attachments: list) -> Optional[tuple]:
+        """(the handler, whether it runs inline, the bytes taken of the peer's shares or None); None when
+        the request is refused (and answered so)."""
         handler = self._handlers.get(kind)
         counted = None  # or the bytes taken with one request of the peer's shares
         try:
@@ -97,9 +111,10 @@ class Dispatcher:
                 counted = self._count(link.peer, sum(memoryview(a).nbytes for a in attachments))
         except BaseException as exc:
             self.reply(link, frame_id, exc)
-            return
-        fn, inline = handler
-        body = getattr(request, kind)
+            return None
+        return handler[0], handler[1], counted
+
+    def _run(self, fn: Handler, inline: bool, counted: Optional[int], link, frame_id: int, body, attachments) -> None:
         if inline or self._submit is None:
             self._handle(fn, link, frame_id, body, attachments, counted)
             return

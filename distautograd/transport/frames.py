@@ -3,9 +3,10 @@
 The compiled reader (native/csrc/frame_reader.cpp) takes a frame's length, header and streamed
 attachments in one call without the GIL, reading the header's envelope (the attachments' sizes)
 with a protobuf reader of its own; the header is then parsed here as on the Python path, and a frame
-whose envelope and parse disagree is refused. The compiled writer (frame_writer.cpp) sends the
-length, the header and the attachments (and shared segments' descriptors) without the GIL, as
-framing.send_all does. ``DISTAUTOGRAD_NATIVE_PATH=0`` keeps the Python path.
+whose envelope and parse disagree is refused; a push in the common case comes back as the
+ArrivedPush the core read (push_reading.cpp), with no pb.Frame built for it. The compiled writer
+(frame_writer.cpp) sends the length, the header and the attachments (and shared segments'
+descriptors) without the GIL, as framing.send_all does. ``DISTAUTOGRAD_NATIVE_PATH=0`` keeps the Python path.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from google.protobuf.message import DecodeError
 from distautograd import errors, native
 from distautograd.protocol.v1 import messages_pb2 as pb
 from distautograd.transport import framing, shm
+from distautograd.transport.pushes import ArrivedPush
 
 _receive_buffers = shm.ReceiveBuffers()
 KINDS = {0: None, 2: "request", 3: "response", 4: "chunk"}  # Frame's oneof, by field number
@@ -91,10 +93,11 @@ class NativeReader:
         self._reader = native.core.FrameReader(os.dup(sock.fileno()), sock.family == socket.AF_UNIX)
         self.fds: List[int] = []
 
-    def read_frame(self, following_limit: int) -> Read:
+    def read_frame(self, following_limit: int) -> "Read | ArrivedPush":
+        """A frame, or the push it carries when the core read that (a push in the common case)."""
         core = native.core
         try:
-            header, envelope, streamed, following = self._reader.read_frame(
+            header, envelope, streamed, following, push = self._reader.read_frame(
                 framing.MAX_HEADER_BYTES, following_limit, allocate)
         except core.FrameTooLarge as exc:
             raise errors.InvalidArgument(str(exc)) from None
@@ -102,6 +105,8 @@ class NativeReader:
             raise errors.InvalidArgument(f"undecodable Frame ({exc})") from None
         finally:
             self.fds.extend(self._reader.take_fds())
+        if push is not None:
+            return ArrivedPush(header, streamed, following, push)
         try:
             frame = pb.Frame.FromString(header)
         except DecodeError as exc:

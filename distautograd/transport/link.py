@@ -17,6 +17,7 @@ from typing import Any, Callable, List, Optional, Protocol, Sequence, Tuple
 
 from distautograd import errors
 from distautograd.transport.deadlines import Deadlines
+from distautograd.transport.pushes import ArrivedPush
 from distautograd.protocol.v1 import messages_pb2 as pb
 
 log = logging.getLogger("distautograd")
@@ -174,6 +175,19 @@ class Link:
             complete(None, None, errors.from_proto(response.error, self._resolve_type))
         else:
             complete(response, attachments, None)
+
+    def deliver_push(self, push: ArrivedPush) -> None:
+        """Takes a push the core read (transport.pushes): to the handler's ``take_push``, or as its
+        frame where the handler takes only frames."""
+        take = getattr(self._on_request, "take_push", None)
+        if take is None:
+            self.deliver(push.frame(), push.attachments)
+            return
+        self.last_heard = time.monotonic()
+        try:
+            take(self, push)
+        except Exception:  # the handler reports its own errors; a push has nobody to answer
+            log.exception("request handler failed for %s", self.peer)
 
     def refuse_oversized(self, frame: pb.Frame, size: int) -> None:
         """The frame's attachments exceed this process's limit: answer RESOURCE_EXHAUSTED."""

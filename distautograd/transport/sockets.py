@@ -22,6 +22,7 @@ from typing import Any, Callable, List, Optional, Sequence, Tuple
 from distautograd import errors, metrics
 from distautograd.transport import ending, frames, framing, hops, reading, security, shm
 from distautograd.transport.link import Link, Serialized
+from distautograd.transport.pushes import ArrivedPush
 from distautograd.protocol.v1 import messages_pb2 as pb
 
 log = logging.getLogger("distautograd")
@@ -158,9 +159,16 @@ class SocketTransport:
     def _read_one(self, reader: frames.PythonReader) -> None:
         # One frame per call, so nothing of it (a big buffer, a shared segment) outlives its delivery
         # while the thread waits for the next one.
-        frame, streamed, following = reader.read_frame(self.link.max_attachment_bytes)
+        read = reader.read_frame(self.link.max_attachment_bytes)
         if hops.ON:
             hops.arrived()
+        if type(read) is ArrivedPush:  # the core read it: no shared segments, within the limit
+            reader.close_stray_fds()
+            if metrics.ON:
+                _count(metrics.RECEIVED_BYTES, self.kind, framing.LENGTH.size + len(read.header) + read.following, 0)
+            self.link.deliver_push(read)
+            return
+        frame, streamed, following = read
         kind = frame.WhichOneof("kind")
         if kind not in ("request", "response"):
             raise errors.InvalidArgument("a frame arrived with neither a request nor a response")

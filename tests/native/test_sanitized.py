@@ -1,6 +1,7 @@
 """The compiled core's pure C++ parts under AddressSanitizer and UBSan: each harness in tests/native is
 built here from the core's own sources (no Python, no torch in the binary) and fed hostile input --
-envelopes and streams for the frame reader, frames the writer sends read back, Values for the tensor-list reader; any read outside a
+envelopes and streams for the frame reader, frames the writer sends read back, Values for the tensor-list reader,
+frames carrying pushes for the push reader; any read outside a
 buffer or undefined behaviour fails it. The seed varies per run and is printed;
 DISTAUTOGRAD_FUZZ_SEED replays one."""
 
@@ -17,6 +18,7 @@ CSRC = ROOT / "distautograd" / "native" / "csrc"
 HARNESSES = {  # harness -> the core's sources it tests
     "sanitized_frames": ["wire.cpp", "envelope.cpp", "frame_reader.cpp", "frame_writer.cpp"],
     "sanitized_tensor_lists": ["wire.cpp", "tensor_list.cpp"],
+    "sanitized_pushes": ["wire.cpp", "tensor_list.cpp", "push_reading.cpp"],
 }
 pytestmark = pytest.mark.skipif(shutil.which("g++") is None, reason="needs g++")
 
@@ -48,4 +50,9 @@ def test_hostile_envelopes_and_streams_under_the_sanitizers(tmp_path):
 
 def test_hostile_tensor_lists_under_the_sanitizers(tmp_path):
     out = run(build("sanitized_tensor_lists", tmp_path), 40000)
-    assert " 0 read as lists" not in out, out  # the mutations left some lists whole, so both ways were read
+    assert "(0 read as lists)" not in out, out  # the mutations left some lists whole, so both ways were read
+
+
+def test_hostile_pushes_under_the_sanitizers(tmp_path):
+    out = run(build("sanitized_pushes", tmp_path), 40000)
+    assert "(0 taken)" not in out, out  # some mutations left a push whole, so both ways were read

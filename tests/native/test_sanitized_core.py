@@ -27,7 +27,8 @@ TESTS = {  # what feeds the core: codecs, planner and frames in one process; soc
     "in one process": ["tests/unit/test_tensor_codec.py", "tests/unit/test_tensor_codec_edges.py",
                        "tests/unit/test_tensor_lists.py", "tests/unit/test_pass_graphs.py", "tests/unit/test_nodes.py",
                        "tests/unit/test_slots.py", "tests/unit/test_frame_readers.py", "tests/unit/test_frame_writers.py",
-                       "tests/unit/test_local_pass.py", "tests/unit/test_engine.py", "tests/unit/test_push_requests.py"],
+                       "tests/unit/test_local_pass.py", "tests/unit/test_engine.py", "tests/unit/test_push_requests.py",
+                       "tests/unit/test_push_reading.py"],
     "between processes": ["tests/cluster/test_fuzz.py", "tests/inprocess/test_backward.py",
                           "-k", "not python"],  # the oracle tests' Python-path half does not touch the core
 }

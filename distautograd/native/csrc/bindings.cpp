@@ -14,6 +14,7 @@
 #include "gil.h"
 #include "local_pass.h"
 #include "pass_graph.h"
+#include "push_reading.h"
 #include "push_request.h"
 #include "recv_node.h"
 #include "remote_events.h"
@@ -34,10 +35,22 @@ pybind11::tuple envelope_tuple(const Envelope& envelope) {
   return pybind11::make_tuple(envelope.kind, sizes, shared);
 }
 
+// (context id, pass id, root, [message ids], [(rank, leaves)], plan bytes or None, gradients' Value bytes)
+// of a push push_reading.h read, or None.
+pybind11::object push_tuple(const std::optional<distautograd::native::PushRead>& push) {
+  if (!push) return pybind11::none();
+  pybind11::list ids(push->message_ids.size()), done(push->done.size());
+  for (size_t i = 0; i < push->message_ids.size(); ++i) ids[i] = pybind11::int_(push->message_ids[i]);
+  for (size_t i = 0; i < push->done.size(); ++i) done[i] = pybind11::make_tuple(push->done[i].first, push->done[i].second);
+  pybind11::object plan = push->plan ? pybind11::object(pybind11::bytes(*push->plan)) : pybind11::none();
+  return pybind11::make_tuple(push->context_id, push->pass_id, push->root, ids, done, plan,
+                              pybind11::bytes(push->gradients));
+}
+
 // One frame: (header bytes, (kind, streamed sizes, shared keys), the streamed attachments with None
 // where one is in shared memory -- or None when together they are over `following_limit` and are still
-// in the stream -- and their total). `allocate(size)` gives the writable buffer for each; the reads
-// themselves run without the GIL.
+// in the stream -- their total, and the push it carries as push_tuple gives it, or None). `allocate(size)`
+// gives the writable buffer for each; the reads themselves run without the GIL.
 pybind11::tuple read_frame(FrameReader& reader, uint64_t header_limit, uint64_t following_limit,
                            const pybind11::function& allocate) {
   Envelope envelope;
@@ -49,7 +62,7 @@ pybind11::tuple read_frame(FrameReader& reader, uint64_t header_limit, uint64_t 
   uint64_t following = envelope.following();
   pybind11::bytes header_bytes(header);
   if (following > following_limit) {
-    return pybind11::make_tuple(header_bytes, envelope_tuple(envelope), pybind11::none(), following);
+    return pybind11::make_tuple(header_bytes, envelope_tuple(envelope), pybind11::none(), following, pybind11::none());
   }
   pybind11::list buffers;
   std::vector<pybind11::buffer_info> into;
@@ -72,7 +85,11 @@ pybind11::tuple read_frame(FrameReader& reader, uint64_t header_limit, uint64_t 
       reader.read_into(static_cast<uint8_t*>(info.ptr), static_cast<size_t>(info.size * info.itemsize));
     }
   }
-  return pybind11::make_tuple(header_bytes, envelope_tuple(envelope), buffers, following);
+  std::optional<distautograd::native::PushRead> push;
+  if (envelope.kind == 2 && envelope.shared.empty()) {
+    push = distautograd::native::read_push(reinterpret_cast<const uint8_t*>(header.data()), header.size());
+  }
+  return pybind11::make_tuple(header_bytes, envelope_tuple(envelope), buffers, following, push_tuple(push));
 }
 
 // Buffers held for a write: each attachment's memory, exported for as long as the write lasts.
@@ -138,10 +155,17 @@ PYBIND11_MODULE(_core, m) {
     std::string data = header;
     return envelope_tuple(distautograd::native::read_envelope(reinterpret_cast<const uint8_t*>(data.data()), data.size()));
   }, pybind11::arg("header"), "(kind, streamed sizes, shared keys) of a serialized Frame; raises MalformedFrame.");
+  m.def("read_push", [](const pybind11::bytes& header) {
+    std::string data = header;
+    return push_tuple(distautograd::native::read_push(reinterpret_cast<const uint8_t*>(data.data()), data.size()));
+  }, pybind11::arg("header"),
+     "(context id, pass id, root, message ids, [(rank, leaves)], plan or None, gradients) of the push a serialized "
+     "Frame carries in the common case; None otherwise.");
   pybind11::class_<FrameReader>(m, "FrameReader", "Frames read from a connected socket, without the GIL.")
       .def(pybind11::init<int, bool>(), pybind11::arg("fd"), pybind11::arg("unix_socket"))
       .def("read_frame", &read_frame, pybind11::arg("header_limit"), pybind11::arg("following_limit"),
-           pybind11::arg("allocate"), "(header, (kind, sizes, shared keys), attachments or None, their total)")
+           pybind11::arg("allocate"),
+           "(header, (kind, sizes, shared keys), attachments or None, their total, the push it carries or None)")
       .def("skip", [](FrameReader& reader, uint64_t size) {
         distautograd::native::gil::Released released;
         reader.skip(size);

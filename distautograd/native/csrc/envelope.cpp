@@ -5,6 +5,7 @@
 // of the oneof starts it afresh, as protobuf does.
 #include "envelope.h"
 
+#include "fields.h"
 #include "wire.h"
 
 namespace distautograd::native {
@@ -12,11 +13,14 @@ namespace distautograd::native {
 namespace {
 
 using wire::Cursor;
+using fields::attachments::kShared;
+using fields::attachments::kStreamedSizes;
+using fields::frame::kChunk;
+using fields::frame::kRequest;
+using fields::frame::kResponse;
+using fields::request::kAttachments;
 
-constexpr uint32_t kRequest = 2, kResponse = 3, kChunk = 4;  // Frame
-constexpr uint32_t kAttachments = 2;                        // Request, Response
-constexpr uint32_t kStreamedSizes = 2, kShared = 3;         // Attachments
-constexpr uint32_t kMapKey = 1, kMapValue = 2;              // a map entry
+constexpr uint32_t kMapKey = 1, kMapValue = 2;  // a map entry
 
 // A map entry's key; an entry with a field other than its key and value is not in the map (protobuf
 // keeps the whole entry among the message's unknown fields instead).

@@ -5,18 +5,13 @@
 #include <stdexcept>
 #include <string>
 
+#include "fields.h"
 #include "tensor_codec.h"
 #include "wire.h"
 
 namespace distautograd::native {
 
 namespace {
-
-// protos/distautograd/protocol/v1/messages.proto
-constexpr uint32_t kRequestPushGradients = 33;
-constexpr uint32_t kPushContextId = 1, kPushPassId = 2, kPushPlan = 3, kPushMessageIds = 4, kPushGradients = 5,
-                   kPushRoot = 6, kPushDone = 7;
-constexpr uint32_t kPartDoneRank = 1, kPartDoneLeaves = 2;
 
 void nonzero_varint(wire::Writer& out, uint32_t field, uint64_t value) {
   if (value) out.varint_field(field, value);
@@ -37,21 +32,21 @@ pybind11::object encode_push_request(uint64_t context_id, uint64_t pass_id, cons
   auto value_and_attachments = coded.cast<pybind11::tuple>();
   std::string push;
   wire::Writer out(push);
-  nonzero_varint(out, kPushContextId, context_id);
-  nonzero_varint(out, kPushPassId, pass_id);
-  if (plan) out.bytes_field(kPushPlan, *plan);  // present even when empty: the receiver asks HasField
-  out.packed_field(kPushMessageIds, message_ids.data(), message_ids.size());
-  out.bytes_field(kPushGradients, value_and_attachments[0].cast<std::string>());  // a Value: never empty
-  nonzero_varint(out, kPushRoot, root);
+  nonzero_varint(out, fields::push::kContextId, context_id);
+  nonzero_varint(out, fields::push::kPassId, pass_id);
+  if (plan) out.bytes_field(fields::push::kPlan, *plan);  // present even when empty: the receiver asks HasField
+  out.packed_field(fields::push::kMessageIds, message_ids.data(), message_ids.size());
+  out.bytes_field(fields::push::kGradients, value_and_attachments[0].cast<std::string>());  // a Value: never empty
+  nonzero_varint(out, fields::push::kRoot, root);
   for (const auto& [rank, leaves] : done) {
     std::string entry;
     wire::Writer part(entry);
-    nonzero_varint(part, kPartDoneRank, rank);
-    nonzero_varint(part, kPartDoneLeaves, leaves);
-    out.bytes_field(kPushDone, entry);
+    nonzero_varint(part, fields::part_done::kRank, rank);
+    nonzero_varint(part, fields::part_done::kLeaves, leaves);
+    out.bytes_field(fields::push::kDone, entry);
   }
   std::string request;
-  wire::Writer(request).bytes_field(kRequestPushGradients, push);
+  wire::Writer(request).bytes_field(fields::request::kPushGradients, push);
   return pybind11::make_tuple(pybind11::bytes(request), value_and_attachments[1]);
 }
 

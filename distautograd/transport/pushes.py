@@ -1,0 +1,38 @@
+"""A backward's push as the compiled core read it off a socket: its fields without a protobuf message, the plan and gradients still serialized."""
+
+from __future__ import annotations
+
+from typing import Any, List, NamedTuple, Optional
+
+from distautograd.protocol.v1 import messages_pb2 as pb
+
+
+class PartDone(NamedTuple):
+    """As pb.PartDone: a part of the pass is done, with the leaves it reached."""
+
+    rank: int
+    leaves: int
+
+
+class ArrivedPush:
+    """Stands in for a frame's pb.PushGradients where the handler takes one (Dispatcher.take_push): the
+    same field names, ``plan()`` None when no plan rode along, ``gradients`` the serialized Value (a
+    list native/csrc/tensor_list.h takes, one per message id). Only the core makes one
+    (native/csrc/push_reading.h), of a push in the common case; every other frame is parsed by protobuf."""
+
+    __slots__ = ("header", "attachments", "following", "context_id", "pass_id", "root", "message_ids", "done",
+                 "plan_bytes", "gradients")
+
+    def __init__(self, header: bytes, attachments: List[Any], following: int, fields: tuple):
+        self.header = header  # the serialized Frame, for a handler that takes only protobuf
+        self.attachments = attachments
+        self.following = following  # the attachments' bytes that followed the header
+        self.context_id, self.pass_id, self.root, self.message_ids, done, self.plan_bytes, self.gradients = fields
+        self.done = [PartDone(*entry) for entry in done] if done else []
+
+    def plan(self) -> Optional[pb.PassPlan]:
+        return None if self.plan_bytes is None else pb.PassPlan.FromString(self.plan_bytes)
+
+    def frame(self) -> pb.Frame:
+        """The frame as protobuf parses it."""
+        return pb.Frame.FromString(self.header)
