@@ -129,8 +129,8 @@ class Codec:
             plain = tensor_lists.decode(value, attachments, self.max_message_bytes)
             if plain is not None:
                 return plain
-            value = pb.Value.FromString(value)  # the Python codec reads it, or says what is wrong
-        if value.tensor_list and not value.rrefs:
+            value = pb.Value.FromString(value)  # the core did not take it: the Python codec says why
+        elif value.tensor_list and not value.rrefs:
             plain = tensor_lists.decode(value, attachments, self.max_message_bytes)  # no tensor has a recv point
             if plain is not None:
                 return plain

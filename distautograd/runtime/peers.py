@@ -71,6 +71,8 @@ class Peers:
         deliver = self._from_coordinator if rank == COORDINATOR else self._from_peer
         link = Link(peer, deliver, self._deadlines, self._max_message_bytes, resolve_type=self._resolve_type)
         link.peer_rank = rank
+        if rank != COORDINATOR:
+            link.on_push = self._push_from_peer
         return link
 
     def hello(self, target: str, rank: Optional[int] = None) -> pb.Hello:
@@ -171,6 +173,16 @@ class Peers:
         if not self._joined.is_set():
             self._joined.wait(JOIN_WAIT)
         self.deliver(*frame)
+
+    def _push_from_peer(self, link, push) -> None:
+        """_from_peer, for a push the core read (transport.pushes): the dispatcher takes it as it is."""
+        if not self._joined.is_set():
+            self._joined.wait(JOIN_WAIT)
+        take = getattr(self.deliver, "take_push", None)
+        if take is None:  # not a Dispatcher (a test's handler): the request, as protobuf parses it
+            self.deliver(link, 0, push.frame().request, push.attachments)
+            return
+        take(link, push)
 
     @property
     def stream_shares(self):

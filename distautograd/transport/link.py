@@ -79,6 +79,8 @@ class Link:
         self.transport: Optional[Transport] = None  # set by whoever opens the connection
         self.max_attachment_bytes = max_attachment_bytes
         self._on_request = on_request
+        # where a push the core read goes as it is (Dispatcher.take_push); None: as its frame, to on_request
+        self.on_push: Optional[Callable[["Link", ArrivedPush], None]] = getattr(on_request, "take_push", None)
         self._deadlines = deadlines
         self._resolve_type = resolve_type
         self._pending: dict[int, Tuple[Completion, Optional[int]]] = {}
@@ -177,15 +179,14 @@ class Link:
             complete(response, attachments, None)
 
     def deliver_push(self, push: ArrivedPush) -> None:
-        """Takes a push the core read (transport.pushes): to the handler's ``take_push``, or as its
-        frame where the handler takes only frames."""
-        take = getattr(self._on_request, "take_push", None)
-        if take is None:
+        """Takes a push the core read (transport.pushes): to ``on_push``, or as its frame where there is
+        none."""
+        if self.on_push is None:
             self.deliver(push.frame(), push.attachments)
             return
         self.last_heard = time.monotonic()
         try:
-            take(self, push)
+            self.on_push(self, push)
         except Exception:  # the handler reports its own errors; a push has nobody to answer
             log.exception("request handler failed for %s", self.peer)
 

@@ -1,9 +1,12 @@
-"""A backward's push as the compiled core read it off a socket: its fields without a protobuf message, the plan and gradients still serialized."""
+"""A backward's push as the compiled core read it off a socket: its fields, its plan and gradients still serialized."""
 
 from __future__ import annotations
 
 from typing import Any, List, NamedTuple, Optional
 
+from google.protobuf.message import DecodeError
+
+from distautograd import errors
 from distautograd.protocol.v1 import messages_pb2 as pb
 
 
@@ -15,9 +18,10 @@ class PartDone(NamedTuple):
 
 
 class ArrivedPush:
-    """Stands in for a frame's pb.PushGradients where the handler takes one (Dispatcher.take_push): the
-    same field names, ``plan()`` None when no plan rode along, ``gradients`` the serialized Value (a
-    list native/csrc/tensor_list.h takes, one per message id). Only the core makes one
+    """Stands in for a frame's pb.PushGradients where the handler takes one (Dispatcher.take_push):
+    ``context_id``, ``pass_id``, ``root``, ``message_ids`` and ``done`` as there; ``plan()`` the plan,
+    or None where none rode along; ``gradients`` the serialized Value (a list native/csrc/tensor_list.h
+    takes, one per message id), which Codec.decode takes as it is. Only the core makes one
     (native/csrc/push_reading.h), of a push in the common case; every other frame is parsed by protobuf."""
 
     __slots__ = ("header", "attachments", "following", "context_id", "pass_id", "root", "message_ids", "done",
@@ -34,5 +38,8 @@ class ArrivedPush:
         return None if self.plan_bytes is None else pb.PassPlan.FromString(self.plan_bytes)
 
     def frame(self) -> pb.Frame:
-        """The frame as protobuf parses it."""
-        return pb.Frame.FromString(self.header)
+        """The frame as protobuf parses it (for a handler that takes only frames)."""
+        try:
+            return pb.Frame.FromString(self.header)
+        except DecodeError as exc:  # never for what the core takes; if it were, the peer broke the protocol
+            raise errors.InvalidArgument(f"undecodable Frame ({exc})") from None

@@ -1,4 +1,4 @@
-"""Backward pushes for tests of the core's push writer and reader: random gradients, and the push as the Python path builds it."""
+"""Backward pushes for the tests of the core's push writer and reader: random ones, and as Python builds them."""
 
 from __future__ import annotations
 

@@ -161,6 +161,34 @@ def test_a_chain_of_three_workers_gives_torchs_gradients_bit_for_bit(world):
     assert not any(runs.values()), runs  # nothing recorded for views nobody asked for
 
 
+def test_the_pushes_reach_the_pass_as_the_cores_reader_read_them_on_the_native_path(frames, monkeypatch):
+    """On the native path every push of a chain's pass goes from the core's reader to the pass protocol
+    without protobuf (transport.pushes, through the peers' join wait and the dispatcher's checks); on the
+    Python path as protobuf parsed it; the gradients are torch's either way."""
+    kinds = []
+    handle_push = backward_module.Backward.handle_push
+
+    def spy(self, link, body, attachments):
+        kinds.append(type(body).__name__)
+        return handle_push(self, link, body, attachments)
+
+    monkeypatch.setattr(backward_module.Backward, "handle_push", spy)  # before the agents bind it
+    world = World(NAMES, rpc_timeout=5)
+    try:
+        x = torch.randn(2, 4, dtype=torch.float64, requires_grad=True)
+        with context("w0") as ctx:
+            y = call("w0", "w1", chain, x, ["w1", "w2", "w0"])
+            backward("w0", ctx, [y.sum()])
+            got = {name: gradients(name, ctx.id) for name in NAMES}
+    finally:
+        world.close()
+    want_y, params = local_chain(x.detach().clone().requires_grad_(), ["w1", "w2", "w0"])
+    want_y.sum().backward()
+    for name in NAMES:
+        assert torch.equal(got[name][PARAMS[name]], params[name].grad), name
+    assert len(kinds) >= 3 and set(kinds) == {"ArrivedPush" if frames == "native" else "PushGradients"}, kinds
+
+
 def _heard(context_id):
     """What the coordinator records of the context, once its pass has ended."""
     coordinator = AGENTS["w0"].coordinator

@@ -91,10 +91,11 @@ int main(int argc, char** argv) {
       return 1;
     }
     std::string hostile = mutate(frame);
-    taken += distautograd::native::read_push(reinterpret_cast<const uint8_t*>(hostile.data()), hostile.size())
-                 .has_value();
+    bool read = distautograd::native::read_push(reinterpret_cast<const uint8_t*>(hostile.data()), hostile.size())
+                    .has_value();
+    taken += read && hostile != frame;  // only frames the mutation changed count
   }
-  std::printf("seed %llu: %d pushes written and read back, %d hostile frames (%d taken)\n",
+  std::printf("seed %llu: %d pushes written and read back, %d hostile frames (%d changed ones taken)\n",
               static_cast<unsigned long long>(seed), rounds, rounds, taken);
   return 0;
 }

@@ -143,25 +143,65 @@ GRADIENTS = pb.PushGradients(gradients=codec().encode([torch.ones(2)], 0, None)[
         "no-gradients", "pickled-gradients", "requires-grad", "group"])
 def test_what_is_not_the_common_case_is_left_to_the_python_path(header):
     assert native.core.read_push(header) is None
-    try:
-        pb.Frame.FromString(header)  # protobuf reads it (or refuses it) itself
-    except DecodeError:
-        pass
+
+
+def padded(varint_bytes: bytes, to: int) -> bytes:
+    """The same varint written in ``to`` bytes."""
+    groups = [b & 0x7F for b in varint_bytes]
+    groups += [0] * (to - len(groups))
+    return bytes(g | 0x80 for g in groups[:-1]) + bytes([groups[-1]])
+
+
+@pytest.mark.parametrize("width", [5, 6])
+@pytest.mark.parametrize("where", ["tag", "length"])
+def test_a_tag_or_length_in_more_than_five_bytes_is_refused_as_protobuf_refuses_it(where, width):
+    tag, length = varint(33 << 3 | 2), varint(len(push_body()))
+    if where == "tag":
+        tag = padded(tag, width)
+    else:
+        length = padded(length, width)
+    header = field(2, tag + length + push_body())
+    if width == 5:  # protobuf's readers take five bytes: so does the core, alike
+        assert parsed(native.core.read_push(header)) == as_protobuf_reads_it(header)
+        return
+    with pytest.raises(DecodeError):
+        pb.Frame.FromString(header)
+    assert native.core.read_push(header) is None
+
+
+def test_a_dtype_set_twice_is_left_to_protobuf_which_checks_the_first_too():
+    meta = pb.TensorMeta(dtype="float32", shape=[2]).SerializeToString()
+
+    def header(meta_bytes: bytes) -> bytes:
+        value = b"\x20\x01" + field(2, meta_bytes)  # Value{tensor_list: true, tensors: [meta]}
+        return request_with_body(pb.PushGradients(context_id=5, message_ids=[1]).SerializeToString() + field(5, value))
+
+    assert native.core.read_push(header(meta)) is not None  # once: the common case
+    twice = header(field(1, b"\xff\xfe") + meta)
+    with pytest.raises(DecodeError):
+        pb.Frame.FromString(twice)  # the first is not UTF-8
+    assert native.core.read_push(twice) is None
 
 
 def mutate(rng: random.Random, data: bytes) -> bytes:
     data = bytearray(data)
     for _ in range(rng.randrange(1, 4)):
         where = rng.randrange(len(data) + 1)
-        kind = rng.randrange(4)
+        kind = rng.randrange(5)
         if kind == 0 and data:
             data[min(where, len(data) - 1)] = rng.randrange(256)
         elif kind == 1:
             del data[where:]
         elif kind == 2:
             data[where:where] = bytes(rng.randrange(256) for _ in range(rng.randrange(1, 5)))
-        else:
-            data[where:where] = rng.choice([b"\x48\x01", field(3, b""), field(7, b"\x08\x01"), b"\x20\x07", b"\x08\x05"])
+        elif kind == 3:
+            data[where:where] = rng.choice(  # an unknown field, a plan, a part done, an id, a context id
+                [b"\x48\x01", field(3, b""), field(7, b"\x08\x01"), b"\x20\x07", b"\x08\x05"])
+        else:  # a varint's last byte (any byte below 0x80) padded to 5 or 6 bytes
+            ends = [i for i, b in enumerate(data) if b < 0x80]
+            if ends:
+                at = rng.choice(ends)
+                data[at:at + 1] = bytes([data[at] | 0x80]) + b"\x80" * rng.randrange(3, 5) + b"\x00"
     return bytes(data)
 
 
@@ -244,7 +284,7 @@ def test_a_socket_transport_hands_a_push_to_its_handler_on_both_paths(path, monk
     receiver = SocketTransport(Link("sender", dispatcher, Deadlines()), b, None)
     try:
         receiver.start()
-        request, attachments = protobuf_push(9, 4, pb.PassPlan(root=1), [1, 2], grads, 1, [(3, 2)]), None
+        request = protobuf_push(9, 4, pb.PassPlan(root=1), [1, 2], grads, 1, [(3, 2)])
         attachments = codec().encode(grads, 0, None, compact_zeros=True)[1]
         sender.send(0, "request", request, attachments)
         assert handler.arrived.wait(10)

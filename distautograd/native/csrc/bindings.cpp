@@ -8,6 +8,7 @@
 #include <cstring>
 
 #include "envelope.h"
+#include "fields.h"
 #include "frame_reader.h"
 #include "frame_writer.h"
 #include "futures.h"
@@ -41,7 +42,9 @@ pybind11::object push_tuple(const std::optional<distautograd::native::PushRead>&
   if (!push) return pybind11::none();
   pybind11::list ids(push->message_ids.size()), done(push->done.size());
   for (size_t i = 0; i < push->message_ids.size(); ++i) ids[i] = pybind11::int_(push->message_ids[i]);
-  for (size_t i = 0; i < push->done.size(); ++i) done[i] = pybind11::make_tuple(push->done[i].first, push->done[i].second);
+  for (size_t i = 0; i < push->done.size(); ++i) {
+    done[i] = pybind11::make_tuple(push->done[i].first, push->done[i].second);
+  }
   pybind11::object plan = push->plan ? pybind11::object(pybind11::bytes(*push->plan)) : pybind11::none();
   return pybind11::make_tuple(push->context_id, push->pass_id, push->root, ids, done, plan,
                               pybind11::bytes(push->gradients));
@@ -86,7 +89,8 @@ pybind11::tuple read_frame(FrameReader& reader, uint64_t header_limit, uint64_t 
     }
   }
   std::optional<distautograd::native::PushRead> push;
-  if (envelope.kind == 2 && envelope.shared.empty()) {
+  if (envelope.kind == distautograd::native::fields::frame::kRequest && envelope.shared.empty()) {
+    distautograd::native::gil::Released released;
     push = distautograd::native::read_push(reinterpret_cast<const uint8_t*>(header.data()), header.size());
   }
   return pybind11::make_tuple(header_bytes, envelope_tuple(envelope), buffers, following, push_tuple(push));

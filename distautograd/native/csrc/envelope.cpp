@@ -44,12 +44,10 @@ void read_map_key(Cursor entry, Envelope& envelope) {
 void read_attachments(Cursor attachments, Envelope& envelope) {
   while (!attachments.done()) {
     wire::Tag tag = attachments.tag();
-    if (tag.field == kStreamedSizes && tag.type == wire::kVarint) {
-      envelope.streamed_sizes.push_back(attachments.varint());
-    } else if (tag.field == kStreamedSizes && tag.type == wire::kLengthDelimited) {
-      Cursor packed = attachments.delimited();
-      while (!packed.done()) envelope.streamed_sizes.push_back(packed.varint());
-    } else if (tag.field == kShared && tag.type == wire::kLengthDelimited) {
+    if (tag.field == kStreamedSizes && wire::read_repeated(attachments, tag.type, envelope.streamed_sizes)) {
+      continue;
+    }
+    if (tag.field == kShared && tag.type == wire::kLengthDelimited) {
       read_map_key(attachments.delimited(), envelope);
     } else {
       attachments.skip(tag.type);

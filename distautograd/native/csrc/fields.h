@@ -1,5 +1,6 @@
-// The field numbers of the protocol's messages the core reads and writes without a protobuf library
-// (protos/distautograd/protocol/v1/messages.proto), one namespace per message.
+// The field numbers of the frames and pushes the core reads and writes without a protobuf library
+// (protos/distautograd/protocol/v1/messages.proto), one namespace per message; a Value's and its
+// TensorMeta's, which only tensor_list.cpp reads and writes, are kept there.
 #pragma once
 
 #include <cstdint>

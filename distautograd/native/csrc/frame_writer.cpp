@@ -14,13 +14,12 @@
 #include <cstdio>
 #include <cstring>
 
+#include "fields.h"
 #include "wire.h"
 
 namespace distautograd::native {
 
 namespace {
-
-constexpr uint32_t kFrameId = 1;
 
 size_t iov_max() {
   long max = ::sysconf(_SC_IOV_MAX);
@@ -74,7 +73,7 @@ size_t send_some(int fd, const iovec* first, size_t count, const std::vector<int
 std::string frame_header(uint64_t frame_id, uint32_t kind, const std::string& message) {
   std::string header;
   wire::Writer frame(header);
-  if (frame_id) frame.varint_field(kFrameId, frame_id);
+  if (frame_id) frame.varint_field(fields::frame::kId, frame_id);
   frame.bytes_field(kind, message);
   return header;
 }

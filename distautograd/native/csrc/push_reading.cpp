@@ -25,24 +25,13 @@ bool varint_of(Cursor& message, const wire::Tag& tag, uint64_t* into) {
   return true;
 }
 
-// A repeated integer field's values, packed or one by one, appended; false for another wire type.
-bool repeated_of(Cursor& message, const wire::Tag& tag, std::vector<uint64_t>* into) {
-  if (tag.type == wire::kVarint) {
-    into->push_back(message.varint());
-    return true;
-  }
-  if (tag.type != wire::kLengthDelimited) return false;
-  Cursor packed = message.delimited();
-  while (!packed.done()) into->push_back(packed.varint());
-  return true;
-}
-
 // Attachments with streamed sizes only: the frame reader read them already (envelope.h).
 bool streamed_only(Cursor attachments) {
   std::vector<uint64_t> sizes;
   while (!attachments.done()) {
     wire::Tag tag = attachments.tag();
-    if (tag.field != fields::attachments::kStreamedSizes || !repeated_of(attachments, tag, &sizes)) return false;
+    if (tag.field != fields::attachments::kStreamedSizes) return false;
+    if (!wire::read_repeated(attachments, tag.type, sizes)) return false;
   }
   return true;
 }
@@ -54,8 +43,9 @@ bool plain_plan(Cursor plan) {
   while (!plan.done()) {
     wire::Tag tag = plan.tag();
     uint64_t value;
-    bool known = tag.field == fields::plan::kActiveSends ? repeated_of(plan, tag, &ignored)
-                                                         : tag.field <= fields::plan::kLast && varint_of(plan, tag, &value);
+    bool known = tag.field == fields::plan::kActiveSends
+                     ? wire::read_repeated(plan, tag.type, ignored)
+                     : tag.field <= fields::plan::kLast && varint_of(plan, tag, &value);
     if (!known) return false;
     ignored.clear();
   }
@@ -91,7 +81,7 @@ bool read_body(Cursor body, PushRead* push) {
         push->root = static_cast<uint32_t>(value);
         break;
       case push_field::kMessageIds:
-        if (!repeated_of(body, tag, &push->message_ids)) return false;
+        if (!wire::read_repeated(body, tag.type, push->message_ids)) return false;
         break;
       case push_field::kPlan: {
         if (tag.type != wire::kLengthDelimited || push->plan) return false;

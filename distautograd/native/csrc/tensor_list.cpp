@@ -34,31 +34,21 @@ constexpr Named kDtypes[] = {
 
 const Named& named(Dtype dtype) { return kDtypes[static_cast<size_t>(dtype)]; }
 
-// Appends a repeated integer field's values, packed or one by one; false for another wire type.
-template <typename T>
-bool read_repeated(Cursor& message, uint32_t type, std::vector<T>& into) {
-  if (type == wire::kVarint) {
-    into.push_back(static_cast<T>(message.varint()));  // int64 and uint32 keep the low bits, as protobuf does
-    return true;
-  }
-  if (type != wire::kLengthDelimited) return false;
-  Cursor packed = message.delimited();
-  while (!packed.done()) into.push_back(static_cast<T>(packed.varint()));
-  return true;
-}
-
 std::optional<DenseMeta> read_meta(Cursor meta) {
   DenseMeta out;
   std::string dtype;  // proto3: a string never set is empty
+  bool has_dtype = false;
   while (!meta.done()) {
     wire::Tag tag = meta.tag();
     if (tag.field == kDtype) {
-      if (tag.type != wire::kLengthDelimited) return std::nullopt;
-      dtype = meta.delimited().rest();  // set twice: the last one counts
+      // set twice, the last one would count, but protobuf checks the first too (UTF-8): not the common case
+      if (tag.type != wire::kLengthDelimited || has_dtype) return std::nullopt;
+      dtype = meta.delimited().rest();
+      has_dtype = true;
     } else if (tag.field == kShape) {
-      if (!read_repeated(meta, tag.type, out.shape)) return std::nullopt;
+      if (!wire::read_repeated(meta, tag.type, out.shape)) return std::nullopt;
     } else if (tag.field == kStrides) {
-      if (!read_repeated(meta, tag.type, out.strides)) return std::nullopt;
+      if (!wire::read_repeated(meta, tag.type, out.strides)) return std::nullopt;
     } else if (tag.field == kAttachment || tag.field == kZeros) {
       if (tag.type != wire::kVarint) return std::nullopt;
       uint64_t value = meta.varint();
@@ -141,7 +131,7 @@ std::optional<TensorList> read_tensor_list(const uint8_t* data, size_t size) {
       if (tag.type != wire::kVarint) return std::nullopt;
       tensor_list = value.varint() != 0;
     } else if (tag.field == kNoneAt) {
-      if (!read_repeated(value, tag.type, list.none_at)) return std::nullopt;
+      if (!wire::read_repeated(value, tag.type, list.none_at)) return std::nullopt;
     } else if (tag.field == kPickle || tag.field == kRRefs) {
       if (tag.type != wire::kLengthDelimited || !value.delimited().done() || tag.field == kRRefs) return std::nullopt;
     } else {

@@ -50,8 +50,9 @@ constexpr uint64_t kMaxTensorBytes = uint64_t{1} << 62;
 // pass kMaxTensorBytes elements.
 std::optional<uint64_t> span_of(const std::vector<int64_t>& shape, const std::vector<int64_t>& strides);
 
-// The list a serialized Value describes, or nothing when it is not the common case (or is not
-// well-formed protobuf: the frame it came in was parsed before, so that never reaches here).
+// The list a serialized Value describes, or nothing when it is not the common case; wire::Malformed
+// where the bytes are not protobuf. What it takes, protobuf parses to the same list: push_reading.h
+// reads a push's gradients with it before protobuf has seen the frame.
 std::optional<TensorList> read_tensor_list(const uint8_t* data, size_t size);
 
 // The serialized Value of a list, the bytes protobuf's own serializer writes for it.

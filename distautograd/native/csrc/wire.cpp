@@ -1,5 +1,6 @@
-// Protobuf's wire format, read defensively (a varint longer than ten bytes, a length past the end,
-// field number 0 and groups are Malformed; nothing reads outside the span) and written.
+// Protobuf's wire format, read defensively (a varint longer than ten bytes, a tag or a length longer than
+// five, as protobuf's parser refuses them, a length past the end, field number 0 and groups are Malformed;
+// nothing reads outside the span) and written.
 #include "wire.h"
 
 namespace distautograd::native::wire {
@@ -15,8 +16,15 @@ uint64_t Cursor::varint() {
   throw Malformed("a varint longer than ten bytes");
 }
 
+uint64_t Cursor::short_varint(int bytes, const char* what) {
+  const uint8_t* start = at_;
+  uint64_t value = varint();
+  if (at_ - start > bytes) throw Malformed(std::string(what) + " longer than " + std::to_string(bytes) + " bytes");
+  return value;
+}
+
 Tag Cursor::tag() {
-  uint64_t key = varint();
+  uint64_t key = short_varint(5, "a tag");
   if (key >> 32) throw Malformed("a tag over 32 bits");
   Tag tag{static_cast<uint32_t>(key >> 3), static_cast<uint32_t>(key & 7)};
   if (tag.field == 0) throw Malformed("field number 0");
@@ -24,7 +32,7 @@ Tag Cursor::tag() {
 }
 
 Cursor Cursor::delimited() {
-  uint64_t length = varint();
+  uint64_t length = short_varint(5, "a length");
   if (length > static_cast<uint64_t>(end_ - at_)) throw Malformed("a length-delimited field runs past the end");
   Cursor inner(at_, static_cast<size_t>(length));
   at_ += length;

@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <stdexcept>
 #include <string>
+#include <vector>
 
 namespace distautograd::native::wire {
 
@@ -31,16 +32,35 @@ class Cursor {
   // What is left to read, as bytes (a string field's contents, once `delimited` gave its cursor).
   std::string rest() const { return std::string(reinterpret_cast<const char*>(at_), static_cast<size_t>(end_ - at_)); }
   uint64_t varint();
+  // A field's tag; as protobuf, Malformed when its varint takes more than five bytes.
   Tag tag();
-  // The contents of a length-delimited field (its tag already read); the cursor moves past them.
+  // The contents of a length-delimited field (its tag already read); the cursor moves past them. As
+  // protobuf, Malformed when the length's varint takes more than five bytes.
   Cursor delimited();
   // Moves past a field's value of wire type `type` (its tag already read).
   void skip(uint32_t type);
 
  private:
+  // A varint of at most `bytes` bytes (a tag's, a length's); Malformed when it takes more.
+  uint64_t short_varint(int bytes, const char* what);
+
   const uint8_t* at_;
   const uint8_t* end_;
 };
+
+// Appends a repeated integer field's values, packed or one by one (its tag already read); false, with
+// nothing read, for another wire type. Each value keeps the low bits T holds, as protobuf's do.
+template <typename T>
+bool read_repeated(Cursor& message, uint32_t type, std::vector<T>& into) {
+  if (type == kVarint) {
+    into.push_back(static_cast<T>(message.varint()));
+    return true;
+  }
+  if (type != kLengthDelimited) return false;
+  Cursor packed = message.delimited();
+  while (!packed.done()) into.push_back(static_cast<T>(packed.varint()));
+  return true;
+}
 
 // Appends fields to a message being written, in the order they are given (protobuf's own
 // serializers write them by field number; so do the callers, so the bytes are the same).
