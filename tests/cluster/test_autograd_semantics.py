@@ -228,7 +228,8 @@ def test_zero_gradients_travel_as_a_shape_not_as_tensors(monkeypatch):
     original = Codec.decode
 
     def spy(self, value, attachments, *args, **kwargs):
-        arrived.extend((meta.zeros, len(attachments)) for meta in value.tensors)
+        read = pb.Value.FromString(value) if isinstance(value, bytes) else value  # a push the core read
+        arrived.extend((meta.zeros, len(attachments)) for meta in read.tensors)
         return original(self, value, attachments, *args, **kwargs)
 
     w = torch.randn(1000, requires_grad=True)
