@@ -229,9 +229,7 @@ void tcp_pair(int* a, int* b) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  uint64_t seed = argc > 1 ? std::strtoull(argv[1], nullptr, 10) : 1;
-  int rounds = argc > 2 ? std::atoi(argv[2]) : 20000;
-  rng.seed(seed);
+  auto [seed, rounds] = hostile::start(argc, argv);
   int refused = fuzz_envelopes(rounds);
   for (int i = 0; i < rounds / 100; ++i) {
     int pair[2];

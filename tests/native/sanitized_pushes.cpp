@@ -78,9 +78,7 @@ bool equal(const PushRead& a, const PushRead& b) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  uint64_t seed = argc > 1 ? std::strtoull(argv[1], nullptr, 10) : 1;
-  int rounds = argc > 2 ? std::atoi(argv[2]) : 20000;
-  rng.seed(seed);
+  auto [seed, rounds] = hostile::start(argc, argv);
   int taken = 0;
   for (int i = 0; i < rounds; ++i) {
     PushRead push;

@@ -74,9 +74,7 @@ bool read(const std::string& data) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  uint64_t seed = argc > 1 ? std::strtoull(argv[1], nullptr, 10) : 1;
-  int rounds = argc > 2 ? std::atoi(argv[2]) : 20000;
-  rng.seed(seed);
+  auto [seed, rounds] = hostile::start(argc, argv);
   int lists = 0;
   for (int i = 0; i < rounds; ++i) {
     TensorList list = random_list();
