@@ -167,17 +167,19 @@ class Peers:
     def _from_coordinator(self, *frame) -> None:
         self.deliver(*frame)
 
-    def _from_peer(self, *frame) -> None:
+    def _await_join(self) -> None:
         # A peer hears of this process from the coordinator before this process has read its own
         # join reply: what it sends waits (on its connection's thread) until this process knows its rank.
         if not self._joined.is_set():
             self._joined.wait(JOIN_WAIT)
+
+    def _from_peer(self, *frame) -> None:
+        self._await_join()
         self.deliver(*frame)
 
     def _push_from_peer(self, link, push) -> None:
         """_from_peer, for a push the core read (transport.pushes): the dispatcher takes it as it is."""
-        if not self._joined.is_set():
-            self._joined.wait(JOIN_WAIT)
+        self._await_join()
         take = getattr(self.deliver, "take_push", None)
         if take is None:  # not a Dispatcher (a test's handler): the request, as protobuf parses it
             self.deliver(link, 0, push.frame().request, push.attachments)
