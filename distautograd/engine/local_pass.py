@@ -9,9 +9,9 @@ backward would sum them in: the roots first, then producers latest-created first
 from another worker counting as made when its tensor was sent. So every result is reproducible,
 and equal bit for bit to single-process autograd where the arithmetic is the same.
 
-On the native path the compiled core keeps this bookkeeping (native/csrc/local_pass.cpp, the same
-algorithm step for step) wherever it can run every wave: leaves accumulating into the context, no
-graph made, every recv node the core's (``start``). This class is the reference it is tested
+On the native path the compiled core plans the part and keeps this bookkeeping (native/csrc/local_pass.cpp,
+the same algorithm step for step) wherever it can run every wave: leaves accumulating into the context,
+no graph made, every recv node the core's (``start``). This class is the reference it is tested
 against, and the path for a capture, ``create_graph`` and the Python recv node.
 """
 
@@ -28,7 +28,7 @@ from torch.autograd.graph import GradientEdge
 from distautograd import native
 from distautograd.engine import execution, slots
 from distautograd.engine.graph import ROOTS, PassGraph
-from distautograd.engine.nodes import RECV_NODE, is_leaf, recv_points
+from distautograd.engine.nodes import LEAF_NODE, RECV_NODE, RECV_TYPES, is_leaf, recv_points
 from distautograd.engine.slots import GradStore
 
 ROOT_KEY = math.inf
@@ -41,20 +41,25 @@ Finish = Callable[[Optional[BaseException]], None]
 LocalPart = Union["LocalPass", Any]  # LocalPass, or native.core.LocalPass (the same methods and attributes)
 
 
-def start(graph: PassGraph, keys: Dict[int, float], store: GradStore, **options) -> LocalPart:
-    """The part's bookkeeping, given what LocalPass takes: the core's where it can run the part (the
-    message path native, leaves accumulating, no graph made, every recv node the core's), else LocalPass."""
-    if native.path_on() and store.accumulates and not options.get("create_graph") and all(
-            type(node) is not RECV_NODE for node in graph.order):
+def start(sources: Dict[int, Sequence[GradientEdge]], keys: Dict[int, float], store: GradStore,
+          **options) -> LocalPart:
+    """The part of a pass whose gradient enters at ``sources`` (as PassGraph takes them), given what
+    LocalPass takes besides: the core's, planned and made in one call, where it can run the part (the
+    message path native, leaves accumulating, no graph made, every recv node the core's), else LocalPass
+    over a PassGraph."""
+    if native.path_on() and store.accumulates and not options.get("create_graph"):
         retain_graph = options.get("retain_graph", False)
 
         def run_node(node, entries):
             contributions = [(GradientEdge(node, slot), grad) for slot, grad in entries]
             return execution.run_node(node, contributions, store, retain_graph, False)
 
-        return native.core.LocalPass(graph, keys, store.grads, slots.LOCK, options["send"], options["finish"], run_node,
-                                     options.get("observe"), UnknownSource, retain_graph)
-    return LocalPass(graph, keys, store, **options)
+        local = native.core.LocalPass.plan(sources, keys, store.grads, slots.LOCK, options["send"], options["finish"],
+                                           run_node, options.get("observe"), UnknownSource, retain_graph, LEAF_NODE,
+                                           RECV_TYPES, RECV_NODE)
+        if local is not None:
+            return local
+    return LocalPass(PassGraph(sources), keys, store, **options)
 
 
 class LocalPass:
@@ -98,6 +103,11 @@ class LocalPass:
     @property
     def done(self) -> bool:
         return self._executed == len(self.graph)
+
+    @property
+    def order(self) -> List:
+        """The part's nodes in the order they run (the graph's)."""
+        return self.graph.order
 
     @property
     def arrived(self) -> int:

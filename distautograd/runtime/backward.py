@@ -23,7 +23,7 @@ import torch
 
 from distautograd import errors, metrics
 from distautograd.engine.roots import validate_roots
-from distautograd.engine.graph import ROOTS, PassGraph
+from distautograd.engine.graph import ROOTS
 from distautograd.engine import local_pass, nodes, order
 from distautograd.engine.local_pass import UnknownSource
 from distautograd.engine.slots import Captured
@@ -175,10 +175,9 @@ class Backward:
         keys = {m: self._contexts.send_point(m).key for m in mine}
         if roots_edges:
             sources[ROOTS] = list(roots_edges)
-        graph = PassGraph(sources)
         part.captured = Captured() if plan.capture else None
         local = local_pass.start(
-            graph, keys, part.captured if plan.capture else part.ctx.store,
+            sources, keys, part.captured if plan.capture else part.ctx.store,
             send=lambda grads, last: self._push(part, grads, last),
             finish=lambda error: self._part_finished(part, error),
             retain_graph=plan.retain_graph, create_graph=plan.create_graph,
@@ -191,11 +190,11 @@ class Backward:
             part.plan_bytes = plan.SerializeToString()
             part.active = frozenset(plan.active_sends)
             part.local = local
-            part.watches = anomaly.watch(graph.order, plan.anomaly, self.name)
+            part.watches = anomaly.watch(local.order, plan.anomaly, self.name) if plan.anomaly else []
             part.ctx.passes += 1
             part.ctx.inspect |= plan.inspect
             if plan.inspect & inspection.GRAPH:
-                part.watches += inspection.watch_runs(part.ctx, graph.order)
+                part.watches += inspection.watch_runs(part.ctx, local.order)
             early, part.early = part.early, []
         local.start_if_empty()
         if root_grads:

@@ -18,7 +18,7 @@ from torch.autograd.graph import get_gradient_edge
 
 from distautograd.engine import activations, local_pass, nodes, order
 from distautograd.engine.activations import Activations
-from distautograd.engine.graph import ROOTS, PassGraph
+from distautograd.engine.graph import ROOTS
 from distautograd.engine.slots import Captured, GradStore
 
 
@@ -115,7 +115,7 @@ class World:
                     errors.append(error)
                 finished.add(name)
 
-            parts[name] = local_pass.start(PassGraph(sources), {m: worker.sends[m][1] for m in mine}, worker.store,
+            parts[name] = local_pass.start(sources, {m: worker.sends[m][1] for m in mine}, worker.store,
                                            send=send, finish=finish, retain_graph=retain_graph,
                                            create_graph=create_graph)
         for part in parts.values():

@@ -29,15 +29,15 @@ def test_two_pushes_that_both_start_one_part_start_it_once(monkeypatch):
     r2 runs once and the gradients are single-process torch's."""
     barrier = threading.Barrier(2, timeout=10)
     planned = []
-    real_graph = backward_module.PassGraph
+    real_start = backward_module.local_pass.start
 
-    def graph_of_both(sources):
+    def start_of_both(sources, *args, **options):
         if sources and all(rank_of(m) == 2 for m in sources):  # r2's part: wait until the other push plans it too
             planned.append(threading.get_ident())
             barrier.wait()
-        return real_graph(sources)
+        return real_start(sources, *args, **options)
 
-    monkeypatch.setattr(backward_module, "PassGraph", graph_of_both)
+    monkeypatch.setattr(backward_module.local_pass, "start", start_of_both)
     world = World(NAMES, rpc_timeout=5)
     try:
         x = torch.randn(3, dtype=torch.float64, requires_grad=True)

@@ -20,9 +20,9 @@ from torch.autograd.graph import GradientEdge, get_gradient_edge
 
 from distautograd import native
 from distautograd.engine import order
-from distautograd.engine.graph import ROOTS, PassGraph
+from distautograd.engine.graph import ROOTS
 from distautograd.engine.local_pass import LocalPass, UnknownSource, start
-from distautograd.engine.nodes import make_recv
+from distautograd.engine.nodes import RecvRpc, make_recv
 from distautograd.engine.slots import GradStore
 
 pytestmark = pytest.mark.usefixtures("path")  # tests/unit/conftest.py: every test on both paths
@@ -30,9 +30,9 @@ pytestmark = pytest.mark.usefixtures("path")  # tests/unit/conftest.py: every te
 SENT = 7  # the send point's message id
 
 
-def _start(graph, keys, store, **options):
+def _start(sources, keys, store, **options):
     """local_pass.start, checked to give the core's part on the native path unless a graph is made."""
-    local = start(graph, keys, store, **options)
+    local = start(sources, keys, store, **options)
     native_part = native.path_on() and not options.get("create_graph")
     assert isinstance(local, native.core.LocalPass if native_part else LocalPass), type(local)
     return local
@@ -50,7 +50,7 @@ class Part:
         order.place([edges[ROOTS][0].node])
         self.store = GradStore()
         self.finished, self.waves = [], []
-        self.local = _start(PassGraph(edges), keys, self.store, send=lambda grads, last: None,
+        self.local = _start(edges, keys, self.store, send=lambda grads, last: None,
                             finish=self.finished.append, observe=self._observe, **options)
 
     def _observe(self, began, ended, nodes, whole):
@@ -120,7 +120,7 @@ def test_every_wave_is_observed_in_microseconds_and_counted():
     part.local.arrive(ROOTS, [torch.tensor(1.0)])
     after = time.time_ns() / 1000.0
     assert part.waves and part.local.waves == len(part.waves)
-    assert sum(nodes for _, _, nodes, _ in part.waves) == len(part.local.graph)
+    assert sum(nodes for _, _, nodes, _ in part.waves) == len(part.local.order)
     for began, ended, nodes, whole in part.waves:
         assert before <= began <= ended <= after and nodes > 0 and isinstance(whole, bool)
 
@@ -144,7 +144,7 @@ def test_with_retain_graph_and_create_graph_as_asked():
 
 def _part(sources, keys):
     store, finished, sent = GradStore(), [], []
-    local = _start(PassGraph(sources), keys, store, send=lambda grads, last: sent.append((grads, last)),
+    local = _start(sources, keys, store, send=lambda grads, last: sent.append((grads, last)),
                    finish=finished.append)
     return local, store, finished, sent
 
@@ -207,7 +207,7 @@ def test_where_a_wave_would_sum_in_another_order_than_local_autograd_it_runs_nod
     x, v, key, root = run()
     edges = {ROOTS: [get_gradient_edge(root)], SENT: [get_gradient_edge(v)]}
     waves, store = [], GradStore()
-    local = _start(PassGraph(edges), {SENT: key}, store, send=lambda grads, last: None,
+    local = _start(edges, {SENT: key}, store, send=lambda grads, last: None,
                    finish=lambda error: None, observe=lambda began, ended, nodes, whole: waves.append(whole))
     local.arrive(SENT, [torch.tensor([-BIG])])
     local.arrive(ROOTS, [torch.tensor(1.0)])
@@ -235,7 +235,7 @@ def test_with_fewer_than_three_gradients_meeting_or_the_early_one_latest_the_wav
             order.place([root.grad_fn])
         edges = {ROOTS: [get_gradient_edge(root)], SENT: [get_gradient_edge(v)]}
         waves, store = [], GradStore()
-        local = _start(PassGraph(edges), {SENT: key}, store, send=lambda grads, last: None,
+        local = _start(edges, {SENT: key}, store, send=lambda grads, last: None,
                        finish=lambda error: None, observe=lambda began, ended, nodes, whole: waves.append(whole))
         local.arrive(SENT, [torch.tensor([1.0])])
         local.arrive(ROOTS, [torch.tensor(1.0)])
@@ -342,6 +342,22 @@ def _point(message_id):
     return point
 
 
+def test_a_part_that_holds_a_python_recv_node_is_run_by_local_pass_on_either_path():
+    """The core's part cannot run the Python recv node (a wave would fail on it), so where one is in
+    the graph the part is LocalPass, which sends the recv point's gradient as it does on its own path."""
+    point, anchor = types.SimpleNamespace(message_id=41), torch.empty(0, requires_grad=True)
+    (r,) = RecvRpc.apply(anchor, [[torch.tensor([2.0])], [point]])  # as make_recv makes it on the Python path
+    point.anchor = get_gradient_edge(anchor)
+    order.place([r.grad_fn])
+    root = (r * 5).sum()
+    sent, finished = [], []
+    local = start({ROOTS: [get_gradient_edge(root)]}, {}, GradStore(), send=lambda grads, last: sent.append(grads),
+                  finish=finished.append)
+    assert type(local) is LocalPass
+    local.arrive(ROOTS, [torch.tensor(1.0)])
+    assert list(sent[0]) == [41] and torch.equal(sent[0][41], torch.tensor([5.0])) and finished == [None]
+
+
 def test_a_node_by_node_wave_tells_a_recv_point_that_got_nothing_and_runs_the_rest():
     """The send point delivers into x * 3 (x also waits for the roots: node by node), with no
     gradient into r * 5, r being what came from another worker (recv point 41), and with one into
@@ -418,7 +434,7 @@ def test_a_part_whose_callbacks_hold_it_is_collected_once_nothing_else_does():
 
     x = torch.tensor([1.0], requires_grad=True)
     holder = Holder()
-    holder.local = _start(PassGraph({ROOTS: [get_gradient_edge((x * 2).sum())]}), {}, GradStore(),
+    holder.local = _start({ROOTS: [get_gradient_edge((x * 2).sum())]}, {}, GradStore(),
                           send=lambda grads, last, held=holder: None, finish=lambda error, held=holder: None)
     gone = weakref.ref(holder)
     del holder

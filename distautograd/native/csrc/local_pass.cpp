@@ -51,64 +51,88 @@ py::object raised_now() {
 
 }  // namespace
 
-LocalPass::LocalPass(py::object graph, const py::dict& keys, py::dict store, py::object lock, py::object send,
-                     py::object finish, py::object run_node, py::object observe, py::object unknown, bool retain_graph)
-    : graph_(std::move(graph)), store_(std::move(store)), lock_(std::move(lock)), send_(std::move(send)),
-      finish_(std::move(finish)), run_node_(std::move(run_node)), observe_(std::move(observe)),
-      unknown_(std::move(unknown)), retain_graph_(retain_graph) {
-  // The plan's order, children, sources and reach; a node's parents and how many sources it waits for
-  // follow from them as PassGraph derives its parents and masks.
-  py::list order = graph_.attr("order");
-  py::dict children = graph_.attr("children");
-  std::unordered_map<PyObject*, size_t> index;  // the plan's nodes are its dicts' keys: one object each
-  for (size_t i = 0; i < order.size(); ++i) index.emplace(order[i].ptr(), i);
-  auto where = [&index](const py::handle& node) {
-    auto found = index.find(node.ptr());
-    if (found == index.end()) throw py::value_error("the plan names a node outside its order");
-    return found->second;
-  };
-  nodes_.resize(order.size());
-  for (size_t i = 0; i < order.size(); ++i) {
+LocalPass::LocalPass(const PlannedGraph& plan, const py::dict& sources, const py::dict& keys, py::dict store,
+                     py::object lock, py::object send, py::object finish, py::object run_node, py::object observe,
+                     py::object unknown, bool retain_graph)
+    : store_(std::move(store)), lock_(std::move(lock)), send_(std::move(send)), finish_(std::move(finish)),
+      run_node_(std::move(run_node)), observe_(std::move(observe)), unknown_(std::move(unknown)),
+      retain_graph_(retain_graph) {
+  // The plan's nodes in its order, with their children; a node's parents follow from them as PassGraph
+  // derives its parents, and how many sources it waits for from its bits as PassGraph's reach.
+  std::vector<size_t> place(plan.nodes.size());  // a planned node's place in the order
+  for (size_t i = 0; i < plan.order.size(); ++i) place[plan.order[i]] = i;
+  nodes_.resize(plan.order.size());
+  for (size_t i = 0; i < plan.order.size(); ++i) {
+    const PlannedNode& planned = plan.nodes[plan.order[i]];
     Vertex& vertex = nodes_[i];
-    vertex.object = order[i];
-    vertex.node = node_or_raise(vertex.object, "a node of the part");
+    vertex.object = planned.object;
+    vertex.node = planned.node;
     vertex.leaf = dynamic_cast<torch::autograd::AccumulateGrad*>(vertex.node.get()) != nullptr;
     vertex.recv = dynamic_cast<RecvNode*>(vertex.node.get()) != nullptr;
     if (vertex.recv && vertex.node->next_edges().empty()) throw py::value_error("a recv node without its anchor");
-    for (const auto& kid : children[vertex.object].cast<py::list>()) {
-      py::tuple edge = kid.cast<py::tuple>();  // (child, slot, index)
-      vertex.children.push_back({where(edge[0]), edge[1].cast<uint32_t>(), edge[2].cast<size_t>()});
+    for (size_t j = 0; j < planned.children.size(); ++j) {
+      vertex.children.push_back({place[planned.children[j]], planned.next[j].slot, planned.next[j].index});
     }
   }
   for (size_t i = 0; i < nodes_.size(); ++i) {
     for (const Child& child : nodes_[i].children) nodes_[child.node].parents.push_back({i, child.slot});
   }
-  py::dict sources = graph_.attr("sources");
-  py::dict reach = graph_.attr("reach");
+  std::vector<std::vector<size_t>> reached(sources.size());  // each source's nodes, in the order
+  for (size_t i = 0; i < plan.order.size(); ++i) {
+    const std::vector<uint64_t>& mask = plan.masks[plan.order[i]];
+    for (size_t w = 0; w < mask.size(); ++w) {
+      for (uint64_t bits = mask[w]; bits; bits &= bits - 1) reached[w * 64 + __builtin_ctzll(bits)].push_back(i);
+    }
+  }
   std::unordered_map<MessageId, double> sorting;  // as LocalPass's keys: a source arrives only if it has one
   for (const auto& [key, value] : keys) sorting[key.cast<MessageId>()] = value.cast<double>();
   sorting[kRoots] = kRootKey;
+  size_t k = 0;
   for (const auto& [key, edges] : sources) {
-    std::vector<size_t> reached;
-    for (const auto& node : reach[key].cast<py::list>()) {
-      reached.push_back(where(node));
-      ++nodes_[reached.back()].remaining;
-    }
+    std::vector<size_t>& reach = reached[k++];
+    for (size_t node : reach) ++nodes_[node].remaining;
     auto known = sorting.find(key.cast<MessageId>());
     if (known == sorting.end()) continue;  // arriving, it is refused as unknown (LocalPass: the same)
     Source& source = sources_[known->first];
     source.key = known->second;
-    for (const auto& edge : edges.cast<py::list>()) {  // GradientEdge(node or None, output_nr)
+    for (const auto& edge : edges) {  // GradientEdge(node or None, output_nr)
       py::tuple pair = edge.cast<py::tuple>();
       std::optional<size_t> node;
-      if (!pair[0].is_none()) node = where(pair[0]);
+      if (!pair[0].is_none()) node = place[plan.where.at(node_or_raise(pair[0], "a source's node").get())];
       source.edges.emplace_back(node, pair[1].cast<uint32_t>());
     }
-    source.reach = std::move(reached);
+    source.reach = std::move(reach);
   }
   ready_.assign(nodes_.size(), false);
   if (!PyExceptionClass_Check(unknown_.ptr())) throw py::type_error("LocalPass's `unknown` must be an exception class");
   if (nodes_.empty()) closed_ = true;
+}
+
+py::object LocalPass::plan(const py::dict& sources, const py::dict& keys, py::dict store, py::object lock,
+                           py::object send, py::object finish, py::object run_node, py::object observe,
+                           py::object unknown, bool retain_graph, const py::handle& leaf_type,
+                           const py::tuple& recv_types, const py::handle& python_recv) {
+  std::vector<PyObject*> recvs;
+  for (const auto& type : recv_types) recvs.push_back(type.ptr());
+  std::vector<std::vector<py::handle>> nodes;
+  for (const auto& [key, edges] : sources) {
+    nodes.emplace_back();
+    for (const auto& edge : edges) nodes.back().push_back(edge.cast<py::tuple>()[0]);
+  }
+  std::optional<PlannedGraph> planned = plan_graph(nodes, leaf_type.ptr(), recvs);
+  if (!planned) return py::none();
+  for (const PlannedNode& node : planned->nodes) {
+    if (Py_TYPE(node.object.ptr()) == reinterpret_cast<PyTypeObject*>(python_recv.ptr())) return py::none();
+  }
+  return py::cast(std::make_unique<LocalPass>(*planned, sources, keys, std::move(store), std::move(lock),
+                                              std::move(send), std::move(finish), std::move(run_node),
+                                              std::move(observe), std::move(unknown), retain_graph));
+}
+
+py::list LocalPass::order() const {
+  py::list order;
+  for (const Vertex& vertex : nodes_) order.append(vertex.object);
+  return order;
 }
 
 void LocalPass::close() {
@@ -117,7 +141,7 @@ void LocalPass::close() {
 }
 
 int LocalPass::traverse(visitproc visit, void* arg) const {
-  for (const py::object* object : {&graph_, &store_, &lock_, &send_, &finish_, &run_node_, &observe_, &unknown_}) {
+  for (const py::object* object : {&store_, &lock_, &send_, &finish_, &run_node_, &observe_, &unknown_}) {
     Py_VISIT(object->ptr());
   }
   for (const Vertex& vertex : nodes_) Py_VISIT(vertex.object.ptr());
@@ -125,7 +149,7 @@ int LocalPass::traverse(visitproc visit, void* arg) const {
 }
 
 void LocalPass::clear() {
-  for (py::object* object : {&graph_, &store_, &lock_, &send_, &finish_, &run_node_, &observe_}) *object = py::none();
+  for (py::object* object : {&store_, &lock_, &send_, &finish_, &run_node_, &observe_}) *object = py::none();
   for (Vertex& vertex : nodes_) vertex.object = py::none();
   closed_ = true;
 }
@@ -336,10 +360,10 @@ void add_local_pass_type(py::module_& module) {
   });
   py::class_<LocalPass>(module, "LocalPass",
                         "One worker's part of a pass, run as engine/local_pass.py's LocalPass runs it.", collectable)
-      .def(py::init<py::object, const py::dict&, py::dict, py::object, py::object, py::object, py::object, py::object,
-                    py::object, bool>(),
-           py::arg("graph"), py::arg("keys"), py::arg("store"), py::arg("lock"), py::arg("send"), py::arg("finish"),
-           py::arg("run_node"), py::arg("observe"), py::arg("unknown"), py::arg("retain_graph"))
+      .def_static("plan", &LocalPass::plan, py::arg("sources"), py::arg("keys"), py::arg("store"), py::arg("lock"),
+                  py::arg("send"), py::arg("finish"), py::arg("run_node"), py::arg("observe"), py::arg("unknown"),
+                  py::arg("retain_graph"), py::arg("leaf_type"), py::arg("recv_types"), py::arg("python_recv"),
+                  "The part planned from its sources and made, or None where the core cannot run it.")
       // wrapped as torch wraps its own: the C++ warnings of a backward (TORCH_WARN) become Python warnings
       .def("arrive", torch::wrap_pybind_function(
                          [](LocalPass& local, const py::handle& key,
@@ -351,7 +375,7 @@ void add_local_pass_type(py::module_& module) {
       .def("start_if_empty", &LocalPass::start_if_empty)
       .def_property_readonly("done", &LocalPass::done)
       .def_property_readonly("arrived", &LocalPass::arrived)
-      .def_property_readonly("graph", &LocalPass::graph)
+      .def_property_readonly("order", &LocalPass::order)
       .def_readonly("leaves_reached", &LocalPass::leaves_reached)
       .def_readonly("waves", &LocalPass::waves);
 }

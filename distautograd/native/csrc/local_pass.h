@@ -16,6 +16,7 @@
 #include <utility>
 #include <vector>
 
+#include "pass_graph.h"
 #include "recv_node.h"
 #include "torch_nodes.h"
 
@@ -23,15 +24,25 @@ namespace distautograd::native {
 
 class __attribute__((visibility("hidden"))) LocalPass {  // hidden: it holds Python objects
  public:
-  // `graph`: a PassGraph (engine/graph.py); `keys`: {send point: where its gradient sorts}; `store`
-  // and `lock`: the context's gradients and slots.LOCK; `send(grads, last)`, `finish(error)`,
-  // `observe(began µs, ended µs, nodes, whole)` (or None) and `unknown` (the error for a source not in
-  // the part) as LocalPass takes them; `run_node(node, [(slot, grad), ...])`: runs one node alone
-  // (execution.run_node), giving (produced or None, {message id: gradient}). The caller sees that every
-  // recv node is the core's (a Python one would run as any other node here, and fail the wave).
-  LocalPass(pybind11::object graph, const pybind11::dict& keys, pybind11::dict store, pybind11::object lock,
-            pybind11::object send, pybind11::object finish, pybind11::object run_node, pybind11::object observe,
-            pybind11::object unknown, bool retain_graph);
+  // `plan`: the part's graph as pass_graph.h plans it from `sources` ({key: [GradientEdge, ...]}, as
+  // PassGraph takes them); `keys`: {send point: where its gradient sorts}; `store` and `lock`: the
+  // context's gradients and slots.LOCK; `send(grads, last)`, `finish(error)`, `observe(began µs, ended
+  // µs, nodes, whole)` (or None) and `unknown` (the error for a source not in the part) as LocalPass
+  // takes them; `run_node(node, [(slot, grad), ...])`: runs one node alone (execution.run_node), giving
+  // (produced or None, {message id: gradient}). The caller sees that every recv node is the core's (a
+  // Python one would run as any other node here, and fail the wave): `plan` below does.
+  LocalPass(const PlannedGraph& plan, const pybind11::dict& sources, const pybind11::dict& keys,
+            pybind11::dict store, pybind11::object lock, pybind11::object send, pybind11::object finish,
+            pybind11::object run_node, pybind11::object observe, pybind11::object unknown, bool retain_graph);
+
+  // The part planned and made in one call (local_pass.start): the arguments above without `plan`, then
+  // what the walk stops at (`leaf_type`, `recv_types`); None where the core cannot run the part -- a
+  // node torch did not make, or one of type `python_recv` (engine/local_pass.py's LocalPass runs it).
+  static pybind11::object plan(const pybind11::dict& sources, const pybind11::dict& keys, pybind11::dict store,
+                               pybind11::object lock, pybind11::object send, pybind11::object finish,
+                               pybind11::object run_node, pybind11::object observe, pybind11::object unknown,
+                               bool retain_graph, const pybind11::handle& leaf_type,
+                               const pybind11::tuple& recv_types, const pybind11::handle& python_recv);
 
   // Source `key` delivers, one gradient (or None) per edge of the source; runs what became complete.
   // A key that is no source of the part (or no id at all) raises `unknown`.
@@ -47,7 +58,8 @@ class __attribute__((visibility("hidden"))) LocalPass {  // hidden: it holds Pyt
 
   bool done() const { return executed_ == nodes_.size(); }
   size_t arrived() const { return arrived_; }
-  const pybind11::object& graph() const { return graph_; }
+  // The part's nodes in the plan's order (PassGraph's `order`).
+  pybind11::list order() const;
   int64_t leaves_reached = 0;
   int64_t waves = 0;
 
@@ -90,7 +102,7 @@ class __attribute__((visibility("hidden"))) LocalPass {  // hidden: it holds Pyt
   pybind11::dict recv_gradients(const std::vector<size_t>& recvs,
                                 const std::vector<std::pair<MessageId, at::Tensor>>& got) const;
 
-  pybind11::object graph_, store_, lock_, send_, finish_, run_node_, observe_, unknown_;
+  pybind11::object store_, lock_, send_, finish_, run_node_, observe_, unknown_;
   bool retain_graph_;
   std::vector<Vertex> nodes_;  // in the plan's order
   std::unordered_map<MessageId, Source> sources_;

@@ -1,5 +1,6 @@
 // Plans a worker's part of a pass over torch's Nodes: collect, order, parents, masks, reach, leaves --
-// engine/graph.py's algorithm step for step, so the dicts it returns are PassGraph's, order included.
+// engine/graph.py's algorithm step for step, so the dicts it returns are PassGraph's, order included;
+// the core's LocalPass takes the same plan as C++ (plan_graph) without those dicts being made.
 #include "pass_graph.h"
 
 #include "torch_nodes.h"
@@ -23,28 +24,6 @@ struct Pending {
   py::object object;
 };
 
-// An edge to a child: the child, its input slot, and the edge's index among the parent's next edges.
-struct Next {
-  NodePtr node;
-  uint32_t slot;
-  size_t index;
-};
-
-// A collected node: its Python object (the key of every dict of the plan), the edges to its
-// children, and the children's indices among the collected nodes (`next` in the same order).
-struct Vertex {
-  NodePtr node;
-  py::object object;
-  std::vector<Next> next;
-  std::vector<size_t> children;
-};
-
-// What the walk found: the nodes in the order graph.py's _collect inserts them, and each node's index.
-struct Walk {
-  std::vector<Vertex> vertices;
-  std::unordered_map<Node*, size_t> where;
-};
-
 // The sources' reach of one node as bits, one per source, in as many 64-bit words as sources need.
 using Mask = std::vector<uint64_t>;
 
@@ -59,14 +38,14 @@ py::object mask_int(const Mask& mask) {
 }
 
 // Every node the sources reach, stopping at leaves and recv points (graph.py's _collect).
-Walk collect(const std::vector<Pending>& starts, PyObject* leaf_type, const std::vector<PyObject*>& recv_types) {
-  Walk walk;
+PlannedGraph collect(const std::vector<Pending>& starts, PyObject* leaf_type, const std::vector<PyObject*>& recv_types) {
+  PlannedGraph walk;
   std::vector<Pending> stack(starts);
   while (!stack.empty()) {
     Pending pending = std::move(stack.back());
     stack.pop_back();
     if (walk.where.count(pending.node.get())) continue;
-    Vertex vertex{pending.node, pending.object ? std::move(pending.object) : object_of(pending.node), {}, {}};
+    PlannedNode vertex{pending.node, pending.object ? std::move(pending.object) : object_of(pending.node), {}, {}};
     PyObject* type = reinterpret_cast<PyObject*>(Py_TYPE(vertex.object.ptr()));
     bool ends = type == leaf_type || std::find(recv_types.begin(), recv_types.end(), type) != recv_types.end();
     if (!ends) {
@@ -75,20 +54,20 @@ Walk collect(const std::vector<Pending>& starts, PyObject* leaf_type, const std:
         if (edges[i].function) vertex.next.push_back({edges[i].function, edges[i].input_nr, i});
       }
     }
-    walk.where.emplace(vertex.node.get(), walk.vertices.size());
-    for (const Next& kid : vertex.next) {
+    walk.where.emplace(vertex.node.get(), walk.nodes.size());
+    for (const PlannedEdge& kid : vertex.next) {
       if (!walk.where.count(kid.node.get())) stack.push_back({kid.node, py::object()});
     }
-    walk.vertices.push_back(std::move(vertex));
+    walk.nodes.push_back(std::move(vertex));
   }
-  for (Vertex& vertex : walk.vertices) {
-    for (const Next& kid : vertex.next) vertex.children.push_back(walk.where.at(kid.node.get()));
+  for (PlannedNode& vertex : walk.nodes) {
+    for (const PlannedEdge& kid : vertex.next) vertex.children.push_back(walk.where.at(kid.node.get()));
   }
   return walk;
 }
 
 // Latest-created first among the ready ones, as torch's engine would run them (graph.py's _topological).
-std::vector<size_t> topological(const std::vector<Vertex>& vertices) {
+std::vector<size_t> topological(const std::vector<PlannedNode>& vertices) {
   std::vector<size_t> indegree(vertices.size(), 0);
   for (const auto& vertex : vertices) {
     for (size_t child : vertex.children) ++indegree[child];
@@ -114,14 +93,14 @@ std::vector<size_t> topological(const std::vector<Vertex>& vertices) {
 }
 
 // Each node's sources: the ones whose edges start at it, and every source of a node above it.
-std::vector<Mask> masks_of(const Walk& walk, const std::vector<size_t>& order,
+std::vector<Mask> masks_of(const PlannedGraph& walk, const std::vector<size_t>& order,
                            const std::vector<std::vector<Node*>>& source_nodes, size_t words) {
-  std::vector<Mask> masks(walk.vertices.size(), Mask(words, 0));
+  std::vector<Mask> masks(walk.nodes.size(), Mask(words, 0));
   for (size_t k = 0; k < source_nodes.size(); ++k) {
     for (Node* node : source_nodes[k]) masks[walk.where.at(node)][k / 64] |= uint64_t{1} << (k % 64);
   }
   for (size_t v : order) {
-    for (size_t child : walk.vertices[v].children) {
+    for (size_t child : walk.nodes[v].children) {
       for (size_t w = 0; w < words; ++w) masks[child][w] |= masks[v][w];
     }
   }
@@ -129,12 +108,13 @@ std::vector<Mask> masks_of(const Walk& walk, const std::vector<size_t>& order,
 }
 
 // The plan as PassGraph's attributes, each dict filled in the order graph.py fills it.
-py::tuple as_plan(const Walk& walk, const std::vector<size_t>& order, const std::vector<Mask>& masks,
-                  const std::vector<py::object>& keys, PyObject* leaf_type) {
-  const std::vector<Vertex>& vertices = walk.vertices;
+py::tuple as_plan(const PlannedGraph& walk, const std::vector<py::object>& keys, PyObject* leaf_type) {
+  const std::vector<PlannedNode>& vertices = walk.nodes;
+  const std::vector<size_t>& order = walk.order;
+  const std::vector<Mask>& masks = walk.masks;
   py::dict children, index, parents, bit, mask, reach;
   py::list order_list, leaves;
-  for (const Vertex& vertex : vertices) {
+  for (const PlannedNode& vertex : vertices) {
     py::list kids;
     for (size_t j = 0; j < vertex.children.size(); ++j) {
       kids.append(py::make_tuple(vertices[vertex.children[j]].object, vertex.next[j].slot, vertex.next[j].index));
@@ -149,7 +129,7 @@ py::tuple as_plan(const Walk& walk, const std::vector<size_t>& order, const std:
     parents[object] = parents_of[order[i]];
   }
   for (size_t v : order) {
-    const Vertex& vertex = vertices[v];
+    const PlannedNode& vertex = vertices[v];
     for (size_t j = 0; j < vertex.children.size(); ++j) {
       parents_of[vertex.children[j]].append(py::make_tuple(vertex.object, vertex.next[j].index, vertex.next[j].slot));
     }
@@ -163,7 +143,7 @@ py::tuple as_plan(const Walk& walk, const std::vector<size_t>& order, const std:
     reach[keys[k]] = reached[k];
   }
   for (size_t v : order) {
-    const Vertex& vertex = vertices[v];
+    const PlannedNode& vertex = vertices[v];
     mask[vertex.object] = mask_int(masks[v]);
     for (size_t w = 0; w < words; ++w) {
       for (uint64_t bits = masks[v][w]; bits; bits &= bits - 1) {
@@ -177,29 +157,40 @@ py::tuple as_plan(const Walk& walk, const std::vector<size_t>& order, const std:
 
 }  // namespace
 
-py::object plan_pass_graph(const py::list& sources, const py::handle& leaf_type, const py::tuple& recv_types) {
-  std::vector<PyObject*> recvs;
-  for (const auto& type : recv_types) recvs.push_back(type.ptr());
-  std::vector<py::object> keys;
+std::optional<PlannedGraph> plan_graph(const std::vector<std::vector<py::handle>>& sources, PyObject* leaf_type,
+                                       const std::vector<PyObject*>& recv_types) {
   std::vector<std::vector<Node*>> source_nodes;
   std::vector<Pending> starts;
-  for (const auto& item : sources) {
-    py::tuple pair = item.cast<py::tuple>();
-    keys.push_back(pair[0]);
+  for (const auto& nodes : sources) {
     source_nodes.emplace_back();
-    for (const auto& entry : pair[1].cast<py::list>()) {
+    for (const py::handle& entry : nodes) {
       if (entry.is_none()) continue;
       NodePtr node = node_of(entry.ptr());
-      if (!node) return py::none();
+      if (!node) return std::nullopt;
       source_nodes.back().push_back(node.get());
       starts.push_back({node, py::reinterpret_borrow<py::object>(entry)});
     }
   }
-  Walk walk = collect(starts, leaf_type.ptr(), recvs);
-  std::vector<size_t> order = topological(walk.vertices);
-  size_t words = std::max<size_t>(1, (keys.size() + 63) / 64);
-  std::vector<Mask> masks = masks_of(walk, order, source_nodes, words);
-  return as_plan(walk, order, masks, keys, leaf_type.ptr());
+  PlannedGraph walk = collect(starts, leaf_type, recv_types);
+  walk.order = topological(walk.nodes);
+  walk.masks = masks_of(walk, walk.order, source_nodes, std::max<size_t>(1, (sources.size() + 63) / 64));
+  return walk;
+}
+
+py::object plan_pass_graph(const py::list& sources, const py::handle& leaf_type, const py::tuple& recv_types) {
+  std::vector<PyObject*> recvs;
+  for (const auto& type : recv_types) recvs.push_back(type.ptr());
+  std::vector<py::object> keys;
+  std::vector<std::vector<py::handle>> nodes;
+  for (const auto& item : sources) {
+    py::tuple pair = item.cast<py::tuple>();
+    keys.push_back(pair[0]);
+    nodes.emplace_back();
+    for (const auto& entry : pair[1].cast<py::list>()) nodes.back().push_back(entry);
+  }
+  std::optional<PlannedGraph> walk = plan_graph(nodes, leaf_type.ptr(), recvs);
+  if (!walk) return py::none();
+  return as_plan(*walk, keys, leaf_type.ptr());
 }
 
 }  // namespace distautograd::native
