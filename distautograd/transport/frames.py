@@ -98,7 +98,7 @@ class NativeReader:
         core = native.core
         try:
             header, envelope, streamed, following, push = self._reader.read_frame(
-                framing.MAX_HEADER_BYTES, following_limit, allocate)
+                framing.MAX_HEADER_BYTES, following_limit, allocate, shm.MIN_BYTES)  # below it: as allocate
         except core.FrameTooLarge as exc:
             raise errors.InvalidArgument(str(exc)) from None
         except core.MalformedFrame as exc:

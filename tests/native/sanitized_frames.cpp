@@ -1,7 +1,8 @@
 // The compiled frame reader's hostile-input test, built with AddressSanitizer and UBSan by
 // test_sanitized.py: random and mutated protobuf through read_envelope, and random streams (frames,
 // junk, truncation, descriptors) through FrameReader on a Unix socket pair and a TCP connection; then
-// frames the compiled writer sends (attachments of every size, descriptors in groups) read back whole.
+// frames the compiled writer sends (attachments of every size, descriptors in groups) read back whole,
+// part of them at times by read_ready (what is there) before read_into (the rest).
 // Any read outside a buffer, leak of a descriptor's slot, or undefined behaviour aborts the run.
 #include <arpa/inet.h>
 #include <netinet/in.h>
@@ -143,7 +144,8 @@ void one_stream(int writer, int reader_fd, bool unix_socket) {
       for (size_t i = 0; i < envelope.streamed_sizes.size(); ++i) {
         if (envelope.shared.count(static_cast<uint32_t>(i))) continue;
         std::vector<uint8_t> into(envelope.streamed_sizes[i]);
-        reader.read_into(into.data(), into.size());
+        size_t ready = below(2) ? reader.read_ready(into.data(), into.size()) : 0;  // what is there, then the rest
+        reader.read_into(into.data() + ready, into.size() - ready);
       }
       for (int fd : reader.take_fds()) ::close(fd);
     }
@@ -198,7 +200,9 @@ bool written_stream(int writer, int reader_fd, bool unix_socket) {
     same = same && envelope.streamed_sizes.size() == frame.attachments.size();
     for (size_t i = 0; same && i < frame.attachments.size(); ++i) {
       std::string into(envelope.streamed_sizes[i], '\0');
-      reader.read_into(reinterpret_cast<uint8_t*>(into.data()), into.size());
+      auto* bytes = reinterpret_cast<uint8_t*>(into.data());
+      size_t ready = below(2) ? reader.read_ready(bytes, into.size()) : 0;  // what is there, then the rest
+      reader.read_into(bytes + ready, into.size() - ready);
       same = into == frame.attachments[i];
     }
     std::vector<int> fds = reader.take_fds();

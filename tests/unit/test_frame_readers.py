@@ -122,6 +122,64 @@ def test_descriptors_come_with_their_frame_and_shared_attachments_are_not_read_f
             a.close(), b.close()
 
 
+@pytest.mark.parametrize("family", ["unix", "tcp"])
+def test_the_core_makes_small_attachments_itself_and_asks_allocate_for_big_ones(family):
+    """Below ``allocate_from`` an attachment is a bytearray the core makes (what frames.allocate makes
+    there); from it on, ``allocate`` gives the buffer. Either way it holds the bytes sent."""
+    a, b = pair(family)
+    asked = []
+
+    def allocate(size):
+        asked.append(size)
+        return bytearray(size)
+
+    try:
+        streamed = [os.urandom(99), os.urandom(100), b"", os.urandom(5), os.urandom(300)]
+        framing.send_all(a, [frame_bytes(request([len(x) for x in streamed]), streamed)])
+        reader = native.core.FrameReader(os.dup(b.fileno()), family == "unix")
+        _, _, buffers, following, _ = reader.read_frame(1 << 20, 1 << 20, allocate, allocate_from=100)
+        assert asked == [100, 300] and following == sum(map(len, streamed))
+        assert [bytes(x) for x in buffers] == streamed
+        assert [type(x) for x in buffers] == [bytearray] * 5
+    finally:
+        a.close(), b.close()
+
+
+@pytest.mark.parametrize("family", ["unix", "tcp"])
+@pytest.mark.parametrize("kind", list(READERS))
+def test_an_attachment_still_on_its_way_is_waited_for_and_others_run_meanwhile(kind, family):
+    """The header and part of an attachment arrive, the rest 0.3 s later: the frame is read whole, and
+    the core's reader lets the GIL go while it waits (a Python thread counts on meanwhile)."""
+    a, b = pair(family)
+    counted = []
+    stop = threading.Event()
+
+    def count():
+        while not stop.is_set():
+            counted.append(1)
+            stop.wait(0.01)
+
+    try:
+        data = frame_bytes(request([3, 5000, 2]), [b"abc", b"x" * 2500 + b"y" * 2500, b"ok"])
+        cut = len(data) - 2600
+        framing.send_all(a, [data[:cut]])
+        later = threading.Timer(0.3, framing.send_all, args=(a, [data[cut:]]))
+        reader = READERS[kind](b)
+        later.start()
+        counter = threading.Thread(target=count)
+        counter.start()
+        try:
+            frame, buffers, following = reader.read_frame(1 << 30)
+        finally:
+            stop.set()
+            counter.join(10)
+            later.join(10)
+        assert [bytes(x) for x in buffers] == [b"abc", b"x" * 2500 + b"y" * 2500, b"ok"] and following == 5005
+        assert len(counted) > 5, counted  # ~30 in 0.3 s; none if the read held the GIL while it waited
+    finally:
+        a.close(), b.close()
+
+
 # ---------------------------------------------------------------------- the envelope against protobuf
 
 

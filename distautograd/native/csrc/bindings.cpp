@@ -27,6 +27,9 @@
 namespace {
 
 using distautograd::native::Envelope;
+
+// A push's header up to this size is read holding the GIL: that takes less than letting it go and back.
+constexpr size_t kParsedHoldingGil = 16 << 10;
 using distautograd::native::FrameReader;
 
 pybind11::tuple envelope_tuple(const Envelope& envelope) {
@@ -53,9 +56,10 @@ pybind11::object push_tuple(const std::optional<distautograd::native::PushRead>&
 // One frame: (header bytes, (kind, streamed sizes, shared keys), the streamed attachments with None
 // where one is in shared memory -- or None when together they are over `following_limit` and are still
 // in the stream -- their total, and the push it carries as push_tuple gives it, or None). `allocate(size)`
-// gives the writable buffer for each; the reads themselves run without the GIL.
+// gives the writable buffer for each of at least `allocate_from` bytes, a bytearray is made for each
+// smaller one; a read that waits runs without the GIL.
 pybind11::tuple read_frame(FrameReader& reader, uint64_t header_limit, uint64_t following_limit,
-                           const pybind11::function& allocate) {
+                           const pybind11::function& allocate, uint64_t allocate_from) {
   Envelope envelope;
   std::string header;
   {
@@ -68,30 +72,56 @@ pybind11::tuple read_frame(FrameReader& reader, uint64_t header_limit, uint64_t 
     return pybind11::make_tuple(header_bytes, envelope_tuple(envelope), pybind11::none(), following, pybind11::none());
   }
   pybind11::list buffers;
-  std::vector<pybind11::buffer_info> into;
+  std::vector<pybind11::buffer_info> views;  // of the buffers `allocate` gave, kept while they are read into
+  std::vector<std::pair<uint8_t*, size_t>> into;
   for (size_t i = 0; i < envelope.streamed_sizes.size(); ++i) {
     if (envelope.shared.count(static_cast<uint32_t>(i))) {
       buffers.append(pybind11::none());
       continue;
     }
-    pybind11::object buffer = allocate(envelope.streamed_sizes[i]);
+    uint64_t size = envelope.streamed_sizes[i];
+    if (size < allocate_from) {  // a small one: a bytearray, as frames.allocate makes it, without calling it
+      pybind11::object buffer = pybind11::reinterpret_steal<pybind11::object>(
+          PyByteArray_FromStringAndSize(nullptr, static_cast<Py_ssize_t>(size)));
+      if (!buffer) throw pybind11::error_already_set();
+      into.emplace_back(reinterpret_cast<uint8_t*>(PyByteArray_AS_STRING(buffer.ptr())), size);
+      buffers.append(buffer);
+      continue;
+    }
+    pybind11::object buffer = allocate(size);
     pybind11::buffer_info info = pybind11::reinterpret_borrow<pybind11::buffer>(buffer).request(true);
-    if (static_cast<uint64_t>(info.size * info.itemsize) != envelope.streamed_sizes[i]) {
+    if (static_cast<uint64_t>(info.size * info.itemsize) != size) {
       throw pybind11::value_error("allocate(size) returned a buffer of another size");
     }
-    into.push_back(std::move(info));
+    into.emplace_back(static_cast<uint8_t*>(info.ptr), size);
+    views.push_back(std::move(info));
     buffers.append(buffer);
   }
-  {
-    distautograd::native::gil::Released released;
-    for (const pybind11::buffer_info& info : into) {
-      reader.read_into(static_cast<uint8_t*>(info.ptr), static_cast<size_t>(info.size * info.itemsize));
+  // What came with the header is read holding the GIL (letting it go and taking it back costs more);
+  // the GIL goes only when the reader would wait for the rest.
+  size_t next = 0;
+  while (next < into.size()) {
+    size_t got = reader.read_ready(into[next].first, into[next].second);
+    if (got < into[next].second) {
+      into[next].first += got;
+      into[next].second -= got;
+      break;
     }
+    ++next;
+  }
+  if (next < into.size()) {
+    distautograd::native::gil::Released released;
+    for (; next < into.size(); ++next) reader.read_into(into[next].first, into[next].second);
   }
   std::optional<distautograd::native::PushRead> push;
   if (envelope.kind == distautograd::native::fields::frame::kRequest && envelope.shared.empty()) {
-    distautograd::native::gil::Released released;
-    push = distautograd::native::read_push(reinterpret_cast<const uint8_t*>(header.data()), header.size());
+    const auto* data = reinterpret_cast<const uint8_t*>(header.data());
+    if (header.size() <= kParsedHoldingGil) {
+      push = distautograd::native::read_push(data, header.size());
+    } else {
+      distautograd::native::gil::Released released;
+      push = distautograd::native::read_push(data, header.size());
+    }
   }
   return pybind11::make_tuple(header_bytes, envelope_tuple(envelope), buffers, following, push_tuple(push));
 }
@@ -168,7 +198,7 @@ PYBIND11_MODULE(_core, m) {
   pybind11::class_<FrameReader>(m, "FrameReader", "Frames read from a connected socket, without the GIL.")
       .def(pybind11::init<int, bool>(), pybind11::arg("fd"), pybind11::arg("unix_socket"))
       .def("read_frame", &read_frame, pybind11::arg("header_limit"), pybind11::arg("following_limit"),
-           pybind11::arg("allocate"),
+           pybind11::arg("allocate"), pybind11::arg("allocate_from") = 0,
            "(header, (kind, sizes, shared keys), attachments or None, their total, the push it carries or None)")
       .def("skip", [](FrameReader& reader, uint64_t size) {
         distautograd::native::gil::Released released;

@@ -44,8 +44,9 @@ void FrameReader::wait_readable() {
 }
 
 // One recv (recvmsg over a Unix socket, keeping any descriptors): some bytes, or all of `size` with
-// `all`. Never returns 0: the end of the stream throws.
-size_t FrameReader::receive(uint8_t* into, size_t size, bool all) {
+// `all`; 0 only when nothing is there and the caller would not `wait`. The end of the stream throws.
+size_t FrameReader::receive(uint8_t* into, size_t size, bool all, bool wait) {
+  const int now = wait ? 0 : MSG_DONTWAIT;
   for (;;) {
     ssize_t got;
     if (unix_) {
@@ -56,7 +57,7 @@ size_t FrameReader::receive(uint8_t* into, size_t size, bool all) {
       message.msg_iovlen = 1;
       message.msg_control = control;
       message.msg_controllen = sizeof(control);
-      got = ::recvmsg(fd_, &message, (all ? MSG_WAITALL : 0) | MSG_CMSG_CLOEXEC);
+      got = ::recvmsg(fd_, &message, (all ? MSG_WAITALL : 0) | MSG_CMSG_CLOEXEC | now);
       if (got >= 0) {
         for (cmsghdr* c = CMSG_FIRSTHDR(&message); c != nullptr; c = CMSG_NXTHDR(&message, c)) {
           if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) continue;
@@ -69,12 +70,13 @@ size_t FrameReader::receive(uint8_t* into, size_t size, bool all) {
         }
       }
     } else {
-      got = ::recv(fd_, into, size, all ? MSG_WAITALL : 0);
+      got = ::recv(fd_, into, size, (all ? MSG_WAITALL : 0) | now);
     }
     if (got > 0) return static_cast<size_t>(got);
     if (got == 0) throw EndOfStream();
     if (errno == EINTR) continue;
     if (errno == EAGAIN || errno == EWOULDBLOCK) {  // a socket left non-blocking: wait, as a blocking one would
+      if (!wait) return 0;
       wait_readable();
       continue;
     }
@@ -105,6 +107,20 @@ void FrameReader::read_into(uint8_t* into, size_t size) {
     into += take;
     size -= take;
   }
+}
+
+size_t FrameReader::read_ready(uint8_t* into, size_t size) {
+  size_t done = std::min(size, ahead_end_ - ahead_start_);
+  if (done) {
+    std::memcpy(into, ahead_.data() + ahead_start_, done);
+    ahead_start_ += done;
+  }
+  while (done < size) {  // straight into the caller's memory: what arrived together with the header
+    size_t got = receive(into + done, size - done, false, false);
+    if (!got) break;
+    done += got;
+  }
+  return done;
 }
 
 void FrameReader::skip(uint64_t size) {

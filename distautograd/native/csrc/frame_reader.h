@@ -41,13 +41,18 @@ class FrameReader {
   std::string read_header(uint64_t limit, Envelope* envelope);
   // Exactly `size` bytes into `into`.
   void read_into(uint8_t* into, size_t size);
+  // Up to `size` bytes into `into`, of those already there: never waits (nor reads past `size`, so
+  // over a Unix socket the reads stay exact); how many it read. The caller that holds the GIL reads
+  // an attachment that came with its header without letting the GIL go, the rest with read_into.
+  size_t read_ready(uint8_t* into, size_t size);
   // Reads past `size` bytes.
   void skip(uint64_t size);
   // The descriptors that arrived since the last call, now the caller's to close.
   std::vector<int> take_fds();
 
  private:
-  size_t receive(uint8_t* into, size_t size, bool all);
+  // `wait` false: 0 when nothing is there yet (instead of waiting).
+  size_t receive(uint8_t* into, size_t size, bool all, bool wait = true);
   void wait_readable();
 
   int fd_;
