@@ -41,15 +41,19 @@ def reader_for(sock: socket.socket) -> "PythonReader | NativeReader":
 
 
 def write_frame(sock: socket.socket, frame_id: int, kind: str, message, streamed: List[Any], fds: List[int],
-                stall: Optional[float]) -> int:
+                stall: Optional[float], describe: bool = False) -> int:
     """Sends Frame{id, <kind>: message} with ``streamed`` after it, as framing.send_all sends (``fds``
     along with the first bytes; ``stall``: seconds a peer may take no byte); returns the header's size.
-    ``message``: a protobuf message, or a request already serialized (bytes)."""
+    ``message``: a protobuf message, or a request already serialized (bytes). ``describe``: the message
+    does not say yet what follows it; it is said here (every attachment streamed, in order)."""
     if native.path_on():
         serialized = message if isinstance(message, bytes) else message.SerializeToString()
-        return native.core.write_frame(sock.fileno(), frame_id, NUMBERS[kind], serialized, streamed, fds, stall)
+        return native.core.write_frame(sock.fileno(), frame_id, NUMBERS[kind], serialized, streamed, fds, stall,
+                                       describe)
     if isinstance(message, bytes):
         message = pb.Request.FromString(message)
+    if describe:
+        message.attachments.streamed_sizes.extend(len(memoryview(a).cast("B")) for a in streamed)
     header = pb.Frame(id=frame_id, **{kind: message}).SerializeToString()
     framing.send_all(sock, [framing.LENGTH.pack(len(header)), header, *streamed], fds, stall)
     return len(header)

@@ -70,13 +70,17 @@ class SocketTransport:
 
     def send(self, frame_id: int, kind: str, message, attachments: Sequence[Any]) -> None:
         views = [memoryview(a).cast("B") for a in attachments]
-        streamed: List[Any] = []
-        fds: List[int] = []
         with self._send_lock:
             if self._stalled:
                 raise errors.Unreachable(str(self._stalled))
             if self._closed:
                 raise errors.Unavailable(f"the connection to {self.link.peer} is closed")
+            if isinstance(message, Serialized) and not self._shares(views):
+                # every attachment streamed: the writer puts their description in front (Request's field 2)
+                self._write(frame_id, kind, message, views, [], views, describe=True)
+                return
+            streamed: List[Any] = []
+            fds: List[int] = []
             if isinstance(message, Serialized):  # its description goes in front, as Request's field 2
                 serialized, message = message, pb.Request()
             else:
@@ -84,7 +88,7 @@ class SocketTransport:
                 message.ClearField("attachments")  # a push sent again (on a fresh connection) is described once
             message.attachments.streamed_sizes.extend(len(v) for v in views)
             for index, view in enumerate(views):
-                if self._pool is not None and len(view) >= shm.MIN_BYTES:
+                if self._shares([view]):
                     segment = self._pool.lend(view, self)
                     first = segment.id not in self._shared_with_peer
                     if first:
@@ -95,21 +99,31 @@ class SocketTransport:
                     ))
                 elif len(view):
                     streamed.append(view)
-            try:
-                if serialized is not None:
-                    message = Serialized(message.SerializeToString() + serialized)
-                header_size = frames.write_frame(self.sock, frame_id, kind, message, streamed, fds, self._stall)
-                if metrics.ON:
-                    _count(metrics.SENT_BYTES, self.kind, framing.LENGTH.size + header_size + sum(map(len, streamed)),
-                           sum(map(len, views)) - sum(map(len, streamed)))
-            except OSError as exc:
-                error = self._ending.judge(exc)
-                if self._stall is not None and isinstance(error, errors.Unreachable):
-                    # Half a frame went out: the connection ends. The reader, woken by the shutdown,
-                    # closes the link (not here: the caller may hold locks the link's close takes).
-                    self._stalled = error
-                    self._shut_down()
-                raise error from None
+            if serialized is not None:
+                message = Serialized(message.SerializeToString() + serialized)
+            self._write(frame_id, kind, message, streamed, fds, views)
+
+    def _shares(self, views: Sequence[memoryview]) -> bool:
+        """Whether any of these attachments goes through a shared segment (Unix, and big enough)."""
+        return self._pool is not None and any(len(view) >= shm.MIN_BYTES for view in views)
+
+    def _write(self, frame_id: int, kind: str, message, streamed: List[Any], fds: List[int],
+               views: Sequence[memoryview], describe: bool = False) -> None:
+        """The frame to the socket, under the send lock; counted, and a failure judged."""
+        try:
+            header_size = frames.write_frame(self.sock, frame_id, kind, message, streamed, fds, self._stall, describe)
+            if metrics.ON:
+                sent = sum(map(len, streamed))
+                _count(metrics.SENT_BYTES, self.kind, framing.LENGTH.size + header_size + sent,
+                       sum(map(len, views)) - sent)
+        except OSError as exc:
+            error = self._ending.judge(exc)
+            if self._stall is not None and isinstance(error, errors.Unreachable):
+                # Half a frame went out: the connection ends. The reader, woken by the shutdown,
+                # closes the link (not here: the caller may hold locks the link's close takes).
+                self._stalled = error
+                self._shut_down()
+            raise error from None
 
     def _send_release(self, leases: List[int]) -> None:
         if not self._closed:

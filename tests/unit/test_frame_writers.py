@@ -45,13 +45,13 @@ def drain(sock: socket.socket, into: bytearray, fds: list) -> threading.Thread:
     return thread
 
 
-def sent(family: str, frame_id: int, kind: str, message, attachments, fds=(), stall=None):
-    """What the other end read: (bytes, how many descriptors came)."""
+def sent(family: str, frame_id: int, kind: str, message, attachments, fds=(), stall=None, describe=False):
+    """What the other end read: (bytes, how many descriptors came, the header's size)."""
     a, b = pair(family)
     got, came = bytearray(), []
     reader = drain(b, got, came)
     try:
-        size = frames.write_frame(a, frame_id, kind, message, list(attachments), list(fds), stall)
+        size = frames.write_frame(a, frame_id, kind, message, list(attachments), list(fds), stall, describe)
         a.shutdown(socket.SHUT_WR)
         reader.join(30)
     finally:
@@ -59,6 +59,14 @@ def sent(family: str, frame_id: int, kind: str, message, attachments, fds=(), st
         for fd in came:
             os.close(fd)
     return bytes(got), len(came), size
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while value >= 0x80:
+        out.append(value & 0x7F | 0x80)
+        value >>= 7
+    return bytes(out + bytes([value]))
 
 
 def request(n: int) -> pb.Request:
@@ -83,6 +91,27 @@ def test_both_writers_send_the_same_bytes(family, frame_id, kind, monkeypatch):
     (length,) = framing.LENGTH.unpack(data[:4])
     assert length == size and pb.Frame.FromString(data[4:4 + length]) == pb.Frame(id=frame_id, **{kind: message})
     assert data[4 + length:] == b"abcdefgh"
+
+
+@pytest.mark.parametrize("sizes", [[], [0], [3, 0, 5], [127, 128, 300, 0, 16384], [1] * 200])
+def test_a_request_described_by_the_writer_parses_as_the_request_with_its_attachments(sizes, path):
+    """``describe``: the writer says what follows a serialized request (every attachment, in order, zero
+    sizes too); protobuf parses the header to that request with those sizes, and the attachments follow.
+    The core writes the bytes the socket transport made in Python before (Request{attachments}
+    serialized, then the body), but for no attachments at all, where it writes no empty description."""
+    body = request(4)
+    body.ClearField("attachments")
+    attachments = [memoryview(os.urandom(size)) for size in sizes]
+    data, _, size = sent("unix", 0, "request", body.SerializeToString(), attachments, describe=True)
+    got = pb.Frame.FromString(data[4:4 + size]).request
+    assert list(got.attachments.streamed_sizes) == sizes and not got.attachments.shared
+    assert got.push_gradients == body.push_gradients and got.timeout == body.timeout
+    assert data[4 + size:] == b"".join(bytes(a) for a in attachments)
+    if path == "native" and sizes:
+        described = pb.Request()
+        described.attachments.streamed_sizes.extend(sizes)
+        inner = described.SerializeToString() + body.SerializeToString()
+        assert data[4:4 + size] == b"\x12" + _varint(len(inner)) + inner  # Frame's request: those bytes as they are
 
 
 @pytest.mark.parametrize("family", ["unix", "tcp"])

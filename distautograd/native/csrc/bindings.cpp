@@ -153,13 +153,20 @@ class Held {
 };
 
 // Sends Frame{id, <kind>: message} (message serialized, kind 2 request or 3 response) with its length
-// and attachments on `fd`, without the GIL; returns the header's size. A signal during a wait runs
-// Python's handlers (Ctrl-C stops the send as it would stop socket.sendmsg).
+// and attachments on `fd`, without the GIL; returns the header's size. `describe`: the message comes
+// without its attachments' description, which the core puts in front (all of them streamed). A signal
+// during a wait runs Python's handlers (Ctrl-C stops the send as it would stop socket.sendmsg).
 size_t write_frame(int fd, uint64_t frame_id, uint32_t kind, const pybind11::bytes& message,
-                   const pybind11::list& attachments, const std::vector<int>& fds, std::optional<double> stall) {
+                   const pybind11::list& attachments, const std::vector<int>& fds, std::optional<double> stall,
+                   bool describe) {
   if (kind != 2 && kind != 3) throw pybind11::value_error("a frame carries a request (2) or a response (3)");
-  std::string header = distautograd::native::frame_header(frame_id, kind, message);
   Held held(attachments);
+  std::string body = describe ? distautograd::native::attachments_field(held.spans) : std::string();
+  char* data = nullptr;
+  Py_ssize_t size = 0;
+  if (PyBytes_AsStringAndSize(message.ptr(), &data, &size) != 0) throw pybind11::error_already_set();
+  body.append(data, static_cast<size_t>(size));
+  std::string header = distautograd::native::frame_header(frame_id, kind, body);
   int stall_ms = stall ? static_cast<int>(std::ceil(*stall * 1000)) : -1;
   distautograd::native::gil::Released released;
   distautograd::native::write_frame(fd, header, held.spans, fds, stall_ms, [] {
@@ -214,6 +221,7 @@ PYBIND11_MODULE(_core, m) {
       });
   m.def("write_frame", &write_frame, pybind11::arg("fd"), pybind11::arg("frame_id"), pybind11::arg("kind"),
         pybind11::arg("message"), pybind11::arg("attachments"), pybind11::arg("fds"), pybind11::arg("stall"),
+        pybind11::arg("describe") = false,
         "Sends a frame (length, Frame header, attachments, descriptors) without the GIL; returns the header's size.");
   m.def("encode_tensor_list", &distautograd::native::encode_tensor_list, pybind11::arg("items"),
         pybind11::arg("compact_zeros"),

@@ -78,6 +78,17 @@ std::string frame_header(uint64_t frame_id, uint32_t kind, const std::string& me
   return header;
 }
 
+std::string attachments_field(const std::vector<Span>& attachments) {
+  if (attachments.empty()) return {};
+  std::vector<uint64_t> sizes;
+  sizes.reserve(attachments.size());
+  for (const Span& span : attachments) sizes.push_back(span.size);
+  std::string described, field;
+  wire::Writer(described).packed_field(fields::attachments::kStreamedSizes, sizes.data(), sizes.size());
+  wire::Writer(field).bytes_field(fields::request::kAttachments, described);
+  return field;
+}
+
 void write_frame(int fd, const std::string& header, const std::vector<Span>& attachments,
                  const std::vector<int>& fds, int stall_ms, const std::function<void()>& interrupted) {
   if (header.size() > UINT32_MAX) throw std::length_error("a frame header over 4 GiB");

@@ -22,6 +22,11 @@ struct Span {
 // The header of Frame{id, <kind>: message} (kind 2 request, 3 response) as protobuf writes it.
 std::string frame_header(uint64_t frame_id, uint32_t kind, const std::string& message);
 
+// A request's or response's `attachments` field (2) saying that `attachments` follow the header in
+// the stream, every one of them, in order, as protobuf writes it; nothing when there are none. Put in
+// front of the rest of a serialized request, it describes them as transport/sockets.py would.
+std::string attachments_field(const std::vector<Span>& attachments);
+
 // Sends the length of `header`, `header` and every attachment on `fd`, whole. `fds` ride along,
 // at most 64 to a sendmsg, each group on one byte of its own (the reader's buffer takes no more).
 // With `stall_ms` >= 0, a peer that takes no byte for that long fails it with ETIMEDOUT: the frame
