@@ -8,6 +8,8 @@ from __future__ import annotations
 import os
 import random
 import socket
+import subprocess
+import sys
 import threading
 
 import pytest
@@ -148,8 +150,8 @@ def test_the_core_makes_small_attachments_itself_and_asks_allocate_for_big_ones(
 @pytest.mark.parametrize("family", ["unix", "tcp"])
 @pytest.mark.parametrize("kind", list(READERS))
 def test_an_attachment_still_on_its_way_is_waited_for_and_others_run_meanwhile(kind, family):
-    """The header and part of an attachment arrive, the rest 0.3 s later: the frame is read whole, and
-    the core's reader lets the GIL go while it waits (a Python thread counts on meanwhile)."""
+    """The header and part of an attachment arrive, the rest 0.3 s later (from another process): the
+    frame is read whole, and the reader lets the GIL go while it waits (a Python thread counts on)."""
     a, b = pair(family)
     counted = []
     stop = threading.Event()
@@ -163,9 +165,13 @@ def test_an_attachment_still_on_its_way_is_waited_for_and_others_run_meanwhile(k
         data = frame_bytes(request([3, 5000, 2]), [b"abc", b"x" * 2500 + b"y" * 2500, b"ok"])
         cut = len(data) - 2600
         framing.send_all(a, [data[:cut]])
-        later = threading.Timer(0.3, framing.send_all, args=(a, [data[cut:]]))
+        # the rest from another process: a reader that held the GIL while it waited fails here, not hangs
+        later = subprocess.Popen([sys.executable, "-c", "import os, sys, time; time.sleep(0.3); "
+                                  f"os.write({a.fileno()}, sys.stdin.buffer.read())"],
+                                 stdin=subprocess.PIPE, pass_fds=[a.fileno()])
+        later.stdin.write(data[cut:])
+        later.stdin.close()
         reader = READERS[kind](b)
-        later.start()
         counter = threading.Thread(target=count)
         counter.start()
         try:
@@ -173,7 +179,7 @@ def test_an_attachment_still_on_its_way_is_waited_for_and_others_run_meanwhile(k
         finally:
             stop.set()
             counter.join(10)
-            later.join(10)
+            later.wait(10)
         assert [bytes(x) for x in buffers] == [b"abc", b"x" * 2500 + b"y" * 2500, b"ok"] and following == 5005
         assert len(counted) > 5, counted  # ~30 in 0.3 s; none if the read held the GIL while it waited
     finally:
