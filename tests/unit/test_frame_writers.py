@@ -21,6 +21,7 @@ from distautograd.protocol.v1 import messages_pb2 as pb
 from distautograd.transport import frames, framing
 from tests.helpers.socket_pairs import pair
 from tests.helpers.paths import take_path
+from tests.helpers.protobuf_bytes import field
 
 pytestmark = pytest.mark.skipif(native.core is None, reason="the compiled core is not built")
 PATHS = ["native", "python"]  # every test taking ``path`` runs on each (tests/unit/conftest.py)
@@ -59,14 +60,6 @@ def sent(family: str, frame_id: int, kind: str, message, attachments, fds=(), st
         for fd in came:
             os.close(fd)
     return bytes(got), len(came), size
-
-
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    while value >= 0x80:
-        out.append(value & 0x7F | 0x80)
-        value >>= 7
-    return bytes(out + bytes([value]))
 
 
 def request(n: int) -> pb.Request:
@@ -111,7 +104,7 @@ def test_a_request_described_by_the_writer_parses_as_the_request_with_its_attach
         described = pb.Request()
         described.attachments.streamed_sizes.extend(sizes)
         inner = described.SerializeToString() + body.SerializeToString()
-        assert data[4:4 + size] == b"\x12" + _varint(len(inner)) + inner  # Frame's request: those bytes as they are
+        assert data[4:4 + size] == field(2, inner)  # Frame's request: those bytes as they are
 
 
 @pytest.mark.parametrize("family", ["unix", "tcp"])

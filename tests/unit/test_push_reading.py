@@ -24,24 +24,13 @@ from distautograd.transport.link import Link
 from distautograd.transport.pushes import ArrivedPush
 from distautograd.transport.sockets import SocketTransport
 from tests.helpers.paths import take_path
+from tests.helpers.protobuf_bytes import field, varint
 from tests.helpers.pushes import codec, protobuf_push, random_push
 from tests.helpers.socket_pairs import pair
 
 pytestmark = pytest.mark.skipif(native.core is None, reason="the compiled core is not built")
 SEED = int(os.environ.get("DISTAUTOGRAD_FUZZ_SEED", random.randrange(1 << 32)))
 
-
-def varint(value: int) -> bytes:
-    out = bytearray()
-    while value >= 0x80:
-        out.append(value & 0x7F | 0x80)
-        value >>= 7
-    return bytes(out + bytes([value]))
-
-
-def field(number: int, data: bytes) -> bytes:
-    """A length-delimited field."""
-    return varint(number << 3 | 2) + varint(len(data)) + data
 
 
 def frame_of(request: pb.Request, sizes=()) -> bytes:
