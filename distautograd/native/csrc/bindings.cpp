@@ -27,10 +27,10 @@
 namespace {
 
 using distautograd::native::Envelope;
+using distautograd::native::FrameReader;
 
 // A push's header up to this size is read holding the GIL: that takes less than letting it go and back.
 constexpr size_t kParsedHoldingGil = 16 << 10;
-using distautograd::native::FrameReader;
 
 pybind11::tuple envelope_tuple(const Envelope& envelope) {
   pybind11::list sizes, shared;
