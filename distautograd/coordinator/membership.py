@@ -66,6 +66,9 @@ class Membership:
         self._departed: List[pb.Departure] = []
         self._cannot_form = ""  # why a world of a fixed size will never be complete
         self._asked: Set[int] = set()  # ranks that asked to join, refused or not (for a world that cannot form)
+        # Whether the first worker joined with a world_size: every later one must join as it did, even once
+        # the first ones left (as torch's store remembers a static group after its members are gone).
+        self._static: Optional[bool] = None
         # Held while a snapshot goes out: the host's own copy may arrive first, and the coordinator
         # must not stop (its host saw the world complete and shut down) before the others have theirs.
         self.sending = threading.Lock()
@@ -184,7 +187,8 @@ class Membership:
     def _admit_locked(self, link, join: pb.Join) -> tuple:
         """Makes the joining process a member; returns its rank and the new snapshot."""
         members = [m for m in self._members.values() if not m.entry.daemon]
-        if not join.daemon and any(bool(m.world_size) != bool(join.world_size) for m in members):
+        if not join.daemon and (self._static not in (None, bool(join.world_size)) or any(
+                bool(m.world_size) != bool(join.world_size) for m in members)):
             raise errors.InvalidArgument(
                 "RPC group mixes statically and dynamically initialized members which is not supported: "
                 f"'{join.name}' joined {'with' if join.world_size else 'without'} a world_size, the others "
@@ -212,6 +216,8 @@ class Membership:
             incarnation=join.incarnation, message_path=join.message_path,
         )
         member = Member(entry, link, join.world_size)
+        if not join.daemon and self._static is None:
+            self._static = bool(join.world_size)
         self._members[rank] = member
         self._used.add(rank)
         link.peer_rank = rank

@@ -283,3 +283,20 @@ def test_a_process_of_another_version_is_refused_naming_both():
     finally:
         coordinator.stop()
         deadlines.stop()
+
+
+def test_a_group_started_with_a_world_size_refuses_a_join_without_one_even_after_its_members_left():
+    """As torch's store remembers a static group once its members are gone (torch's
+    test_dynamic_and_static_init_rpc_together: the static ones may have shut down before the dynamic one asks)."""
+    from types import SimpleNamespace
+
+    from distautograd.coordinator.membership import Membership
+
+    def link():
+        return SimpleNamespace(peer_rank=None, peer="", try_notify=lambda *args: True)
+
+    members = Membership(on_departed=lambda departure: None)
+    members.join(link(), pb.Join(name="a", rank=0, world_size=1, address="x:1"))
+    members.depart(0, "shut down", failed=False)
+    with pytest.raises(errors.InvalidArgument, match="mixes statically and dynamically initialized members"):
+        members.join(link(), pb.Join(name="b", rank=-1, address="x:2"))
