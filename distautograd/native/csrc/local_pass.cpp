@@ -77,29 +77,24 @@ LocalPass::LocalPass(const PlannedGraph& plan, const py::dict& sources, const py
   for (size_t i = 0; i < nodes_.size(); ++i) {
     for (const Child& child : nodes_[i].children) nodes_[child.node].parents.push_back({i, child.slot});
   }
-  std::vector<std::vector<size_t>> reached(sources.size());  // each source's nodes, in the order
-  for (size_t i = 0; i < plan.order.size(); ++i) {
-    const std::vector<uint64_t>& mask = plan.masks[plan.order[i]];
-    for (size_t w = 0; w < mask.size(); ++w) {
-      for (uint64_t bits = mask[w]; bits; bits &= bits - 1) reached[w * 64 + __builtin_ctzll(bits)].push_back(i);
-    }
-  }
+  std::vector<std::vector<size_t>> reached = plan.reach();
   std::unordered_map<MessageId, double> sorting;  // as LocalPass's keys: a source arrives only if it has one
   for (const auto& [key, value] : keys) sorting[key.cast<MessageId>()] = value.cast<double>();
   sorting[kRoots] = kRootKey;
   size_t k = 0;
   for (const auto& [key, edges] : sources) {
+    const std::vector<std::optional<size_t>>& planned = plan.sources[k];
     std::vector<size_t>& reach = reached[k++];
     for (size_t node : reach) ++nodes_[node].remaining;
     auto known = sorting.find(key.cast<MessageId>());
     if (known == sorting.end()) continue;  // arriving, it is refused as unknown (LocalPass: the same)
     Source& source = sources_[known->first];
     source.key = known->second;
+    size_t e = 0;
     for (const auto& edge : edges) {  // GradientEdge(node or None, output_nr)
-      py::tuple pair = edge.cast<py::tuple>();
-      std::optional<size_t> node;
-      if (!pair[0].is_none()) node = place[plan.where.at(node_or_raise(pair[0], "a source's node").get())];
-      source.edges.emplace_back(node, pair[1].cast<uint32_t>());
+      std::optional<size_t> node = planned[e++];
+      source.edges.emplace_back(node ? std::optional<size_t>(place[*node]) : std::nullopt,
+                                edge.cast<py::tuple>()[1].cast<uint32_t>());
     }
     source.reach = std::move(reach);
   }

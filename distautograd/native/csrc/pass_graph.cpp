@@ -135,21 +135,18 @@ py::tuple as_plan(const PlannedGraph& walk, const std::vector<py::object>& keys,
     }
   }
   size_t words = masks.empty() ? 1 : masks[0].size();
-  std::vector<py::list> reached(keys.size());
+  std::vector<std::vector<size_t>> reached = walk.reach();
   for (size_t k = 0; k < keys.size(); ++k) {
     Mask one(words, 0);
     one[k / 64] = uint64_t{1} << (k % 64);
     bit[keys[k]] = mask_int(one);
-    reach[keys[k]] = reached[k];
+    py::list nodes;
+    for (size_t i : reached[k]) nodes.append(vertices[order[i]].object);
+    reach[keys[k]] = nodes;
   }
   for (size_t v : order) {
     const PlannedNode& vertex = vertices[v];
     mask[vertex.object] = mask_int(masks[v]);
-    for (size_t w = 0; w < words; ++w) {
-      for (uint64_t bits = masks[v][w]; bits; bits &= bits - 1) {
-        reached[w * 64 + __builtin_ctzll(bits)].append(vertex.object);
-      }
-    }
     if (reinterpret_cast<PyObject*>(Py_TYPE(vertex.object.ptr())) == leaf_type) leaves.append(vertex.object);
   }
   return py::make_tuple(children, order_list, index, parents, bit, mask, reach, leaves);
@@ -174,7 +171,26 @@ std::optional<PlannedGraph> plan_graph(const std::vector<std::vector<py::handle>
   PlannedGraph walk = collect(starts, leaf_type, recv_types);
   walk.order = topological(walk.nodes);
   walk.masks = masks_of(walk, walk.order, source_nodes, std::max<size_t>(1, (sources.size() + 63) / 64));
+  for (const auto& nodes : sources) {
+    walk.sources.emplace_back();
+    for (const py::handle& entry : nodes) {
+      std::optional<size_t> place;
+      if (!entry.is_none()) place = walk.where.at(node_of(entry.ptr()).get());
+      walk.sources.back().push_back(place);
+    }
+  }
   return walk;
+}
+
+std::vector<std::vector<size_t>> PlannedGraph::reach() const {
+  std::vector<std::vector<size_t>> reached(sources.size());
+  for (size_t i = 0; i < order.size(); ++i) {
+    const std::vector<uint64_t>& mask = masks[order[i]];
+    for (size_t w = 0; w < mask.size(); ++w) {
+      for (uint64_t bits = mask[w]; bits; bits &= bits - 1) reached[w * 64 + __builtin_ctzll(bits)].push_back(i);
+    }
+  }
+  return reached;
 }
 
 py::object plan_pass_graph(const py::list& sources, const py::handle& leaf_type, const py::tuple& recv_types) {

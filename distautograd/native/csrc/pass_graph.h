@@ -40,6 +40,11 @@ struct PlannedGraph {
   std::unordered_map<torch::autograd::Node*, size_t> where;
   std::vector<size_t> order;
   std::vector<std::vector<uint64_t>> masks;
+  // Each source's edges' nodes (their places among `nodes`), none where an edge has no node.
+  std::vector<std::vector<std::optional<size_t>>> sources;
+
+  // Each source's reach (PassGraph's `reach`): the places in `order` of the nodes it reaches, in order.
+  std::vector<std::vector<size_t>> reach() const;
 };
 
 // Plans the graph of `sources` (each the Python objects of its edges' nodes, None where an edge has
