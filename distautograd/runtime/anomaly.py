@@ -75,7 +75,7 @@ def message(node, index: int, bad: str, worker: str) -> str:
     """torch's words for the failure first (code matches on them), then where it came from."""
     name = type(node).__name__
     arg = formulas.input_name(node, index)
-    formula = formulas.of(name)
+    formula = formulas.of_node(node)
     lines = [f"Function '{name}' returned {bad} values in its {index}th output.",
              f"On worker '{worker}': node {name}, output {index} (the gradient for '{arg}')."]
     if formula is not None:

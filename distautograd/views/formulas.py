@@ -62,6 +62,15 @@ def of(node_name: str) -> Optional[Formula]:
     return _table().get(node_name)
 
 
+def of_node(node) -> Optional[Formula]:
+    """The formula of ``node``, or None; a node that cannot have one (a custom Function's, a leaf's, a
+    recv point's) is told apart without loading the table, which can take seconds inside a pass."""
+    name = type(node).__name__
+    if hasattr(node, "_forward_cls") or name == "AccumulateGrad" or name.endswith("RecvRpcBackward"):
+        return None
+    return of(name)
+
+
 def describe(node) -> str:
     """What a node computes, in one line: its formula per input, or what kind of node it is."""
     name = type(node).__name__
@@ -69,18 +78,18 @@ def describe(node) -> str:
         return "AccumulateGrad: adds the gradient into the leaf (here, into the context)"
     if name.endswith("RecvRpcBackward"):
         return "RecvRpcBackward: each tensor's gradient goes back to the worker the message came from"
-    formula = of(name)
-    if formula is not None:
-        return "; ".join(f"{arg}: {formula.formulas.get(arg, '(not differentiable)')}" for arg in formula.inputs)
     if hasattr(node, "_forward_cls"):
         forward = node._forward_cls
         return f"custom autograd.Function {forward.__module__}.{forward.__qualname__}: its own backward()"
+    formula = of(name)
+    if formula is not None:
+        return "; ".join(f"{arg}: {formula.formulas.get(arg, '(not differentiable)')}" for arg in formula.inputs)
     return f"{name}: no derivatives.yaml entry (a view replay or a node torch builds by hand)"
 
 
 def input_name(node, index: int) -> str:
     """The name of the node's ``index``-th input (the forward argument its gradient goes to)."""
-    formula = of(type(node).__name__)
+    formula = of_node(node)
     if formula is not None and index < len(formula.inputs):
         return formula.inputs[index]
     return f"input {index}"

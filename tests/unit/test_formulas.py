@@ -7,6 +7,7 @@ import torch
 import torchgen
 import yaml
 
+from distautograd.runtime import anomaly
 from distautograd.views import formulas
 
 YAML = os.path.join(os.path.dirname(torchgen.__file__), "packaged", "autograd", "derivatives.yaml")
@@ -51,16 +52,36 @@ def test_the_node_names_are_the_ones_torch_gives_the_graph():
     assert formulas.input_name((x @ x).grad_fn, 1) == "mat2"
 
 
+class Twice(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):
+        return x * 2
+
+    @staticmethod
+    def backward(ctx, g):
+        return g * 2
+
+
 def test_nodes_without_an_entry_say_what_they_are():
-    class Twice(torch.autograd.Function):
-        @staticmethod
-        def forward(ctx, x):
-            return x * 2
-
-        @staticmethod
-        def backward(ctx, g):
-            return g * 2
-
     x = torch.ones(2, requires_grad=True)
     assert "custom autograd.Function" in formulas.describe(Twice.apply(x).grad_fn)
     assert formulas.describe(x.view_as(x).grad_fn.next_functions[0][0]).startswith("AccumulateGrad")
+
+
+def test_a_node_that_cannot_have_an_entry_is_told_apart_without_loading_the_table(monkeypatch):
+    """Loading takes seconds (torchgen parses native_functions.yaml): an anomaly in a custom Function
+    must not spend them inside the pass it fails, where they count against the pass's timeout."""
+    def load():
+        raise AssertionError("the table was loaded")
+
+    monkeypatch.setattr(formulas, "_table", load)
+    x = torch.ones(2, requires_grad=True)
+    custom, leaf = Twice.apply(x).grad_fn, x.view_as(x).grad_fn.next_functions[0][0]
+    for node in (custom, leaf):
+        assert formulas.of_node(node) is None
+        assert formulas.input_name(node, 0) == "input 0"
+    assert "custom autograd.Function" in formulas.describe(custom)
+    text = anomaly.message(custom, 0, "nan", "w1")
+    assert text.startswith("Function 'TwiceBackward' returned nan values in its 0th output.") and "custom" in text
+    with pytest.raises(AssertionError, match="the table was loaded"):  # a builtin node does look it up
+        formulas.of_node((x * x).grad_fn)
