@@ -38,7 +38,7 @@ from distautograd.runtime.reach import Reach
 from distautograd.runtime import anomaly, inspection, profiling, tracing
 from distautograd.transport import hops, reading
 from distautograd.transport.link import Serialized
-from distautograd.transport.pushes import ArrivedPush
+from distautograd.transport.pushes import ArrivedPush, PartDone
 from distautograd.views import trace
 from distautograd.transport.deadlines import Deadlines
 
@@ -49,11 +49,17 @@ BACKWARD_NAME = "torch::distributed::autograd::backward"  # torch's name for a d
 PLAN_INLINE_LIMIT = 512  # active sends a plan may hold and still ride along with every push
 
 
-def _plan_of(body: "pb.PushGradients | ArrivedPush") -> Optional[pb.PassPlan]:
-    """The plan a push carries, or None (the root sent, or will send, RunBackward)."""
+def _plan_of(body: "pb.PushGradients | ArrivedPush") -> Optional[Tuple[pb.PassPlan, Optional[bytes]]]:
+    """The plan a push carries and, where the core read it, its bytes as they came; or None (the root
+    sent, or will send, RunBackward)."""
     if isinstance(body, ArrivedPush):
-        return body.plan()
-    return body.plan if body.HasField("plan") else None
+        plan = body.plan()
+        return None if plan is None else (plan, body.plan_bytes)
+    return (body.plan, None) if body.HasField("plan") else None
+
+
+def _as_protobuf(done: List[PartDone]) -> List[pb.PartDone]:
+    return [pb.PartDone(rank=rank, leaves=leaves) for rank, leaves in done]
 
 
 class Backward:
@@ -168,11 +174,13 @@ class Backward:
 
     # ------------------------------------------------------------------ every participant
 
-    def _start_part(self, part: Part, plan: pb.PassPlan, roots_edges=(), root_grads=()) -> None:
-        """Plans this worker's part once the plan is known, and feeds it what already arrived."""
-        mine = [m for m in plan.active_sends if rank_of(m) == self.rank]
-        sources: Dict[int, list] = {m: [self._contexts.send_point(m).edge] for m in mine}
-        keys = {m: self._contexts.send_point(m).key for m in mine}
+    def _start_part(self, part: Part, plan: pb.PassPlan, roots_edges=(), root_grads=(),
+                    plan_bytes: Optional[bytes] = None) -> None:
+        """Plans this worker's part once the plan is known, and feeds it what already arrived.
+        ``plan_bytes``: the plan serialized, where it came so (it rides along with this part's pushes)."""
+        points = {m: self._contexts.send_point(m) for m in plan.active_sends if rank_of(m) == self.rank}
+        sources: Dict[int, list] = {m: [point.edge] for m, point in points.items()}
+        keys = {m: point.key for m, point in points.items()}
         if roots_edges:
             sources[ROOTS] = list(roots_edges)
         part.captured = Captured() if plan.capture else None
@@ -187,7 +195,7 @@ class Backward:
             if part.closed or part.local is not None:
                 return
             part.plan = plan
-            part.plan_bytes = plan.SerializeToString()
+            part.plan_bytes = plan_bytes if plan_bytes is not None else plan.SerializeToString()
             part.active = frozenset(plan.active_sends)
             part.local = local
             part.watches = anomaly.watch(local.order, plan.anomaly, self.name) if plan.anomaly else []
@@ -291,7 +299,7 @@ class Backward:
         try:
             plan = None if local is not None else _plan_of(body)
             if plan is not None:
-                self._start_part(part, plan)
+                self._start_part(part, plan[0], plan_bytes=plan[1])
             elif local is not None:
                 for message_id, grad in zip(body.message_ids, grads):
                     local.arrive(message_id, [grad])
@@ -311,7 +319,7 @@ class Backward:
                 self._report((part.ctx.id, part.pass_id), entry.rank, None, entry.leaves)
             return
         with part.lock:
-            part.learned.extend(pb.PartDone(rank=entry.rank, leaves=entry.leaves) for entry in done)
+            part.learned.extend(PartDone(entry.rank, entry.leaves) for entry in done)
 
     def _push(self, part: Part, grads: Dict[int, Optional[torch.Tensor]], last: bool) -> None:
         """Sends recv points' gradients to the workers their tensors came from, one message each.
@@ -339,7 +347,7 @@ class Backward:
             if hops.ON:
                 hops.sent((ctx.id, part.pass_id, message_ids[0]))
 
-    def _done_to_tell(self, part: Part) -> List[pb.PartDone]:
+    def _done_to_tell(self, part: Part) -> List[PartDone]:
         """For a part's last push (its first, where it sends several): the part is done, and so are
         those it learned of. Once; nothing at the root, which counts them itself."""
         if part.root == self.rank or part.told:
@@ -348,23 +356,23 @@ class Backward:
             learned, part.learned = part.learned, []
             part.told = True
         leaves = part.local.leaves_reached if part.local is not None else 0
-        return [pb.PartDone(rank=self.rank, leaves=leaves), *learned]
+        return [PartDone(self.rank, leaves), *learned]
 
     def _push_request(self, part: Part, dest: int, message_ids: List[int], grads: list, inline: bool,
-                      done: List[pb.PartDone]) -> Tuple[Union[pb.Request, Serialized], list]:
+                      done: List[PartDone]) -> Tuple[Union[pb.Request, Serialized], list]:
         """(the request, its attachments) of a push to ``dest``: serialized by the core in one call where
         it can, else built as protobuf messages around the codec's value."""
         ctx = part.ctx
         if not ctx.inspect & inspection.GRAPH:  # the graph view records the value itself
             coded = self._codec.encode_push(ctx.id, part.pass_id, part.plan_bytes if inline else None, message_ids,
-                                            grads, part.root, [(entry.rank, entry.leaves) for entry in done])
+                                            grads, part.root, done)
             if coded is not None:
                 return Serialized(coded[0]), coded[1]
         value, attachments = self._codec.encode(grads, dest, ctx, compact_zeros=True)
         if ctx.inspect & inspection.GRAPH:
             inspection.pushed(ctx, message_ids, value, attachments)
         body = pb.PushGradients(context_id=ctx.id, pass_id=part.pass_id, message_ids=message_ids, gradients=value,
-                                root=part.root, done=done)
+                                root=part.root, done=_as_protobuf(done))
         if inline:
             body.plan.CopyFrom(part.plan)
         return pb.Request(push_gradients=body), attachments
@@ -399,9 +407,9 @@ class Backward:
             learned, part.learned = part.learned, []
         if part.told and error is None and not learned:
             return  # its last push said so
-        finished = pb.PassFinished(context_id=part.ctx.id, pass_id=part.pass_id, leaves=leaves, done=learned)
+        finished = pb.PassFinished(context_id=part.ctx.id, pass_id=part.pass_id, leaves=leaves, done=_as_protobuf(learned))
         if part.told and error is None:  # only what it learned after its last push: rare, but not lost
-            finished = pb.PassFinished(context_id=part.ctx.id, pass_id=part.pass_id, done=learned)
+            finished = pb.PassFinished(context_id=part.ctx.id, pass_id=part.pass_id, done=_as_protobuf(learned))
         if error is not None:
             finished.error.CopyFrom(errors.to_proto(error, self.name))
         try:

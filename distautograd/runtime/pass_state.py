@@ -14,6 +14,7 @@ from distautograd.engine.local_pass import LocalPart
 from distautograd.engine.slots import Captured
 from distautograd.protocol.v1 import messages_pb2 as pb
 from distautograd.runtime.contexts import Context
+from distautograd.transport.pushes import PartDone
 
 PassKey = Tuple[int, int]  # (context id, pass id)
 
@@ -32,7 +33,7 @@ class Part:
         self.early: List[Tuple[int, Optional[torch.Tensor]]] = []  # pushes that came before the plan
         self.lock = threading.Lock()
         self.closed = False
-        self.learned: List[pb.PartDone] = []  # parts done that pushes to this one told of
+        self.learned: List[PartDone] = []  # parts done that pushes to this one told of: (rank, leaves)
         self.told = False  # this part's own end went out on its last push
         self.watches: list = []  # anomaly checks on this part's nodes, removed when it ends
         self.captured: Optional[Captured] = None  # leaf gradients handed back (dist_autograd.grad)
