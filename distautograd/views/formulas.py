@@ -10,12 +10,12 @@ AccumulateGrad, the recv points, view replays) are described by what they are in
 
 from __future__ import annotations
 
-import functools
 import os
 import threading
 from typing import Dict, List, NamedTuple, Optional
 
 _lock = threading.Lock()
+_loaded: Optional[Dict[str, Formula]] = None  # by _table, once
 
 
 class Formula(NamedTuple):
@@ -27,34 +27,43 @@ class Formula(NamedTuple):
     compiled: Dict[str, str]  # input name -> as torch compiles it, saved values named as the node keeps them
 
 
-@functools.lru_cache(maxsize=1)
 def _table() -> Dict[str, Formula]:
-    with _lock:
-        import torchgen
-        from torchgen.packaged.autograd.load_derivatives import load_derivatives
+    """Loaded once: a thread that asks while another loads waits for that load instead of making its own."""
+    global _loaded
+    if _loaded is None:
+        with _lock:
+            if _loaded is None:
+                _loaded = _load()
+    return _loaded
 
-        base = os.path.join(os.path.dirname(torchgen.__file__), "packaged")
-        infos, _ = load_derivatives(
-            os.path.join(base, "autograd", "derivatives.yaml"),
-            os.path.join(base, "ATen", "native", "native_functions.yaml"),
-            os.path.join(base, "ATen", "native", "tags.yaml"),
-        )
-        table: Dict[str, Formula] = {}
-        for by_key in infos.values():
-            for info in by_key.values():
-                if not info.op or info.op in table:
-                    continue
-                formulas: Dict[str, str] = {}
-                compiled: Dict[str, str] = {}
-                for derivative in info.derivatives:
-                    names = derivative.var_names
-                    for name in names:
-                        joint = "" if len(names) == 1 else f"  [one formula for {', '.join(names)}]"
-                        formulas[name] = derivative.original_formula + joint
-                        compiled[name] = derivative.formula + joint
-                table[info.op] = Formula(str(info.func.func), [b.name for b in info.args_with_derivatives],
-                                         formulas, compiled)
-        return table
+
+def _load() -> Dict[str, Formula]:
+    """torch's derivatives.yaml as torchgen reads it: the formula of every node type, by its name."""
+    import torchgen
+    from torchgen.packaged.autograd.load_derivatives import load_derivatives
+
+    base = os.path.join(os.path.dirname(torchgen.__file__), "packaged")
+    infos, _ = load_derivatives(
+        os.path.join(base, "autograd", "derivatives.yaml"),
+        os.path.join(base, "ATen", "native", "native_functions.yaml"),
+        os.path.join(base, "ATen", "native", "tags.yaml"),
+    )
+    table: Dict[str, Formula] = {}
+    for by_key in infos.values():
+        for info in by_key.values():
+            if not info.op or info.op in table:
+                continue
+            formulas: Dict[str, str] = {}
+            compiled: Dict[str, str] = {}
+            for derivative in info.derivatives:
+                names = derivative.var_names
+                for name in names:
+                    joint = "" if len(names) == 1 else f"  [one formula for {', '.join(names)}]"
+                    formulas[name] = derivative.original_formula + joint
+                    compiled[name] = derivative.formula + joint
+            table[info.op] = Formula(str(info.func.func), [b.name for b in info.args_with_derivatives],
+                                     formulas, compiled)
+    return table
 
 
 def of(node_name: str) -> Optional[Formula]:

@@ -1,6 +1,8 @@
 """torch's formulas, as views.formulas reads them with torchgen, against derivatives.yaml read as plain YAML."""
 
 import os
+import threading
+import time
 
 import pytest
 import torch
@@ -85,3 +87,21 @@ def test_a_node_that_cannot_have_an_entry_is_told_apart_without_loading_the_tabl
     assert text.startswith("Function 'TwiceBackward' returned nan values in its 0th output.") and "custom" in text
     with pytest.raises(AssertionError, match="the table was loaded"):  # a builtin node does look it up
         formulas.of_node((x * x).grad_fn)
+
+
+def test_threads_that_ask_while_the_table_loads_wait_for_that_one_load(monkeypatch):
+    loads = []
+
+    def load():
+        loads.append(threading.get_ident())
+        time.sleep(0.2)  # a second thread asks meanwhile
+        return {"MulBackward0": formulas.Formula("mul", ["self"], {}, {})}
+
+    monkeypatch.setattr(formulas, "_loaded", None)
+    monkeypatch.setattr(formulas, "_load", load)
+    threads = [threading.Thread(target=formulas.of, args=("MulBackward0",)) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(10)
+    assert len(loads) == 1 and formulas.of("MulBackward0").op == "mul"
