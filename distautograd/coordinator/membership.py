@@ -187,8 +187,7 @@ class Membership:
     def _admit_locked(self, link, join: pb.Join) -> tuple:
         """Makes the joining process a member; returns its rank and the new snapshot."""
         members = [m for m in self._members.values() if not m.entry.daemon]
-        if not join.daemon and (self._static not in (None, bool(join.world_size)) or any(
-                bool(m.world_size) != bool(join.world_size) for m in members)):
+        if not join.daemon and self._static not in (None, bool(join.world_size)):  # every member joined as the first
             raise errors.InvalidArgument(
                 "RPC group mixes statically and dynamically initialized members which is not supported: "
                 f"'{join.name}' joined {'with' if join.world_size else 'without'} a world_size, the others "

@@ -407,7 +407,8 @@ class Backward:
             learned, part.learned = part.learned, []
         if part.told and error is None and not learned:
             return  # its last push said so
-        finished = pb.PassFinished(context_id=part.ctx.id, pass_id=part.pass_id, leaves=leaves, done=_as_protobuf(learned))
+        finished = pb.PassFinished(context_id=part.ctx.id, pass_id=part.pass_id, leaves=leaves,
+                                   done=_as_protobuf(learned))
         if part.told and error is None:  # only what it learned after its last push: rare, but not lost
             finished = pb.PassFinished(context_id=part.ctx.id, pass_id=part.pass_id, done=_as_protobuf(learned))
         if error is not None:
