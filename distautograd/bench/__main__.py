@@ -98,6 +98,8 @@ def main(argv=None) -> int:
         r = measure("small-call latency", rounds, lambda fw: run_world(fw, "small_calls", two + ["worker2"],
                                                                          {"repeats": 300 if quick else 3000}))
         row("rpc_sync latency, 1-element add (3 processes)", r, "latency_us", "us", False, ("<=", 0.5))
+        row("  CPU per call, caller", r, "caller_cpu_us", "us", False)
+        row("  CPU per call, callee", r, "callee_cpu_us", "us", False)
     memcpy = workloads.memcpy()["GBps"]
     if "transfer" in selected:
         sizes = [1, 16] if quick else [1, 64, 512]

@@ -112,9 +112,15 @@ def rss_bytes() -> int:
 
 
 def small_calls(fw, repeats: int) -> Dict[str, float]:
+    """The median round trip, and the CPU time each side spent per call (every thread of its process, as
+    the chain's rows count it): what a call costs the machine, where the wall time also waits."""
     a, b = torch.ones(1), torch.ones(1)
+    caller, callee = cpu_seconds(), fw.rpc.rpc_sync("worker1", cpu_seconds)
     latency = median_time(lambda: fw.rpc.rpc_sync("worker1", add, args=(a, b)), repeats, warmup=200)
-    return {"latency_us": latency * 1e6}
+    calls = repeats + 200 + 1  # the timed ones, the warm-up, and the callee's first reading of its clock
+    callee = fw.rpc.rpc_sync("worker1", cpu_seconds) - callee
+    caller = cpu_seconds() - caller
+    return {"latency_us": latency * 1e6, "caller_cpu_us": caller / calls * 1e6, "callee_cpu_us": callee / calls * 1e6}
 
 
 def transfer(fw, sizes_mib: List[int], repeats: int) -> Dict[str, float]:

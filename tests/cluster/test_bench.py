@@ -16,7 +16,7 @@ def test_quick_benchmark_prints_a_row_per_measurement():
     )
     assert result.returncode == 0, result.stderr[-3000:]
     out = result.stdout
-    for row in ("rpc_sync latency", "1 MiB one way, same host", "16 MiB one way, same host",
+    for row in ("rpc_sync latency", "CPU per call, caller", "CPU per call, callee", "1 MiB one way, same host", "16 MiB one way, same host",
                 "backward through a chain of 2 workers", "CPU per worker per step, chain of 2"):
         assert row in out, out
     assert "ratio = distautograd / torch.distributed.rpc" in out
