@@ -113,14 +113,43 @@ def rss_bytes() -> int:
 
 def small_calls(fw, repeats: int) -> Dict[str, float]:
     """The median round trip, and the CPU time each side spent per call (every thread of its process, as
-    the chain's rows count it): what a call costs the machine, where the wall time also waits."""
+    the chain's rows count it): what a call costs the machine, where the wall time also waits. For
+    distautograd, then as many calls again with each side's reading thread's share added up
+    (transport.frame_cpu): reading the frame (the request on the callee, the reply on the caller), and
+    handling it there."""
     a, b = torch.ones(1), torch.ones(1)
+
+    def call():
+        fw.rpc.rpc_sync("worker1", add, args=(a, b))
+
     caller, callee = cpu_seconds(), fw.rpc.rpc_sync("worker1", cpu_seconds)
-    latency = median_time(lambda: fw.rpc.rpc_sync("worker1", add, args=(a, b)), repeats, warmup=200)
+    latency = median_time(call, repeats, warmup=200)
     calls = repeats + 200 + 1  # the timed ones, the warm-up, and the callee's first reading of its clock
     callee = fw.rpc.rpc_sync("worker1", cpu_seconds) - callee
     caller = cpu_seconds() - caller
-    return {"latency_us": latency * 1e6, "caller_cpu_us": caller / calls * 1e6, "callee_cpu_us": callee / calls * 1e6}
+    out = {"latency_us": latency * 1e6, "caller_cpu_us": caller / calls * 1e6, "callee_cpu_us": callee / calls * 1e6}
+    if _framework == "distautograd":
+        fw.rpc.rpc_sync("worker1", start_frame_cpu)
+        start_frame_cpu()
+        for _ in range(repeats):
+            call()
+        for side, spent in (("caller", stop_frame_cpu()), ("callee", fw.rpc.rpc_sync("worker1", stop_frame_cpu))):
+            frames = spent["frames"] or 1
+            out[f"{side}_reading_us"] = spent["reading"] / frames * 1e6
+            out[f"{side}_handling_us"] = spent["handling"] / frames * 1e6
+    return out
+
+
+def start_frame_cpu() -> None:
+    from distautograd.transport import frame_cpu
+
+    frame_cpu.start()
+
+
+def stop_frame_cpu() -> Dict[str, float]:
+    from distautograd.transport import frame_cpu
+
+    return frame_cpu.stop()
 
 
 def transfer(fw, sizes_mib: List[int], repeats: int) -> Dict[str, float]:

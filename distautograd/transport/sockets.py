@@ -20,7 +20,7 @@ import time
 from typing import Any, Callable, List, Optional, Sequence, Tuple
 
 from distautograd import errors, metrics
-from distautograd.transport import ending, frames, framing, hops, reading, security, shm
+from distautograd.transport import ending, frame_cpu, frames, framing, hops, reading, security, shm
 from distautograd.transport.link import Link, Serialized
 from distautograd.transport.pushes import ArrivedPush
 from distautograd.protocol.v1 import messages_pb2 as pb
@@ -162,7 +162,10 @@ class SocketTransport:
         try:
             with reading.holding(role):
                 while role.reading_here:
-                    self._read_one(reader)
+                    if frame_cpu.ON:
+                        frame_cpu.timed(lambda: self._read_one(reader))
+                    else:
+                        self._read_one(reader)
         except errors.RpcError as exc:
             link.fail_protocol(str(exc))
         except (EOFError, OSError) as exc:
@@ -174,6 +177,8 @@ class SocketTransport:
         # One frame per call, so nothing of it (a big buffer, a shared segment) outlives its delivery
         # while the thread waits for the next one.
         read = reader.read_frame(self.link.max_attachment_bytes)
+        if frame_cpu.ON:
+            frame_cpu.read()
         if hops.ON:
             hops.arrived()
         if type(read) is ArrivedPush:  # the core read it: no shared segments, within the limit

@@ -20,6 +20,7 @@ def test_quick_benchmark_prints_a_row_per_measurement():
                 "backward through a chain of 2 workers", "CPU per worker per step, chain of 2"):
         assert row in out, out
     assert "ratio = distautograd / torch.distributed.rpc" in out
+    assert "distautograd's reading threads, CPU per frame (us): the callee reads a call in " in out
     from distautograd import native
 
     assert f"distautograd: {native.built()}" in result.stderr  # says which path it runs
