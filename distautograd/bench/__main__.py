@@ -84,7 +84,7 @@ def main(argv=None) -> int:
 
     rows = []
     traced = []  # (step ms without a trace, with one), distautograd only
-    frames_cpu = ""  # where a small call's CPU goes on distautograd's reading threads
+    call_stages = ""  # where a small call's CPU goes on distautograd's reading threads
     started = time.monotonic()
 
     def row(what, results, key, unit, higher_is_better, target=None, limit=None):
@@ -101,11 +101,7 @@ def main(argv=None) -> int:
         row("rpc_sync latency, 1-element add (3 processes)", r, "latency_us", "us", False, ("<=", 0.5))
         row("  CPU per call, caller", r, "caller_cpu_us", "us", False)
         row("  CPU per call, callee", r, "callee_cpu_us", "us", False)
-        ours = r["distautograd"]
-        frames_cpu = ("distautograd's reading threads, CPU per frame (us): the callee reads a call in "
-                      f"{ours['callee_reading_us']:.0f} and runs it (to its reply written) in {ours['callee_handling_us']:.0f}; "
-                      f"the caller reads the reply in {ours['caller_reading_us']:.0f} and hands it over in "
-                      f"{ours['caller_handling_us']:.0f}")
+        call_stages = _call_stages(r["distautograd"])
     memcpy = workloads.memcpy()["GBps"]
     if "transfer" in selected:
         sizes = [1, 16] if quick else [1, 64, 512]
@@ -190,8 +186,8 @@ def main(argv=None) -> int:
         shown, met = _judge(target, ratio, d, memcpy)
         print(f"| {what + ' (' + unit + ')':<48} | {t:>9.3g} | {d:>12.3g} | {ratio:>6.2f} | {shown:>14} | {met:^3} | "
               f"{limit or ''} |")
-    if frames_cpu:
-        print(f"\n{frames_cpu}")
+    if call_stages:
+        print("\n" + call_stages)
     if traced:
         off, on = traced[0]
         print(f"\nrecording a trace of every step (context(trace=True)), distautograd: {off:.2f} ms without, "
@@ -201,6 +197,27 @@ def main(argv=None) -> int:
     if memory_run:
         memory.report(memory_run[0], FRAMEWORKS, memory_run[1], memory_run[2])
     return 0
+
+
+CALL_STAGES = [  # (the stage frame_cpu added up on the callee, what it is)
+    ("callee_reading_us", "the call's frame read (the core's read: the wake-up, the system calls, the GIL taken back)"),
+    ("callee_stage read > dispatched", "the frame taken apart and handed to the call's handler"),
+    ("callee_stage dispatched > decoded", "the call decoded: its context, its RRefs, unpickled through the allowlist, "
+                                          "its tensors made"),
+    ("callee_stage decoded > ran", "the function run, under the call's context"),
+    ("callee_stage ran > encoded", "its result placed and encoded"),
+    ("callee_stage encoded > end", "the reply written, the reading taken back"),
+    ("caller_reading_us", "on the caller: the reply's frame read"),
+    ("caller_handling_us", "on the caller: the reply decoded and handed to the waiting caller"),
+]
+
+
+def _call_stages(ours: Dict[str, float]) -> str:
+    """Where a small call's CPU goes on distautograd's reading threads, stage by stage (transport.frame_cpu)."""
+    lines = ["a small call's CPU on distautograd's reading threads, stage by stage (us per call, medians of the "
+             "rounds):", "", "| stage | us |", "|---|---|"]
+    lines += [f"| {what} | {ours[key]:.0f} |" for key, what in CALL_STAGES if key in ours]
+    return "\n".join(lines)
 
 
 def _paths() -> List[str]:

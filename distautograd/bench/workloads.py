@@ -137,6 +137,8 @@ def small_calls(fw, repeats: int) -> Dict[str, float]:
             frames = spent["frames"] or 1
             out[f"{side}_reading_us"] = spent["reading"] / frames * 1e6
             out[f"{side}_handling_us"] = spent["handling"] / frames * 1e6
+            for stage, seconds in spent["stages"].items():
+                out[f"{side}_stage {stage}"] = seconds / frames * 1e6
     return out
 
 
@@ -146,10 +148,11 @@ def start_frame_cpu() -> None:
     frame_cpu.start()
 
 
-def stop_frame_cpu() -> Dict[str, float]:
+def stop_frame_cpu() -> dict:
+    """What frame_cpu added up, its stages as {"mark > next mark": CPU seconds}."""
     from distautograd.transport import frame_cpu
 
-    return frame_cpu.stop()
+    return {**frame_cpu.stop(), "stages": {f"{first} > {then}": s for (first, then), s in frame_cpu.stages().items()}}
 
 
 def transfer(fw, sizes_mib: List[int], repeats: int) -> Dict[str, float]:

@@ -27,7 +27,7 @@ from distautograd.runtime.remote_methods import AsyncReturn, is_async
 from distautograd.runtime.rref import RRef
 from distautograd.runtime.rrefs import RRefStore
 from distautograd.runtime.world import WorkerInfo, WorldView
-from distautograd.transport import reading
+from distautograd.transport import frame_cpu, reading
 from distautograd.transport.deadlines import Deadlines
 from distautograd.transport.dispatch import Deferred
 
@@ -269,6 +269,8 @@ class Calls:
     def handle_call(self, link, call: pb.Call, attachments) -> Optional[Deferred]:
         """Registers the RRefs a call carries in stream order (so their forks count before later
         releases), then decodes and runs it on a worker thread: the reader goes on reading."""
+        if frame_cpu.ON:
+            frame_cpu.stamp("dispatched")
         peer = link.peer_rank
         owned = self._rrefs.create_owned(call.create_rref, call.creator_fork, for_peer=True) if call.create_rref else None
         try:
@@ -344,6 +346,8 @@ class Calls:
                 outcome = (pb.Response(value=encoded, profiled=profiled), attachments)
             except BaseException as exc:
                 outcome = exc
+        if frame_cpu.ON:
+            frame_cpu.stamp("encoded")
         reply.resolve(outcome)
 
     def _start(self, ctx, peer: int, decode, deliver, profile=None) -> None:
@@ -370,6 +374,8 @@ class Calls:
             func = None
             try:
                 func, args, kwargs = decode()
+                if frame_cpu.ON:
+                    frame_cpu.stamp("decoded")
                 if served is not None:
                     served.function = metrics.function_label(func)
                 previous = contexts.swap(ctx)
@@ -377,6 +383,8 @@ class Calls:
                     with anomaly.recording(ctx.anomaly if ctx is not None else 0), \
                             profiling.recording(*(profile or (None, None))) as recorded:
                         result = builtin_ops.call(func, args, kwargs)
+                        if frame_cpu.ON:
+                            frame_cpu.stamp("ran")
                         answered_later = result.future if isinstance(result, AsyncReturn) else result
                         if recorded is not None and is_async(func) and isinstance(answered_later, torch._C.Future):
                             recorded.until(answered_later)

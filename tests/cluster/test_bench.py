@@ -16,11 +16,14 @@ def test_quick_benchmark_prints_a_row_per_measurement():
     )
     assert result.returncode == 0, result.stderr[-3000:]
     out = result.stdout
-    for row in ("rpc_sync latency", "CPU per call, caller", "CPU per call, callee", "1 MiB one way, same host", "16 MiB one way, same host",
-                "backward through a chain of 2 workers", "CPU per worker per step, chain of 2"):
+    for row in ("rpc_sync latency", "CPU per call, caller", "CPU per call, callee", "1 MiB one way, same host",
+                "16 MiB one way, same host", "backward through a chain of 2 workers", "CPU per worker per step, chain of 2"):
         assert row in out, out
     assert "ratio = distautograd / torch.distributed.rpc" in out
-    assert "distautograd's reading threads, CPU per frame (us): the callee reads a call in " in out
+    assert "a small call's CPU on distautograd's reading threads, stage by stage" in out
+    for stage in ("the call's frame read", "the call decoded", "the function run", "its result placed and encoded",
+                  "the reply written", "on the caller: the reply decoded"):
+        assert f"| {stage}" in out, out
     from distautograd import native
 
     assert f"distautograd: {native.built()}" in result.stderr  # says which path it runs

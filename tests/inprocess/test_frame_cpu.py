@@ -1,5 +1,6 @@
 """A reading thread's CPU per frame (transport.frame_cpu, for the bench's small-call rows): a call's
-own work counts as handling, not as reading, and nothing is added up while it is off."""
+own work counts as handling, not as reading, and as its run among the stages its handling marks;
+nothing is added up while it is off."""
 
 from __future__ import annotations
 
@@ -38,11 +39,20 @@ def test_a_calls_work_is_its_handling_and_each_frame_read_is_counted(world):
     assert spent["frames"] >= 6, spent  # each call read by w1, each reply read by w0
     assert spent["handling"] >= 3 * BUSY_SECONDS, spent  # run on the thread that read the call
     assert 0 < spent["reading"] < BUSY_SECONDS, spent  # the reads themselves: small, and never the call's work
+    stages = frame_cpu.stages()
+    # each call's handling marked its stages in order: its work is the run's, nothing else's
+    assert set(stages) == {(frame_cpu.READ, "dispatched"), ("dispatched", "decoded"), ("decoded", "ran"),
+                           ("ran", "encoded"), ("encoded", frame_cpu.END)}, stages
+    assert stages[("decoded", "ran")] >= 3 * BUSY_SECONDS, stages
+    assert sum(stages.values()) - stages[("decoded", "ran")] < BUSY_SECONDS, stages
+    assert sum(stages.values()) <= spent["handling"] + 1e-6, (stages, spent)  # the replies' handling marks nothing
 
 
 def test_nothing_is_added_up_before_it_starts_or_after_it_stops(world):
     call("w0", "w1", busy, torch.ones(2))
     frame_cpu.start()
     assert frame_cpu.stop() == {"frames": 0, "reading": 0.0, "handling": 0.0}
+    assert frame_cpu.stages() == {}
     call("w0", "w1", busy, torch.ones(2))
     assert frame_cpu.stop() == {"frames": 0, "reading": 0.0, "handling": 0.0}
+    assert frame_cpu.stages() == {}
