@@ -1,4 +1,4 @@
-"""Lists of plain tensors and Nones (gradients, mostly), and a backward's pushes of them, coded by the compiled core in one call each; None where the Python codec must do it.
+"""Lists of plain tensors and Nones (gradients, mostly), a backward's pushes of them, and the tensors of any value, coded by the compiled core in one call each; None where the Python codec must do it.
 
 The common case is a list of exactly-``torch.Tensor`` tensors, dense, in C order, of the usual
 dtypes, with no autograd, Parameter, conjugate or negative bit (native/csrc/tensor_list.h). The core
@@ -45,3 +45,12 @@ def decode(value: pb.Value | bytes, attachments: Sequence[Any], unsent_limit: in
         return None
     serialized = value if isinstance(value, bytes) else value.SerializeToString()
     return native.core.decode_tensor_list(serialized, list(attachments), unsent_limit)
+
+
+def decode_tensors(value: pb.Value, attachments: Sequence[Any], unsent_limit: int) -> Optional[list]:
+    """The tensors of any Value (a pickled call's), in order, made as ``decode`` makes a list's, without
+    their autograd bits (requires_grad, Parameter, a message id: the caller applies them); None when one
+    is not a plain dense tensor, or as ``decode`` gives None."""
+    if not native.path_on():
+        return None
+    return native.core.decode_value_tensors(value.SerializeToString(), list(attachments), unsent_limit)

@@ -136,7 +136,7 @@ class Codec:
                 return plain
         if rrefs is None:
             rrefs = self.rrefs_of(value)
-        decoded = self._tensors(value.tensors, attachments, src, ctx)
+        decoded = self._tensors(value, attachments, src, ctx)
         if value.tensor_list:
             return self._decode_tensor_list(value, decoded, rrefs)
 
@@ -157,13 +157,16 @@ class Codec:
         tensors_in_order = iter(decoded)
         return [None if i in nones else next(tensors_in_order) for i in range(size)]
 
-    def _tensors(self, metas, attachments: List[Any], src: int, ctx: Optional[Context]) -> List[torch.Tensor]:
-        """Every tensor of a message; those with a message id become the outputs of its one recv node."""
+    def _tensors(self, value: pb.Value, attachments: List[Any], src: int, ctx: Optional[Context]) -> List[torch.Tensor]:
+        """Every tensor of a message; those with a message id become the outputs of its one recv node.
+        Made by the core in one call where each is a plain dense tensor (their autograd bits applied here)."""
+        metas = value.tensors
+        made = tensor_lists.decode_tensors(value, attachments, self.max_message_bytes) if metas else None
         decoded: List[torch.Tensor] = []
         arrived: List[tuple] = []  # (index, (tensor, message id, what its send point activates))
-        unsent = tensors.UnsentBudget(self.max_message_bytes)
-        for meta in metas:
-            tensor = tensors.decode(meta, attachments, unsent)
+        unsent = tensors.UnsentBudget(self.max_message_bytes) if made is None else None
+        for index, meta in enumerate(metas):
+            tensor = made[index] if made is not None else tensors.decode(meta, attachments, unsent)
             if meta.autograd_message_id and ctx is not None:
                 sent = None if meta.activates_unknown else meta.activates
                 arrived.append((len(decoded), (tensor, meta.autograd_message_id, sent)))

@@ -1,9 +1,11 @@
 // The compiled tensor-list reader's hostile-input test, built with AddressSanitizer and UBSan by
 // test_sanitized.py: lists written by write_tensor_list read back exactly; then those bytes, and
-// Values of random fields, mutated at random, through read_tensor_list. Any read outside a buffer,
+// Values of random fields, mutated at random, through read_tensor_list and read_value_tensors (which
+// reads any Value's tensors, and takes every tensor of a list it takes). Any read outside a buffer,
 // overflow or other undefined behaviour aborts the run.
 #include <cstdio>
 #include <cstdlib>
+#include <optional>
 #include <random>
 #include <string>
 #include <vector>
@@ -61,21 +63,34 @@ std::string random_value() {
   return out;
 }
 
-// Reads `data`; true when it was a list. Malformed bytes throw, as the reader promises.
-bool read(const std::string& data) {
+// Reads `data` both ways; true when it was a list. Malformed bytes throw, as the readers promise. A list
+// read one way reads the other way too, to the same tensors.
+bool read(const std::string& data, int* values) {
+  const auto* bytes = reinterpret_cast<const uint8_t*>(data.data());
+  std::optional<std::vector<DenseMeta>> tensors;
   try {
-    return distautograd::native::read_tensor_list(reinterpret_cast<const uint8_t*>(data.data()), data.size())
-        .has_value();
+    tensors = distautograd::native::read_value_tensors(bytes, data.size());
+  } catch (const distautograd::native::wire::Malformed&) {
+  }
+  *values += tensors.has_value();
+  std::optional<TensorList> list;
+  try {
+    list = distautograd::native::read_tensor_list(bytes, data.size());
   } catch (const distautograd::native::wire::Malformed&) {
     return false;
   }
+  if (list && !(tensors && equal(*list, TensorList{*tensors, list->none_at}))) {
+    std::printf("a list read as such, but not as a Value's tensors\n");
+    std::abort();
+  }
+  return list.has_value();
 }
 
 }  // namespace
 
 int main(int argc, char** argv) {
   auto [seed, rounds] = hostile::start(argc, argv);
-  int lists = 0;
+  int lists = 0, values = 0;
   for (int i = 0; i < rounds; ++i) {
     TensorList list = random_list();
     std::string bytes = distautograd::native::write_tensor_list(list);
@@ -85,10 +100,10 @@ int main(int argc, char** argv) {
       return 1;
     }
     std::string changed = mutate(bytes);
-    lists += changed != bytes && read(changed);  // only Values the mutation changed count
-    lists += read(mutate(random_value()));
+    lists += changed != bytes && read(changed, &values);  // only Values the mutation changed count
+    lists += read(mutate(random_value()), &values);
   }
-  std::printf("seed %llu: %d lists written and read back, %d hostile values (%d read as lists)\n",
-              static_cast<unsigned long long>(seed), rounds, 2 * rounds, lists);
+  std::printf("seed %llu: %d lists written and read back, %d hostile values (%d read as lists, %d with tensors "
+              "read)\n", static_cast<unsigned long long>(seed), rounds, 2 * rounds, lists, values);
   return 0;
 }

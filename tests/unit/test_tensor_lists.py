@@ -16,6 +16,7 @@ from google.protobuf.message import DecodeError
 
 from distautograd import errors, native
 from distautograd.encoding import tensor_lists, tensors
+from distautograd.encoding.allowlist import Allowlist
 from distautograd.protocol.v1 import messages_pb2 as pb
 from distautograd.runtime.codec import Codec
 from tests.helpers.paths import take_path
@@ -303,3 +304,84 @@ def test_on_hostile_values_the_core_takes_only_what_the_python_codec_reads_the_s
             taken += 1
     print(f"{taken} lists the core took, {refused} the Python codec refused")
     assert taken > 300 and refused > 300  # both kinds were really tried
+
+
+def python_tensors(value, received):
+    """Each tensor of a Value as the Python codec makes it (Codec._tensors, without the autograd bits)."""
+    unsent = tensors.UnsentBudget(LIMIT)
+    return [tensors.decode(meta, received, unsent) for meta in value.tensors]
+
+
+def test_a_pickled_values_tensors_are_made_as_the_python_codec_makes_them_whatever_their_autograd_bits():
+    rng = torch.Generator().manual_seed(SEED % (1 << 31))
+    items = [sample(dtype, shape, rng) for dtype in COMMON for shape in SHAPES[:5]]
+    items += [torch.arange(60.).reshape(6, 10)[:, ::3], torch.zeros(3, 4), torch.ones(1).expand(30, 40)]
+    value, attachments = python_encode(items, compact_zeros=True)
+    value.tensor_list, value.pickle = False, b"\x80\x04N."  # as a call's: a pickle naming its tensors
+    value.rrefs.add(rref_id=5, owner=1, fork_id=6)
+    for place, meta in enumerate(value.tensors):
+        if place % 3 == 0:
+            meta.requires_grad, meta.autograd_message_id = True, 1000 + place
+            meta.activates.extend([7, 8])
+        elif place % 3 == 1:
+            meta.parameter, meta.activates_unknown = True, True
+    received = [bytearray(memoryview(a).cast("B")) for a in attachments]
+    made = native.core.decode_value_tensors(value.SerializeToString(), received, LIMIT)
+    assert made is not None and same(made, python_tensors(value, received))
+    assert not any(t.requires_grad for t in made)  # the bits are the caller's to apply
+
+
+@pytest.mark.parametrize("bit", ["quantization", "sparse", "conj", "neg"])
+def test_a_value_with_a_tensor_that_is_not_plain_dense_is_left_to_the_python_codec(bit):
+    value, attachments = python_encode([torch.ones(2), torch.ones(3)], False)
+    value.tensor_list = False
+    meta = value.tensors[1]
+    if bit == "quantization":
+        meta.quantization.dtype = "qint8"
+    elif bit == "sparse":
+        meta.sparse.layout = "sparse_coo"
+    else:
+        setattr(meta, bit, True)
+    received = [bytearray(memoryview(a).cast("B")) for a in attachments]
+    assert native.core.decode_value_tensors(value.SerializeToString(), received, LIMIT) is None
+
+
+def test_on_hostile_values_the_core_makes_only_tensors_the_python_codec_makes_the_same():
+    print(f"seed {SEED}")
+    rng = random.Random(SEED)
+    taken = refused = 0
+    for _ in range(3000):
+        data, received = _hostile(rng)
+        try:
+            value = pb.Value.FromString(data)
+        except DecodeError:
+            continue  # the frame it came in would not have parsed: it never gets here
+        got = native.core.decode_value_tensors(value.SerializeToString(), received, LIMIT)
+        try:
+            want = python_tensors(value, received)
+        except (errors.InvalidArgument, RuntimeError, ValueError, TypeError, OverflowError):
+            assert got is None, (SEED, value)
+            refused += 1
+            continue
+        if got is not None:
+            assert same(got, want), (SEED, value)
+            taken += 1
+    print(f"{taken} values whose tensors the core made, {refused} the Python codec refused")
+    assert taken > 300 and refused > 300  # both kinds were really tried
+
+
+def test_a_call_with_autograd_tensors_decodes_alike_on_both_paths(monkeypatch):
+    """Codec.decode end to end, on a value with a Parameter and a tensor that requires grad (no context:
+    no recv points), on the native path and on Python's."""
+    param = torch.nn.Parameter(torch.randn(3, 2))
+    plain, grad = torch.randn(4), torch.randn(2, 2, requires_grad=True)
+    codec = Codec(Allowlist(), None, None, LIMIT)
+    value, attachments = codec.encode((param, plain, grad, {"k": plain}), 1, None)
+    received = [bytearray(memoryview(a).cast("B")) for a in attachments]
+    got = codec.decode(value, received, 0, None, rrefs=[])
+    with monkeypatch.context() as patch:
+        take_path(patch, "0")
+        want = Codec(Allowlist(), None, None, LIMIT).decode(value, received, 0, None, rrefs=[])
+    assert same(list(got[:3]), list(want[:3])) and got[3]["k"] is got[1]
+    assert type(got[0]) is torch.nn.Parameter and got[0].requires_grad and not got[1].requires_grad
+    assert got[2].requires_grad and type(got[2]) is torch.Tensor

@@ -229,6 +229,9 @@ PYBIND11_MODULE(_core, m) {
   m.def("decode_tensor_list", &distautograd::native::decode_tensor_list, pybind11::arg("value"),
         pybind11::arg("attachments"), pybind11::arg("unsent_limit"),
         "The list of tensors and Nones a serialized Value describes; None when it is not the common case.");
+  m.def("decode_value_tensors", &distautograd::native::decode_value_tensors, pybind11::arg("value"),
+        pybind11::arg("attachments"), pybind11::arg("unsent_limit"),
+        "The tensors of any serialized Value, in order, without their autograd bits; None when one is not plain.");
   m.def("encode_push_request", &distautograd::native::encode_push_request, pybind11::arg("context_id"),
         pybind11::arg("pass_id"), pybind11::arg("plan"), pybind11::arg("message_ids"), pybind11::arg("gradients"),
         pybind11::arg("root"), pybind11::arg("done"), pybind11::arg("compact_zeros"),

@@ -145,35 +145,31 @@ pybind11::object encode_tensor_list(const pybind11::list& items, bool compact_ze
   return pybind11::make_tuple(pybind11::bytes(write_tensor_list(list)), attachments);
 }
 
-pybind11::object decode_tensor_list(const pybind11::bytes& value, const pybind11::list& attachments,
-                                    uint64_t unsent_limit) {
-  char* data = nullptr;
-  Py_ssize_t size = 0;
-  if (PyBytes_AsStringAndSize(value.ptr(), &data, &size) != 0) throw pybind11::error_already_set();
-  std::optional<TensorList> list;
-  try {
-    list = read_tensor_list(reinterpret_cast<const uint8_t*>(data), static_cast<size_t>(size));
-  } catch (const wire::Malformed&) {
-    return pybind11::none();  // protobuf's own parser reads more (groups, in unknown fields): it decides
-  }
-  if (!list) return pybind11::none();
+namespace {
+
+// The tensors `metas` describe over the attachments' memory, or nothing where the Python codec must make
+// them (an attachment that is not a bytearray of the size the meta asks, all-zero tensors and expanded
+// views over `unsent_limit` together, a shape torch cannot make).
+std::optional<std::vector<at::Tensor>> make_tensors(const std::vector<DenseMeta>& metas,
+                                                    const pybind11::list& attachments, uint64_t unsent_limit) {
   uint64_t unsent = 0;  // never above unsent_limit: the sum cannot wrap
-  for (const DenseMeta& meta : list->tensors) {
-    if (meta.unsent > unsent_limit - unsent) return pybind11::none();  // the Python codec says why
+  for (const DenseMeta& meta : metas) {
+    if (meta.unsent > unsent_limit - unsent) return std::nullopt;  // the Python codec says why
     unsent += meta.unsent;
   }
   std::vector<at::Tensor> tensors;
+  tensors.reserve(metas.size());
   try {
-    for (const DenseMeta& meta : list->tensors) {
+    for (const DenseMeta& meta : metas) {
       at::TensorOptions options = at::TensorOptions().dtype(scalar_of(meta.dtype));
       if (meta.zeros) {
         tensors.push_back(at::zeros(meta.shape, options));
         continue;
       }
-      if (meta.attachment >= attachments.size()) return pybind11::none();
+      if (meta.attachment >= attachments.size()) return std::nullopt;
       PyObject* owner = attachments[meta.attachment].ptr();
       if (!PyByteArray_CheckExact(owner) || static_cast<uint64_t>(PyByteArray_GET_SIZE(owner)) != meta.nbytes) {
-        return pybind11::none();
+        return std::nullopt;
       }
       if (!meta.nbytes) {
         tensors.push_back(at::empty(meta.shape, options));
@@ -182,15 +178,57 @@ pybind11::object decode_tensor_list(const pybind11::bytes& value, const pybind11
       tensors.push_back(over(owner, meta, options));
     }
   } catch (const c10::Error&) {
-    return pybind11::none();  // out of memory for a shape, say: the Python codec says what went wrong
+    return std::nullopt;  // out of memory for a shape, say: the Python codec says what went wrong
   }
+  return tensors;
+}
+
+// The bytes of a bytes object, for a reader that parses them.
+std::pair<const uint8_t*, size_t> bytes_of(const pybind11::bytes& value) {
+  char* data = nullptr;
+  Py_ssize_t size = 0;
+  if (PyBytes_AsStringAndSize(value.ptr(), &data, &size) != 0) throw pybind11::error_already_set();
+  return {reinterpret_cast<const uint8_t*>(data), static_cast<size_t>(size)};
+}
+
+}  // namespace
+
+pybind11::object decode_tensor_list(const pybind11::bytes& value, const pybind11::list& attachments,
+                                    uint64_t unsent_limit) {
+  auto [data, size] = bytes_of(value);
+  std::optional<TensorList> list;
+  try {
+    list = read_tensor_list(data, size);
+  } catch (const wire::Malformed&) {
+    return pybind11::none();  // protobuf's own parser reads more (groups, in unknown fields): it decides
+  }
+  if (!list) return pybind11::none();
+  std::optional<std::vector<at::Tensor>> tensors = make_tensors(list->tensors, attachments, unsent_limit);
+  if (!tensors) return pybind11::none();
   pybind11::list out(list->size());
   size_t next = 0;
   std::vector<bool> none(list->size(), false);
   for (uint32_t place : list->none_at) none[place] = true;
   for (size_t place = 0; place < list->size(); ++place) {
-    out[place] = none[place] ? pybind11::none() : pybind11::cast(tensors[next++]);
+    out[place] = none[place] ? pybind11::none() : pybind11::cast((*tensors)[next++]);
   }
+  return out;
+}
+
+pybind11::object decode_value_tensors(const pybind11::bytes& value, const pybind11::list& attachments,
+                                      uint64_t unsent_limit) {
+  auto [data, size] = bytes_of(value);
+  std::optional<std::vector<DenseMeta>> metas;
+  try {
+    metas = read_value_tensors(data, size);
+  } catch (const wire::Malformed&) {
+    return pybind11::none();
+  }
+  if (!metas) return pybind11::none();
+  std::optional<std::vector<at::Tensor>> tensors = make_tensors(*metas, attachments, unsent_limit);
+  if (!tensors) return pybind11::none();
+  pybind11::list out(tensors->size());
+  for (size_t i = 0; i < tensors->size(); ++i) out[i] = pybind11::cast((*tensors)[i]);
   return out;
 }
 

@@ -21,4 +21,10 @@ pybind11::object encode_tensor_list(const pybind11::list& items, bool compact_ze
 pybind11::object decode_tensor_list(const pybind11::bytes& value, const pybind11::list& attachments,
                                     uint64_t unsent_limit);
 
+// The tensors of any serialized Value (a pickled call's, say), in order, made as decode_tensor_list makes
+// them; None where one is not plain dense but for its autograd bits (tensor_list.h's read_value_tensors),
+// which the caller applies, or where decode_tensor_list would give None for the same tensors.
+pybind11::object decode_value_tensors(const pybind11::bytes& value, const pybind11::list& attachments,
+                                      uint64_t unsent_limit);
+
 }  // namespace distautograd::native

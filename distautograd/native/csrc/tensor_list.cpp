@@ -3,6 +3,9 @@
 // strides=12 (packed or not)}. A field that makes a tensor other than plain (requires_grad, parameter,
 // a message id, quantization, activates, sparse, conj, neg), a pickle or RRefs, a known field with
 // another wire type, and any value the Python decoder would refuse: the list is not the common case.
+// Any Value's tensors are read the same way, where the autograd bits (requires_grad=4, parameter=5,
+// autograd_message_id=6, activates=8, activates_unknown=9) are the caller's to read from its own parse:
+// only quantization=7, sparse=11, conj=13 and neg=14 leave the common case there.
 #include "tensor_list.h"
 
 #include <set>
@@ -17,7 +20,23 @@ using wire::Cursor;
 
 constexpr uint32_t kPickle = 1, kTensors = 2, kRRefs = 3, kTensorList = 4, kNoneAt = 5;  // Value
 constexpr uint32_t kDtype = 1, kShape = 2, kAttachment = 3, kZeros = 10, kStrides = 12;   // TensorMeta
+constexpr uint32_t kRequiresGrad = 4, kParameter = 5, kMessageId = 6, kActivates = 8, kActivatesUnknown = 9;
 constexpr uint32_t kLastField = 14;  // TensorMeta's fields are 1..14; 4-9, 11, 13 and 14 leave the common case
+
+// Whether a TensorMeta field is one of the autograd bits (each of its own wire type), read past.
+bool autograd_bit(Cursor& meta, const wire::Tag& tag) {
+  if (tag.field == kActivates) {
+    std::vector<uint64_t> ignored;
+    return wire::read_repeated(meta, tag.type, ignored);
+  }
+  if (tag.field != kRequiresGrad && tag.field != kParameter && tag.field != kMessageId &&
+      tag.field != kActivatesUnknown) {
+    return false;
+  }
+  if (tag.type != wire::kVarint) return false;
+  meta.varint();
+  return true;
+}
 
 struct Named {
   Dtype dtype;
@@ -34,7 +53,8 @@ constexpr Named kDtypes[] = {
 
 const Named& named(Dtype dtype) { return kDtypes[static_cast<size_t>(dtype)]; }
 
-std::optional<DenseMeta> read_meta(Cursor meta) {
+// `autograd`: the autograd bits are read past instead of leaving the common case.
+std::optional<DenseMeta> read_meta(Cursor meta, bool autograd) {
   DenseMeta out;
   std::string dtype;  // proto3: a string never set is empty
   bool has_dtype = false;
@@ -58,6 +78,7 @@ std::optional<DenseMeta> read_meta(Cursor meta) {
         out.zeros = value != 0;
       }
     } else if (tag.field <= kLastField) {
+      if (autograd && autograd_bit(meta, tag)) continue;
       return std::nullopt;  // any other field of TensorMeta: not a plain tensor
     } else {
       meta.skip(tag.type);  // unknown to this protocol: protobuf skips it too
@@ -124,7 +145,7 @@ std::optional<TensorList> read_tensor_list(const uint8_t* data, size_t size) {
     wire::Tag tag = value.tag();
     if (tag.field == kTensors) {
       if (tag.type != wire::kLengthDelimited) return std::nullopt;
-      std::optional<DenseMeta> meta = read_meta(value.delimited());
+      std::optional<DenseMeta> meta = read_meta(value.delimited(), /*autograd=*/false);
       if (!meta) return std::nullopt;
       list.tensors.push_back(std::move(*meta));
     } else if (tag.field == kTensorList) {
@@ -144,6 +165,32 @@ std::optional<TensorList> read_tensor_list(const uint8_t* data, size_t size) {
     if (place >= list.size() || !places.insert(place).second) return std::nullopt;
   }
   return list;
+}
+
+std::optional<std::vector<DenseMeta>> read_value_tensors(const uint8_t* data, size_t size) {
+  std::vector<DenseMeta> tensors;
+  std::vector<uint64_t> ignored;
+  Cursor value(data, size);
+  while (!value.done()) {
+    wire::Tag tag = value.tag();
+    if (tag.field == kTensors) {
+      if (tag.type != wire::kLengthDelimited) return std::nullopt;
+      std::optional<DenseMeta> meta = read_meta(value.delimited(), /*autograd=*/true);
+      if (!meta) return std::nullopt;
+      tensors.push_back(std::move(*meta));
+    } else if (tag.field == kPickle || tag.field == kRRefs) {
+      if (tag.type != wire::kLengthDelimited) return std::nullopt;
+      value.delimited();  // the caller's to read
+    } else if (tag.field == kTensorList) {
+      if (tag.type != wire::kVarint) return std::nullopt;
+      value.varint();
+    } else if (tag.field == kNoneAt) {
+      if (!wire::read_repeated(value, tag.type, ignored)) return std::nullopt;
+    } else {
+      value.skip(tag.type);
+    }
+  }
+  return tensors;
 }
 
 std::string write_tensor_list(const TensorList& list) {

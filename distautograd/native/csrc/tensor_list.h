@@ -55,6 +55,12 @@ std::optional<uint64_t> span_of(const std::vector<int64_t>& shape, const std::ve
 // reads a push's gradients with it before protobuf has seen the frame.
 std::optional<TensorList> read_tensor_list(const uint8_t* data, size_t size);
 
+// The tensors of any serialized Value (a pickled value's, a list's), in order, where each is plain dense as
+// above but for its autograd bits (requires_grad, Parameter, a message id and what it activates), which
+// the caller reads from its own parse; nothing where one is not (sparse, quantized, conj, neg) or a known
+// field comes with another wire type. wire::Malformed where the bytes are not protobuf.
+std::optional<std::vector<DenseMeta>> read_value_tensors(const uint8_t* data, size_t size);
+
 // The serialized Value of a list, the bytes protobuf's own serializer writes for it.
 std::string write_tensor_list(const TensorList& list);
 
