@@ -26,6 +26,19 @@ def encode(items: list, compact_zeros: bool) -> Optional[Tuple[pb.Value, List[An
     return pb.Value.FromString(value), attachments
 
 
+def encode_tensors(items: list, compact_zeros: bool) -> Optional[Tuple[pb.Value, List[Any]]]:
+    """(a Value holding the descriptions of ``items``, in order, their attachments) for the tensors of any
+    value (a call's): exactly ``torch.Tensor`` or ``torch.nn.Parameter``, which may require grad (the
+    caller adds message ids, the pickle and the RRefs); None when one is not the common case."""
+    if not native.path_on():
+        return None
+    coded = native.core.encode_value_tensors(items, compact_zeros)
+    if coded is None:
+        return None
+    value, attachments = coded
+    return pb.Value.FromString(value), attachments
+
+
 def encode_push(context_id: int, pass_id: int, plan: Optional[bytes], message_ids: List[int], grads: list, root: int,
                 done: List[Tuple[int, int]]) -> Optional[Tuple[bytes, List[Any]]]:
     """(the serialized Request{push_gradients}, its attachments), the bytes protobuf writes for the

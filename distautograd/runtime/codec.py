@@ -51,23 +51,16 @@ class Codec:
         """The value for worker ``dest``; inside a context every tensor that requires grad gets a send point."""
         if _is_tensor_list(obj):
             return self._encode_tensor_list(obj, dest, ctx, compact_zeros)
-        metas: List[pb.TensorMeta] = []
         handles: List[pb.RRefHandle] = []
-        attachments: List[Any] = []
         seen: dict = {}
-        kept: list = []  # keeps each tensor alive, so its id() stays its own until we are done
-        first_send: List[int] = []  # the message id of this value's first send point names the whole message
+        found: List[torch.Tensor] = []  # each tensor once, in pickling order; alive, so its id() stays its own
 
         def persistent(o: Any):
             if isinstance(o, torch.Tensor):
                 index = seen.get(id(o))
                 if index is None:
-                    meta = tensors.encode(o, attachments, compact_zeros)
-                    if ctx is not None and o.requires_grad:
-                        self._send_point(meta, ctx, o, dest, first_send)
-                    index = seen[id(o)] = len(metas)
-                    metas.append(meta)
-                    kept.append(o)
+                    index = seen[id(o)] = len(found)
+                    found.append(o)
                 return index  # tensors are ids 0, 1, ...
             if isinstance(o, RRef):
                 handles.append(self._rrefs.handle_for(o, dest))
@@ -75,7 +68,28 @@ class Codec:
             return None
 
         pickle = pickling.dumps(obj, persistent)
-        return pb.Value(pickle=pickle, tensors=metas, rrefs=handles), attachments
+        value, attachments = self._encode_tensors(found, dest, ctx, compact_zeros)
+        value.pickle = pickle
+        value.rrefs.extend(handles)
+        return value, attachments
+
+    def _encode_tensors(self, found: List[torch.Tensor], dest: int, ctx: Optional[Context],
+                        compact_zeros: bool) -> Tuple[pb.Value, List[Any]]:
+        """A Value holding the descriptions of a value's tensors, in order, and their attachments: the core's
+        in one call where each is plain; inside a context every one that requires grad gets a send point."""
+        coded = tensor_lists.encode_tensors(found, compact_zeros) if found else None
+        if coded is not None:
+            value, attachments = coded
+        else:
+            value, attachments = pb.Value(), []
+            for tensor in found:
+                value.tensors.append(tensors.encode(tensor, attachments, compact_zeros))
+        if ctx is not None:
+            first_send: List[int] = []  # the message id of this value's first send point names the whole message
+            for meta, tensor in zip(value.tensors, found):
+                if tensor.requires_grad:
+                    self._send_point(meta, ctx, tensor, dest, first_send)
+        return value, attachments
 
     def encode_push(self, context_id: int, pass_id: int, plan: Optional[bytes], message_ids: List[int], grads: list,
                     root: int, done: List[Tuple[int, int]]) -> Optional[Tuple[bytes, List[Any]]]:

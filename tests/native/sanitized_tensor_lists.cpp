@@ -1,8 +1,9 @@
 // The compiled tensor-list reader's hostile-input test, built with AddressSanitizer and UBSan by
-// test_sanitized.py: lists written by write_tensor_list read back exactly; then those bytes, and
-// Values of random fields, mutated at random, through read_tensor_list and read_value_tensors (which
-// reads any Value's tensors, and takes every tensor of a list it takes). Any read outside a buffer,
-// overflow or other undefined behaviour aborts the run.
+// test_sanitized.py: lists written by write_tensor_list, and a value's tensors written by
+// write_value_tensors, read back exactly; then those bytes, and Values of random fields, mutated at
+// random, through read_tensor_list and read_value_tensors (which reads any Value's tensors, and takes
+// every tensor of a list it takes). Any read outside a buffer, overflow or other undefined behaviour
+// aborts the run.
 #include <cstdio>
 #include <cstdlib>
 #include <optional>
@@ -97,6 +98,17 @@ int main(int argc, char** argv) {
     auto back = distautograd::native::read_tensor_list(reinterpret_cast<const uint8_t*>(bytes.data()), bytes.size());
     if (!back || !equal(*back, list)) {
       std::printf("seed %llu: a written list did not read back\n", static_cast<unsigned long long>(seed));
+      return 1;
+    }
+    for (DenseMeta& meta : list.tensors) {  // a value's tensors, autograd bits and all, read back as they were
+      meta.requires_grad = below(2);
+      meta.parameter = below(2);
+    }
+    std::string tensors = distautograd::native::write_value_tensors(list.tensors);
+    auto read_back = distautograd::native::read_value_tensors(reinterpret_cast<const uint8_t*>(tensors.data()),
+                                                              tensors.size());
+    if (!read_back || !equal(TensorList{*read_back, {}}, TensorList{list.tensors, {}})) {
+      std::printf("seed %llu: a value's written tensors did not read back\n", static_cast<unsigned long long>(seed));
       return 1;
     }
     std::string changed = mutate(bytes);

@@ -385,3 +385,26 @@ def test_a_call_with_autograd_tensors_decodes_alike_on_both_paths(monkeypatch):
     assert same(list(got[:3]), list(want[:3])) and got[3]["k"] is got[1]
     assert type(got[0]) is torch.nn.Parameter and got[0].requires_grad and not got[1].requires_grad
     assert got[2].requires_grad and type(got[2]) is torch.Tensor
+
+
+def test_a_values_tensors_are_described_as_the_python_codec_describes_them_autograd_bits_too():
+    rng = torch.Generator().manual_seed(SEED % (1 << 31))
+    items = [sample(dtype, shape, rng) for dtype in COMMON for shape in SHAPES[:5]]
+    items += [torch.arange(60.).reshape(6, 10)[:, ::3], torch.zeros(3, 4), torch.ones(1).expand(30, 40),
+              torch.nn.Parameter(torch.randn(3, 2)), torch.nn.Parameter(torch.randn(2), requires_grad=False),
+              torch.randn(2, 3, requires_grad=True), torch.zeros(4, requires_grad=True),
+              torch.randn(8, 8, requires_grad=True)[:, ::2]]
+    for compact_zeros in (False, True):
+        coded = tensor_lists.encode_tensors(items, compact_zeros)
+        assert coded is not None
+        value, attachments = coded
+        want, expected = [], []
+        for item in items:
+            want.append(tensors.encode(item, expected, compact_zeros))
+        assert list(value.tensors) == want and not value.pickle and not value.tensor_list
+        assert [bytes(memoryview(a).cast("B")) for a in attachments] == [bytes(memoryview(a).cast("B")) for a in expected]
+
+
+@pytest.mark.parametrize("case", [case for case in _others() if case not in ("requires grad", "a Parameter")])
+def test_a_value_with_a_tensor_the_core_cannot_describe_is_left_to_the_python_codec(case):
+    assert tensor_lists.encode_tensors([torch.ones(1), _others()[case]], True) is None

@@ -229,6 +229,9 @@ PYBIND11_MODULE(_core, m) {
   m.def("decode_tensor_list", &distautograd::native::decode_tensor_list, pybind11::arg("value"),
         pybind11::arg("attachments"), pybind11::arg("unsent_limit"),
         "The list of tensors and Nones a serialized Value describes; None when it is not the common case.");
+  m.def("encode_value_tensors", &distautograd::native::encode_value_tensors, pybind11::arg("items"),
+        pybind11::arg("compact_zeros"),
+        "(serialized Value of the tensors' descriptions, attachments) for any value's tensors; None when one is not plain.");
   m.def("decode_value_tensors", &distautograd::native::decode_value_tensors, pybind11::arg("value"),
         pybind11::arg("attachments"), pybind11::arg("unsent_limit"),
         "The tensors of any serialized Value, in order, without their autograd bits; None when one is not plain.");

@@ -37,16 +37,18 @@ std::optional<Dtype> dtype_of(at::ScalarType scalar) {
 
 at::ScalarType scalar_of(Dtype dtype) { return kKinds[static_cast<size_t>(dtype)].scalar; }
 
+// Strided CPU memory of its own, of a common dtype, no lazy bit: what the fast paths can send as it lies.
+bool plain_memory(const at::Tensor& tensor) {
+  return tensor.layout() == at::kStrided && tensor.device().is_cpu() && tensor.has_storage() &&
+         !at::isTensorSubclassLike(tensor) && !tensor.is_conj() && !tensor.is_neg() && dtype_of(tensor.scalar_type());
+}
+
 // The tensor a plain-tensor fast path may take: exactly torch.Tensor (no Parameter, no subclass),
-// strided CPU memory of its own, no lazy bit, not requiring grad.
+// plain memory, not requiring grad.
 bool plain(PyObject* item, at::Tensor* out) {
   if (!THPVariable_CheckExact(item)) return false;
   const at::Tensor& tensor = THPVariable_Unpack(item);
-  if (tensor.layout() != at::kStrided || !tensor.device().is_cpu() || !tensor.has_storage() ||
-      at::isTensorSubclassLike(tensor) || tensor.requires_grad() || tensor.is_conj() || tensor.is_neg() ||
-      !dtype_of(tensor.scalar_type())) {
-    return false;
-  }
+  if (!plain_memory(tensor) || tensor.requires_grad()) return false;
   *out = tensor;
   return true;
 }
@@ -113,6 +115,37 @@ at::Tensor over(PyObject* owner, const DenseMeta& meta, const at::TensorOptions&
 
 }  // namespace
 
+namespace {
+
+// One tensor's description, its bytes appended to `attachments` (none when it travels as zeros).
+DenseMeta encode_one(at::Tensor tensor, bool compact_zeros, pybind11::list& attachments) {
+  DenseMeta meta;
+  meta.dtype = *dtype_of(tensor.scalar_type());
+  meta.shape.assign(tensor.sizes().begin(), tensor.sizes().end());
+  if (compact_zeros && all_zeros(tensor)) {
+    meta.zeros = true;
+    return meta;
+  }
+  if (uint64_t span = kept_span(tensor)) {
+    meta.strides.assign(tensor.strides().begin(), tensor.strides().end());
+    tensor = tensor.as_strided({static_cast<int64_t>(span)}, {1}, tensor.storage_offset());
+  } else if (!tensor.is_contiguous()) {
+    gil::Released released;  // the copy of a big view: other threads run meanwhile
+    tensor = tensor.contiguous();
+  }
+  meta.attachment = static_cast<uint32_t>(attachments.size());
+  attachments.append(pybind11::cast(TensorBytes{tensor}));
+  return meta;
+}
+
+// torch.nn.Parameter, looked up once.
+PyObject* parameter_type() {
+  static PyObject* type = pybind11::object(pybind11::module_::import("torch.nn").attr("Parameter")).release().ptr();
+  return type;
+}
+
+}  // namespace
+
 pybind11::object encode_tensor_list(const pybind11::list& items, bool compact_zeros) {
   TensorList list;
   pybind11::list attachments;
@@ -124,25 +157,27 @@ pybind11::object encode_tensor_list(const pybind11::list& items, bool compact_ze
     }
     at::Tensor tensor;
     if (!plain(item, &tensor)) return pybind11::none();
-    DenseMeta meta;
-    meta.dtype = *dtype_of(tensor.scalar_type());
-    meta.shape.assign(tensor.sizes().begin(), tensor.sizes().end());
-    if (compact_zeros && all_zeros(tensor)) {
-      meta.zeros = true;
-    } else {
-      if (uint64_t span = kept_span(tensor)) {
-        meta.strides.assign(tensor.strides().begin(), tensor.strides().end());
-        tensor = tensor.as_strided({static_cast<int64_t>(span)}, {1}, tensor.storage_offset());
-      } else if (!tensor.is_contiguous()) {
-        gil::Released released;  // the copy of a big view: other threads run meanwhile
-        tensor = tensor.contiguous();
-      }
-      meta.attachment = static_cast<uint32_t>(attachments.size());
-      attachments.append(pybind11::cast(TensorBytes{tensor}));
-    }
-    list.tensors.push_back(std::move(meta));
+    list.tensors.push_back(encode_one(tensor, compact_zeros, attachments));
   }
   return pybind11::make_tuple(pybind11::bytes(write_tensor_list(list)), attachments);
+}
+
+pybind11::object encode_value_tensors(const pybind11::list& items, bool compact_zeros) {
+  std::vector<DenseMeta> metas;
+  pybind11::list attachments;
+  for (const pybind11::handle& item : items) {
+    // exactly torch.Tensor or torch.nn.Parameter, as plain() takes it but for requiring grad
+    bool parameter = Py_TYPE(item.ptr()) == reinterpret_cast<PyTypeObject*>(parameter_type());
+    if (!THPVariable_CheckExact(item.ptr()) && !parameter) return pybind11::none();
+    const at::Tensor& tensor = THPVariable_Unpack(item.ptr());
+    bool requires_grad = tensor.requires_grad();
+    if (!plain_memory(tensor)) return pybind11::none();
+    // its bytes, apart from its graph; a tensor that requires grad never travels as zeros (its send point)
+    metas.push_back(encode_one(tensor.detach(), compact_zeros && !requires_grad, attachments));
+    metas.back().requires_grad = requires_grad;
+    metas.back().parameter = parameter;
+  }
+  return pybind11::make_tuple(pybind11::bytes(write_value_tensors(metas)), attachments);
 }
 
 namespace {

@@ -15,6 +15,12 @@ struct TensorBytes {
 // (serialized Value, [attachments]) for a list of tensors and Nones, or None.
 pybind11::object encode_tensor_list(const pybind11::list& items, bool compact_zeros);
 
+// (serialized Value holding only the tensors' descriptions, [attachments]) for the tensors of any value (a
+// call's), in order: each exactly torch.Tensor or torch.nn.Parameter with plain memory, which may require
+// grad (its requires_grad and parameter bits written, its message id left to the caller); or None. A
+// tensor that requires grad never travels as zeros.
+pybind11::object encode_value_tensors(const pybind11::list& items, bool compact_zeros);
+
 // The list a serialized Value and its attachments describe, or None (also when its all-zero tensors
 // and expanded views together would take over `unsent_limit` bytes beyond those that came). A tensor
 // shares the memory of its attachment (a bytearray), which it keeps alive, as torch.frombuffer does.

@@ -193,24 +193,39 @@ std::optional<std::vector<DenseMeta>> read_value_tensors(const uint8_t* data, si
   return tensors;
 }
 
+namespace {
+
+std::string write_meta(const DenseMeta& meta) {
+  std::string bytes;
+  wire::Writer writer(bytes);
+  writer.bytes_field(kDtype, dtype_name(meta.dtype));
+  std::vector<uint64_t> shape(meta.shape.begin(), meta.shape.end());
+  writer.packed_field(kShape, shape.data(), shape.size());
+  if (meta.attachment) writer.varint_field(kAttachment, meta.attachment);
+  if (meta.requires_grad) writer.varint_field(kRequiresGrad, 1);
+  if (meta.parameter) writer.varint_field(kParameter, 1);
+  if (meta.zeros) writer.varint_field(kZeros, 1);
+  std::vector<uint64_t> strides(meta.strides.begin(), meta.strides.end());
+  writer.packed_field(kStrides, strides.data(), strides.size());
+  return bytes;
+}
+
+}  // namespace
+
 std::string write_tensor_list(const TensorList& list) {
   std::string out;
   wire::Writer value(out);
-  for (const DenseMeta& meta : list.tensors) {
-    std::string bytes;
-    wire::Writer writer(bytes);
-    writer.bytes_field(kDtype, dtype_name(meta.dtype));
-    std::vector<uint64_t> shape(meta.shape.begin(), meta.shape.end());
-    writer.packed_field(kShape, shape.data(), shape.size());
-    if (meta.attachment) writer.varint_field(kAttachment, meta.attachment);
-    if (meta.zeros) writer.varint_field(kZeros, 1);
-    std::vector<uint64_t> strides(meta.strides.begin(), meta.strides.end());
-    writer.packed_field(kStrides, strides.data(), strides.size());
-    value.bytes_field(kTensors, bytes);
-  }
+  for (const DenseMeta& meta : list.tensors) value.bytes_field(kTensors, write_meta(meta));
   value.varint_field(kTensorList, 1);
   std::vector<uint64_t> none_at(list.none_at.begin(), list.none_at.end());
   value.packed_field(kNoneAt, none_at.data(), none_at.size());
+  return out;
+}
+
+std::string write_value_tensors(const std::vector<DenseMeta>& tensors) {
+  std::string out;
+  wire::Writer value(out);
+  for (const DenseMeta& meta : tensors) value.bytes_field(kTensors, write_meta(meta));
   return out;
 }
 

@@ -30,6 +30,9 @@ struct DenseMeta {
   // What the attachment must hold, without overflow: the elements (C order) or the span the strides
   // reach from the first element (1 + the sum of (size - 1) x stride), times the element size.
   uint64_t nbytes = 0;
+  // Written by write_value_tensors only (readers leave the autograd bits to the caller's own parse).
+  bool requires_grad = false;
+  bool parameter = false;
   // What its elements take beyond the bytes that travel (all zeros: all of it; an expanded view: the
   // elements its span does not hold), which a message may ask for only within a budget.
   uint64_t unsent = 0;
@@ -63,5 +66,9 @@ std::optional<std::vector<DenseMeta>> read_value_tensors(const uint8_t* data, si
 
 // The serialized Value of a list, the bytes protobuf's own serializer writes for it.
 std::string write_tensor_list(const TensorList& list);
+
+// A serialized Value of these tensors' descriptions alone, with their requires_grad and parameter bits:
+// the caller adds the pickle, the RRefs and the message ids.
+std::string write_value_tensors(const std::vector<DenseMeta>& tensors);
 
 }  // namespace distautograd::native
