@@ -6,6 +6,8 @@
   anything else.
 - A participant's end rides on its last push; one whose part ends without a push sends PassFinished.
 - A wrong gradient from a peer still fails the pass with torch's message (the engine checks it).
+- A value's tensors (a call's arguments, its answer) are made by the core in one call, Parameters and
+  all; a value with a tensor it does not take (sparse) is made by Python.
 - What a send point sets off travels with its tensor; over 1024 send points it does not, and the
   root asks their holders. A plan of up to 512 active sends rides on every push; a bigger one is
   sent to every participant first.
@@ -115,6 +117,27 @@ def test_a_list_of_tensors_travels_without_a_pickle_and_anything_else_with_one(m
     same = rpc.rpc_sync("worker1", remote.echo, args=([a, a],))
     assert same[0] is same[1]  # the same tensor twice takes the pickle, which keeps it one object
     assert unpickled == [1]
+
+
+def test_a_values_tensors_are_made_by_the_core_and_a_sparse_ones_by_python(monkeypatch):
+    """worker1 answers with the tuple it got: its tensors are made here by the core, one Python
+    tensors.decode per tensor only where one of them is not plain dense (or on the Python path)."""
+    from distautograd import native
+    from distautograd.encoding import tensors
+
+    made_by_python = []
+    original = tensors.decode
+    monkeypatch.setattr(tensors, "decode", lambda *a, **k: made_by_python.append(1) or original(*a, **k))
+    a, p = torch.arange(3.0), torch.nn.Parameter(torch.randn(2, 2))
+    back = rpc.rpc_sync("worker1", remote.echo, args=((a, p, {"again": a}),))
+    assert torch.equal(back[0], a) and back[2]["again"] is back[0]
+    assert type(back[1]) is torch.nn.Parameter and back[1].requires_grad and torch.equal(back[1], p)
+    assert len(made_by_python) == (0 if native.path_on() else 2)
+    made_by_python.clear()
+    sparse = torch.ones(3).to_sparse()
+    back = rpc.rpc_sync("worker1", remote.echo, args=((a, sparse),))
+    assert torch.equal(back[0], a) and torch.equal(back[1].to_dense(), sparse.to_dense())
+    assert len(made_by_python) == 4  # the dense one too (the value is Python's whole), and the sparse one's 2 parts
 
 
 def test_a_big_graph_the_root_asks_the_holders_and_sends_the_plan_ahead(monkeypatch):
