@@ -19,11 +19,7 @@ def encode(items: list, compact_zeros: bool) -> Optional[Tuple[pb.Value, List[An
     """(the Value, its attachments) for ``items``, or None when it is not the common case."""
     if not native.path_on():
         return None
-    coded = native.core.encode_tensor_list(items, compact_zeros)
-    if coded is None:
-        return None
-    value, attachments = coded
-    return pb.Value.FromString(value), attachments
+    return _parsed(native.core.encode_tensor_list(items, compact_zeros))
 
 
 def encode_tensors(items: list, compact_zeros: bool) -> Optional[Tuple[pb.Value, List[Any]]]:
@@ -32,7 +28,11 @@ def encode_tensors(items: list, compact_zeros: bool) -> Optional[Tuple[pb.Value,
     caller adds message ids, the pickle and the RRefs); None when one is not the common case."""
     if not native.path_on():
         return None
-    coded = native.core.encode_value_tensors(items, compact_zeros)
+    return _parsed(native.core.encode_value_tensors(items, compact_zeros))
+
+
+def _parsed(coded: Optional[Tuple[bytes, List[Any]]]) -> Optional[Tuple[pb.Value, List[Any]]]:
+    """The core's (serialized Value, attachments) with the Value parsed, or None as it came."""
     if coded is None:
         return None
     value, attachments = coded

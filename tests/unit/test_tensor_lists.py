@@ -282,7 +282,10 @@ def _hostile(rng: random.Random):
     return data, received
 
 
-def test_on_hostile_values_the_core_takes_only_what_the_python_codec_reads_the_same(monkeypatch):
+def _against_python(core_decode, python_decode_of) -> tuple:
+    """Hostile Values through ``core_decode(bytes, attachments, limit)`` and ``python_decode_of(value,
+    attachments)``: what the Python codec refuses the core never takes, and what the core takes reads
+    the same; (taken, refused)."""
     print(f"seed {SEED}")
     rng = random.Random(SEED)
     taken = refused = 0
@@ -292,9 +295,9 @@ def test_on_hostile_values_the_core_takes_only_what_the_python_codec_reads_the_s
             value = pb.Value.FromString(data)
         except DecodeError:
             continue  # the frame it came in would not have parsed: it never gets here
-        got = native.core.decode_tensor_list(value.SerializeToString(), received, LIMIT)
+        got = core_decode(value.SerializeToString(), received, LIMIT)
         try:
-            want = python_decode(value, received, monkeypatch)
+            want = python_decode_of(value, received)
         except (errors.InvalidArgument, RuntimeError, ValueError, TypeError, OverflowError):
             assert got is None, (SEED, value)
             refused += 1
@@ -302,6 +305,12 @@ def test_on_hostile_values_the_core_takes_only_what_the_python_codec_reads_the_s
         if got is not None:
             assert same(got, want), (SEED, value)
             taken += 1
+    return taken, refused
+
+
+def test_on_hostile_values_the_core_takes_only_what_the_python_codec_reads_the_same(monkeypatch):
+    taken, refused = _against_python(native.core.decode_tensor_list,
+                                     lambda value, received: python_decode(value, received, monkeypatch))
     print(f"{taken} lists the core took, {refused} the Python codec refused")
     assert taken > 300 and refused > 300  # both kinds were really tried
 
@@ -347,25 +356,7 @@ def test_a_value_with_a_tensor_that_is_not_plain_dense_is_left_to_the_python_cod
 
 
 def test_on_hostile_values_the_core_makes_only_tensors_the_python_codec_makes_the_same():
-    print(f"seed {SEED}")
-    rng = random.Random(SEED)
-    taken = refused = 0
-    for _ in range(3000):
-        data, received = _hostile(rng)
-        try:
-            value = pb.Value.FromString(data)
-        except DecodeError:
-            continue  # the frame it came in would not have parsed: it never gets here
-        got = native.core.decode_value_tensors(value.SerializeToString(), received, LIMIT)
-        try:
-            want = python_tensors(value, received)
-        except (errors.InvalidArgument, RuntimeError, ValueError, TypeError, OverflowError):
-            assert got is None, (SEED, value)
-            refused += 1
-            continue
-        if got is not None:
-            assert same(got, want), (SEED, value)
-            taken += 1
+    taken, refused = _against_python(native.core.decode_value_tensors, python_tensors)
     print(f"{taken} values whose tensors the core made, {refused} the Python codec refused")
     assert taken > 300 and refused > 300  # both kinds were really tried
 
