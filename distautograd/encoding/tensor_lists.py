@@ -4,7 +4,10 @@ The common case is a list of exactly-``torch.Tensor`` tensors, dense, in C order
 dtypes, with no autograd, Parameter, conjugate or negative bit (native/csrc/tensor_list.h). The core
 writes the same bytes as ``tensors.encode`` would and reads a Value as ``tensors.decode`` does; a
 list it does not take, and anything malformed, goes to the Python codec, which says what is wrong.
-``DISTAUTOGRAD_NATIVE_PATH=0`` leaves every list to Python.
+Any other value's tensors (``encode_tensors``, ``decode_tensors``) take the same path, where a tensor
+may also be a ``Parameter`` or require grad: the core writes those bits, the caller reads them back
+and adds the pickle and the send and recv points. ``DISTAUTOGRAD_NATIVE_PATH=0`` leaves all of it to
+Python.
 """
 
 from __future__ import annotations

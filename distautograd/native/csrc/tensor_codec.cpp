@@ -3,6 +3,8 @@
 // attachment becomes a tensor over its memory. A view that is not contiguous keeps its strides, or
 // goes compact by torch's rule, as in the Python codec (encoding/tensors.py). All-zero tensors travel
 // as their shape when asked (compact_zeros), as in the Python codec: -0.0 counts as zero there too.
+// Any value's tensors go the same way, where a tensor may also be a Parameter or require grad: its
+// bits are written, and read back by the caller.
 #include "tensor_codec.h"
 
 #include <ATen/TensorSubclassLikeUtils.h>
