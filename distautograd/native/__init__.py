@@ -7,8 +7,9 @@ autograd Node that torch's engine runs without the GIL (engine/nodes.py), a wave
 leaves' slots swapped and the recv nodes recorded in one call (engine/execution.py), a pass's part from
 an arrival to its pushes (engine/local_pass.py), each push's request written in one call
 (encoding/tensor_lists.py), failing
-torch futures as torch's RPC fails them, and adding a remote call's profiled events to the caller's
-profiler. Without it the package runs its Python path, and says so once, in one line,
+torch futures as torch's RPC fails them, adding a remote call's profiled events to the caller's
+profiler, and watching for calls that run too long on the thread that read them (transport/reading.py)
+without taking the GIL to look. Without it the package runs its Python path, and says so once, in one line,
 when it starts.
 """
 

@@ -6,16 +6,23 @@ when it is done (``reclaim``). Meanwhile nobody reads that connection, which is 
 the call does not wait for something that comes over it: so reading is handed to a standby
 thread (``give_away``) as soon as the call is about to wait for another worker
 (``before_blocking``, called by every wait of the runtime), or once it has run for longer than
-``LENT_SECONDS`` (a watchdog catches calls that compute long or wait on anything else).
+``LENT_SECONDS`` (a watchdog catches calls that compute long or wait on anything else). The
+watchdog is the core's where messages take its path: it polls without the GIL and takes it only to
+give a late call's reading away; Python's (the fallback) takes the GIL at every poll.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import queue
 import threading
 import time
-from typing import Callable, Dict, Iterator, Optional
+from typing import Callable, Dict, Iterator, Optional, Tuple
+
+from distautograd import native
+
+log = logging.getLogger("distautograd")
 
 LENT_SECONDS = 0.002  # a call that runs longer than this no longer holds up its connection
 _IDLE_SECONDS = 60.0  # a standby thread nobody needed for this long ends
@@ -28,11 +35,10 @@ _HELD, _LENT, _GIVEN = "held", "lent", "given"
 class Role:
     """The job of reading one connection, held by one thread at a time."""
 
-    __slots__ = ("state", "since", "_continue", "_lock")
+    __slots__ = ("state", "_continue", "_lock")
 
     def __init__(self, continue_elsewhere: Callable[[], None]):
         self.state = _HELD
-        self.since = 0.0
         self._continue = continue_elsewhere
         self._lock = threading.Lock()
 
@@ -68,7 +74,6 @@ def lend() -> Optional[Role]:
     role: Optional[Role] = getattr(_local, "role", None)
     if role is None or role.state != _HELD:
         return None
-    role.since = time.monotonic()
     role.state = _LENT
     _watch.add(role)
     return role
@@ -90,20 +95,24 @@ def before_blocking() -> None:
         role.give_away()
 
 
-class _Watch:
-    """Gives away the reading of connections whose call has run for longer than LENT_SECONDS."""
+class Watch:
+    """Gives away the reading of connections whose call has run for longer than ``limit`` seconds,
+    polling while any was lent in the last ``idle`` seconds (the core's ``LentWatch`` does the same
+    without taking the GIL to poll)."""
 
-    def __init__(self) -> None:
-        self._lent: Dict[int, Role] = {}
+    def __init__(self, limit: float, idle: float) -> None:
+        self._limit, self._idle = limit, idle
+        self._lent: Dict[int, Tuple[Role, float]] = {}  # id -> (the role, when it was lent)
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._thread: Optional[threading.Thread] = None
         self._last = 0.0
 
     def add(self, role: Role) -> None:
+        now = time.monotonic()
         with self._lock:
-            self._lent[id(role)] = role
-            self._last = role.since
+            self._lent[id(role)] = (role, now)
+            self._last = now
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="distautograd-reading-watch", daemon=True)
                 self._thread.start()
@@ -114,21 +123,29 @@ class _Watch:
         with self._lock:
             self._lent.pop(id(role), None)
 
+    def lent(self) -> int:
+        with self._lock:
+            return len(self._lent)
+
     def _run(self) -> None:
         while True:
             self._wake.wait()
-            time.sleep(LENT_SECONDS)
+            time.sleep(self._limit)
             now = time.monotonic()
             with self._lock:
-                late = [role for role in self._lent.values() if now - role.since >= LENT_SECONDS]
-                idle = not self._lent and now - self._last > _WATCH_SECONDS
+                late = [role for role, since in self._lent.values() if now - since >= self._limit]
+                idle = not self._lent and now - self._last > self._idle
                 if idle:
                     self._wake.clear()
             for role in late:
-                role.give_away()
+                self.forget(role)  # once: given away, or failed to be (the next role still is)
+                try:
+                    role.give_away()
+                except Exception:
+                    log.exception("distautograd's watchdog could not give a late call's reading away")
 
 
-_watch = _Watch()
+_watch = native.core.LentWatch(LENT_SECONDS, _WATCH_SECONDS) if native.path_on() else Watch(LENT_SECONDS, _WATCH_SECONDS)
 
 
 class Standby:

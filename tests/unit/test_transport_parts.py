@@ -1,10 +1,12 @@
 """The transport's small parts on their own: the deadline clock and the pool of receive buffers."""
 
 import gc
+import sys
 import threading
 import time
 import weakref
 
+import pytest
 import torch
 
 from distautograd.transport import shm
@@ -135,3 +137,72 @@ def test_reading_is_lent_to_a_call_and_given_away_when_it_waits_or_runs_long():
         time.sleep(reading.LENT_SECONDS * 20)  # runs long: the watchdog gives reading away
         reading.reclaim(slow)
         assert not slow.reading_here
+
+
+def _watches():
+    """Each watch of lent reading this build has: Python's, and the core's where it is built."""
+    from distautograd import native
+    from distautograd.transport import reading
+
+    yield "python", reading.Watch
+    if native.core is not None:
+        yield "native", native.core.LentWatch
+
+
+class _Refusing:
+    """A lent role whose giving away fails (as starting a standby thread fails at shutdown)."""
+
+    def give_away(self):
+        raise RuntimeError("can't start new thread")
+
+
+@pytest.mark.parametrize("kind", ["python", "native"])
+def test_a_watch_gives_away_a_role_lent_too_long_once_and_never_one_taken_back_in_time(kind, monkeypatch, caplog):
+    from distautograd.transport import reading
+
+    make = dict(_watches()).get(kind)
+    if make is None:
+        pytest.skip("the compiled core is not built")
+    idle = 0.05
+    watch = make(reading.LENT_SECONDS, idle)
+    unraisable = []
+    monkeypatch.setattr(sys, "unraisablehook", unraisable.append)  # where the core reports a failure
+
+    def lent_role(continued):
+        role = reading.Role(continued)
+        role.state = reading._LENT  # as lend() leaves it
+        return role
+
+    quick_went, slow_went = threading.Event(), threading.Event()
+    quick = lent_role(quick_went.set)
+    held = sys.getrefcount(quick)
+    watch.add(quick)
+    assert sys.getrefcount(quick) == held + 1 and watch.lent() == 1  # the watch holds it while it is lent
+    watch.forget(quick)  # taken back within the limit
+    watch.forget(quick)  # a second forget changes nothing
+    assert sys.getrefcount(quick) == held and watch.lent() == 0
+    watch.add(_Refusing())
+    watch.add(lent_role(slow_went.set))  # nobody else holds this one: the watch must keep it alive
+    assert slow_went.wait(1), "the late role was not given away within 1 s (its limit is 2 ms)"
+    assert not quick_went.is_set()
+    deadline = time.monotonic() + 5
+    while watch.lent() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert watch.lent() == 0
+    again = lent_role(threading.Event().set)  # after a failure, the watch still watches
+    watch.add(again)
+    deadline = time.monotonic() + 5
+    while again.state != reading._GIVEN and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert again.state == reading._GIVEN
+    first_went, second_went = threading.Event(), threading.Event()
+    watch.add(lent_role(first_went.set))
+    time.sleep(reading.LENT_SECONDS / 2)  # the next one comes while the watch waits for its next look
+    watch.add(lent_role(second_went.set))  # not late at that look: the watch must look again
+    assert first_went.wait(1) and second_went.wait(1), "a role lent too long was not given away within 1 s"
+    time.sleep(idle * 4)  # nothing lent for longer than idle: the watch stops looking until the next one
+    woken = threading.Event()
+    watch.add(lent_role(woken.set))
+    assert woken.wait(1), "a watch that had stopped looking did not wake for a role lent"
+    reported = [str(u.exc_value) for u in unraisable] + [r.exc_info[1].args[0] for r in caplog.records if r.exc_info]
+    assert reported == ["can't start new thread"]  # the failure was said, once

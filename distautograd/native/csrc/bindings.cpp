@@ -13,6 +13,7 @@
 #include "frame_writer.h"
 #include "futures.h"
 #include "gil.h"
+#include "lent_watch.h"
 #include "local_pass.h"
 #include "pass_graph.h"
 #include "push_reading.h"
@@ -277,4 +278,13 @@ PYBIND11_MODULE(_core, m) {
       .def(pybind11::init<>())
       .def("run", &distautograd::native::ThreadState::run, pybind11::arg("fn"),
            "Calls fn here under the captured state.");
+
+  // Never deleted: its thread, once started, refers to it for the rest of the process.
+  using distautograd::native::LentWatch;
+  pybind11::class_<LentWatch, std::unique_ptr<LentWatch, pybind11::nodelete>>(
+      m, "LentWatch", "Gives away the reading of connections whose call runs too long, taking the GIL only then.")
+      .def(pybind11::init<double, double>(), pybind11::arg("limit"), pybind11::arg("idle"))
+      .def("add", &LentWatch::add, pybind11::arg("role"), "role was lent just now: watched until forgotten.")
+      .def("forget", &LentWatch::forget, pybind11::arg("role"), "role is no longer lent (nothing if unknown).")
+      .def("lent", &LentWatch::lent, "How many roles are lent now.");
 }
