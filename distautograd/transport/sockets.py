@@ -75,8 +75,11 @@ class SocketTransport:
                 raise errors.Unreachable(str(self._stalled))
             if self._closed:
                 raise errors.Unavailable(f"the connection to {self.link.peer} is closed")
-            if isinstance(message, Serialized) and not self._shares(views):
-                # every attachment streamed: the writer puts their description in front (Request's field 2)
+            if not self._shares(views):
+                # Every attachment streamed: the writer puts their description in front (field 2 of a
+                # Request and of a Response), so the message is not described here first.
+                if not isinstance(message, Serialized) and message.HasField("attachments"):
+                    message.ClearField("attachments")  # a push sent again (on a fresh connection)
                 self._write(frame_id, kind, message, views, [], views, describe=True)
                 return
             streamed: List[Any] = []
@@ -85,7 +88,7 @@ class SocketTransport:
                 serialized, message = message, pb.Request()
             else:
                 serialized = None
-                message.ClearField("attachments")  # a push sent again (on a fresh connection) is described once
+                message.ClearField("attachments")  # a push sent again is described once
             message.attachments.streamed_sizes.extend(len(v) for v in views)
             for index, view in enumerate(views):
                 if self._shares([view]):
