@@ -115,10 +115,6 @@ at::Tensor over(PyObject* owner, const DenseMeta& meta, const at::TensorOptions&
   return at::from_blob(data, meta.shape, keep, options);
 }
 
-}  // namespace
-
-namespace {
-
 // One tensor's description, its bytes appended to `attachments` (none when it travels as zeros).
 DenseMeta encode_one(at::Tensor tensor, bool compact_zeros, pybind11::list& attachments) {
   DenseMeta meta;
@@ -144,6 +140,57 @@ DenseMeta encode_one(at::Tensor tensor, bool compact_zeros, pybind11::list& atta
 PyObject* parameter_type() {
   static PyObject* type = pybind11::object(pybind11::module_::import("torch.nn").attr("Parameter")).release().ptr();
   return type;
+}
+
+// The tensors `metas` describe over the attachments' memory, or nothing where the Python codec must make
+// them (an attachment that is not a bytearray of the size the meta asks, all-zero tensors and expanded
+// views over `unsent_limit` together, a shape torch cannot make).
+std::optional<std::vector<at::Tensor>> make_tensors(const std::vector<DenseMeta>& metas,
+                                                    const pybind11::list& attachments, uint64_t unsent_limit) {
+  uint64_t unsent = 0;  // never above unsent_limit: the sum cannot wrap
+  for (const DenseMeta& meta : metas) {
+    if (meta.unsent > unsent_limit - unsent) return std::nullopt;  // the Python codec says why
+    unsent += meta.unsent;
+  }
+  std::vector<at::Tensor> tensors;
+  tensors.reserve(metas.size());
+  try {
+    for (const DenseMeta& meta : metas) {
+      at::TensorOptions options = at::TensorOptions().dtype(scalar_of(meta.dtype));
+      if (meta.zeros) {
+        tensors.push_back(at::zeros(meta.shape, options));
+        continue;
+      }
+      if (meta.attachment >= attachments.size()) return std::nullopt;
+      PyObject* owner = attachments[meta.attachment].ptr();
+      if (!PyByteArray_CheckExact(owner) || static_cast<uint64_t>(PyByteArray_GET_SIZE(owner)) != meta.nbytes) {
+        return std::nullopt;
+      }
+      if (!meta.nbytes) {
+        tensors.push_back(at::empty(meta.shape, options));
+        continue;
+      }
+      tensors.push_back(over(owner, meta, options));
+    }
+  } catch (const c10::Error&) {
+    return std::nullopt;  // out of memory for a shape, say: the Python codec says what went wrong
+  }
+  return tensors;
+}
+
+// What `read` (tensor_list.h's reader of a list, or of a Value's tensors) makes of a bytes object's
+// bytes, or nothing where the Python codec must: a Malformed one too, as protobuf's own parser reads
+// more (groups, in unknown fields) and decides.
+template <typename Out>
+std::optional<Out> read_bytes(const pybind11::bytes& value, std::optional<Out> (*read)(const uint8_t*, size_t)) {
+  char* data = nullptr;
+  Py_ssize_t size = 0;
+  if (PyBytes_AsStringAndSize(value.ptr(), &data, &size) != 0) throw pybind11::error_already_set();
+  try {
+    return read(reinterpret_cast<const uint8_t*>(data), static_cast<size_t>(size));
+  } catch (const wire::Malformed&) {
+    return std::nullopt;
+  }
 }
 
 }  // namespace
@@ -182,63 +229,9 @@ pybind11::object encode_value_tensors(const pybind11::list& items, bool compact_
   return pybind11::make_tuple(pybind11::bytes(write_value_tensors(metas)), attachments);
 }
 
-namespace {
-
-// The tensors `metas` describe over the attachments' memory, or nothing where the Python codec must make
-// them (an attachment that is not a bytearray of the size the meta asks, all-zero tensors and expanded
-// views over `unsent_limit` together, a shape torch cannot make).
-std::optional<std::vector<at::Tensor>> make_tensors(const std::vector<DenseMeta>& metas,
-                                                    const pybind11::list& attachments, uint64_t unsent_limit) {
-  uint64_t unsent = 0;  // never above unsent_limit: the sum cannot wrap
-  for (const DenseMeta& meta : metas) {
-    if (meta.unsent > unsent_limit - unsent) return std::nullopt;  // the Python codec says why
-    unsent += meta.unsent;
-  }
-  std::vector<at::Tensor> tensors;
-  tensors.reserve(metas.size());
-  try {
-    for (const DenseMeta& meta : metas) {
-      at::TensorOptions options = at::TensorOptions().dtype(scalar_of(meta.dtype));
-      if (meta.zeros) {
-        tensors.push_back(at::zeros(meta.shape, options));
-        continue;
-      }
-      if (meta.attachment >= attachments.size()) return std::nullopt;
-      PyObject* owner = attachments[meta.attachment].ptr();
-      if (!PyByteArray_CheckExact(owner) || static_cast<uint64_t>(PyByteArray_GET_SIZE(owner)) != meta.nbytes) {
-        return std::nullopt;
-      }
-      if (!meta.nbytes) {
-        tensors.push_back(at::empty(meta.shape, options));
-        continue;
-      }
-      tensors.push_back(over(owner, meta, options));
-    }
-  } catch (const c10::Error&) {
-    return std::nullopt;  // out of memory for a shape, say: the Python codec says what went wrong
-  }
-  return tensors;
-}
-
-// The bytes of a bytes object, for a reader that parses them.
-std::pair<const uint8_t*, size_t> bytes_of(const pybind11::bytes& value) {
-  char* data = nullptr;
-  Py_ssize_t size = 0;
-  if (PyBytes_AsStringAndSize(value.ptr(), &data, &size) != 0) throw pybind11::error_already_set();
-  return {reinterpret_cast<const uint8_t*>(data), static_cast<size_t>(size)};
-}
-
-}  // namespace
-
 pybind11::object decode_tensor_list(const pybind11::bytes& value, const pybind11::list& attachments,
                                     uint64_t unsent_limit) {
-  auto [data, size] = bytes_of(value);
-  std::optional<TensorList> list;
-  try {
-    list = read_tensor_list(data, size);
-  } catch (const wire::Malformed&) {
-    return pybind11::none();  // protobuf's own parser reads more (groups, in unknown fields): it decides
-  }
+  std::optional<TensorList> list = read_bytes(value, read_tensor_list);
   if (!list) return pybind11::none();
   std::optional<std::vector<at::Tensor>> tensors = make_tensors(list->tensors, attachments, unsent_limit);
   if (!tensors) return pybind11::none();
@@ -254,13 +247,7 @@ pybind11::object decode_tensor_list(const pybind11::bytes& value, const pybind11
 
 pybind11::object decode_value_tensors(const pybind11::bytes& value, const pybind11::list& attachments,
                                       uint64_t unsent_limit) {
-  auto [data, size] = bytes_of(value);
-  std::optional<std::vector<DenseMeta>> metas;
-  try {
-    metas = read_value_tensors(data, size);
-  } catch (const wire::Malformed&) {
-    return pybind11::none();
-  }
+  std::optional<std::vector<DenseMeta>> metas = read_bytes(value, read_value_tensors);
   if (!metas) return pybind11::none();
   std::optional<std::vector<at::Tensor>> tensors = make_tensors(*metas, attachments, unsent_limit);
   if (!tensors) return pybind11::none();
