@@ -120,7 +120,8 @@ def main(argv=None) -> int:
                 fw, "transfer", {"sizes_mib": sizes, "repeats": 3 if quick else 5}))
             reach = iperf.between_namespaces(1.0 if quick else 3.0)
             if reach is None:
-                print("iperf3 is not installed: the namespace rows are not compared with it", file=sys.stderr)
+                print("no iperf3 figure (not installed, or said why above): the namespace rows are not compared "
+                      "with it", file=sys.stderr)
             for mib in sizes:
                 bar = [(">=", 1.0)] + ([("iperf3", 0.7, reach)] if reach else [])
                 row(f"{mib} MiB one way, TCP between namespaces", r, f"{mib}MiB_GBps", "GB/s", True,
