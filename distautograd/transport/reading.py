@@ -7,14 +7,16 @@ the call does not wait for something that comes over it: so reading is handed to
 thread (``give_away``) as soon as the call is about to wait for another worker
 (``before_blocking``, called by every wait of the runtime), or once it has run for longer than
 ``LENT_SECONDS`` (a watchdog catches calls that compute long or wait on anything else). The
-watchdog is the core's where messages take its path: it polls without the GIL and takes it only to
-give a late call's reading away; Python's (the fallback) takes the GIL at every poll.
+watchdog is the core's where messages took its path when the package was imported: it looks without
+the GIL and takes it only to give a late call's reading away; Python's (the fallback) takes the GIL
+at every look. A child process forked from this one starts with a fresh watchdog.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import queue
 import threading
 import time
@@ -96,12 +98,12 @@ def before_blocking() -> None:
 
 
 class Watch:
-    """Gives away the reading of connections whose call has run for longer than ``limit`` seconds,
-    polling while any was lent in the last ``idle`` seconds (the core's ``LentWatch`` does the same
-    without taking the GIL to poll)."""
+    """Hands each role lent for longer than ``limit`` seconds to ``late`` (to give its reading away),
+    looking while any was lent in the last ``idle`` seconds (the core's ``LentWatch`` does the same
+    without taking the GIL to look)."""
 
-    def __init__(self, limit: float, idle: float) -> None:
-        self._limit, self._idle = limit, idle
+    def __init__(self, limit: float, idle: float, late: Callable[[Role], None]) -> None:
+        self._limit, self._idle, self._late = limit, idle, late
         self._lent: Dict[int, Tuple[Role, float]] = {}  # id -> (the role, when it was lent)
         self._lock = threading.Lock()
         self._wake = threading.Event()
@@ -114,8 +116,9 @@ class Watch:
             self._lent[id(role)] = (role, now)
             self._last = now
             if self._thread is None:
-                self._thread = threading.Thread(target=self._run, name="distautograd-reading-watch", daemon=True)
-                self._thread.start()
+                thread = threading.Thread(target=self._run, name="distautograd-reading-watch", daemon=True)
+                thread.start()  # first: if it cannot start, the next add tries again
+                self._thread = thread
         if not self._wake.is_set():
             self._wake.set()  # only when the watchdog sleeps: while calls keep coming it polls instead
 
@@ -140,12 +143,34 @@ class Watch:
             for role in late:
                 self.forget(role)  # once: given away, or failed to be (the next role still is)
                 try:
-                    role.give_away()
-                except Exception:
-                    log.exception("distautograd's watchdog could not give a late call's reading away")
+                    self._late(role)
+                except Exception:  # ``late`` says its own failures: this is a last resort
+                    log.exception("distautograd's watchdog giving a late call's reading away")
 
 
-_watch = native.core.LentWatch(LENT_SECONDS, _WATCH_SECONDS) if native.path_on() else Watch(LENT_SECONDS, _WATCH_SECONDS)
+def give_away_late(role: Role) -> None:
+    """What either watchdog does with a role lent too long; a failure is logged, and the watch goes on."""
+    try:
+        role.give_away()
+    except Exception:
+        log.exception("distautograd's watchdog could not give a late call's reading away")
+
+
+def _new_watch():
+    if native.path_on():
+        return native.core.LentWatch(LENT_SECONDS, _WATCH_SECONDS, give_away_late)
+    return Watch(LENT_SECONDS, _WATCH_SECONDS, give_away_late)
+
+
+def _afresh() -> None:
+    """In a forked child: the parent's watchdog and standby threads are not there, and their locks may be
+    held forever."""
+    global _watch, standby
+    _watch = _new_watch()
+    standby = Standby()
+
+
+_watch = _new_watch()
 
 
 class Standby:
@@ -191,3 +216,4 @@ class Standby:
 
 
 standby = Standby()
+os.register_at_fork(after_in_child=_afresh)

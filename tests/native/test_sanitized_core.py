@@ -30,7 +30,7 @@ TESTS = {  # what feeds the core: codecs, planner and frames in one process; soc
                        "tests/unit/test_local_pass.py", "tests/unit/test_engine.py", "tests/unit/test_push_requests.py",
                        "tests/unit/test_push_reading.py", "tests/unit/test_transport_parts.py"],
     "between processes": ["tests/cluster/test_fuzz.py", "tests/inprocess/test_backward.py",
-                          "-k", "not python"],  # the oracle tests' Python-path half does not touch the core
+                          "-k", "not python"],  # the oracle tests' Python-path half touches only the core's watchdog
 }
 
 

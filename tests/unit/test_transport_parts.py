@@ -1,6 +1,8 @@
-"""The transport's small parts on their own: the deadline clock and the pool of receive buffers."""
+"""The transport's small parts on their own: the deadline clock, the pool of receive buffers, local links,
+and lending a connection's reading to a call, with both watchdogs (Python's and the core's)."""
 
 import gc
+import os
 import sys
 import threading
 import time
@@ -150,9 +152,12 @@ def _watches():
 
 
 class _Refusing:
-    """A lent role whose giving away fails (as starting a standby thread fails at shutdown)."""
+    """A lent role whose giving away fails (as starting a standby thread fails at shutdown); counts the tries."""
+
+    tries = 0
 
     def give_away(self):
+        self.tries += 1
         raise RuntimeError("can't start new thread")
 
 
@@ -164,9 +169,9 @@ def test_a_watch_gives_away_a_role_lent_too_long_once_and_never_one_taken_back_i
     if make is None:
         pytest.skip("the compiled core is not built")
     idle = 0.05
-    watch = make(reading.LENT_SECONDS, idle)
+    watch = make(reading.LENT_SECONDS, idle, reading.give_away_late)
     unraisable = []
-    monkeypatch.setattr(sys, "unraisablehook", unraisable.append)  # where the core reports a failure
+    monkeypatch.setattr(sys, "unraisablehook", unraisable.append)  # where the core would say `late` failed
 
     def lent_role(continued):
         role = reading.Role(continued)
@@ -181,7 +186,8 @@ def test_a_watch_gives_away_a_role_lent_too_long_once_and_never_one_taken_back_i
     watch.forget(quick)  # taken back within the limit
     watch.forget(quick)  # a second forget changes nothing
     assert sys.getrefcount(quick) == held and watch.lent() == 0
-    watch.add(_Refusing())
+    refusing = _Refusing()
+    watch.add(refusing)
     watch.add(lent_role(slow_went.set))  # nobody else holds this one: the watch must keep it alive
     assert slow_went.wait(1), "the late role was not given away within 1 s (its limit is 2 ms)"
     assert not quick_went.is_set()
@@ -204,5 +210,37 @@ def test_a_watch_gives_away_a_role_lent_too_long_once_and_never_one_taken_back_i
     woken = threading.Event()
     watch.add(lent_role(woken.set))
     assert woken.wait(1), "a watch that had stopped looking did not wake for a role lent"
-    reported = [str(u.exc_value) for u in unraisable] + [r.exc_info[1].args[0] for r in caplog.records if r.exc_info]
-    assert reported == ["can't start new thread"]  # the failure was said, once
+    assert refusing.tries == 1  # handed over once, after many looks: a role given away is forgotten
+    reported = [r.exc_info[1].args[0] for r in caplog.records if r.exc_info]
+    assert reported == ["can't start new thread"] and not unraisable  # said once, the same way by both
+
+
+def test_a_forked_child_gets_a_watch_and_standby_threads_of_its_own():
+    """A child forked from a process whose watchdog runs (a DataLoader worker, say) has neither its thread
+    nor, perhaps, its lock free: it starts afresh, and a call it lends too long still gets given away."""
+    from distautograd.transport import reading
+
+    warm = reading.Role(lambda: None)
+    warm.state = reading._LENT
+    reading._watch.add(warm)  # the parent's watchdog thread runs
+    reading._watch.forget(warm)
+    parents = reading._watch, reading.standby
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: report through the pipe, never return into pytest
+        try:
+            went = threading.Event()
+            role = reading.Role(went.set)
+            role.state = reading._LENT
+            reading._watch.add(role)
+            fresh = reading._watch is not parents[0] and reading.standby is not parents[1]
+            os.write(write_end, b"1" if fresh and went.wait(2) else b"0")
+        finally:
+            os._exit(0)
+    os.close(write_end)
+    try:
+        said = os.read(read_end, 1)
+    finally:
+        os.close(read_end)
+        os.waitpid(pid, 0)
+    assert said == b"1", "the forked child's late role was not given away by a watch of its own"

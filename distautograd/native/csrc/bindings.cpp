@@ -283,7 +283,8 @@ PYBIND11_MODULE(_core, m) {
   using distautograd::native::LentWatch;
   pybind11::class_<LentWatch, std::unique_ptr<LentWatch, pybind11::nodelete>>(
       m, "LentWatch", "Gives away the reading of connections whose call runs too long, taking the GIL only then.")
-      .def(pybind11::init<double, double>(), pybind11::arg("limit"), pybind11::arg("idle"))
+      .def(pybind11::init<double, double, pybind11::object>(), pybind11::arg("limit"), pybind11::arg("idle"),
+           pybind11::arg("late"))
       .def("add", &LentWatch::add, pybind11::arg("role"), "role was lent just now: watched until forgotten.")
       .def("forget", &LentWatch::forget, pybind11::arg("role"), "role is no longer lent (nothing if unknown).")
       .def("lent", &LentWatch::lent, "How many roles are lent now.");

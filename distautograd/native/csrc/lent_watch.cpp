@@ -2,6 +2,7 @@
 // daemon thread did not); the one watch of a process is never destroyed.
 #include "lent_watch.h"
 
+#include <stdexcept>
 #include <vector>
 
 #include "gil.h"
@@ -16,8 +17,10 @@ LentWatch::Clock::duration seconds(double s) {
 
 }  // namespace
 
-LentWatch::LentWatch(double limit, double idle) : limit_(seconds(limit)), idle_(seconds(idle)) {
+LentWatch::LentWatch(double limit, double idle, pybind11::object late)
+    : limit_(seconds(limit)), idle_(seconds(idle)), late_(std::move(late)) {
   if (!(limit > 0) || !(idle > 0)) throw std::invalid_argument("LentWatch: limit and idle must be positive seconds");
+  if (!PyCallable_Check(late_.ptr())) throw std::invalid_argument("LentWatch: late must be callable");
 }
 
 void LentWatch::add(const pybind11::object& role) {
@@ -33,9 +36,8 @@ void LentWatch::add(const pybind11::object& role) {
     }
     last_added_ = now;
     if (!started_) {
-      started_ = true;
-      polling_ = true;
-      std::thread([this] { run(); }).detach();
+      std::thread([this] { run(); }).detach();  // first: if it cannot start, the next add tries again
+      started_ = polling_ = true;  // the thread waits for the mutex, held here, before it reads them
     } else if (!polling_) {
       polling_ = wake = true;
     }
@@ -76,12 +78,12 @@ void LentWatch::run() {
     if (lent_.empty() && now - last_added_ > idle_) polling_ = false;
     if (late.empty()) continue;
     lock.unlock();
-    gil::unless_finalizing([&late] {
+    gil::unless_finalizing([this, &late] {
       for (PyObject* role : late) {
         pybind11::object owned = pybind11::reinterpret_steal<pybind11::object>(role);
         try {
-          owned.attr("give_away")();
-        } catch (pybind11::error_already_set& error) {
+          late_(owned);
+        } catch (pybind11::error_already_set& error) {  // `late` says its own failures: this is a last resort
           error.discard_as_unraisable("distautograd's watchdog giving a late call's reading away");
         }
       }
