@@ -141,3 +141,27 @@ def test_a_push_whose_gradient_goes_through_shared_memory_is_described_as_the_pr
     finally:
         transport.close()
         b.close()
+
+
+@pytest.mark.parametrize("family", ["unix", "tcp"])
+def test_a_reply_or_request_that_already_says_its_attachments_is_described_once(family, path):
+    """A message sent again (a retried push, on a fresh connection) may carry its description from the
+    first time: the transport clears it, and the writer (the core's, or Python's) describes each once."""
+    attachments = [bytearray(b"x" * 12), bytearray(), bytearray(b"y" * 5)]
+    said = pb.Attachments(streamed_sizes=[7, 7, 7, 7], inline=[b"stale"])
+    messages = [("response", pb.Response(value=pb.Value(pickle=b"p"), attachments=said)),
+                ("request", pb.Request(timeout=2.0, call=pb.Call(context_id=5), attachments=said))]
+    a, b = pair(family)
+    try:
+        transport = SocketTransport(Link("peer", lambda *frame: None, Deadlines()), a, None)
+        for kind, message in messages:
+            transport.send(3, kind, message, attachments)
+            frame = pb.Frame.FromString(read_frame_bytes(b))
+            for view in attachments:
+                if len(view):
+                    receive(b, len(view))
+            described = getattr(frame, kind).attachments
+            assert list(described.streamed_sizes) == [12, 0, 5] and not described.inline, (kind, described)
+        assert frame.request.call.context_id == 5 and frame.request.timeout == 2.0
+    finally:
+        a.close(), b.close()
