@@ -131,7 +131,7 @@ def small_calls(fw, repeats: int) -> Dict[str, float]:
     if _framework == "distautograd":
         fw.rpc.rpc_sync("worker1", start_frame_cpu)
         start_frame_cpu()
-        call()  # the caller's reading thread waited for this reply before counting began: it reads it untimed
+        call()  # the caller's reading thread may have waited for this reply before counting began: read untimed
         for _ in range(repeats):
             call()
         for side, spent in (("caller", stop_frame_cpu()), ("callee", fw.rpc.rpc_sync("worker1", stop_frame_cpu))):
