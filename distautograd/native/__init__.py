@@ -49,10 +49,11 @@ def built() -> str:
         return f"compiled core not built ({_missing}); every message takes the Python path"
     if not path_on():
         return "compiled core built, not used for messages (DISTAUTOGRAD_NATIVE_PATH=0): they take the Python path"
-    return ("compiled core built: it reads and writes frames, codes tensor lists, plans and runs each pass's part "
-            "(its bookkeeping and each wave's engine call), writes each push's request and makes recv nodes (C++, run "
-            "without the GIL); the rest of a message's decoding and encoding, and the dispatch of pushes to parts, "
-            "take the Python path")
+    return ("compiled core built: it reads and writes frames, codes tensor lists and makes and describes a value's "
+            "tensors, plans and runs each pass's part (its bookkeeping and each wave's engine call), writes each "
+            "push's request, makes recv nodes and watches calls run by their reader (C++, run without the GIL); the "
+            "rest of a message's decoding and encoding (its pickle), and the dispatch of calls and pushes, take the "
+            "Python path")
 
 
 def message_path() -> str:
