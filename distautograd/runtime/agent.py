@@ -104,6 +104,7 @@ class Agent:
         }, submit=self.pool.submit, calls=Shares("requests", options.peer_calls, options.peer_calls * 4),
             data=Shares("bytes of tensors", options.peer_bytes))
         self.peers.deliver = self.dispatcher
+        self.peers.push_lane = self.backward.push_lane
         self.peers.lost.append(self.backward.failures.on_peer_lost)
         self.peers.lost.append(self.reconciler.on_lost)
         self.rank = -1

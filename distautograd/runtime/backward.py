@@ -17,11 +17,11 @@ import contextlib
 import logging
 import queue
 import time
-from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
-from distautograd import errors, metrics
+from distautograd import errors, metrics, native
 from distautograd.engine.roots import validate_roots
 from distautograd.engine.graph import ROOTS
 from distautograd.engine import local_pass, nodes, order
@@ -33,20 +33,18 @@ from distautograd.runtime.codec import Codec
 from distautograd.runtime.contexts import Context, ContextStore
 from distautograd.runtime.pass_failures import PassFailures
 from distautograd.runtime.pass_state import Drive, Part, Passes, PassKey
+from distautograd.runtime.push_sending import PLAN_INLINE_LIMIT, PushSending
 from distautograd.runtime.peers import COORDINATOR, Peers
 from distautograd.runtime.reach import Reach
 from distautograd.runtime import anomaly, inspection, profiling, tracing
 from distautograd.transport import hops, reading
-from distautograd.transport.link import Serialized
-from distautograd.transport.pushes import ArrivedPush, PartDone
+from distautograd.transport.pushes import ArrivedPush, PartDone, done_as_protobuf
 from distautograd.views import trace
 from distautograd.transport.deadlines import Deadlines
 
 log = logging.getLogger("distautograd")
 
-PUSH_RETRIES = 2
 BACKWARD_NAME = "torch::distributed::autograd::backward"  # torch's name for a distributed backward's range
-PLAN_INLINE_LIMIT = 512  # active sends a plan may hold and still ride along with every push
 
 
 def _plan_of(body: "pb.PushGradients | ArrivedPush") -> Optional[Tuple[pb.PassPlan, Optional[bytes]]]:
@@ -56,10 +54,6 @@ def _plan_of(body: "pb.PushGradients | ArrivedPush") -> Optional[Tuple[pb.PassPl
         plan = body.plan()
         return None if plan is None else (plan, body.plan_bytes)
     return (body.plan, None) if body.HasField("plan") else None
-
-
-def _as_protobuf(done: List[PartDone]) -> List[pb.PartDone]:
-    return [pb.PartDone(rank=rank, leaves=leaves) for rank, leaves in done]
 
 
 class Backward:
@@ -85,8 +79,13 @@ class Backward:
         self._resolve_type = resolve_type
         self._reach = Reach(mint, peers, contexts, timeout)
         self.handle_reach = self._reach.handle_reach
-        self._passes = Passes(lambda: mint.rank)
+        # pushes the core reads go straight to the protocol, and into a part the core runs (native/csrc/push_lane.h)
+        lane = native.core.PushLane(self.take_decoded_push, reading.lend, reading.reclaim, hops,
+                                    codec.max_message_bytes) if native.path_on() else None
+        self._passes = Passes(lambda: mint.rank, lane)
+        self.push_lane = lane  # for the links from peers
         self.failures = PassFailures(name, mint, peers, self._passes, label, resolve_type)
+        self._pushes = PushSending(mint, peers, codec)
         contexts.on_release.append(self.failures.context_released)
 
     @property
@@ -148,7 +147,7 @@ class Backward:
                     run = pb.Request(run_backward=pb.RunBackward(context_id=ctx.id, pass_id=pass_id, plan=plan))
                     for rank in participants:
                         self._peers.notify(rank, run)
-                self._start_part(part, plan, roots_edges=edges, root_grads=grads)
+                self._start_part(part, plan, roots_edges=edges, root_grads=grads, lane=drive.inbox is None)
                 reading.before_blocking()
                 if drive.inbox is not None:
                     self._run_arrivals(drive, part)
@@ -175,9 +174,11 @@ class Backward:
     # ------------------------------------------------------------------ every participant
 
     def _start_part(self, part: Part, plan: pb.PassPlan, roots_edges=(), root_grads=(),
-                    plan_bytes: Optional[bytes] = None) -> None:
+                    plan_bytes: Optional[bytes] = None, lane: bool = True) -> None:
         """Plans this worker's part once the plan is known, and feeds it what already arrived.
-        ``plan_bytes``: the plan serialized, where it came so (it rides along with this part's pushes)."""
+        ``plan_bytes``: the plan serialized, where it came so (it rides along with this part's pushes);
+        ``lane``: pushes the core reads may run straight into the part (not where the root's caller
+        runs them, under torch's profiler)."""
         points = {m: self._contexts.send_point(m) for m in plan.active_sends if rank_of(m) == self.rank}
         sources: Dict[int, list] = {m: [point.edge] for m, point in points.items()}
         keys = {m: point.key for m, point in points.items()}
@@ -186,7 +187,7 @@ class Backward:
         part.captured = Captured() if plan.capture else None
         local = local_pass.start(
             sources, keys, part.captured if plan.capture else part.ctx.store,
-            send=lambda grads, last: self._push(part, grads, last),
+            send=lambda grads, last: self._pushes.push(part, grads, last),
             finish=lambda error: self._part_finished(part, error),
             retain_graph=plan.retain_graph, create_graph=plan.create_graph,
             observe=tracing.waves(part.ctx, self.name) if plan.inspect & inspection.TRACE else None,
@@ -204,6 +205,10 @@ class Backward:
             if plan.inspect & inspection.GRAPH:
                 part.watches += inspection.watch_runs(part.ctx, local.order)
             early, part.early = part.early, []
+            if lane and self._passes.lane is not None and not tracing.on(part.ctx) \
+                    and isinstance(local, native.core.LocalPass):
+                self._passes.lane.add(part.ctx.id, part.pass_id, local, lambda done: self._learn_done(part, [
+                    PartDone(*entry) for entry in done]), lambda error: self._lane_failed(part, error))
         local.start_if_empty()
         if root_grads:
             local.arrive(ROOTS, list(root_grads))
@@ -277,6 +282,33 @@ class Backward:
             return
         self._take_push_now(part, link, body, attachments)
 
+    def take_decoded_push(self, src: int, context_id: int, pass_id: int, root: int, message_ids: List[int],
+                          done: List[Tuple[int, int]], plan_bytes: Optional[bytes], grads: list) -> bool:
+        """A push the core read and decoded (native/csrc/push_lane.h) for a part it does not run itself:
+        run as ``handle_push`` runs one; False to leave it to ``handle_push`` (where the root's caller
+        runs its part's pushes, or the context is traced). Its failures are said here, as the dispatcher
+        says a notification's."""
+        try:
+            self._peers.await_join()
+            part = self._joined(context_id, pass_id, root, src)
+            if part is None:
+                return True  # its pass ended here
+            drive = self._passes.drive((context_id, pass_id)) if part.root == self.rank else None
+            if (drive is not None and drive.inbox is not None) or tracing.on(part.ctx):
+                return False
+            role = reading.lend()
+            try:
+                if done:
+                    self._learn_done(part, [PartDone(*entry) for entry in done])
+                self._arrive(part, message_ids, grads, lambda: None if plan_bytes is None else (
+                    pb.PassPlan.FromString(plan_bytes), plan_bytes))
+            finally:
+                if role is not None:
+                    reading.reclaim(role)
+        except Exception as exc:
+            log.warning("push from rank %d failed: %s", src, exc)
+        return True
+
     def _take_push_now(self, part: Part, link, body: "pb.PushGradients | ArrivedPush", attachments) -> None:
         if body.done:
             self._learn_done(part, body.done)
@@ -290,22 +322,38 @@ class Backward:
         except BaseException as exc:
             self._part_finished(part, exc)
             raise
+        self._arrive(part, body.message_ids, grads, lambda: _plan_of(body))
+
+    def _arrive(self, part: Part, message_ids: List[int], grads: list,
+                plan: Callable[[], Optional[Tuple[pb.PassPlan, Optional[bytes]]]]) -> None:
+        """A push's gradients reach the part; ``plan()``: the plan it carries (see ``_plan_of``), to
+        start the part where it has not started."""
         with part.lock:
             if part.closed:
                 return
             local = part.local
             if local is None:
-                part.early.extend(zip(body.message_ids, grads))
+                part.early.extend(zip(message_ids, grads))
         try:
-            plan = None if local is not None else _plan_of(body)
+            plan = None if local is not None else plan()
             if plan is not None:
                 self._start_part(part, plan[0], plan_bytes=plan[1])
             elif local is not None:
-                for message_id, grad in zip(body.message_ids, grads):
+                for message_id, grad in zip(message_ids, grads):
                     local.arrive(message_id, [grad])
         except UnknownSource as exc:  # the pass cannot complete: it fails now, not at its timeout
             self._part_finished(part, errors.InvalidArgument(str(exc)))
             raise errors.InvalidArgument(str(exc)) from None
+
+    def _lane_failed(self, part: Part, error: BaseException) -> None:
+        """What a push the core ran into ``part`` raised there (native/csrc/push_lane.h): handled as
+        ``_take_push_now`` and the dispatcher handle it on the Python path."""
+        if part.closed:
+            return  # what arrives after the part ended is dropped
+        if isinstance(error, UnknownSource):  # the pass cannot complete: it fails now, not at its timeout
+            error = errors.InvalidArgument(str(error))
+            self._part_finished(part, error)
+        log.warning("push to pass %d of context %d failed: %s", part.pass_id, part.ctx.id, error)
 
     def handle_run(self, link, body: pb.RunBackward, attachments) -> None:
         part = self._joined(body.context_id, body.pass_id, body.plan.root, link.peer_rank)
@@ -320,74 +368,6 @@ class Backward:
             return
         with part.lock:
             part.learned.extend(PartDone(entry.rank, entry.leaves) for entry in done)
-
-    def _push(self, part: Part, grads: Dict[int, Optional[torch.Tensor]], last: bool) -> None:
-        """Sends recv points' gradients to the workers their tensors came from, one message each.
-        ``last``: nothing more runs here, so the first push also says this part is done (and
-        passes on the parts it learned are done), sparing a PassFinished to the root. A recv node
-        reports every tensor of its message; only those whose send points take part travel (the
-        loss may reach some tensors of a message and not others)."""
-        by_dest: Dict[int, List[Tuple[int, Optional[torch.Tensor]]]] = {}
-        ctx = part.ctx
-        for message_id, grad in grads.items():
-            if message_id in part.active:
-                by_dest.setdefault(rank_of(message_id), []).append((message_id, grad))
-        inline = len(part.plan.active_sends) <= PLAN_INLINE_LIMIT  # the plan rides along
-        if hops.ON:
-            hops.at("engine")
-        for dest, items in by_dest.items():
-            message_ids = [m for m, _ in items]
-            done = self._done_to_tell(part) if last else []
-            request, attachments = self._push_request(part, dest, message_ids, [g for _, g in items], inline, done)
-            if tracing.on(ctx):
-                tracing.pushed(ctx, message_ids[0], self._peers.world.name_of(dest))
-            if hops.ON:
-                hops.at("encoded")
-            self._send_push(dest, request, attachments)
-            if hops.ON:
-                hops.sent((ctx.id, part.pass_id, message_ids[0]))
-
-    def _done_to_tell(self, part: Part) -> List[PartDone]:
-        """For a part's last push (its first, where it sends several): the part is done, and so are
-        those it learned of. Once; nothing at the root, which counts them itself."""
-        if part.root == self.rank or part.told:
-            return []
-        with part.lock:
-            learned, part.learned = part.learned, []
-            part.told = True
-        leaves = part.local.leaves_reached if part.local is not None else 0
-        return [PartDone(self.rank, leaves), *learned]
-
-    def _push_request(self, part: Part, dest: int, message_ids: List[int], grads: list, inline: bool,
-                      done: List[PartDone]) -> Tuple[Union[pb.Request, Serialized], list]:
-        """(the request, its attachments) of a push to ``dest``: serialized by the core in one call where
-        it can, else built as protobuf messages around the codec's value."""
-        ctx = part.ctx
-        if not ctx.inspect & inspection.GRAPH:  # the graph view records the value itself
-            coded = self._codec.encode_push(ctx.id, part.pass_id, part.plan_bytes if inline else None, message_ids,
-                                            grads, part.root, done)
-            if coded is not None:
-                return Serialized(coded[0]), coded[1]
-        value, attachments = self._codec.encode(grads, dest, ctx, compact_zeros=True)
-        if ctx.inspect & inspection.GRAPH:
-            inspection.pushed(ctx, message_ids, value, attachments)
-        body = pb.PushGradients(context_id=ctx.id, pass_id=part.pass_id, message_ids=message_ids, gradients=value,
-                                root=part.root, done=_as_protobuf(done))
-        if inline:
-            body.plan.CopyFrom(part.plan)
-        return pb.Request(push_gradients=body), attachments
-
-    def _send_push(self, dest: int, request, attachments) -> None:
-        """A push is a notification: the pass ends when everyone reports, and the receiver cannot
-        report before it has it. One that cannot be sent is retried on a fresh connection; the
-        receiver drops duplicates."""
-        for attempt in range(PUSH_RETRIES + 1):
-            try:
-                self._peers.notify(dest, request, attachments)
-                return
-            except errors.Unavailable:
-                if attempt == PUSH_RETRIES or self._peers.world.entry(dest) is None:
-                    raise
 
     def _part_finished(self, part: Part, error: Optional[BaseException]) -> None:
         with part.lock:
@@ -408,9 +388,9 @@ class Backward:
         if part.told and error is None and not learned:
             return  # its last push said so
         finished = pb.PassFinished(context_id=part.ctx.id, pass_id=part.pass_id, leaves=leaves,
-                                   done=_as_protobuf(learned))
+                                   done=done_as_protobuf(learned))
         if part.told and error is None:  # only what it learned after its last push: rare, but not lost
-            finished = pb.PassFinished(context_id=part.ctx.id, pass_id=part.pass_id, done=_as_protobuf(learned))
+            finished = pb.PassFinished(context_id=part.ctx.id, pass_id=part.pass_id, done=done_as_protobuf(learned))
         if error is not None:
             finished.error.CopyFrom(errors.to_proto(error, self.name))
         try:

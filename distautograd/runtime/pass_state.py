@@ -65,8 +65,11 @@ ENDED_MEMORY = 4096  # passes that ended here, remembered so gradients arriving 
 class Passes:
     """The passes going on at one worker: those it drives, its parts of every pass, and which ended."""
 
-    def __init__(self, rank: Callable[[], int]):
+    def __init__(self, rank: Callable[[], int], lane=None):
         self._rank = rank  # this worker's, once it joined
+        # the core's PushLane (native/csrc/push_lane.h), or None: the parts it runs pushes into, each
+        # dropped from it here as the part is forgotten
+        self.lane = lane
         self._parts: Dict[PassKey, Part] = {}
         self._drives: Dict[PassKey, Drive] = {}
         self._ended: "collections.OrderedDict[PassKey, None]" = collections.OrderedDict()
@@ -103,7 +106,10 @@ class Passes:
             self._ended[key] = None
             while len(self._ended) > ENDED_MEMORY:
                 self._ended.popitem(last=False)
-            return self._parts.pop(key, None)
+            part = self._parts.pop(key, None)
+        if self.lane is not None:
+            self.lane.drop(*key)
+        return part
 
     def drives(self) -> List[Drive]:
         with self._lock:
@@ -119,7 +125,11 @@ class Passes:
         """Forgets the parts of a context that ended, except those of passes driven here; returns them."""
         with self._lock:
             gone = [key for key in self._parts if key[0] == context_id and key not in self._drives]
-            return [self._parts.pop(key) for key in gone]
+            parts = [self._parts.pop(key) for key in gone]
+        if self.lane is not None:
+            for key in gone:
+                self.lane.drop(*key)
+        return parts
 
     def in_flight(self) -> List[Tuple[int, int, int]]:
         """(context id, pass id, root's rank) of every pass going on here, driven or taken part in."""

@@ -45,6 +45,7 @@ class Peers:
         self.world = world
         self.connector = connector
         self.deliver: Callable = _not_ready  # the dispatcher, set by the composition root
+        self.push_lane = None  # the backward's PushLane for peers' links, set by the composition root
         self._deadlines = deadlines
         self._resolve_type = resolve_type
         self._stopping = stopping
@@ -73,6 +74,7 @@ class Peers:
         link.peer_rank = rank
         if rank != COORDINATOR:
             link.on_push = self._push_from_peer
+            link.push_lane = self.push_lane
         return link
 
     def hello(self, target: str, rank: Optional[int] = None) -> pb.Hello:
@@ -167,19 +169,19 @@ class Peers:
     def _from_coordinator(self, *frame) -> None:
         self.deliver(*frame)
 
-    def _await_join(self) -> None:
-        # A peer hears of this process from the coordinator before this process has read its own
-        # join reply: what it sends waits (on its connection's thread) until this process knows its rank.
+    def await_join(self) -> None:
+        """A peer hears of this process from the coordinator before this process has read its own join
+        reply: what it sends waits (on its connection's thread) until this process knows its rank."""
         if not self._joined.is_set():
             self._joined.wait(JOIN_WAIT)
 
     def _from_peer(self, *frame) -> None:
-        self._await_join()
+        self.await_join()
         self.deliver(*frame)
 
     def _push_from_peer(self, link, push) -> None:
         """_from_peer, for a push the core read (transport.pushes): the dispatcher takes it as it is."""
-        self._await_join()
+        self.await_join()
         take = getattr(self.deliver, "take_push", None)
         if take is None:  # not a Dispatcher (a test's handler): the request, as protobuf parses it
             self.deliver(link, 0, push.frame().request, push.attachments)

@@ -4,7 +4,8 @@ The compiled reader (native/csrc/frame_reader.cpp) takes a frame's length, heade
 attachments in one call without the GIL, reading the header's envelope (the attachments' sizes)
 with a protobuf reader of its own; the header is then parsed here as on the Python path, and a frame
 whose envelope and parse disagree is refused; a push in the common case comes back as the
-ArrivedPush the core read (push_reading.cpp), with no pb.Frame built for it. The compiled writer
+ArrivedPush the core read (push_reading.cpp), with no pb.Frame built for it, or, where a push lane is
+given, run by the same call (push_lane.cpp) and reported Taken. The compiled writer
 (frame_writer.cpp) sends the length, the header and the attachments (and shared segments'
 descriptors) without the GIL, as framing.send_all does. ``DISTAUTOGRAD_NATIVE_PATH=0`` keeps the Python path.
 """
@@ -20,7 +21,7 @@ from google.protobuf.message import DecodeError
 from distautograd import errors, native
 from distautograd.protocol.v1 import messages_pb2 as pb
 from distautograd.transport import framing, shm
-from distautograd.transport.pushes import ArrivedPush
+from distautograd.transport.pushes import ArrivedPush, Taken
 
 _receive_buffers = shm.ReceiveBuffers()
 KINDS = {0: None, 2: "request", 3: "response", 4: "chunk"}  # Frame's oneof, by field number
@@ -64,7 +65,8 @@ class PythonReader(framing.Reader):
 
     native = False
 
-    def read_frame(self, following_limit: int) -> Read:
+    def read_frame(self, following_limit: int, lane=None, peer_rank: int = -1) -> Read:
+        """The next frame (``lane`` and ``peer_rank``: for the compiled reader only)."""
         frame = self.message(pb.Frame)
         kind = frame.WhichOneof("kind")
         if kind not in ("request", "response"):
@@ -97,18 +99,21 @@ class NativeReader:
         self._reader = native.core.FrameReader(os.dup(sock.fileno()), sock.family == socket.AF_UNIX)
         self.fds: List[int] = []
 
-    def read_frame(self, following_limit: int) -> "Read | ArrivedPush":
-        """A frame, or the push it carries when the core read that (a push in the common case)."""
+    def read_frame(self, following_limit: int, lane=None, peer_rank: int = -1) -> "Read | ArrivedPush | Taken":
+        """A frame, or the push it carries when the core read that (a push in the common case), or Taken
+        where ``lane`` (a PushLane) ran that push, from the peer of rank ``peer_rank``."""
         core = native.core
         try:
             header, envelope, streamed, following, push = self._reader.read_frame(
-                framing.MAX_HEADER_BYTES, following_limit, allocate, shm.MIN_BYTES)  # below it: as allocate
+                framing.MAX_HEADER_BYTES, following_limit, allocate, shm.MIN_BYTES, lane, peer_rank)  # below: bytearrays
         except core.FrameTooLarge as exc:
             raise errors.InvalidArgument(str(exc)) from None
         except core.MalformedFrame as exc:
             raise errors.InvalidArgument(f"undecodable Frame ({exc})") from None
         finally:
             self.fds.extend(self._reader.take_fds())
+        if push is True:
+            return Taken(framing.LENGTH.size + len(header) + following, len(streamed))
         if push is not None:
             return ArrivedPush(header, streamed, following, push)
         try:

@@ -81,6 +81,9 @@ class Link:
         self._on_request = on_request
         # where a push the core read goes as it is (Dispatcher.take_push); None: as its frame, to on_request
         self.on_push: Optional[Callable[["Link", ArrivedPush], None]] = getattr(on_request, "take_push", None)
+        # the core's PushLane, where pushes the core reads may run straight into their parts (set by
+        # whoever runs backward passes), or None
+        self.push_lane = None
         self._deadlines = deadlines
         self._resolve_type = resolve_type
         self._pending: dict[int, Tuple[Completion, Optional[int]]] = {}

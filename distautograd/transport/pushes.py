@@ -17,6 +17,18 @@ class PartDone(NamedTuple):
     leaves: int
 
 
+def done_as_protobuf(done: List[PartDone]) -> List[pb.PartDone]:
+    return [pb.PartDone(rank=rank, leaves=leaves) for rank, leaves in done]
+
+
+class Taken(NamedTuple):
+    """A push the core ran as it read it (native/csrc/push_lane.h): nothing is left to deliver.
+    ``nbytes``: the frame's size, header and attachments; ``attachments``: how many came."""
+
+    nbytes: int
+    attachments: int
+
+
 class ArrivedPush:
     """Stands in for a frame's pb.PushGradients where the handler takes one (Dispatcher.take_push):
     ``context_id``, ``pass_id``, ``root``, ``message_ids`` and ``done`` as there; ``plan()`` the plan,

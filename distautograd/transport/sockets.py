@@ -22,7 +22,7 @@ from typing import Any, Callable, List, Optional, Sequence, Tuple
 from distautograd import errors, metrics
 from distautograd.transport import ending, frame_cpu, frames, framing, hops, reading, security, shm
 from distautograd.transport.link import Link, Serialized
-from distautograd.transport.pushes import ArrivedPush
+from distautograd.transport.pushes import ArrivedPush, Taken
 from distautograd.protocol.v1 import messages_pb2 as pb
 
 log = logging.getLogger("distautograd")
@@ -179,7 +179,13 @@ class SocketTransport:
     def _read_one(self, reader: frames.PythonReader) -> None:
         # One frame per call, so nothing of it (a big buffer, a shared segment) outlives its delivery
         # while the thread waits for the next one.
-        read = reader.read_frame(self.link.max_attachment_bytes)
+        read = reader.read_frame(self.link.max_attachment_bytes, self.link.push_lane, self.link.peer_rank)
+        if type(read) is Taken:  # the core ran it (and stamped it, for hops)
+            reader.close_stray_fds()  # descriptors sent along with a push belong to nothing
+            self.link.last_heard = time.monotonic()
+            if metrics.ON:
+                _count(metrics.RECEIVED_BYTES, self.kind, read.nbytes, 0)
+            return
         if frame_cpu.ON:
             frame_cpu.read()
         if hops.ON:

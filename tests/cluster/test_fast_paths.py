@@ -89,15 +89,17 @@ def test_a_part_that_ends_without_a_push_sends_pass_finished(monkeypatch):
 
 def test_a_wrong_gradient_from_a_peer_fails_the_pass_with_torchs_message(monkeypatch):
     """The engine is called without torch's Python checks: its own check of each gradient still holds."""
-    original = backward_module.Backward._push
+    from distautograd.runtime.push_sending import PushSending
 
-    def corrupt(backward, part, grads, last=False):
-        return original(backward, part, {m: torch.ones(7) for m in grads}, last)
+    original = PushSending.push
+
+    def corrupt(pushes, part, grads, last=False):
+        return original(pushes, part, {m: torch.ones(7) for m in grads}, last)
 
     w = torch.randn(3, requires_grad=True)
     with dist_autograd.context() as context_id:
         y = rpc.rpc_sync("worker1", torch.exp, args=(w,))
-        monkeypatch.setattr(backward_module.Backward, "_push", corrupt)  # this process sends a wrong shape
+        monkeypatch.setattr(PushSending, "push", corrupt)  # this process sends a wrong shape
         with pytest.raises(RuntimeError, match=r"invalid gradient at index 0 - got \[7\] but expected shape "
                                                r"compatible with \[3\]"):
             dist_autograd.backward(context_id, [y.sum()])

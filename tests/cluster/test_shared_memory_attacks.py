@@ -69,16 +69,22 @@ def test_a_sealed_segment_of_another_size_than_announced_is_refused(cluster):
     assert rpc.rpc_sync("worker1", remote.add, args=(1, 1)) == 2
 
 
-def test_descriptors_no_buffer_claims_are_closed_at_once(cluster):
+@pytest.mark.parametrize("kind", ["heartbeat", "push"])
+def test_descriptors_no_buffer_claims_are_closed_at_once(cluster, kind):
+    """Sent along with a heartbeat, or with a push the core reads and runs in the same call (the push
+    lane, for a context the worker does not know)."""
+    from distautograd.protocol.v1 import messages_pb2 as pb
+    from tests.helpers.pushes import protobuf_push
+
     path, pid = worker1(cluster)
     before = open_fds(pid)
     peer = RawSocketPeer(path)
     spare = [os.open("/dev/null", os.O_RDONLY) for _ in range(60)]
+    request = pb.Request(heartbeat=pb.Heartbeat()) if kind == "heartbeat" else protobuf_push(
+        5, 1, None, [1], [torch.zeros(2)], 0, [])  # all zeros: no attachment to send
     try:
-        from distautograd.protocol.v1 import messages_pb2 as pb
-
         for _ in range(20):  # 1,200 descriptors on frames that name no shared buffer
-            peer.send_frame(pb.Frame(id=0, request=pb.Request(heartbeat=pb.Heartbeat())), fds=spare)
+            peer.send_frame(pb.Frame(id=0, request=request), fds=spare)
         assert poll_for(lambda: open_fds(pid) <= before + 10, timeout=10), (before, open_fds(pid))
     finally:
         for fd in spare:

@@ -14,6 +14,8 @@ from distautograd import errors
 from distautograd.protocol.v1 import messages_pb2 as pb
 from distautograd.engine import nodes
 from distautograd.runtime import anomaly, backward as backward_module, inspection
+from distautograd.runtime import push_sending
+from distautograd.runtime.push_sending import PushSending
 from distautograd.transport.link import as_protobuf  # a push the core serialized, as protobuf to change
 from distautograd.views import trace
 from tests.helpers.inprocess import AGENTS, World, backward, call, context, gradients
@@ -161,18 +163,34 @@ def test_a_chain_of_three_workers_gives_torchs_gradients_bit_for_bit(world):
     assert not any(runs.values()), runs  # nothing recorded for views nobody asked for
 
 
-def test_the_pushes_reach_the_pass_as_the_cores_reader_read_them_on_the_native_path(frames, monkeypatch):
-    """On the native path every push of a chain's pass goes from the core's reader to the pass protocol
-    without protobuf (transport.pushes, through the peers' join wait and the dispatcher's checks); on the
-    Python path as protobuf parsed it; the gradients are torch's either way."""
-    kinds = []
-    handle_push = backward_module.Backward.handle_push
+def test_the_pushes_run_inside_the_cores_read_on_the_native_path(frames, monkeypatch):
+    """On the native path every push of a chain's pass runs inside the core's read of it (the push lane,
+    native/csrc/push_lane.cpp): the first to reach each worker through the pass protocol's
+    ``take_decoded_push``, which starts the part, and every later one straight into the part the core
+    runs, with no Python between; none reaches ``handle_push``. On the Python path each reaches
+    ``handle_push`` as protobuf parsed it. The gradients are torch's either way."""
+    from distautograd.transport import frames as frames_module
+
+    kinds, reads, taken = [], [], []
+    handle_push, take = backward_module.Backward.handle_push, backward_module.Backward.take_decoded_push
+    read_frame = frames_module.NativeReader.read_frame
 
     def spy(self, link, body, attachments):
         kinds.append(type(body).__name__)
         return handle_push(self, link, body, attachments)
 
+    def taking(self, *args):
+        taken.append(self.name)
+        return take(self, *args)
+
+    def reading(self, *args):
+        read = read_frame(self, *args)
+        reads.append(type(read).__name__)
+        return read
+
     monkeypatch.setattr(backward_module.Backward, "handle_push", spy)  # before the agents bind it
+    monkeypatch.setattr(backward_module.Backward, "take_decoded_push", taking)
+    monkeypatch.setattr(frames_module.NativeReader, "read_frame", reading)
     world = World(NAMES, rpc_timeout=5)
     try:
         x = torch.randn(2, 4, dtype=torch.float64, requires_grad=True)
@@ -180,13 +198,21 @@ def test_the_pushes_reach_the_pass_as_the_cores_reader_read_them_on_the_native_p
             y = call("w0", "w1", chain, x, ["w1", "w2", "w0"])
             backward("w0", ctx, [y.sum()])
             got = {name: gradients(name, ctx.id) for name in NAMES}
+            lanes = [AGENTS[name].backward.push_lane for name in NAMES if AGENTS[name].backward.push_lane is not None]
+            deadline = time.monotonic() + 5  # a participant ends its part just after its last push
+            while any(len(lane) for lane in lanes) and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert [len(lane) for lane in lanes] == [0] * len(lanes)  # every part dropped from the lane as it ended
     finally:
         world.close()
     want_y, params = local_chain(x.detach().clone().requires_grad_(), ["w1", "w2", "w0"])
     want_y.sum().backward()
     for name in NAMES:
         assert torch.equal(got[name][PARAMS[name]], params[name].grad), name
-    assert len(kinds) >= 3 and set(kinds) == {"ArrivedPush" if frames == "native" else "PushGradients"}, kinds
+    if frames == "native":  # w0 -> w1 -> w2 -> w0 (the root's part), then w2, w1, w0 again
+        assert kinds == [] and reads.count("Taken") == 6 and sorted(taken) == ["w1", "w2"], (reads, taken)
+    else:
+        assert kinds == ["PushGradients"] * 6 and reads == [] and taken == [], kinds
 
 
 def _heard(context_id):
@@ -294,15 +320,15 @@ def test_a_gradient_that_is_none_crosses_as_none(world):
 
 
 def test_a_push_naming_a_send_point_that_takes_no_part_fails_the_pass_at_once(world, monkeypatch):
-    original = backward_module.Backward._send_push
+    original = PushSending._send
 
     def wrong_id(self, dest, request, attachments):
-        if self.name == "w1":
+        if self._peers.name == "w1":
             request = as_protobuf(request)
             request.push_gradients.message_ids[0] += 1  # no send point of this pass at w0
         return original(self, dest, request, attachments)
 
-    monkeypatch.setattr(backward_module.Backward, "_send_push", wrong_id)
+    monkeypatch.setattr(PushSending, "_send", wrong_id)
     x = torch.randn(3, requires_grad=True)
     with context("w0") as ctx:
         y = call("w0", "w1", torch.exp, x)
@@ -328,18 +354,18 @@ def test_a_push_that_cannot_go_is_retried_on_a_fresh_connection_and_given_up_on_
         return flaky
 
     x = torch.randn(3, requires_grad=True)
-    for times in (backward_module.PUSH_RETRIES, backward_module.PUSH_RETRIES + 1):
+    for times in (push_sending.PUSH_RETRIES, push_sending.PUSH_RETRIES + 1):
         attempts.clear()
         monkeypatch.setattr(Peers, "notify", failing(times))
         with context("w0") as ctx:
             y = call("w0", "w1", torch.exp, x)
-            if times == backward_module.PUSH_RETRIES:  # the last retry goes through
+            if times == push_sending.PUSH_RETRIES:  # the last retry goes through
                 backward("w0", ctx, [y.sum()])
                 assert torch.equal(gradients("w0", ctx.id)[x], torch.exp(x.detach()))
             else:
                 with pytest.raises(RuntimeError):
                     backward("w0", ctx, [y.sum()])
-            assert len(attempts) == backward_module.PUSH_RETRIES + 1
+            assert len(attempts) == push_sending.PUSH_RETRIES + 1
     attempts.clear()
     monkeypatch.setattr(Peers, "notify", failing(100))
     monkeypatch.setattr(AGENTS["w1"].world, "entry", lambda rank: None)  # as if w0 had left
@@ -565,10 +591,10 @@ def test_malformed_backward_messages_are_refused_and_the_worker_goes_on(world):
 
 
 def test_a_push_with_the_wrong_number_of_gradients_fails_the_pass(world, monkeypatch):
-    original = backward_module.Backward._send_push
+    original = PushSending._send
 
     def one_id_too_many(self, dest, request, attachments):
-        if self.name == "w1":
+        if self._peers.name == "w1":
             request = as_protobuf(request)
             request.push_gradients.message_ids.append(request.push_gradients.message_ids[0] + 1)
         return original(self, dest, request, attachments)
@@ -576,19 +602,19 @@ def test_a_push_with_the_wrong_number_of_gradients_fails_the_pass(world, monkeyp
     x = torch.randn(3, requires_grad=True)
     with context("w0") as ctx:
         y = call("w0", "w1", torch.exp, x)
-        monkeypatch.setattr(backward_module.Backward, "_send_push", one_id_too_many)
+        monkeypatch.setattr(PushSending, "_send", one_id_too_many)
         with pytest.raises(errors.InvalidArgument, match=r"^gradients must be a list of tensors \(or None\), one per "
                                                          r"message id"):
             backward("w0", ctx, [y.sum()])
     sender = {"name": "w0"}  # now the root's push to w1, the first message of w1's part, is the bad one
 
     def from_the_root(self, dest, request, attachments):
-        if self.name == sender["name"]:
+        if self._peers.name == sender["name"]:
             request = as_protobuf(request)
             request.push_gradients.message_ids.append(request.push_gradients.message_ids[0] + 1)
         return original(self, dest, request, attachments)
 
-    monkeypatch.setattr(backward_module.Backward, "_send_push", from_the_root)
+    monkeypatch.setattr(PushSending, "_send", from_the_root)
     with context("w0") as ctx:
         y = call("w0", "w1", torch.exp, x)
         began = time.monotonic()

@@ -357,3 +357,32 @@ def test_ctrl_c_during_a_pass_stops_it_everywhere_and_stays_a_keyboard_interrupt
                 time.sleep(0.01)
     finally:
         world.close()
+
+
+def test_a_push_to_a_send_point_outside_the_pass_fails_it_at_once_naming_the_worker():
+    """u1's part has started and waits for u2's gradient when a push for a message id its part does not
+    have arrives (on the native path into the part the core runs, through the push lane): the pass fails
+    at once, as on the Python path, naming u1 and the send point, instead of at its timeout."""
+    from tests.helpers.pushes import protobuf_push
+
+    names = ["u0", "u1", "u2"]
+    world = World(names, rpc_timeout=30)
+    try:
+        STARTED.clear()
+        x = torch.randn(3, requires_grad=True)
+        with context("u0") as ctx:
+            y = call("u0", "u1", chain_on, x, "u1", "u2")
+
+            def forge():
+                assert STARTED.wait(10)  # u2's part runs: u1's waits for it
+                ((_, pass_id, _),) = AGENTS["u1"].backward.in_flight()
+                AGENTS["u0"].peers.notify(1, protobuf_push(ctx.id, pass_id, None, [999], [torch.zeros(3)], 0, []))
+
+            threading.Thread(target=forge).start()
+            began = time.monotonic()
+            with pytest.raises(errors.InvalidArgument, match=r"gradient arrived for send point 999, which takes no "
+                                                             r"part in this pass here") as raised:
+                backward("u0", ctx, [y.sum()])
+            assert time.monotonic() - began < 1.4 and raised.value.worker == "u1", str(raised.value)
+    finally:
+        world.close()

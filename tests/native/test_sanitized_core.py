@@ -3,8 +3,9 @@ it is built from the core's sources with the sanitizers (test_sanitized.py cover
 with harnesses of their own), stands in for distautograd._core in every process (the runtimes are
 preloaded, tests/native/sanitized_site), and runs the tests that feed it: both codecs and the planner
 side by side, the recv nodes, a wave's leaves and engine call, a part's bookkeeping (over the engine's
-random worlds), the watchdog of calls run by their reader, frames read and written on real sockets, the fuzz test's hostile frames against a cluster
-of real processes, and the backward protocol over sockets. Any read outside a buffer, use after free or
+random worlds), the watchdog of calls run by their reader, frames read and written on real sockets, pushes
+run by the read that took them (the push lane), the fuzz test's hostile frames against a cluster of real
+processes, and the backward protocol over sockets. Any read outside a buffer, use after free or
 undefined behaviour aborts the process that did it, and its report lands in a log the test checks."""
 
 from __future__ import annotations
@@ -28,7 +29,8 @@ TESTS = {  # what feeds the core: codecs, planner and frames in one process; soc
                        "tests/unit/test_tensor_lists.py", "tests/unit/test_pass_graphs.py", "tests/unit/test_nodes.py",
                        "tests/unit/test_slots.py", "tests/unit/test_frame_readers.py", "tests/unit/test_frame_writers.py",
                        "tests/unit/test_local_pass.py", "tests/unit/test_engine.py", "tests/unit/test_push_requests.py",
-                       "tests/unit/test_push_reading.py", "tests/unit/test_transport_parts.py"],
+                       "tests/unit/test_push_reading.py", "tests/unit/test_transport_parts.py",
+                       "tests/unit/test_push_lane.py"],
     "between processes": ["tests/cluster/test_fuzz.py", "tests/inprocess/test_backward.py",
                           "-k", "not python"],  # the oracle tests' Python-path half touches only the core's watchdog
 }

@@ -16,6 +16,7 @@
 #include "lent_watch.h"
 #include "local_pass.h"
 #include "pass_graph.h"
+#include "push_lane.h"
 #include "push_reading.h"
 #include "push_request.h"
 #include "recv_node.h"
@@ -56,11 +57,13 @@ pybind11::object push_tuple(const std::optional<distautograd::native::PushRead>&
 
 // One frame: (header bytes, (kind, streamed sizes, shared keys), the streamed attachments with None
 // where one is in shared memory -- or None when together they are over `following_limit` and are still
-// in the stream -- their total, and the push it carries as push_tuple gives it, or None). `allocate(size)`
-// gives the writable buffer for each of at least `allocate_from` bytes, a bytearray is made for each
-// smaller one; a read that waits runs without the GIL.
+// in the stream -- their total, and the push it carries as push_tuple gives it, or None; or True where
+// `lane` ran that push, from peer `peer_rank`). `allocate(size)` gives the writable buffer for each of at
+// least `allocate_from` bytes, a bytearray is made for each smaller one; a read that waits runs without
+// the GIL.
 pybind11::tuple read_frame(FrameReader& reader, uint64_t header_limit, uint64_t following_limit,
-                           const pybind11::function& allocate, uint64_t allocate_from) {
+                           const pybind11::function& allocate, uint64_t allocate_from,
+                           distautograd::native::PushLane* lane, int64_t peer_rank) {
   Envelope envelope;
   std::string header;
   {
@@ -123,6 +126,9 @@ pybind11::tuple read_frame(FrameReader& reader, uint64_t header_limit, uint64_t 
       distautograd::native::gil::Released released;
       push = distautograd::native::read_push(data, header.size());
     }
+  }
+  if (push && lane != nullptr && lane->run(*push, buffers, peer_rank)) {
+    return pybind11::make_tuple(header_bytes, envelope_tuple(envelope), buffers, following, true);
   }
   return pybind11::make_tuple(header_bytes, envelope_tuple(envelope), buffers, following, push_tuple(push));
 }
@@ -206,8 +212,10 @@ PYBIND11_MODULE(_core, m) {
   pybind11::class_<FrameReader>(m, "FrameReader", "Frames read from a connected socket, without the GIL.")
       .def(pybind11::init<int, bool>(), pybind11::arg("fd"), pybind11::arg("unix_socket"))
       .def("read_frame", &read_frame, pybind11::arg("header_limit"), pybind11::arg("following_limit"),
-           pybind11::arg("allocate"), pybind11::arg("allocate_from") = 0,
-           "(header, (kind, sizes, shared keys), attachments or None, their total, the push it carries or None)")
+           pybind11::arg("allocate"), pybind11::arg("allocate_from") = 0, pybind11::arg("lane") = nullptr,
+           pybind11::arg("peer_rank") = -1,
+           "(header, (kind, sizes, shared keys), attachments or None, their total, the push it carries or None, "
+           "or True where `lane` ran it)")
       .def("skip", [](FrameReader& reader, uint64_t size) {
         distautograd::native::gil::Released released;
         reader.skip(size);
@@ -246,6 +254,7 @@ PYBIND11_MODULE(_core, m) {
         "engine/graph.py plans it; None when a node is not torch's.");
   distautograd::native::add_recv_node_type(m);
   distautograd::native::add_local_pass_type(m);
+  distautograd::native::add_push_lane_type(m);
   m.def("make_recv_node", &distautograd::native::make_recv_node, pybind11::arg("tensors"), pybind11::arg("message_ids"),
         pybind11::arg("points"),
         "(the tensors as outputs of one new RecvNode, its anchor's AccumulateGrad); output i is points[i].");

@@ -338,6 +338,14 @@ void LocalPass::run_node_by_node(const std::vector<size_t>& wave) {
   }
 }
 
+void arrive_as_python(LocalPass& local, const py::handle& key, const std::vector<std::optional<at::Tensor>>& grads) {
+  static const auto wrapped = torch::wrap_pybind_function(
+      [](LocalPass& local, const py::handle& key, const std::vector<std::optional<at::Tensor>>& grads) {
+        local.arrive(key, grads);
+      });
+  wrapped(local, key, grads);
+}
+
 void add_local_pass_type(py::module_& module) {
   // The callbacks it holds close over the Part that holds it: the garbage collector must see both sides.
   auto collectable = py::custom_type_setup([](PyHeapTypeObject* heap_type) {
@@ -359,13 +367,7 @@ void add_local_pass_type(py::module_& module) {
                   py::arg("send"), py::arg("finish"), py::arg("run_node"), py::arg("observe"), py::arg("unknown"),
                   py::arg("retain_graph"), py::arg("leaf_type"), py::arg("recv_types"), py::arg("python_recv"),
                   "The part planned from its sources and made, or None where the core cannot run it.")
-      // wrapped as torch wraps its own: the C++ warnings of a backward (TORCH_WARN) become Python warnings
-      .def("arrive", torch::wrap_pybind_function(
-                         [](LocalPass& local, const py::handle& key,
-                            const std::vector<std::optional<at::Tensor>>& grads) {
-                           local.arrive(key, grads);
-                         }),
-           py::arg("key"), py::arg("grads"))
+      .def("arrive", &arrive_as_python, py::arg("key"), py::arg("grads"))
       .def("close", &LocalPass::close)
       .def("start_if_empty", &LocalPass::start_if_empty)
       .def_property_readonly("done", &LocalPass::done)

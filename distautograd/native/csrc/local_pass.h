@@ -114,6 +114,11 @@ class __attribute__((visibility("hidden"))) LocalPass {  // hidden: it holds Pyt
   bool closed_ = false;
 };
 
+// `local.arrive(key, grads)` as Python calls it, wrapped as torch wraps its own: the C++ warnings of a
+// backward (TORCH_WARN) become Python warnings, its errors Python errors (pybind11::error_already_set).
+void arrive_as_python(LocalPass& local, const pybind11::handle& key,
+                      const std::vector<std::optional<at::Tensor>>& grads);
+
 void add_local_pass_type(pybind11::module_& module);
 
 }  // namespace distautograd::native
