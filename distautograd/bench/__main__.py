@@ -19,6 +19,7 @@ from typing import Dict, List
 from distautograd.runtime.rendezvous import free_port
 
 FRAMEWORKS = ("torch", "distautograd")
+PORT_TRIES = 3  # a port probed free can be taken before the world's first process binds it
 
 
 def run_world(framework: str, workload: str, names: List[str], params: dict, transport: str = "auto") -> dict:
@@ -26,10 +27,21 @@ def run_world(framework: str, workload: str, names: List[str], params: dict, tra
 
     from distautograd.bench.rank import spawn_entry
 
-    spec = dict(framework=framework, workload=workload, names=names, params=params, port=free_port(), transport=transport)
-    results = mp.get_context("spawn").SimpleQueue()
-    mp.start_processes(spawn_entry, args=(spec, results), nprocs=len(names), start_method="spawn")
-    return results.get()
+    for attempt in range(PORT_TRIES):
+        spec = dict(framework=framework, workload=workload, names=names, params=params, port=free_port(),
+                    transport=transport)
+        results = mp.get_context("spawn").SimpleQueue()
+        try:
+            mp.start_processes(spawn_entry, args=(spec, results), nprocs=len(names), start_method="spawn")
+        except mp.ProcessRaisedException as exc:
+            taken = "cannot listen on" in str(exc) or "already in use" in str(exc).lower()
+            if attempt + 1 == PORT_TRIES or not taken:
+                raise
+            print(f"  the world's port {spec['port']} was taken before it could listen; again on another",
+                  file=sys.stderr, flush=True)
+            continue
+        return results.get()
+    raise AssertionError("unreachable")
 
 
 def run_world_in_namespaces(framework: str, workload: str, params: dict) -> dict:

@@ -50,9 +50,10 @@ def built() -> str:
     if not path_on():
         return "compiled core built, not used for messages (DISTAUTOGRAD_NATIVE_PATH=0): they take the Python path"
     return ("compiled core built: it reads and writes frames, codes tensor lists and makes and describes a value's "
-            "tensors, plans and runs each pass's part (its bookkeeping and each wave's engine call), writes each "
-            "push's request, makes recv nodes and watches calls run by their reader (C++, run without the GIL); the "
-            "rest of a message's decoding and encoding (its pickle), and the dispatch of calls and pushes, take the "
+            "tensors, plans and runs each pass's part (its bookkeeping and each wave's engine call), runs each push "
+            "it reads into its part once the part has started, writes each push's request, makes recv nodes and "
+            "watches calls run by their reader (C++, run without the GIL); the rest of a message's decoding and "
+            "encoding (its pickle), the dispatch of calls, and a part's start and the pushes it sends take the "
             "Python path")
 
 
