@@ -103,16 +103,19 @@ class NativeReader:
         """A frame, or the push it carries when the core read that (a push in the common case), or Taken
         where ``lane`` (a PushLane) ran that push, from the peer of rank ``peer_rank``."""
         core = native.core
+        taken = False
         try:
             header, envelope, streamed, following, push = self._reader.read_frame(
                 framing.MAX_HEADER_BYTES, following_limit, allocate, shm.MIN_BYTES, lane, peer_rank)  # below: bytearrays
+            taken = push is True
         except core.FrameTooLarge as exc:
             raise errors.InvalidArgument(str(exc)) from None
         except core.MalformedFrame as exc:
             raise errors.InvalidArgument(f"undecodable Frame ({exc})") from None
         finally:
-            self.fds.extend(self._reader.take_fds())
-        if push is True:
+            if not taken:  # a push the core ran closed its own descriptors, and reading may be another thread's now
+                self.fds.extend(self._reader.take_fds())
+        if taken:
             return Taken(framing.LENGTH.size + len(header) + following, len(streamed))
         if push is not None:
             return ArrivedPush(header, streamed, following, push)

@@ -180,8 +180,7 @@ class SocketTransport:
         # One frame per call, so nothing of it (a big buffer, a shared segment) outlives its delivery
         # while the thread waits for the next one.
         read = reader.read_frame(self.link.max_attachment_bytes, self.link.push_lane, self.link.peer_rank)
-        if type(read) is Taken:  # the core ran it (and stamped it, for hops)
-            reader.close_stray_fds()  # descriptors sent along with a push belong to nothing
+        if type(read) is Taken:  # the core ran it (stamped it, for hops, and closed what came with it)
             self.link.last_heard = time.monotonic()
             if metrics.ON:
                 _count(metrics.RECEIVED_BYTES, self.kind, read.nbytes, 0)

@@ -2,6 +2,8 @@
 #include <torch/extension.h>
 #include <torch/csrc/Exceptions.h>
 
+#include <unistd.h>
+
 #include <cerrno>
 #include <cmath>
 #include <optional>
@@ -58,7 +60,7 @@ pybind11::object push_tuple(const std::optional<distautograd::native::PushRead>&
 // One frame: (header bytes, (kind, streamed sizes, shared keys), the streamed attachments with None
 // where one is in shared memory -- or None when together they are over `following_limit` and are still
 // in the stream -- their total, and the push it carries as push_tuple gives it, or None; or True where
-// `lane` ran that push, from peer `peer_rank`). `allocate(size)` gives the writable buffer for each of at
+// `lane` ran that push, from peer `peer_rank`, having closed the descriptors that came with it). `allocate(size)` gives the writable buffer for each of at
 // least `allocate_from` bytes, a bytearray is made for each smaller one; a read that waits runs without
 // the GIL.
 pybind11::tuple read_frame(FrameReader& reader, uint64_t header_limit, uint64_t following_limit,
@@ -127,8 +129,15 @@ pybind11::tuple read_frame(FrameReader& reader, uint64_t header_limit, uint64_t 
       push = distautograd::native::read_push(data, header.size());
     }
   }
-  if (push && lane != nullptr && lane->run(*push, buffers, peer_rank)) {
-    return pybind11::make_tuple(header_bytes, envelope_tuple(envelope), buffers, following, true);
+  if (push && lane != nullptr) {
+    // Taken first: once the push runs, reading may be handed to another thread, whose frames' descriptors
+    // are its own. A push in the common case names no shared segment: what came with it is stray.
+    std::vector<int> stray = reader.take_fds();
+    if (lane->run(*push, buffers, peer_rank)) {
+      for (int fd : stray) ::close(fd);
+      return pybind11::make_tuple(header_bytes, envelope_tuple(envelope), buffers, following, true);
+    }
+    reader.put_back_fds(stray);  // nothing ran (reading was never lent): still this thread's
   }
   return pybind11::make_tuple(header_bytes, envelope_tuple(envelope), buffers, following, push_tuple(push));
 }

@@ -36,6 +36,8 @@ std::vector<int> FrameReader::take_fds() {
   return taken;
 }
 
+void FrameReader::put_back_fds(const std::vector<int>& fds) { fds_.insert(fds_.begin(), fds.begin(), fds.end()); }
+
 void FrameReader::wait_readable() {
   pollfd want{fd_, POLLIN, 0};
   while (::poll(&want, 1, -1) < 0) {

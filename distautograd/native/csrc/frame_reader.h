@@ -49,6 +49,8 @@ class FrameReader {
   void skip(uint64_t size);
   // The descriptors that arrived since the last call, now the caller's to close.
   std::vector<int> take_fds();
+  // Descriptors taken that the caller hands back, ahead of any that arrived since.
+  void put_back_fds(const std::vector<int>& fds);
 
  private:
   // `wait` false: 0 when nothing is there yet (instead of waiting).
