@@ -1,4 +1,4 @@
-"""A part's pushes out of this worker: the gradients of its recv points, one message to each worker they go to, the part's end told on its last."""
+"""A part's pushes out of this worker: its recv points' gradients, one message to each worker, its end told on the last."""
 
 from __future__ import annotations
 
