@@ -11,6 +11,7 @@
 #include <limits>
 #include <string>
 
+#include "collectable.h"
 #include "recv_node.h"
 #include "wave_run.h"
 
@@ -348,21 +349,9 @@ void arrive_as_python(LocalPass& local, const py::handle& key, const std::vector
 
 void add_local_pass_type(py::module_& module) {
   // The callbacks it holds close over the Part that holds it: the garbage collector must see both sides.
-  auto collectable = py::custom_type_setup([](PyHeapTypeObject* heap_type) {
-    PyTypeObject* type = &heap_type->ht_type;
-    type->tp_flags |= Py_TPFLAGS_HAVE_GC;
-    type->tp_traverse = [](PyObject* self, visitproc visit, void* arg) -> int {
-      Py_VISIT(Py_TYPE(self));
-      if (!py::detail::is_holder_constructed(self)) return 0;
-      return py::cast<const LocalPass&>(py::handle(self)).traverse(visit, arg);
-    };
-    type->tp_clear = [](PyObject* self) -> int {
-      if (py::detail::is_holder_constructed(self)) py::cast<LocalPass&>(py::handle(self)).clear();
-      return 0;
-    };
-  });
   py::class_<LocalPass>(module, "LocalPass",
-                        "One worker's part of a pass, run as engine/local_pass.py's LocalPass runs it.", collectable)
+                        "One worker's part of a pass, run as engine/local_pass.py's LocalPass runs it.",
+                        collectable<LocalPass>())
       .def_static("plan", &LocalPass::plan, py::arg("sources"), py::arg("keys"), py::arg("store"), py::arg("lock"),
                   py::arg("send"), py::arg("finish"), py::arg("run_node"), py::arg("observe"), py::arg("unknown"),
                   py::arg("retain_graph"), py::arg("leaf_type"), py::arg("recv_types"), py::arg("python_recv"),

@@ -6,6 +6,7 @@
 #include <optional>
 #include <vector>
 
+#include "collectable.h"
 #include "local_pass.h"
 #include "tensor_codec.h"
 
@@ -111,21 +112,9 @@ void PushLane::clear() {
 
 void add_push_lane_type(py::module_& module) {
   // The callbacks it holds close over Parts, which reach whoever holds the lane: the collector sees both.
-  auto collectable = py::custom_type_setup([](PyHeapTypeObject* heap_type) {
-    PyTypeObject* type = &heap_type->ht_type;
-    type->tp_flags |= Py_TPFLAGS_HAVE_GC;
-    type->tp_traverse = [](PyObject* self, visitproc visit, void* arg) -> int {
-      Py_VISIT(Py_TYPE(self));
-      if (!py::detail::is_holder_constructed(self)) return 0;
-      return py::cast<const PushLane&>(py::handle(self)).traverse(visit, arg);
-    };
-    type->tp_clear = [](PyObject* self) -> int {
-      if (py::detail::is_holder_constructed(self)) py::cast<PushLane&>(py::handle(self)).clear();
-      return 0;
-    };
-  });
-  py::class_<PushLane>(module, "PushLane", "Pushes run by the call that read them: into their part where it is registered.",
-                       collectable)
+  py::class_<PushLane>(module, "PushLane",
+                       "Pushes run by the call that read them: into their part where it is registered.",
+                       collectable<PushLane>())
       .def(py::init<py::object, py::object, py::object, py::object, uint64_t>(), py::arg("take"), py::arg("lend"),
            py::arg("reclaim"), py::arg("stamps"), py::arg("unsent_limit"))
       .def("add", &PushLane::add, py::arg("context_id"), py::arg("pass_id"), py::arg("local"), py::arg("learn"),
