@@ -15,6 +15,7 @@ when it starts.
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
 
@@ -29,6 +30,10 @@ except ImportError as exc:  # built without a compiler, or against another torch
     _missing = str(exc)
 else:
     _missing = ""
+    # Before the interpreter's shutdown ends any thread that then asks for the GIL: the core's threads
+    # stop asking, and those already waiting get it first (native/csrc/gil.h). Registered at import, so
+    # the exit handlers of whatever imports the package later (which may still use the core) run before.
+    atexit.register(core.close_gil_at_exit)
 
 _said = False
 PATH_ENV = "DISTAUTOGRAD_NATIVE_PATH"

@@ -1,7 +1,11 @@
 """A process that ends while a daemon thread is inside the compiled core with the GIL let go: the
 read (or write) returns only once the interpreter is shutting down. Exits 0 unless the core aborts
-the process then. ``python -m tests.helpers.native_shutdown read|write``."""
+the process then. ``python -m tests.helpers.native_shutdown read|write|late|main``: ``late`` reads, and the read returns while an
+exit handler holds the GIL, so the thread is already waiting for it when the interpreter starts shutting
+down; ``main`` writes a frame from the main thread in an exit handler run after the core's own (which
+stops other threads taking the GIL), and prints "written" once it has."""
 
+import atexit
 import gc
 import os
 import socket
@@ -11,6 +15,7 @@ import time
 
 import torch  # noqa: F401  (the core needs torch's libraries loaded)
 
+from distautograd import native
 from distautograd.protocol.v1 import messages_pb2 as pb
 from distautograd.transport import frames
 
@@ -26,7 +31,26 @@ class SlowTeardown:
         time.sleep(2.0)
 
 
+def hold_the_gil(seconds: float) -> None:
+    """An exit handler that keeps the GIL (a switch interval longer than it runs) while the peer closes."""
+    sys.setswitchinterval(100.0)
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        pass
+
+
+def write_at_exit(sock: socket.socket, peer: socket.socket) -> None:
+    frames.write_frame(sock, 1, "request", pb.Request(), [memoryview(bytes(64))], [], None)
+    print("written", flush=True)
+
+
 def main(what: str) -> None:
+    if what == "main":
+        ours, theirs = socket.socketpair()
+        atexit.unregister(native.core.close_gil_at_exit)  # registered again after: so it runs first
+        atexit.register(write_at_exit, ours, theirs)  # the peer stays open, reading nothing
+        atexit.register(native.core.close_gil_at_exit)
+        return
     ours, theirs = socket.socketpair()
     if os.fork() == 0:  # the peer: reads nothing, and closes its end once we are shutting down
         ours.close()
@@ -34,13 +58,15 @@ def main(what: str) -> None:
         theirs.close()
         os._exit(0)
     theirs.close()
-    if what == "read":
+    if what in ("read", "late"):
         reader = frames.NativeReader(ours)
         work = lambda: reader.read_frame(1 << 20)  # noqa: E731
     else:
         work = lambda: frames.write_frame(ours, 1, "request", pb.Request(), [memoryview(bytes(64 << 20))], [], None)  # noqa: E731
     threading.Thread(target=work, daemon=True).start()
     time.sleep(0.3)  # the thread waits in the core now
+    if what == "late":  # runs before the core's own exit handler (registered when it was imported)
+        atexit.register(hold_the_gil, 1.5)
     gc.disable()
     SlowTeardown()
 

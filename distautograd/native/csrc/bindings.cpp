@@ -284,6 +284,9 @@ PYBIND11_MODULE(_core, m) {
                                                   "A weak reference to an autograd node, which weakref cannot make.")
       .def(pybind11::init<const pybind11::handle&>(), pybind11::arg("grad_fn"))
       .def("__call__", &distautograd::native::WeakNode::operator(), "The node, or None once it is gone.");
+  m.def("close_gil_at_exit", &distautograd::native::gil::close_at_exit,
+        "For atexit (native/__init__.py registers it): from now on only this thread takes the GIL back in the core; "
+        "threads already waiting for it get it first (gil.h).");
   m.def("fail_future", &distautograd::native::fail_future, pybind11::arg("future"), pybind11::arg("exception"),
         "Fails a torch Future with a Python exception, as torch's RPC fails its own.");
   m.def("legacy_profiler_config", &distautograd::native::legacy_profiler_config,
