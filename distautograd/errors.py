@@ -121,7 +121,7 @@ def to_proto(exc: BaseException, worker: str) -> pb.Error:
         )
     return pb.Error(
         code=grpc.StatusCode.UNKNOWN.value[0],
-        message=str(exc),
+        message=_message(exc),
         remote_type=qualified_name(type(exc)),
         remote_traceback=_format(exc),
         worker=worker,
@@ -186,5 +186,23 @@ def _resolve(name: str, resolve_type) -> Optional[type]:
     return None
 
 
+def _passed_on(exc: BaseException) -> bool:
+    """Whether ``exc`` was rebuilt here from a peer's description (from_proto) and is passing on up a chain of calls."""
+    return getattr(exc, "remote_traceback", None) is not None and len(exc.args) == 1 and isinstance(exc.args[0], str)
+
+
+def _message(exc: BaseException) -> str:
+    """What the caller rebuilds ``exc`` from: its str(), except for one passing on, whose message as it came
+    goes on (KeyError's str() quotes it, and would quote and escape it again at every worker it passed)."""
+    return exc.args[0] if _passed_on(exc) else str(exc)
+
+
 def _format(exc: BaseException) -> str:
-    return "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    """The traceback as Python prints it; for an exception passing on, its last line names it without its
+    message, which already carries the traceback it came with (else each worker would copy it all again)."""
+    if not _passed_on(exc):
+        return "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    kind = type(exc)
+    name = kind.__qualname__ if kind.__module__ == "builtins" else qualified_name(kind)  # as Python prints it
+    where = f"worker '{exc.worker}'" if getattr(exc, "worker", None) else "a remote worker"
+    return f"Traceback (most recent call last):\n{''.join(traceback.format_tb(exc.__traceback__))}{name}: as raised on {where}, above\n"

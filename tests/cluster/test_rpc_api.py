@@ -73,6 +73,21 @@ def test_remote_exceptions_keep_type_message_traceback_and_worker():
     assert err.value.worker == "worker2" and "Traceback" in err.value.remote_traceback
 
 
+def test_an_error_passed_back_through_a_chain_of_calls_is_said_once_per_worker_not_quoted_again():
+    # KeyError's str() quotes its message: taken as the message at each hop, it was quoted and escaped
+    # again at every worker it passed (a 3-hop KeyError read \\\\\\\' for each quote).
+    with pytest.raises(KeyError) as err:
+        rpc.rpc_sync("worker1", remote.look_up_through, args=(["worker2", "trainer"], "missing"))
+    message = err.value.args[0]
+    # said where it was raised (its message, then its traceback's last line), and named at each worker after
+    assert "\\" not in message and message.count("'missing'") == 2, message
+    assert message.count("KeyError: as raised on worker 'trainer', above") == 1, message
+    assert message.count("KeyError: as raised on worker 'worker2', above") == 1, message
+    assert [line for line in message.splitlines() if line.startswith("Raised on")] == [
+        "Raised on worker 'trainer'; remote traceback:", "Raised on worker 'worker2'; remote traceback:",
+        "Raised on worker 'worker1'; remote traceback:"], message
+
+
 def test_exceptions_that_cannot_be_rebuilt_become_remote_errors():
     with pytest.raises(RemoteError, match="NeedsTwoArgs"):
         rpc.rpc_sync("worker1", remote.raise_custom)

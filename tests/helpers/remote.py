@@ -33,6 +33,13 @@ def raise_custom():
     raise NeedsTwoArgs("x", "y")
 
 
+def look_up_through(path, key):
+    """Calls on along ``path``; its last worker looks ``key`` up in an empty dict (a KeyError)."""
+    if path:
+        return rpc.rpc_sync(path[0], look_up_through, args=(path[1:], key))
+    return {}[key]
+
+
 def nested_add(to, x, y):
     return rpc.rpc_sync(to, add, args=(x, y))
 
