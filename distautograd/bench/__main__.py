@@ -258,9 +258,12 @@ def _print_hops(hop_rounds: Dict[str, List[Dict[str, float]]], chain: dict) -> N
     from distautograd.bench import breakdown
 
     stages = [name for name, _, _ in breakdown.STAGES] + [breakdown.HANDED_OVER, "per hop", breakdown.WHOLE_MEDIAN,
-                                                           breakdown.WHOLE_MEAN, breakdown.SENDING]
+                                                           breakdown.WHOLE_MEAN, breakdown.STARTING,
+                                                           breakdown.INTO_STARTED, breakdown.SENDING]
     paths = list(hop_rounds)
-    counts = ", ".join(f"{sum(int(r['hops']) for r in hop_rounds[p])} hops on the {p} path" for p in paths)
+    counts = ", ".join(f"{sum(int(r['hops']) for r in hop_rounds[p])} hops on the {p} path "
+                       f"({sum(int(r['hops that start the part']) for r in hop_rounds[p])} of them starting the part)"
+                       for p in paths)
     print(f"\none backward hop through a chain of 4 workers, distautograd (us, medians of "
           f"{len(hop_rounds[paths[0]])} round(s) per path, alternating; {counts}):\n")
     print("| stage | " + " | ".join(paths) + " |")

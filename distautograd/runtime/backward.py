@@ -209,6 +209,8 @@ class Backward:
                     and isinstance(local, native.core.LocalPass):
                 self._passes.lane.add(part.ctx.id, part.pass_id, local, lambda done: self._learn_done(part, [
                     PartDone(*entry) for entry in done]), lambda error: self._lane_failed(part, error))
+        if hops.ON:
+            hops.at("started")  # (a part a push started: the bench's hop breakdown; the root's is no hop)
         local.start_if_empty()
         if root_grads:
             local.arrive(ROOTS, list(root_grads))

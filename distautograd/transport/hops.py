@@ -1,4 +1,4 @@
-"""Where a backward hop's time goes on one worker (arrival, decoded, engine, encoded, sent), stamped only while the bench records.
+"""Where a backward hop's time goes on one worker (arrival, decoded, part started, engine, encoded, sent), stamped only while the bench records.
 
 A hop is one push of gradients read, run through this worker's part of the graph, and the push it
 set off sent on. The reader stamps a frame's arrival on its thread; the backward protocol, which

@@ -45,13 +45,18 @@ def test_each_hop_a_worker_read_is_stamped_in_order_and_paired_with_the_next(wor
     read = [h for h in recorded if "arrived" in h]
     assert len(read) == 3, recorded
     for hop in read:
-        stamps = [hop[s] for s in ("arrived", "decoded", "engine", "encoded", "sent")]
+        stamps = [hop[s] for s in ("arrived", "decoded", "started", "engine", "encoded", "sent") if s in hop]
         assert stamps == sorted(stamps), hop
         assert hop["in"][0] == hop["out"][0] == context_id
+    # the first push to w1 and the one to w2 start their parts; w2's answer arrives at w1's part, started
+    assert sorted("started" in h for h in read) == [False, True, True], read
     ins = {h["in"] for h in read}
     assert sum(h["out"] in ins for h in read) == 2  # w1 -> w2 and w2 -> w1 were read as hops; -> w0 was not
     summary = breakdown.summarize(recorded)
-    assert summary["hops"] == 3
+    assert summary["hops"] == 3 and summary["hops that start the part"] == 2
+    # whole hops are read to next read: w1 -> w2 starts w2's part; w2 -> w1 goes to a started part, but what
+    # w1 sends on goes to the root, whose arrivals are no hop
+    assert math.isfinite(summary[breakdown.STARTING]) and math.isnan(summary[breakdown.INTO_STARTED]), summary
     shown = [s for s, _, _ in breakdown.STAGES] + [breakdown.HANDED_OVER, breakdown.SENDING]
     assert all(math.isfinite(summary[name]) and summary[name] >= 0 for name in shown), summary
     assert summary["per hop"] == pytest.approx(
