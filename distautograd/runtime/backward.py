@@ -38,7 +38,7 @@ from distautograd.runtime.peers import COORDINATOR, Peers
 from distautograd.runtime.reach import Reach
 from distautograd.runtime import anomaly, inspection, profiling, tracing
 from distautograd.transport import hops, reading
-from distautograd.transport.pushes import ArrivedPush, PartDone, done_as_protobuf
+from distautograd.transport.pushes import ArrivedPush, PartDone, done_as_protobuf, parts_done
 from distautograd.views import trace
 from distautograd.transport.deadlines import Deadlines
 
@@ -207,8 +207,8 @@ class Backward:
             early, part.early = part.early, []
             if lane and self._passes.lane is not None and not tracing.on(part.ctx) \
                     and isinstance(local, native.core.LocalPass):
-                self._passes.lane.add(part.ctx.id, part.pass_id, local, lambda done: self._learn_done(part, [
-                    PartDone(*entry) for entry in done]), lambda error: self._lane_failed(part, error))
+                self._passes.lane.add(part.ctx.id, part.pass_id, local, lambda done: self._learn_done(
+                    part, parts_done(done)), lambda error: self._lane_failed(part, error))
         if hops.ON:
             hops.at("started")  # (a part a push started: the bench's hop breakdown; the root's is no hop)
         local.start_if_empty()
@@ -301,7 +301,7 @@ class Backward:
             role = reading.lend()
             try:
                 if done:
-                    self._learn_done(part, [PartDone(*entry) for entry in done])
+                    self._learn_done(part, parts_done(done))
                 self._arrive(part, message_ids, grads, lambda: None if plan_bytes is None else (
                     pb.PassPlan.FromString(plan_bytes), plan_bytes))
             finally:

@@ -17,6 +17,11 @@ class PartDone(NamedTuple):
     leaves: int
 
 
+def parts_done(pairs) -> List[PartDone]:
+    """The parts done a push the core read says, given as (rank, leaves) pairs."""
+    return [PartDone(*pair) for pair in pairs] if pairs else []
+
+
 def done_as_protobuf(done: List[PartDone]) -> List[pb.PartDone]:
     return [pb.PartDone(rank=rank, leaves=leaves) for rank, leaves in done]
 
@@ -44,7 +49,7 @@ class ArrivedPush:
         self.attachments = attachments
         self.following = following  # the attachments' bytes that followed the header
         self.context_id, self.pass_id, self.root, self.message_ids, done, self.plan_bytes, self.gradients = fields
-        self.done = [PartDone(*entry) for entry in done] if done else []
+        self.done = parts_done(done)
 
     def plan(self) -> Optional[pb.PassPlan]:
         return None if self.plan_bytes is None else pb.PassPlan.FromString(self.plan_bytes)

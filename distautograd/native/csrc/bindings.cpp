@@ -47,14 +47,9 @@ pybind11::tuple envelope_tuple(const Envelope& envelope) {
 // of a push push_reading.h read, or None.
 pybind11::object push_tuple(const std::optional<distautograd::native::PushRead>& push) {
   if (!push) return pybind11::none();
-  pybind11::list ids(push->message_ids.size()), done(push->done.size());
-  for (size_t i = 0; i < push->message_ids.size(); ++i) ids[i] = pybind11::int_(push->message_ids[i]);
-  for (size_t i = 0; i < push->done.size(); ++i) {
-    done[i] = pybind11::make_tuple(push->done[i].first, push->done[i].second);
-  }
   pybind11::object plan = push->plan ? pybind11::object(pybind11::bytes(*push->plan)) : pybind11::none();
-  return pybind11::make_tuple(push->context_id, push->pass_id, push->root, ids, done, plan,
-                              pybind11::bytes(push->gradients));
+  return pybind11::make_tuple(push->context_id, push->pass_id, push->root, distautograd::native::message_ids_as_list(*push),
+                              distautograd::native::done_as_list(*push), plan, pybind11::bytes(push->gradients));
 }
 
 // One frame: (header bytes, (kind, streamed sizes, shared keys), the streamed attachments with None

@@ -63,10 +63,9 @@ bool PushLane::run(const PushRead& push, const py::list& attachments, int64_t sr
     return run_registered(entry, push, *grads);
   }
   try {
-    py::list ids(push.message_ids.size());
-    for (size_t i = 0; i < push.message_ids.size(); ++i) ids[i] = py::int_(push.message_ids[i]);
     py::object plan = push.plan ? py::object(py::bytes(*push.plan)) : py::object(py::none());
-    return py::bool_(take_(src, push.context_id, push.pass_id, push.root, ids, py::cast(push.done), plan, *grads));
+    return py::bool_(take_(src, push.context_id, push.pass_id, push.root, message_ids_as_list(push), done_as_list(push),
+                           plan, *grads));
   } catch (py::error_already_set& unreported) {  // `take` says its own failures: this is a last resort
     unreported.discard_as_unraisable("distautograd's push lane handing a push to the pass protocol");
     return true;
@@ -76,7 +75,7 @@ bool PushLane::run(const PushRead& push, const py::list& attachments, int64_t sr
 bool PushLane::run_registered(const Entry& entry, const PushRead& push, const py::list& grads) {
   py::object role = lend_();
   try {
-    if (!push.done.empty()) entry.learn(py::cast(push.done));
+    if (!push.done.empty()) entry.learn(done_as_list(push));
     LocalPass& local = entry.local.cast<LocalPass&>();
     std::vector<std::optional<at::Tensor>> one(1);
     for (size_t i = 0; i < push.message_ids.size(); ++i) {
@@ -93,6 +92,18 @@ bool PushLane::run_registered(const Entry& entry, const PushRead& push, const py
   }
   if (!role.is_none()) reclaim_(role);
   return true;
+}
+
+py::list message_ids_as_list(const PushRead& push) {
+  py::list ids(push.message_ids.size());
+  for (size_t i = 0; i < push.message_ids.size(); ++i) ids[i] = py::int_(push.message_ids[i]);
+  return ids;
+}
+
+py::list done_as_list(const PushRead& push) {
+  py::list done(push.done.size());
+  for (size_t i = 0; i < push.done.size(); ++i) done[i] = py::make_tuple(push.done[i].first, push.done[i].second);
+  return done;
 }
 
 int PushLane::traverse(visitproc visit, void* arg) const {

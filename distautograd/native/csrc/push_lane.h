@@ -62,6 +62,10 @@ class __attribute__((visibility("hidden"))) PushLane {  // hidden: it holds Pyth
   std::unordered_map<std::pair<uint64_t, uint64_t>, Entry, KeyHash> parts_;
 };
 
+// A push's message ids, and the parts it says are done as [(rank, leaves)], as Python takes them.
+pybind11::list message_ids_as_list(const PushRead& push);
+pybind11::list done_as_list(const PushRead& push);
+
 void add_push_lane_type(pybind11::module_& module);
 
 }  // namespace distautograd::native
