@@ -1,8 +1,8 @@
 """A process that ends while a daemon thread is inside the compiled core with the GIL let go: the
 read (or write) returns only once the interpreter is shutting down. Exits 0 unless the core aborts
-the process then. ``python -m tests.helpers.native_shutdown read|write|late|main``: ``late`` reads, and the read returns while an
-exit handler holds the GIL, so the thread is already waiting for it when the interpreter starts shutting
-down; ``main`` writes a frame from the main thread in an exit handler run after the core's own (which
+the process then. ``python -m tests.helpers.native_shutdown read|write|late|after|main``: ``late`` reads, and the read returns while
+an exit handler holds the GIL, so the thread is already waiting for it when the interpreter starts shutting
+down; ``after`` the same, with the handler run after the core's own (the thread must not start waiting then); ``main`` writes a frame from the main thread in an exit handler run after the core's own (which
 stops other threads taking the GIL), and prints "written" once it has."""
 
 import atexit
@@ -58,7 +58,7 @@ def main(what: str) -> None:
         theirs.close()
         os._exit(0)
     theirs.close()
-    if what in ("read", "late"):
+    if what in ("read", "late", "after"):
         reader = frames.NativeReader(ours)
         work = lambda: reader.read_frame(1 << 20)  # noqa: E731
     else:
@@ -67,6 +67,10 @@ def main(what: str) -> None:
     time.sleep(0.3)  # the thread waits in the core now
     if what == "late":  # runs before the core's own exit handler (registered when it was imported)
         atexit.register(hold_the_gil, 1.5)
+    if what == "after":
+        atexit.unregister(native.core.close_gil_at_exit)  # registered again after: so it runs first
+        atexit.register(hold_the_gil, 1.5)
+        atexit.register(native.core.close_gil_at_exit)
     gc.disable()
     SlowTeardown()
 
