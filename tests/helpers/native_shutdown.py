@@ -1,6 +1,6 @@
 """A process that ends while a daemon thread is inside the compiled core with the GIL let go: the
 read (or write) returns only once the interpreter is shutting down. Exits 0 unless the core aborts
-the process then. ``python -m tests.helpers.native_shutdown read|write|late|after|main``: ``late`` reads, and the read returns while
+the process then. ``python -m tests.helpers.native_shutdown read|write|late|after|fork|main``: ``late`` reads, and the read returns while
 an exit handler holds the GIL, so the thread is already waiting for it when the interpreter starts shutting
 down; ``after`` the same, with the handler run after the core's own (the thread must not start waiting then); ``main`` writes a frame from the main thread in an exit handler run after the core's own (which
 stops other threads taking the GIL), and prints "written" once it has."""
@@ -31,8 +31,29 @@ class SlowTeardown:
         time.sleep(2.0)
 
 
+def keep_the_gil_until_a_thread_waits(limit: float) -> bool:
+    """Keeps the GIL (a switch interval longer than this runs) until a thread waits for it in the core, for
+    up to ``limit`` seconds; whether one did."""
+    sys.setswitchinterval(100.0)
+    end = time.perf_counter() + limit
+    while time.perf_counter() < end:
+        if native.core.gil_waiting():  # counted just before it asks for the GIL: a moment more, and it has
+            settled = time.perf_counter() + 0.3
+            while time.perf_counter() < settled:
+                pass
+            return True
+    return False
+
+
+def hold_the_gil_until_the_reader_waits() -> None:
+    """An exit handler that keeps the GIL while the peer closes, until the reader waits for it; says so."""
+    if keep_the_gil_until_a_thread_waits(30.0):
+        print("waiting", flush=True)
+
+
 def hold_the_gil(seconds: float) -> None:
-    """An exit handler that keeps the GIL (a switch interval longer than it runs) while the peer closes."""
+    """An exit handler that keeps the GIL for ``seconds`` while the peer closes (the core's exit handler
+    ran before it: the reader must park, not wait for the GIL)."""
     sys.setswitchinterval(100.0)
     end = time.perf_counter() + seconds
     while time.perf_counter() < end:
@@ -58,17 +79,30 @@ def main(what: str) -> None:
         theirs.close()
         os._exit(0)
     theirs.close()
-    if what in ("read", "late", "after"):
+    if what in ("read", "late", "after", "fork"):
         reader = frames.NativeReader(ours)
         work = lambda: reader.read_frame(1 << 20)  # noqa: E731
     else:
         work = lambda: frames.write_frame(ours, 1, "request", pb.Request(), [memoryview(bytes(64 << 20))], [], None)  # noqa: E731
     threading.Thread(target=work, daemon=True).start()
     time.sleep(0.3)  # the thread waits in the core now
-    if what == "late":  # runs before the core's own exit handler (registered when it was imported)
-        atexit.register(hold_the_gil, 1.5)
-    if what == "after":
-        atexit.unregister(native.core.close_gil_at_exit)  # registered again after: so it runs first
+    if what == "fork":  # the peer closes at 1.0 s, while this thread keeps the GIL: the reader waits for it
+        keep_the_gil_until_a_thread_waits(30.0)
+        pid = os.fork()
+        if pid == 0:
+            print("child", native.core.gil_waiting(), flush=True)
+            os._exit(0)
+        print("parent", native.core.gil_waiting(), flush=True)  # before waiting, which lets the GIL go
+        os.waitpid(pid, 0)
+        sys.setswitchinterval(0.005)
+    # Only these exit handlers, last registered first: no other (logging's flush, say) lets the GIL go
+    # between them and the shutdown, which would let a waiting reader have it in time by chance.
+    if what == "late":  # the reader waits for the GIL before the core's exit handler runs
+        atexit._clear()
+        atexit.register(native.core.close_gil_at_exit)
+        atexit.register(hold_the_gil_until_the_reader_waits)
+    if what == "after":  # the reader wakes after it ran
+        atexit._clear()
         atexit.register(hold_the_gil, 1.5)
         atexit.register(native.core.close_gil_at_exit)
     gc.disable()

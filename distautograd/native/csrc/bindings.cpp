@@ -282,6 +282,8 @@ PYBIND11_MODULE(_core, m) {
   m.def("close_gil_at_exit", &distautograd::native::gil::close_at_exit,
         "For atexit (native/__init__.py registers it): from now on only this thread takes the GIL back in the core; "
         "threads already waiting for it get it first (gil.h).");
+  m.def("gil_waiting", &distautograd::native::gil::waiting_now,
+        "How many threads wait for the GIL in the core now (for tests: gil.h).");
   m.def("fail_future", &distautograd::native::fail_future, pybind11::arg("future"), pybind11::arg("exception"),
         "Fails a torch Future with a Python exception, as torch's RPC fails its own.");
   m.def("legacy_profiler_config", &distautograd::native::legacy_profiler_config,

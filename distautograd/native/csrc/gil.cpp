@@ -1,9 +1,11 @@
 // See gil.h. Python 3.11 and 3.12 call it _Py_IsFinalizing; 3.13 made it public as Py_IsFinalizing.
 // The count of threads waiting and the closed flag are sequentially consistent atomics: a taker counts
 // itself before it reads the flag, and close_at_exit sets the flag before it reads the count, so at
-// least one of the two sees the other.
+// least one of the two sees the other. A child made by fork has only the thread that forked, which held
+// the GIL: none of its threads waits for it, whatever the parent's count said when it forked.
 #include "gil.h"
 
+#include <pthread.h>
 #include <pythread.h>
 #include <unistd.h>
 
@@ -20,6 +22,8 @@ std::atomic<int> waiting{0};
 std::atomic<unsigned long> exiting_thread{0};
 
 constexpr auto kWaitersLimit = std::chrono::seconds(1);
+
+const int forked_children_count_none = pthread_atfork(nullptr, nullptr, [] { waiting.store(0); });
 
 }  // namespace
 
@@ -45,6 +49,8 @@ bool may_take() {
 }
 
 void taken() { waiting.fetch_sub(1); }
+
+int waiting_now() { return waiting.load(); }
 
 void close_at_exit() {
   exiting_thread.store(PyThread_get_thread_ident());

@@ -51,6 +51,8 @@ class Taken {
 // Whether this thread may wait for the GIL now; if so it is counted as waiting until `taken()`.
 bool may_take();
 void taken();
+// How many threads wait for the GIL through this file now (for tests).
+int waiting_now();
 
 // Runs `fn` holding the GIL, or not at all during shutdown: for deleters and callbacks that only
 // release Python objects (left to the process's end then).
