@@ -1,9 +1,15 @@
 """A process that ends while a daemon thread is inside the compiled core with the GIL let go: the
 read (or write) returns only once the interpreter is shutting down. Exits 0 unless the core aborts
-the process then. ``python -m tests.helpers.native_shutdown read|write|late|after|fork|main``: ``late`` reads, and the read returns while
-an exit handler holds the GIL, so the thread is already waiting for it when the interpreter starts shutting
-down; ``after`` the same, with the handler run after the core's own (the thread must not start waiting then); ``main`` writes a frame from the main thread in an exit handler run after the core's own (which
-stops other threads taking the GIL), and prints "written" once it has."""
+the process then. ``python -m tests.helpers.native_shutdown MODE``, MODE one of:
+
+- ``read``, ``write``: the read (or write) returns once the interpreter is shutting down;
+- ``late``: the read returns while an exit handler keeps the GIL, so the thread already waits for it
+  when the core's exit handler runs (prints "waiting" once it does);
+- ``after``: the same, with that exit handler run after the core's (the thread must not start waiting);
+- ``fork``: forks while the thread waits for the GIL, and prints how many threads wait for it in the
+  child ("child N") and in the parent ("parent N");
+- ``main``: the main thread writes a frame in an exit handler run after the core's, and prints "written".
+"""
 
 import atexit
 import gc
