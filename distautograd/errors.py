@@ -137,7 +137,7 @@ def from_proto(error: pb.Error, resolve_type=None) -> BaseException:
     carries the remote traceback.
     """
     code = status_code(error.code)
-    where = f"worker '{error.worker}'" if error.worker else "a remote worker"
+    where = _where(error.worker)
     text = error.message
     if error.remote_traceback:
         text = f"{text}\n\nRaised on {where}; remote traceback:\n{error.remote_traceback.rstrip()}"
@@ -204,5 +204,11 @@ def _format(exc: BaseException) -> str:
         return "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
     kind = type(exc)
     name = kind.__qualname__ if kind.__module__ == "builtins" else qualified_name(kind)  # as Python prints it
-    where = f"worker '{exc.worker}'" if getattr(exc, "worker", None) else "a remote worker"
-    return f"Traceback (most recent call last):\n{''.join(traceback.format_tb(exc.__traceback__))}{name}: as raised on {where}, above\n"
+    frames = "".join(traceback.format_tb(exc.__traceback__))
+    where = _where(getattr(exc, "worker", None))
+    return f"Traceback (most recent call last):\n{frames}{name}: as raised on {where}, above\n"
+
+
+def _where(worker: Optional[str]) -> str:
+    """The worker an error came from, as its messages name it."""
+    return f"worker '{worker}'" if worker else "a remote worker"

@@ -37,18 +37,23 @@ class SlowTeardown:
         time.sleep(2.0)
 
 
-def keep_the_gil_until_a_thread_waits(limit: float) -> bool:
-    """Keeps the GIL (a switch interval longer than this runs) until a thread waits for it in the core, for
-    up to ``limit`` seconds; whether one did."""
+def spin(seconds: float, until=lambda: False) -> bool:
+    """Runs Python without letting the GIL go (a switch interval longer than this runs) for ``seconds``, or
+    until ``until()``; whether that came."""
     sys.setswitchinterval(100.0)
-    end = time.perf_counter() + limit
+    end = time.perf_counter() + seconds
     while time.perf_counter() < end:
-        if native.core.gil_waiting():  # counted just before it asks for the GIL: a moment more, and it has
-            settled = time.perf_counter() + 0.3
-            while time.perf_counter() < settled:
-                pass
+        if until():
             return True
     return False
+
+
+def keep_the_gil_until_a_thread_waits(limit: float) -> bool:
+    """Keeps the GIL until a thread waits for it in the core, for up to ``limit`` seconds; whether one did."""
+    if not spin(limit, until=native.core.gil_waiting):
+        return False
+    spin(0.3)  # counted just before it asks for the GIL: a moment more, and it has
+    return True
 
 
 def hold_the_gil_until_the_reader_waits() -> None:
@@ -60,10 +65,7 @@ def hold_the_gil_until_the_reader_waits() -> None:
 def hold_the_gil(seconds: float) -> None:
     """An exit handler that keeps the GIL for ``seconds`` while the peer closes (the core's exit handler
     ran before it: the reader must park, not wait for the GIL)."""
-    sys.setswitchinterval(100.0)
-    end = time.perf_counter() + seconds
-    while time.perf_counter() < end:
-        pass
+    spin(seconds)
 
 
 def write_at_exit(sock: socket.socket, peer: socket.socket) -> None:

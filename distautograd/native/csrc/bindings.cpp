@@ -47,17 +47,18 @@ pybind11::tuple envelope_tuple(const Envelope& envelope) {
 // of a push push_reading.h read, or None.
 pybind11::object push_tuple(const std::optional<distautograd::native::PushRead>& push) {
   if (!push) return pybind11::none();
+  using distautograd::native::done_as_list, distautograd::native::message_ids_as_list;
   pybind11::object plan = push->plan ? pybind11::object(pybind11::bytes(*push->plan)) : pybind11::none();
-  return pybind11::make_tuple(push->context_id, push->pass_id, push->root, distautograd::native::message_ids_as_list(*push),
-                              distautograd::native::done_as_list(*push), plan, pybind11::bytes(push->gradients));
+  return pybind11::make_tuple(push->context_id, push->pass_id, push->root, message_ids_as_list(*push),
+                              done_as_list(*push), plan, pybind11::bytes(push->gradients));
 }
 
 // One frame: (header bytes, (kind, streamed sizes, shared keys), the streamed attachments with None
 // where one is in shared memory -- or None when together they are over `following_limit` and are still
 // in the stream -- their total, and the push it carries as push_tuple gives it, or None; or True where
-// `lane` ran that push, from peer `peer_rank`, having closed the descriptors that came with it). `allocate(size)` gives the writable buffer for each of at
-// least `allocate_from` bytes, a bytearray is made for each smaller one; a read that waits runs without
-// the GIL.
+// `lane` ran that push, from peer `peer_rank`, having closed the descriptors that came with it).
+// `allocate(size)` gives the writable buffer for each of at least `allocate_from` bytes, a bytearray is
+// made for each smaller one; a read that waits runs without the GIL.
 pybind11::tuple read_frame(FrameReader& reader, uint64_t header_limit, uint64_t following_limit,
                            const pybind11::function& allocate, uint64_t allocate_from,
                            distautograd::native::PushLane* lane, int64_t peer_rank) {
