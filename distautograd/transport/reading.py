@@ -135,13 +135,13 @@ class Watch:
             self._wake.wait()
             time.sleep(self._limit)
             now = time.monotonic()
-            with self._lock:
-                late = [role for role, since in self._lent.values() if now - since >= self._limit]
+            with self._lock:  # each late role forgotten as found: handed over once, given away or not
+                late = [self._lent.pop(key)[0] for key, (_, since) in list(self._lent.items())
+                        if now - since >= self._limit]
                 idle = not self._lent and now - self._last > self._idle
                 if idle:
                     self._wake.clear()
             for role in late:
-                self.forget(role)  # once: given away, or failed to be (the next role still is)
                 try:
                     self._late(role)
                 except Exception:  # ``late`` says its own failures: this is a last resort

@@ -215,6 +215,31 @@ def test_a_watch_gives_away_a_role_lent_too_long_once_and_never_one_taken_back_i
     assert reported == ["can't start new thread"] and not unraisable  # said once, the same way by both
 
 
+@pytest.mark.parametrize("kind", ["python", "native"])
+def test_roles_found_late_at_one_look_are_all_forgotten_before_the_first_is_given_away(kind):
+    """The watch takes every late role out of its count as it finds them, before handing any over: a
+    role's give-away may take the GIL and a while, and the count must not show the others lent then."""
+    from distautograd.transport import reading
+
+    make = dict(_watches()).get(kind)
+    if make is None:
+        pytest.skip("the compiled core is not built")
+    seen, done = [], threading.Event()
+
+    def late(role):
+        seen.append(watch.lent())
+        if len(seen) == 2:
+            done.set()
+
+    watch = make(reading.LENT_SECONDS, 1.0, late)
+    roles = [reading.Role(lambda: None) for _ in range(2)]
+    for role in roles:  # both added well within the limit the watch sleeps before its first look
+        role.state = reading._LENT
+        watch.add(role)
+    assert done.wait(2), f"two roles lent too long were not handed over within 2 s: {seen}"
+    assert seen == [0, 0], seen
+
+
 def test_a_forked_child_gets_a_watch_and_standby_threads_of_its_own():
     """A child forked from a process whose watchdog runs (a DataLoader worker, say) has neither its thread
     nor, perhaps, its lock free: it starts afresh, and a call it lends too long still gets given away."""
