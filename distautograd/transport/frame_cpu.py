@@ -3,13 +3,15 @@
 A socket's reading thread (the sockets transport's; gRPC's streams are not counted) reads a frame
 (the core's read, or Python's) and then runs what it sets off on the same thread: a call it runs
 itself, a reply it decodes and hands to the caller, a push it runs through this worker's part of a
-backward. This module adds up both parts in thread CPU time, which leaves out the time the thread
-slept waiting for bytes, and, where the code that runs marks its stages (``stamp``: a call's
-dispatch, decoding, run and encoding), the time between one mark and the next. So the bench can say
-where a small call's CPU goes on each side (``python -m distautograd.bench --only latency``). Off,
-each frame and each stage costs one test of ``ON``. ``stop`` waits for the frames read meanwhile
-that are still being handled: a reply's reader wakes its caller before it is done with the frame,
-and the caller may stop the adding up first (one reply of three went uncounted now and then).
+backward (but not one the core reads and runs into a started part in one call: there is no point
+between its reading and its handling to split at, so it is left out). This module adds up both parts
+in thread CPU time, which leaves out the time the thread slept waiting for bytes, and, where the code
+that runs marks its stages (``stamp``: a call's dispatch, decoding, run and encoding), the time between
+one mark and the next. So the bench can say where a small call's CPU goes on each side (``python -m
+distautograd.bench --only latency``). Off, each frame and each stage costs one test of ``ON``.
+``stop`` waits for the frames read meanwhile that are still being handled: a reply's reader wakes its
+caller before it is done with the frame, and the caller may stop the adding up first (one reply of
+three went uncounted now and then).
 """
 
 from __future__ import annotations
