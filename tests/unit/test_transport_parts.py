@@ -231,12 +231,17 @@ def test_roles_found_late_at_one_look_are_all_forgotten_before_the_first_is_give
         if len(seen) == 2:
             done.set()
 
-    watch = make(reading.LENT_SECONDS, 1.0, late)
+    watch = make(0.2, 1.0, late)  # a limit far above the gap between the two adds: one look finds both late
     roles = [reading.Role(lambda: None) for _ in range(2)]
-    for role in roles:  # both added well within the limit the watch sleeps before its first look
-        role.state = reading._LENT
-        watch.add(role)
-    assert done.wait(2), f"two roles lent too long were not handed over within 2 s: {seen}"
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1.0)  # and no other thread takes the GIL between them
+    try:
+        for role in roles:
+            role.state = reading._LENT
+            watch.add(role)
+    finally:
+        sys.setswitchinterval(interval)
+    assert done.wait(5), f"two roles lent too long were not handed over within 5 s: {seen}"
     assert seen == [0, 0], seen
 
 
