@@ -16,6 +16,7 @@ import sys
 import time
 from typing import Dict, List
 
+from distautograd.bench import rounds as rounds_of
 from distautograd.runtime.rendezvous import free_port
 
 FRAMEWORKS = ("torch", "distautograd")
@@ -67,8 +68,9 @@ def run_world_in_namespaces(framework: str, workload: str, params: dict) -> dict
         return json.loads(line[len("RESULT "):])
 
 
-def measure(label: str, rounds: int, run) -> Dict[str, Dict[str, float]]:
-    """Runs ``run(framework)`` for each framework, alternating, ``rounds`` times; medians per key."""
+def measure(label: str, rounds: int, run) -> Dict[str, dict]:
+    """Runs ``run(framework)`` for each framework, alternating, ``rounds`` times; medians per key, and each
+    round's values kept beside them (bench/rounds.py)."""
     samples: Dict[str, Dict[str, List[float]]] = {fw: {} for fw in FRAMEWORKS}
     for round_ in range(rounds):
         order = FRAMEWORKS if round_ % 2 == 0 else FRAMEWORKS[::-1]
@@ -76,7 +78,8 @@ def measure(label: str, rounds: int, run) -> Dict[str, Dict[str, float]]:
             print(f"  {label}: {fw} (round {round_ + 1}/{rounds})", file=sys.stderr, flush=True)
             for key, value in run(fw).items():
                 samples[fw].setdefault(key, []).append(value)
-    return {fw: {k: statistics.median(v) for k, v in per.items()} for fw, per in samples.items()}
+    return rounds_of.keep({fw: {k: statistics.median(v) for k, v in per.items()} for fw, per in samples.items()},
+                          samples)
 
 
 def main(argv=None) -> int:
@@ -104,7 +107,7 @@ def main(argv=None) -> int:
         iperf3's rate), or a list of those."""
         t, d = results["torch"][key], results["distautograd"][key]
         ratio = d / t if t else float("nan")
-        rows.append((what, unit, t, d, ratio, higher_is_better, target, limit))
+        rows.append((what, unit, t, d, ratio, rounds_of.ratios(results, key), target, limit))
 
     two = ["trainer", "worker1"]
     if "latency" in selected:
@@ -169,10 +172,8 @@ def main(argv=None) -> int:
                 row(f"  CPU per worker per step, chain of {n}", r, "worker_cpu_ms", "ms", False)
         if len(lengths) > 1:
             first, last = lengths[0], lengths[-1]
-            growth = {fw: (chain[last][fw]["backward_ms"] - chain[first][fw]["backward_ms"]) / (last - first)
-                      for fw in FRAMEWORKS}
-            row(f"  cost of each worker added, {first} to {last}", {fw: {"ms": g} for fw, g in growth.items()}, "ms",
-                "ms", False, ("<=", 1.0))
+            row(f"  cost of each worker added, {first} to {last}",
+                rounds_of.growth(chain, first, last, "backward_ms"), "backward_ms", "ms", False, ("<=", 1.0))
     hop_rounds: Dict[str, List[Dict[str, float]]] = {}
     if "hops" in selected:  # distautograd only: torch's hop is C++ that cannot be stamped from here
         names = ["trainer"] + [f"worker{i + 1}" for i in range(4)]
@@ -192,12 +193,15 @@ def main(argv=None) -> int:
             fw, "memory_over_steps", names, {"steps": steps[-1], "checkpoints": steps})), names, steps)
 
     print(f"\nmedians of {rounds} alternating round(s), {time.monotonic() - started:.0f} s in all; "
-          f"ratio = distautograd / torch.distributed.rpc\n")
-    print(f"| {'what':<48} | {'torch':>9} | {'distautograd':>12} | {'ratio':>6} | {'target':>14} | met | limit |")
-    print(f"|{'-' * 50}|{'-' * 11}|{'-' * 14}|{'-' * 8}|{'-' * 16}|-----|-------|")
-    for what, unit, t, d, ratio, _, target, limit in rows:
+          f"ratio = distautograd / torch.distributed.rpc; by round: each round's own ratio, lowest-highest; "
+          f"rounds met: in how many rounds that ratio met the target\n")
+    print(f"| {'what':<48} | {'torch':>9} | {'distautograd':>12} | {'ratio':>6} | {'by round':>9} | {'target':>14} | met "
+          f"| rounds met | limit |")
+    print(f"|{'-' * 50}|{'-' * 11}|{'-' * 14}|{'-' * 8}|{'-' * 11}|{'-' * 16}|-----|------------|-------|")
+    for what, unit, t, d, ratio, by_round, target, limit in rows:
         shown, met = _judge(target, ratio, d, memcpy)
-        print(f"| {what + ' (' + unit + ')':<48} | {t:>9.3g} | {d:>12.3g} | {ratio:>6.2f} | {shown:>14} | {met:^3} | "
+        print(f"| {what + ' (' + unit + ')':<48} | {t:>9.3g} | {d:>12.3g} | {ratio:>6.2f} | "
+              f"{rounds_of.span(by_round):>9} | {shown:>14} | {met:^3} | {_rounds_met(target, by_round):^10} | "
               f"{limit or ''} |")
     if call_stages:
         print("\n" + call_stages)
@@ -277,6 +281,13 @@ def _print_hops(hop_rounds: Dict[str, List[Dict[str, float]]], chain: dict) -> N
             per_worker = (chain[last][fw]["backward_ms"] - chain[first][fw]["backward_ms"]) / (last - first)
             print(f"{fw}, from the chain rows: {per_worker * 1e3 / 2:.0f} us per hop (half the cost of a worker added: "
                   "each worker takes two hops per pass)")
+
+
+def _rounds_met(target, by_round: List[float]) -> str:
+    """For a target against torch's ratio: in how many rounds the round's own ratio met it ("" for others)."""
+    if target is None or isinstance(target, list) or target[0] not in ("<=", ">="):
+        return ""
+    return rounds_of.held(by_round, target[1], at_most=target[0] == "<=")
 
 
 def _judge(target, ratio: float, value: float, memcpy: float):
