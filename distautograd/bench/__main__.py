@@ -17,9 +17,9 @@ import time
 from typing import Dict, List
 
 from distautograd.bench import rounds as rounds_of
+from distautograd.bench.rounds import FRAMEWORKS
 from distautograd.runtime.rendezvous import free_port
 
-FRAMEWORKS = ("torch", "distautograd")
 PORT_TRIES = 3  # a port probed free can be taken before the world's first process binds it
 
 

@@ -11,7 +11,7 @@ import math
 from typing import Dict, List, Sequence
 
 ROUNDS = "rounds"  # the key of a measurement's per-round values: {framework: {key: [one value per round]}}
-FRAMEWORKS = ("torch", "distautograd")
+FRAMEWORKS = ("torch", "distautograd")  # what every measurement runs, in the order its first round runs them
 
 Measured = Dict[str, dict]
 
