@@ -48,6 +48,16 @@ def test_the_spread_and_count_of_a_single_round_and_of_none():
     assert rounds.span([]) == "" and rounds.held([], 0.8, at_most=True) == ""
     assert rounds.span([0.91]) == "0.91" and rounds.held([0.91], 0.8, at_most=True) == "0/1"
     assert rounds.held([1.3, 1.2, 1.25], 1.25, at_most=False) == "2/3"  # a bound met exactly counts
+    assert rounds.held([0.5, 0.8, 0.9], 0.8, at_most=True) == "2/3"
+
+
+def test_a_growth_round_by_round_is_per_step():
+    sizes = {n: rounds.keep({fw: {"ms": float(n)} for fw in rounds.FRAMEWORKS},
+                            {"torch": {"ms": [n * 1.0, n * 2.0]}, "distautograd": {"ms": [n * 0.5, n * 3.0]}})
+             for n in (2, 6)}
+    grown = rounds.growth(sizes, 2, 6, "ms")
+    assert grown[rounds.ROUNDS] == {"torch": {"ms": [1.0, 2.0]}, "distautograd": {"ms": [0.5, 3.0]}}
+    assert grown["torch"] == {"ms": 1.0} and rounds.ratios(grown, "ms") == [0.5, 1.5]
 
 
 def test_a_growth_from_measurements_without_rounds_has_its_medians_only():
