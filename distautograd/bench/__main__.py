@@ -102,7 +102,7 @@ def main(argv=None) -> int:
     call_stages = ""  # where a small call's CPU goes on distautograd's reading threads
     started = time.monotonic()
 
-    def row(what, results, key, unit, higher_is_better, target=None, limit=None):
+    def row(what, results, key, unit, target=None, limit=None):
         """``target``: ("<=" or ">=", ratio to torch), ("memcpy", share of memcpy's rate), ("iperf3", share,
         iperf3's rate), or a list of those."""
         t, d = results["torch"][key], results["distautograd"][key]
@@ -113,9 +113,9 @@ def main(argv=None) -> int:
     if "latency" in selected:
         r = measure("small-call latency", rounds, lambda fw: run_world(fw, "small_calls", two + ["worker2"],
                                                                          {"repeats": 300 if quick else 3000}))
-        row("rpc_sync latency, 1-element add (3 processes)", r, "latency_us", "us", False, ("<=", 0.5))
-        row("  CPU per call, caller", r, "caller_cpu_us", "us", False)
-        row("  CPU per call, callee", r, "callee_cpu_us", "us", False)
+        row("rpc_sync latency, 1-element add (3 processes)", r, "latency_us", "us", ("<=", 0.5))
+        row("  CPU per call, caller", r, "caller_cpu_us", "us")
+        row("  CPU per call, callee", r, "callee_cpu_us", "us")
         call_stages = _call_stages(r["distautograd"])
     memcpy = workloads.memcpy()["GBps"]
     if "transfer" in selected:
@@ -123,7 +123,7 @@ def main(argv=None) -> int:
         r = measure("one-way transfer, same host", rounds, lambda fw: run_world(
             fw, "transfer", two, {"sizes_mib": sizes, "repeats": 3 if quick else 7}))
         for mib in sizes:
-            row(f"{mib} MiB one way, same host", r, f"{mib}MiB_GBps", "GB/s", True,
+            row(f"{mib} MiB one way, same host", r, f"{mib}MiB_GBps", "GB/s",
                 ("memcpy", 0.85) if mib == 64 else None, f"memcpy {memcpy:.1f} GB/s")
     if "netns" in selected:
         reason = netns.available()
@@ -139,16 +139,16 @@ def main(argv=None) -> int:
                       "with it", file=sys.stderr)
             for mib in sizes:
                 bar = [(">=", 1.0)] + ([("iperf3", 0.7, reach)] if reach else [])
-                row(f"{mib} MiB one way, TCP between namespaces", r, f"{mib}MiB_GBps", "GB/s", True,
+                row(f"{mib} MiB one way, TCP between namespaces", r, f"{mib}MiB_GBps", "GB/s",
                     bar if mib == sizes[-1] else None, f"iperf3 {reach:.2f} GB/s" if reach else None)
     if "pipeline" in selected:
         names = ["trainer", "worker1", "worker2", "worker3"]
         r = measure("pipeline step", rounds, lambda fw: run_world(fw, "pipeline_step", names,
                                                                    {"repeats": 30 if quick else 200}))
         local = workloads.single_process_step(50 if quick else 200)["step_ms"]
-        row("3-stage MLP training step (512 wide, batch 64)", r, "step_ms", "ms", False, ("<=", 0.8),
+        row("3-stage MLP training step (512 wide, batch 64)", r, "step_ms", "ms", ("<=", 0.8),
             f"one process {local:.2f} ms")
-        row("  of which distributed backward", r, "backward_ms", "ms", False, ("<=", 0.8))
+        row("  of which distributed backward", r, "backward_ms", "ms", ("<=", 0.8))
         ours = r["distautograd"]
         traced.append((ours["untraced_step_ms"], ours["traced_step_ms"]))
     if "ps" in selected:
@@ -157,7 +157,7 @@ def main(argv=None) -> int:
             names = trainers[:1] + ["ps"] + trainers[1:]  # rank 0 drives the trainers
             r = measure(f"parameter server, {count} trainers", rounds, lambda fw, names=names, trainers=trainers: run_world(
                 fw, "parameter_server", names, {"trainers": trainers, "seconds": 2 if quick else 10}))
-            row(f"parameter server, {count} trainer{'s' if count > 1 else ''}", r, "steps_per_s", "steps/s", True,
+            row(f"parameter server, {count} trainer{'s' if count > 1 else ''}", r, "steps_per_s", "steps/s",
                 (">=", 1.25) if count == 4 else None)
     chain = {}
     if "chain" in selected:
@@ -166,14 +166,14 @@ def main(argv=None) -> int:
             names = ["trainer"] + [f"worker{i + 1}" for i in range(n)]
             r = chain[n] = measure(f"backward through {n} workers", rounds, lambda fw, names=names: run_world(
                 fw, "backward_chain", names, {"workers": names[1:], "repeats": 20 if quick else 100}))
-            row(f"backward through a chain of {n} workers", r, "backward_ms", "ms", False,
+            row(f"backward through a chain of {n} workers", r, "backward_ms", "ms",
                 ("<=", 0.8) if n == 6 else None)
             if n == lengths[-1]:
-                row(f"  CPU per worker per step, chain of {n}", r, "worker_cpu_ms", "ms", False)
+                row(f"  CPU per worker per step, chain of {n}", r, "worker_cpu_ms", "ms")
         if len(lengths) > 1:
             first, last = lengths[0], lengths[-1]
             row(f"  cost of each worker added, {first} to {last}",
-                rounds_of.growth(chain, first, last, "backward_ms"), "backward_ms", "ms", False, ("<=", 1.0))
+                rounds_of.growth(chain, first, last, "backward_ms"), "backward_ms", "ms", ("<=", 1.0))
     hop_rounds: Dict[str, List[Dict[str, float]]] = {}
     if "hops" in selected:  # distautograd only: torch's hop is C++ that cannot be stamped from here
         names = ["trainer"] + [f"worker{i + 1}" for i in range(4)]

@@ -18,7 +18,7 @@ Measured = Dict[str, dict]
 
 def keep(medians: Measured, samples: Dict[str, Dict[str, List[float]]]) -> Measured:
     """``medians`` with every framework's per-round values kept beside them (under ROUNDS)."""
-    return {**medians, ROUNDS: {fw: {key: list(values) for key, values in per.items()} for fw, per in samples.items()}}
+    return {**medians, ROUNDS: samples}
 
 
 def ratios(measured: Measured, key: str) -> List[float]:
