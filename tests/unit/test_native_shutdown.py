@@ -29,7 +29,6 @@ def test_a_process_ending_while_the_core_waits_exits_cleanly(what):
         assert done.stdout == "written\n", done.stdout
     if what == "late":  # the reader was waiting for the GIL when the exit handlers went on to shutdown
         assert done.stdout == "waiting\n", done.stdout
-
     if what == "fork":  # a child counts no thread waiting for the GIL (its exit handler would wait a second)
         assert sorted(done.stdout.split("\n")) == ["", "child 0", "parent 1"], done.stdout
 
